@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with Python 3.11+ and make:
+#   make demo   — create .venv, install, run the main job end to end on the embedded defaults
+#   make test   — create .venv, install, run the whole suite (pytest exit 5, no tests, fails)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench reliability lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/safesync demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider tests --ignore=tests/bench
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,42 @@
+"""``safesync serve``: every HTTP target on one local server, at ``/<target>``.
+
+``create_app()`` is also the WSGI app for a production server, e.g.
+``gunicorn -w 4 'safesync.functions.serve:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def create_app():
+    import flask
+
+    from safesync.functions import main
+
+    app = flask.Flask("safesync")
+    for target in main.TARGETS:
+        function = getattr(main, target)
+        app.add_url_rule(
+            f"/{target}",
+            endpoint=target,
+            view_func=lambda function=function: function(flask.request),
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        )
+    return app
+
+
+def _run(args: argparse.Namespace, settings) -> None:
+    from werkzeug.serving import run_simple
+
+    from safesync.functions.main import TARGETS
+
+    print(f"safesync: serving {', '.join('/' + t for t in TARGETS)} on http://{args.host}:{args.port}")
+    run_simple(args.host, args.port, create_app(), threaded=True)
+
+
+def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", help="run every HTTP target on one local server", parents=[parent])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_run, needs_settings=False)

@@ -1,0 +1,173 @@
+"""Who is calling: QStash signatures, Vercel webhook signatures, bearer tokens.
+
+Checked in that order; the first credential present and valid wins, and no
+valid credential means 401 before any job code runs. QStash tokens are
+verified with PyJWT directly rather than through ``qstash.Receiver``, whose
+clock tolerance is ignored, which raises KeyError on a token without a
+``body`` claim, and whose failures all read the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import AuthError
+
+QSTASH_LEEWAY_S = 10
+QSTASH_KEYS = ("QSTASH_CURRENT_SIGNING_KEY", "QSTASH_NEXT_SIGNING_KEY")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    kind: str  # "qstash" | "vercel" | "bearer"
+    identity: str  # stable, non-secret: used for rate limits and reports
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    message_id: str | None = None  # QStash delivery id (same on redelivery)
+    schedule_id: str | None = None
+
+    @property
+    def is_qstash(self) -> bool:
+        return self.kind == "qstash"
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+def _b64url_nopad(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _normalise_url(url: str) -> str:
+    return url.rstrip("/")
+
+
+def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway: int = QSTASH_LEEWAY_S) -> dict:
+    """Verify an ``Upstash-Signature`` JWT against any of ``keys``.
+
+    Returns the claims; raises AuthError naming what was wrong.
+    """
+    import jwt  # lazy: only QStash requests need it
+
+    if not keys:
+        raise AuthError("QStash signature present but no signing keys are configured")
+    reason = "invalid signature"
+    for key in keys:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["HS256"],
+                issuer="Upstash",
+                leeway=leeway,
+                options={"require": ["iss", "sub", "exp", "nbf", "body"]},
+            )
+        except jwt.ExpiredSignatureError:
+            reason = "QStash signature expired"
+            continue
+        except jwt.ImmatureSignatureError:
+            reason = "QStash signature not valid yet"
+            continue
+        except jwt.MissingRequiredClaimError as exc:
+            reason = f"QStash signature lacks the {exc.claim!r} claim"
+            continue
+        except jwt.InvalidIssuerError:
+            reason = "QStash signature has the wrong issuer"
+            continue
+        except jwt.InvalidTokenError:
+            reason = "QStash signature invalid (wrong key or tampered token)"
+            continue
+        if _normalise_url(str(claims.get("sub", ""))) != _normalise_url(url):
+            raise AuthError("QStash signature is for another URL")
+        if not isinstance(claims.get("body"), str) or claims["body"].rstrip("=") != _b64url_nopad(hashlib.sha256(body).digest()):
+            raise AuthError("QStash signature does not match the body")
+        return claims
+    raise AuthError(reason)
+
+
+def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
+    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body."""
+    if not secret:
+        raise AuthError("Vercel signature present but VERCEL_WEBHOOK_SECRET is not configured")
+    expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+    if not hmac.compare_digest(expected, signature.strip().lower()):
+        raise AuthError("Vercel signature does not match the body")
+
+
+def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("Authorization header must be 'Bearer <token>'")
+    matched: Principal | None = None
+    # Compare against every configured token (constant time each, no early exit).
+    for var, scopes in (("SAFESYNC_API_TOKEN", {"run"}), ("SAFESYNC_ADMIN_TOKEN", {"run", "admin"})):
+        configured = env.get(var, "")
+        if configured and hmac.compare_digest(configured.encode(), token.encode()):
+            identity = "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+            matched = matched or Principal("bearer", identity, frozenset(scopes))
+    if matched is None:
+        raise AuthError("invalid bearer token")
+    return matched
+
+
+def authenticate(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    path: str,
+    query: str = "",
+    allow_vercel: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Principal:
+    """Authenticate a request or raise AuthError (→ 401).
+
+    The QStash destination URL is ``SAFESYNC_PUBLIC_URL`` + path (+ query),
+    never the request's own URL: behind Cloud Run that says http://.
+    """
+    env = env if env is not None else os.environ
+    failures: list[str] = []
+
+    signature = headers.get("Upstash-Signature")
+    if signature:
+        public = env.get("SAFESYNC_PUBLIC_URL", "").rstrip("/")
+        if not public:
+            failures.append("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
+        else:
+            url = public + (path if path != "/" else "") + (f"?{query}" if query else "")
+            keys = [env[k] for k in QSTASH_KEYS if env.get(k)]
+            try:
+                verify_qstash(signature, body, url, keys)
+                return Principal(
+                    "qstash",
+                    "qstash",
+                    frozenset({"run"}),
+                    message_id=headers.get("Upstash-Message-Id"),
+                    schedule_id=headers.get("Upstash-Schedule-Id"),
+                )
+            except AuthError as exc:
+                failures.append(exc.message)
+
+    vercel = headers.get("x-vercel-signature")
+    if vercel and allow_vercel:
+        try:
+            verify_vercel(vercel, body, env.get("VERCEL_WEBHOOK_SECRET"))
+            return Principal("vercel", "vercel", frozenset({"webhook"}))
+        except AuthError as exc:
+            failures.append(exc.message)
+
+    authorization = headers.get("Authorization")
+    if authorization:
+        try:
+            return _bearer_principal(authorization, env)
+        except AuthError as exc:
+            failures.append(exc.message)
+
+    raise AuthError(failures[0] if failures else "no credentials: send a QStash signature or a bearer token")

@@ -1,0 +1,298 @@
+"""``safesync.toml``: loading, validation and the resolved Settings.
+
+Secrets never live in the file: ``[databases]`` maps a name to the name of an
+environment variable holding the URL. Validation is strict (unknown keys are
+errors) so a typo never silently disables a safety setting; every problem is
+reported as one ``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_ENV = "SAFESYNC_CONFIG"
+DEFAULT_CONFIG_FILE = "safesync.toml"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_TABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_tables(names: list[str]) -> list[str]:
+    for name in names:
+        if not _TABLE.match(name):
+            raise ValueError(f"{name!r} is not a table name (use name or schema.name)")
+    return names
+
+
+class StorageSection(_Section):
+    url: str = "file://./backups"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("file://") or v.startswith("gs://")):
+            raise ValueError("must start with file:// or gs://")
+        return v
+
+
+class BackupSection(_Section):
+    databases: list[str] = Field(default_factory=lambda: ["prod"])
+    keep_daily: int = Field(7, ge=0)
+    keep_weekly: int = Field(4, ge=0)
+    keep_monthly: int = Field(6, ge=0)
+    keep_predeploy: int = Field(20, ge=0)
+    incomplete_grace_hours: float = Field(6, ge=0)
+    compress_level: int = Field(6, ge=0, le=9)
+    prune_after_create: bool = True
+
+
+class TableOptions(_Section):
+    """Per-table overrides for content sync."""
+
+    match_on: list[str] | None = None
+    on_conflict: Literal["source", "target", "fail"] | None = None
+
+
+class ContentSyncSection(_Section):
+    source: str = "dev"
+    target: str = "prod"
+    tables: list[str] = Field(default_factory=list)
+    protected: list[str] = Field(default_factory=list)
+    delete_missing: bool = False
+    on_conflict: Literal["source", "target", "fail"] = "fail"
+    options: dict[str, TableOptions] = Field(default_factory=dict)
+
+    _tables = field_validator("tables", "protected")(classmethod(lambda cls, v: _check_tables(v)))
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "ContentSyncSection":
+        both = sorted(set(self.tables) & set(self.protected))
+        if both:
+            raise ValueError(f"table(s) {', '.join(both)} are both content and protected")
+        if self.source == self.target:
+            raise ValueError(f"source and target are the same database ({self.source!r})")
+        unknown = sorted(set(self.options) - set(self.tables))
+        if unknown:
+            raise ValueError(f"options given for non-content table(s) {', '.join(unknown)}")
+        return self
+
+
+class MaskRule(_Section):
+    table: str
+    column: str
+    strategy: Literal["null", "fixed", "hash"] = "null"
+    value: str | None = None
+
+    _tables = field_validator("table")(classmethod(lambda cls, v: _check_tables([v])[0]))
+
+
+class StagingCloneSection(_Section):
+    source: str = "dev"
+    target: str = "staging"
+    schemas: list[str] = Field(default_factory=lambda: ["public"])
+    exclude_table_data: list[str] = Field(default_factory=list)
+    mask: list[MaskRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "StagingCloneSection":
+        if self.source == self.target:
+            raise ValueError(f"source and target are the same database ({self.source!r})")
+        return self
+
+
+class Rule(_Section):
+    name: str
+    sql: str
+    database: str | None = None
+    max_rows: int = Field(5, ge=1, le=1000)
+
+
+class ExpectedRelation(_Section):
+    """A relation the database should enforce (even if its FK was dropped)."""
+
+    table: str
+    columns: list[str]
+    references: str
+    ref_columns: list[str]
+
+
+class ValidateSection(_Section):
+    database: str | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    rls_schemas: list[str] = Field(default_factory=list)
+    expected_relations: list[ExpectedRelation] = Field(default_factory=list)
+
+
+class CalendarSection(_Section):
+    database: str = "prod"
+    calendar_ids: list[str] = Field(default_factory=lambda: ["primary"])
+    incremental_days: int = Field(14, ge=1)
+    full_days: int = Field(90, ge=1)
+    retention_days: int = Field(180, ge=1)
+    max_delete_share: float = Field(0.2, ge=0, le=1)
+    max_retries: int = Field(3, ge=1)
+    rate_limit_per_minute: int = Field(60, ge=1)
+
+
+class MigrateSection(_Section):
+    database: str = "prod"
+    sql_dir: str | None = None
+    command: str | None = None
+    rehearse_on: str = "scratch"
+    single_transaction: bool = False
+    rehearsal_max_age_minutes: int = Field(60, ge=1)
+    lock_timeout: str = "5s"
+    statement_timeout: str = "15min"
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MigrateSection":
+        if self.sql_dir and self.command:
+            raise ValueError("set either sql_dir or command, not both")
+        return self
+
+
+class HttpSection(_Section):
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+
+class Config(_Section):
+    databases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "dev": "DEV_DATABASE_URL",
+            "staging": "STAGING_DATABASE_URL",
+            "prod": "PROD_DATABASE_URL",
+        }
+    )
+    storage: StorageSection = Field(default_factory=StorageSection)
+    backup: BackupSection = Field(default_factory=BackupSection)
+    content_sync: ContentSyncSection = Field(default_factory=ContentSyncSection)
+    staging_clone: StagingCloneSection = Field(default_factory=StagingCloneSection)
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    calendar: CalendarSection = Field(default_factory=CalendarSection)
+    migrate: MigrateSection = Field(default_factory=MigrateSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("databases")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, env in v.items():
+            if not _NAME.match(name):
+                raise ValueError(f"database name {name!r} must be a simple identifier")
+            if not isinstance(env, str) or not _ENV_NAME.match(env):
+                raise ValueError(
+                    f"databases.{name} must name an environment variable (e.g. \"PROD_DATABASE_URL\"), not a URL"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _known_databases(self) -> "Config":
+        refs: list[tuple[str, str | None]] = [
+            ("content_sync.source", self.content_sync.source),
+            ("content_sync.target", self.content_sync.target),
+            ("staging_clone.source", self.staging_clone.source),
+            ("staging_clone.target", self.staging_clone.target),
+            ("calendar.database", self.calendar.database),
+            ("migrate.database", self.migrate.database),
+            ("validate.database", self.validate_.database),
+        ]
+        refs += [(f"backup.databases[{i}]", d) for i, d in enumerate(self.backup.databases)]
+        refs += [(f"validate.rules[{i}].database", r.database) for i, r in enumerate(self.validate_.rules)]
+        for key, name in refs:
+            if name is not None and name not in self.databases:
+                raise ValueError(f"{key} = {name!r} is not one of [databases] ({', '.join(self.databases)})")
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join("validate" if p == "validate_" else str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
+
+
+class Settings:
+    """The validated config plus the environment it resolves against."""
+
+    def __init__(self, config: Config, *, base_dir: Path, source: str, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.source = source
+        self.env: Mapping[str, str] = env if env is not None else os.environ
+
+    def database_names(self) -> list[str]:
+        return list(self.config.databases)
+
+    def check_database(self, name: str) -> str:
+        """Validate a database name given by a caller (HTTP body, CLI flag)."""
+        if name not in self.config.databases:
+            raise ConfigError(f"unknown database {name!r}; configured: {', '.join(self.config.databases)}")
+        return name
+
+    def database_url(self, name: str) -> str:
+        """The URL of a configured database, from its environment variable."""
+        self.check_database(name)
+        var = self.config.databases[name]
+        url = self.env.get(var, "").strip()
+        if not url:
+            raise ConfigError(f"database {name!r}: environment variable {var} is not set")
+        return url
+
+    def secret(self, var: str) -> str | None:
+        value = self.env.get(var, "").strip()
+        return value or None
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @cached_property
+    def storage(self):  # -> Storage (imported lazily: GCS client is heavy)
+        from .storage import open_storage
+
+        return open_storage(self.config.storage.url, base_dir=self.base_dir)
+
+
+def parse_config(text: str, *, source: str = DEFAULT_CONFIG_FILE) -> Config:
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load ``path``, else ``$SAFESYNC_CONFIG``, else ``./safesync.toml``;
+    with no file at all the built-in defaults apply."""
+    env = env if env is not None else os.environ
+    explicit = path or env.get(CONFIG_ENV)
+    file = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    if not file.exists():
+        if explicit:
+            raise ConfigError(f"config file {file} does not exist")
+        return Settings(Config(), base_dir=Path.cwd(), source="(defaults)", env=env)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    return Settings(parse_config(text, source=str(file)), base_dir=file.resolve().parent, source=str(file), env=env)

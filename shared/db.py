@@ -1,0 +1,288 @@
+"""Connections and catalog introspection shared by every job.
+
+Sessions are pinned (TimeZone, DateStyle, extra_float_digits, bytea_output,
+IntervalStyle) so that a row's text form — and therefore any hash computed
+from it in SQL — is identical on both sides of a comparison.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from .errors import ConfigError, DatabaseError
+from .log import redact
+
+PINNED_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "safesync")
+
+
+def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
+    """Open a connection with pinned session settings.
+
+    Connection failures become ``DatabaseError`` with the URL's password
+    redacted (psycopg's message may echo the DSN).
+    """
+    options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items())
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            application_name=application_name,
+            options=options,
+            connect_timeout=kwargs.pop("connect_timeout", 10),
+            **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
+    except psycopg.ProgrammingError as exc:  # malformed URL
+        raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str, default_schema: str = "public") -> "TableRef":
+        schema, _, name = text.rpartition(".")
+        return cls(schema or default_schema, name)
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def short(self) -> str:
+        """``name`` for public tables, ``schema.name`` otherwise."""
+        return self.name if self.schema == "public" else str(self)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(), e.g. "character varying(20)", "integer[]"
+    not_null: bool
+    default: str | None
+    identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
+    generated: bool  # a STORED generated column: never written
+
+    @property
+    def writable(self) -> bool:
+        return not self.generated
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    table: TableRef
+    columns: tuple[str, ...]
+    ref_table: TableRef
+    ref_columns: tuple[str, ...]
+    on_delete: str  # 'NO ACTION' | 'RESTRICT' | 'CASCADE' | 'SET NULL' | 'SET DEFAULT'
+    on_update: str
+    validated: bool
+
+
+_FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
+def server_version(conn: psycopg.Connection) -> int:
+    """``server_version_num`` as an int, e.g. 160004."""
+    return conn.info.server_version
+
+
+def list_tables(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[TableRef]:
+    """Ordinary and partitioned tables (not partitions' children twice)."""
+    rows = conn.execute(
+        """
+        select n.nspname, c.relname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.relkind in ('r', 'p') and not c.relispartition
+          and (%(schemas)s::text[] is null and n.nspname <> all(%(system)s) and n.nspname not like 'pg\\_%%'
+               or n.nspname = any(%(schemas)s::text[]))
+        order by 1, 2
+        """,
+        {"schemas": list(schemas) if schemas is not None else None, "system": list(SYSTEM_SCHEMAS)},
+    ).fetchall()
+    return [TableRef(s, n) for s, n in rows]
+
+
+def table_exists(conn: psycopg.Connection, table: TableRef) -> bool:
+    return conn.execute(
+        "select to_regclass(%s) is not null", [sql.Identifier(table.schema, table.name).as_string(conn)]
+    ).fetchone()[0]
+
+
+def columns(conn: psycopg.Connection, table: TableRef) -> list[Column]:
+    rows = conn.execute(
+        """
+        select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated <> ''
+        from pg_attribute a
+        join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+        where n.nspname = %s and c.relname = %s and a.attnum > 0 and not a.attisdropped
+        order by a.attnum
+        """,
+        [table.schema, table.name],
+    ).fetchall()
+    return [Column(n, t, nn, d, i or "", g) for n, t, nn, d, i, g in rows]
+
+
+def primary_key(conn: psycopg.Connection, table: TableRef) -> list[str]:
+    """Primary-key columns in key order; empty when the table has none."""
+    rows = conn.execute(
+        """
+        select a.attname
+        from pg_constraint k
+        join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+        cross join lateral unnest(k.conkey) with ordinality as u(attnum, ord)
+        join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.attnum
+        where k.contype = 'p' and n.nspname = %s and c.relname = %s
+        order by u.ord
+        """,
+        [table.schema, table.name],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def foreign_keys(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[ForeignKey]:
+    """Every FK whose referencing table is in ``schemas`` (all user schemas if None)."""
+    rows = conn.execute(
+        """
+        select k.conname, n.nspname, c.relname,
+               array(select a.attname from unnest(k.conkey) with ordinality u(n, o)
+                     join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.n order by u.o),
+               rn.nspname, rc.relname,
+               array(select a.attname from unnest(k.confkey) with ordinality u(n, o)
+                     join pg_attribute a on a.attrelid = k.confrelid and a.attnum = u.n order by u.o),
+               k.confdeltype::text, k.confupdtype::text, k.convalidated
+        from pg_constraint k
+        join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+        join pg_class rc on rc.oid = k.confrelid join pg_namespace rn on rn.oid = rc.relnamespace
+        where k.contype = 'f' and not c.relispartition
+          and (%(schemas)s::text[] is null and n.nspname <> all(%(system)s) or n.nspname = any(%(schemas)s::text[]))
+        order by 2, 3, 1
+        """,
+        {"schemas": list(schemas) if schemas is not None else None, "system": list(SYSTEM_SCHEMAS)},
+    ).fetchall()
+    return [
+        ForeignKey(
+            name=r[0],
+            table=TableRef(r[1], r[2]),
+            columns=tuple(r[3]),
+            ref_table=TableRef(r[4], r[5]),
+            ref_columns=tuple(r[6]),
+            on_delete=_FK_ACTIONS[r[7]],
+            on_update=_FK_ACTIONS[r[8]],
+            validated=r[9],
+        )
+        for r in rows
+    ]
+
+
+def fk_order(tables: Iterable[TableRef], fks: Iterable[ForeignKey]) -> list[TableRef]:
+    """Parents before children; tables in an FK cycle stay together (in name
+    order) at the position of the whole cycle, so the order always exists.
+
+    Tarjan's algorithm yields strongly connected components children-first
+    when edges point child -> parent, which is exactly the reverse of what we
+    want, so we emit them as found (parents' components complete first).
+    """
+    nodes = sorted(set(tables))
+    present = set(nodes)
+    parents: dict[TableRef, set[TableRef]] = defaultdict(set)
+    for fk in fks:
+        if fk.table in present and fk.ref_table in present and fk.table != fk.ref_table:
+            parents[fk.table].add(fk.ref_table)
+
+    index: dict[TableRef, int] = {}
+    low: dict[TableRef, int] = {}
+    on_stack: set[TableRef] = set()
+    stack: list[TableRef] = []
+    order: list[TableRef] = []
+    counter = 0
+
+    def visit(root: TableRef) -> None:
+        nonlocal counter
+        # iterative Tarjan: (node, iterator over its parents)
+        work = [(root, iter(sorted(parents[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, it = work[-1]
+            advanced = False
+            for parent in it:
+                if parent not in index:
+                    index[parent] = low[parent] = counter
+                    counter += 1
+                    stack.append(parent)
+                    on_stack.add(parent)
+                    work.append((parent, iter(sorted(parents[parent]))))
+                    advanced = True
+                    break
+                if parent in on_stack:
+                    low[node] = min(low[node], index[parent])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                order.extend(sorted(component))
+
+    for node in nodes:
+        if node not in index:
+            visit(node)
+    return order
+
+
+def row_count(conn: psycopg.Connection, table: TableRef) -> int:
+    return conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]
+
+
+def table_fingerprint(conn: psycopg.Connection, table: TableRef) -> tuple[int, str]:
+    """(row count, order-independent content hash) computed in SQL.
+
+    The hash is the sum of a 64-bit hash of each row's text form, so it needs
+    constant memory and no ORDER BY; with pinned session settings it is
+    comparable across databases and servers.
+    """
+    count, total = conn.execute(
+        sql.SQL(
+            "select count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text "
+            "from {} as t"
+        ).format(table.ident)
+    ).fetchone()
+    return count, total
+
+
+def database_fingerprint(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> dict[str, tuple[int, str]]:
+    """Fingerprint of every table: what tests and reports use to prove that
+    nothing changed."""
+    return {str(t): table_fingerprint(conn, t) for t in list_tables(conn, schemas)}
+

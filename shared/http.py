@@ -1,0 +1,170 @@
+"""The HTTP side of every function: method, size, auth, JSON body, errors.
+
+``serve`` is what each functions-framework target calls. It reads at most
+``SAFESYNC_MAX_BODY_BYTES`` (1 MB) before anything else (413), authenticates
+(401) before parsing, parses and validates the JSON body (400), loads the
+config (400), then hands a ``Call`` to the target's handler. Permanent
+failures answered to QStash become 489 + ``Upstash-NonRetryable-Error`` so
+QStash stops retrying a request that can never succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from .auth import Principal, authenticate
+from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
+from .log import get_logger, redact
+from .runner import Answer
+
+if TYPE_CHECKING:  # flask is imported by functions-framework anyway; keep it out of jobs
+    import flask
+
+    from .config import Settings
+
+log = get_logger("http")
+
+DEFAULT_MAX_BODY = 1_000_000
+QSTASH_NON_RETRYABLE = 489
+
+
+@dataclass
+class Call:
+    """One authenticated request, as a handler sees it."""
+
+    target: str
+    method: str
+    body: dict[str, Any]
+    principal: Principal
+    headers: Mapping[str, str]
+    args: Mapping[str, str]
+    raw_body: bytes = b""
+    _settings: "Settings | None" = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> "Settings":
+        if self._settings is None:
+            from .config import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def trigger(self) -> dict[str, Any]:
+        """Who triggered the run, for reports and manifests."""
+        p = self.principal
+        info: dict[str, Any] = {"via": p.kind, "caller": p.identity}
+        if p.message_id:
+            info["message_id"] = p.message_id
+        if p.schedule_id:
+            info["schedule_id"] = p.schedule_id
+        return info
+
+    def require_admin(self) -> None:
+        if not self.principal.is_admin:
+            raise Forbidden("this action needs the admin token (SAFESYNC_ADMIN_TOKEN)")
+
+
+Handler = Callable[[Call], "Answer | flask.Response"]
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> "flask.Response":
+    import flask
+
+    response = flask.Response(json.dumps(body, default=str, ensure_ascii=False), status=status, mimetype="application/json")
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def respond(answer: Answer, principal: Principal | None, headers: Mapping[str, str] | None = None) -> "flask.Response":
+    """Send an answer; to QStash, a permanent failure is 489 + NonRetryable."""
+    status, extra = answer.status, dict(headers or {})
+    if principal is not None and principal.is_qstash and status >= 400 and answer.permanent:
+        extra["Upstash-NonRetryable-Error"] = "true"
+        status = QSTASH_NON_RETRYABLE
+    return json_response(status, answer.body, extra)
+
+
+def error_answer(exc: SafesyncError) -> Answer:
+    return Answer(exc.status, exc.to_dict(), exc.exit_code, exc.permanent)
+
+
+def _read_body(request: "flask.Request", limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    return data
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+def serve(
+    request: "flask.Request",
+    target: str,
+    handler: Handler,
+    *,
+    methods: tuple[str, ...] = ("POST",),
+    allow_vercel: bool = False,
+) -> "flask.Response":
+    principal: Principal | None = None
+    try:
+        if request.method not in methods:
+            return json_response(405, {"error": f"method {request.method} not allowed; use {' or '.join(methods)}"}, {"Allow": ", ".join(methods)})
+        limit = int(os.environ.get("SAFESYNC_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
+        raw = _read_body(request, limit)
+        principal = authenticate(
+            request.headers,
+            raw,
+            path=request.path,
+            query=request.query_string.decode("latin-1"),
+            allow_vercel=allow_vercel,
+        )
+        call = Call(
+            target=target,
+            method=request.method,
+            body=parse_json_object(raw) if request.method == "POST" else {},
+            principal=principal,
+            headers=request.headers,
+            args=request.args,
+            raw_body=raw,
+        )
+        result = handler(call)
+        return respond(result, principal) if isinstance(result, Answer) else result
+    except SafesyncError as exc:
+        if exc.status >= 500:
+            log.warning("request failed", target=target, error=redact(exc.message))
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return respond(error_answer(exc), principal, headers)
+    except Exception:
+        log.exception("unhandled error", target=target)
+        return json_response(500, {"error": "internal error"})
+
+
+def validate_body(model: type, body: Mapping[str, Any]):
+    """Validate a request body against a pydantic model; errors → 400 naming
+    the field (never echoing a traceback)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{where}: {message}", {"errors": len(exc.errors())}) from None

@@ -1,0 +1,49 @@
+"""Failure notifications to ``SAFESYNC_NOTIFY_URL``.
+
+The message is JSON with a Slack-compatible ``text`` field plus structured
+fields, so the same URL can be a Slack incoming webhook or anything else.
+Delivery problems are logged and never fail the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Any, Mapping
+
+from .log import get_logger, redact, redact_obj
+
+log = get_logger("notify")
+
+
+def send(event: str, text: str, fields: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> bool:
+    """POST one notification; True if it was delivered."""
+    env = env if env is not None else os.environ
+    url = env.get("SAFESYNC_NOTIFY_URL", "").strip()
+    if not url:
+        return False
+    payload = redact_obj({"text": f"safesync: {text}", "event": event, **(fields or {})})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload, default=str).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "safesync"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+        return True
+    except Exception as exc:  # any delivery failure is logged, never raised
+        log.warning("notification not delivered", event=event, error=redact(str(exc)))
+        return False
+
+
+def report_failed(report_dict: Mapping[str, Any]) -> bool:
+    """Notify about a failed or refused run."""
+    job, action, status = report_dict.get("job"), report_dict.get("action"), report_dict.get("status")
+    return send(
+        f"run.{status}",
+        f"{job} {action} {status}: {report_dict.get('summary', '')}",
+        {"job": job, "action": action, "status": status, "run_id": report_dict.get("run_id"), "summary": report_dict.get("summary")},
+    )

@@ -1,0 +1,155 @@
+"""Running a job the same way from HTTP and from the CLI.
+
+``execute`` wraps a job function with everything every run needs: the
+per-target advisory lock, QStash de-duplication, a storage check before any
+database is touched, the report stored under ``runs/``, and a notification
+when the run fails or is refused. Errors we understand become the report's
+``error``; anything else is our bug: logged with its traceback, answered 500
+without one.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import notify
+from .config import Settings
+from .db import connect
+from .errors import SafesyncError, StorageError
+from .locks import JobLock, begin_delivery, ensure_schema, finish_delivery, stored_delivery
+from .log import get_logger, redact, redact_obj, run_id_var
+from .report import Report, stamp
+
+log = get_logger("runner")
+
+JobFn = Callable[[Report], Report | None]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a run answers: HTTP status, JSON body, CLI exit code, and whether
+    a failure is permanent (QStash must not retry it)."""
+
+    status: int
+    body: dict[str, Any]
+    exit_code: int = 0
+    permanent: bool = False
+
+    @classmethod
+    def of(cls, report: Report) -> "Answer":
+        data = redact_obj(report.to_dict())
+        if report.error:
+            body = {"error": report.error["error"], "detail": report.error["detail"], "report": data}
+            return cls(report.http_status, body, report.error.get("exit_code", 1), report.error["permanent"])
+        return cls(report.http_status, data, report.exit_code, report.status == "refused")
+
+
+def run_key(report: Report) -> str:
+    return f"runs/{report.job}/{stamp(report.started_at)}-{report.run_id}.json"
+
+
+def check_storage(settings: Settings) -> None:
+    """Fail early (before touching a database) when storage is unusable."""
+    try:
+        settings.storage.list("runs/.probe")
+    except SafesyncError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"storage {settings.config.storage.url} is unavailable: {redact(str(exc))}") from None
+
+
+def _store(settings: Settings, report: Report) -> None:
+    try:
+        settings.storage.put_json(run_key(report), redact_obj(report.to_dict()))
+    except Exception as exc:  # the run itself already happened; say so, don't mask it
+        report.warnings.append(f"run report not stored: {redact(str(exc))}")
+        log.warning("run report not stored", error=redact(str(exc)))
+
+
+def execute(
+    settings: Settings,
+    report: Report,
+    fn: JobFn,
+    *,
+    target: str | None = None,
+    message_id: str | None = None,
+    needs_storage: bool = True,
+    record: bool = True,
+) -> Answer:
+    """Run ``fn(report)`` under the lock for ``report.job`` on database
+    ``target`` (None: no lock, e.g. read-only actions).
+
+    Returns the HTTP status and JSON body. A QStash ``message_id`` already
+    answered returns the stored answer without running anything. Raises
+    AlreadyRunning (409) when another run holds the lock.
+    """
+    token = run_id_var.set(report.run_id)
+    try:
+        with ExitStack() as stack:
+            url = settings.database_url(target) if target else None
+            meta = None
+            if url and message_id:
+                meta = stack.enter_context(connect(url, autocommit=True, application_name="safesync-deliveries"))
+                ensure_schema(meta)
+                replay = stored_delivery(meta, message_id)
+                if replay:
+                    return _replayed(*replay)
+            if url:
+                lock = JobLock(url, report.job, target).acquire()
+                stack.callback(lock.release)
+                if meta is not None:
+                    replay = stored_delivery(meta, message_id)  # finished while we waited for the lock
+                    if replay:
+                        return _replayed(*replay)
+                    begin_delivery(meta, message_id, report.job, target)
+            _run(settings, report, fn, needs_storage)
+            if record:
+                _store(settings, report)
+            answer = Answer.of(report)
+            if meta is not None:
+                finish_delivery(meta, message_id, answer.status, {**answer.body, "_permanent": answer.permanent})
+            if report.status in ("failed", "refused"):
+                notify.report_failed(report.to_dict())
+            return answer
+    finally:
+        run_id_var.reset(token)
+
+
+def _replayed(status: int, stored: dict[str, Any]) -> Answer:
+    """The first run's answer to a redelivered QStash message."""
+    body = {k: v for k, v in stored.items() if k != "_permanent"}
+    return Answer(status, {**body, "replayed": True}, 0 if status < 300 else 1, bool(stored.get("_permanent")))
+
+
+def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> None:
+    log.info("run started", job=report.job, action=report.action)
+    try:
+        if needs_storage:
+            check_storage(settings)
+        fn(report)
+    except SafesyncError as exc:
+        report.status = "refused" if exc.status in (400, 403, 404, 422) else "failed"
+        report.summary = report.summary or exc.message
+        report.error = {
+            "error": exc.message,
+            "detail": exc.detail,
+            "status": exc.status,
+            "permanent": exc.permanent,
+            "exit_code": exc.exit_code,
+        }
+    except Exception:
+        log.exception("run crashed", job=report.job, action=report.action)
+        report.status = "failed"
+        report.summary = "internal error (see logs for run " + report.run_id + ")"
+        report.error = {
+            "error": "internal error",
+            "detail": {"run_id": report.run_id},
+            "status": 500,
+            "permanent": False,
+            "exit_code": 1,
+        }
+    finally:
+        report.finish()
+    log.info("run finished", job=report.job, action=report.action, status=report.status, summary=report.summary)
