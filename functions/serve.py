@@ -14,7 +14,7 @@ def create_app():
 
     from safesync.functions import main
 
-    app = flask.Flask("safesync")
+    app = flask.Flask(__name__)
     for target in main.TARGETS:
         function = getattr(main, target)
         app.add_url_rule(

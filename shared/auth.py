@@ -58,38 +58,48 @@ def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway:
 
     if not keys:
         raise AuthError("QStash signature present but no signing keys are configured")
-    reason = "invalid signature"
-    for key in keys:
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=["HS256"],
-                issuer="Upstash",
-                leeway=leeway,
-                options={"require": ["iss", "sub", "exp", "nbf", "body"]},
-            )
-        except jwt.ExpiredSignatureError:
-            reason = "QStash signature expired"
-            continue
-        except jwt.ImmatureSignatureError:
-            reason = "QStash signature not valid yet"
-            continue
-        except jwt.MissingRequiredClaimError as exc:
-            reason = f"QStash signature lacks the {exc.claim!r} claim"
-            continue
-        except jwt.InvalidIssuerError:
-            reason = "QStash signature has the wrong issuer"
-            continue
-        except jwt.InvalidTokenError:
-            reason = "QStash signature invalid (wrong key or tampered token)"
-            continue
-        if _normalise_url(str(claims.get("sub", ""))) != _normalise_url(url):
-            raise AuthError("QStash signature is for another URL")
-        if not isinstance(claims.get("body"), str) or claims["body"].rstrip("=") != _b64url_nopad(hashlib.sha256(body).digest()):
-            raise AuthError("QStash signature does not match the body")
-        return claims
-    raise AuthError(reason)
+    # First find the key whose signature matches, then check the claims with
+    # it: an expired token signed with the current key must say "expired",
+    # not "wrong key" because the next key also failed.
+    key = next((k for k in keys if _signed_with(token, k)), None)
+    if key is None:
+        raise AuthError("QStash signature invalid (wrong key or tampered token)")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=["HS256"],
+            issuer="Upstash",
+            leeway=leeway,
+            options={"require": ["iss", "sub", "exp", "nbf", "body"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("QStash signature expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError("QStash signature not valid yet") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"QStash signature lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("QStash signature has the wrong issuer") from None
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"QStash signature invalid ({type(exc).__name__})") from None
+    if _normalise_url(str(claims.get("sub", ""))) != _normalise_url(url):
+        raise AuthError("QStash signature is for another URL")
+    body_claim = claims.get("body")
+    if not isinstance(body_claim, str) or body_claim.rstrip("=") != _b64url_nopad(hashlib.sha256(body).digest()):
+        raise AuthError("QStash signature does not match the body")
+    return claims
+
+
+def _signed_with(token: str, key: str) -> bool:
+    """True when ``token`` is an HS256 JWT signed with ``key`` (claims unchecked)."""
+    import jwt
+
+    try:
+        jwt.decode(token, key, algorithms=["HS256"], options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_iss": False})
+        return True
+    except jwt.InvalidTokenError:
+        return False
 
 
 def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:

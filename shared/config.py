@@ -202,16 +202,25 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _known_databases(self) -> "Config":
-        refs: list[tuple[str, str | None]] = [
-            ("content_sync.source", self.content_sync.source),
-            ("content_sync.target", self.content_sync.target),
-            ("staging_clone.source", self.staging_clone.source),
-            ("staging_clone.target", self.staging_clone.target),
-            ("calendar.database", self.calendar.database),
-            ("migrate.database", self.migrate.database),
-            ("validate.database", self.validate_.database),
-        ]
-        refs += [(f"backup.databases[{i}]", d) for i, d in enumerate(self.backup.databases)]
+        """Database names used by the sections the file sets must exist.
+
+        Sections left to their defaults are not checked here (their default
+        names may not be configured); using them fails later with a clear
+        "unknown database" error.
+        """
+        given = self.model_fields_set
+        refs: list[tuple[str, str | None]] = []
+        if "content_sync" in given:
+            refs += [("content_sync.source", self.content_sync.source), ("content_sync.target", self.content_sync.target)]
+        if "staging_clone" in given:
+            refs += [("staging_clone.source", self.staging_clone.source), ("staging_clone.target", self.staging_clone.target)]
+        if "calendar" in given:
+            refs.append(("calendar.database", self.calendar.database))
+        if "migrate" in given:
+            refs += [("migrate.database", self.migrate.database), ("migrate.rehearse_on", self.migrate.rehearse_on)]
+        if "backup" in given:
+            refs += [(f"backup.databases[{i}]", d) for i, d in enumerate(self.backup.databases)]
+        refs.append(("validate.database", self.validate_.database))
         refs += [(f"validate.rules[{i}].database", r.database) for i, r in enumerate(self.validate_.rules)]
         for key, name in refs:
             if name is not None and name not in self.databases:

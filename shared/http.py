@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .auth import Principal, authenticate
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact
-from .runner import Answer
+from .report import Answer
 
 if TYPE_CHECKING:  # flask is imported by functions-framework anyway; keep it out of jobs
     import flask

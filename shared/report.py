@@ -105,3 +105,24 @@ class Report:
         data["started_at"] = self.started_at.isoformat()
         data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
         return data
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a run answers: HTTP status, JSON body, CLI exit code, and whether
+    a failure is permanent (QStash must not retry it)."""
+
+    status: int
+    body: dict[str, Any]
+    exit_code: int = 0
+    permanent: bool = False
+
+    @classmethod
+    def of(cls, report: Report) -> "Answer":
+        from .log import redact_obj
+
+        data = redact_obj(report.to_dict())
+        if report.error:
+            body = {"error": report.error["error"], "detail": report.error["detail"], "report": data}
+            return cls(report.http_status, body, report.error.get("exit_code", 1), report.error["permanent"])
+        return cls(report.http_status, data, report.exit_code, report.status == "refused")

@@ -11,7 +11,6 @@ without one.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import notify
@@ -20,30 +19,11 @@ from .db import connect
 from .errors import SafesyncError, StorageError
 from .locks import JobLock, begin_delivery, ensure_schema, finish_delivery, stored_delivery
 from .log import get_logger, redact, redact_obj, run_id_var
-from .report import Report, stamp
+from .report import Answer, Report, stamp
 
 log = get_logger("runner")
 
 JobFn = Callable[[Report], Report | None]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a run answers: HTTP status, JSON body, CLI exit code, and whether
-    a failure is permanent (QStash must not retry it)."""
-
-    status: int
-    body: dict[str, Any]
-    exit_code: int = 0
-    permanent: bool = False
-
-    @classmethod
-    def of(cls, report: Report) -> "Answer":
-        data = redact_obj(report.to_dict())
-        if report.error:
-            body = {"error": report.error["error"], "detail": report.error["detail"], "report": data}
-            return cls(report.http_status, body, report.error.get("exit_code", 1), report.error["permanent"])
-        return cls(report.http_status, data, report.exit_code, report.status == "refused")
 
 
 def run_key(report: Report) -> str:

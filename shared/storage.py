@@ -14,6 +14,7 @@ a local folder should not pay for it.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -387,10 +388,10 @@ class _CheckedReader(io.BufferedIOBase):
     the end is reached. (BlobReader fetches ranges, for which the library
     cannot check checksums, so we check the whole stream ourselves.)"""
 
-    def __init__(self, blob: "Blob", chunk_size: int) -> None:
+    def __init__(self, key: str, blob: "Blob", chunk_size: int) -> None:
         import google_crc32c
 
-        self._key = blob.name
+        self._key = key
         self._expected_size = blob.size
         self._expected_crc = blob.crc32c
         self._crc = google_crc32c.Checksum()
@@ -430,8 +431,6 @@ class _CheckedReader(io.BufferedIOBase):
                 detail={"key": self._key},
             )
         if self._expected_crc is not None:
-            import base64
-
             actual = base64.b64encode(self._crc.digest()).decode("ascii")
             if actual != self._expected_crc:
                 raise StorageError(
@@ -536,7 +535,7 @@ class GCSStorage(Storage):
             blob = self._bucket().get_blob(name)
         if blob is None:
             raise NotFoundError(f"object {key!r} not found", detail={"key": key})
-        return _CheckedReader(blob, GCS_CHUNK)  # type: ignore[return-value]
+        return _CheckedReader(key, blob, GCS_CHUNK)  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""

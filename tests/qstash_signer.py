@@ -14,8 +14,9 @@ def body_hash(body: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).decode().rstrip("=")
 
 
-def sign(key: str, url: str, body: bytes, *, now: float | None = None, ttl: int = 300, **overrides) -> str:
-    """The token QStash would send for ``body`` delivered to ``url``."""
+def sign(key: str, url: str, payload: bytes, *, now: float | None = None, ttl: int = 300, **overrides) -> str:
+    """The token QStash would send for ``payload`` delivered to ``url``;
+    ``overrides`` replace claims (None removes one)."""
     now = time.time() if now is None else now
     claims = {
         "iss": "Upstash",
@@ -24,7 +25,7 @@ def sign(key: str, url: str, body: bytes, *, now: float | None = None, ttl: int 
         "nbf": int(now),
         "iat": int(now),
         "jti": uuid.uuid4().hex,
-        "body": body_hash(body),
+        "body": body_hash(payload),
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}

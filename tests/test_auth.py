@@ -1,0 +1,116 @@
+"""QStash, Vercel and bearer authentication against signed vectors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+
+import jwt
+import pytest
+
+from safesync.shared.auth import authenticate, verify_qstash
+from safesync.shared.errors import AuthError
+from tests import sentinels
+from tests.qstash_signer import qstash_headers, sign
+
+URL = sentinels.PUBLIC_URL + "/backup"
+BODY = json.dumps({"action": "create", "db": "prod"}).encode()
+CURRENT = sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"]
+NEXT = sentinels.SECRETS["QSTASH_NEXT_SIGNING_KEY"]
+
+
+def auth(headers: dict[str, str], body: bytes = BODY, path: str = "/backup", **kw):
+    return authenticate(headers, body, path=path, **kw)
+
+
+@pytest.mark.parametrize("key", [CURRENT, NEXT], ids=["current-key", "next-key"])
+def test_qstash_signature_with_either_key_is_accepted(key: str) -> None:
+    principal = auth(qstash_headers(key, URL, BODY, message_id="msg_1"))
+    assert principal.kind == "qstash"
+    assert principal.message_id == "msg_1"
+
+
+def test_both_keys_accept_the_same_vector_and_padding_is_ignored() -> None:
+    padded = base64.urlsafe_b64encode(hashlib.sha256(BODY).digest()).decode()  # with '='
+    assert padded.endswith("=")
+    for key in (CURRENT, NEXT):
+        token = sign(key, URL, BODY, body=padded)
+        assert verify_qstash(token, BODY, URL, [CURRENT, NEXT])["sub"] == URL
+
+
+def test_trailing_slash_on_public_url_is_tolerated(monkeypatch) -> None:
+    monkeypatch.setenv("SAFESYNC_PUBLIC_URL", sentinels.PUBLIC_URL + "/")
+    assert auth(qstash_headers(CURRENT, URL, BODY)).kind == "qstash"
+
+
+def _token_alg_none() -> str:
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    now = int(time.time())
+    claims = {"iss": "Upstash", "sub": URL, "exp": now + 300, "nbf": now, "body": base64.urlsafe_b64encode(hashlib.sha256(BODY).digest()).decode()}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{payload}."
+
+
+@pytest.mark.parametrize(
+    "case, make_headers, expected",
+    [
+        ("tampered body", lambda: qstash_headers(CURRENT, URL, BODY + b" "), "does not match the body"),
+        ("wrong url", lambda: qstash_headers(CURRENT, sentinels.PUBLIC_URL + "/validate", BODY), "another URL"),
+        ("http url", lambda: qstash_headers(CURRENT, URL.replace("https", "http"), BODY), "another URL"),
+        ("expired", lambda: qstash_headers(CURRENT, URL, BODY, now=time.time() - 600), "expired"),
+        ("not yet valid", lambda: qstash_headers(CURRENT, URL, BODY, now=time.time() + 600), "not valid yet"),
+        ("wrong key", lambda: qstash_headers("some-other-key", URL, BODY), "wrong key or tampered"),
+        ("no body claim", lambda: {"Upstash-Signature": sign(CURRENT, URL, BODY, body=None)}, "lacks the 'body' claim"),
+        ("wrong issuer", lambda: {"Upstash-Signature": sign(CURRENT, URL, BODY, iss="Evil")}, "wrong issuer"),
+        ("alg none", lambda: {"Upstash-Signature": _token_alg_none()}, "wrong key or tampered"),
+        ("HS512", lambda: {"Upstash-Signature": jwt.encode({"iss": "Upstash", "sub": URL, "exp": int(time.time()) + 60, "nbf": int(time.time()), "body": "x"}, CURRENT, algorithm="HS512")}, "wrong key or tampered"),
+        ("garbage", lambda: {"Upstash-Signature": "not-a-jwt"}, "wrong key or tampered"),
+        ("missing header", lambda: {}, "no credentials"),
+        ("bad bearer", lambda: {"Authorization": "Bearer nope"}, "invalid bearer token"),
+        ("basic auth", lambda: {"Authorization": "Basic dXNlcjpwYXNz"}, "must be 'Bearer"),
+        ("empty bearer", lambda: {"Authorization": "Bearer "}, "must be 'Bearer"),
+    ],
+)
+def test_bad_credentials_are_rejected(case: str, make_headers, expected: str) -> None:
+    with pytest.raises(AuthError) as info:
+        auth(make_headers())
+    assert expected in info.value.message
+    assert info.value.status == 401
+
+
+def test_small_clock_skew_is_tolerated() -> None:
+    # nbf 5 s in the future (the caller's clock runs ahead) is within the leeway.
+    assert auth(qstash_headers(CURRENT, URL, BODY, now=time.time() + 5)).kind == "qstash"
+
+
+def test_qstash_without_public_url_is_rejected(monkeypatch) -> None:
+    monkeypatch.delenv("SAFESYNC_PUBLIC_URL")
+    with pytest.raises(AuthError, match="SAFESYNC_PUBLIC_URL"):
+        auth(qstash_headers(CURRENT, URL, BODY))
+
+
+def test_bearer_tokens_and_scopes() -> None:
+    api = auth({"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_API_TOKEN']}"})
+    admin = auth({"Authorization": f"bearer {sentinels.SECRETS['SAFESYNC_ADMIN_TOKEN']}"})
+    assert api.kind == "bearer" and not api.is_admin
+    assert admin.is_admin
+    assert sentinels.SECRETS["SAFESYNC_API_TOKEN"] not in api.identity
+
+
+def test_vercel_signature_only_where_allowed() -> None:
+    secret = sentinels.SECRETS["VERCEL_WEBHOOK_SECRET"]
+    good = hmac.new(secret.encode(), BODY, hashlib.sha1).hexdigest()
+    assert auth({"x-vercel-signature": good}, allow_vercel=True).kind == "vercel"
+    with pytest.raises(AuthError):
+        auth({"x-vercel-signature": good}, allow_vercel=False)
+    with pytest.raises(AuthError, match="Vercel signature does not match"):
+        auth({"x-vercel-signature": good}, body=BODY + b"x", allow_vercel=True)
+
+
+def test_a_failed_qstash_signature_still_allows_a_valid_bearer() -> None:
+    headers = {**qstash_headers("wrong", URL, BODY), "Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
+    assert auth(headers).kind == "bearer"

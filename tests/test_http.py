@@ -1,0 +1,175 @@
+"""The HTTP layer of every target: method, size, auth, JSON, error mapping,
+QStash 489, locks (409) and de-duplication of QStash deliveries."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import flask
+import psycopg
+import pytest
+
+from safesync.functions.main import TARGETS
+from safesync.functions.serve import create_app
+from safesync.shared.errors import Refused
+from safesync.shared.http import Call, serve
+from safesync.shared.report import Report
+from safesync.shared.runner import execute
+from tests import sentinels
+from tests.qstash_signer import qstash_headers
+
+BEARER = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_API_TOKEN']}"}
+CURRENT = sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"]
+
+
+@pytest.fixture
+def client():
+    return create_app().test_client()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_rejects_missing_and_bad_credentials(client, target: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, qstash_headers("wrong-key", sentinels.PUBLIC_URL + f"/{target}", b"{}")):
+        response = client.post(f"/{target}", data=b"{}", headers=headers)
+        assert response.status_code == 401
+        assert response.is_json and "error" in response.get_json()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_rejects_bad_bodies_with_4xx_json(client, target: str) -> None:
+    cases = [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'"text"', 400),
+        (b"\xff\xfe", 400),
+        (b"x" * 1_000_001, 413),
+    ]
+    for body, status in cases:
+        response = client.post(f"/{target}", data=body, headers={**BEARER, "Content-Type": "application/json"})
+        assert response.status_code == status, (target, body[:20], response.get_data()[:200])
+        payload = response.get_json()
+        assert isinstance(payload["error"], str) and "Traceback" not in payload["error"]
+
+
+def test_oversized_body_is_rejected_before_auth(client) -> None:
+    response = client.post("/backup", data=b"x" * 2_000_000)
+    assert response.status_code == 413
+
+
+def test_wrong_method_is_405(client) -> None:
+    response = client.put("/backup", headers=BEARER)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+
+
+def _app(handler) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.add_url_rule("/job", view_func=lambda: serve(flask.request, "job", handler), methods=["POST"])
+    return app
+
+
+def test_permanent_failure_to_qstash_is_489_non_retryable() -> None:
+    def handler(call: Call):
+        raise Refused("restoring into prod needs confirmation")
+
+    client = _app(handler).test_client()
+    url = sentinels.PUBLIC_URL + "/job"
+    response = client.post("/job", data=b"{}", headers=qstash_headers(CURRENT, url, b"{}"))
+    assert response.status_code == 489
+    assert response.headers["Upstash-NonRetryable-Error"] == "true"
+    assert response.get_json()["error"] == "restoring into prod needs confirmation"
+    # The same refusal to a curl caller is a plain 422.
+    response = client.post("/job", data=b"{}", headers=BEARER)
+    assert response.status_code == 422
+    assert "Upstash-NonRetryable-Error" not in response.headers
+
+
+def test_unexpected_exception_is_500_without_traceback() -> None:
+    def handler(call: Call):
+        raise ZeroDivisionError("boom")
+
+    response = _app(handler).test_client().post("/job", data=b"{}", headers=BEARER)
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+
+
+# --- locks and de-duplication, through the real runner and a real database ---
+
+
+@pytest.fixture
+def counting_job(make_db, write_settings):
+    """A job that counts its runs in a table of the target database and
+    takes a moment, so concurrent requests overlap."""
+    url = make_db()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table runs (n serial primary key, at timestamptz default now())")
+    write_settings({"prod": url})
+
+    def handler(call: Call):
+        def fn(report: Report) -> None:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("insert into runs default values")
+            time.sleep(0.4)
+            report.summary = "counted"
+
+        return execute(call.settings, Report("counter", "run", trigger=call.trigger()), fn, target="prod", message_id=call.principal.message_id)
+
+    def runs() -> int:
+        with psycopg.connect(url) as conn:
+            return conn.execute("select count(*) from runs").fetchone()[0]
+
+    return _app(handler), runs
+
+
+def test_same_qstash_message_five_times_runs_once(counting_job) -> None:
+    app, runs = counting_job
+    headers = qstash_headers(CURRENT, sentinels.PUBLIC_URL + "/job", b"{}", message_id="msg_dup")
+    statuses = []
+
+    def deliver() -> None:
+        statuses.append(app.test_client().post("/job", data=b"{}", headers=headers).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Concurrent duplicates are told to retry (409); one ran.
+    assert sorted(statuses).count(200) >= 1 and set(statuses) <= {200, 409}
+    for _ in range(5):  # sequential redeliveries get the stored result
+        response = app.test_client().post("/job", data=b"{}", headers=headers)
+        assert response.status_code == 200
+        assert response.get_json()["replayed"] is True
+        assert response.get_json()["summary"] == "counted"
+    assert runs() == 1
+
+
+def test_two_concurrent_runs_one_gets_409(counting_job) -> None:
+    app, runs = counting_job
+    results: list[int] = []
+
+    def call() -> None:
+        results.append(app.test_client().post("/job", data=b"{}", headers=BEARER).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200, 409]
+    assert runs() == 1
+
+
+def test_run_report_is_stored_and_redacted(counting_job, tmp_path) -> None:
+    app, _ = counting_job
+    assert app.test_client().post("/job", data=b"{}", headers=BEARER).status_code == 200
+    stored = list((tmp_path / "backups" / "runs" / "counter").glob("*.json"))
+    assert len(stored) == 1
+    text = stored[0].read_text()
+    assert json.loads(text)["status"] == "ok"
+    for secret in [*sentinels.SECRETS.values(), sentinels.DB_PASSWORD]:
+        assert secret not in text
+    assert os.environ["PROD_DATABASE_URL"] not in text

@@ -1,0 +1,44 @@
+"""JSON logs: severity, run_id, and secrets redacted everywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from safesync.shared import log
+from tests import sentinels
+
+
+def test_json_lines_with_severity_run_id_and_redaction(monkeypatch) -> None:
+    url = f"postgresql://app:{sentinels.DB_PASSWORD}@db.example:5432/prod"
+    monkeypatch.setenv("PROD_DATABASE_URL", url)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.JsonFormatter())
+    logger = logging.getLogger("safesync.test_log")
+    logger.addHandler(handler)
+    logger.setLevel("INFO")
+    token = log.run_id_var.set("run123")
+    try:
+        log.get_logger("test_log").warning(
+            f"could not reach {url}",
+            dsn=f"host=db password={sentinels.DB_PASSWORD} dbname=x",
+            token=sentinels.SECRETS["SAFESYNC_API_TOKEN"],
+            nested={"k": [sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"]]},
+        )
+    finally:
+        log.run_id_var.reset(token)
+        logger.removeHandler(handler)
+    line = stream.getvalue().strip()
+    entry = json.loads(line)
+    assert entry["severity"] == "WARNING" and entry["run_id"] == "run123"
+    assert "postgresql://app:***@db.example:5432/prod" in entry["message"]
+    for secret in [sentinels.DB_PASSWORD, *sentinels.SECRETS.values()]:
+        assert secret not in line
+
+
+def test_redact_other_url_forms() -> None:
+    assert log.redact("postgres://u:p%40ss@h/db") == "postgres://u:***@h/db"
+    assert log.redact("password='a b' host=x") == "password=*** host=x"
+    assert log.redact("postgresql://u@h/db") == "postgresql://u@h/db"
