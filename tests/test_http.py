@@ -173,3 +173,12 @@ def test_run_report_is_stored_and_redacted(counting_job, tmp_path) -> None:
     for secret in [*sentinels.SECRETS.values(), sentinels.DB_PASSWORD]:
         assert secret not in text
     assert os.environ["PROD_DATABASE_URL"] not in text
+
+
+def test_config_error_is_400_with_one_line(client, tmp_path, monkeypatch) -> None:
+    path = tmp_path / "safesync.toml"
+    path.write_text("[backup]\nkeep_dayly = 3\n")
+    monkeypatch.setenv("SAFESYNC_CONFIG", str(path))
+    response = client.get("/status", headers=BEARER)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": f"{path}: backup.keep_dayly: unknown key"}
