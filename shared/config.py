@@ -54,6 +54,8 @@ class BackupSection(_Section):
     keep_weekly: int = Field(4, ge=0)
     keep_monthly: int = Field(6, ge=0)
     keep_predeploy: int = Field(20, ge=0)
+    # the last N backups of EACH event kind (presync, premigrate, safety): undo points
+    keep_event: int = Field(10, ge=0)
     incomplete_grace_hours: float = Field(6, ge=0)
     compress_level: int = Field(6, ge=0, le=9)
     prune_after_create: bool = True
