@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ COMMAND_MODULES = (
     "validate",
     "calendar",
     "status",
+    "doctor",
+    "schedules",
     "serve",
 )
 
@@ -74,7 +77,7 @@ def render(answer: Answer, as_json: bool, out=None) -> None:
 
     console = Console(file=out, highlight=False, soft_wrap=True)
     report = body.get("report", body)
-    if "error" in body:
+    if body.get("error"):
         console.print(f"[bold red]✗[/] {body['error']}")
     status = report.get("status")
     if status:
@@ -105,7 +108,8 @@ def _cell(value: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from safesync.shared import log
 
-    log.setup()
+    # A person at a terminal reads the report; JSON logs only for warnings.
+    log.setup(level=os.environ.get("SAFESYNC_LOG_LEVEL", "WARNING"))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

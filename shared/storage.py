@@ -470,6 +470,14 @@ class GCSStorage(Storage):
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def bucket_settings(self) -> dict[str, Any]:
+        """Versioning and lifecycle of the bucket (what the doctor reports:
+        they are the safety net behind prune)."""
+        with _gcs_errors("read settings of", self.url, missing="bucket not found"):
+            bucket = self._bucket()
+            bucket.reload()
+            return {"versioning": bool(bucket.versioning_enabled), "lifecycle_rules": len(list(bucket.lifecycle_rules))}
+
     @staticmethod
     def _info(key: str, blob: "Blob") -> ObjectInfo:
         return ObjectInfo(key, int(blob.size or 0), blob.updated)

@@ -1,0 +1,261 @@
+"""Preflight checks: will this setup work, and is it safe?
+
+``safesync doctor`` runs all of them; jobs run a fast subset
+(``quick``) before they write anything. Each check yields ``Check`` rows —
+ok / warn / fail with one line of detail and one of advice — and never
+prints a secret (only whether it is present and well-formed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+import psycopg
+
+from .auth import QSTASH_LEEWAY_S
+from .config import Settings
+from .db import TableRef, connect, foreign_keys, list_tables, primary_key
+from .errors import ConfigError, DatabaseError, SafesyncError
+from .log import redact
+from .pgtools import find_tool
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+MARK = {OK: "✓", WARN: "!", FAIL: "✗"}
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str
+    name: str
+    status: str
+    detail: str
+    advice: str = ""
+
+    def row(self) -> dict[str, str]:
+        return {"": MARK[self.status], **{k: v for k, v in asdict(self).items() if k != "status"}}
+
+
+@dataclass
+class DbFacts:
+    name: str
+    url: str
+    version: int
+    user: str
+
+
+# --- environment and secrets -------------------------------------------------
+
+
+def _b64_key_length(value: str) -> int | None:
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            return len(decode(value + "=" * (-len(value) % 4)))
+        except (binascii.Error, ValueError):
+            continue
+    return None
+
+
+def check_secrets(settings: Settings) -> Iterator[Check]:
+    env = settings.env
+    current, following = env.get("QSTASH_CURRENT_SIGNING_KEY", ""), env.get("QSTASH_NEXT_SIGNING_KEY", "")
+    token = env.get("SAFESYNC_API_TOKEN", "")
+    if not (current or token):
+        yield Check("secrets", "authentication", FAIL, "neither QStash signing keys nor SAFESYNC_API_TOKEN is set", "every request would be rejected (401): set at least one")
+    if current or following:
+        if not (current and following):
+            yield Check("secrets", "QStash keys", WARN, "only one of QSTASH_CURRENT_SIGNING_KEY / QSTASH_NEXT_SIGNING_KEY is set", "set both: QStash signs with either during key rotation")
+        elif min(len(current), len(following)) < 16:
+            yield Check("secrets", "QStash keys", FAIL, "a QStash signing key is shorter than 16 characters", "copy both keys from the QStash console")
+        else:
+            yield Check("secrets", "QStash keys", OK, "current and next signing keys present")
+        public = env.get("SAFESYNC_PUBLIC_URL", "")
+        if not public:
+            yield Check("secrets", "public URL", FAIL, "SAFESYNC_PUBLIC_URL is not set", "QStash signatures cannot be checked without the URL they were signed for")
+        elif not public.startswith("https://"):
+            yield Check("secrets", "public URL", WARN, f"SAFESYNC_PUBLIC_URL is {public!r}, not https", "QStash delivers to the https URL; signatures name it exactly")
+        else:
+            yield Check("secrets", "public URL", OK, public)
+    else:
+        yield Check("secrets", "QStash keys", WARN, "not set: scheduled runs cannot be authenticated", "set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY to use schedules")
+    for var, minimum, purpose in (("SAFESYNC_API_TOKEN", 24, "curl/CI callers"), ("SAFESYNC_ADMIN_TOKEN", 24, "admin actions")):
+        value = env.get(var, "")
+        if not value:
+            yield Check("secrets", var, WARN, f"not set ({purpose} disabled)")
+        elif len(value) < minimum:
+            yield Check("secrets", var, FAIL, f"shorter than {minimum} characters", "use a long random value, e.g. `openssl rand -hex 32`")
+        else:
+            yield Check("secrets", var, OK, "present")
+    if env.get("VERCEL_WEBHOOK_SECRET"):
+        yield Check("secrets", "VERCEL_WEBHOOK_SECRET", OK, "present")
+    else:
+        yield Check("secrets", "VERCEL_WEBHOOK_SECRET", WARN, "not set (Vercel deploy webhooks will be rejected)")
+    key = env.get("SAFESYNC_ENCRYPTION_KEY", "")
+    if key:
+        length = _b64_key_length(key)
+        if length in (16, 24, 32):
+            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", OK, f"{length * 8}-bit key")
+        else:
+            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not a base64 AES key of 16, 24 or 32 bytes", "generate one: `openssl rand -base64 32`")
+    elif "calendar" in settings.config.model_fields_set:
+        yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not set but [calendar] is configured", "conference data is encrypted at rest: `openssl rand -base64 32`")
+
+
+# --- databases ---------------------------------------------------------------
+
+
+def probe_database(settings: Settings, name: str) -> tuple[Check, DbFacts | None]:
+    try:
+        url = settings.database_url(name)
+    except ConfigError as exc:
+        return Check("databases", name, FAIL, exc.message, f"export {settings.config.databases[name]}=postgresql://…"), None
+    try:
+        with connect(url, connect_timeout=5) as conn:
+            user, now = conn.execute("select current_user, now()").fetchone()
+            local = datetime.now(timezone.utc)
+            facts = DbFacts(name, url, conn.info.server_version, user)
+    except SafesyncError as exc:
+        return Check("databases", name, FAIL, exc.message, "check the URL, network access and that the server is up"), None
+    skew = abs((now - local).total_seconds())
+    version = f"{facts.version // 10000}.{facts.version % 10000}"
+    if skew > QSTASH_LEEWAY_S:
+        return Check("databases", name, FAIL, f"PostgreSQL {version} as {user}; clock differs by {skew:.0f}s", "fix NTP: signature checks allow only a few seconds of skew"), facts
+    return Check("databases", name, OK, f"PostgreSQL {version} as {user}; clock skew {skew:.1f}s"), facts
+
+
+def check_tools(servers: Iterable[DbFacts]) -> Iterator[Check]:
+    newest = max((f.version // 10000 for f in servers), default=None)
+    for name in ("pg_dump", "pg_restore"):
+        try:
+            tool = find_tool(name)
+        except ConfigError as exc:
+            yield Check("tools", name, FAIL, exc.message, "install the PostgreSQL client or set PG_BIN")
+            continue
+        if newest is not None and tool.major < newest:
+            yield Check("tools", name, FAIL, f"{tool.path} is {tool.major}, a server runs {newest}", f"install {name} >= {newest} and set PG_BIN")
+        else:
+            yield Check("tools", name, OK, f"{tool.path} (version {tool.major}.{tool.version[1]})")
+
+
+# --- storage -----------------------------------------------------------------
+
+
+def check_storage(settings: Settings) -> Iterator[Check]:
+    storage = settings.storage
+    key = f"doctor/probe-{uuid.uuid4().hex}"
+    payload = f"safesync doctor {time.time()}".encode()
+    try:
+        storage.put(key, payload)
+        if storage.get_bytes(key) != payload:
+            raise RuntimeError("read back different bytes")
+        storage.delete(key)
+        if storage.exists(key):
+            raise RuntimeError("deleted object still exists")
+        yield Check("storage", "read/write/delete", OK, storage.describe())
+    except Exception as exc:
+        yield Check("storage", "read/write/delete", FAIL, f"{storage.describe()}: {redact(str(exc))}", "check the folder's permissions or the bucket's IAM")
+        return
+    bucket_settings = getattr(storage, "bucket_settings", None)
+    if bucket_settings:
+        try:
+            facts = bucket_settings()
+        except Exception as exc:
+            yield Check("storage", "bucket settings", WARN, f"cannot read: {redact(str(exc))}")
+            return
+        if not facts["versioning"]:
+            yield Check("storage", "versioning", WARN, "bucket versioning is off", "enable it: a deleted or overwritten backup stays recoverable (infra/bucket.md)")
+        else:
+            yield Check("storage", "versioning", OK, "on")
+        if not facts["lifecycle_rules"]:
+            yield Check("storage", "lifecycle", WARN, "no lifecycle rule", "add one as a second safety net behind prune (infra/bucket.md)")
+        else:
+            yield Check("storage", "lifecycle", OK, f"{facts['lifecycle_rules']} rule(s)")
+
+
+# --- content sync sanity and privileges ----------------------------------------
+
+
+def _privileges(conn: psycopg.Connection, table: TableRef, kinds: Iterable[str]) -> set[str]:
+    return {
+        kind
+        for kind in kinds
+        if conn.execute("select has_table_privilege(format('%%I.%%I', %s::text, %s::text), %s)", [table.schema, table.name, kind]).fetchone()[0]
+    }
+
+
+def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterator[Check]:
+    section = settings.config.content_sync
+    if not section.tables:
+        return
+    content = [TableRef.parse(t) for t in section.tables]
+    for side, name in (("source", section.source), ("target", section.target)):
+        if name not in facts:
+            yield Check("content sync", f"{side} {name}", FAIL, "database not reachable: tables and privileges not checked")
+            continue
+        with connect(facts[name].url) as conn:
+            present = set(list_tables(conn))
+            for table in content:
+                if table not in present:
+                    yield Check("content sync", f"{side} {table.short}", FAIL, f"table missing in {name}", "create it (migrate) or remove it from content_sync.tables")
+                elif not primary_key(conn, table):
+                    yield Check("content sync", f"{side} {table.short}", FAIL, "no primary key", "content sync matches rows by primary key: add one")
+                elif side == "source" and not _privileges(conn, table, ["SELECT"]):
+                    yield Check("content sync", f"{side} {table.short}", FAIL, f"{facts[name].user} cannot SELECT", "grant SELECT to the sync role")
+                elif side == "target":
+                    missing = {"SELECT", "INSERT", "UPDATE"} - _privileges(conn, table, ["SELECT", "INSERT", "UPDATE"])
+                    if missing:
+                        yield Check("content sync", f"target {table.short}", FAIL, f"{facts[name].user} lacks {', '.join(sorted(missing))}", "run `safesync roles sql` and apply it")
+            if side != "target":
+                continue
+            content_set = set(content)
+            writable = [t.short for t in sorted(present - content_set) if t.schema != "safesync" and _privileges(conn, t, ["INSERT", "UPDATE", "DELETE"])]
+            if writable:
+                shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
+                yield Check("content sync", "role least privilege", WARN, f"{facts[name].user} could write protected tables: {shown}", "use a role that can only write content tables (`safesync roles sql`); the sync still proves it wrote none")
+            else:
+                yield Check("content sync", "role least privilege", OK, f"{facts[name].user} can write only content tables")
+            for fk in foreign_keys(conn):
+                if fk.table in content_set and fk.ref_table not in content_set:
+                    yield Check("content sync", f"{fk.table.short} → {fk.ref_table.short}", WARN, f"content table references non-content table ({fk.name})", "a synced row may point at a row that exists only in dev: the sync fails and rolls back")
+                elif fk.ref_table in content_set and fk.table not in content_set and fk.on_delete in ("CASCADE", "SET NULL", "SET DEFAULT"):
+                    yield Check("content sync", f"{fk.table.short} → {fk.ref_table.short}", WARN, f"ON DELETE {fk.on_delete} from a content table into a protected one ({fk.name})", "deleting content would change user data: keep delete_missing off or change the FK")
+
+
+# --- entry points ----------------------------------------------------------------
+
+
+def run_all(settings: Settings) -> list[Check]:
+    checks: list[Check] = [Check("config", "file", OK, settings.source)]
+    checks += check_secrets(settings)
+    facts: dict[str, DbFacts] = {}
+    for name in settings.database_names():
+        check, fact = probe_database(settings, name)
+        checks.append(check)
+        if fact:
+            facts[name] = fact
+    checks += check_tools(facts.values())
+    checks += check_storage(settings)
+    checks += check_content_sync(settings, facts)
+    return checks
+
+
+def quick(settings: Settings, databases: Iterable[str], *, tools: bool = False) -> None:
+    """The fast subset a job runs before writing: its databases configured,
+    reachable and with a sane clock; with ``tools``, pg_dump/pg_restore new
+    enough for them. Raises on the first failure."""
+    facts = []
+    for name in databases:
+        settings.database_url(name)  # a missing env var is a ConfigError (exit 2 / 400)
+        check, fact = probe_database(settings, name)
+        if check.status == FAIL:
+            raise DatabaseError(f"preflight: database {name}: {check.detail}")
+        facts.append(fact)
+    if tools:
+        for check in check_tools(facts):
+            if check.status == FAIL:
+                raise ConfigError(f"preflight: {check.detail}")

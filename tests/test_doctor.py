@@ -1,0 +1,130 @@
+"""``safesync doctor``: all ✓ on a healthy setup; each broken part is its own ✗ line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from safesync.shared.errors import ConfigError, DatabaseError
+from safesync.shared.preflight import FAIL, OK, quick, run_all
+
+SCHEMA = """
+create table courses (id serial primary key, title text);
+create table lessons (id serial primary key, course_id int references courses, title text);
+create table users (id serial primary key, email text);
+create table progress (user_id int references users, lesson_id int references lessons on delete restrict, primary key (user_id, lesson_id));
+"""
+CONTENT = """
+[content_sync]
+source = "dev"
+target = "prod"
+tables = ["courses", "lessons"]
+protected = ["users", "progress"]
+"""
+
+
+@pytest.fixture
+def healthy(make_db, write_settings, pg_server, monkeypatch):
+    """dev and prod with the schema; prod reached through a role that may
+    write only the content tables."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("do $$ begin if not exists (select from pg_roles where rolname = 'doctor_sync') then create role doctor_sync login password 'doctor-sync-pw'; end if; end $$")
+        conn.execute("grant usage on schema public to doctor_sync")
+        conn.execute("grant select on all tables in schema public to doctor_sync")
+        conn.execute("grant insert, update on courses, lessons to doctor_sync")
+    sync_url = pg_server.url(psycopg.conninfo.conninfo_to_dict(prod)["dbname"], user="doctor_sync", password="doctor-sync-pw")
+    monkeypatch.setenv("PG_BIN", str(pg_server.bin_dir() or os.environ["PG_BIN"]))
+    return write_settings({"dev": dev, "prod": sync_url}, CONTENT)
+
+
+def by_name(checks):
+    return {(c.area, c.name): c for c in checks}
+
+
+def test_healthy_setup_is_all_ok(healthy) -> None:
+    checks = run_all(healthy)
+    bad = [c for c in checks if c.status != OK]
+    assert bad == [], bad
+    assert ("databases", "prod") in by_name(checks)
+
+
+@contextmanager
+def read_only(folder: Path):
+    """A folder nobody (not even root) can write to."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+def test_each_problem_is_its_own_failure(healthy, make_db, write_settings, pg_server, monkeypatch, tmp_path) -> None:
+    dev = make_db()
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute(SCHEMA + "alter table lessons drop constraint lessons_pkey cascade;")
+    settings = write_settings(
+        {"dev": dev, "prod": healthy.database_url("prod"), "staging": "postgresql://u:pw@127.0.0.1:1/nowhere"},
+        CONTENT,
+        storage_url="file://./ro-backups",
+    )
+    monkeypatch.delenv("PROD_DATABASE_URL")
+    monkeypatch.setenv("PG_BIN", "/usr/bin")  # Debian's pg_dump 15, older than the test server
+    with read_only(tmp_path / "ro-backups"):
+        checks = by_name(run_all(settings))
+    failures = {k: c for k, c in checks.items() if c.status == FAIL}
+    assert "PROD_DATABASE_URL is not set" in failures[("databases", "prod")].detail
+    assert "cannot connect" in failures[("databases", "staging")].detail
+    if Path("/usr/bin/pg_dump").exists():
+        assert "older" in failures[("tools", "pg_dump")].advice or "is 15" in failures[("tools", "pg_dump")].detail
+    assert ("storage", "read/write/delete") in failures
+    assert failures[("content sync", "source lessons")].detail == "no primary key"
+    assert all(c.advice or c.area == "content sync" for c in failures.values())
+    for check in checks.values():  # never a secret
+        assert "pw@" not in check.detail and "sentinel" not in check.detail
+
+
+def test_warns_when_sync_role_could_write_protected_tables(make_db, write_settings) -> None:
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SCHEMA + "alter table progress drop constraint progress_lesson_id_fkey, add foreign key (lesson_id) references lessons on delete cascade;")
+    checks = by_name(run_all(write_settings({"dev": dev, "prod": prod}, CONTENT)))
+    privilege = checks[("content sync", "role least privilege")]
+    assert privilege.status == "warn" and "users" in privilege.detail
+    assert checks[("content sync", "progress → lessons")].detail.startswith("ON DELETE CASCADE")
+
+
+def test_quick_preflight_raises_before_any_write(write_settings, make_db) -> None:
+    settings = write_settings({"dev": make_db(), "prod": "postgresql://u:pw@127.0.0.1:1/x"})
+    quick(settings, ["dev"], tools=True)
+    with pytest.raises(DatabaseError, match="preflight: database prod"):
+        quick(settings, ["prod"])
+    with pytest.raises(ConfigError):
+        quick(settings, ["staging"])
+
+
+def test_cli_doctor_json_exit_code(healthy) -> None:
+    proc = subprocess.run([sys.executable, "-m", "safesync.functions.cli", "doctor", "--json"], capture_output=True, text=True)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, report
+    assert report["details"]["counts"]["fail"] == 0
+    assert "doctor-sync-pw" not in proc.stdout + proc.stderr
