@@ -20,18 +20,23 @@ from safesync.shared.errors import SafesyncError
 from safesync.shared.log import redact
 from safesync.shared.runner import Answer
 
-# Modules that contribute sub-commands, in help order.
-COMMAND_MODULES = (
-    "backup",
-    "content_sync",
-    "staging_clone",
-    "validate",
-    "calendar",
-    "status",
-    "doctor",
-    "schedules",
-    "serve",
-)
+# command -> module that registers it (help order). Modules are imported only
+# for the command being run (all of them for --help), so one job's imports
+# never slow down or break another's command.
+COMMANDS: dict[str, str] = {
+    "backup": "backup",
+    "content": "content_sync",
+    "staging": "staging_clone",
+    "validate": "validate",
+    "calendar": "calendar",
+    "migrate": "migrate",
+    "status": "status",
+    "doctor": "doctor",
+    "schedules": "schedules",
+    "roles": "roles",
+    "serve": "serve",
+    "demo": "demo",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,13 +59,30 @@ def common_options(*, top: bool) -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _wanted_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (None: show them all)."""
+    words = [a for a in argv if not a.startswith("-")]
+    skip_value = "--config" in argv and argv.index("--config") + 1 < len(argv) and argv[argv.index("--config") + 1]
+    words = [w for w in words if w != skip_value]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parent = common_options(top=False)
     parser = _Parser(prog="safesync", description=__doc__.splitlines()[0], parents=[common_options(top=True)])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"safesync.functions.{name}")
+    wanted = _wanted_command(argv)
+    for command, module_name in COMMANDS.items():
+        if wanted is not None and command != wanted:
+            sub.add_parser(command)  # a name only: not the one being run
+            continue
+        try:
+            module = importlib.import_module(f"safesync.functions.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"safesync.functions.{module_name}":
+                raise
+            continue  # a command whose module has not landed yet
         module.register_cli(sub, parent)
     return parser
 
@@ -110,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # A person at a terminal reads the report; JSON logs only for warnings.
     log.setup(level=os.environ.get("SAFESYNC_LOG_LEVEL", "WARNING"))
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         from safesync.shared.config import load_settings

@@ -128,3 +128,65 @@ def write_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return load_settings(path)
 
     return factory
+
+
+# --- the secrets proof ----------------------------------------------------------
+# Every log line the project writes during the suite goes to a file; at the
+# very end the controller greps those logs and every file the tests left in
+# the session's temp folder (reports, run files, manifests, backups) for the
+# sentinel secrets, and fails the session if any appears.
+
+LOG_DIR_ENV = "SAFESYNC_TEST_LOG_DIR"
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import logging
+    import tempfile
+
+    from safesync.shared import log
+
+    if not _is_worker(config):  # workers inherit the folder through the environment
+        os.environ[LOG_DIR_ENV] = tempfile.mkdtemp(prefix="safesync-test-logs-")
+    worker = getattr(config, "workerinput", {}).get("workerid", "main")
+    handler = logging.FileHandler(Path(os.environ[LOG_DIR_ENV]) / f"{worker}.jsonl")
+    handler.setFormatter(log.JsonFormatter())
+    logger = logging.getLogger("safesync")
+    logger.addHandler(handler)
+    logger.setLevel("DEBUG")
+
+
+def _leaks(root: Path, needles: list[bytes]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink() or any((p / "PG_VERSION").exists() for p in path.parents if p != root.parent):
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        found += [f"{path}: {needle.decode()[:12]}…" for needle in needles if needle in data]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _is_worker(session.config) or exitstatus not in (0, 1):
+        return
+    needles = [v.encode() for v in sentinels.SECRETS.values()] + [sentinels.DB_PASSWORD.encode()]
+    roots = [Path(os.environ[LOG_DIR_ENV])]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        roots.append(factory.getbasetemp())
+    leaks = [leak for root in roots if root.exists() for leak in _leaks(root, needles)]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line("SECRETS LEAKED into logs or stored files:", red=True)
+            for leak in leaks[:20]:
+                reporter.write_line(f"  {leak}", red=True)
+    elif reporter:
+        reporter.write_line(f"secrets check: no sentinel secret in logs or stored files ({', '.join(str(r) for r in roots)})")
