@@ -1,0 +1,293 @@
+"""``safesync roles sql``: least-privilege database roles, generated from the config.
+
+Each deployed job connects with its own role, so a bug (or a stolen URL) in
+one job cannot do what that job never needs:
+
+- ``safesync_content_sync``: on the sync target, SELECT/INSERT/UPDATE (and
+  DELETE only with ``delete_missing``) on the content tables and their
+  sequences, nothing on any other table; on the sync source, SELECT on the
+  content tables only;
+- ``safesync_backup``: read-only everywhere (``pg_read_all_data`` on 14+,
+  BYPASSRLS so pg_dump never dumps a policy-filtered subset); also the role
+  for ``validate``;
+- ``safesync_calendar``: owns the ``calendar`` schema its migrations create,
+  nothing else.
+
+Every job role may use the ``safesync`` bookkeeping schema (the runner's
+``safesync.deliveries``); the content-sync role may create its ledger there.
+
+The script is idempotent and transactional: it first revokes every table
+and sequence privilege the roles hold outside their own schemas, grants
+exactly what the config needs, then *proves* it — a final check raises (and
+rolls everything back) if the content-sync role could write any
+non-content table or the backup role could write anything, whatever the
+route (PUBLIC grants, role memberships). Passwords are never in it: roles
+are created ``PASSWORD NULL`` and get one with psql's ``\\password``.
+
+Grants are a second line of defence: foreign-key cascades and triggers run
+as the table owner, so content sync also proves per transaction that it
+wrote no protected table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Iterable
+
+from psycopg import sql
+
+from safesync.shared.config import Settings
+from safesync.shared.db import TableRef
+from safesync.shared.errors import ConfigError
+from safesync.shared.locks import SCHEMA_SQL
+from safesync.shared.runner import Answer
+
+CONTENT_ROLE = "safesync_content_sync"
+BACKUP_ROLE = "safesync_backup"
+CALENDAR_ROLE = "safesync_calendar"
+CALENDAR_SCHEMA = "calendar"
+BOOKKEEPING_SCHEMA = "safesync"
+
+_SYSTEM_SCHEMAS = "n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\\_%'"
+_TAG = "$roles$"
+
+
+def _ident(*parts: str) -> str:
+    return sql.Identifier(*parts).as_string(None)
+
+
+def _lit(text: str) -> str:
+    return sql.Literal(text).as_string(None)
+
+
+def _do(body: str) -> str:
+    if _TAG in body:  # a table name carrying our dollar-quote tag
+        raise ConfigError("a table name contains '$roles$'; cannot generate the roles script")
+    return f"DO {_TAG}\n{body.strip()}\n{_TAG};"
+
+
+def _create_role(role: str, comment: str) -> str:
+    return _do(
+        f"""
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_lit(role)}) THEN
+    CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD NULL;
+  END IF;
+END
+"""
+    ) + f"\nCOMMENT ON ROLE {role} IS {_lit(comment)};"
+
+
+def _revoke_everywhere(role: str) -> str:
+    """Forget every table/sequence grant the role holds (outside its own and
+    the bookkeeping schema), so re-running after a config change removes
+    privileges on tables that are no longer content."""
+    return _do(
+        f"""
+DECLARE s text;
+BEGIN
+  FOR s IN SELECT n.nspname FROM pg_namespace n
+           WHERE {_SYSTEM_SCHEMAS} AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
+  LOOP
+    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM {role}', s);
+    EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM {role}', s);
+  END LOOP;
+END
+"""
+    )
+
+
+def _owned_sequences_grant(tables: Iterable[TableRef], role: str) -> str:
+    """USAGE/SELECT/UPDATE on the serial and identity sequences of ``tables``
+    (found in the catalog at run time: their names are not in the config)."""
+    array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in tables) + "]::text[]"
+    return _do(
+        f"""
+DECLARE seq regclass;
+BEGIN
+  FOR seq IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+               AND d.refobjid IN (SELECT t::regclass FROM unnest({array}) AS t)
+  LOOP
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON SEQUENCE %s TO {role}', seq);
+  END LOOP;
+END
+"""
+    )
+
+
+def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
+    """Raise (rolling the script back) if ``role`` can write any table other
+    than ``allowed`` and the bookkeeping/calendar schemas."""
+    array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
+    return _do(
+        f"""
+DECLARE bad text;
+BEGIN
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {_SYSTEM_SCHEMAS}
+    AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
+    AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
+    AND has_table_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant or a role membership?)', bad;
+  END IF;
+END
+"""
+    )
+
+
+def _bookkeeping(roles: list[str], creators: list[str]) -> list[str]:
+    out = [
+        f"-- bookkeeping schema {BOOKKEEPING_SCHEMA}: the runner's delivery log (QStash de-duplication)",
+        SCHEMA_SQL.strip(),
+        f"GRANT USAGE ON SCHEMA {BOOKKEEPING_SCHEMA} TO {', '.join(roles)};",
+        f"GRANT SELECT, INSERT, UPDATE ON {BOOKKEEPING_SCHEMA}.deliveries TO {', '.join(roles)};",
+    ]
+    if creators:
+        out.append("-- its own bookkeeping tables (the content-sync ledger) are created, and owned, by the job")
+        out.append(f"GRANT CREATE ON SCHEMA {BOOKKEEPING_SCHEMA} TO {', '.join(creators)};")
+    return out
+
+
+def generate(settings: Settings, database: str) -> str:
+    """The roles script for one configured database (run it there)."""
+    cfg = settings.config
+    settings.check_database(database)
+    cs = cfg.content_sync
+    content = [TableRef.parse(t) for t in cs.tables]
+    is_target = database == cs.target and bool(content)
+    is_source = database == cs.source and bool(content)
+    backup = database in cfg.backup.databases
+    calendar = database == cfg.calendar.database
+
+    roles: list[tuple[str, str]] = []
+    if is_target or is_source:
+        roles.append((CONTENT_ROLE, "safesync content sync: writes only the content tables"))
+    if backup:
+        roles.append((BACKUP_ROLE, "safesync backup and validate: read-only"))
+    if calendar:
+        roles.append((CALENDAR_ROLE, "safesync calendar sync: owns the calendar schema only"))
+    names = [r for r, _ in roles]
+
+    lines = [
+        f"-- safesync least-privilege roles for database {database!r} (config: {cfg.databases[database]}).",
+        f"-- Generated by `safesync roles sql --db {database}` from the config; re-run after changing it.",
+        "-- Run as the database owner or a superuser, in that database:",
+        '--   psql "<admin URL>" -v ON_ERROR_STOP=1 -f roles.sql',
+        "-- Idempotent and all-or-nothing. No password is set here (PASSWORD NULL: no login",
+        "-- until you set one). In psql, for each role below:",
+    ]
+    lines += [f"--   \\password {r}" for r in names]
+    lines += [
+        "-- then give each deployed job the URL with its own role (see infra/deploy.sh).",
+        "-- Roles are cluster-wide: with several databases on one server, run each database's script.",
+        "",
+    ]
+    if not roles:
+        lines.append(f"-- No safesync job needs its own role in {database!r} (staging clone and migrate use the owner).")
+        return "\n".join(lines) + "\n"
+
+    lines.append("BEGIN;")
+    lines.append("")
+    lines.append("-- roles (created if missing)")
+    for role, comment in roles:
+        lines.append(_create_role(role, comment))
+    lines.append(_do(f"BEGIN\n  EXECUTE format('GRANT CONNECT ON DATABASE %I TO {', '.join(names)}', current_database());\nEND"))
+    lines.append("")
+    for role in names:
+        if role != CALENDAR_ROLE:
+            lines.append(f"-- {role}: start from nothing, then grant exactly what it needs")
+            lines.append(_revoke_everywhere(role))
+    lines.append("")
+    if is_target or backup or calendar:
+        users = [r for r in names if r != CONTENT_ROLE or is_target]
+        lines += _bookkeeping(users, [CONTENT_ROLE] if is_target else [])
+        lines.append("")
+
+    if is_target or is_source:
+        schemas = sorted({t.schema for t in content})
+        tables = ", ".join(_ident(t.schema, t.name) for t in content)
+        lines.append(f"-- content sync ({'target' if is_target else 'source'}): content tables only")
+        lines.append(f"GRANT USAGE ON SCHEMA {', '.join(_ident(s) for s in schemas)} TO {CONTENT_ROLE};")
+        if is_target:
+            verbs = "SELECT, INSERT, UPDATE" + (", DELETE" if cs.delete_missing else "")
+            note = "" if cs.delete_missing else "  -- no DELETE: content_sync.delete_missing is false"
+            lines.append(f"GRANT {verbs} ON TABLE {tables} TO {CONTENT_ROLE};{note}")
+            lines.append(_owned_sequences_grant(content, CONTENT_ROLE))
+            protected = ", ".join(cs.protected) or "(none listed)"
+            lines.append(f"-- protected (nothing granted; every non-content table is protected): {protected}")
+            lines.append(_prove(CONTENT_ROLE, content, "a non-content table"))
+        else:
+            lines.append(f"GRANT SELECT ON TABLE {tables} TO {CONTENT_ROLE};")
+            lines.append(_prove(CONTENT_ROLE, [], "a table of the sync source"))
+        lines.append("")
+
+    if backup:
+        lines += [
+            "-- backup (and validate): read everything, write nothing",
+            _do(
+                f"""
+DECLARE s text;
+BEGIN
+  IF current_setting('server_version_num')::int >= 140000 THEN
+    GRANT pg_read_all_data TO {BACKUP_ROLE};
+  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {_SYSTEM_SCHEMAS} LOOP
+      EXECUTE format('GRANT USAGE ON SCHEMA %I TO {BACKUP_ROLE}', s);
+      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {BACKUP_ROLE}', s);
+      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {BACKUP_ROLE}', s);
+    END LOOP;
+  END IF;
+END
+"""
+            ),
+            "-- pg_dump refuses tables with row-level security unless the role bypasses it",
+            "-- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,",
+            "-- a CREATEROLE role that has BYPASSRLS itself).",
+            f"ALTER ROLE {BACKUP_ROLE} BYPASSRLS;",
+            _prove(BACKUP_ROLE, [], "a table"),
+            "",
+        ]
+
+    if calendar:
+        lines += [
+            f"-- calendar sync: owns the {CALENDAR_SCHEMA} schema its migrations create (events, sync state,",
+            "-- audit log, channels, rate limits); no privilege on any other schema's tables",
+            _do(
+                f"""
+BEGIN
+  IF to_regnamespace({_lit(CALENDAR_SCHEMA)}) IS NULL THEN
+    CREATE SCHEMA {CALENDAR_SCHEMA} AUTHORIZATION {CALENDAR_ROLE};
+  ELSE  -- created earlier by another role: let the calendar role use and extend it
+    GRANT USAGE, CREATE ON SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};
+    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};
+    GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};
+  END IF;
+END
+"""
+            ),
+            _prove(CALENDAR_ROLE, [], "a table outside its schema"),
+            "",
+        ]
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+def roles_sql(args: argparse.Namespace, settings: Settings) -> Answer | None:
+    database = args.db or settings.config.content_sync.target
+    text = generate(settings, database)
+    if args.json:
+        return Answer(200, {"database": database, "sql": text})
+    print(text, end="")
+    return None
+
+
+def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("roles", help="least-privilege database roles (SQL from the config)", parents=[parent])
+    actions = group.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser("sql", help="print the roles script for one database", parents=[parent])
+    p.add_argument("--db", metavar="NAME", help="database to generate for (default: content_sync.target)")
+    p.set_defaults(func=roles_sql)
