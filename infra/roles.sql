@@ -9,6 +9,9 @@
 --   \password safesync_calendar
 -- then give each deployed job the URL with its own role (see infra/deploy.sh).
 -- Roles are cluster-wide: with several databases on one server, run each database's script.
+-- Managed services whose admin is not a superuser (Cloud SQL, Supabase): the admin needs
+-- BYPASSRLS itself to give it to the backup role, and membership in safesync_calendar
+-- (GRANT safesync_calendar TO CURRENT_USER) to create the calendar schema for it.
 
 BEGIN;
 
