@@ -156,9 +156,19 @@ def load_schedules(path: Path, env: Mapping[str, str]) -> Desires:
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {loc}: {msg}") from None
 
-    default_base = _url(expand_env(spec.defaults.base_url, env, f"{path}: defaults.base_url"), f"{path}: defaults.base_url")
-    bases = {t: _url(expand_env(u, env, f"{path}: targets.{t}"), f"{path}: targets.{t}") for t, u in spec.targets.items()}
-    warnings: list[str] = []
+    bases: dict[str, str] = {}
+    for target, text in spec.targets.items():
+        value = expand_env(text, env, f"{path}: targets.{target}").strip()
+        if value:  # empty (e.g. "${SAFESYNC_BACKUP_BASE_URL:-}" unset): defaults.base_url
+            bases[target] = _url(value, f"{path}: targets.{target}")
+
+    def base_for(target: str) -> str:
+        if target not in bases:
+            where = f"{path}: defaults.base_url"
+            bases[target] = _url(expand_env(spec.defaults.base_url, env, where), where)
+        return bases[target]
+
+    no_callback: list[str] = []
     schedules = []
     for name, entry in spec.schedules.items():
         where = f"{path}: schedules.{name}"
@@ -167,20 +177,21 @@ def load_schedules(path: Path, env: Mapping[str, str]) -> Desires:
         if callback:
             callback = _url(callback, f"{where}.failure_callback")
         else:
-            warnings.append(f"schedule {name} has no failure callback (set SAFESYNC_FAILURE_CALLBACK_URL)")
+            no_callback.append(name)
         schedules.append(
             Desired(
                 name=name,
                 schedule_id=ID_PREFIX + name,
                 target=entry.target,
-                destination=f"{bases.get(entry.target, default_base)}/{entry.target}",
+                destination=f"{base_for(entry.target)}/{entry.target}",
                 cron=entry.cron,
                 body=entry.body,
                 retries=entry.retries if entry.retries is not None else spec.defaults.retries,
                 failure_callback=callback,
             )
         )
-    return Desires(schedules, sorted({default_base, *bases.values()}), warnings)
+    warnings = [f"no failure callback for {', '.join(no_callback)} (set SAFESYNC_FAILURE_CALLBACK_URL)"] if no_callback else []
+    return Desires(schedules, sorted(set(bases.values())), warnings)
 
 
 def our_bases(desires: Desires, env: Mapping[str, str]) -> list[str]:

@@ -223,7 +223,7 @@ def test_bad_token_and_missing_settings_are_clear(qstash, settings, tmp_path, mo
         ('[schedules.x]\ntarget = "bakup"\ncron = "0 2 * * *"\n', "schedules.x.target"),
         ('[schedules.Bad_Name]\ntarget = "backup"\ncron = "0 2 * * *"\n', "must be lowercase"),
         ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * * *"\nretry = 3\n', "schedules.x.retry: unknown key"),
-        ('[defaults]\nbase_url = "ftp://x"\n', "not an http(s) URL"),
+        ('[defaults]\nbase_url = "ftp://x"\n[schedules.x]\ntarget = "backup"\ncron = "0 2 * * *"\n', "not an http(s) URL"),
         ("[defaults\n", "not valid TOML"),
     ],
 )
@@ -251,3 +251,13 @@ def test_cli_plan_and_the_shipped_schedules_file(qstash, settings, capsys, monke
     assert code == cli.main(["schedules", "plan", "--file", str(shipped)])
     assert "nothing to change; 5 unchanged" in capsys.readouterr().out
     assert sentinels.SECRETS["QSTASH_TOKEN"] not in json.dumps(out)
+
+
+def test_unset_per_target_url_falls_back_to_the_default_base(qstash, settings, tmp_path, monkeypatch):
+    text = FILE + '\n[targets]\nbackup = "${SAFESYNC_BACKUP_BASE_URL:-}"\n'
+    desires = load_schedules(write(tmp_path, text), {"SAFESYNC_PUBLIC_URL": PUBLIC})
+    assert {d.destination for d in desires.schedules} == {f"{PUBLIC}/backup", f"{PUBLIC}/calendar_sync"}
+    # Every target with its own URL: SAFESYNC_PUBLIC_URL is not needed at all.
+    text = FILE + '\n[targets]\nbackup = "https://b.example.test"\ncalendar_sync = "https://c.example.test"\n'
+    desires = load_schedules(write(tmp_path, text), {})
+    assert desires.base_urls == ["https://b.example.test", "https://c.example.test"]
