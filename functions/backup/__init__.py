@@ -1,0 +1,43 @@
+"""backup — logical backups streamed to object storage, checksummed,
+rotated, verified and restorable; the pre-deploy backup.
+
+Library API for other jobs (they take no lock; call them inside your run):
+
+- ``create_backup(settings, db, kind, trigger=None, report=None) -> BackupInfo``
+  (kinds: manual, daily, predeploy, presync, premigrate, safety)
+- ``list_backups(settings, db=None) -> list[BackupInfo]`` (complete only, newest first)
+- ``latest_backup(settings, db) -> BackupInfo | None``
+- ``get_backup(settings, backup_id) -> BackupInfo``
+- ``verify_backup(settings, backup_id_or_info, restore_drill_too=False) -> VerifyResult``
+- ``restore_backup(settings, backup_id, target_db, confirm=None, db=None) -> RestoreResult``
+- ``prune_database(settings, db, dry_run=False) -> PruneResult``
+
+HTTP (``handle_http``) and CLI (``register_cli``) wrap the same functions.
+"""
+
+from .catalog import get_backup, latest_backup, list_backups
+from .cli import register_cli
+from .create import create_backup
+from .http import handle_http
+from .layout import KINDS
+from .manifest import BackupInfo
+from .prune import PruneResult, prune_database
+from .restore import RestoreResult, restore_backup
+from .verify import VerifyResult, verify_backup
+
+__all__ = [
+    "KINDS",
+    "BackupInfo",
+    "PruneResult",
+    "RestoreResult",
+    "VerifyResult",
+    "create_backup",
+    "get_backup",
+    "handle_http",
+    "latest_backup",
+    "list_backups",
+    "prune_database",
+    "register_cli",
+    "restore_backup",
+    "verify_backup",
+]

@@ -1,0 +1,128 @@
+"""What is in storage: complete backups (manifest + dump), leftovers of
+interrupted ones, and manifests we cannot read.
+
+Listing is per configured database (``<db>/`` prefix) so run reports and
+other jobs' objects are never scanned. Only manifests are read; dumps are
+never opened here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from safesync.shared.config import Settings
+from safesync.shared.errors import BadRequest, NotFoundError
+from safesync.shared.storage import ObjectInfo, Storage
+
+from .layout import BackupName, parse_key
+from .manifest import BackupInfo, ManifestError, parse_manifest
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Objects of a backup that never became complete (no manifest), or
+    whose dump is gone. Its age is the newest upload time of its objects:
+    without a manifest there is nothing else to go by."""
+
+    id: str
+    keys: tuple[str, ...]
+    uploaded: datetime
+    reason: str
+
+
+@dataclass
+class DbCatalog:
+    db: str
+    complete: list[BackupInfo] = field(default_factory=list)  # newest first
+    leftovers: list[Leftover] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # kept, reported, never auto-deleted
+
+
+def scan(storage: Storage, db: str) -> DbCatalog:
+    groups: dict[BackupName, dict[str, ObjectInfo]] = defaultdict(dict)
+    for obj in storage.list(f"{db}/"):
+        parsed = parse_key(obj.key)
+        if parsed and parsed[0].db == db:
+            groups[parsed[0]][parsed[1]] = obj
+    catalog = DbCatalog(db)
+    for name, objects in sorted(groups.items(), key=lambda item: item[0].id):
+        if "json" not in objects:
+            catalog.leftovers.append(_leftover(name, objects, "no manifest: the backup did not finish"))
+            continue
+        try:
+            info = parse_manifest(storage.get_json(name.manifest_key), name)
+        except NotFoundError:  # deleted between list and read (a concurrent prune)
+            continue
+        except (ManifestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc)})
+            continue
+        if "dump" not in objects:
+            catalog.leftovers.append(_leftover(name, objects, "manifest without its dump"))
+            continue
+        catalog.complete.append(info)
+    catalog.complete.sort(key=lambda info: (info.started_at, info.id), reverse=True)
+    return catalog
+
+
+def _leftover(name: BackupName, objects: dict[str, ObjectInfo], reason: str) -> Leftover:
+    # The manifest (if any) goes first when deleting, so a half-finished
+    # cleanup never leaves something that looks complete.
+    order = {"json": 0, "sha256": 1, "dump": 2}
+    keys = tuple(o.key for s, o in sorted(objects.items(), key=lambda item: order[item[0]]))
+    return Leftover(name.id, keys, max(o.updated for o in objects.values()), reason)
+
+
+def databases(settings: Settings, db: str | None = None) -> list[str]:
+    """The database given (checked against the config), else every configured one."""
+    return [settings.check_database(db)] if db else settings.database_names()
+
+
+def list_backups(settings: Settings, db: str | None = None) -> list[BackupInfo]:
+    """Complete backups of ``db`` (or of every configured database), newest first."""
+    found = [info for name in databases(settings, db) for info in scan(settings.storage, name).complete]
+    return sorted(found, key=lambda info: (info.started_at, info.id), reverse=True)
+
+
+def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
+    """The newest complete backup of ``db``, or None."""
+    complete = scan(settings.storage, settings.check_database(db)).complete
+    return complete[0] if complete else None
+
+
+def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
+    """One complete backup by id; NotFoundError if it is missing or incomplete."""
+    name = BackupName.parse(backup_id)
+    storage = settings.storage
+    try:
+        data = storage.get_json(name.manifest_key)
+    except NotFoundError:
+        if storage.exists(name.dump_key):
+            raise NotFoundError(f"backup {backup_id} is incomplete (no manifest): it cannot be used") from None
+        raise NotFoundError(f"backup {backup_id} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotFoundError(f"backup {backup_id} has an unreadable manifest: {exc}") from None
+    try:
+        info = parse_manifest(data, name)
+    except ManifestError as exc:
+        raise NotFoundError(f"backup {backup_id} has an invalid manifest: {exc}") from None
+    if not storage.exists(name.dump_key):
+        raise NotFoundError(f"backup {backup_id} has a manifest but its dump is missing")
+    return info
+
+
+def resolve(settings: Settings, ref: str, db: str | None) -> BackupInfo:
+    """``latest`` (of ``db``) or an id; ``db``, when given, must match the id."""
+    if ref == "latest":
+        if not db:
+            raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
+        info = latest_backup(settings, db)
+        if info is None:
+            raise NotFoundError(f"no complete backup of {db} in {settings.storage.describe()}")
+        return info
+    info = get_backup(settings, ref)
+    if db and info.db != db:
+        raise BadRequest(f"backup {ref} is of database {info.db!r}, not {db!r}")
+    return info

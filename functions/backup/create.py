@@ -1,0 +1,235 @@
+"""Creating a backup: pg_dump → SHA-256 → storage, then sidecar, then manifest.
+
+The dump streams through this process in chunks of at most 1 MiB (constant
+memory, no temp file). Row counts come from the same snapshot as the dump: a
+REPEATABLE READ transaction exports its snapshot, ``pg_dump --snapshot``
+imports it, and the counts run in that transaction on a second thread while
+the dump streams. If pg_dump or the counting fails, the stream raises before
+its end, so storage aborts the upload and nothing of the backup is visible;
+the manifest is written only after the dump and its sidecar are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+from contextlib import nullcontext
+from datetime import timedelta
+from importlib import metadata
+from typing import Any, Iterator
+
+import psycopg
+
+from safesync.shared.config import Settings
+from safesync.shared.db import TableRef, connect, row_count, server_version
+from safesync.shared.errors import JobFailed, StorageError
+from safesync.shared.log import get_logger, redact
+from safesync.shared.pgtools import require_for_server
+from safesync.shared.report import Report, utcnow
+from safesync.shared.storage import Storage
+
+from .layout import SUFFIXES, BackupName
+from .manifest import MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
+from .pgproc import CHUNK, PgProcess, Progress, dbname_of, libpq_target
+
+log = get_logger("backup")
+
+LOCK_WAIT = "300s"  # pg_dump and the counts give up rather than queue forever behind a migration
+
+# Every table whose rows pg_dump writes: user schemas (ours included), not
+# partitions twice (the parent's count covers them), not extension members
+# (their contents belong to the extension, not to the dump).
+SNAPSHOT_TABLES_SQL = """
+select n.nspname, c.relname
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind in ('r', 'p') and not c.relispartition and c.relpersistence <> 't'
+  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and not exists (select 1 from pg_depend d
+                  where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+order by 1, 2
+"""
+
+
+def snapshot_tables(conn: psycopg.Connection) -> list[TableRef]:
+    return [TableRef(s, n) for s, n in conn.execute(SNAPSHOT_TABLES_SQL).fetchall()]
+
+
+def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row count of every dumped table, in the connection's snapshot."""
+    return {str(table): row_count(conn, table) for table in snapshot_tables(conn)}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("safesync")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def free_name(storage: Storage, db: str, kind: str) -> BackupName:
+    """A name no object uses yet (two backups in one second get the next second)."""
+    at = utcnow()
+    for _ in range(120):
+        name = BackupName.new(db, at, kind)
+        if not any(storage.exists(name.key(suffix)) for suffix in SUFFIXES):
+            return name
+        at += timedelta(seconds=1)
+    raise JobFailed(f"no free backup name for {db}/{kind}: too many backups in two minutes")
+
+
+class _Counter(threading.Thread):
+    """Counts rows in the exporting transaction while the dump streams."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        super().__init__(name="backup-row-counts", daemon=True)
+        self.conn = conn
+        self.counts: dict[str, int] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.counts = count_rows(self.conn)
+        except BaseException as exc:  # noqa: BLE001 - reported by the stream
+            self.error = exc
+
+    def result(self) -> dict[str, int]:
+        self.join()
+        if self.error is not None or self.counts is None:
+            raise JobFailed(f"counting rows for the manifest failed: {redact(str(self.error))}")
+        return self.counts
+
+
+class _DumpStream:
+    """pg_dump's stdout as chunks, hashed on the way. Raises (so storage
+    aborts the upload) unless pg_dump exits 0 and the counts succeeded."""
+
+    def __init__(self, proc: PgProcess, counter: _Counter, progress: Progress | None) -> None:
+        self.proc, self.counter, self.progress = proc, counter, progress
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.counts: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert self.proc.proc.stdout is not None
+        fd = self.proc.proc.stdout.fileno()
+        try:
+            while chunk := os.read(fd, CHUNK):
+                self.hasher.update(chunk)
+                self.size += len(chunk)
+                if self.progress:
+                    self.progress(self.size)
+                yield chunk
+            code = self.proc.wait()
+            if code != 0:
+                raise JobFailed(f"backup aborted, nothing stored: {self.proc.failure(code)}")
+            if self.size == 0:
+                raise JobFailed("backup aborted, nothing stored: pg_dump wrote nothing")
+            self.counts = self.counter.result()
+        finally:
+            self.proc.kill()  # storage failed or we raised: never leave pg_dump blocked on a pipe
+
+
+def create_backup(
+    settings: Settings,
+    db: str,
+    kind: str,
+    trigger: dict[str, Any] | None = None,
+    report: Report | None = None,
+    progress: Progress | None = None,
+) -> BackupInfo:
+    """Back up database ``db`` (a configured name) as a ``kind`` backup.
+
+    Other jobs call this for their undo points (``presync``, ``premigrate``,
+    ``safety``). It takes no lock itself: callers run it inside their own
+    job. Returns the complete backup; raises ConfigError (e.g. pg_dump older
+    than the server: nothing written), JobFailed, StorageError, DatabaseError.
+    """
+    BackupName.new(db, utcnow(), kind)  # validates the kind before any work
+    url = settings.database_url(db)
+    storage = settings.storage
+    level = settings.config.backup.compress_level
+    conn = connect(url, autocommit=True, application_name="safesync-backup")
+    try:
+        server_num = server_version(conn)
+        server_text = conn.execute("show server_version").fetchone()[0]
+        pg_dump = require_for_server("pg_dump", server_num)
+        conn.execute("set statement_timeout = 0")
+        conn.execute("set idle_in_transaction_session_timeout = 0")
+        conn.execute(f"set lock_timeout = '{LOCK_WAIT}'")
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snapshot = conn.execute("select pg_export_snapshot()").fetchone()[0]
+        name = free_name(storage, db, kind)
+        started = utcnow()
+        conninfo, env = libpq_target(url)
+        argv = [
+            str(pg_dump.path), "--format=custom", f"--compress={level}", f"--snapshot={snapshot}",
+            f"--lock-wait-timeout={LOCK_WAIT}", "--no-password", "--dbname", conninfo,
+        ]
+        log.info("backup started", db=db, kind=kind, backup=name.id)
+        proc = PgProcess(argv, env, stdout=subprocess.PIPE)
+        counter = _Counter(conn)
+        counter.start()
+        stream = _DumpStream(proc, counter, progress)
+        try:
+            with report.timed("dump") if report is not None else nullcontext():
+                stored = storage.put(name.dump_key, stream)
+        finally:
+            proc.kill()
+            if counter.is_alive():  # the dump failed: stop counting a big table for nothing
+                conn.cancel_safe()
+            counter.join()
+        if stored.size != stream.size:
+            storage.delete(name.dump_key)
+            raise StorageError(f"storage kept {stored.size} of {stream.size} bytes of {name.dump_key}")
+    except psycopg.Error as exc:
+        raise JobFailed(f"backup of {db} failed: {redact(str(exc)).strip()}") from None
+    finally:
+        _close_quietly(conn)
+    finished = utcnow()
+    digest = stream.hasher.hexdigest()
+    storage.put(name.sha256_key, sidecar_text(digest, name), content_type="text/plain")
+    counts = stream.counts
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "id": name.id,
+        "database": db,
+        "database_name": dbname_of(url),
+        "kind": kind,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "duration_s": round((finished - started).total_seconds(), 3),
+        "size": stream.size,
+        "sha256": digest,
+        "format": "custom",
+        "compression": f"gzip:{level}" if level else "none",
+        "pg_dump_version": ".".join(map(str, pg_dump.version)),
+        "server_version": server_text,
+        "server_version_num": server_num,
+        "tables": counts,
+        "table_count": len(counts),
+        "rows_total": sum(counts.values()),
+        "trigger": trigger or {"via": "library"},
+        "keys": {"dump": name.dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},
+        "created_by": f"safesync {_version()}",
+    }
+    info = write_manifest(storage, name, manifest)
+    log.info("backup complete", db=db, kind=kind, backup=name.id, bytes=stream.size)
+    if report is not None:
+        report.details.setdefault("backups", []).append(
+            {"id": info.id, "db": db, "kind": kind, "bytes": info.size, "manifest": info.manifest_key}
+        )
+    return info
+
+
+def _close_quietly(conn: psycopg.Connection) -> None:
+    """End the exporting transaction. Errors here cannot spoil a dump that
+    already finished (pg_dump imported the snapshot at its start)."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001
+        pass
+

@@ -1,0 +1,109 @@
+"""The ``backup`` HTTP target.
+
+Bodies (POST, JSON):
+
+- ``{"action":"create","db":"prod"}`` — from a QStash schedule this is the
+  ``daily`` backup (then prune); from a bearer caller ``manual`` unless
+  ``"kind"`` says ``predeploy`` (with ``"deployment"`` to tag it).
+- ``{"action":"list"[,"db":"prod"]}``
+- ``{"action":"verify"[,"id":"…" | "all":true][,"restore_drill":true]}``
+- ``{"action":"restore","id":"…"|"latest","db":"prod","to":"staging"[,"confirm":"staging"]}``
+  (admin token only: it overwrites a database)
+- ``{"action":"prune"[,"db":"prod"][,"dry_run":true]}``
+
+A request signed by Vercel (``x-vercel-signature``) is a deploy webhook,
+whatever its body says: see ``vercel.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safesync.shared.errors import BadRequest
+from safesync.shared.http import Call, validate_body
+from safesync.shared.report import Answer
+
+from .jobs import run_create, run_list, run_prune, run_restore, run_verify
+from .vercel import handle_webhook
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(_Body):
+    action: Literal["create"]
+    db: str = Field(pattern=_NAME)
+    kind: Literal["manual", "daily", "predeploy"] | None = None
+    deployment: str | None = Field(None, min_length=1, max_length=300)
+
+
+class ListBody(_Body):
+    action: Literal["list"]
+    db: str | None = Field(None, pattern=_NAME)
+
+
+class VerifyBody(_Body):
+    action: Literal["verify"]
+    id: str | None = Field(None, max_length=200)
+    all: bool = False
+    restore_drill: bool = False
+
+
+class RestoreBody(_Body):
+    action: Literal["restore"]
+    id: str = Field(max_length=200)
+    db: str | None = Field(None, pattern=_NAME)
+    to: str = Field(pattern=_NAME)
+    confirm: str | None = Field(None, max_length=200)
+
+
+class PruneBody(_Body):
+    action: Literal["prune"]
+    db: str | None = Field(None, pattern=_NAME)
+    dry_run: bool = False
+
+
+_MODELS: dict[str, type[_Body]] = {
+    "create": CreateBody,
+    "list": ListBody,
+    "verify": VerifyBody,
+    "restore": RestoreBody,
+    "prune": PruneBody,
+}
+
+
+def handle_http(call: Call) -> Answer:
+    if call.principal.kind == "vercel":
+        return handle_webhook(call.settings, call.body)
+    action = call.body.get("action")
+    if not isinstance(action, str) or action not in _MODELS:
+        raise BadRequest(f"action: must be one of {', '.join(_MODELS)}", {"got": action if isinstance(action, str) else None})
+    body = validate_body(_MODELS[action], call.body)
+    settings = call.settings
+    trigger = call.trigger()
+    message_id = call.principal.message_id
+    if isinstance(body, CreateBody):
+        kind = body.kind or ("daily" if call.principal.is_qstash else "manual")
+        if body.deployment:
+            if kind != "predeploy":
+                raise BadRequest("deployment: only a predeploy backup is tagged with a deployment")
+            trigger["deployment"] = body.deployment
+        return run_create(settings, body.db, kind, trigger=trigger, message_id=message_id)
+    if isinstance(body, ListBody):
+        return run_list(settings, body.db)
+    if isinstance(body, VerifyBody):
+        if body.id and body.all:
+            raise BadRequest("give either id or all, not both")
+        return run_verify(settings, body.id, all_backups=body.all, restore_drill=body.restore_drill, trigger=trigger)
+    if isinstance(body, RestoreBody):
+        call.require_admin()
+        return run_restore(
+            settings, body.id, db=body.db, to=body.to, confirm=body.confirm, trigger=trigger, message_id=message_id
+        )
+    assert isinstance(body, PruneBody)
+    return run_prune(settings, body.db, dry_run=body.dry_run, trigger=trigger, message_id=message_id)

@@ -1,0 +1,92 @@
+"""Where a backup lives in storage, and how its id is spelled.
+
+A backup id is ``<db>-<YYYYMMDDTHHMMSSZ>-<kind>`` (e.g.
+``prod-20260101T020000Z-daily``). Database names are identifiers (no ``-``),
+so an id parses back unambiguously, and the three object keys follow from it
+without listing anything::
+
+    <db>/<YYYY>/<MM>/<id>.dump     pg_dump custom format
+    <db>/<YYYY>/<MM>/<id>.sha256   "<hex>  <id>.dump" (sha256sum -c compatible)
+    <db>/<YYYY>/<MM>/<id>.json     manifest, written last
+
+The timestamp in a name only makes ids unique and sortable; ages used for
+retention come from the manifest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from safesync.shared.errors import BadRequest
+
+# Scheduled and asked-for backups, then the "undo points" other jobs take.
+KINDS = ("manual", "daily", "predeploy", "presync", "premigrate", "safety")
+EVENT_KINDS = ("presync", "premigrate", "safety")
+SUFFIXES = ("dump", "sha256", "json")
+
+_STAMP = r"\d{8}T\d{6}Z"
+_KIND = "|".join(KINDS)
+ID_RE = re.compile(rf"^(?P<db>[A-Za-z_][A-Za-z0-9_]*)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND})$")
+KEY_RE = re.compile(
+    rf"^(?P<db>[A-Za-z_][A-Za-z0-9_]*)/(?P<year>\d{{4}})/(?P<month>\d{{2}})/"
+    rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump|sha256|json)$"
+)
+
+
+@dataclass(frozen=True)
+class BackupName:
+    """A parsed backup id and the keys of its objects."""
+
+    db: str
+    stamp: str
+    kind: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.db}-{self.stamp}-{self.kind}"
+
+    @property
+    def folder(self) -> str:
+        return f"{self.db}/{self.stamp[:4]}/{self.stamp[4:6]}"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.folder}/{self.id}.{suffix}"
+
+    @property
+    def dump_key(self) -> str:
+        return self.key("dump")
+
+    @property
+    def sha256_key(self) -> str:
+        return self.key("sha256")
+
+    @property
+    def manifest_key(self) -> str:
+        return self.key("json")
+
+    @classmethod
+    def new(cls, db: str, at: datetime, kind: str) -> "BackupName":
+        if kind not in KINDS:
+            raise BadRequest(f"unknown backup kind {kind!r}; one of: {', '.join(KINDS)}")
+        return cls(db, at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ"), kind)
+
+    @classmethod
+    def parse(cls, backup_id: str) -> "BackupName":
+        """Parse a user-given id; BadRequest (400 / exit 2) if malformed."""
+        match = ID_RE.match(backup_id or "")
+        if not match:
+            raise BadRequest(
+                f"{backup_id!r} is not a backup id (expected <db>-<YYYYMMDDTHHMMSSZ>-<kind>, "
+                "e.g. prod-20260101T020000Z-daily; `safesync backup list` shows them)"
+            )
+        return cls(match["db"], match["stamp"], match["kind"])
+
+
+def parse_key(key: str) -> tuple[BackupName, str] | None:
+    """(name, suffix) of a key in the backup layout, else None (e.g. run reports)."""
+    match = KEY_RE.match(key)
+    if not match or match["year"] != match["stamp"][:4] or match["month"] != match["stamp"][4:6]:
+        return None
+    return BackupName(match["db"], match["stamp"], match["kind"]), match["suffix"]

@@ -1,0 +1,194 @@
+"""The manifest: the JSON written last that turns uploaded bytes into a
+backup, and ``BackupInfo``, its typed view.
+
+A dump without a valid manifest is not a backup (never listed, never
+restored). Everything that decides about a backup — its age for retention,
+its checksum, the row counts a restore drill compares — is read from here,
+never from object names or upload times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from safesync.shared.storage import Storage
+
+from .layout import BackupName
+
+MANIFEST_VERSION = 1
+_REQUIRED = {
+    "manifest_version": int,
+    "id": str,
+    "database": str,
+    "kind": str,
+    "started_at": str,
+    "finished_at": str,
+    "size": int,
+    "sha256": str,
+    "tables": dict,
+}
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted (unparseable, wrong shape, or not
+    matching the key it is stored under)."""
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One complete backup, as its manifest describes it."""
+
+    id: str
+    db: str
+    kind: str
+    started_at: datetime
+    finished_at: datetime
+    size: int
+    sha256: str
+    tables: dict[str, int]
+    trigger: dict[str, Any] = field(default_factory=dict)
+    pg_dump_version: str = ""
+    server_version: str = ""
+    compression: str = ""
+    verification: dict[str, Any] | None = None
+    drill: dict[str, Any] | None = None
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> BackupName:
+        return BackupName.parse(self.id)
+
+    @property
+    def dump_key(self) -> str:
+        return self.name.dump_key
+
+    @property
+    def sha256_key(self) -> str:
+        return self.name.sha256_key
+
+    @property
+    def manifest_key(self) -> str:
+        return self.name.manifest_key
+
+    @property
+    def rows_total(self) -> int:
+        return sum(self.tables.values())
+
+    def age_s(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(timezone.utc)) - self.started_at).total_seconds()
+
+    def row(self, now: datetime | None = None) -> dict[str, Any]:
+        """A flat summary for CLI tables and JSON reports."""
+        verified = self.verification or {}
+        drill = self.drill or {}
+        return {
+            "id": self.id,
+            "age": human_age(self.age_s(now)),
+            "size": human_bytes(self.size),
+            "tables": len(self.tables),
+            "rows": self.rows_total,
+            "verified": _outcome(verified),
+            "drill": _outcome(drill),
+            "trigger": _trigger_text(self.trigger),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as stored (what HTTP callers get for one backup)."""
+        return dict(self.manifest)
+
+
+def _outcome(result: dict[str, Any]) -> str:
+    if not result:
+        return ""
+    return f"{'ok' if result.get('ok') else 'FAILED'} {str(result.get('at', ''))[:10]}"
+
+
+def _trigger_text(trigger: dict[str, Any]) -> str:
+    for key in ("deployment", "schedule_id", "restore_of", "job"):
+        if trigger.get(key):
+            return f"{key}={trigger[key]}"
+    return str(trigger.get("via", ""))
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - loop always returns
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
+
+
+def _parse_time(value: Any, key: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{key} is not an ISO timestamp: {value!r}") from None
+    if moment.tzinfo is None:
+        raise ManifestError(f"{key} has no time zone: {value!r}")
+    return moment.astimezone(timezone.utc)
+
+
+def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
+    """Check a manifest read from ``name.manifest_key`` and type it."""
+    if not isinstance(data, dict):
+        raise ManifestError("manifest is not a JSON object")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise ManifestError(f"manifest field {key!r} is missing or not a {kind.__name__}")
+    if data["manifest_version"] > MANIFEST_VERSION:
+        raise ManifestError(f"manifest version {data['manifest_version']} is newer than this safesync understands")
+    if (data["id"], data["database"], data["kind"]) != (name.id, name.db, name.kind):
+        raise ManifestError(f"manifest describes {data['id']!r}, but is stored as {name.id!r}")
+    if len(data["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in data["sha256"]):
+        raise ManifestError("manifest sha256 is not 64 lowercase hex digits")
+    tables = data["tables"]
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in tables.items()):
+        raise ManifestError("manifest tables must map table names to row counts")
+    return BackupInfo(
+        id=name.id,
+        db=name.db,
+        kind=name.kind,
+        started_at=_parse_time(data["started_at"], "started_at"),
+        finished_at=_parse_time(data["finished_at"], "finished_at"),
+        size=data["size"],
+        sha256=data["sha256"],
+        tables=dict(tables),
+        trigger=dict(data.get("trigger") or {}),
+        pg_dump_version=str(data.get("pg_dump_version", "")),
+        server_version=str(data.get("server_version", "")),
+        compression=str(data.get("compression", "")),
+        verification=data.get("verification"),
+        drill=data.get("drill"),
+        manifest=data,
+    )
+
+
+def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any]) -> BackupInfo:
+    """Store (or atomically replace) a manifest; returns its typed view."""
+    info = parse_manifest(data, name)  # never store what we could not read back
+    storage.put_json(name.manifest_key, data)
+    return info
+
+
+def sidecar_text(sha256: str, name: BackupName) -> bytes:
+    """``sha256sum`` format, so ``sha256sum -c`` works on a downloaded pair."""
+    return f"{sha256}  {name.id}.dump\n".encode("ascii")
+
+
+def parse_sidecar(data: bytes) -> str | None:
+    """The hex digest in a sidecar, or None if it is not one."""
+    text = data.decode("ascii", errors="replace").strip()
+    digest = text.split()[0] if text else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None

@@ -1,0 +1,189 @@
+"""Running pg_dump / pg_restore as child processes, safely.
+
+- The password never appears on a command line (``ps`` shows those): the
+  child gets a conninfo without it and ``PGPASSWORD`` in a minimal
+  environment that carries none of our other secrets.
+- stderr is drained by a thread (a full stderr pipe would freeze the child)
+  and only its tail is kept, redacted, for error messages.
+- Restores stream from storage into pg_restore's stdin while hashing, and
+  hold back the last chunk until the SHA-256 of everything read matches the
+  manifest. A dump written through a pipe ends with the end of its last data
+  block, so pg_restore cannot reach its COMMIT before that chunk: a corrupt
+  or tampered backup is never committed into the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+from collections import deque
+from typing import Callable, Sequence
+
+from psycopg import conninfo as pg_conninfo
+
+from safesync.shared.errors import ConfigError, JobFailed, Refused
+from safesync.shared.log import redact
+from safesync.shared.storage import Storage
+
+CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
+Progress = Callable[[int], None]
+
+# Variables a PostgreSQL client may legitimately need from our environment.
+_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PGSERVICEFILE", "PGSYSCONFDIR")
+_KEEP_PREFIXES = ("PGSSL", "PGGSS", "PGKRB", "PGCONNECT_TIMEOUT", "PGTARGETSESSIONATTRS", "PGPASSFILE")
+
+
+def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync-backup") -> tuple[str, dict[str, str]]:
+    """(conninfo without password, child environment) for ``url``, optionally
+    pointed at another database on the same server."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError for a malformed URL
+        raise ConfigError(f"invalid database URL: {redact(str(exc))}") from None
+    password = params.pop("password", None)
+    if dbname is not None:
+        params["dbname"] = dbname
+    env = child_env()
+    env["PGAPPNAME"] = app
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return pg_conninfo.make_conninfo(**params), env
+
+
+def child_env() -> dict[str, str]:
+    """The environment a pg tool gets: what libpq may need, none of our secrets."""
+    return {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith(_KEEP_PREFIXES)}
+
+
+def dbname_of(url: str) -> str:
+    return str(pg_conninfo.conninfo_to_dict(url).get("dbname", ""))
+
+
+class PgProcess:
+    """A running pg tool whose stderr tail is kept for error messages."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], *, stdin: int | None = None, stdout: int | None = None) -> None:
+        self.tool = os.path.basename(argv[0])
+        self.proc = subprocess.Popen(
+            list(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd="/"
+        )
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                _grow_pipe(pipe.fileno())
+        self._stderr: deque[str] = deque(maxlen=60)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self._stderr.append(raw.decode("utf-8", errors="replace").rstrip())
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        """Stop the child if it still runs (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+    def stderr_text(self, lines: int = 8) -> str:
+        return redact("\n".join(list(self._stderr)[-lines:]))
+
+    def failure(self, code: int) -> str:
+        """``pg_dump exited with 1: <its last error lines>``."""
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        tail = self.stderr_text()
+        return f"{self.tool} {how}" + (f": {tail}" if tail else "")
+
+    def feed(self, chunk: bytes) -> bool:
+        """Write to stdin; False once the child stopped reading."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(chunk)
+            return True
+        except (BrokenPipeError, ValueError):
+            return False
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+
+def _grow_pipe(fd: int) -> None:
+    """Bigger pipe buffers mean fewer context switches per MiB (Linux only)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def restore_stream(
+    storage: Storage,
+    *,
+    key: str,
+    size: int,
+    sha256: str,
+    backup_id: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    progress: Progress | None = None,
+) -> str:
+    """Stream the dump at ``key`` into ``pg_restore`` (``argv``), committing
+    only if every byte matches ``sha256``/``size``. Returns pg_restore's
+    stderr tail (warnings). Raises Refused on a checksum mismatch (nothing
+    restored) and JobFailed when pg_restore fails (its transaction rolled back)."""
+    proc = PgProcess(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    hasher = hashlib.sha256()
+    seen = 0
+    held: bytes | None = None
+    alive = True
+    try:
+        with storage.open(key) as stream:
+            while alive and (chunk := stream.read(CHUNK)):
+                hasher.update(chunk)
+                seen += len(chunk)
+                if held is not None:
+                    alive = proc.feed(held)
+                held = chunk
+                if progress:
+                    progress(seen)
+        if not alive:
+            raise JobFailed(f"restore of {backup_id} failed: {proc.failure(proc.wait())}")
+        if seen != size or hasher.hexdigest() != sha256:
+            raise Refused(
+                f"backup {backup_id} does not match its manifest (read {seen} of {size} bytes, "
+                f"sha256 {hasher.hexdigest()[:12]}… vs {sha256[:12]}…): nothing was restored",
+                {"backup": backup_id},
+            )
+        if held is not None and not proc.feed(held):
+            raise JobFailed(f"restore of {backup_id} failed: {proc.failure(proc.wait())}")
+        proc.close_stdin()
+        code = proc.wait()
+        if code != 0:
+            raise JobFailed(f"restore of {backup_id} failed and was rolled back: {proc.failure(code)}")
+        return proc.stderr_text(20)
+    finally:
+        proc.kill()  # any exit before the final chunk: pg_restore never reaches COMMIT

@@ -1,0 +1,354 @@
+"""Backups against a real PostgreSQL 16, on the local folder AND the GCS
+emulator: round trip on the LMS fixture, interrupted backups, a flipped
+byte, guarded restores, the same-snapshot row counts, the old-pg_dump
+error, and pruning of leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import psycopg
+import pytest
+from psycopg import sql
+
+from safesync.functions import cli
+from safesync.functions.backup import (
+    create_backup,
+    get_backup,
+    latest_backup,
+    list_backups,
+    prune_database,
+    restore_backup,
+    verify_backup,
+)
+from safesync.functions.backup import create as create_module
+from safesync.functions.backup.layout import BackupName
+from safesync.shared.db import connect, database_fingerprint
+from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, Refused
+from safesync.shared.report import utcnow
+from tests.fixtures.lms import create_lms
+
+BACKUP_TOML = """
+[backup]
+databases = ["prod"]
+compress_level = 1
+"""
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage_url(request) -> str | None:
+    return request.getfixturevalue("gcs_bucket_url") if request.param == "gcs" else None
+
+
+@pytest.fixture
+def env(make_db, write_settings, storage_url):
+    """prod (the LMS with users) and an empty ``scratch`` database."""
+    prod = make_db()
+    create_lms(prod, variant="prod", scale=2)
+    scratch = make_db()
+    settings = write_settings({"prod": prod, "scratch": scratch}, BACKUP_TOML, storage_url)
+    return SimpleNamespace(prod=prod, scratch=scratch, settings=settings, storage_url=storage_url)
+
+
+def fingerprint(url: str) -> dict:
+    with connect(url) as conn:
+        return database_fingerprint(conn)
+
+
+def schema_facts(url: str) -> dict:
+    """Sequences' positions, constraints and indexes of the public schema."""
+    with connect(url) as conn:
+        names = [r[0] for r in conn.execute("select sequencename from pg_sequences where schemaname = 'public' order by 1")]
+        return {
+            "sequences": [
+                (name, *conn.execute(sql.SQL("select last_value, is_called from {}").format(sql.Identifier(name))).fetchone())
+                for name in names
+            ],
+            "constraints": conn.execute(
+                "select conrelid::regclass::text, conname, pg_get_constraintdef(oid) from pg_constraint "
+                "where connamespace = 'public'::regnamespace order by 1, 2"
+            ).fetchall(),
+            "indexes": conn.execute("select indexname, indexdef from pg_indexes where schemaname = 'public' order by 1").fetchall(),
+        }
+
+
+def backup_objects(settings, db: str = "prod") -> list[str]:
+    return [o.key for o in settings.storage.list(f"{db}/")]
+
+
+def add_bulk(url: str, rows: int) -> None:
+    """A table big enough that a dump is still streaming when we interfere."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table bulk as select g as id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) as payload "
+            "from generate_series(1, %s) g",
+            [rows],
+        )
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, dict]:
+    code = cli.main([*argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+# --------------------------------------------------------------------------
+# Round trip
+# --------------------------------------------------------------------------
+
+
+def test_round_trip_create_verify_drill_restore(env) -> None:
+    settings = env.settings
+    before = fingerprint(env.prod)
+    info = create_backup(settings, "prod", "manual", trigger={"via": "test"})
+
+    # Layout and manifest.
+    name = BackupName.parse(info.id)
+    assert backup_objects(settings) == sorted([name.dump_key, name.manifest_key, name.sha256_key])
+    manifest = settings.storage.get_json(name.manifest_key)
+    assert manifest["database"] == "prod" and manifest["kind"] == "manual"
+    assert manifest["pg_dump_version"].startswith("16") and manifest["server_version"].startswith("16")
+    assert manifest["compression"] == "gzip:1" and manifest["trigger"] == {"via": "test"}
+    assert manifest["tables"] == {t: count for t, (count, _) in before.items()}
+    dump = settings.storage.get_bytes(name.dump_key)
+    assert dump[:5] == b"PGDMP" and manifest["size"] == len(dump)
+    assert manifest["sha256"] == hashlib.sha256(dump).hexdigest()
+    assert settings.storage.get_bytes(name.sha256_key) == f"{manifest['sha256']}  {info.id}.dump\n".encode()
+    assert [b.id for b in list_backups(settings)] == [info.id] == [latest_backup(settings, "prod").id]
+
+    # Verify with a restore drill: recorded in the manifest; scratch db dropped.
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert result.ok, result.problems
+    assert result.drill["ok"] and result.drill["tables"] == len(before) and result.drill["mismatches"] == []
+    recorded = settings.storage.get_json(name.manifest_key)
+    assert recorded["verification"]["ok"] and recorded["drill"]["ok"]
+    with psycopg.connect(env.prod) as conn:
+        assert conn.execute(
+            "select count(*) from pg_database where datname = %s", [recorded["drill"]["scratch_database"]]
+        ).fetchone()[0] == 0
+
+    # Restore into a fresh database: every table's rows, sequences, constraints.
+    restored = restore_backup(settings, info.id, "scratch")
+    assert restored.safety_backup is not None and restored.safety_backup.kind == "safety"
+    assert restored.safety_backup.trigger["restore_of"] == info.id
+    assert fingerprint(env.scratch) == before == fingerprint(env.prod)
+    assert schema_facts(env.scratch) == schema_facts(env.prod)
+    facts = schema_facts(env.scratch)
+    assert any("FOREIGN KEY" in c[2] and "ON DELETE CASCADE" in c[2] for c in facts["constraints"])
+    assert len(facts["sequences"]) >= 5 and any(seq[1] > 1 for seq in facts["sequences"])
+    assert all(row["match"] for row in restored.tables)
+
+    # Restoring again over the now-populated target (--clean) is just as exact.
+    restore_backup(settings, "latest", "scratch", db="prod")
+    assert fingerprint(env.scratch) == before
+
+
+def test_row_counts_come_from_the_dump_snapshot_despite_concurrent_writes(env, capsys) -> None:
+    """Inserts run throughout the dump; the restore drill (dump contents)
+    still matches the manifest's counts exactly."""
+    add_bulk(env.prod, 150_000)
+    with psycopg.connect(env.prod, autocommit=True) as conn:
+        conn.execute("create table side (id bigserial primary key, at timestamptz not null default now())")
+    stop = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(env.prod, autocommit=True) as conn:
+            while not stop.is_set():
+                with conn.transaction():
+                    conn.execute("insert into bulk values (-1, 'x')")
+                    conn.execute("insert into side default values")
+                time.sleep(0.002)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        info = create_backup(env.settings, "prod", "manual")
+    finally:
+        stop.set()
+        thread.join()
+    with psycopg.connect(env.prod) as conn:
+        now_bulk = conn.execute("select count(*) from bulk").fetchone()[0]
+        now_side = conn.execute("select count(*) from side").fetchone()[0]
+    assert now_bulk > info.tables["public.bulk"] >= 150_000  # writes happened around the dump
+    assert info.tables["public.bulk"] - 150_000 == info.tables["public.side"] < now_side
+    result = verify_backup(env.settings, info.id, restore_drill_too=True)
+    assert result.ok and result.drill["mismatches"] == [], result.problems
+
+
+# --------------------------------------------------------------------------
+# Interrupted backups
+# --------------------------------------------------------------------------
+
+
+def _kill_pg_dump(_done: int) -> None:
+    for child in psutil.Process().children(recursive=True):
+        if child.name() == "pg_dump":
+            child.kill()
+
+
+def test_pg_dump_killed_mid_backup_leaves_no_backup(env) -> None:
+    settings = env.settings
+    add_bulk(env.prod, 60_000)
+    with pytest.raises(JobFailed, match="pg_dump was killed by signal SIGKILL"):
+        create_backup(settings, "prod", "manual", progress=_kill_pg_dump)
+    assert backup_objects(settings) == []  # the upload was aborted: no dump, no sidecar, no manifest
+    if env.storage_url is None:
+        assert not any(".tmp-" in p.name for p in Path(settings.storage.root).rglob("*"))
+    assert list_backups(settings) == []
+    with pytest.raises(NotFoundError):
+        restore_backup(settings, "latest", "scratch", db="prod")
+    info = create_backup(settings, "prod", "manual")  # the next one succeeds
+    assert [b.id for b in list_backups(settings)] == [info.id]
+    assert verify_backup(settings, info.id).ok
+
+
+def test_crash_before_manifest_leaves_a_leftover_that_prune_removes_after_grace(env, monkeypatch) -> None:
+    settings = env.settings
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("process dies between sidecar and manifest")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(create_module, "write_manifest", crash)
+        create_backup(settings, "prod", "daily")
+    keys = backup_objects(settings)
+    assert [k.rsplit(".", 1)[1] for k in keys] == ["dump", "sha256"]
+    leftover_id = keys[0].rsplit("/", 1)[1].removesuffix(".dump")
+    assert list_backups(settings) == []
+    with pytest.raises(NotFoundError, match="incomplete"):
+        get_backup(settings, leftover_id)
+    with pytest.raises(NotFoundError):
+        restore_backup(settings, leftover_id, "scratch")
+
+    good = create_backup(settings, "prod", "manual")
+    young = prune_database(settings, "prod")  # within the 6 h grace: may still be running
+    assert young.deleted == [] and len(backup_objects(settings)) == 5
+    later = prune_database(settings, "prod", now=utcnow() + timedelta(hours=7))
+    assert later.deleted == [leftover_id]
+    assert backup_objects(settings) == sorted(BackupName.parse(good.id).key(s) for s in ("dump", "json", "sha256"))
+
+
+def test_process_killed_mid_backup_then_next_create_and_prune(make_db, write_settings, tmp_path) -> None:
+    """SIGKILL of the whole `safesync backup create` while it streams."""
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    add_bulk(prod, 200_000)
+    settings = write_settings({"prod": prod}, BACKUP_TOML.replace("compress_level = 1", "compress_level = 9\nincomplete_grace_hours = 0"))
+    root = Path(settings.storage.root)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "prod", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = [p for p in root.rglob("*.tmp-*") if p.stat().st_size > 0] if root.exists() else []
+        if temps:
+            break
+        assert proc.poll() is None, "the backup finished before we could kill it"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert temps and backup_objects(settings) == []
+    assert list_backups(settings) == []
+    info = create_backup(settings, "prod", "manual")
+    assert [b.id for b in list_backups(settings)] == [info.id]
+    code = cli.main(["backup", "prune", "--json"])
+    assert code == 0
+    assert not list(root.rglob("*.tmp-*")), "prune removes the killed write's temp file"
+    assert [b.id for b in list_backups(settings)] == [info.id]
+
+
+# --------------------------------------------------------------------------
+# Corruption
+# --------------------------------------------------------------------------
+
+
+def test_flipped_byte_fails_verify_names_the_backup_and_is_never_restored(env, capsys) -> None:
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    bad = create_backup(settings, "prod", "manual")
+    key = BackupName.parse(bad.id).dump_key
+    data = bytearray(settings.storage.get_bytes(key))
+    data[len(data) // 2] ^= 0x01
+    settings.storage.put(key, bytes(data))
+
+    code, body = run_cli(capsys, "backup", "verify", bad.id)
+    assert code == 1
+    assert bad.id in body["summary"] and "SHA-256" in body["summary"]
+    code, body = run_cli(capsys, "backup", "verify", "--all")
+    assert code == 1 and bad.id in body["summary"] and good.id not in body["summary"]
+    assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, bad.id: False}
+    assert settings.storage.get_json(BackupName.parse(bad.id).manifest_key)["verification"]["ok"] is False
+
+    # A restore of the corrupt backup is refused before commit: target untouched.
+    before = fingerprint(env.scratch)
+    with pytest.raises(Refused, match="does not match its manifest"):
+        restore_backup(settings, bad.id, "scratch")
+    assert fingerprint(env.scratch) == before
+
+
+# --------------------------------------------------------------------------
+# Guarded restore
+# --------------------------------------------------------------------------
+
+
+def test_restore_into_prod_without_confirm_is_refused_and_touches_nothing(env, capsys) -> None:
+    settings = env.settings
+    info = create_backup(settings, "prod", "manual")
+    with psycopg.connect(env.prod, autocommit=True) as conn:
+        conn.execute("update courses set title = title || ' (edited after the backup)'")
+    before, objects = fingerprint(env.prod), backup_objects(settings)
+
+    code, body = run_cli(capsys, "backup", "restore", info.id, "--to", "prod")
+    assert code == 1 and body["report"]["status"] == "refused" and "--confirm prod" in body["error"]
+    code, body = run_cli(capsys, "backup", "restore", "latest", "--db", "prod", "--to", "prod", "--confirm", "staging")
+    assert code == 1 and "must be the target's name" in body["error"]
+
+    from safesync.functions.serve import create_app
+
+    client = create_app().test_client()
+    admin = {"Authorization": f"Bearer {os.environ['SAFESYNC_ADMIN_TOKEN']}"}
+    response = client.post("/backup", json={"action": "restore", "id": info.id, "to": "prod"}, headers=admin)
+    assert response.status_code == 422 and "--confirm prod" in response.get_json()["error"]
+    token = {"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
+    response = client.post("/backup", json={"action": "restore", "id": info.id, "to": "prod", "confirm": "prod"}, headers=token)
+    assert response.status_code == 403  # restore over HTTP needs the admin token
+    assert fingerprint(env.prod) == before and backup_objects(settings) == objects  # not even a safety backup
+
+    # With the confirmation it runs: safety backup first, then the restore.
+    code, body = run_cli(capsys, "backup", "restore", info.id, "--to", "prod", "--confirm", "prod")
+    assert code == 0, body
+    safety = body["details"]["restore"]["safety_backup"]
+    assert safety.endswith("-safety") and get_backup(settings, safety).tables
+    after = fingerprint(env.prod)
+    assert after != before and after["public.courses"][0] == before["public.courses"][0]
+    # ...and the safety backup undoes it.
+    restore_backup(settings, safety, "prod", confirm="prod")
+    assert fingerprint(env.prod) == before
+
+
+def test_pg_dump_older_than_the_server_is_a_clear_error_before_anything_is_written(env, monkeypatch, capsys) -> None:
+    old = shutil.which("pg_dump", path="/usr/bin")
+    if not old:
+        pytest.skip("no system pg_dump")
+    version = subprocess.run([old, "--version"], capture_output=True, text=True).stdout
+    if int(version.split(")")[1].split(".")[0]) >= 16:
+        pytest.skip(f"system pg_dump is not older than the server: {version}")
+    monkeypatch.setenv("PG_BIN", "/usr/bin")
+    with pytest.raises(ConfigError, match="older than the server .*PG_BIN"):
+        create_backup(env.settings, "prod", "manual")
+    code = cli.main(["backup", "create", "--db", "prod", "--json"])
+    body = json.loads(capsys.readouterr().out)
+    assert code == 2 and "older than the server" in body["error"]  # an environment problem: exit 2
+    assert backup_objects(env.settings) == []
