@@ -1,5 +1,0 @@
-"""content_sync — placeholder until its issue lands (HTTP 501, CLI exit 1)."""
-
-from safesync.functions._pending import pending
-
-handle_http, register_cli = pending("content_sync", "content", ['compare', 'dry-run', 'sync'])

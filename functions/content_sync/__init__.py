@@ -1,0 +1,93 @@
+"""``content_sync``: push content tables from dev to prod without ever
+touching user data — ``compare``, ``dry-run`` (the real sync, rolled back,
+with a plan digest) and ``sync`` (``expect_plan`` pins a reviewed plan).
+
+HTTP target ``content_sync``: ``{"mode": "compare" | "dry-run" | "sync",
+"expect_plan": "<digest>"}``. CLI: ``safesync content compare | dry-run |
+sync [--expect-plan DIGEST]``. Modules: ``plan`` (config → tables, keys,
+drift, FK order, protected set), ``rowhash`` (SQL row hashes and key
+expressions), ``diff`` (key-range checksum descent), ``apply`` (staging,
+upsert, deletes, sequences), ``proof`` (protection proof), ``digest`` (plan
+digest), ``safety`` (undo point), ``job`` (the flow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safesync.shared.config import Settings
+from safesync.shared.errors import BadRequest
+from safesync.shared.http import Call, validate_body
+from safesync.shared.report import Answer, Report
+from safesync.shared.runner import execute
+
+from .job import MODES, Hook, run
+
+__all__ = ["content_sync", "handle_http", "register_cli"]
+
+_DIGEST = r"[0-9a-f]{64}"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["compare", "dry-run", "sync"]
+    expect_plan: str | None = Field(None, pattern=_DIGEST)
+
+
+def content_sync(
+    settings: Settings,
+    mode: str,
+    *,
+    expect_plan: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    message_id: str | None = None,
+    hook: Hook | None = None,
+) -> Answer:
+    """Run one content sync action under the runner (lock on the target,
+    QStash de-duplication, report stored under ``runs/content_sync/``).
+    ``compare`` is read-only and takes no lock."""
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    if expect_plan is not None and mode != "sync":
+        raise BadRequest("expect_plan only applies to mode sync")
+    if expect_plan is not None and not re.fullmatch(_DIGEST, expect_plan):
+        raise BadRequest("expect_plan must be the 64-hex plan digest printed by dry-run")
+    target = settings.config.content_sync.target
+    report = Report("content_sync", mode, trigger=trigger or {"via": "library"})
+
+    def job(r: Report) -> None:
+        run(settings, r, mode, expect_plan=expect_plan, trigger=trigger, hook=hook)
+
+    return execute(settings, report, job, target=None if mode == "compare" else target, message_id=message_id)
+
+
+def handle_http(call: Call) -> Answer:
+    body = validate_body(Body, call.body)
+    return content_sync(
+        call.settings, body.mode, expect_plan=body.expect_plan, trigger=call.trigger(), message_id=call.principal.message_id
+    )
+
+
+def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("content", help="content sync dev → prod: compare, dry-run, sync", parents=[parent])
+    actions = group.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    helps = {
+        "compare": "what differs per content table (read-only)",
+        "dry-run": "the real sync, rolled back: counts, samples, protection proof, plan digest",
+        "sync": "safety backup, then write new and changed content in one transaction",
+    }
+    for mode in MODES:
+        p = actions.add_parser(mode, help=helps[mode], parents=[parent])
+        if mode == "sync":
+            p.add_argument("--expect-plan", metavar="DIGEST", help="refuse unless the plan digest still matches (from dry-run)")
+        p.set_defaults(
+            func=lambda args, settings, mode=mode: content_sync(
+                settings, mode, expect_plan=getattr(args, "expect_plan", None), trigger={"via": "cli"}
+            )
+        )
