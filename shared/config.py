@@ -136,6 +136,9 @@ class ValidateSection(_Section):
     rules: list[Rule] = Field(default_factory=list)
     rls_schemas: list[str] = Field(default_factory=list)
     expected_relations: list[ExpectedRelation] = Field(default_factory=list)
+    schemas: list[str] | None = None  # checked schemas; default: staging_clone.schemas
+    allow_missing_pk: list[str] = Field(default_factory=list)  # tables allowed to have no primary key
+    rule_timeout: str = "60s"  # statement_timeout of each rule
 
 
 class CalendarSection(_Section):

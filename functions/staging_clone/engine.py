@@ -1,0 +1,290 @@
+"""The atomic swap: dev's schemas replace the target's in ONE transaction.
+
+    pg_dump (plain SQL, dev's snapshot) ──► this process ──► psql ──► target
+                                     BEGIN; guard; DROP SCHEMA … CASCADE;
+                                     <the dump, streamed>
+                                     masks; schema grants; publications;
+                                     verify every relation is there;
+                                     COMMIT  ← written only after pg_dump exited 0
+                                               and its "dump complete" trailer was seen
+
+Why this shape: ``pg_restore --single-transaction`` cannot also drop what
+the dump does not contain (extra tables), and ``psql --single-transaction``
+would COMMIT whatever it had read when pg_dump died. Here COMMIT is the last
+thing we send, and only when everything before it succeeded; any failure —
+an object that fails to restore (``ON_ERROR_STOP``), pg_dump dying, this
+process being killed (its children get SIGKILL via PDEATHSIG, and psql sees
+end of input without COMMIT anyway), a lost connection — ends the session
+with the transaction open, and PostgreSQL rolls it back: the target is
+exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from safesync.shared.db import TableRef
+from safesync.shared.errors import JobFailed
+from safesync.shared.log import redact
+from safesync.shared.pgtools import require_for_server
+
+from .plan import EXTERNAL_DEPENDENTS, CloneOptions, ClonePlan, Mask
+from .tools import libpq_args, spawn
+
+CHUNK = 1 << 20
+DUMP_TRAILER = b"-- PostgreSQL database dump complete"
+
+
+@dataclass
+class CloneStats:
+    bytes_streamed: int
+    dump_s: float
+
+
+def _pattern(name: str) -> str:
+    """A pg_dump pattern matching exactly ``name`` (no wildcards)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, plan: ClonePlan, snapshot: str | None) -> list[str]:
+    argv = [pg_dump, "--format=plain", "--lock-wait-timeout=" + options.lock_timeout, "--dbname", conninfo]
+    if snapshot:
+        argv.append("--snapshot=" + snapshot)
+    for schema in options.schemas:
+        argv += ["--schema", _pattern(schema)]
+    for ext in plan.dump_extensions:
+        argv += ["--extension", _pattern(ext)]
+    for table in options.exclude_table_data:
+        argv.append(f"--exclude-table-data={_pattern(table.schema)}.{_pattern(table.name)}")
+    return argv
+
+
+def _q(conn: psycopg.Connection, composable: sql.Composable) -> str:
+    return composable.as_string(conn)
+
+
+def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan) -> str:
+    """BEGIN, the guard against cascading outside the schemas, the drops."""
+    guard_sql = EXTERNAL_DEPENDENTS.replace("%(schemas)s", _q(conn, sql.Literal(list(options.schemas))) + "::text[]")
+    lines = [
+        "BEGIN;",
+        _q(conn, sql.SQL("SET lock_timeout = {};").format(sql.Literal(options.lock_timeout))),
+        "SET client_connection_check_interval = '1s';",
+        "DO $safesync_guard$ DECLARE found text; BEGIN",
+        f"  SELECT string_agg(dependent || ' (depends on ' || depends_on || ')', ', ') INTO found FROM ({guard_sql}) g;",
+        "  IF found IS NOT NULL THEN RAISE EXCEPTION 'objects outside the cloned schemas depend on them: %', found; END IF;",
+        "END $safesync_guard$;",
+    ]
+    for name, schema in plan.create_extensions:
+        lines.append(_q(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};").format(sql.Identifier(name), sql.Identifier(schema))))
+    for schema in options.schemas:
+        lines.append(_q(conn, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(schema))))
+    return "\n".join(lines) + "\n"
+
+
+def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: str) -> sql.Composable:
+    col = sql.Identifier(mask.column)
+    if mask.strategy == "null":
+        return sql.SQL("NULL")
+    if mask.strategy == "fixed":
+        return sql.Literal(mask.value)
+    digest = sql.SQL("md5({} || {}::text)").format(sql.Literal(salt), col)
+    if col_type == "uuid":
+        return sql.SQL("{}::uuid").format(digest)
+    return sql.SQL("{} || {}").format(digest, sql.Literal(mask.value or ""))
+
+
+def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan, salt: str) -> str:
+    """One UPDATE per masked table, user triggers off during it (and put
+    back exactly as they were: enabled, disabled, ALWAYS or REPLICA)."""
+    by_table: dict[TableRef, list[Mask]] = {}
+    for mask in options.masks:
+        if mask.table not in options.exclude_table_data:
+            by_table.setdefault(mask.table, []).append(mask)
+    parts = []
+    for table, masks in sorted(by_table.items()):
+        update = sql.SQL("UPDATE {} SET {}").format(
+            table.ident,
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(m.column), _mask_expression(conn, m, plan.mask_types[(table, m.column)], salt))
+                for m in masks
+            ),
+        )
+        parts.append(
+            "DO $safesync_mask$ DECLARE t regclass := "
+            + _q(conn, sql.Literal(str(table.ident.as_string(conn))))
+            + "; trg record; BEGIN\n"
+            "  CREATE TEMP TABLE safesync_triggers ON COMMIT DROP AS\n"
+            "    SELECT tgname, tgenabled FROM pg_catalog.pg_trigger WHERE tgrelid = t AND NOT tgisinternal;\n"
+            "  EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', t);\n"
+            "  EXECUTE " + _q(conn, sql.Literal(_q(conn, update))) + ";\n"
+            "  FOR trg IN SELECT * FROM safesync_triggers WHERE tgenabled <> 'D' LOOP\n"
+            "    EXECUTE format('ALTER TABLE %s ENABLE %s TRIGGER %I', t,\n"
+            "      CASE trg.tgenabled WHEN 'A' THEN 'ALWAYS' WHEN 'R' THEN 'REPLICA' ELSE '' END, trg.tgname);\n"
+            "  END LOOP;\n"
+            "  DROP TABLE safesync_triggers;\n"
+            "END $safesync_mask$;"
+        )
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
+def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan, salt: str) -> str:
+    """Masks, the schemas' exact grants, kept publication memberships, and a
+    final check that every source relation exists — then COMMIT."""
+    lines = [mask_script(conn, options, plan, salt)]
+    for schema in options.schemas:
+        ident = sql.Identifier(schema)
+        # A recreated schema starts from default privileges (the public
+        # schema loses PUBLIC's USAGE): reset, then grant exactly what dev has.
+        lines.append(
+            "DO $safesync_acl$ DECLARE g oid; BEGIN\n"
+            "  FOR g IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_namespace n,\n"
+            "           pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a\n"
+            f"           WHERE n.nspname = {_q(conn, sql.Literal(schema))} AND a.grantee <> n.nspowner LOOP\n"
+            f"    EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %s', {_q(conn, sql.Literal(schema))},\n"
+            "      CASE WHEN g = 0 THEN 'PUBLIC' ELSE quote_ident(pg_catalog.pg_get_userbyid(g)) END);\n"
+            "  END LOOP;\n"
+            "END $safesync_acl$;"
+        )
+        for grantee, privilege, grantable in plan.schema_grants.get(schema, []):
+            who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+            lines.append(
+                _q(
+                    conn,
+                    sql.SQL("GRANT {} ON SCHEMA {} TO {}{};").format(
+                        sql.SQL(privilege), ident, who, sql.SQL(" WITH GRANT OPTION" if grantable else "")
+                    ),
+                )
+            )
+    for pub, table in plan.publications:
+        lines.append(
+            "DO $safesync_pub$ BEGIN IF to_regclass("
+            + _q(conn, sql.Literal(table.ident.as_string(conn)))
+            + ") IS NOT NULL THEN EXECUTE "
+            + _q(conn, sql.Literal(_q(conn, sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), table.ident))))
+            + "; END IF; END $safesync_pub$;"
+        )
+    for pub, schema in plan.schema_publications:
+        lines.append(_q(conn, sql.SQL("ALTER PUBLICATION {} ADD TABLES IN SCHEMA {};").format(sql.Identifier(pub), sql.Identifier(schema))))
+    expected = _q(conn, sql.Literal(sorted(plan.source_relations)))
+    schemas = _q(conn, sql.Literal(list(options.schemas)))
+    lines.append(
+        "DO $safesync_verify$ DECLARE missing text; BEGIN\n"
+        f"  SELECT string_agg(r, ', ') INTO missing FROM unnest({expected}::text[]) r WHERE to_regclass(r) IS NULL;\n"
+        "  IF missing IS NOT NULL THEN RAISE EXCEPTION 'clone incomplete, missing: %', missing; END IF;\n"
+        f"  PERFORM 1 FROM pg_catalog.pg_namespace WHERE nspname = ANY({schemas}::text[]) HAVING count(*) = {len(options.schemas)};\n"
+        "  IF NOT FOUND THEN RAISE EXCEPTION 'clone incomplete: a schema is missing'; END IF;\n"
+        "END $safesync_verify$;"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _stderr_tail(path: str, lines: int = 6) -> str:
+    with open(path, "rb") as fh:
+        text = fh.read()[-8000:].decode(errors="replace")
+    kept = [line for line in text.splitlines() if line.strip() and "NOTICE" not in line and not line.startswith(("DETAIL:  drop cascades", "drop cascades"))]
+    return redact("\n".join(kept[-lines:]))
+
+
+def stream_clone(
+    source_url: str,
+    target_url: str,
+    options: CloneOptions,
+    plan: ClonePlan,
+    *,
+    snapshot: str | None,
+    server_version: int,
+    target_conn: psycopg.Connection,
+    on_bytes: Callable[[int], None] | None = None,
+) -> CloneStats:
+    """Run the swap. Returns when the target committed; raises JobFailed (the
+    target rolled back) otherwise."""
+    pg_dump = str(require_for_server("pg_dump", server_version).path)
+    psql = str(require_for_server("psql", target_conn.info.server_version).path)
+    salt = secrets.token_hex(16)
+    pre = pre_script(target_conn, options, plan).encode()
+    post = post_script(target_conn, options, plan, salt).encode() + b"COMMIT;\n"
+    src_info, src_env = libpq_args(source_url, "safesync-clone-dump")
+    dst_info, dst_env = libpq_args(target_url, "safesync-clone-restore")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="safesync-clone-") as tmp:
+        dump_err, psql_err = os.path.join(tmp, "pg_dump.err"), os.path.join(tmp, "psql.err")
+        with open(dump_err, "wb") as de, open(psql_err, "wb") as pe:
+            restore = spawn(
+                [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", dst_info, "-f", "-"],
+                dst_env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=pe,
+            )
+            dump = None
+            try:
+                dump = spawn(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
+                streamed = _pump(dump, restore, pre, post, on_bytes)
+            except BaseException:
+                for proc in (dump, restore):
+                    if proc is not None and proc.poll() is None:
+                        proc.kill()
+                for proc in (dump, restore):
+                    if proc is not None:
+                        proc.wait()
+                raise
+            finally:
+                for proc in (dump, restore):
+                    if proc is not None:
+                        for stream in (proc.stdin, proc.stdout):
+                            if stream is not None and not stream.closed:
+                                try:
+                                    stream.close()
+                                except OSError:
+                                    pass
+            if isinstance(streamed, str):
+                raise JobFailed(
+                    f"clone failed, staging unchanged (rolled back): {streamed}",
+                    {"pg_dump": _stderr_tail(dump_err), "psql": _stderr_tail(psql_err)},
+                )
+    return CloneStats(streamed, round(time.perf_counter() - started, 3))
+
+
+def _pump(dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, on_bytes: Callable[[int], None] | None) -> int | str:
+    """Copy pre + dump + post into psql; COMMIT only if the dump is whole.
+    Returns the bytes streamed, or a reason string after rolling back."""
+    out, src = restore.stdin, dump.stdout
+    assert out is not None and src is not None
+    total, tail = 0, b""
+    try:
+        out.write(pre)
+        while True:
+            chunk = os.read(src.fileno(), CHUNK)
+            if not chunk:
+                break
+            out.write(chunk)
+            total += len(chunk)
+            tail = (tail + chunk)[-256:]
+            if on_bytes:
+                on_bytes(total)
+        code = dump.wait()
+        if code != 0 or DUMP_TRAILER not in tail:
+            restore.kill()  # session ends without COMMIT: rolled back
+            restore.wait()
+            return f"pg_dump exited with code {code}" if code else "pg_dump output was incomplete"
+        out.write(post)
+        out.close()
+    except BrokenPipeError:
+        dump.kill()
+        dump.wait()
+        code = restore.wait()
+        return f"restore failed (psql exit code {code})"
+    code = restore.wait()
+    if code != 0:
+        return f"restore failed (psql exit code {code})"
+    return total

@@ -1,0 +1,286 @@
+"""What a clone will do, and whether it is safe: read-only, before anything
+is written.
+
+``plan_clone(source, target, options)`` inspects both databases (the source
+through the snapshot the dump will use) and raises ``Refused`` when the
+clone could not be exact or would harm objects outside the cloned schemas:
+a referenced role missing from the target's cluster, an object outside the
+schemas that depends on one inside (the drop would cascade to it), an
+extension the target has in a different schema, a mask that cannot apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from safesync.shared.db import TableRef, columns, list_tables
+from safesync.shared.errors import Refused
+
+TEXT_TYPES = ("text", "character varying", "character", "citext")
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Per-column masking applied inside the clone transaction."""
+
+    table: TableRef
+    column: str
+    strategy: str  # null | fixed | hash
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class CloneOptions:
+    schemas: tuple[str, ...]
+    exclude_table_data: tuple[TableRef, ...] = ()
+    masks: tuple[Mask, ...] = ()
+    lock_timeout: str = "60s"  # waiting for the target's locks (an app's long transaction)
+
+
+@dataclass
+class ClonePlan:
+    source_tables: list[TableRef]
+    target_tables: list[TableRef]
+    source_relations: list[str]  # every relation the target must hold afterwards (regclass text)
+    dump_extensions: list[str]  # extensions living in the cloned schemas: part of the dump
+    create_extensions: list[tuple[str, str]]  # (name, schema) the target lacks outside the schemas
+    publications: list[tuple[str, TableRef]]  # target memberships re-added after the swap
+    schema_publications: list[tuple[str, str]]
+    schema_grants: dict[str, list[tuple[str, str, bool]]]  # schema -> (grantee|'PUBLIC', privilege, grantable)
+    mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def created(self) -> list[TableRef]:
+        return sorted(set(self.source_tables) - set(self.target_tables))
+
+    @property
+    def dropped(self) -> list[TableRef]:
+        return sorted(set(self.target_tables) - set(self.source_tables))
+
+    @property
+    def replaced(self) -> list[TableRef]:
+        return sorted(set(self.source_tables) & set(self.target_tables))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tables_created": [str(t) for t in self.created],
+            "tables_dropped": [str(t) for t in self.dropped],
+            "tables_replaced": len(self.replaced),
+            "extensions_in_schemas": self.dump_extensions,
+            "extensions_created": [f"{n} (schema {s})" for n, s in self.create_extensions],
+            "publication_memberships_kept": [f"{p}: {t}" for p, t in self.publications]
+            + [f"{p}: tables in schema {s}" for p, s in self.schema_publications],
+        }
+
+
+# The schema an object lives in (NULL: a kind without one, e.g. a cast).
+SCHEMA_OF = """case {cls}
+    when 'pg_namespace'::regclass then {oid}
+    when 'pg_class'::regclass then (select relnamespace from pg_class where oid = {oid})
+    when 'pg_proc'::regclass then (select pronamespace from pg_proc where oid = {oid})
+    when 'pg_type'::regclass then (select typnamespace from pg_type where oid = {oid})
+    when 'pg_constraint'::regclass then (select coalesce(nullif(k.connamespace, 0), c.relnamespace)
+                                         from pg_constraint k left join pg_class c on c.oid = k.conrelid where k.oid = {oid})
+    when 'pg_trigger'::regclass then (select c.relnamespace from pg_trigger t join pg_class c on c.oid = t.tgrelid where t.oid = {oid})
+    when 'pg_policy'::regclass then (select c.relnamespace from pg_policy p join pg_class c on c.oid = p.polrelid where p.oid = {oid})
+    when 'pg_rewrite'::regclass then (select c.relnamespace from pg_rewrite r join pg_class c on c.oid = r.ev_class where r.oid = {oid})
+    when 'pg_attrdef'::regclass then (select c.relnamespace from pg_attrdef a join pg_class c on c.oid = a.adrelid where a.oid = {oid})
+    when 'pg_extension'::regclass then (select extnamespace from pg_extension where oid = {oid})
+    when 'pg_statistic_ext'::regclass then (select stxnamespace from pg_statistic_ext where oid = {oid})
+    when 'pg_collation'::regclass then (select collnamespace from pg_collation where oid = {oid})
+    when 'pg_operator'::regclass then (select oprnamespace from pg_operator where oid = {oid})
+    when 'pg_opclass'::regclass then (select opcnamespace from pg_opclass where oid = {oid})
+    when 'pg_opfamily'::regclass then (select opfnamespace from pg_opfamily where oid = {oid})
+    when 'pg_amop'::regclass then (select f.opfnamespace from pg_amop a join pg_opfamily f on f.oid = a.amopfamily where a.oid = {oid})
+    when 'pg_amproc'::regclass then (select f.opfnamespace from pg_amproc a join pg_opfamily f on f.oid = a.amprocfamily where a.oid = {oid})
+    when 'pg_ts_config'::regclass then (select cfgnamespace from pg_ts_config where oid = {oid})
+    when 'pg_ts_dict'::regclass then (select dictnamespace from pg_ts_dict where oid = {oid})
+    when 'pg_conversion'::regclass then (select connamespace from pg_conversion where oid = {oid})
+  end"""
+
+# Objects outside the schemas that depend on objects inside: DROP SCHEMA ...
+# CASCADE would take them along. Publication memberships are kept by the
+# clone itself; extensions living in the schemas are part of the dump.
+EXTERNAL_DEPENDENTS = f"""
+    with inside as (select oid from pg_namespace where nspname = any(%(schemas)s))
+    select distinct pg_describe_object(d.classid, d.objid, 0) as dependent,
+                    pg_describe_object(d.refclassid, d.refobjid, 0) as depends_on
+    from pg_depend d
+    where d.deptype in ('n', 'a')
+      and d.classid not in ('pg_publication_rel'::regclass, 'pg_publication_namespace'::regclass)
+      and not exists (select 1 from pg_depend e join pg_extension x on x.oid = e.refobjid
+                      where e.classid = d.classid and e.objid = d.objid and e.deptype = 'e'
+                        and e.refclassid = 'pg_extension'::regclass and x.extnamespace in (select oid from inside))
+      and ({SCHEMA_OF.format(cls='d.refclassid', oid='d.refobjid')}) in (select oid from inside)
+      and ({SCHEMA_OF.format(cls='d.classid', oid='d.objid')}) is distinct from ({SCHEMA_OF.format(cls='d.refclassid', oid='d.refobjid')})
+      and coalesce(({SCHEMA_OF.format(cls='d.classid', oid='d.objid')}) not in (select oid from inside), true)
+    order by 1
+"""
+
+ROLES_REFERENCED = """
+    with inside as (select oid from pg_namespace where nspname = any(%(schemas)s)),
+    refs(role) as (
+        select nspowner from pg_namespace where oid in (select oid from inside)
+        union select relowner from pg_class where relnamespace in (select oid from inside)
+        union select proowner from pg_proc where pronamespace in (select oid from inside)
+        union select typowner from pg_type where typnamespace in (select oid from inside)
+        union select (aclexplode(nspacl)).grantee from pg_namespace where oid in (select oid from inside)
+        union select (aclexplode(relacl)).grantee from pg_class where relnamespace in (select oid from inside)
+        union select (aclexplode(proacl)).grantee from pg_proc where pronamespace in (select oid from inside)
+        union select (aclexplode(typacl)).grantee from pg_type where typnamespace in (select oid from inside)
+        union select (aclexplode(a.attacl)).grantee from pg_attribute a join pg_class c on c.oid = a.attrelid
+              where c.relnamespace in (select oid from inside) and a.attacl is not null
+        union select unnest(p.polroles) from pg_policy p join pg_class c on c.oid = p.polrelid
+              where c.relnamespace in (select oid from inside)
+        union select defaclrole from pg_default_acl where defaclnamespace in (select oid from inside)
+        union select (aclexplode(defaclacl)).grantee from pg_default_acl where defaclnamespace in (select oid from inside)
+    )
+    select distinct r.rolname from refs join pg_roles r on r.oid = refs.role order by 1
+"""
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise Refused("staging clone refused: " + "; ".join(problems), {"problems": problems})
+
+
+def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[TableRef], plan: ClonePlan) -> list[str]:
+    problems = []
+    for mask in options.masks:
+        if mask.table not in tables:
+            problems.append(f"mask: table {mask.table} is not in the cloned schemas of the source")
+            continue
+        col = next((c for c in columns(source, mask.table) if c.name == mask.column), None)
+        if col is None:
+            problems.append(f"mask: column {mask.table}.{mask.column} does not exist")
+        elif col.generated:
+            problems.append(f"mask: {mask.table}.{mask.column} is a generated column")
+        elif mask.strategy == "null" and col.not_null:
+            problems.append(f"mask: {mask.table}.{mask.column} is NOT NULL; use strategy fixed or hash")
+        elif mask.strategy == "fixed" and mask.value is None:
+            problems.append(f"mask: {mask.table}.{mask.column} strategy fixed needs a value")
+        elif mask.strategy == "hash" and not (col.type.startswith(TEXT_TYPES) or col.type == "uuid"):
+            problems.append(f"mask: {mask.table}.{mask.column} is {col.type}; hash works on text and uuid columns")
+        else:
+            plan.mask_types[(mask.table, mask.column)] = col.type
+        if mask.table in options.exclude_table_data:
+            plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
+    return problems
+
+
+def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: CloneOptions) -> ClonePlan:
+    """Inspect both sides; raise ``Refused`` listing every reason the clone
+    would not be exact or safe."""
+    schemas = list(options.schemas)
+    args = {"schemas": schemas}
+    problems: list[str] = []
+    present = {r[0] for r in source.execute("select nspname from pg_namespace where nspname = any(%s)", [schemas])}
+    problems += [f"schema {s!r} does not exist in the source" for s in schemas if s not in present]
+
+    source_tables = list_tables(source, schemas)
+    source.execute("select set_config('search_path', '', true)")
+    relations = [
+        r[0]
+        for r in source.execute(
+            """select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where n.nspname = any(%(schemas)s) and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+                 and not exists (select 1 from pg_depend e where e.classid = 'pg_class'::regclass
+                                 and e.objid = c.oid and e.deptype = 'e')
+               order by 1""",
+            args,
+        )
+    ]
+    plan = ClonePlan(
+        source_tables=source_tables,
+        target_tables=list_tables(target, schemas),
+        source_relations=relations,
+        dump_extensions=[],
+        create_extensions=[],
+        publications=[],
+        schema_publications=[],
+        schema_grants={},
+    )
+    tables = set(source_tables)
+    problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
+    problems += _check_masks(source, options, tables, plan)
+
+    roles = [r[0] for r in source.execute(ROLES_REFERENCED, args)]
+    have = {r[0] for r in target.execute("select rolname from pg_roles where rolname = any(%s)", [roles])}
+    missing = [r for r in roles if r not in have]
+    if missing:
+        problems.append(f"role(s) {', '.join(missing)} used by the source do not exist on the target's server (create them first)")
+
+    dependents = target.execute(EXTERNAL_DEPENDENTS, args).fetchall()
+    if dependents:
+        shown = [f"{d} (depends on {o})" for d, o in dependents[:10]]
+        problems.append(f"objects outside the schemas depend on them and would be dropped: {', '.join(shown)}")
+
+    _plan_extensions(source, target, schemas, plan, problems)
+    _plan_publications(target, schemas, plan)
+    for schema, grantee, privilege, grantable in source.execute(
+        """select n.nspname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, a.is_grantable
+           from pg_namespace n cross join lateral aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+           left join pg_roles r on r.oid = a.grantee
+           where n.nspname = any(%(schemas)s) and a.grantee <> n.nspowner order by 1, 2, 3""",
+        args,
+    ):
+        plan.schema_grants.setdefault(schema, []).append((grantee, privilege, grantable))
+    _refuse(problems)
+    return plan
+
+
+def _plan_extensions(source: psycopg.Connection, target: psycopg.Connection, schemas: list[str], plan: ClonePlan, problems: list[str]) -> None:
+    src = source.execute(
+        "select e.extname, n.nspname, e.extversion from pg_extension e join pg_namespace n on n.oid = e.extnamespace order by 1"
+    ).fetchall()
+    dst = {
+        name: (schema, version)
+        for name, schema, version in target.execute(
+            "select e.extname, n.nspname, e.extversion from pg_extension e join pg_namespace n on n.oid = e.extnamespace"
+        )
+    }
+    available = {r[0] for r in target.execute("select name from pg_available_extensions")}
+    target_schemas = {r[0] for r in target.execute("select nspname from pg_namespace")}
+    for name, schema, version in src:
+        if schema in schemas:
+            plan.dump_extensions.append(name)
+            if name in dst and dst[name][0] not in schemas:
+                problems.append(
+                    f"extension {name} is in schema {dst[name][0]} on the target but in {schema} on the source; move it first"
+                )
+            elif name not in available:
+                problems.append(f"extension {name} is not available on the target's server")
+        elif name not in dst:
+            if name not in available:
+                problems.append(f"extension {name} (schema {schema}) is not available on the target's server")
+            elif schema not in target_schemas:
+                problems.append(f"extension {name} lives in schema {schema}, which the target lacks")
+            else:
+                plan.create_extensions.append((name, schema))
+        elif dst[name][1] != version:
+            plan.warnings.append(f"extension {name}: version {version} on the source, {dst[name][1]} on the target")
+
+
+def _plan_publications(target: psycopg.Connection, schemas: list[str], plan: ClonePlan) -> None:
+    for pub, schema, table, filtered in target.execute(
+        """select p.pubname, n.nspname, c.relname, (r.prqual is not null or r.prattrs is not null)
+           from pg_publication_rel r join pg_publication p on p.oid = r.prpubid
+           join pg_class c on c.oid = r.prrelid join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = any(%s) order by 1, 2, 3""",
+        [schemas],
+    ):
+        plan.publications.append((pub, TableRef(schema, table)))
+        if filtered:
+            plan.warnings.append(f"publication {pub}: the row filter / column list of {schema}.{table} is not kept (whole table re-added)")
+    plan.schema_publications = [
+        tuple(r)
+        for r in target.execute(
+            """select p.pubname, n.nspname from pg_publication_namespace pn join pg_publication p on p.oid = pn.pnpubid
+               join pg_namespace n on n.oid = pn.pnnspid where n.nspname = any(%s) order by 1, 2""",
+            [schemas],
+        )
+    ]
