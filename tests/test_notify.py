@@ -1,0 +1,166 @@
+"""Failure notifications: every failed or refused run POSTs a Slack-compatible
+JSON message to SAFESYNC_NOTIFY_URL; delivery problems are logged, never
+fatal; secrets never appear in the message or the log."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from safesync.shared import notify
+from safesync.shared.errors import JobFailed, Refused
+from safesync.shared.log import JsonFormatter
+from safesync.shared.report import Report
+from safesync.shared.runner import execute
+from tests import sentinels
+
+HOOK_SECRET_PATH = "/services/T0/B0/sekrit-hook-path-55aa"
+
+
+class Receiver:
+    """A webhook receiver in a thread: records every POST, answers ``status``."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.raw: list[bytes] = []
+        self.headers: list[dict] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.raw.append(body)
+                receiver.headers.append(dict(self.headers))
+                receiver.messages.append(json.loads(body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{HOOK_SECRET_PATH}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    r = Receiver()
+    monkeypatch.setenv("SAFESYNC_NOTIFY_URL", r.url)
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def settings(write_settings):
+    return write_settings({"prod": "postgresql://unused@127.0.0.1:1/unused"})
+
+
+@pytest.fixture
+def notify_log():
+    """What the notify logger writes (JSON lines, as in production)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("safesync.notify")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def leaky_message() -> str:
+    """An error text carrying every kind of secret a job could stumble on."""
+    url = f"postgresql://app:{sentinels.DB_PASSWORD}@db.internal:5432/prod"
+    return f"pg_dump failed on {url} (token {sentinels.SECRETS['QSTASH_TOKEN']}, key {sentinels.SECRETS['SAFESYNC_API_TOKEN']})"
+
+
+def assert_no_secrets(text: str) -> None:
+    for name, value in sentinels.SECRETS.items():
+        assert value not in text, f"{name} leaked"
+    assert sentinels.DB_PASSWORD not in text
+
+
+def test_a_failed_run_sends_a_slack_compatible_message(receiver, settings):
+    def job(report: Report) -> None:
+        raise JobFailed(leaky_message(), {"url": f"postgresql://app:{sentinels.DB_PASSWORD}@db/prod"})
+
+    answer = execute(settings, Report("backup", "create"), job)
+    assert answer.status == 503
+    assert len(receiver.messages) == 1
+    message = receiver.messages[0]
+    assert receiver.headers[0]["Content-Type"] == "application/json"
+    assert message["text"].startswith("safesync: backup create failed: pg_dump failed on postgresql://app:***@db.internal")
+    assert message["event"] == "run.failed"
+    assert (message["job"], message["action"], message["status"]) == ("backup", "create", "failed")
+    assert message["run_id"] == answer.body["report"]["run_id"]
+    assert_no_secrets(receiver.raw[0].decode())
+
+
+def test_a_refused_run_notifies_too(receiver, settings):
+    def job(report: Report) -> None:
+        raise Refused("content sync would write protected table payments; rolled back")
+
+    answer = execute(settings, Report("content_sync", "sync"), job)
+    assert answer.status == 422
+    [message] = receiver.messages
+    assert message["event"] == "run.refused" and message["status"] == "refused"
+    assert "content_sync sync refused: content sync would write protected table payments" in message["text"]
+
+    # refused through the report (no exception) is the same
+    execute(settings, Report("content_sync", "sync"), lambda r: r.refuse("unsafe: nothing changed"))
+    assert receiver.messages[-1]["text"] == "safesync: content_sync sync refused: unsafe: nothing changed"
+
+
+def test_healthy_runs_and_found_problems_do_not_notify(receiver, settings):
+    execute(settings, Report("validate", "run"), lambda r: None)
+    execute(settings, Report("validate", "run"), lambda r: r.problems("2 rules failed"))
+    assert receiver.messages == []
+
+
+@pytest.mark.parametrize("failure", ["500", "down"])
+def test_delivery_failures_are_logged_and_never_fatal(receiver, settings, notify_log, failure):
+    if failure == "500":
+        receiver.status = 500
+    else:
+        receiver.stop()  # nothing listens on that port any more
+
+    def job(report: Report) -> None:
+        raise JobFailed(leaky_message())
+
+    answer = execute(settings, Report("backup", "create"), job)
+    assert answer.status == 503 and answer.body["error"].startswith("pg_dump failed")  # the run's own answer, intact
+    logged = notify_log.getvalue()
+    entry = json.loads(logged.splitlines()[-1])
+    assert entry["message"] == "notification not delivered" and entry["severity"] == "WARNING"
+    assert entry["event"] == "run.failed"
+    assert ("500" in entry["error"]) if failure == "500" else ("refused" in entry["error"].lower())
+    assert HOOK_SECRET_PATH not in logged  # the webhook URL is a credential (Slack)
+    assert_no_secrets(logged)
+    # A direct send says it was not delivered rather than raising.
+    assert notify.send("test", "hello") is False
+
+
+def test_no_url_means_no_attempt(settings, monkeypatch):
+    monkeypatch.delenv("SAFESYNC_NOTIFY_URL", raising=False)
+    assert notify.send("test", "hello") is False
+    answer = execute(settings, Report("backup", "create"), lambda r: r.fail("broken"))
+    assert answer.status == 503
