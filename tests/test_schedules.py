@@ -261,3 +261,17 @@ def test_unset_per_target_url_falls_back_to_the_default_base(qstash, settings, t
     text = FILE + '\n[targets]\nbackup = "https://b.example.test"\ncalendar_sync = "https://c.example.test"\n'
     desires = load_schedules(write(tmp_path, text), {})
     assert desires.base_urls == ["https://b.example.test", "https://c.example.test"]
+
+
+def test_shipped_bodies_are_accepted_by_their_targets():
+    """Each schedule body of infra/schedules.toml passes its job's own body
+    validation (a rejected body would fail every night with a 400)."""
+    from safesync.functions.backup.http import _MODELS as BACKUP_BODIES
+    from safesync.functions.calendar import CalendarBody
+    from safesync.shared.http import validate_body
+
+    desires = load_schedules(REPO / "infra" / "schedules.toml", {"SAFESYNC_PUBLIC_URL": PUBLIC})
+    assert {d.target for d in desires.schedules} == {"backup", "calendar_sync"}
+    for d in desires.schedules:
+        model = BACKUP_BODIES[d.body["action"]] if d.target == "backup" else CalendarBody
+        validate_body(model, d.body)  # raises BadRequest naming the field
