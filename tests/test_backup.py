@@ -352,3 +352,26 @@ def test_pg_dump_older_than_the_server_is_a_clear_error_before_anything_is_writt
     body = json.loads(capsys.readouterr().out)
     assert code == 2 and "older than the server" in body["error"]  # an environment problem: exit 2
     assert backup_objects(env.settings) == []
+
+
+def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_its_database(make_db, write_settings) -> None:
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    settings = write_settings({"prod": prod}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "manual")
+    name = BackupName.parse(info.id)
+    manifest = settings.storage.get_json(name.manifest_key)
+    manifest["tables"]["public.lessons"] += 1  # the manifest now claims a row the dump lacks
+    settings.storage.put_json(name.manifest_key, manifest)
+
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert result.problems == [] and result.checks["sha256_ok"]  # the bytes are fine...
+    assert not result.ok and result.drill["ok"] is False  # ...the drill is not
+    assert result.drill["mismatches"] == [
+        {"table": "public.lessons", "expected": manifest["tables"]["public.lessons"], "restored": manifest["tables"]["public.lessons"] - 1}
+    ]
+    assert "public.lessons" in result.all_problems[0]
+    recorded = settings.storage.get_json(name.manifest_key)
+    assert recorded["verification"]["ok"] is True and recorded["drill"]["ok"] is False
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0

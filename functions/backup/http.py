@@ -32,7 +32,8 @@ _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "dry_run": "no" must be an error, never a real prune
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CreateBody(_Body):

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from safesync.shared.config import Settings
-from safesync.shared.errors import AlreadyRunning, ConfigError, DatabaseError, SafesyncError
+from safesync.shared.errors import AlreadyRunning, BadRequest, ConfigError, DatabaseError, SafesyncError
 from safesync.shared.locks import JobLock
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
 from .catalog import databases, get_backup, latest_backup, list_backups, scan
 from .create import create_backup
+from .layout import BackupName
 from .manifest import human_bytes
 from .pgproc import Progress
 from .prune import PruneResult, cleanup_temp, prune_database
@@ -101,6 +102,8 @@ def run_verify(
 ) -> Answer:
     """One backup by id; every backup (``all_backups``); or, with neither,
     the newest backup of each of ``backup.databases``."""
+    if backup_id:
+        BackupName.parse(backup_id)
     report = Report(JOB, "verify", trigger=trigger or {})
 
     def job(report: Report) -> None:
@@ -119,7 +122,7 @@ def run_verify(
         results = [verify_backup(settings, info, restore_drill_too=restore_drill) for info in targets]
         report.tables["verified"] = [r.row() for r in results]
         report.details["results"] = [
-            {"id": r.id, "ok": r.ok, "problems": r.problems, "checks": r.checks, "drill": r.drill} for r in results
+            {"id": r.id, "ok": r.ok, "problems": r.all_problems, "checks": r.checks, "drill": r.drill} for r in results
         ]
         for r in results:
             report.warnings += r.warnings
@@ -128,7 +131,7 @@ def run_verify(
         if failed:
             report.problems(
                 f"{len(failed)} of {len(results)} backup(s) FAILED verification: "
-                + "; ".join(f"{r.id}: {r.problems[0]}" for r in failed)
+                + "; ".join(f"{r.id}: {r.all_problems[0]}" for r in failed)
             )
         elif not results:
             report.problems("no complete backups to verify")
@@ -152,6 +155,10 @@ def run_restore(
     settings.check_database(to)
     if db:
         settings.check_database(db)
+    if ref == "latest" and not db:
+        raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
+    if ref != "latest":
+        BackupName.parse(ref)
     report = Report(JOB, "restore", trigger=trigger)
 
     def job(report: Report) -> None:

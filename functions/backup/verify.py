@@ -42,12 +42,23 @@ log = get_logger("backup")
 
 @dataclass
 class VerifyResult:
+    """``problems``: the integrity check's; ``drill``: the restore drill's
+    outcome (with its own problems), when one ran."""
+
     id: str
-    ok: bool
     problems: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
     drill: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.all_problems
+
+    @property
+    def all_problems(self) -> list[str]:
+        drill = [f"restore drill: {p}" for p in (self.drill or {}).get("problems", [])]
+        return self.problems + drill
 
     def row(self) -> dict[str, Any]:
         drill = "" if self.drill is None else ("ok" if self.drill.get("ok") else "FAILED")
@@ -57,7 +68,7 @@ class VerifyResult:
             "sha256": "ok" if self.checks.get("sha256_ok") else "MISMATCH",
             "toc_entries": self.checks.get("toc_entries"),
             "drill": drill,
-            "problems": "; ".join(self.problems),
+            "problems": "; ".join(self.all_problems),
         }
 
 
@@ -208,17 +219,15 @@ def verify_backup(
     manifest unless ``record`` is False."""
     info = get_backup(settings, backup) if isinstance(backup, str) else backup
     problems, checks = check_integrity(settings, info)
-    result = VerifyResult(info.id, not problems, problems, checks)
+    result = VerifyResult(info.id, problems, checks)
     if restore_drill_too:
         if problems:
             result.drill = {"at": utcnow().isoformat(), "ok": False, "problems": ["skipped: the dump failed its integrity check"]}
         else:
             result.drill = restore_drill(settings, info)
-            result.problems += [f"restore drill: {p}" for p in result.drill["problems"]]
-        result.ok = not result.problems
     if record:
         _record(settings, info, result)
-    log.info("backup verified", backup=info.id, ok=result.ok, problems=len(result.problems))
+    log.info("backup verified", backup=info.id, ok=result.ok, problems=len(result.all_problems))
     return result
 
 
@@ -229,8 +238,8 @@ def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:
     manifest = dict(info.manifest)
     manifest["verification"] = {
         "at": utcnow().isoformat(),
-        "ok": not [p for p in result.problems if not p.startswith("restore drill:")],
-        "problems": [p for p in result.problems if not p.startswith("restore drill:")],
+        "ok": not result.problems,
+        "problems": result.problems,
         "sha256_ok": bool(result.checks.get("sha256_ok")),
         "toc_entries": result.checks.get("toc_entries"),
     }
