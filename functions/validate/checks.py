@@ -195,7 +195,11 @@ def invalid_indexes(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[i
             [list(schemas)],
         ).fetchall()
     return len(rows), [
-        Finding("indexes valid", f"{s}.{name}", "index is INVALID (a failed CREATE INDEX CONCURRENTLY?)" if ready else "index is not ready")
+        Finding(
+            "indexes valid",
+            f"{s}.{name}",
+            "index is INVALID" + ("" if ready else " and not ready") + " (a failed CREATE INDEX CONCURRENTLY or REINDEX?)",
+        )
         for s, name, valid, ready in rows
         if not (valid and ready)
     ]

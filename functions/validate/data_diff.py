@@ -16,6 +16,7 @@ reported as such, never silently skipped.
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -122,6 +123,11 @@ def _bucket_rows(conn: psycopg.Connection, shape: _Shape, buckets: int, chosen: 
     return out
 
 
+def _natural(key: str) -> list:
+    """Sort ``(10)`` after ``(9)``: digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
+
+
 def _bucket_count(rows: int) -> int:
     n = 16
     while n < 65536 and n * 1000 < rows:
@@ -130,7 +136,7 @@ def _bucket_count(rows: int) -> int:
 
 
 def _label(shape: _Shape, key: str) -> str:
-    text = key if len(key) <= 80 else key[:79] + "…"
+    text = key if len(key) <= 200 else key[:199] + "…"
     return f"({', '.join(shape.key)})={text}" if shape.key else f"row {text}"
 
 
@@ -144,7 +150,7 @@ def _first_keys(shape: _Shape, a: psycopg.Connection, b: psycopg.Connection, row
     fa, fb = pool.submit(_bucket_rows, a, shape, buckets, differing), pool.submit(_bucket_rows, b, shape, buckets, differing)
     ra, rb = fa.result(), fb.result()
     found = []
-    for key in sorted(ra.keys() | rb.keys()):
+    for key in sorted(ra.keys() | rb.keys(), key=_natural):
         ha, hb = sorted(ra.get(key, [])), sorted(rb.get(key, []))
         if ha == hb:
             continue

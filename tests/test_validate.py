@@ -1,0 +1,248 @@
+"""validate: every one-database check made to fail, rules that cannot
+write, and the two-database diff catching each object kind it compares."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psycopg
+import pytest
+
+from safesync.functions import cli
+from safesync.functions.validate import compare, validate
+from safesync.shared.db import connect, database_fingerprint
+from tests.fixtures.supabase import supabase_dev, supabase_staging, supabase_templates  # noqa: F401
+
+BASE_TOML = """
+[validate]
+database = "prod"
+schemas = ["public", "hotels"]
+rls_schemas = ["public", "hotels"]
+allow_missing_pk = ["property_relationships"]
+"""
+
+
+def run(write_settings, url: str, extra: str = "", base: str = BASE_TOML):
+    settings = write_settings({"dev": url, "staging": url, "prod": url}, base + extra)
+    return validate(settings)
+
+
+def failures(answer) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in answer.body["tables"]["failures"]:
+        out.setdefault(row["check"], []).append(row)
+    return out
+
+
+def sql(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_healthy_database_passes_every_check(write_settings, supabase_dev, capsys):
+    answer = run(write_settings, supabase_dev, '\n[[validate.rules]]\nname = "slugs are lowercase"\nsql = "select slug from public.tenant_registry where slug <> lower(slug) and slug like \'%X%\'"\n')
+    assert answer.exit_code == 0, answer.body["tables"]["failures"]
+    checks = {row["check"]: row for row in answer.body["tables"]["checks"]}
+    assert checks["foreign key orphans"]["examined"] == 12 and checks["rules"]["examined"] == 1
+    assert {"table": "public.chat_messages", "rows": 120} in answer.body["tables"]["row counts"]
+    assert cli.main(["validate", "--db", "dev", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
+def test_orphans_behind_a_not_valid_fk(write_settings, supabase_dev):
+    sql(
+        supabase_dev,
+        "alter table public.chat_messages drop constraint chat_messages_conversation_id_fkey",
+        "insert into public.chat_messages (conversation_id, tenant_id, role, content, created_at) "
+        "select gen_random_uuid(), tenant_id, 'user', 'orphan', now() from public.tenant_registry limit 2",
+        "alter table public.chat_messages add constraint chat_messages_conversation_id_fkey "
+        "foreign key (conversation_id) references public.chat_conversations(id) not valid",
+    )
+    answer = run(write_settings, supabase_dev)
+    assert answer.exit_code == 1 and answer.body["status"] == "problems"
+    [finding] = failures(answer)["foreign key orphans"]
+    assert "(NOT VALID)" in finding["object"] and finding["problem"].startswith("2 row(s)")
+    assert len(finding["sample"]) == 2
+
+
+def test_orphans_of_a_dropped_fk_via_expected_relations(write_settings, supabase_dev):
+    sql(
+        supabase_dev,
+        "alter table public.property_relationships drop constraint property_relationships_parent_unit_id_fkey",
+        "update public.property_relationships set parent_unit_id = '00000000-0000-0000-0000-000000000001' "
+        "where ctid = (select min(ctid) from public.property_relationships)",
+    )
+    relation = """
+[[validate.expected_relations]]
+table = "property_relationships"
+columns = ["parent_unit_id"]
+references = "hotels.accommodation_units"
+ref_columns = ["id"]
+"""
+    assert run(write_settings, supabase_dev).exit_code == 0  # no FK left: only the expectation catches it
+    answer = run(write_settings, supabase_dev, relation)
+    [finding] = failures(answer)["expected relations"]
+    assert finding["sample"] == [{"parent_unit_id": "00000000-0000-0000-0000-000000000001"}]
+
+
+def test_rls_disabled(write_settings, supabase_dev):
+    sql(supabase_dev, "alter table hotels.policies disable row level security")
+    [finding] = failures(run(write_settings, supabase_dev))["row level security"]
+    assert finding["object"] == "hotels.policies" and "has policies" in finding["problem"]
+
+
+def test_missing_primary_key(write_settings, supabase_dev):
+    answer = run(write_settings, supabase_dev, base=BASE_TOML.replace('allow_missing_pk = ["property_relationships"]', ""))
+    [finding] = failures(answer)["primary keys"]
+    assert finding["object"] == "public.property_relationships"
+
+
+def test_invalid_index(write_settings, supabase_dev):
+    with psycopg.connect(supabase_dev, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("create unique index concurrently chat_role_idx on public.chat_messages (role)")
+    [finding] = failures(run(write_settings, supabase_dev))["indexes valid"]
+    assert finding["object"] == "public.chat_role_idx" and "INVALID" in finding["problem"]
+
+
+def test_sequence_behind_its_column(write_settings, supabase_dev):
+    sql(supabase_dev, "select setval('public.sire_content_id_seq', 3)")
+    [finding] = failures(run(write_settings, supabase_dev))["sequences ahead of data"]
+    assert finding["object"] == "public.sire_content_id_seq" and "next value 4" in finding["problem"]
+
+
+def test_rules_report_offending_rows_and_can_never_write(write_settings, supabase_dev):
+    sql(
+        supabase_dev,
+        "create function public.sneaky() returns int language plpgsql as "
+        "$$ begin delete from public.chat_messages; return 1; end $$",
+    )
+    rules = """
+[[validate.rules]]
+name = "no premium tenants"
+sql = "select slug, subscription_tier from public.tenant_registry where subscription_tier <> 'basic' order by slug"
+max_rows = 1
+
+[[validate.rules]]
+name = "writes are impossible"
+sql = "select public.sneaky()"
+
+[[validate.rules]]
+name = "modifying CTE"
+sql = "with d as (delete from public.chat_messages returning id) select id from d"
+
+[[validate.rules]]
+name = "too slow"
+sql = "select 1 from pg_sleep(2)"
+
+[[validate.rules]]
+name = "only for staging"
+database = "staging"
+sql = "select 1"
+"""
+    with connect(supabase_dev) as conn:
+        before = database_fingerprint(conn, ["public"])
+    answer = run(write_settings, supabase_dev, rules, base=BASE_TOML.replace('rls_schemas', 'rule_timeout = "300ms"\nrls_schemas'))
+    found = {f["object"]: f for f in failures(answer)["rules"]}
+    assert set(found) == {"no premium tenants", "writes are impossible", "modifying CTE", "too slow"}
+    assert found["no premium tenants"]["problem"] == "more than 1 offending row(s)"
+    assert found["no premium tenants"]["sample"] == [{"slug": "hotel-2", "subscription_tier": "premium"}]
+    assert "read-only transaction" in found["writes are impossible"]["problem"]
+    assert "statement_timeout" in found["too slow"]["problem"]
+    with connect(supabase_dev) as conn:
+        assert database_fingerprint(conn, ["public"]) == before
+
+
+# --- two databases -----------------------------------------------------------
+
+CHANGES = {
+    "tables": "create table public.extra (id int)",
+    "columns": "alter table public.sire_content alter column code type varchar(40)",
+    "constraints": "alter table public.chat_messages drop constraint chat_messages_role_check",
+    "indexes": "drop index public.sire_content_code_idx",
+    "policies": "alter policy sire_read on public.sire_content using (id > 1)",
+    "triggers": "alter table public.chat_messages enable trigger chat_messages_touch",
+    "functions": "create or replace function hotels.unit_label(u_name text, u_number integer) returns text "
+    "language plpgsql immutable as $$ begin return u_name; end $$",
+    "views": "create or replace view public.active_units with (security_invoker = true) as select u.id, u.tenant_id, u.name, "
+    "u.name as label from hotels.accommodation_units u where u.status = 'active'",
+    "types": "alter type public.unit_status add value 'deleted'",
+    "sequences": "alter sequence public.invoice_number_seq increment by 5",
+    "sequence positions": "select nextval('public.invoice_number_seq')",
+    "extensions": "drop extension vector cascade",
+    "rls": "alter table public.sire_content force row level security",
+    "grants": "revoke select on hotels.policies from anon",
+    "comments": "comment on column public.chat_messages.content is 'changed'",
+    "schemas": "grant create on schema hotels to authenticated",
+}
+EXPECTED_KIND = {"rls": "tables", "extensions": "extensions", "grants": "tables"}
+
+
+@pytest.fixture
+def dev_pair(make_db, supabase_templates):
+    return make_db(template=supabase_templates["dev"]), make_db(template=supabase_templates["dev"])
+
+
+def test_identical_copies_compare_identical(dev_pair):
+    a, b = dev_pair
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public", "hotels"])
+    assert result.identical, (result.schema.rows("a", "b"), result.data.rows("a", "b"))
+    assert result.schema.compared["policies"] == (10, 10) and result.schema.compared["functions"] == (4, 4)
+    assert len(result.data.tables) == 9
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_each_schema_difference_is_found(change, dev_pair):
+    a, b = dev_pair
+    sql(b, CHANGES[change])
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public", "hotels"])
+    kinds = {d.kind for d in result.schema.differences}
+    assert EXPECTED_KIND.get(change, change) in kinds, result.schema.rows("a", "b")
+    assert not result.identical
+
+
+def test_data_diff_names_first_differing_keys(dev_pair):
+    a, b = dev_pair
+    sql(
+        b,
+        "update public.chat_messages set content = 'edited' where id in (7, 42)",
+        "delete from public.sire_content where id = 3",
+        "insert into public.property_relationships select tenant_id, parent_unit_id, child_unit_id, 'copy' "
+        "from public.property_relationships limit 1",
+    )
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public", "hotels"])
+    assert result.schema.identical and not result.data.identical
+    by_table = {t.table: t for t in result.data.differing}
+    assert set(by_table) == {"public.chat_messages", "public.sire_content", "public.property_relationships"}
+    assert by_table["public.chat_messages"].first_keys == ["differs: (id)=(7)", "differs: (id)=(42)"]
+    assert by_table["public.sire_content"].first_keys == ["only in A: (id)=(3)"]
+    assert by_table["public.sire_content"].rows_a == by_table["public.sire_content"].rows_b + 1
+    [extra] = by_table["public.property_relationships"].first_keys
+    assert extra.startswith("only in B: row (") and "copy" in extra
+
+
+def test_validate_against_cli_and_http(write_settings, dev_pair, capsys):
+    a, b = dev_pair
+    write_settings({"dev": a, "staging": b, "prod": a}, BASE_TOML)
+    assert cli.main(["validate", "--db", "staging", "--against", "dev", "--json"]) == 0
+    assert "identical" in json.loads(capsys.readouterr().out)["summary"]
+    sql(b, "create publication everything for all tables", "update public.tenant_registry set slug = 'changed' where slug = 'hotel-1'")
+    assert cli.main(["validate", "--db", "staging", "--against", "dev", "--json"]) == 1
+    body = json.loads(capsys.readouterr().out)
+    assert body["status"] == "problems" and body["details"]["comparison"]["tables_differing"] == 1
+    assert {"kind": "publications", "staging": 1, "dev": 0, "compared": "no"} in body["tables"]["not compared"]
+
+    from safesync.functions.serve import create_app
+
+    client = create_app().test_client()
+    auth = {"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
+    response = client.post("/validate", json={"db": "prod", "against": "staging"}, headers=auth)
+    assert response.status_code == 200 and response.get_json()["ok"] is False
+    assert client.post("/validate", json={"db": "nope"}, headers=auth).status_code == 400
+    assert client.post("/validate", json={"database": "prod"}, headers=auth).status_code == 400
+    assert client.post("/validate", json={}, headers=auth).get_json()["ok"] is True  # prod = a: healthy
