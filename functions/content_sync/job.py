@@ -128,7 +128,7 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook: Ho
     pending = sum(len(d.new) + len(d.changed) for d in diffs) + sum(len(k) for k in deletes.values())
     if mode == "sync" and pending:
         with report.timed("safety_backup"):
-            report.details["safety_backup"] = take_safety_backup(settings, plan.target, plan.tables, report, trigger)
+            report.details["safety_backup"] = take_safety_backup(settings, plan.target, report, trigger)
     written = _write(report, plan, diffs, deletes, src, tgt)
     hook("after_write", tgt)
     after = proof.take(tgt)
