@@ -3,13 +3,15 @@
 Each deployed job connects with its own role, so a bug (or a stolen URL) in
 one job cannot do what that job never needs:
 
-- ``safesync_content_sync``: on the sync target, SELECT/INSERT/UPDATE (and
-  DELETE only with ``delete_missing``) on the content tables and their
-  sequences, nothing on any other table; on the sync source, SELECT on the
+- ``safesync_content_sync``: on the sync target, INSERT/UPDATE (and DELETE
+  only with ``delete_missing``) on the content tables and their sequences,
+  no write on any other table; it reads everything there (the safety backup
+  before each sync is a complete pg_dump; deletes are checked against the
+  protected rows referencing them). On the sync source, SELECT on the
   content tables only;
 - ``safesync_backup``: read-only everywhere (``pg_read_all_data`` on 14+,
-  BYPASSRLS so pg_dump never dumps a policy-filtered subset); also the role
-  for ``validate``;
+  BYPASSRLS so pg_dump never dumps a policy-filtered subset), plus CREATEDB
+  for the restore drill's scratch database; also the role for ``validate``;
 - ``safesync_calendar``: owns the ``calendar`` schema its migrations create,
   nothing else.
 
@@ -138,6 +140,32 @@ END
     )
 
 
+def _read_all(role: str) -> list[str]:
+    """Read every table (a complete pg_dump), write nothing by this grant."""
+    return [
+        _do(
+            f"""
+DECLARE s text;
+BEGIN
+  IF current_setting('server_version_num')::int >= 140000 THEN
+    GRANT pg_read_all_data TO {role};
+  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {_SYSTEM_SCHEMAS} LOOP
+      EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', s);
+      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}', s);
+      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {role}', s);
+    END LOOP;
+  END IF;
+END
+"""
+        ),
+        "-- pg_dump refuses tables with row-level security unless the role bypasses it",
+        "-- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,",
+        "-- a CREATEROLE role that has BYPASSRLS itself).",
+        f"ALTER ROLE {role} BYPASSRLS;",
+    ]
+
+
 def _bookkeeping(roles: list[str], creators: list[str]) -> list[str]:
     out = [
         f"-- bookkeeping schema {BOOKKEEPING_SCHEMA}: the runner's delivery log (QStash de-duplication)",
@@ -182,7 +210,8 @@ def generate(settings: Settings, database: str) -> str:
     lines += [f"--   \\password {r}" for r in names]
     lines += [
         "-- then give each deployed job the URL with its own role (see infra/deploy.sh).",
-        "-- Roles are cluster-wide: with several databases on one server, run each database's script.",
+        "-- Roles are cluster-wide: with several databases on one server, run each database's script",
+        "-- (pg_read_all_data and BYPASSRLS, given below, then apply to every database of that server).",
         "-- Managed services whose admin is not a superuser (Cloud SQL, Supabase): the admin needs",
         "-- BYPASSRLS itself to give it to the backup role, and membership in safesync_calendar",
         "-- (GRANT safesync_calendar TO CURRENT_USER) to create the calendar schema for it.",
@@ -219,8 +248,11 @@ def generate(settings: Settings, database: str) -> str:
             note = "" if cs.delete_missing else "  -- no DELETE: content_sync.delete_missing is false"
             lines.append(f"GRANT {verbs} ON TABLE {tables} TO {CONTENT_ROLE};{note}")
             lines.append(_owned_sequences_grant(content, CONTENT_ROLE))
+            lines.append("-- read everything: the safety backup taken before each sync is a complete pg_dump,")
+            lines.append("-- and deletes are checked against the protected rows that reference them")
+            lines += _read_all(CONTENT_ROLE)
             protected = ", ".join(cs.protected) or "(none listed)"
-            lines.append(f"-- protected (nothing granted; every non-content table is protected): {protected}")
+            lines.append(f"-- protected (no write granted; every non-content table is protected): {protected}")
             lines.append(_prove(CONTENT_ROLE, content, "a non-content table"))
         else:
             lines.append(f"GRANT SELECT ON TABLE {tables} TO {CONTENT_ROLE};")
@@ -230,26 +262,10 @@ def generate(settings: Settings, database: str) -> str:
     if backup:
         lines += [
             "-- backup (and validate): read everything, write nothing",
-            _do(
-                f"""
-DECLARE s text;
-BEGIN
-  IF current_setting('server_version_num')::int >= 140000 THEN
-    GRANT pg_read_all_data TO {BACKUP_ROLE};
-  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {_SYSTEM_SCHEMAS} LOOP
-      EXECUTE format('GRANT USAGE ON SCHEMA %I TO {BACKUP_ROLE}', s);
-      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {BACKUP_ROLE}', s);
-      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {BACKUP_ROLE}', s);
-    END LOOP;
-  END IF;
-END
-"""
-            ),
-            "-- pg_dump refuses tables with row-level security unless the role bypasses it",
-            "-- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,",
-            "-- a CREATEROLE role that has BYPASSRLS itself).",
-            f"ALTER ROLE {BACKUP_ROLE} BYPASSRLS;",
+            *_read_all(BACKUP_ROLE),
+            "-- the weekly restore drill restores the newest dump into a scratch database it creates",
+            "-- (and drops) beside the source: it owns only that scratch database, nothing else changes",
+            f"ALTER ROLE {BACKUP_ROLE} CREATEDB;",
             _prove(BACKUP_ROLE, [], "a table"),
             "",
         ]

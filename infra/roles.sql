@@ -8,7 +8,8 @@
 --   \password safesync_backup
 --   \password safesync_calendar
 -- then give each deployed job the URL with its own role (see infra/deploy.sh).
--- Roles are cluster-wide: with several databases on one server, run each database's script.
+-- Roles are cluster-wide: with several databases on one server, run each database's script
+-- (pg_read_all_data and BYPASSRLS, given below, then apply to every database of that server).
 -- Managed services whose admin is not a superuser (Cloud SQL, Supabase): the admin needs
 -- BYPASSRLS itself to give it to the backup role, and membership in safesync_calendar
 -- (GRANT safesync_calendar TO CURRENT_USER) to create the calendar schema for it.
@@ -103,7 +104,27 @@ BEGIN
   END LOOP;
 END
 $roles$;
--- protected (nothing granted; every non-content table is protected): users, enrollments, course_progress, lesson_progress, payments, subscriptions, user_streaks, user_streak_badges, user_points_history, weekly_lesson_completions, streak_recovery_history
+-- read everything: the safety backup taken before each sync is a complete pg_dump,
+-- and deletes are checked against the protected rows that reference them
+DO $roles$
+DECLARE s text;
+BEGIN
+  IF current_setting('server_version_num')::int >= 140000 THEN
+    GRANT pg_read_all_data TO safesync_content_sync;
+  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%' LOOP
+      EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_content_sync', s);
+      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_content_sync', s);
+      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_content_sync', s);
+    END LOOP;
+  END IF;
+END
+$roles$;
+-- pg_dump refuses tables with row-level security unless the role bypasses it
+-- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,
+-- a CREATEROLE role that has BYPASSRLS itself).
+ALTER ROLE safesync_content_sync BYPASSRLS;
+-- protected (no write granted; every non-content table is protected): users, enrollments, course_progress, lesson_progress, payments, subscriptions, user_streaks, user_streak_badges, user_points_history, weekly_lesson_completions, streak_recovery_history
 DO $roles$
 DECLARE bad text;
 BEGIN
@@ -138,6 +159,9 @@ $roles$;
 -- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,
 -- a CREATEROLE role that has BYPASSRLS itself).
 ALTER ROLE safesync_backup BYPASSRLS;
+-- the weekly restore drill restores the newest dump into a scratch database it creates
+-- (and drops) beside the source: it owns only that scratch database, nothing else changes
+ALTER ROLE safesync_backup CREATEDB;
 DO $roles$
 DECLARE bad text;
 BEGIN
