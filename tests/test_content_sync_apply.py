@@ -1,0 +1,66 @@
+"""The write path: upsert shapes, sequences, constraint failures."""
+
+from __future__ import annotations
+
+import psycopg
+
+from safesync.functions.content_sync import content_sync
+from safesync.shared import db
+from tests.fixtures.lms import lms_config_toml, lms_database
+
+
+def _fingerprint(url: str) -> dict:
+    with psycopg.connect(url) as conn:
+        return db.database_fingerprint(conn)
+
+
+def test_sequences_only_move_forward(pg_server, make_db, write_settings):
+    dev = lms_database(pg_server, make_db, variant="dev")
+    prod = lms_database(pg_server, make_db, variant="prod")
+    with psycopg.connect(prod) as conn:
+        conn.execute("select setval('lessons_id_seq', 10000)")
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync")
+    assert answer.status == 200
+    moved = {m["table"]: m for m in answer.body["details"]["sequences"]}
+    assert "lessons" not in moved and moved["courses"]["set_to"] == 6
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value from lessons_id_seq").fetchone()[0] == 10000
+        assert conn.execute("select last_value from courses_id_seq").fetchone()[0] == 6
+
+
+def test_key_only_tables_and_always_identity_columns(make_db, write_settings):
+    dev, prod = make_db(), make_db()
+    ddl = """
+        create table tags (name text primary key);
+        create table lesson_tags (lesson_id int, tag text references tags(name), primary key (lesson_id, tag));
+        create table badges (code text primary key, seq int generated always as identity, label text);
+    """
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into tags values ('a'), ('b'), ('ü')")
+        conn.execute("insert into lesson_tags values (1, 'a'), (1, 'ü'), (2, 'b')")
+        conn.execute("insert into badges (code, seq, label) overriding system value values ('gold', 7, 'Gold'), ('new', 9, 'New')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("insert into tags values ('a')")
+        conn.execute("insert into badges (code, seq, label) overriding system value values ('gold', 7, 'Gold (old)')")
+    config = '[content_sync]\ntables = ["lesson_tags", "tags", "badges"]\n'
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, config), "sync")
+    assert answer.status == 200, answer.body
+    assert answer.body["details"]["fk_order"].index("tags") < answer.body["details"]["fk_order"].index("lesson_tags")
+    prints = _fingerprint(prod)
+    assert prints == _fingerprint(dev)
+    assert prints["public.badges"][0] == 2
+
+
+def test_a_constraint_failure_rolls_everything_back(pg_server, make_db, write_settings):
+    dev = lms_database(pg_server, make_db, variant="dev")
+    prod = lms_database(pg_server, make_db, variant="prod")
+    with psycopg.connect(prod) as conn:  # a prod-only course holds the slug dev's new course uses
+        conn.execute("insert into courses (id, slug, title) values (500, 'new-course-1', 'Hotfix')")
+    before = _fingerprint(prod)
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync")
+    assert answer.status == 422
+    assert "rolled back, target unchanged" in answer.body["error"] and "courses_slug_key" in answer.body["error"]
+    assert _fingerprint(prod) == before

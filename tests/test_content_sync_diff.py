@@ -1,0 +1,168 @@
+"""Row hashing and the key-range descent, against a brute-force comparison."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import psycopg
+import pytest
+
+from safesync.functions.content_sync import diff as diffmod
+from safesync.functions.content_sync.diff import Sides, diff_table
+from safesync.functions.content_sync.plan import table_spec
+from safesync.shared.db import TableRef, connect
+
+
+def run_diff(src_url: str, tgt_url: str, table: str = "t"):
+    with connect(src_url, application_name="test-src") as src, connect(tgt_url) as tgt:
+        spec = table_spec(src, tgt, TableRef("public", table), "dev", "prod")
+        sides = Sides(src, tgt)
+        try:
+            return spec, diff_table(sides, spec)
+        finally:
+            sides.close()
+
+
+def brute_force(src_url: str, tgt_url: str, spec) -> tuple[set, set, set]:
+    """new, changed, extra keys by fetching every row's text form."""
+    cols = ", ".join(f'"{c}"::text' for c in spec.columns)
+    keys = ", ".join(f'"{k}"::text' for k in spec.key)
+    n = len(spec.key)
+    rows = []
+    for url in (src_url, tgt_url):
+        with psycopg.connect(url) as conn:
+            conn.execute("set timezone = 'UTC'; set extra_float_digits = 3")
+            rows.append({tuple(r[:n]): r[n:] for r in conn.execute(f"select {keys}, {cols} from {spec.table.name}")})
+    s, t = rows
+    return {k for k in s if k not in t}, {k for k in s if k in t and s[k] != t[k]}, {k for k in t if k not in s}
+
+
+def make_pair(make_db, ddl: str) -> tuple[str, str]:
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    return a, b
+
+
+def test_hash_tells_apart_what_text_tools_confuse(make_db):
+    src, tgt = make_pair(
+        make_db,
+        "create table t (id int primary key, txt text, j jsonb, js json, arr int[], ts timestamptz, num numeric, b bytea)",
+    )
+    # (source values, target values, should differ)
+    cases = [
+        (("NULL-vs-empty", None), ("NULL-vs-empty", ""), True),
+        (("empty-vs-NULLtext", ""), ("empty-vs-NULLtext", "NULL"), True),
+        (("NULLtext-vs-NULL", "NULL"), ("NULLtext-vs-NULL", None), True),
+        (("nfc-vs-nfd", "caf\u00e9"), ("nfc-vs-nfd", "cafe\u0301"), True),
+        (("same-unicode", "日本語 ✓ 🚀"), ("same-unicode", "日本語 ✓ 🚀"), False),
+        (("quote-comma", 'a","b'), ("quote-comma", "a,b"), True),
+    ]
+    with psycopg.connect(src) as s, psycopg.connect(tgt) as t:
+        for i, (a, b, _) in enumerate(cases):
+            s.execute("insert into t (id, txt) values (%s, %s)", [i, a[1]])
+            t.execute("insert into t (id, txt) values (%s, %s)", [i, b[1]])
+        extra = [
+            # id, source column = value, target column = value, differs
+            (100, "j", '{"a": 1, "b": [1, 2]}', '{"b": [1, 2],   "a": 1}', False),  # jsonb: key order/spacing irrelevant
+            (101, "js", '{"a": 1}', '{"a":1}', True),  # json keeps its text: a real difference
+            (102, "arr", "{1,2}", "{2,1}", True),
+            (103, "arr", "{}", None, True),
+            (104, "num", "1.5", "1.50", True),  # same number, different stored text
+            (105, "b", "\\x00", "\\x", True),
+        ]
+        for id_, col, a, b, _ in extra:
+            s.execute(f"insert into t (id, {col}) values (%s, %s)", [id_, a])
+            t.execute(f"insert into t (id, {col}) values (%s, %s)", [id_, b])
+        # the same instant written under different session time zones: equal
+        s.execute("set timezone = 'Asia/Tokyo'")
+        s.execute("insert into t (id, ts) values (200, '2024-05-01 09:00:00')")
+        t.execute("set timezone = 'America/Los_Angeles'")
+        t.execute("insert into t (id, ts) values (200, '2024-04-30 17:00:00')")
+        s.execute("insert into t (id, ts) values (201, '2024-05-01 09:00:00')")
+        t.execute("insert into t (id, ts) values (201, '2024-05-01 09:00:00')")  # same wall clock, other instant
+    spec, result = run_diff(src, tgt)
+    expected = {(str(i),) for i, (_, _, d) in enumerate(cases) if d} | {(str(e[0]),) for e in extra if e[4]} | {("201",)}
+    assert set(result.changed) == expected
+    assert not result.new and not result.extra
+    assert result.unchanged == result.source_rows - len(expected)
+
+
+def test_identical_tables_cost_one_query_per_side(make_db):
+    src, tgt = make_pair(make_db, "create table t (id bigint primary key, body text)")
+    for url in (src, tgt):
+        with psycopg.connect(url) as conn:
+            conn.execute("insert into t select g, repeat('x', g % 50) from generate_series(1, 20000) g")
+    _, same = run_diff(src, tgt)
+    assert same.queries == 1 and same.rows_fetched == 0 and same.unchanged == 20000
+
+    with psycopg.connect(tgt) as conn:
+        conn.execute("update t set body = 'changed' where id = 12345")
+    _, one = run_diff(src, tgt)
+    assert set(one.changed) == {("12345",)}
+    assert one.rows_fetched <= 2 * diffmod.LEAF_ROWS  # rows never travel unless their range differs
+
+
+def test_columns_are_matched_by_name_not_position(make_db):
+    a, b = make_db(), make_db()
+    with psycopg.connect(a) as conn:
+        conn.execute("create table t (id int primary key, x text, y text); insert into t values (1, 'p', 'q')")
+    with psycopg.connect(b) as conn:
+        conn.execute("create table t (y text, id int primary key, x text); insert into t values ('q', 1, 'p')")
+    spec, result = run_diff(a, b)
+    assert not spec.drift.any and not result.differs
+
+
+def _random_key(kind: str, rnd: random.Random):
+    if kind == "int":
+        return (rnd.choice([rnd.randint(-10**6, 10**6), rnd.randint(-(2**63), 2**63 - 1), rnd.randint(0, 3000)]),)
+    if kind == "uuid":
+        return (uuid.UUID(int=rnd.getrandbits(128)),)
+    if kind == "text":
+        return ("".join(rnd.choice(["a", "B", "b", "ä", "Z", " ", "-", "日", "😀", "'", '"']) for _ in range(rnd.randint(1, 6))),)
+    return (rnd.choice(["EU", "eu", "US", "Ü", ""]) + str(rnd.randint(0, 40)), rnd.randint(-5, 400))
+
+
+@pytest.mark.parametrize(
+    "kind, ddl",
+    [
+        ("int", "create table t (id bigint primary key, v text)"),
+        ("uuid", "create table t (id uuid primary key, v text)"),
+        ("text", "create table t (id text primary key, v text)"),
+        ("composite", "create table t (region text, n int, v text, primary key (region, n))"),
+    ],
+)
+def test_descent_matches_brute_force_for_every_key_kind(make_db, monkeypatch, kind, ddl):
+    # tiny leaves and branches so a few thousand rows need several levels
+    monkeypatch.setattr(diffmod, "LEAF_ROWS", 4)
+    monkeypatch.setattr(diffmod, "FIRST_BRANCH", 4)
+    monkeypatch.setattr(diffmod, "MIN_CHILD_ROWS", 2)
+    rnd = random.Random(f"content-sync-{kind}")
+    keys = list({_random_key(kind, rnd) for _ in range(3000)})
+    src, tgt = make_pair(make_db, ddl)
+    cols = "id" if kind != "composite" else "region, n"
+    marks = ", ".join(["%s"] * (len(keys[0]) + 1))
+    source_rows, target_rows = [], []
+    for i, key in enumerate(keys):
+        roll = rnd.random()
+        if roll < 0.05:
+            source_rows.append((*key, f"only-src-{i}"))
+        elif roll < 0.10:
+            target_rows.append((*key, f"only-tgt-{i}"))
+        elif roll < 0.15:
+            source_rows.append((*key, f"v{i}"))
+            target_rows.append((*key, None if i % 2 else f"v{i}!"))
+        else:
+            source_rows.append((*key, f"v{i}"))
+            target_rows.append((*key, f"v{i}"))
+    for url, rows in ((src, source_rows), (tgt, target_rows)):
+        with psycopg.connect(url) as conn, conn.cursor() as cur:
+            cur.executemany(f"insert into t ({cols}, v) values ({marks})", rows)
+    spec, result = run_diff(src, tgt)
+    new, changed, extra = brute_force(src, tgt, spec)
+    assert (set(result.new), set(result.changed), set(result.extra)) == (new, changed, extra)
+    assert new and changed and extra
+    assert result.queries > 2  # it really descended
+    assert result.rows_fetched < len(source_rows) + len(target_rows)
