@@ -1,5 +1,5 @@
 """Cold start: a fresh functions-framework process answers its first
-(rejected) request quickly, because heavy clients are imported lazily."""
+(rejected) request without importing heavy clients (they load lazily)."""
 
 from __future__ import annotations
 
@@ -43,14 +43,11 @@ def first_response_time(target: str) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("target", ["backup", "calendar_sync"])
-def test_first_request_is_fast_and_rejected(target: str) -> None:
-    times = []
-    for _ in range(2):  # the first run may pay for .pyc compilation
-        elapsed, status = first_response_time(target)
-        assert status == 401
-        times.append(elapsed)
-    print(f"cold start {target}: {min(times):.3f}s")
-    assert min(times) < 1.0
+def test_a_fresh_process_answers_its_first_request_with_401(target: str) -> None:
+    """The time itself is a benchmark figure (tests/bench/bench_spine.py):
+    timings in a loaded test run prove nothing."""
+    _, status = first_response_time(target)
+    assert status == 401
 
 
 def test_heavy_clients_are_not_imported_by_the_entry_point() -> None:
