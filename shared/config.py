@@ -150,6 +150,18 @@ class CalendarSection(_Section):
     max_delete_share: float = Field(0.2, ge=0, le=1)
     max_retries: int = Field(3, ge=1)
     rate_limit_per_minute: int = Field(60, ge=1)
+    # calendar issue: guards, Google call tuning, push notifications
+    delete_guard_min_rows: int = Field(10, ge=0)
+    page_size: int = Field(2500, ge=1, le=2500)
+    retry_attempts: int = Field(6, ge=1, le=20)
+    retry_base_delay_s: float = Field(1.0, ge=0)
+    retry_max_delay_s: float = Field(32.0, ge=0)
+    http_timeout_s: float = Field(30.0, gt=0)
+    notify_url: str | None = None
+    notify_debounce_s: int = Field(60, ge=0)
+    channel_ttl_hours: int = Field(168, ge=1)
+    channel_renew_hours: int = Field(24, ge=1)
+    events_max_days: int = Field(366, ge=1)
 
 
 class MigrateSection(_Section):

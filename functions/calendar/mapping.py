@@ -1,0 +1,234 @@
+"""Google event JSON ↔ canonical event data ↔ ``calendar.events`` row.
+
+The canonical form is what hashes and three-way merges compare: a dict of the
+synced fields with normalised values (instants in UTC, attendees sorted,
+absent and empty the same). All-day events are dates with Google's exclusive
+end date, never midnight datetimes, so no time zone can shift them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .crypto import Cipher
+
+# The fields two-way sync owns. "when" is all_day/start/end together: they
+# only make sense as one value (a merge never mixes a date start with a
+# datetime end).
+FIELDS = ("title", "description", "location", "when", "time_zone", "attendees", "recurrence", "event_status", "conference")
+
+EventData = dict[str, Any]
+
+def new_event_id() -> str:
+    """A Google-valid event id chosen by us, so a retried insert is
+    recognisable (409 = already done). Hex digits are a subset of the
+    base32hex alphabet Google requires (SQL: replace(gen_random_uuid()::text, '-', ''))."""
+    return uuid.uuid4().hex
+
+
+def utc_text(value: str | datetime) -> str:
+    """An RFC 3339 instant normalised to ``YYYY-MM-DDTHH:MM:SSZ``."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _original_start(ev: dict[str, Any]) -> str | None:
+    original = ev.get("originalStartTime")
+    if not original:
+        return None
+    return original["date"] if "date" in original else utc_text(original["dateTime"])
+
+
+def instance_suffix(original_start: str) -> str:
+    """The id suffix Google gives an instance: ``20240501`` or ``20240501T100000Z``."""
+    if "T" not in original_start:
+        return original_start.replace("-", "")
+    return utc_text(original_start).replace("-", "").replace(":", "")
+
+
+def instance_id(master_id: str, original_start: str) -> str:
+    return f"{master_id}_{instance_suffix(original_start)}"
+
+
+def _attendees(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = []
+    for a in items or []:
+        if not a.get("email"):
+            continue
+        entry: dict[str, Any] = {"email": a["email"].strip().lower(), "responseStatus": a.get("responseStatus") or "needsAction"}
+        if a.get("displayName"):
+            entry["displayName"] = a["displayName"]
+        if a.get("optional"):
+            entry["optional"] = True
+        out.append(entry)
+    return sorted(out, key=lambda e: e["email"])
+
+
+def _blank(value: str | None) -> str | None:
+    return value if value else None
+
+
+def from_google(ev: dict[str, Any]) -> EventData:
+    """Canonical data of a Google event (a cancelled event may lack times)."""
+    start, end = ev.get("start") or {}, ev.get("end") or {}
+    when: dict[str, Any] | None
+    if "date" in start:
+        when = {"all_day": True, "start": start["date"], "end": end.get("date")}
+    elif "dateTime" in start:
+        when = {"all_day": False, "start": utc_text(start["dateTime"]), "end": utc_text(end["dateTime"])}
+    else:
+        when = None
+    return {
+        "title": ev.get("summary") or "",
+        "description": _blank(ev.get("description")),
+        "location": _blank(ev.get("location")),
+        "when": when,
+        "time_zone": _blank(start.get("timeZone")),
+        "attendees": _attendees(ev.get("attendees")),
+        "recurrence": list(ev["recurrence"]) if ev.get("recurrence") else None,
+        "event_status": ev.get("status") or "confirmed",
+        "conference": ev.get("conferenceData") or None,
+    }
+
+
+def _zone(name: str | None) -> ZoneInfo | timezone:
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return timezone.utc
+
+
+def to_google(data: EventData, *, exception: bool = False) -> dict[str, Any]:
+    """The body to send for an insert or patch. Nulls clear a field (patch
+    semantics). An instance (exception) carries no recurrence of its own."""
+    body: dict[str, Any] = {
+        "summary": data["title"],
+        "description": data["description"],
+        "location": data["location"],
+        "status": data["event_status"],
+        "attendees": data["attendees"],
+    }
+    when, tz = data["when"], data["time_zone"]
+    if when and when["all_day"]:
+        body["start"], body["end"] = {"date": when["start"]}, {"date": when["end"]}
+        if tz:
+            body["start"]["timeZone"] = body["end"]["timeZone"] = tz
+    elif when:
+        zone = _zone(tz)
+        body["start"] = {"dateTime": parse_instant(when["start"]).astimezone(zone).isoformat()}
+        body["end"] = {"dateTime": parse_instant(when["end"]).astimezone(zone).isoformat()}
+        if tz:
+            body["start"]["timeZone"] = body["end"]["timeZone"] = tz
+    if not exception:
+        body["recurrence"] = data["recurrence"]
+    if data["conference"] is not None:
+        body["conferenceData"] = data["conference"]
+    return body
+
+
+def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
+    if row["all_day"]:
+        when = {"all_day": True, "start": row["start_date"].isoformat(), "end": row["end_date"].isoformat()}
+    else:
+        when = {"all_day": False, "start": utc_text(row["start_at"]), "end": utc_text(row["end_at"])}
+    return {
+        "title": row["title"] or "",
+        "description": _blank(row["description"]),
+        "location": _blank(row["location"]),
+        "when": when,
+        "time_zone": _blank(row["time_zone"]),
+        "attendees": _attendees(row["attendees"]),
+        "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
+        "event_status": row["event_status"],
+        "conference": cipher.decrypt(row["conference_data"]),
+    }
+
+
+def row_values(data: EventData, cipher: Cipher) -> dict[str, Any]:
+    """Column values for a row holding ``data`` (``when`` must be set)."""
+    from psycopg.types.json import Jsonb
+
+    when = data["when"]
+    all_day = bool(when["all_day"])
+    conference = data["conference"]
+    return {
+        "title": data["title"],
+        "description": data["description"],
+        "location": data["location"],
+        "all_day": all_day,
+        "start_at": parse_instant(when["start"]) if not all_day else None,
+        "end_at": parse_instant(when["end"]) if not all_day else None,
+        "start_date": date.fromisoformat(when["start"]) if all_day else None,
+        "end_date": date.fromisoformat(when["end"]) if all_day else None,
+        "time_zone": data["time_zone"],
+        "recurrence": data["recurrence"],
+        "event_status": data["event_status"],
+        "attendees": Jsonb(data["attendees"]),
+        "meeting_id": (conference or {}).get("conferenceId"),
+        "conference_data": cipher.encrypt(conference),
+    }
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def field_hashes(data: EventData) -> dict[str, str]:
+    return {f: hashlib.sha256(_canonical(data[f]).encode()).hexdigest()[:24] for f in FIELDS}
+
+
+def content_hash(hashes: dict[str, str]) -> str:
+    return hashlib.sha256(_canonical([hashes[f] for f in FIELDS]).encode()).hexdigest()[:32]
+
+
+def data_hash(data: EventData) -> str:
+    return content_hash(field_hashes(data))
+
+
+def span(data: EventData) -> tuple[datetime, datetime] | None:
+    """The UTC interval an event may cover. All-day dates are widened by 14 h
+    each side (the furthest offsets from UTC) so no zone's day is missed; a
+    series is open-ended."""
+    when = data.get("when")
+    if not when:
+        return None
+    if when["all_day"]:
+        start = datetime.combine(date.fromisoformat(when["start"]), datetime.min.time(), timezone.utc) - timedelta(hours=14)
+        end = datetime.combine(date.fromisoformat(when["end"]), datetime.min.time(), timezone.utc) + timedelta(hours=14)
+    else:
+        start, end = parse_instant(when["start"]), parse_instant(when["end"])
+    if data.get("recurrence"):
+        end = datetime.max.replace(tzinfo=timezone.utc)
+    return start, end
+
+
+def overlaps(data: EventData, window: tuple[datetime, datetime]) -> bool:
+    s = span(data)
+    return s is not None and s[0] < window[1] and s[1] > window[0]
+
+
+def google_meta(ev: dict[str, Any]) -> dict[str, Any]:
+    """The Google bookkeeping columns of a row from an event resource."""
+    return {
+        "google_event_id": ev["id"],
+        "google_ical_uid": ev.get("iCalUID"),
+        "recurring_event_id": ev.get("recurringEventId"),
+        "original_start": _original_start(ev),
+        "etag": ev.get("etag"),
+        "sequence": ev.get("sequence"),
+        "source_created_at": parse_instant(ev["created"]) if ev.get("created") else None,
+        "source_updated_at": parse_instant(ev["updated"]) if ev.get("updated") else None,
+    }

@@ -1,0 +1,371 @@
+"""Google → Postgres: incremental (sync token), full (window) and the 410
+fallback, following Google's sync guide.
+
+- Incremental lists with the stored ``syncToken`` and nothing else that the
+  API forbids with it (no timeMin/timeMax/updatedMin), follows every page
+  with the identical query, and stores the new token in the transaction of
+  the last page. Changes to rows we hold are always applied; new events only
+  when they touch the incremental window.
+- Full lists the window (pages of up to 2500) and refreshes the token. A row
+  missing from the listing is NOT deleted for that alone: it is fetched by
+  id (batched) and deleted only when Google says it is gone or cancelled.
+  Only rows that came from Google and are ``synced`` are candidates, so
+  ``pending_sync``, ``local_only`` and app-made rows always survive.
+- A cancelled exception of a live series hides that occurrence and is kept;
+  any other cancelled event is a deletion (and takes its exceptions along).
+- Before writing, a run that would delete more than ``max_delete_share`` of
+  the calendar's rows, or a full listing that comes back empty while rows
+  are held, is refused (422) unless forced by an admin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from googleapiclient.errors import HttpError
+from psycopg.rows import dict_row
+
+from safesync.shared.errors import JobFailed, Refused
+
+from . import state
+from .batch import BatchRunner
+from .conflicts import merge
+from .context import SyncContext
+from .mapping import EventData, field_hashes, from_google, from_row, google_meta, overlaps, parse_instant, utc_text
+from .retry import classify
+from .store import (
+    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, executemany,
+    rows_by_google_id, synced_values, unpushed_instances,
+)
+
+
+class FullSyncRequired(Exception):
+    """The stored sync token was refused with 410."""
+
+
+@dataclass
+class Listing:
+    pages: list[list[dict[str, Any]]]
+    sync_token: str | None
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return [item for page in self.pages for item in page]
+
+
+@dataclass
+class PagePlan:
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    merges: list[dict[str, Any]] = field(default_factory=list)
+    deletes: list[dict[str, Any]] = field(default_factory=list)
+    series_deleted: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def api_failure(calendar_id: str, what: str, exc: BaseException) -> JobFailed:
+    failure = classify(exc)
+    return JobFailed(f"calendar {calendar_id}: {what} failed: {failure.describe()}", {"calendar_id": calendar_id, "status": failure.status, "reason": failure.reason})
+
+
+def list_all(ctx: SyncContext, calendar_id: str, params: dict[str, Any]) -> Listing:
+    """Every page of one listing, each page retried with the same query."""
+    pages: list[list[dict[str, Any]]] = []
+    page_token: str | None = None
+    while True:
+        query = dict(params, maxResults=ctx.cfg.page_size, singleEvents=False)
+        if page_token:
+            query["pageToken"] = page_token
+        try:
+            response = ctx.api(calendar_id, "events.list", lambda q=query: ctx.client.list_events(calendar_id, **q))
+        except HttpError as exc:
+            failure = classify(exc)
+            if failure.status == 410:
+                raise FullSyncRequired(failure.reason) from None
+            raise api_failure(calendar_id, "events.list", exc) from None
+        except Exception as exc:
+            raise api_failure(calendar_id, "events.list", exc) from None
+        pages.append(response.get("items", []))
+        page_token = response.get("nextPageToken")
+        if not page_token:
+            return Listing(pages, response.get("nextSyncToken"))
+
+
+def full_params(ctx: SyncContext) -> dict[str, Any]:
+    start, end = ctx.window(ctx.cfg.full_days)
+    return {"timeMin": start.isoformat(), "timeMax": end.isoformat(), "showDeleted": False}
+
+
+class Puller:
+    """Applies listings of one calendar to its rows."""
+
+    def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
+        self.ctx, self.cal = ctx, calendar_id
+
+    # -- entry points -------------------------------------------------------
+    def incremental(self) -> str:
+        token = state.sync_token(self.ctx.conn, self.cal)
+        if not token:
+            self._note("state", "no sync token: full sync", {})
+            return self.full(reason="no sync token")
+        try:
+            listing = list_all(self.ctx, self.cal, {"syncToken": token})
+        except FullSyncRequired as gone:
+            self._note("state", "sync token expired: full sync", {"reason": str(gone)})
+            self.ctx.counts["token_expired"] += 1
+            return self.full(reason="410 fullSyncRequired")
+        self.apply(listing, window=self.ctx.window(self.ctx.cfg.incremental_days), full=False)
+        return "incremental"
+
+    def full(self, reason: str = "scheduled") -> str:
+        try:
+            listing = list_all(self.ctx, self.cal, full_params(self.ctx))
+        except FullSyncRequired as gone:  # a windowed list never uses a token; Google said 410 anyway
+            raise JobFailed(f"calendar {self.cal}: full listing answered 410 ({gone})") from None
+        self.ctx.counts["full_syncs"] += 1
+        self.apply(listing, window=self.ctx.window(self.ctx.cfg.full_days), full=True)
+        return f"full ({reason})"
+
+    # -- planning -----------------------------------------------------------
+    def apply(self, listing: Listing, *, window, full: bool) -> None:
+        ctx, conn = self.ctx, self.ctx.conn
+        items = listing.items
+        ctx.counts["listed"] += len(items)
+        existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
+        instances = unpushed_instances(
+            conn, self.cal,
+            [(i["recurringEventId"], from_google_original(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+        )
+        cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
+        listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
+        plans = [self._plan_page(page, existing, instances, cancelled_series, listed_series, window, full) for page in listing.pages]
+        absent = self._confirm_absent(items, window) if full else PagePlan()
+        deletions = sum(len(p.deletes) for p in plans + [absent])
+        self._guard(items, deletions, window, full)
+        for index, plan in enumerate(plans):
+            last = index == len(plans) - 1
+            with conn.transaction():
+                self._write(plan)
+                if last:
+                    self._write(absent)
+                    state.store_token(conn, self.cal, listing.sync_token)
+                    state.clear_notify_pending(conn, self.cal)
+
+    def _plan_page(self, page, existing, instances, cancelled_series, listed_series, window, full) -> PagePlan:
+        plan = PagePlan()
+        for item in page:
+            row = existing.get(item["id"])
+            if row is None and item.get("recurringEventId"):
+                row = instances.get((item["recurringEventId"], from_google_original(item)))
+            if item.get("status") == "cancelled":
+                self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
+            else:
+                self._plan_live(plan, item, row, window, full)
+        return plan
+
+    def _series_live(self, master_id: str, existing, cancelled_series, listed_series) -> bool:
+        if master_id in cancelled_series:
+            return False
+        if master_id in listed_series:
+            return True
+        master = existing.get(master_id)
+        return master is None or not master["deleted"]
+
+    def _plan_cancelled(self, plan: PagePlan, item, row, existing, cancelled_series, listed_series) -> None:
+        master_id = item.get("recurringEventId")
+        if master_id and self._series_live(master_id, existing, cancelled_series, listed_series):
+            # A hidden occurrence of a live series: kept as a cancelled exception.
+            if row is not None and row["etag"] == item.get("etag") and row["event_status"] == "cancelled":
+                self.ctx.counts["echoes"] += 1
+                return
+            if row is None and master_id not in existing and master_id not in listed_series:
+                self.ctx.counts["skipped"] += 1  # a series we do not hold
+                return
+            data = cancelled_exception_data(item, existing.get(master_id), self.ctx)
+            self._plan_live(plan, dict(item), row, None, True, data=data)
+            return
+        if row is None or row["deleted"]:
+            return
+        if row["sync_status"] in ("pending_sync", "sync_failed"):
+            plan.audits.append(("conflict", "remote deletion wins over local edit", {"row": row, "lost_local_edit": True}))
+        plan.deletes.append({"id": row["id"], "etag": item.get("etag"), "_row": row})
+        if not master_id:
+            plan.series_deleted.append({"calendar_id": self.cal, "master": item["id"]})
+
+    def _plan_live(self, plan: PagePlan, item, row, window, full, data: EventData | None = None) -> None:
+        ctx = self.ctx
+        data = data or from_google(item)
+        if row is None:
+            if not full and window is not None and not overlaps(data, window):
+                ctx.counts["skipped"] += 1
+                return
+            plan.inserts.append({"calendar_id": self.cal, **synced_values(ctx, data, item), "_data": data})
+            return
+        if row["etag"] and row["etag"] == item.get("etag"):
+            ctx.counts["echoes"] += 1  # our own write coming back, or nothing new
+            return
+        if row["sync_status"] == "local_only":
+            ctx.warnings.append(f"{self.cal}/{item['id']}: row is local_only but Google has it; left alone")
+            return
+        local = from_row(row, ctx.cipher)
+        locally_edited = row["sync_status"] in ("pending_sync", "sync_failed") or field_hashes(local) != (row["synced_field_hashes"] or {})
+        if row["deleted"] and locally_edited:
+            plan.audits.append(("conflict", "local deletion wins over remote edit", {"row": row, "remote_etag": item.get("etag")}))
+            return
+        if not locally_edited:
+            plan.updates.append({"id": row["id"], **synced_values(ctx, data, item), "_data": data, "_row": row})
+            return
+        result = merge(
+            row["synced_field_hashes"], local, data,
+            local_time=row["local_updated_at"],
+            remote_time=parse_instant(item["updated"]) if item.get("updated") else None,
+        )
+        if result.conflict:
+            plan.audits.append(("conflict", f"three-way merge ({result.kind})", {"row": row, **result.describe()}))
+        values = synced_values(ctx, data, item)
+        if field_hashes(result.data) == field_hashes(data):
+            plan.updates.append({"id": row["id"], **values, "_data": data, "_row": row})
+        else:
+            merged = synced_values(ctx, result.data, item)
+            merged.update(synced_hash=values["synced_hash"], synced_field_hashes=values["synced_field_hashes"])
+            plan.merges.append({"id": row["id"], **merged, "_data": result.data, "_row": row})
+
+    # -- full-sync absence check ----------------------------------------------
+    def _confirm_absent(self, items, window) -> PagePlan:
+        """Rows the full listing did not return, checked one by one (batched
+        GETs): deleted only if Google says 404/410/cancelled."""
+        ctx, listed = self.ctx, [i["id"] for i in items]
+        inner = (window[0] + timedelta(days=1), window[1] - timedelta(days=1))
+        with ctx.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                """
+                select * from calendar.events
+                 where calendar_id = %(cal)s and source = 'google_calendar' and sync_status = 'synced'
+                   and not deleted and google_event_id is not null and event_status <> 'cancelled'
+                   and not (google_event_id = any(%(listed)s))
+                   and ((not all_day and start_at < %(end)s and end_at > %(start)s
+                         and (recurrence is null or start_at >= %(start)s))
+                     or (all_day and start_date < %(end)s::date and end_date > %(start)s::date
+                         and (recurrence is null or start_date >= %(start)s::date)))
+                """,
+                {"cal": self.cal, "listed": listed, "start": inner[0], "end": inner[1]},
+            )
+            candidates = cur.fetchall()
+        plan = PagePlan()
+        if not candidates:
+            return plan
+        runner = BatchRunner(ctx, self.cal)
+        outcomes = runner.run([(row, lambda r=row: ctx.client.get_request(self.cal, r["google_event_id"])) for row in candidates])
+        for row, response, failure in outcomes:
+            ctx.counts["absent_checked"] += 1
+            if failure is not None and failure.status in (404, 410):
+                plan.deletes.append({"id": row["id"], "etag": None, "_row": row})
+                if not row["recurring_event_id"]:
+                    plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
+                plan.audits.append(("state", "absent from listing and gone on Google: deleted", {"row": row, "status": failure.status}))
+            elif failure is not None:
+                ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: absent from listing, check failed ({failure.describe()}); kept")
+            elif response.get("status") == "cancelled":
+                if response.get("recurringEventId"):
+                    self._plan_live(plan, response, row, None, True, data=cancelled_exception_data(response, None, ctx))
+                else:
+                    plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
+                    plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
+            else:
+                self._plan_live(plan, response, row, None, True)
+        return plan
+
+    def _guard(self, items, deletions: int, window, full: bool) -> None:
+        ctx, conn = self.ctx, self.ctx.conn
+        if ctx.force:
+            return
+        held = conn.execute(
+            "select count(*) from calendar.events where calendar_id = %s and not deleted", [self.cal]
+        ).fetchone()[0]
+        if full and not items:
+            in_window = conn.execute(
+                """
+                select count(*) from calendar.events
+                 where calendar_id = %(cal)s and source = 'google_calendar' and sync_status = 'synced' and not deleted
+                   and ((not all_day and start_at < %(end)s and end_at > %(start)s)
+                     or (all_day and start_date < %(end)s::date and end_date > %(start)s::date))
+                """,
+                {"cal": self.cal, "start": window[0], "end": window[1]},
+            ).fetchone()[0]
+            if in_window:
+                raise Refused(
+                    f"calendar {self.cal} listed empty while {in_window} synced row(s) are in the window; nothing deleted",
+                    {"calendar_id": self.cal, "rows_in_window": in_window},
+                )
+        limit = max(ctx.cfg.max_delete_share * held, ctx.cfg.delete_guard_min_rows)
+        if deletions > limit:
+            raise Refused(
+                f"calendar {self.cal}: run would delete {deletions} of {held} row(s), over the limit "
+                f"(max_delete_share={ctx.cfg.max_delete_share}); nothing deleted",
+                {"calendar_id": self.cal, "deletions": deletions, "held": held},
+            )
+
+    # -- writing --------------------------------------------------------------
+    def _write(self, plan: PagePlan) -> None:
+        ctx, conn = self.ctx, self.ctx.conn
+        strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
+        executemany(conn, INSERT_SQL, strip(plan.inserts))
+        executemany(conn, UPDATE_SYNCED_SQL, strip(plan.updates))
+        executemany(conn, UPDATE_MERGED_SQL, strip(plan.merges))
+        executemany(conn, DELETE_SQL, strip(plan.deletes))
+        for entry in plan.series_deleted:
+            cur = conn.execute(DELETE_EXCEPTIONS_SQL, entry)
+            ctx.counts["deleted"] += cur.rowcount
+        ctx.counts["inserted"] += len(plan.inserts)
+        ctx.counts["updated"] += len(plan.updates)
+        ctx.counts["merged"] += len(plan.merges)
+        ctx.counts["deleted"] += len(plan.deletes)
+        for entry in plan.inserts:
+            ctx.touched(self.cal, entry["_data"])
+        for entry in plan.updates + plan.merges:
+            ctx.touched(self.cal, entry["_data"], from_row(entry["_row"], ctx.cipher))
+        for entry in plan.deletes:
+            ctx.touched(self.cal, from_row(entry["_row"], ctx.cipher))
+        if plan.series_deleted:
+            ctx.spans.append((self.cal, *_everything()))
+        for kind, action, detail in plan.audits:
+            row = detail.pop("row", None)
+            if kind == "conflict":
+                ctx.counts["conflicts"] += 1
+            state.audit(
+                conn, ctx.run_id, kind, action, calendar_id=self.cal,
+                event_id=row["id"] if row else None, google_event_id=row["google_event_id"] if row else None, detail=detail,
+            )
+
+    def _note(self, kind: str, action: str, detail: dict[str, Any]) -> None:
+        state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, detail=detail)
+
+
+def _everything():
+    return datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
+
+
+def from_google_original(item: dict[str, Any]) -> str | None:
+    return google_meta(item)["original_start"]
+
+
+def cancelled_exception_data(item: dict[str, Any], master_row: dict[str, Any] | None, ctx: SyncContext) -> EventData:
+    """A cancelled occurrence: Google may send only id, status and the
+    original start; its time is then the original slot (length from the
+    series when we hold it)."""
+    data = from_google(item)
+    if data["when"] is None:
+        original = from_google_original(item)
+        if "T" in original:
+            start = parse_instant(original)
+            length = timedelta(0)
+            if master_row is not None and not master_row["all_day"]:
+                length = master_row["end_at"] - master_row["start_at"]
+            data["when"] = {"all_day": False, "start": utc_text(start), "end": utc_text(start + length)}
+        else:
+            day = date.fromisoformat(original)
+            data["when"] = {"all_day": True, "start": original, "end": (day + timedelta(days=1)).isoformat()}
+    data["event_status"] = "cancelled"
+    return data

@@ -1,0 +1,261 @@
+"""Postgres → Google: rows in ``pending_sync`` become inserts, patches and
+deletes, sent in batches of 50.
+
+- Insert uses our own id (assigned and stored before the first attempt), so
+  a retried insert answered 409 (duplicate) is "already done": it becomes an
+  unconditional patch of the same content.
+- Patch carries ``If-Match: <etag>``; 412 means Google changed meanwhile: the
+  event is fetched and merged three-way (conflicts.py), then patched again
+  with the new etag when the merge differs from Google.
+- Delete: 404/410 mean already gone. A cancelled or deleted occurrence of a
+  series is a DELETE of the instance id (Google keeps a cancelled exception).
+- Occurrence changes go after their series, in a second phase; an occurrence
+  whose series is not on Google yet waits for the next run.
+- Retryable failures are retried in later rounds with backoff; a row whose
+  push fails in ``max_retries`` runs ends ``sync_failed`` with the reason.
+- The result (etag, sequence, updated, Google's normalised content) is
+  written back only if the app did not edit the row meanwhile; otherwise
+  only the new etag/base is kept and the row stays pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import state
+from .batch import BatchRunner
+from .conflicts import merge
+from .context import SyncContext
+from .mapping import EventData, content_hash, field_hashes, from_google, from_row, instance_id, new_event_id, parse_instant, to_google
+from .retry import Failure
+from .store import DELETE_EXCEPTIONS_SQL, DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, synced_values
+
+WRITE_KINDS = ("insert", "patch", "force_patch")
+
+
+@dataclass(frozen=True)
+class Op:
+    row: dict[str, Any]
+    kind: str  # insert | patch | force_patch | delete | cancel_instance | get
+    data: EventData | None
+    etag: str | None = None
+    tries: int = 0
+
+    @property
+    def gid(self) -> str:
+        return self.row["google_event_id"]
+
+
+class Pusher:
+    def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
+        self.ctx, self.cal = ctx, calendar_id
+        self.runner: BatchRunner[Op] = BatchRunner(ctx, calendar_id)
+
+    def run(self, *, include_failed: bool = False) -> None:
+        statuses = ["pending_sync", "sync_failed"] if include_failed else ["pending_sync"]
+        rows = self._rows(statuses)
+        if not rows:
+            return
+        self._assign_ids(rows)
+        singles = [r for r in rows if not r["recurring_event_id"]]
+        self._drive([op for op in map(self._op_for, singles) if op is not None])
+        occurrences = [r for r in rows if r["recurring_event_id"]]
+        if occurrences:
+            unpushed = self._unpushed_series({r["recurring_event_id"] for r in occurrences})
+            ready = [r for r in occurrences if r["recurring_event_id"] not in unpushed]
+            self.ctx.counts["deferred"] += len(occurrences) - len(ready)
+            self._drive([op for op in map(self._op_for, ready) if op is not None])
+
+    # -- preparation --------------------------------------------------------
+    def _rows(self, statuses: list[str]) -> list[dict[str, Any]]:
+        with self.ctx.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "select * from calendar.events where calendar_id = %s and sync_status = any(%s) order by created_at, id",
+                [self.cal, statuses],
+            )
+            return cur.fetchall()
+
+    def _assign_ids(self, rows: list[dict[str, Any]]) -> None:
+        """Give each row its Google id before the first attempt, stored, so
+        every retry (in this run or the next) reuses it."""
+        with self.ctx.conn.transaction():
+            for row in rows:
+                if row["google_event_id"]:
+                    continue
+                if row["deleted"]:
+                    continue  # never reached Google: nothing to create
+                gid = instance_id(row["recurring_event_id"], row["original_start"]) if row["recurring_event_id"] else new_event_id()
+                self.ctx.conn.execute("update calendar.events set google_event_id = %s where id = %s", [gid, row["id"]])
+                row["google_event_id"] = gid
+
+    def _unpushed_series(self, series_ids: set[str]) -> set[str]:
+        rows = self.ctx.conn.execute(
+            """select google_event_id from calendar.events
+                where calendar_id = %s and google_event_id = any(%s) and etag is null and not deleted""",
+            [self.cal, list(series_ids)],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def _op_for(self, row: dict[str, Any]) -> Op | None:
+        if row["deleted"]:
+            if not row["google_event_id"]:
+                with self.ctx.conn.transaction():
+                    self._done(row, "never on Google")
+                return None
+            return Op(row, "cancel_instance" if row["recurring_event_id"] else "delete", None)
+        data = from_row(row, self.ctx.cipher)
+        if row["recurring_event_id"]:
+            if data["event_status"] == "cancelled":
+                return Op(row, "cancel_instance", data)
+            return Op(row, "patch" if row["etag"] else "force_patch", data, row["etag"])
+        return Op(row, "patch", data, row["etag"]) if row["etag"] else Op(row, "insert", data)
+
+    def _request(self, op: Op):
+        client, exception = self.ctx.client, bool(op.row["recurring_event_id"])
+        if op.kind == "insert":
+            return lambda: client.insert_request(self.cal, {"id": op.gid, **to_google(op.data, exception=exception)})
+        if op.kind in ("patch", "force_patch"):
+            etag = op.etag if op.kind == "patch" else None
+            return lambda: client.patch_request(self.cal, op.gid, to_google(op.data, exception=exception), etag)
+        if op.kind in ("delete", "cancel_instance"):
+            return lambda: client.delete_request(self.cal, op.gid)
+        return lambda: client.get_request(self.cal, op.gid)
+
+    # -- the rounds ---------------------------------------------------------
+    def _drive(self, ops: list[Op]) -> None:
+        ctx = self.ctx
+        max_rounds = ctx.policy.attempts * 4
+        for round_no in range(max_rounds):
+            if not ops:
+                return
+            results = self.runner.run_once([(op, self._request(op)) for op in ops])
+            next_ops: list[Op] = []
+            retried: list[Failure] = []
+            with ctx.conn.transaction():
+                for op, response, failure in results:
+                    follow = self._handle(op, response, failure)
+                    if follow is not None:
+                        if follow.tries > op.tries and failure is not None:
+                            retried.append(failure)
+                        next_ops.append(follow)
+            ops = next_ops
+            if retried and ops and round_no < max_rounds - 1:
+                ctx.counts["item_retries"] += len(retried)
+                self.runner.sleep_before_retry(max(o.tries for o in ops) - 1, retried)
+        with ctx.conn.transaction():
+            for op in ops:
+                self._failed(op.row, Failure(None, "unsettled", "still conflicting or failing after every round", False))
+
+    def _handle(self, op: Op, response: Any, failure: Failure | None) -> Op | None:
+        ctx = self.ctx
+        if failure is None:
+            if op.kind in WRITE_KINDS:
+                self._written(op, response)
+            elif op.kind == "get":
+                return self._resolve(op, response)
+            else:
+                self._done(op.row, "deleted on Google")
+            return None
+        status = failure.status
+        if failure.retryable:
+            if op.tries + 1 < ctx.policy.attempts:
+                return replace(op, tries=op.tries + 1)
+            self._failed(op.row, failure)
+            return None
+        if op.kind == "insert" and status == 409:
+            self._audit(op.row, "state", "insert answered 409: already created, patching it", {})
+            return Op(op.row, "force_patch", op.data)
+        if op.kind == "patch" and status == 412:
+            ctx.counts["precondition_failed"] += 1
+            return Op(op.row, "get", op.data)
+        if op.kind in ("delete", "cancel_instance") and status in (404, 410):
+            self._done(op.row, f"already gone ({status})")
+            return None
+        if op.kind in WRITE_KINDS + ("get",) and status in (404, 410):
+            self._audit(op.row, "conflict", "remote deletion wins over local edit", {"status": status})
+            ctx.counts["conflicts"] += 1
+            self._deleted(op.row)
+            return None
+        self._failed(op.row, failure)
+        return None
+
+    def _resolve(self, op: Op, remote_event: dict[str, Any]) -> Op | None:
+        """After a 412: merge our pending content with Google's current event."""
+        ctx, row = self.ctx, op.row
+        if remote_event.get("status") == "cancelled" and not row["recurring_event_id"]:
+            self._audit(row, "conflict", "remote deletion wins over local edit", {"etag": remote_event.get("etag")})
+            ctx.counts["conflicts"] += 1
+            self._deleted(row)
+            return None
+        remote = from_google(remote_event)
+        result = merge(
+            row["synced_field_hashes"], op.data, remote,
+            local_time=row["local_updated_at"],
+            remote_time=parse_instant(remote_event["updated"]) if remote_event.get("updated") else None,
+        )
+        if result.conflict:
+            ctx.counts["conflicts"] += 1
+            self._audit(row, "conflict", f"three-way merge after 412 ({result.kind})", result.describe())
+        if field_hashes(result.data) == field_hashes(remote):
+            self._written(op, remote_event)
+            return None
+        base = synced_values(ctx, remote, remote_event)
+        values = synced_values(ctx, result.data, remote_event)
+        values.update(synced_hash=base["synced_hash"], synced_field_hashes=base["synced_field_hashes"], id=row["id"])
+        cur = ctx.conn.execute(UPDATE_MERGED_SQL + " returning local_updated_at", values)
+        fresh = dict(row, local_updated_at=cur.fetchone()[0], synced_field_hashes=base["synced_field_hashes"].obj)
+        return Op(fresh, "patch", result.data, remote_event.get("etag"))
+
+    # -- outcomes -----------------------------------------------------------
+    def _written(self, op: Op, event: dict[str, Any]) -> None:
+        ctx, row = self.ctx, op.row
+        data = from_google(event)
+        values = {**synced_values(ctx, data, event), "id": row["id"], "seen_local": row["local_updated_at"]}
+        if ctx.conn.execute(UPDATE_PUSHED_SQL, values).rowcount == 0:
+            ctx.conn.execute(UPDATE_BASE_SQL, values)  # edited again meanwhile: stays pending
+            ctx.counts["edited_during_push"] += 1
+        ctx.counts["pushed"] += 1
+        ctx.touched(self.cal, data, op.data)
+        self._audit(row, "state", f"pushed ({op.kind})", {"etag": event.get("etag")})
+
+    def _done(self, row: dict[str, Any], why: str) -> None:
+        ctx = self.ctx
+        data = from_row(row, ctx.cipher)
+        hashes = field_hashes(data)
+        ctx.conn.execute(
+            """update calendar.events set sync_status = 'synced', sync_error = null, sync_retries = 0, last_sync_at = now(),
+                      synced_field_hashes = %s, synced_hash = %s, etag = null, updated_at = now()
+                where id = %s""",
+            [Jsonb(hashes), content_hash(hashes), row["id"]],
+        )
+        ctx.counts["pushed"] += 1
+        ctx.touched(self.cal, data)
+        self._audit(row, "state", why, {})
+
+    def _deleted(self, row: dict[str, Any]) -> None:
+        ctx = self.ctx
+        ctx.conn.execute(DELETE_SQL, {"id": row["id"], "etag": None})
+        if not row["recurring_event_id"] and row["google_event_id"]:
+            ctx.conn.execute(DELETE_EXCEPTIONS_SQL, {"calendar_id": self.cal, "master": row["google_event_id"]})
+        ctx.counts["deleted"] += 1
+        ctx.touched(self.cal, from_row(row, ctx.cipher))
+
+    def _failed(self, row: dict[str, Any], failure: Failure) -> None:
+        ctx = self.ctx
+        status = ctx.conn.execute(
+            """update calendar.events
+                  set sync_retries = sync_retries + 1, sync_error = %(error)s, updated_at = now(),
+                      sync_status = case when sync_retries + 1 >= %(max)s then 'sync_failed' else sync_status end
+                where id = %(id)s returning sync_status""",
+            {"error": failure.describe(), "max": ctx.cfg.max_retries, "id": row["id"]},
+        ).fetchone()[0]
+        ctx.counts["push_failed"] += 1
+        self._audit(row, "error", f"push failed ({status})", {"error": failure.describe(), "status": failure.status, "reason": failure.reason})
+
+    def _audit(self, row: dict[str, Any], kind: str, action: str, detail: dict[str, Any]) -> None:
+        state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, event_id=row["id"],
+                    google_event_id=row["google_event_id"], detail=detail)

@@ -1,0 +1,231 @@
+"""The calendar tables, as versioned migrations the tool applies itself.
+
+Everything lives in the ``calendar`` schema so the app's own tables (an LMS
+``public.events`` is a content table that content sync copies dev → prod)
+are never touched. Migrations are idempotent: each version is applied once,
+recorded with a checksum in ``calendar.schema_migrations``, and applying is
+serialised by a transaction-level advisory lock so two processes starting at
+once do not race on the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+
+from safesync.shared.errors import JobFailed
+
+SCHEMA = "calendar"
+
+# (version, name, sql). Never edit an applied migration: add a new one.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "events",
+        """
+        create table calendar.events (
+            id                  uuid primary key default gen_random_uuid(),
+            calendar_id         text not null,
+            google_event_id     text,
+            google_ical_uid     text,
+            recurring_event_id  text,
+            original_start      text,
+            title               text not null default '',
+            description         text,
+            location            text,
+            all_day             boolean not null default false,
+            start_at            timestamptz,
+            end_at              timestamptz,
+            start_date          date,
+            end_date            date,
+            time_zone           text,
+            recurrence          text[],
+            event_status        text not null default 'confirmed'
+                                check (event_status in ('confirmed', 'tentative', 'cancelled')),
+            attendees           jsonb not null default '[]'::jsonb,
+            meeting_id          text,
+            conference_data     bytea,
+            etag                text,
+            sequence            integer,
+            last_sync_at        timestamptz,
+            source_created_at   timestamptz,
+            source_updated_at   timestamptz,
+            source              text not null default 'manual'
+                                check (source in ('google_calendar', 'ical', 'manual')),
+            sync_status         text not null default 'local_only'
+                                check (sync_status in ('synced', 'pending_sync', 'sync_failed', 'local_only')),
+            sync_error          text,
+            sync_retries        integer not null default 0,
+            synced_hash         text,
+            synced_field_hashes jsonb,
+            deleted             boolean not null default false,
+            deleted_at          timestamptz,
+            local_updated_at    timestamptz not null default clock_timestamp(),
+            created_at          timestamptz not null default now(),
+            updated_at          timestamptz not null default now(),
+            constraint events_google_event_key unique (calendar_id, google_event_id),
+            -- all-day events are dates with an exclusive end, never midnight datetimes
+            constraint events_time_shape check (
+                (all_day and start_date is not null and end_date is not null and end_date > start_date
+                     and start_at is null and end_at is null)
+                or (not all_day and start_at is not null and end_at is not null and end_at >= start_at
+                     and start_date is null and end_date is null)),
+            constraint events_instance_shape check ((recurring_event_id is null) = (original_start is null))
+        );
+        create index events_ical_uid_idx on calendar.events (google_ical_uid);
+        create index events_sync_status_idx on calendar.events (sync_status);
+        create index events_last_sync_at_idx on calendar.events (last_sync_at);
+        create index events_source_updated_at_idx on calendar.events (source_updated_at);
+        create index events_instance_idx on calendar.events (calendar_id, recurring_event_id, original_start);
+        create index events_window_idx on calendar.events (calendar_id, start_at, end_at);
+        create index events_window_date_idx on calendar.events (calendar_id, start_date, end_date);
+
+        -- An app edit of a synced row marks it for push; the sync itself sets
+        -- safesync.sync_writer so its own writes do not.
+        create function calendar.mark_local_edit() returns trigger language plpgsql as $$
+        begin
+            if coalesce(current_setting('safesync.sync_writer', true), '') = 'on' then
+                return new;
+            end if;
+            if (new.title, new.description, new.location, new.all_day, new.start_at, new.end_at,
+                new.start_date, new.end_date, new.time_zone, new.recurrence, new.event_status,
+                new.attendees, new.conference_data, new.deleted)
+               is distinct from
+               (old.title, old.description, old.location, old.all_day, old.start_at, old.end_at,
+                old.start_date, old.end_date, old.time_zone, old.recurrence, old.event_status,
+                old.attendees, old.conference_data, old.deleted) then
+                new.local_updated_at := clock_timestamp();
+                new.updated_at := now();
+                if new.sync_status in ('synced', 'sync_failed') and old.sync_status = new.sync_status then
+                    new.sync_status := 'pending_sync';
+                    new.sync_retries := 0;
+                end if;
+            end if;
+            return new;
+        end $$;
+        create trigger events_mark_local_edit before update on calendar.events
+            for each row execute function calendar.mark_local_edit();
+        """,
+    ),
+    (
+        2,
+        "sync state and audit log",
+        """
+        create table calendar.sync_state (
+            calendar_id           text primary key,
+            sync_token            text,
+            token_updated_at      timestamptz,
+            notify_pending_since  timestamptz,
+            updated_at            timestamptz not null default now()
+        );
+        create table calendar.sync_runs (
+            calendar_id          text not null,
+            mode                 text not null,
+            last_attempt_at      timestamptz,
+            last_success_at      timestamptz,
+            last_status          text,
+            last_error           text,
+            last_run_id          text,
+            last_counts          jsonb,
+            consecutive_failures integer not null default 0,
+            primary key (calendar_id, mode)
+        );
+        create table calendar.audit_log (
+            id           bigint generated always as identity primary key,
+            at           timestamptz not null default clock_timestamp(),
+            run_id       text,
+            calendar_id  text,
+            event_id     uuid,
+            google_event_id text,
+            kind         text not null check (kind in ('attempt', 'error', 'state', 'conflict', 'run')),
+            action       text not null,
+            detail       jsonb not null default '{}'::jsonb
+        );
+        create index audit_log_kind_at_idx on calendar.audit_log (kind, at);
+        create index audit_log_run_idx on calendar.audit_log (run_id);
+        """,
+    ),
+    (
+        3,
+        "push channels and rate limits",
+        """
+        create table calendar.channels (
+            id            text primary key,
+            calendar_id   text not null,
+            resource_id   text,
+            token_sha256  text not null,
+            address       text not null,
+            expiration    timestamptz,
+            created_at    timestamptz not null default now(),
+            stopped_at    timestamptz
+        );
+        create index channels_calendar_idx on calendar.channels (calendar_id) where stopped_at is null;
+        create table calendar.rate_limits (
+            identity      text not null,
+            window_start  timestamptz not null,
+            hits          integer not null,
+            primary key (identity, window_start)
+        );
+        """,
+    ),
+]
+
+_migrated: set[str] = set()
+
+
+def _checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()[:16]
+
+
+def migrate(conn: psycopg.Connection) -> list[int]:
+    """Apply the missing migrations (each in its own transaction); returns
+    the versions applied now. A changed applied migration is refused: the
+    schema would no longer match the code."""
+    applied_now: list[int] = []
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:calendar:schema', 0))")
+        conn.execute(
+            """
+            create schema if not exists calendar;
+            create table if not exists calendar.schema_migrations (
+                version integer primary key,
+                name text not null,
+                checksum text not null,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
+        done = dict(conn.execute("select version, checksum from calendar.schema_migrations").fetchall())
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                if done[version] != _checksum(sql):
+                    raise JobFailed(
+                        f"calendar migration {version} ({name}) differs from the one applied; refusing to run",
+                        {"version": version},
+                    )
+                continue
+            conn.execute(sql)
+            conn.execute(
+                "insert into calendar.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                [version, name, _checksum(sql)],
+            )
+            applied_now.append(version)
+    return applied_now
+
+
+def ensure_migrated(conn: psycopg.Connection, url: str) -> None:
+    """``migrate`` once per process and database (cheap on every request)."""
+    key = hashlib.sha256(url.encode()).hexdigest()
+    if key not in _migrated:
+        migrate(conn)
+        _migrated.add(key)
+
+
+def installed(conn: psycopg.Connection) -> bool:
+    """Whether the calendar tables exist (status never creates them)."""
+    row = conn.execute("select to_regclass('calendar.schema_migrations') is not null").fetchone()
+    if not row[0]:
+        return False
+    latest = conn.execute("select coalesce(max(version), 0) from calendar.schema_migrations").fetchone()[0]
+    return latest >= MIGRATIONS[-1][0]

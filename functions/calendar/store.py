@@ -1,0 +1,119 @@
+"""Writing ``calendar.events`` rows from Google's side of the sync.
+
+Every write here runs on the sync's own connection, where the session
+setting ``safesync.sync_writer = on`` tells the local-edit trigger that this
+is the sync (not the app) changing a row. Writes are collected per page and
+sent with ``executemany`` (pipelined by psycopg), inside the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .context import SyncContext
+from .mapping import EventData, field_hashes, content_hash, google_meta, row_values
+
+CONTENT_COLUMNS = (
+    "title", "description", "location", "all_day", "start_at", "end_at", "start_date", "end_date",
+    "time_zone", "recurrence", "event_status", "attendees", "meeting_id", "conference_data",
+)
+META_COLUMNS = (
+    "google_event_id", "google_ical_uid", "recurring_event_id", "original_start", "etag", "sequence",
+    "source_created_at", "source_updated_at",
+)
+
+
+def rows_by_google_id(conn: psycopg.Connection, calendar_id: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "select * from calendar.events where calendar_id = %s and google_event_id = any(%s)", [calendar_id, ids]
+        )
+        return {r["google_event_id"]: r for r in cur.fetchall()}
+
+
+def unpushed_instances(conn: psycopg.Connection, calendar_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """Local exceptions not yet given a Google id, by (series id, original start)."""
+    if not keys:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            select * from calendar.events
+             where calendar_id = %s and google_event_id is null
+               and (recurring_event_id, original_start) in (select * from unnest(%s::text[], %s::text[]))
+            """,
+            [calendar_id, [k[0] for k in keys], [k[1] for k in keys]],
+        )
+        return {(r["recurring_event_id"], r["original_start"]): r for r in cur.fetchall()}
+
+
+def synced_values(ctx: SyncContext, data: EventData, ev: dict[str, Any]) -> dict[str, Any]:
+    """All columns of a row that now equals Google's event."""
+    hashes = field_hashes(data)
+    return {
+        **row_values(data, ctx.cipher),
+        **google_meta(ev),
+        "synced_hash": content_hash(hashes),
+        "synced_field_hashes": Jsonb(hashes),
+    }
+
+
+_SET_SYNCED = ", ".join(f"{c} = %({c})s" for c in CONTENT_COLUMNS + META_COLUMNS) + """,
+    synced_hash = %(synced_hash)s, synced_field_hashes = %(synced_field_hashes)s,
+    sync_status = 'synced', sync_error = null, sync_retries = 0, last_sync_at = now(),
+    deleted = false, deleted_at = null, updated_at = now()"""
+
+INSERT_SQL = (
+    "insert into calendar.events (calendar_id, source, sync_status, last_sync_at, synced_hash, synced_field_hashes, "
+    + ", ".join(CONTENT_COLUMNS + META_COLUMNS)
+    + ") values (%(calendar_id)s, 'google_calendar', 'synced', now(), %(synced_hash)s, %(synced_field_hashes)s, "
+    + ", ".join(f"%({c})s" for c in CONTENT_COLUMNS + META_COLUMNS)
+    + ")"
+)
+UPDATE_SYNCED_SQL = f"update calendar.events set {_SET_SYNCED} where id = %(id)s"
+# After a push: only when the row was not edited again meanwhile.
+UPDATE_PUSHED_SQL = f"update calendar.events set {_SET_SYNCED} where id = %(id)s and local_updated_at = %(seen_local)s"
+# Edited again meanwhile: keep the newer local content, adopt Google's etag and base.
+UPDATE_BASE_SQL = """
+    update calendar.events
+       set google_event_id = %(google_event_id)s, google_ical_uid = %(google_ical_uid)s, etag = %(etag)s,
+           sequence = %(sequence)s, source_created_at = %(source_created_at)s, source_updated_at = %(source_updated_at)s,
+           synced_hash = %(synced_hash)s, synced_field_hashes = %(synced_field_hashes)s, last_sync_at = now(),
+           updated_at = now()
+     where id = %(id)s
+"""
+# A merge whose result differs from Google: local content = merge, base = Google, push pending.
+UPDATE_MERGED_SQL = (
+    "update calendar.events set "
+    + ", ".join(f"{c} = %({c})s" for c in CONTENT_COLUMNS + META_COLUMNS)
+    + """, synced_hash = %(synced_hash)s, synced_field_hashes = %(synced_field_hashes)s,
+       sync_status = 'pending_sync', sync_error = null, sync_retries = 0, last_sync_at = now(),
+       local_updated_at = clock_timestamp(), updated_at = now()
+     where id = %(id)s"""
+)
+DELETE_SQL = """
+    update calendar.events
+       set deleted = true, deleted_at = coalesce(deleted_at, now()), sync_status = 'synced', sync_error = null,
+           sync_retries = 0, etag = coalesce(%(etag)s, etag), last_sync_at = now(), updated_at = now()
+     where id = %(id)s
+"""
+DELETE_EXCEPTIONS_SQL = """
+    update calendar.events
+       set deleted = true, deleted_at = coalesce(deleted_at, now()), sync_status = 'synced', sync_error = null,
+           last_sync_at = now(), updated_at = now()
+     where calendar_id = %(calendar_id)s and recurring_event_id = %(master)s and not deleted
+"""
+
+
+def executemany(conn: psycopg.Connection, sql: str, params: list[dict[str, Any]]) -> None:
+    if params:
+        with conn.cursor() as cur:
+            cur.executemany(sql, params)

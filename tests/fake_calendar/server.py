@@ -1,0 +1,284 @@
+"""The fake's HTTP side: Calendar v3 REST, the multipart batch endpoint, an
+OAuth token endpoint, and switchable faults.
+
+Faults (``FakeCalendar.faults``) hit whole HTTP requests and, inside a
+batch, single items, drawn from a seeded RNG so a storm is reproducible:
+``429`` (rateLimitExceeded), ``403rate`` (403 rateLimitExceeded /
+userRateLimitExceeded), ``500`` (backendError), ``drop`` (the connection is
+closed without an answer — before or after the change was applied) and
+``slow`` (an answer delayed by ``slow_s``). ``latency`` delays every request.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import json
+import random
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .store import ApiError, FakeStore
+
+DROP = object()
+
+
+@dataclass
+class Faults:
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("429", "403rate", "500", "drop")
+    seed: int = 0
+    slow_s: float = 0.0
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self, *, item: bool = False) -> str | None:
+        if self.rate <= 0 or self.rng.random() >= self.rate:
+            return None
+        kinds = [k for k in self.kinds if not (item and k in ("drop", "slow"))]
+        return self.rng.choice(kinds) if kinds else None
+
+
+def fault_error(kind: str, rng: random.Random) -> ApiError:
+    if kind == "429":
+        return ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded", "usageLimits")
+    if kind == "403rate":
+        return ApiError(403, rng.choice(["rateLimitExceeded", "userRateLimitExceeded"]), "Rate Limit Exceeded", "usageLimits")
+    return ApiError(500, "backendError", "Backend Error")
+
+
+class FakeCalendar:
+    """Run with ``start()``; ``root`` is the SAFESYNC_GOOGLE_API_ROOT to use."""
+
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.faults = Faults()
+        self.latency = 0.0
+        self.calls: Counter[str] = Counter()
+        self.batch_items: Counter[str] = Counter()
+        self.access_tokens: set[str] = set()
+        self.token_requests: list[dict[str, str]] = []
+        self.client_id = "fake-client-id.apps.googleusercontent.com"
+        self.refresh_token = "fake-refresh-token"
+        self._server: ThreadingHTTPServer | None = None
+        self._fault_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "FakeCalendar":
+        fake = self
+
+        class Handler(_Handler):
+            calendar = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def root(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def authorized_user_json(self) -> str:
+        """Credentials whose refresh goes to this fake's token endpoint."""
+        return json.dumps({
+            "type": "authorized_user", "client_id": self.client_id, "client_secret": "fake-client-secret",
+            "refresh_token": self.refresh_token, "token_uri": f"{self.root}/token",
+        })
+
+    def reset_counts(self) -> None:
+        self.calls.clear()
+        self.batch_items.clear()
+
+    def draw(self, *, item: bool = False) -> str | None:
+        with self._fault_lock:
+            return self.faults.draw(item=item)
+
+    # -- dispatch ---------------------------------------------------------------
+    def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes) -> tuple[int, dict[str, str], Any]:
+        """One REST call → (status, headers, JSON body or None)."""
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        try:
+            if parts[:2] != ["calendar", "v3"]:
+                raise ApiError(404, "notFound", "Not Found")
+            rest = parts[2:]
+            payload = json.loads(body) if body.strip() else {}
+            if rest == ["channels", "stop"] and method == "POST":
+                self.calls["stop"] += 1
+                self.store.stop(payload)
+                return 204, {}, None
+            if len(rest) < 3 or rest[0] != "calendars" or rest[2] != "events":
+                raise ApiError(404, "notFound", "Not Found")
+            cal = rest[1]
+            if len(rest) == 3:
+                if method == "GET":
+                    self.calls["list"] += 1
+                    return 200, {}, self.store.list(cal, query)
+                if method == "POST":
+                    self.calls["insert"] += 1
+                    return 200, {}, self.store.insert(cal, payload)
+            elif len(rest) == 4 and rest[3] == "watch" and method == "POST":
+                self.calls["watch"] += 1
+                return 200, {}, self.store.watch(cal, payload)
+            elif len(rest) == 4:
+                event_id, if_match = rest[3], headers.get("If-Match")
+                self.calls[method.lower()] += 1
+                if method == "GET":
+                    return 200, {}, self.store.get(cal, event_id)
+                if method in ("PATCH", "PUT"):
+                    return 200, {}, self.store.patch(cal, event_id, payload, if_match, replace=method == "PUT")
+                if method == "DELETE":
+                    self.store.delete(cal, event_id, if_match)
+                    return 204, {}, None
+            raise ApiError(405, "methodNotAllowed", "Method not allowed")
+        except ApiError as exc:
+            return exc.status, {}, exc.body()
+        except (ValueError, KeyError) as exc:
+            return 400, {}, ApiError(400, "badRequest", f"Bad Request: {exc}").body()
+
+    def handle_batch(self, content_type: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        message = email.parser.BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        if not message.is_multipart():
+            return 400, {}, b'{"error": {"code": 400, "message": "batch body must be multipart/mixed"}}'
+        boundary = "batch_" + secrets.token_hex(8)
+        out: list[bytes] = []
+        for part in message.get_payload():
+            content_id = part.get("Content-ID", "")
+            raw = part.get_payload(decode=False)
+            if isinstance(raw, list):  # should not happen: application/http is not multipart
+                raw = raw[0].as_string()
+            status, headers, payload = self._batch_item(raw)
+            text = json.dumps(payload) if payload is not None else ""
+            lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json; charset=UTF-8"]
+            if isinstance(payload, dict) and payload.get("etag"):
+                lines.append(f"ETag: {payload['etag']}")
+            lines.append(f"Content-Length: {len(text.encode())}")
+            inner = "\r\n".join(lines) + "\r\n\r\n" + text
+            cid = content_id.strip("<>")
+            out.append(
+                f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{cid}>\r\n\r\n{inner}\r\n".encode()
+            )
+        out.append(f"--{boundary}--\r\n".encode())
+        return 200, {"Content-Type": f"multipart/mixed; boundary={boundary}"}, b"".join(out)
+
+    def _batch_item(self, raw: str) -> tuple[int, dict[str, str], Any]:
+        head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
+        request_line, *header_lines = head.split("\n")
+        method, target, _ = request_line.split(" ", 2)
+        headers = {}
+        for line in header_lines:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip()] = v.strip()
+        split = urlsplit(target)
+        query = dict(parse_qsl(split.query))
+        kind = self.draw(item=True)
+        self.batch_items[method.lower()] += 1
+        if kind:
+            return _error_tuple(fault_error(kind, self.faults.rng))
+        return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode())
+
+    def handle_token(self, body: bytes) -> tuple[int, dict[str, str], Any]:
+        form = dict(parse_qsl(body.decode()))
+        self.token_requests.append(form)
+        grant = form.get("grant_type")
+        if grant == "refresh_token" and form.get("refresh_token") == self.refresh_token and form.get("client_id") == self.client_id:
+            pass
+        elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form.get("assertion"):
+            pass
+        else:
+            return 400, {}, {"error": "invalid_grant", "error_description": "Bad Request"}
+        token = "ya29.fake-" + secrets.token_hex(12)
+        self.access_tokens.add(token)
+        return 200, {}, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+
+
+_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 412: "Precondition Failed", 429: "Too Many Requests",
+            500: "Internal Server Error"}
+
+
+def _error_tuple(err: ApiError) -> tuple[int, dict[str, str], Any]:
+    return err.status, {}, err.body()
+
+
+class _CaseInsensitive(dict):
+    def get(self, key, default=None):  # type: ignore[override]
+        for k, v in self.items():
+            if k.lower() == key.lower():
+                return v
+        return default
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    calendar: FakeCalendar
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
+        data = payload if isinstance(payload, bytes) else (json.dumps(payload).encode() if payload is not None else b"")
+        self.send_response(status)
+        if not isinstance(payload, bytes):
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+
+    def _handle(self) -> None:
+        fake = self.calendar
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        if split.path == "/token":
+            fake.calls["token"] += 1
+            self._send(*fake.handle_token(body))
+            return
+        if fake.latency:
+            time.sleep(fake.latency)
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in fake.access_tokens:
+            self._send(401, {}, ApiError(401, "authError", "Invalid Credentials").body())
+            return
+        kind = fake.draw()
+        drop_after = False
+        if kind == "slow":
+            time.sleep(fake.faults.slow_s)
+        elif kind == "drop":
+            if fake.faults.rng.random() < 0.5:
+                self._drop()
+                return
+            drop_after = True
+        elif kind:
+            self._send(*_error_tuple(fault_error(kind, fake.faults.rng)))
+            return
+        if split.path.startswith("/batch/calendar/v3"):
+            fake.calls["batch"] += 1
+            result = fake.handle_batch(self.headers.get("Content-Type", ""), body)
+        else:
+            result = fake.handle_api(self.command, split.path, dict(parse_qsl(split.query)), self.headers, body)
+        if drop_after:  # the change happened; the answer is lost
+            self._drop()
+            return
+        self._send(*result)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle

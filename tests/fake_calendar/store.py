@@ -1,0 +1,403 @@
+"""The fake's calendar state and the Calendar v3 rules it enforces.
+
+Operations raise ``ApiError(status, reason, message)`` exactly where Google
+answers an error: syncToken with a time filter → 400, expired token → 410
+fullSyncRequired, stale If-Match → 412 conditionNotMet, existing id → 409
+duplicate, unknown event → 404 notFound, deleting a deleted event → 410
+deleted. Every change bumps a global version; sync tokens and etags derive
+from it, so an incremental listing returns exactly what changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+import threading
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .recurrence import instance_suffix, occurrences
+
+ID_RE = re.compile(r"^[a-v0-9]{5,1024}$")
+INSTANCE_RE = re.compile(r"^(?P<master>[a-v0-9]{5,1024})_(?P<suffix>\d{8}(T\d{6}Z)?)$")
+FORBIDDEN_WITH_SYNC = ("timeMin", "timeMax", "updatedMin", "q", "iCalUID", "orderBy", "privateExtendedProperty", "sharedExtendedProperty")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str, domain: str = "global") -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.domain = status, reason, message, domain
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"errors": [{"domain": self.domain, "reason": self.reason, "message": self.message}], "code": self.status, "message": self.message}}
+
+
+def _now_text() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _bounds(event: dict) -> tuple[datetime, datetime]:
+    s, e = event["start"], event["end"]
+    if "date" in s:
+        return (datetime.fromisoformat(s["date"]).replace(tzinfo=timezone.utc), datetime.fromisoformat(e["date"]).replace(tzinfo=timezone.utc))
+    return _instant(s["dateTime"]), _instant(e["dateTime"])
+
+
+def _validate_times(event: dict) -> None:
+    s, e = event.get("start"), event.get("end")
+    if not s or not e:
+        raise ApiError(400, "required", "Missing end time." if s else "Missing start time.")
+    if ("date" in s) != ("date" in e):
+        raise ApiError(400, "invalid", "Start and end times must either both be date or both be dateTime.")
+    start, end = _bounds(event)
+    if end <= start and not ("dateTime" in s and end == start):
+        raise ApiError(400, "timeRangeEmpty", "The specified time range is empty.", "calendar")
+    if event.get("recurrence") and "dateTime" in s and not s.get("timeZone"):
+        raise ApiError(400, "invalid", "Missing time zone definition for start time.")
+
+
+class FakeStore:
+    """Calendars keyed by id, each a dict of event id → event resource."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.version = 0
+        self.calendars: dict[str, dict[str, dict]] = {}
+        self.token_epoch: Counter[str] = Counter()
+        self.channels: dict[str, dict] = {}
+        self.notifications: list[dict] = []
+        self.permanent_failures: dict[str, tuple[int, str, str]] = {}
+        self.writes: Counter[str] = Counter()
+
+    # -- helpers --------------------------------------------------------------
+    def events(self, cal: str) -> dict[str, dict]:
+        return self.calendars.setdefault(cal, {})
+
+    def _bump(self, cal: str, event: dict, *, significant: bool = False) -> None:
+        self.version += 1
+        event["_version"] = self.version
+        event["etag"] = f'"{3100000000000000 + self.version}"'
+        event["updated"] = _now_text()
+        if significant:
+            event["sequence"] = event.get("sequence", 0) + 1
+        self._notify(cal)
+
+    def _notify(self, cal: str) -> None:
+        for channel in self.channels.values():
+            if channel["calendar_id"] == cal and not channel.get("stopped"):
+                channel["messages"] += 1
+                self.notifications.append(self._message(channel, "exists"))
+
+    @staticmethod
+    def _message(channel: dict, state: str) -> dict:
+        headers = {
+            "X-Goog-Channel-ID": channel["id"],
+            "X-Goog-Message-Number": str(channel["messages"]),
+            "X-Goog-Resource-ID": channel["resourceId"],
+            "X-Goog-Resource-State": state,
+            "X-Goog-Resource-URI": f"https://www.googleapis.com/calendar/v3/calendars/{channel['calendar_id']}/events?alt=json",
+            "X-Goog-Channel-Expiration": channel["expiration_text"],
+        }
+        if channel.get("token"):
+            headers["X-Goog-Channel-Token"] = channel["token"]
+        return {"address": channel["address"], "headers": headers}
+
+    @staticmethod
+    def public(event: dict) -> dict:
+        """The resource as the API returns it (a deleted event is reduced to
+        its identity, as in incremental listings)."""
+        if event.get("status") == "cancelled":
+            keep = ("kind", "id", "etag", "status", "updated", "recurringEventId", "originalStartTime", "iCalUID")
+            return {k: copy.deepcopy(event[k]) for k in keep if k in event}
+        return {k: copy.deepcopy(v) for k, v in event.items() if not k.startswith("_")}
+
+    def _check_permanent(self, event_id: str) -> None:
+        failure = self.permanent_failures.get(event_id)
+        if failure:
+            raise ApiError(*failure)
+
+    # -- seeding (tests: "someone edited Google") -------------------------------
+    def put_event(self, cal: str, body: dict) -> dict:
+        """Create or replace an event as another Google user would."""
+        with self.lock:
+            event = self._new_event(cal, body)
+            self.events(cal)[event["id"]] = event
+            self._bump(cal, event)
+            return self.public(event)
+
+    def edit(self, cal: str, event_id: str, changes: dict) -> dict:
+        with self.lock:
+            return self.patch(cal, event_id, changes, None, check_permanent=False)
+
+    def remove(self, cal: str, event_id: str) -> None:
+        with self.lock:
+            self.delete(cal, event_id, None, check_permanent=False)
+
+    def expire_tokens(self, cal: str) -> None:
+        with self.lock:
+            self.token_epoch[cal] += 1
+
+    def live(self, cal: str) -> dict[str, dict]:
+        with self.lock:
+            return {k: self.public(v) for k, v in self.events(cal).items()}
+
+    # -- tokens ---------------------------------------------------------------
+    def _token(self, cal: str, version: int) -> str:
+        return base64.urlsafe_b64encode(f"v1:{cal}:{self.token_epoch[cal]}:{version}".encode()).decode()
+
+    def _token_version(self, cal: str, token: str) -> int:
+        try:
+            tag, tcal, epoch, version = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+            assert tag == "v1" and tcal == cal
+        except Exception:
+            raise ApiError(410, "fullSyncRequired", "Sync token is no longer valid, a full sync is required.") from None
+        if int(epoch) != self.token_epoch[cal]:
+            raise ApiError(410, "fullSyncRequired", "Sync token is no longer valid, a full sync is required.")
+        return int(version)
+
+    # -- events.list ------------------------------------------------------------
+    def list(self, cal: str, params: dict[str, str]) -> dict:
+        with self.lock:
+            sync = params.get("syncToken")
+            if sync:
+                bad = [p for p in FORBIDDEN_WITH_SYNC if p in params]
+                if bad:
+                    raise ApiError(400, "invalid", f"Sync token cannot be combined with {', '.join(bad)}.")
+                if params.get("showDeleted") == "false":
+                    raise ApiError(400, "invalid", "showDeleted cannot be false with a sync token.")
+            max_results = min(int(params.get("maxResults", "250")), 2500)
+            page = params.get("pageToken")
+            query_key = base64.urlsafe_b64encode(repr(sorted((k, v) for k, v in params.items() if k != "pageToken")).encode()).decode()[:40]
+            after, snapshot = "", self.version
+            if page:
+                try:
+                    q, after, snap = base64.urlsafe_b64decode(page.encode()).decode().split("\x00")
+                except Exception:
+                    raise ApiError(400, "invalid", "Invalid page token.") from None
+                if q != query_key:
+                    raise ApiError(400, "invalid", "The page token does not match the query.")
+                snapshot = int(snap)
+            since = self._token_version(cal, sync) if sync else None
+            items = self._select(cal, params, since)
+            items = [i for i in items if i["id"] > after]
+            items.sort(key=lambda i: i["id"])
+            chunk = items[:max_results]
+            out: dict[str, Any] = {"kind": "calendar#events", "summary": cal, "timeZone": "UTC", "items": chunk}
+            if len(items) > max_results:
+                raw = f"{query_key}\x00{chunk[-1]['id']}\x00{snapshot}"
+                out["nextPageToken"] = base64.urlsafe_b64encode(raw.encode()).decode()
+            else:
+                out["nextSyncToken"] = self._token(cal, snapshot)
+            return out
+
+    def _select(self, cal: str, params: dict[str, str], since: int | None) -> list[dict]:
+        single = params.get("singleEvents") == "true"
+        show_deleted = params.get("showDeleted") == "true" or since is not None
+        tmin = _instant(params["timeMin"]) if "timeMin" in params else None
+        tmax = _instant(params["timeMax"]) if "timeMax" in params else None
+        horizon = tmax or datetime.now(timezone.utc) + timedelta(days=400)
+        events = self.events(cal)
+        out: list[dict] = []
+
+        def in_window(start: datetime, end: datetime) -> bool:
+            return (tmin is None or end > tmin) and (tmax is None or start < tmax)
+
+        for event in events.values():
+            if since is not None and event["_version"] <= since:
+                continue
+            cancelled = event.get("status") == "cancelled"
+            if event.get("recurrence") and not cancelled:
+                if single:
+                    out += [i for i in self._instances(cal, event, horizon) if in_window(*_bounds(i)) and (show_deleted or i.get("status") != "cancelled")]
+                    continue
+                if any(in_window(*_bounds({"start": s, "end": e})) for _, s, e in occurrences(event, horizon)):
+                    out.append(self.public(event))
+                continue
+            if event.get("recurringEventId") and single:
+                continue  # produced by _instances
+            if cancelled:
+                exception_listed = event.get("recurringEventId") and not single
+                if not (show_deleted or exception_listed):
+                    continue
+                if since is None and event.get("originalStartTime"):
+                    original = event["originalStartTime"]
+                    moment = _instant(original["dateTime"]) if "dateTime" in original else datetime.fromisoformat(original["date"]).replace(tzinfo=timezone.utc)
+                    if not in_window(moment, moment + timedelta(seconds=1)):
+                        continue
+                out.append(self.public(event))
+                continue
+            if since is None and not in_window(*_bounds(event)):
+                continue
+            out.append(self.public(event))
+        return out
+
+    def _instances(self, cal: str, master: dict, horizon: datetime) -> list[dict]:
+        events = self.events(cal)
+        out = []
+        for key, start, end in occurrences(master, horizon):
+            iid = f"{master['id']}_{instance_suffix(key)}"
+            if iid in events:
+                out.append(self.public(events[iid]))
+            else:
+                out.append(self._synth_instance(master, key, start, end))
+        return out
+
+    @staticmethod
+    def _original(master: dict, key: str) -> dict:
+        if "T" in key:
+            return {"dateTime": key, **({"timeZone": master["start"]["timeZone"]} if master["start"].get("timeZone") else {})}
+        return {"date": key}
+
+    def _synth_instance(self, master: dict, key: str, start: dict, end: dict) -> dict:
+        instance = self.public(master)
+        instance.pop("recurrence", None)
+        instance.update(
+            id=f"{master['id']}_{instance_suffix(key)}", recurringEventId=master["id"],
+            originalStartTime=self._original(master, key), start=start, end=end,
+        )
+        return instance
+
+    # -- single-event operations ----------------------------------------------
+    def _new_event(self, cal: str, body: dict) -> dict:
+        event_id = body.get("id")
+        if event_id is not None and not ID_RE.match(event_id):
+            raise ApiError(400, "invalid", "Invalid resource id value.")
+        event = {k: copy.deepcopy(v) for k, v in body.items() if v is not None}
+        event.setdefault("id", uuid.uuid4().hex)
+        event["kind"] = "calendar#event"
+        event.setdefault("status", "confirmed")
+        event["created"] = _now_text()
+        event["iCalUID"] = body.get("iCalUID") or f"{event['id']}@google.com"
+        event.setdefault("sequence", 0)
+        event["organizer"] = event["creator"] = {"email": cal, "self": True}
+        for attendee in event.get("attendees", []):
+            attendee.setdefault("responseStatus", "needsAction")
+        _validate_times(event)
+        return event
+
+    def insert(self, cal: str, body: dict) -> dict:
+        with self.lock:
+            if body.get("id"):
+                self._check_permanent(body["id"])
+                if body["id"] in self.events(cal):
+                    raise ApiError(409, "duplicate", "The requested identifier already exists.")
+            event = self._new_event(cal, body)
+            self.events(cal)[event["id"]] = event
+            self._bump(cal, event)
+            self.writes["insert"] += 1
+            return self.public(event)
+
+    def _resolve(self, cal: str, event_id: str, *, materialize: bool) -> dict:
+        """The stored event, or (for an instance id of a live series) a new
+        exception materialised from the series when asked to."""
+        events = self.events(cal)
+        if event_id in events:
+            return events[event_id]
+        match = INSTANCE_RE.match(event_id)
+        master = events.get(match["master"]) if match else None
+        if master is None or master.get("status") == "cancelled" or not master.get("recurrence"):
+            raise ApiError(404, "notFound", "Not Found")
+        for key, start, end in occurrences(master, datetime.now(timezone.utc) + timedelta(days=3650)):
+            if instance_suffix(key) == match["suffix"]:
+                instance = self._synth_instance(master, key, start, end)
+                if materialize:
+                    instance["created"] = _now_text()
+                    events[event_id] = instance
+                return instance
+        raise ApiError(404, "notFound", "Not Found")
+
+    def get(self, cal: str, event_id: str) -> dict:
+        with self.lock:
+            return self.public(self._resolve(cal, event_id, materialize=False))
+
+    def _check_etag(self, event: dict, if_match: str | None) -> None:
+        if if_match and if_match != "*" and if_match != event.get("etag"):
+            raise ApiError(412, "conditionNotMet", "Precondition Failed")
+
+    def patch(self, cal: str, event_id: str, body: dict, if_match: str | None, *, replace: bool = False, check_permanent: bool = True) -> dict:
+        with self.lock:
+            if check_permanent:
+                self._check_permanent(event_id)
+            event = self._resolve(cal, event_id, materialize=False)
+            self._check_etag(event, if_match)
+            updated = copy.deepcopy(event)
+            if replace:
+                keep = {k: updated[k] for k in ("kind", "id", "etag", "created", "iCalUID", "sequence", "organizer", "creator", "recurringEventId", "originalStartTime", "_version") if k in updated}
+                updated = {**keep}
+            for key, value in body.items():
+                if key in ("id", "etag", "iCalUID", "created", "updated", "kind", "recurringEventId", "originalStartTime"):
+                    continue
+                if value is None:
+                    updated.pop(key, None)
+                else:
+                    updated[key] = copy.deepcopy(value)
+            for attendee in updated.get("attendees", []):
+                attendee.setdefault("responseStatus", "needsAction")
+            if updated.get("recurringEventId"):
+                updated.pop("recurrence", None)
+            _validate_times(updated)
+            significant = any(updated.get(k) != event.get(k) for k in ("start", "end", "recurrence", "location"))
+            self.events(cal)[event_id] = updated
+            if updated.get("status") == "cancelled" and updated.get("recurrence"):
+                self._cancel_exceptions(cal, event_id)
+            self._bump(cal, updated, significant=significant)
+            self.writes["patch"] += 1
+            return self.public(updated)
+
+    def delete(self, cal: str, event_id: str, if_match: str | None, *, check_permanent: bool = True) -> None:
+        with self.lock:
+            if check_permanent:
+                self._check_permanent(event_id)
+            event = self._resolve(cal, event_id, materialize=True)
+            if event.get("status") == "cancelled":
+                raise ApiError(410, "deleted", "Resource has been deleted")
+            self._check_etag(event, if_match)
+            event["status"] = "cancelled"
+            self._bump(cal, event)
+            if event.get("recurrence"):
+                self._cancel_exceptions(cal, event_id)
+            self.writes["delete"] += 1
+
+    def _cancel_exceptions(self, cal: str, master_id: str) -> None:
+        for other in self.events(cal).values():
+            if other.get("recurringEventId") == master_id and other.get("status") != "cancelled":
+                other["status"] = "cancelled"
+                self._bump(cal, other)
+
+    # -- channels -------------------------------------------------------------
+    def watch(self, cal: str, body: dict) -> dict:
+        with self.lock:
+            if body.get("type") not in ("web_hook", "webhook"):
+                raise ApiError(400, "invalid", "Channel type must be web_hook.")
+            if not str(body.get("address", "")).startswith("https://"):
+                raise ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS.", "push")
+            if body["id"] in self.channels:
+                raise ApiError(400, "channelIdNotUnique", "Channel id not unique.", "push")
+            ttl = int((body.get("params") or {}).get("ttl", "604800"))
+            expiration = datetime.now(timezone.utc) + timedelta(seconds=ttl)
+            channel = {
+                "id": body["id"], "calendar_id": cal, "resourceId": f"res-{cal}", "token": body.get("token"),
+                "address": body["address"], "messages": 0, "expiration": expiration,
+                "expiration_text": expiration.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+            }
+            self.channels[body["id"]] = channel
+            self.notifications.append(self._message(channel, "sync"))
+            return {
+                "kind": "api#channel", "id": channel["id"], "resourceId": channel["resourceId"],
+                "resourceUri": f"https://www.googleapis.com/calendar/v3/calendars/{cal}/events?alt=json",
+                "token": channel["token"], "expiration": str(int(expiration.timestamp() * 1000)),
+            }
+
+    def stop(self, body: dict) -> None:
+        with self.lock:
+            channel = self.channels.get(body.get("id"))
+            if channel is None or channel["resourceId"] != body.get("resourceId") or channel.get("stopped"):
+                raise ApiError(404, "notFound", f"Channel '{body.get('id')}' not found for project")
+            channel["stopped"] = True

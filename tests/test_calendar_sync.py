@@ -1,0 +1,376 @@
+"""Calendar two-way sync against the fake Google Calendar (real client library,
+real PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from safesync.shared.errors import AlreadyRunning
+
+from safesync.functions.calendar.mapping import from_google, from_row, field_hashes
+from safesync.functions.calendar.crypto import Cipher
+from safesync.functions.calendar.sync import run_sync
+from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
+from tests.fake_calendar.helpers import NOW, all_day, app_insert, app_update, audit, connect, event, gid, rows, timed
+
+CIPHER = Cipher.from_env()
+
+
+def sync(settings, mode="incremental", **kw):
+    answer = run_sync(settings, mode, **kw)
+    assert answer.status == 200, answer.body
+    return answer.body
+
+
+def assert_converged(fake, settings, cal="primary"):
+    """Every live Google event in the DB with the same content, and vice versa."""
+    remote = {k: v for k, v in fake.store.live(cal).items()}
+    local = rows(settings)
+    for event_id, ev in remote.items():
+        if ev.get("status") == "cancelled":
+            if event_id in local and not ev.get("recurringEventId"):
+                assert local[event_id]["deleted"], event_id
+            continue
+        assert event_id in local, f"{event_id} missing locally"
+        row = local[event_id]
+        assert not row["deleted"] and row["sync_status"] == "synced", (event_id, row["sync_status"], row["sync_error"])
+        assert field_hashes(from_row(row, CIPHER)) == field_hashes(from_google(ev)), event_id
+        assert row["etag"] == ev["etag"]
+    for event_id, row in local.items():
+        if not row["deleted"] and row["event_status"] != "cancelled":
+            assert event_id in remote and remote[event_id].get("status") != "cancelled", f"{event_id} only local"
+
+
+def seed(fake, n, *, start=None, prefix="e"):
+    start = start or NOW + timedelta(days=1)
+    for i in range(n):
+        fake.store.put_event("primary", event(gid(i, prefix), f"Event {i}", start + timedelta(hours=3 * i)))
+
+
+def test_full_sync_converges_and_respects_the_window(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 12)
+    fake.store.put_event("primary", event(gid(1, "far"), "Next year", NOW + timedelta(days=200)))
+    fake.store.put_event("primary", {"id": gid(1, "alldai"), "summary": "Offsite", **all_day((NOW + timedelta(days=3)).date(), 2)})
+    body = sync(settings, "full")
+    assert body["details"]["api_calls"]["list"] == 1
+    local = rows(settings)
+    assert gid(1, "far") not in local  # outside the 90-day window
+    assert len(local) == 13
+    assert local[gid(1, "alldai")]["start_date"].isoformat() == (NOW + timedelta(days=3)).date().isoformat()
+    assert local[gid(1, "alldai")]["start_at"] is None
+    fake.store.remove("primary", gid(1, "far"))
+    assert_converged(fake, settings)
+    with connect(settings) as conn:
+        token = conn.execute("select sync_token from calendar.sync_state").fetchone()["sync_token"]
+    assert token
+
+
+def test_incremental_after_ten_edits_is_one_list_call_and_changes_exactly_those_rows(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 30)
+    sync(settings, "full")
+    before = {k: (r["etag"], r["updated_at"], r["title"]) for k, r in rows(settings).items()}
+    edited = [gid(i) for i in range(0, 30, 3)]
+    for event_id in edited:
+        fake.store.edit("primary", event_id, {"summary": f"edited {event_id}"})
+    fake.reset_counts()
+    body = sync(settings, "incremental")
+    assert fake.calls["list"] == 1 and fake.calls["batch"] == 0
+    after = {k: (r["etag"], r["updated_at"], r["title"]) for k, r in rows(settings).items()}
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == set(edited)
+    assert all(after[k][2] == f"edited {k}" for k in edited)
+    assert body["details"]["counts"]["updated"] == 10
+    assert_converged(fake, settings)
+
+
+def test_410_falls_back_to_full_sync_without_duplicates_and_keeps_local_work(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 8)
+    sync(settings, "full")
+    pending = app_insert(settings, title="local, not pushed yet", start=NOW + timedelta(days=2), status="pending_sync")
+    local_only = app_insert(settings, title="private", start=NOW + timedelta(days=2), status="local_only")
+    fake.store.remove("primary", gid(2))
+    fake.store.edit("primary", gid(3), {"summary": "changed while token expired"})
+    fake.store.expire_tokens("primary")
+    # The push must not run before the pull repaired the state: block push by failing every write of this run.
+    body = sync(settings, "incremental")
+    assert body["details"]["counts"]["token_expired"] == 1
+    assert body["details"]["counts"]["full_syncs"] == 1
+    local = rows(settings)
+    with connect(settings) as conn:
+        dupes = conn.execute(
+            "select google_event_id from calendar.events where google_event_id is not null group by 1 having count(*) > 1"
+        ).fetchall()
+        survivors = {str(r["id"]): r for r in conn.execute("select * from calendar.events where id = any(%s::uuid[])", [[pending, local_only]])}
+    assert not dupes
+    assert local[gid(2)]["deleted"] and local[gid(3)]["title"] == "changed while token expired"
+    assert survivors[local_only]["sync_status"] == "local_only" and not survivors[local_only]["deleted"]
+    assert survivors[pending]["sync_status"] == "synced"  # pushed after the resync
+    assert survivors[pending]["google_event_id"] in fake.store.live("primary")
+    assert any(a["action"] == "sync token expired: full sync" for a in audit(settings, "state"))
+    assert_converged(fake, settings)
+
+
+def test_full_sync_never_deletes_on_absence_alone(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 6)
+    sync(settings, "full")
+    # An event moved out of the listing window is absent from the listing but not deleted.
+    fake.store.edit("primary", gid(4), timed(NOW + timedelta(days=150)))
+    fake.store.remove("primary", gid(5))
+    fake.reset_counts()
+    body = sync(settings, "full")
+    local = rows(settings)
+    assert not local[gid(4)]["deleted"] and local[gid(4)]["start_at"] == NOW + timedelta(days=150)
+    assert local[gid(5)]["deleted"]
+    assert fake.batch_items["get"] == 2  # only the two absent rows were checked, by id
+    assert body["details"]["counts"]["absent_checked"] == 2
+
+
+def test_mass_deletion_and_empty_listing_are_refused_unless_forced(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 20)
+    sync(settings, "full")
+    for i in range(10):
+        fake.store.remove("primary", gid(i))
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 422 and "would delete 10 of 20" in answer.body["error"]
+    assert sum(r["deleted"] for r in rows(settings).values()) == 0  # nothing written
+    for i in range(10, 20):
+        fake.store.remove("primary", gid(i))
+    fake.store.calendars["primary"].clear()  # the calendar suddenly lists empty
+    answer = run_sync(settings, "full")
+    assert answer.status == 422 and "listed empty" in answer.body["error"]
+    assert sum(r["deleted"] for r in rows(settings).values()) == 0
+    answer = run_sync(settings, "full", force=True)
+    assert answer.status == 200, answer.body
+    assert sum(r["deleted"] for r in rows(settings).values()) == 20
+
+
+def test_push_inserts_patches_and_deletes_in_batches(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    for i in range(60):
+        app_insert(settings, title=f"local {i}", start=NOW + timedelta(days=5, hours=i))
+    app_update(settings, gid(0), title="renamed here")
+    app_update(settings, gid(1), deleted=True)
+    fake.reset_counts()
+    body = sync(settings, "incremental")
+    assert fake.calls["batch"] == 2  # 62 writes, 50 per batch
+    assert fake.batch_items["post"] == 60 and fake.batch_items["patch"] == 1 and fake.batch_items["delete"] == 1
+    assert body["details"]["counts"]["pushed"] == 62
+    remote = fake.store.live("primary")
+    assert remote[gid(0)]["summary"] == "renamed here"
+    assert remote[gid(1)]["status"] == "cancelled"
+    assert sum(1 for e in remote.values() if e.get("summary", "").startswith("local ")) == 60
+    # Our own writes come back in the next incremental as echoes, not remote edits.
+    before = {k: r["updated_at"] for k, r in rows(settings).items()}
+    fake.reset_counts()
+    body = sync(settings, "incremental")
+    assert body["details"]["counts"]["echoes"] == 61  # 60 inserts + 1 patch; the deletion is already applied
+    assert {k: r["updated_at"] for k, r in rows(settings).items()} == before
+    assert_converged(fake, settings)
+
+
+def test_retried_insert_answered_409_counts_as_done(fake, cal_settings):
+    settings = cal_settings()
+    sync(settings, "full")
+    row_id = app_insert(settings, title="twice", start=NOW + timedelta(days=1))
+    with connect(settings) as conn:  # a previous run assigned the id and the insert landed, answer lost
+        conn.execute("update calendar.events set google_event_id = 'abc0000000001' where id = %s", [row_id])
+    fake.store.insert("primary", {"id": "abc0000000001", "summary": "twice", **timed(NOW + timedelta(days=1))})
+    sync(settings, "incremental")
+    local = rows(settings)["abc0000000001"]
+    assert local["sync_status"] == "synced"
+    assert sum(1 for e in fake.store.live("primary").values() if e.get("summary") == "twice") == 1
+    assert_converged(fake, settings)
+
+
+def test_both_sides_edited_merge_fields_and_log_conflicts(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    # Event 0: different fields on each side → both survive (field-level merge).
+    fake.store.edit("primary", gid(0), {"location": "Room 2"})
+    app_update(settings, gid(0), title="local title")
+    # Event 1: same field both sides: the later edit wins (here: local, edited after Google).
+    fake.store.edit("primary", gid(1), {"summary": "google title"})
+    app_update(settings, gid(1), title="local wins")
+    # Event 2: same content on both sides → not a conflict.
+    fake.store.edit("primary", gid(2), {"summary": "same"})
+    app_update(settings, gid(2), title="same")
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    assert (remote[gid(0)]["summary"], remote[gid(0)]["location"]) == ("local title", "Room 2")
+    assert remote[gid(1)]["summary"] == "local wins"
+    assert remote[gid(2)]["summary"] == "same"
+    conflicts = audit(settings, "conflict")
+    by_event = {c["google_event_id"]: c for c in conflicts}
+    assert set(by_event) == {gid(0), gid(1)}
+    assert by_event[gid(0)]["detail"]["kind"] == "merged"
+    assert by_event[gid(1)]["detail"]["overlapping"] == ["title"] and by_event[gid(1)]["detail"]["winner"] == "local"
+    assert_converged(fake, settings)
+
+
+def test_412_on_push_merges_with_the_newer_google_version(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 1)
+    sync(settings, "full")
+    app_update(settings, gid(0), description="agenda from the app")
+    # Google changes after our pull but before our push: the patch gets 412.
+    original_list = fake.store.list
+
+    def list_then_edit(cal, params):
+        result = original_list(cal, params)
+        if "syncToken" in params:
+            fake.store.edit("primary", gid(0), {"summary": "moved by organiser", **timed(NOW + timedelta(days=2))})
+        return result
+
+    fake.store.list = list_then_edit
+    body = sync(settings, "incremental")
+    fake.store.list = original_list
+    assert body["details"]["counts"]["precondition_failed"] == 1
+    ev = fake.store.live("primary")[gid(0)]
+    assert ev["summary"] == "moved by organiser" and ev["description"] == "agenda from the app"
+    assert any("412" in c["action"] for c in audit(settings, "conflict"))
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+def test_remote_deletion_wins_over_local_edit_and_is_logged(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 6)
+    sync(settings, "full")
+    app_update(settings, gid(0), title="edited locally")
+    fake.store.remove("primary", gid(0))
+    sync(settings, "incremental")
+    assert rows(settings)[gid(0)]["deleted"]
+    assert [c["action"] for c in audit(settings, "conflict")] == ["remote deletion wins over local edit"]
+
+
+def test_recurring_series_with_moved_and_cancelled_occurrence_round_trips(fake, cal_settings):
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    series = {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"], **timed(first, 0.5, "Europe/Berlin")}
+    fake.store.put_event("primary", series)
+    occ2 = (first + timedelta(days=2)).astimezone(__import__("datetime").timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    occ4 = (first + timedelta(days=4)).astimezone(__import__("datetime").timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    fake.store.edit("primary", f"series00001_{occ2}", {"summary": "Standup (moved)", **timed(first + timedelta(days=2, hours=3), 0.5, "Europe/Berlin")})
+    fake.store.remove("primary", f"series00001_{occ4}")
+    sync(settings, "full")
+    local = rows(settings)
+    assert local["series00001"]["recurrence"] == ["RRULE:FREQ=DAILY;COUNT=10"]
+    moved, cancelled = local[f"series00001_{occ2}"], local[f"series00001_{occ4}"]
+    assert moved["recurring_event_id"] == "series00001" and moved["title"] == "Standup (moved)"
+    assert cancelled["event_status"] == "cancelled" and not cancelled["deleted"]  # hides the occurrence, kept
+    # Local edits to the series' occurrences go back to Google.
+    occ6 = (first + timedelta(days=6)).astimezone(__import__("datetime").timezone.utc)
+    app_insert(settings, title="Standup", start=occ6, hours=0.5, tz="Europe/Berlin", recurring_event_id="series00001",
+               original_start=occ6.strftime("%Y-%m-%dT%H:%M:%SZ"), event_status="cancelled")
+    app_update(settings, f"series00001_{occ2}", title="Standup (moved twice)")
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    occ6_id = f"series00001_{occ6.strftime('%Y%m%dT%H%M%SZ')}"
+    assert remote[occ6_id]["status"] == "cancelled"
+    assert remote[f"series00001_{occ2}"]["summary"] == "Standup (moved twice)"
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+    # Deleting the series takes its exceptions along.
+    fake.store.remove("primary", "series00001")
+    sync(settings, "incremental")
+    local = rows(settings)
+    assert all(r["deleted"] for k, r in local.items() if k.startswith("series00001"))
+
+
+def test_local_series_with_exceptions_reaches_google(fake, cal_settings):
+    settings = cal_settings()
+    sync(settings, "full")
+    first = (NOW + timedelta(days=2)).replace(hour=15, minute=0, second=0)
+    master = "a" * 8 + "b" * 8
+    app_insert(settings, title="Weekly review", start=first, tz="America/New_York", google_event_id=master,
+               recurrence=["RRULE:FREQ=WEEKLY;COUNT=6"])
+    week2 = first + timedelta(weeks=1)
+    app_insert(settings, title="Weekly review (late)", start=week2 + timedelta(hours=2), tz="America/New_York",
+               recurring_event_id=master, original_start=week2.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    week3 = first + timedelta(weeks=2)
+    app_insert(settings, title="Weekly review", start=week3, tz="America/New_York",
+               recurring_event_id=master, original_start=week3.strftime("%Y-%m-%dT%H:%M:%SZ"), event_status="cancelled")
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    assert remote[master]["recurrence"] == ["RRULE:FREQ=WEEKLY;COUNT=6"]
+    late = remote[f"{master}_{week2.strftime('%Y%m%dT%H%M%SZ')}"]
+    assert late["summary"] == "Weekly review (late)" and late["recurringEventId"] == master
+    assert remote[f"{master}_{week3.strftime('%Y%m%dT%H%M%SZ')}"]["status"] == "cancelled"
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+@pytest.mark.parametrize("tz", ["Pacific/Honolulu", "Pacific/Tongatapu"])  # UTC−10 and UTC+13
+def test_all_day_events_keep_their_dates_in_far_time_zones(fake, cal_settings, tz):
+    settings = cal_settings()
+    day = (NOW + timedelta(days=10)).date()
+    fake.store.put_event("primary", {"id": "holidai0001", "summary": "Holiday", **all_day(day, 1, tz)})
+    late = (NOW + timedelta(days=11)).replace(hour=23, minute=30)
+    fake.store.put_event("primary", {"id": "latenight01", "summary": "Late", **timed(late, 1, tz)})
+    sync(settings, "full")
+    local = rows(settings)
+    assert (local["holidai0001"]["start_date"], local["holidai0001"]["end_date"]) == (day, day + timedelta(days=1))
+    assert local["holidai0001"]["start_at"] is None and local["holidai0001"]["time_zone"] == tz
+    assert local["latenight01"]["start_at"] == late
+    app_insert(settings, title="Local day off", day=day + timedelta(days=1), tz=tz)
+    app_update(settings, "holidai0001", end_date=day + timedelta(days=2))
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    pushed = next(e for e in remote.values() if e.get("summary") == "Local day off")
+    assert pushed["start"] == {"date": (day + timedelta(days=1)).isoformat(), "timeZone": tz}
+    assert pushed["end"]["date"] == (day + timedelta(days=2)).isoformat()
+    assert remote["holidai0001"]["end"]["date"] == (day + timedelta(days=2)).isoformat()
+    assert remote["latenight01"]["start"]["dateTime"].startswith(late.astimezone(__import__("zoneinfo").ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M"))
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+def test_two_syncs_started_together_one_waits_or_409_and_no_duplicates(fake, cal_settings):
+    settings = cal_settings()
+    sync(settings, "full")  # creates the tables
+    seed(fake, 10)
+    for i in range(5):
+        app_insert(settings, title=f"local {i}", start=NOW + timedelta(days=3, hours=i))
+    fake.latency = 0.05
+    answers = []
+
+    def one():
+        try:
+            answers.append(run_sync(settings, "incremental").status)
+        except AlreadyRunning:  # the HTTP layer answers it 409
+            answers.append(409)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fake.latency = 0
+    assert sorted(answers) in ([200, 200], [200, 409])
+    with connect(settings) as conn:
+        assert conn.execute("select count(*) as n from calendar.events").fetchone()["n"] == 15
+    remote = fake.store.live("primary")
+    assert sum(1 for e in remote.values() if e.get("summary", "").startswith("local ")) == 5
+    assert_converged(fake, settings)
+
+
+def test_conference_data_is_encrypted_at_rest(fake, cal_settings):
+    settings = cal_settings()
+    conference = {"conferenceId": "abc-defg-hij", "entryPoints": [{"entryPointType": "video", "uri": "https://meet.google.com/abc-defg-hij"}]}
+    fake.store.put_event("primary", event("meet0000001", "Call", NOW + timedelta(days=1), conferenceData=conference))
+    sync(settings, "full")
+    row = rows(settings)["meet0000001"]
+    assert row["meeting_id"] == "abc-defg-hij"
+    assert b"meet.google.com" not in bytes(row["conference_data"])
+    assert CIPHER.decrypt(row["conference_data"]) == conference
