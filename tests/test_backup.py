@@ -23,6 +23,7 @@ import pytest
 from psycopg import sql
 
 from safesync.functions import cli
+from safesync.functions.backup import create as create_module
 from safesync.functions.backup import (
     create_backup,
     get_backup,
@@ -32,7 +33,6 @@ from safesync.functions.backup import (
     restore_backup,
     verify_backup,
 )
-from safesync.functions.backup import create as create_module
 from safesync.functions.backup.layout import BackupName
 from safesync.shared.db import connect, database_fingerprint
 from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, Refused

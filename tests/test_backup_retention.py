@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from safesync.functions.backup.layout import EVENT_KINDS, KINDS
 from safesync.functions.backup.retention import PERIODS, Candidate, Policy, plan_retention
@@ -32,7 +33,7 @@ def backup_sets(draw) -> list[Candidate]:
     if draw(st.booleans()):  # dense clusters too
         minutes += [m + d for m in minutes[:5] for d in draw(st.lists(st.integers(0, 600), max_size=4))]
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=len(minutes), max_size=len(minutes)))
-    return [Candidate(f"b{i:04d}", START + timedelta(minutes=m), k) for i, (m, k) in enumerate(zip(minutes, kinds))]
+    return [Candidate(f"b{i:04d}", START + timedelta(minutes=m), k) for i, (m, k) in enumerate(zip(minutes, kinds, strict=True))]
 
 
 def _newest(backups: list[Candidate]) -> Candidate:

@@ -34,7 +34,8 @@ def _progress(args: argparse.Namespace, label: str) -> Iterator[Progress | None]
         yield None
         return
     from rich.console import Console
-    from rich.progress import DownloadColumn, Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import DownloadColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bar
 
     with Bar(
         SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
