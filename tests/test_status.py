@@ -1,0 +1,85 @@
+"""The status target: health at a glance, JSON and HTML; stale backups notify once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import psycopg
+import pytest
+
+from safesync.functions.backup import create_backup, latest_backup
+from safesync.functions.serve import create_app
+from tests import sentinels
+
+BEARER = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_API_TOKEN']}"}
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    """A local webhook receiver standing in for Slack."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SAFESYNC_NOTIFY_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    yield received
+    server.shutdown()
+
+
+@pytest.fixture
+def backed_up(make_db, write_settings):
+    url = make_db()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table t (id int primary key); insert into t select generate_series(1, 10)")
+    settings = write_settings({"prod": url}, '[backup]\ndatabases = ["prod"]\n')
+    create_backup(settings, "prod", "manual")
+    return settings
+
+
+def test_healthy_status_json_and_html(backed_up) -> None:
+    client = create_app().test_client()
+    body = client.get("/status", headers=BEARER).get_json()
+    assert body["status"] == "ok" and body["details"]["health"] == "ok"
+    assert body["details"]["backups"][0]["db"] == "prod"
+    assert body["details"]["storage"]["objects"] >= 3
+    page = client.get("/status", headers={**BEARER, "Accept": "text/html"})
+    assert page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "safesync" in text and ">ok<" in text and "prod" in text and "<script" not in text
+
+
+def test_stale_backup_is_failing_and_notifies_once(backed_up, receiver) -> None:
+    info = latest_backup(backed_up, "prod")
+    manifest = dict(info.manifest)
+    old = datetime.now(timezone.utc) - timedelta(hours=30)
+    manifest["started_at"], manifest["finished_at"] = old.isoformat(), (old + timedelta(minutes=1)).isoformat()
+    backed_up.storage.put_json(info.manifest_key, manifest)
+    client = create_app().test_client()
+    for _ in range(2):
+        body = client.post("/status", json={}, headers=BEARER).get_json()
+        assert body["details"]["health"] == "failing"
+        assert "30 h old" in body["summary"]
+    assert len(receiver) == 1
+    assert receiver[0]["event"] == "backup.stale" and "30 h old" in receiver[0]["text"]
+
+
+def test_missing_backup_and_failed_run_show_in_health(make_db, write_settings) -> None:
+    settings = write_settings({"prod": make_db()}, '[backup]\ndatabases = ["prod"]\n')
+    settings.storage.put_json("runs/content_sync/20260101T000000Z-abc.json", {"action": "sync", "status": "failed", "summary": "boom"})
+    body = create_app().test_client().get("/status", headers=BEARER).get_json()
+    reasons = body["details"]["reasons"]
+    assert any("no complete backup of prod" in r for r in reasons)
+    assert any("content_sync sync failed: boom" in r for r in reasons)
+    assert body["details"]["health"] == "failing"
