@@ -63,6 +63,7 @@ class FakeCalendar:
         self.latency = 0.0
         self.calls: Counter[str] = Counter()
         self.batch_items: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()  # faults served, by kind
         self.access_tokens: set[str] = set()
         self.token_requests: list[dict[str, str]] = []
         self.client_id = "fake-client-id.apps.googleusercontent.com"
@@ -102,10 +103,14 @@ class FakeCalendar:
     def reset_counts(self) -> None:
         self.calls.clear()
         self.batch_items.clear()
+        self.injected.clear()
 
     def draw(self, *, item: bool = False) -> str | None:
         with self._fault_lock:
-            return self.faults.draw(item=item)
+            kind = self.faults.draw(item=item)
+            if kind:
+                self.injected[kind] += 1
+            return kind
 
     # -- dispatch ---------------------------------------------------------------
     def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes) -> tuple[int, dict[str, str], Any]:

@@ -1,0 +1,131 @@
+"""Calendar sync under Google API faults, and the weekly cleanup."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from safesync.functions.calendar.status import calendar_status
+from safesync.functions.calendar.sync import run_sync
+from tests.fake_calendar import Faults
+from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
+from tests.fake_calendar.helpers import NOW, app_insert, app_update, connect, event, gid, rows
+from tests.test_calendar_sync import assert_converged, seed, sync
+
+
+def test_fault_storm_converges_without_duplicates_or_lost_edits(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 40)
+    sync(settings, "full")
+    for i in range(0, 10):
+        fake.store.edit("primary", gid(i), {"summary": f"remote edit {i}"})
+    for i in range(10, 20):
+        app_update(settings, gid(i), description=f"local edit {i}")
+    for i in range(20, 22):  # both sides, different fields
+        fake.store.edit("primary", gid(i), {"location": f"room {i}"})
+        app_update(settings, gid(i), title=f"both sides {i}")
+    for i in range(22, 24):
+        app_update(settings, gid(i), deleted=True)
+    for i in range(24, 26):
+        fake.store.remove("primary", gid(i))
+    for i in range(12):
+        app_insert(settings, title=f"new local {i}", start=NOW + timedelta(days=4, hours=i))
+    fake.faults = Faults(rate=0.3, kinds=("429", "403rate", "500", "drop"), seed=20261125)
+    statuses = []
+    for _ in range(8):
+        answer = run_sync(settings, "incremental")
+        statuses.append(answer.status)
+        with connect(settings) as conn:
+            pending = conn.execute("select count(*) as n from calendar.events where sync_status <> 'synced'").fetchone()["n"]
+        if answer.status == 200 and pending == 0:
+            break
+    assert pending == 0, statuses
+    assert all(fake.injected[k] > 0 for k in ("429", "403rate", "500", "drop")), fake.injected
+    fake.faults = Faults()
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    local = rows(settings)
+    # no duplicates on either side
+    titles = Counter(e.get("summary") for e in remote.values() if e.get("status") != "cancelled")
+    assert all(titles[f"new local {i}"] == 1 for i in range(12))
+    with connect(settings) as conn:
+        assert conn.execute("select count(*) as n from calendar.events").fetchone()["n"] == 52
+    # no lost edit
+    assert all(remote[gid(i)]["summary"] == f"remote edit {i}" for i in range(10))
+    assert all(remote[gid(i)]["description"] == f"local edit {i}" for i in range(10, 20))
+    assert all((remote[gid(i)]["summary"], remote[gid(i)]["location"]) == (f"both sides {i}", f"room {i}") for i in range(20, 22))
+    assert all(remote[gid(i)]["status"] == "cancelled" and local[gid(i)]["deleted"] for i in range(22, 26))
+    assert_converged(fake, settings)
+
+
+def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 6)
+    sync(settings, "full")
+    fake.store.permanent_failures[gid(0)] = (403, "forbiddenForNonOrganizer", "Shared properties can only be changed by the organizer of the event.")
+    fake.store.permanent_failures[gid(1)] = (500, "backendError", "Backend Error")
+    app_update(settings, gid(0), title="not allowed")
+    app_update(settings, gid(1), title="never works")
+    app_update(settings, gid(2), title="fine")
+    for run in range(1, 4):
+        fake.reset_counts()
+        sync(settings, "incremental")
+        local = rows(settings)
+        expected = "sync_failed" if run == 3 else "pending_sync"
+        assert (local[gid(0)]["sync_status"], local[gid(0)]["sync_retries"]) == (expected, run)
+        assert (local[gid(1)]["sync_status"], local[gid(1)]["sync_retries"]) == (expected, run)
+        assert fake.batch_items["patch"] == 1 + 6 + (run == 1)  # 403 never retried in a run; 500 tried 6 times; gid(2) once
+    assert "forbiddenForNonOrganizer" in local[gid(0)]["sync_error"]
+    assert "backendError" in local[gid(1)]["sync_error"]
+    assert local[gid(2)]["sync_status"] == "synced"
+    info = calendar_status(settings)
+    assert info["health"] in ("degraded", "failing") and "2 event(s) failed to sync" in info["reason"]
+    assert {f["google_event_id"] for f in info["failed"]} == {gid(0), gid(1)}
+    # A fourth run leaves sync_failed rows alone; cleanup retries them once Google accepts.
+    fake.reset_counts()
+    sync(settings, "incremental")
+    assert fake.batch_items["patch"] == 0
+    fake.store.permanent_failures.clear()
+    body = sync(settings, "cleanup")
+    assert body["details"]["counts"]["pushed"] == 2
+    assert rows(settings)[gid(0)]["sync_status"] == "synced"
+    assert fake.store.live("primary")[gid(1)]["summary"] == "never works"
+
+
+def test_slow_answers_time_out_and_are_retried(fake, cal_settings):
+    settings = cal_settings()
+    settings.config = settings.config.model_copy(
+        update={"calendar": settings.config.calendar.model_copy(update={"http_timeout_s": 0.25})}
+    )
+    seed(fake, 5)
+    fake.faults = Faults(rate=0.5, kinds=("slow",), seed=3, slow_s=0.5)
+    body = sync(settings, "full")
+    assert body["details"]["counts"]["inserted"] == 5
+    assert body["details"]["counts"]["api_retries"] >= 1
+
+
+def test_cleanup_repairs_missing_extra_and_stale_rows_and_drops_obsolete(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 10)
+    sync(settings, "full")
+    with connect(settings) as conn:
+        conn.execute("set safesync.sync_writer = 'on'")
+        conn.execute("delete from calendar.events where google_event_id = %s", [gid(0)])  # missing locally
+        conn.execute(
+            """insert into calendar.events (calendar_id, google_event_id, title, start_at, end_at, source, sync_status, etag)
+               values ('primary', 'old0000001', 'long ago', now() - interval '300 days', now() - interval '299 days',
+                       'google_calendar', 'synced', '"1"')"""
+        )
+    del fake.store.calendars["primary"][gid(1)]  # vanished from Google without a trace: extra locally
+    stale = fake.store.calendars["primary"][gid(2)]  # changed without showing up in incremental: etag mismatch
+    stale.update(summary="silently changed", etag='"9999"')
+    fake.reset_counts()
+    body = sync(settings, "cleanup")
+    counts = body["details"]["counts"]
+    assert (counts["missing"], counts["extra"], counts["etag_mismatch"], counts["dropped_obsolete"]) == (1, 1, 1, 1)
+    assert fake.calls["list"] == 2
+    local = rows(settings)
+    assert not local[gid(0)]["deleted"] and local[gid(1)]["deleted"] and local[gid(2)]["title"] == "silently changed"
+    assert "old0000001" not in local
+    fake.store.calendars["primary"].pop(gid(1), None)
+    assert_converged(fake, settings)
