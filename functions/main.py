@@ -12,62 +12,79 @@ import importlib
 
 import functions_framework
 
-from safesync.shared.http import Call, serve
+from safesync.shared.http import Call, google_channel_principal, serve
 
-TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status")
+TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify")
 
-# target -> (job module, HTTP methods, Vercel webhooks accepted)
-_ROUTES: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    "backup": ("backup", ("POST",), True),
-    "content_sync": ("content_sync", ("POST",), False),
-    "staging_clone": ("staging_clone", ("POST",), False),
-    "validate": ("validate", ("POST",), False),
-    "calendar_sync": ("calendar", ("POST",), False),
-    "status": ("status", ("GET", "POST"), False),
+# target -> (job module, its handler, HTTP methods, Vercel webhooks accepted)
+_ROUTES: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
+    "backup": ("backup", "handle_http", ("POST",), True),
+    "content_sync": ("content_sync", "handle_http", ("POST",), False),
+    "staging_clone": ("staging_clone", "handle_http", ("POST",), False),
+    "validate": ("validate", "handle_http", ("POST",), False),
+    "calendar_sync": ("calendar", "handle_http", ("GET", "POST"), False),
+    "status": ("status", "handle_http", ("GET", "POST"), False),
+    "migrate": ("migrate", "handle_http", ("POST",), False),
+    "calendar_notify": ("calendar", "handle_notify_call", ("POST",), False),
 }
 
 
-def _dispatch(target: str):
-    module_name, methods, vercel = _ROUTES[target]
+def _dispatch(target: str, request):
+    module_name, function, methods, vercel = _ROUTES[target]
 
     def handler(call: Call):
         module = importlib.import_module(f"safesync.functions.{module_name}")
-        return module.handle_http(call)
+        return getattr(module, function)(call)
 
-    return lambda request: serve(request, target, handler, methods=methods, allow_vercel=vercel)
+    # Google's push notifications carry a channel token instead of our
+    # credentials; the calendar job verifies it against the channels it opened.
+    auth = google_channel_principal if target == "calendar_notify" else None
+    return serve(request, target, handler, methods=methods, allow_vercel=vercel, authenticate_with=auth)
 
 
 @functions_framework.http
 def backup(request):
     """Backups: create (manual/predeploy, Vercel webhook), list, verify, restore, prune."""
-    return _dispatch("backup")(request)
+    return _dispatch("backup", request)
 
 
 @functions_framework.http
 def content_sync(request):
     """Content sync dev → prod: compare, dry-run, sync."""
-    return _dispatch("content_sync")(request)
+    return _dispatch("content_sync", request)
 
 
 @functions_framework.http
 def staging_clone(request):
     """Exact, atomic clone of dev into staging."""
-    return _dispatch("staging_clone")(request)
+    return _dispatch("staging_clone", request)
 
 
 @functions_framework.http
 def validate(request):
     """Integrity checks on one database or between two."""
-    return _dispatch("validate")(request)
+    return _dispatch("validate", request)
 
 
 @functions_framework.http
 def calendar_sync(request):
     """Two-way Google Calendar sync, events read API, push notifications."""
-    return _dispatch("calendar_sync")(request)
+    return _dispatch("calendar_sync", request)
 
 
 @functions_framework.http
 def status(request):
     """Health of everything at a glance (JSON, or HTML for browsers)."""
-    return _dispatch("status")(request)
+    return _dispatch("status", request)
+
+
+@functions_framework.http
+def migrate(request):
+    """Safe migrations: plan, rehearse on a clone, apply with backup and rollback (admin token)."""
+    return _dispatch("migrate", request)
+
+
+@functions_framework.http
+def calendar_notify(request):
+    """Google Calendar push notifications (``events.watch`` channels)."""
+    return _dispatch("calendar_notify", request)

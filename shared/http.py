@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .auth import Principal, authenticate
+from .errors import AuthError
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact
 from .report import Answer
@@ -121,6 +122,7 @@ def serve(
     *,
     methods: tuple[str, ...] = ("POST",),
     allow_vercel: bool = False,
+    authenticate_with: Callable[[Mapping[str, str]], Principal] | None = None,
 ) -> "flask.Response":
     principal: Principal | None = None
     try:
@@ -128,13 +130,16 @@ def serve(
             return json_response(405, {"error": f"method {request.method} not allowed; use {' or '.join(methods)}"}, {"Allow": ", ".join(methods)})
         limit = int(os.environ.get("SAFESYNC_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
         raw = _read_body(request, limit)
-        principal = authenticate(
-            request.headers,
-            raw,
-            path=request.path,
-            query=request.query_string.decode("latin-1"),
-            allow_vercel=allow_vercel,
-        )
+        if authenticate_with is not None:
+            principal = authenticate_with(request.headers)
+        else:
+            principal = authenticate(
+                request.headers,
+                raw,
+                path=request.path,
+                query=request.query_string.decode("latin-1"),
+                allow_vercel=allow_vercel,
+            )
         call = Call(
             target=target,
             method=request.method,
@@ -154,6 +159,16 @@ def serve(
     except Exception:
         log.exception("unhandled error", target=target)
         return json_response(500, {"error": "internal error"})
+
+
+def google_channel_principal(headers: Mapping[str, str]) -> Principal:
+    """A Google push notification: it must name a channel and carry a token;
+    the calendar job then checks the token against the channel it opened
+    (401 if unknown), so nothing runs for a forged notification."""
+    channel, token = headers.get("X-Goog-Channel-ID"), headers.get("X-Goog-Channel-Token")
+    if not channel or not token:
+        raise AuthError("not a Google push notification (X-Goog-Channel-ID / X-Goog-Channel-Token missing)")
+    return Principal("google-push", f"google-channel:{channel[:64]}", frozenset({"notify"}))
 
 
 def validate_body(model: type, body: Mapping[str, Any]):
