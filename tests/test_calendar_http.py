@@ -1,0 +1,176 @@
+"""calendar_sync over HTTP and the CLI: actions, the events read API (ETag,
+304, cache), rate limits, admin scope, push notifications."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+
+from safesync.functions import cli
+from safesync.functions.calendar import handle_http, handle_notify
+from safesync.shared.auth import Principal
+from safesync.shared.config import load_settings
+from safesync.shared.errors import AuthError
+from safesync.shared.http import Call
+from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
+from tests.fake_calendar.helpers import NOW, connect, rows
+from tests.test_calendar_sync import seed
+
+
+@pytest.fixture
+def client():
+    from safesync.functions.serve import create_app
+
+    return create_app().test_client()
+
+
+def post(client, body, token="SAFESYNC_API_TOKEN", headers=None):
+    return client.post(
+        "/calendar_sync", json=body, headers={"Authorization": f"Bearer {os.environ[token]}", **(headers or {})}
+    )
+
+
+def window(days_from=0, days_to=7):
+    return {"from": (NOW + timedelta(days=days_from)).date().isoformat(), "to": (NOW + timedelta(days=days_to)).date().isoformat()}
+
+
+def test_sync_status_and_events_over_http(fake, cal_settings, client):
+    cal_settings()
+    seed(fake, 6)  # day 1, every 3 hours
+    fake.store.put_event("primary", {"id": "later000001", "summary": "Later", "start": {"dateTime": (NOW + timedelta(days=20)).isoformat()},
+                                     "end": {"dateTime": (NOW + timedelta(days=20, hours=1)).isoformat()}})
+    r = post(client, {"mode": "full"})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["details"]["counts"]["inserted"] == 7
+    r = post(client, {"action": "status"})
+    assert r.status_code == 200 and r.get_json()["details"]["health"] == "ok"
+
+    r = post(client, {"action": "events", **window()})
+    assert r.status_code == 200
+    etag = r.headers["ETag"]
+    assert "max-age=300" in r.headers["Cache-Control"] and r.headers["X-Cache"] == "miss"
+    assert [e["title"] for e in r.get_json()["events"]] == [f"Event {i}" for i in range(6)]
+    later = post(client, {"action": "events", **window(15, 25)})
+    assert later.get_json()["count"] == 1
+    r = post(client, {"action": "events", **window()}, headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.data == b"" and r.headers["ETag"] == etag and r.headers["X-Cache"] == "hit"
+
+    fake.store.edit("primary", "e0000000", {"summary": "Renamed"})
+    assert post(client, {"mode": "incremental"}).status_code == 200
+    r = post(client, {"action": "events", **window()}, headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.headers["X-Cache"] == "miss" and r.headers["ETag"] != etag
+    assert r.get_json()["events"][0]["title"] == "Renamed"
+    assert post(client, {"action": "events", **window(15, 25)}).headers["X-Cache"] == "hit"  # untouched window stays cached
+
+    r = post(client, {"action": "events", "from": "2026-13-01", "to": "2027-01-01"})
+    assert r.status_code == 400 and "from" in r.get_json()["error"]
+    assert post(client, {"mode": "weekly"}).status_code == 400
+    assert post(client, {"mode": "full", "extra": 1}).status_code == 400
+    assert post(client, {}).status_code == 400
+
+
+def test_events_read_by_get_through_the_handler(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 2)
+    call = lambda headers: Call("calendar_sync", "POST", {"mode": "full"}, Principal("bearer", "t", frozenset({"run"})), headers, {}, _settings=settings)  # noqa: E731
+    assert handle_http(call({})).status == 200
+    get = Call("calendar_sync", "GET", {}, Principal("bearer", "t", frozenset({"run"})), {}, {"action": "events", **window()}, _settings=settings)
+    response = handle_http(get)
+    assert response.status_code == 200 and json.loads(response.data)["count"] == 2
+    mutate = Call("calendar_sync", "GET", {}, Principal("bearer", "t", frozenset({"run"})), {}, {"mode": "full"}, _settings=settings)
+    with pytest.raises(Exception, match="use POST"):
+        handle_http(mutate)
+
+
+def test_rate_limit_per_caller_answers_429_with_retry_after(fake, cal_settings, client):
+    cal_settings("rate_limit_per_minute = 3\n")
+    assert post(client, {"mode": "full"}).status_code == 200
+    codes = [post(client, {"action": "status"}).status_code for _ in range(3)]
+    assert codes[:2] == [200, 200] and codes[2] == 429
+    r = post(client, {"action": "status"})
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.get_json()["detail"]["retry_after"] == int(r.headers["Retry-After"])
+    # another identity has its own budget
+    assert post(client, {"action": "status"}, token="SAFESYNC_ADMIN_TOKEN").status_code == 200
+    with connect(load_settings()) as conn:
+        assert conn.execute("select count(distinct identity) as n from calendar.rate_limits").fetchone()["n"] == 2
+
+
+def test_admin_actions_need_the_admin_token(fake, cal_settings, client):
+    settings = cal_settings()
+    seed(fake, 3)
+    assert post(client, {"action": "resync"}).status_code == 403
+    assert post(client, {"mode": "full", "force": True}).status_code == 403
+    assert post(client, {"action": "retry_all"}).status_code == 403
+    r = post(client, {"action": "resync"}, token="SAFESYNC_ADMIN_TOKEN")
+    assert r.status_code == 200 and r.get_json()["action"] == "resync"
+    with connect(settings) as conn:
+        conn.execute("set safesync.sync_writer = 'on'")
+        conn.execute("update calendar.events set sync_status = 'sync_failed', sync_retries = 3, title = 'retry me' where google_event_id = 'e0000000'")
+    r = post(client, {"action": "retry_all"}, token="SAFESYNC_ADMIN_TOKEN")
+    assert r.status_code == 200, r.get_json()
+    assert rows(settings)["e0000000"]["sync_status"] == "synced"
+    assert fake.store.live("primary")["e0000000"]["summary"] == "retry me"
+
+
+def test_push_notifications_trigger_debounced_incremental_syncs(fake, cal_settings, client):
+    settings = cal_settings()
+    seed(fake, 3)
+    r = post(client, {"action": "watch"})
+    assert r.status_code == 200, r.get_json()
+    channel_id = r.get_json()["tables"]["channels"][0]["channel"]
+    assert fake.store.channels[channel_id]["address"] == "https://safesync.example.test/calendar_notify"
+    with connect(settings) as conn:
+        stored = conn.execute("select * from calendar.channels").fetchone()
+    assert stored["token_sha256"] != fake.store.channels[channel_id]["token"]  # only the hash is kept
+    handshake = fake.store.notifications.pop()
+    assert handle_notify(settings, handshake["headers"]).body["ignored"] == "channel handshake"
+
+    fake.store.edit("primary", "e0000001", {"summary": "changed upstream"})
+    note = fake.store.notifications.pop()
+    answer = handle_notify(settings, note["headers"])
+    assert answer.status == 200 and answer.body["synced"] is True
+    assert rows(settings)["e0000001"]["title"] == "changed upstream"  # first notification: full sync (no token yet)
+
+    forged = dict(note["headers"], **{"X-Goog-Channel-Token": "guess"})
+    with pytest.raises(AuthError):
+        handle_notify(settings, forged)
+    with pytest.raises(AuthError):
+        handle_notify(settings, {"X-Goog-Channel-ID": channel_id})
+
+    # Debounce: a second notification right after a sync only marks the calendar pending.
+    settings.config = settings.config.model_copy(update={"calendar": settings.config.calendar.model_copy(update={"notify_debounce_s": 60})})
+    fake.store.edit("primary", "e0000002", {"summary": "changed again"})
+    answer = handle_notify(settings, fake.store.notifications.pop()["headers"])
+    assert answer.body["debounced"] is True
+    with connect(settings) as conn:
+        assert conn.execute("select notify_pending_since from calendar.sync_state").fetchone()["notify_pending_since"]
+    assert rows(settings)["e0000002"]["title"] == "Event 2"
+    assert post(client, {"mode": "incremental"}).status_code == 200  # the schedule catches up
+    with connect(settings) as conn:
+        assert conn.execute("select notify_pending_since from calendar.sync_state").fetchone()["notify_pending_since"] is None
+
+    # Renewal: a channel close to expiry is replaced and the old one stopped.
+    assert post(client, {"action": "watch"}).get_json()["tables"]["channels"][0]["action"] == "kept"
+    with connect(settings) as conn:
+        conn.execute("update calendar.channels set expiration = now() + interval '1 hour'")
+    r = post(client, {"action": "watch"}).get_json()["tables"]["channels"][0]
+    assert r["action"] == "opened" and r["stopped"] == 1 and fake.store.channels[channel_id]["stopped"]
+    stale = {**note["headers"]}
+    assert handle_notify(settings, stale).body["ignored"] == "channel stopped"
+
+
+def test_cli_sync_status_and_events(fake, cal_settings, capsys):
+    cal_settings()
+    seed(fake, 2)
+    assert cli.main(["calendar", "sync", "--mode", "full", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["details"]["counts"]["inserted"] == 2
+    assert cli.main(["calendar", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["details"]["health"] == "ok"
+    assert cli.main(["calendar", "events", "--from", window()["from"], "--to", window()["to"]]) == 0
+    assert "Event 1" in capsys.readouterr().out
+    assert cli.main(["calendar", "sync", "--mode", "incremental", "--calendar", "other"]) == 2
