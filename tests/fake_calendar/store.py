@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import re
 import threading
 import uuid
@@ -174,7 +175,7 @@ class FakeStore:
                     raise ApiError(400, "invalid", "showDeleted cannot be false with a sync token.")
             max_results = min(int(params.get("maxResults", "250")), 2500)
             page = params.get("pageToken")
-            query_key = base64.urlsafe_b64encode(repr(sorted((k, v) for k, v in params.items() if k != "pageToken")).encode()).decode()[:40]
+            query_key = hashlib.sha256(repr(sorted((k, v) for k, v in params.items() if k != "pageToken")).encode()).hexdigest()[:16]
             after, snapshot = "", self.version
             if page:
                 try:
@@ -243,7 +244,9 @@ class FakeStore:
         out = []
         for key, start, end in occurrences(master, horizon):
             iid = f"{master['id']}_{instance_suffix(key)}"
-            if iid in events:
+            if iid in events and events[iid].get("status") == "cancelled":
+                out.append({**self._synth_instance(master, key, start, end), **self.public(events[iid])})
+            elif iid in events:
                 out.append(self.public(events[iid]))
             else:
                 out.append(self._synth_instance(master, key, start, end))

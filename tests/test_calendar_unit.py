@@ -1,0 +1,195 @@
+"""Calendar building blocks without a database: mapping, merge rules,
+encryption, error classification, and the fake's own API rules (through the
+real client library)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import httplib2
+import pytest
+from googleapiclient.errors import HttpError
+
+from safesync.functions.calendar.conflicts import merge
+from safesync.functions.calendar.crypto import Cipher, parse_key
+from safesync.functions.calendar.google import CalendarClient, load_credentials
+from safesync.functions.calendar.mapping import field_hashes, from_google, instance_id, span, to_google
+from safesync.functions.calendar.retry import classify
+from safesync.functions.calendar.schema import MIGRATIONS
+from safesync.shared.errors import ConfigError
+from tests.fake_calendar.fixtures import fake  # noqa: F401
+from tests.fake_calendar.helpers import NOW, all_day, event, timed
+
+
+def http_error(status: int, reason: str) -> HttpError:
+    body = json.dumps({"error": {"errors": [{"reason": reason, "message": reason}], "code": status, "message": reason}})
+    return HttpError(httplib2.Response({"status": status}), body.encode())
+
+
+@pytest.mark.parametrize(
+    "status,reason,retryable",
+    [(429, "rateLimitExceeded", True), (403, "rateLimitExceeded", True), (403, "userRateLimitExceeded", True),
+     (500, "backendError", True), (503, "backendError", True), (400, "invalid", False), (403, "quotaExceeded", False),
+     (403, "forbiddenForNonOrganizer", False), (409, "duplicate", False), (410, "fullSyncRequired", False),
+     (412, "conditionNotMet", False), (404, "notFound", False)],
+)
+def test_retry_classification_follows_googles_error_guide(status, reason, retryable):
+    failure = classify(http_error(status, reason))
+    assert (failure.status, failure.reason, failure.retryable) == (status, reason, retryable)
+
+
+def test_transport_errors_are_retryable():
+    assert classify(ConnectionResetError("reset")).retryable
+    assert classify(TimeoutError("timed out")).retryable
+    assert not classify(ValueError("bug")).retryable
+
+
+def test_all_day_events_stay_dates_whatever_the_zone():
+    for tz in ("Pacific/Honolulu", "Pacific/Tongatapu", None):
+        ev = {"id": "x0001", "summary": "Day", **all_day(NOW.date(), 2, tz)}
+        data = from_google(ev)
+        assert data["when"] == {"all_day": True, "start": NOW.date().isoformat(), "end": (NOW.date() + timedelta(days=2)).isoformat()}
+        assert to_google(data)["start"]["date"] == NOW.date().isoformat()
+        low, high = span(data)
+        assert low < high
+
+
+def test_timed_events_normalise_to_utc_and_go_back_in_their_zone():
+    ev = {"id": "x0001", "summary": "Late", **timed(NOW, 1, "Pacific/Honolulu")}
+    data = from_google(ev)
+    assert data["when"]["start"] == NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = to_google(data)
+    assert body["start"]["dateTime"].endswith("-10:00") and body["start"]["timeZone"] == "Pacific/Honolulu"
+    assert field_hashes(from_google({**ev, **body})) == field_hashes(data)
+
+
+def test_instance_ids_match_googles_format():
+    assert instance_id("abc123", "2026-05-01T10:00:00Z") == "abc123_20260501T100000Z"
+    assert instance_id("abc123", "2026-05-01") == "abc123_20260501"
+
+
+def _data(**changes):
+    base = from_google(event("x0001", "Title", NOW, location="A"))
+    base.update(changes)
+    return base
+
+
+def test_merge_rules():
+    base = field_hashes(_data())
+    same = merge(base, _data(title="T2"), _data(title="T2"), local_time=NOW, remote_time=NOW)
+    assert not same.conflict
+    fields = merge(base, _data(title="local"), _data(location="remote"), local_time=NOW, remote_time=NOW)
+    assert fields.kind == "merged" and (fields.data["title"], fields.data["location"]) == ("local", "remote")
+    later_local = merge(base, _data(title="local"), _data(title="remote"), local_time=NOW + timedelta(seconds=1), remote_time=NOW)
+    assert later_local.winner == "local" and later_local.data["title"] == "local"
+    tie = merge(base, _data(title="local"), _data(title="remote"), local_time=NOW, remote_time=NOW)
+    assert tie.winner == "google" and tie.data["title"] == "remote"
+    no_base = merge(None, _data(title="local"), _data(title="remote"), local_time=None, remote_time=NOW)
+    assert no_base.overlapping == ["title"] and no_base.winner == "google"
+
+
+def test_encryption_round_trip_and_key_handling():
+    key = parse_key("00" * 32)
+    cipher = Cipher(key)
+    blob = cipher.encrypt({"conferenceId": "secret-room"})
+    assert b"secret-room" not in blob and cipher.decrypt(blob) == {"conferenceId": "secret-room"}
+    assert cipher.encrypt({"a": 1}) != cipher.encrypt({"a": 1})  # fresh nonce each time
+    with pytest.raises(Exception, match="does not decrypt"):
+        Cipher(parse_key("11" * 32)).decrypt(blob)
+    with pytest.raises(ConfigError, match="32 bytes"):
+        parse_key("too-short")
+    with pytest.raises(ConfigError, match="not set"):
+        Cipher(None).encrypt({"a": 1})
+    assert Cipher(None).encrypt(None) is None
+
+
+def test_credentials_come_from_the_environment(tmp_path):
+    with pytest.raises(ConfigError, match="no Google credentials"):
+        load_credentials({})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_credentials({"SAFESYNC_GOOGLE_CREDENTIALS": "{"})
+    with pytest.raises(ConfigError, match="unsupported credential type"):
+        load_credentials({"SAFESYNC_GOOGLE_CREDENTIALS": '{"type": "external_account"}'})
+    user = {"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps(user))
+    assert load_credentials({"GOOGLE_APPLICATION_CREDENTIALS": str(path)}).refresh_token == "r"
+    with pytest.raises(ConfigError, match="only applies to service-account"):
+        load_credentials({"SAFESYNC_GOOGLE_CREDENTIALS": json.dumps(user), "SAFESYNC_GOOGLE_SUBJECT": "a@b.c"})
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    sa = {"type": "service_account", "client_email": "sync@p.iam.gserviceaccount.com", "private_key": pem,
+          "token_uri": "https://oauth2.googleapis.com/token", "project_id": "p", "private_key_id": "k"}
+    creds = load_credentials({"SAFESYNC_GOOGLE_CREDENTIALS": json.dumps(sa), "SAFESYNC_GOOGLE_SUBJECT": "admin@example.com"})
+    assert creds._subject == "admin@example.com"
+
+
+def test_migrations_are_versioned_in_order():
+    versions = [v for v, _, _ in MIGRATIONS]
+    assert versions == sorted(set(versions))
+
+
+# -- the fake enforces Google's rules (through the real client) ------------------
+
+@pytest.fixture
+def api(fake):
+    import os
+
+    return CalendarClient(os.environ, timeout=5)
+
+
+def test_fake_rules_sync_token_window_410_412_409(fake, api):
+    for i in range(5):
+        fake.store.put_event("primary", event(f"evt{i:04d}", f"E{i}", NOW + timedelta(hours=i)))
+    first = api.list_events("primary", maxResults=2)
+    assert len(first["items"]) == 2 and "nextPageToken" in first and "nextSyncToken" not in first
+    with pytest.raises(HttpError) as exc:  # a page token belongs to its query
+        api.list_events("primary", maxResults=3, pageToken=first["nextPageToken"])
+    assert exc.value.resp.status == 400
+    pages = [first]
+    while "nextPageToken" in pages[-1]:
+        pages.append(api.list_events("primary", maxResults=2, pageToken=pages[-1]["nextPageToken"]))
+    assert sum(len(p["items"]) for p in pages) == 5
+    token = pages[-1]["nextSyncToken"]
+    with pytest.raises(HttpError) as exc:
+        api.list_events("primary", syncToken=token, timeMin=NOW.isoformat())
+    assert classify(exc.value).status == 400
+    fake.store.edit("primary", "evt0001", {"summary": "changed"})
+    changed = api.list_events("primary", syncToken=token)
+    assert [i["id"] for i in changed["items"]] == ["evt0001"]
+    fake.store.expire_tokens("primary")
+    with pytest.raises(HttpError) as exc:
+        api.list_events("primary", syncToken=changed["nextSyncToken"])
+    assert (classify(exc.value).status, classify(exc.value).reason) == (410, "fullSyncRequired")
+    stale = api.get_event("primary", "evt0002")["etag"]
+    fake.store.edit("primary", "evt0002", {"summary": "someone else"})
+    results = api.execute_batch([
+        ("patch", api.patch_request("primary", "evt0002", {"summary": "mine"}, stale)),
+        ("dup", api.insert_request("primary", {"id": "evt0003", "summary": "again", **timed(NOW)})),
+        ("new", api.insert_request("primary", {"id": "evt9999", "summary": "new", **timed(NOW)})),
+        ("gone", api.delete_request("primary", "nothere001")),
+    ])
+    assert classify(results["patch"][1]).status == 412
+    assert classify(results["dup"][1]).status == 409
+    assert results["new"][0]["id"] == "evt9999" and results["new"][1] is None
+    assert classify(results["gone"][1]).status == 404
+    assert fake.calls["batch"] == 1
+
+
+def test_fake_expands_series_with_exceptions(fake, api):
+    start = (NOW + timedelta(days=1)).replace(hour=8, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "ser0001", "summary": "Daily", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"], **timed(start, 1, "UTC")})
+    second = (start + timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+    fake.store.remove("primary", f"ser0001_{second}")
+    singles = api.list_events("primary", singleEvents=True, timeMin=NOW.isoformat())
+    assert len(singles["items"]) == 2
+    masters = api.list_events("primary", timeMin=NOW.isoformat())
+    kinds = sorted((i["id"], i.get("status")) for i in masters["items"])
+    assert kinds == [("ser0001", "confirmed"), (f"ser0001_{second}", "cancelled")]
+    with pytest.raises(HttpError):
+        api.get_event("primary", "ser0001_20000101T080000Z")
