@@ -9,7 +9,7 @@ from safesync.functions.calendar.status import calendar_status
 from safesync.functions.calendar.sync import run_sync
 from tests.fake_calendar import Faults
 from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
-from tests.fake_calendar.helpers import NOW, app_insert, app_update, connect, event, gid, rows
+from tests.fake_calendar.helpers import NOW, app_insert, app_update, connect, gid, rows
 from tests.test_calendar_sync import assert_converged, seed, sync
 
 

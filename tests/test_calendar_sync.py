@@ -4,15 +4,15 @@ real PostgreSQL)."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from safesync.shared.errors import AlreadyRunning
-
-from safesync.functions.calendar.mapping import from_google, from_row, field_hashes
 from safesync.functions.calendar.crypto import Cipher
+from safesync.functions.calendar.mapping import field_hashes, from_google, from_row
 from safesync.functions.calendar.sync import run_sync
+from safesync.shared.errors import AlreadyRunning
 from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
 from tests.fake_calendar.helpers import NOW, all_day, app_insert, app_update, audit, connect, event, gid, rows, timed
 
@@ -27,7 +27,7 @@ def sync(settings, mode="incremental", **kw):
 
 def assert_converged(fake, settings, cal="primary"):
     """Every live Google event in the DB with the same content, and vice versa."""
-    remote = {k: v for k, v in fake.store.live(cal).items()}
+    remote = fake.store.live(cal)
     local = rows(settings)
     for event_id, ev in remote.items():
         if ev.get("status") == "cancelled":
@@ -97,7 +97,6 @@ def test_410_falls_back_to_full_sync_without_duplicates_and_keeps_local_work(fak
     fake.store.remove("primary", gid(2))
     fake.store.edit("primary", gid(3), {"summary": "changed while token expired"})
     fake.store.expire_tokens("primary")
-    # The push must not run before the pull repaired the state: block push by failing every write of this run.
     body = sync(settings, "incremental")
     assert body["details"]["counts"]["token_expired"] == 1
     assert body["details"]["counts"]["full_syncs"] == 1
@@ -259,8 +258,8 @@ def test_recurring_series_with_moved_and_cancelled_occurrence_round_trips(fake, 
     first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
     series = {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"], **timed(first, 0.5, "Europe/Berlin")}
     fake.store.put_event("primary", series)
-    occ2 = (first + timedelta(days=2)).astimezone(__import__("datetime").timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    occ4 = (first + timedelta(days=4)).astimezone(__import__("datetime").timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    occ2 = (first + timedelta(days=2)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    occ4 = (first + timedelta(days=4)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     fake.store.edit("primary", f"series00001_{occ2}", {"summary": "Standup (moved)", **timed(first + timedelta(days=2, hours=3), 0.5, "Europe/Berlin")})
     fake.store.remove("primary", f"series00001_{occ4}")
     sync(settings, "full")
@@ -270,7 +269,7 @@ def test_recurring_series_with_moved_and_cancelled_occurrence_round_trips(fake, 
     assert moved["recurring_event_id"] == "series00001" and moved["title"] == "Standup (moved)"
     assert cancelled["event_status"] == "cancelled" and not cancelled["deleted"]  # hides the occurrence, kept
     # Local edits to the series' occurrences go back to Google.
-    occ6 = (first + timedelta(days=6)).astimezone(__import__("datetime").timezone.utc)
+    occ6 = (first + timedelta(days=6)).astimezone(timezone.utc)
     app_insert(settings, title="Standup", start=occ6, hours=0.5, tz="Europe/Berlin", recurring_event_id="series00001",
                original_start=occ6.strftime("%Y-%m-%dT%H:%M:%SZ"), event_status="cancelled")
     app_update(settings, f"series00001_{occ2}", title="Standup (moved twice)")
@@ -331,7 +330,7 @@ def test_all_day_events_keep_their_dates_in_far_time_zones(fake, cal_settings, t
     assert pushed["start"] == {"date": (day + timedelta(days=1)).isoformat(), "timeZone": tz}
     assert pushed["end"]["date"] == (day + timedelta(days=2)).isoformat()
     assert remote["holidai0001"]["end"]["date"] == (day + timedelta(days=2)).isoformat()
-    assert remote["latenight01"]["start"]["dateTime"].startswith(late.astimezone(__import__("zoneinfo").ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M"))
+    assert remote["latenight01"]["start"]["dateTime"].startswith(late.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M"))
     sync(settings, "incremental")
     assert_converged(fake, settings)
 

@@ -113,8 +113,10 @@ class FakeCalendar:
             return kind
 
     # -- dispatch ---------------------------------------------------------------
-    def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes) -> tuple[int, dict[str, str], Any]:
-        """One REST call → (status, headers, JSON body or None)."""
+    def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes, *, inner: bool = False) -> tuple[int, dict[str, str], Any]:
+        """One REST call → (status, headers, JSON body or None). Calls inside
+        a batch (``inner``) are counted in ``batch_items``, not ``calls``."""
+        calls = Counter() if inner else self.calls
         parts = [unquote(p) for p in path.strip("/").split("/")]
         try:
             if parts[:2] != ["calendar", "v3"]:
@@ -122,7 +124,7 @@ class FakeCalendar:
             rest = parts[2:]
             payload = json.loads(body) if body.strip() else {}
             if rest == ["channels", "stop"] and method == "POST":
-                self.calls["stop"] += 1
+                calls["stop"] += 1
                 self.store.stop(payload)
                 return 204, {}, None
             if len(rest) < 3 or rest[0] != "calendars" or rest[2] != "events":
@@ -130,17 +132,17 @@ class FakeCalendar:
             cal = rest[1]
             if len(rest) == 3:
                 if method == "GET":
-                    self.calls["list"] += 1
+                    calls["list"] += 1
                     return 200, {}, self.store.list(cal, query)
                 if method == "POST":
-                    self.calls["insert"] += 1
+                    calls["insert"] += 1
                     return 200, {}, self.store.insert(cal, payload)
             elif len(rest) == 4 and rest[3] == "watch" and method == "POST":
-                self.calls["watch"] += 1
+                calls["watch"] += 1
                 return 200, {}, self.store.watch(cal, payload)
             elif len(rest) == 4:
                 event_id, if_match = rest[3], headers.get("If-Match")
-                self.calls[method.lower()] += 1
+                calls[method.lower()] += 1
                 if method == "GET":
                     return 200, {}, self.store.get(cal, event_id)
                 if method in ("PATCH", "PUT"):
@@ -194,7 +196,7 @@ class FakeCalendar:
         self.batch_items[method.lower()] += 1
         if kind:
             return _error_tuple(fault_error(kind, self.faults.rng))
-        return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode())
+        return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode(), inner=True)
 
     def handle_token(self, body: bytes) -> tuple[int, dict[str, str], Any]:
         form = dict(parse_qsl(body.decode()))
