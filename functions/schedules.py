@@ -35,7 +35,7 @@ DEFAULT_FILE = "infra/schedules.toml"
 ID_PREFIX = "safesync-"
 # The HTTP targets a schedule may call (functions/main.py TARGETS; not
 # imported from there to keep functions_framework out of the CLI's imports).
-TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status")
+TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -53,11 +53,18 @@ class Defaults(_Strict):
 
 
 class Entry(_Strict):
-    target: Literal["backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status"]
+    target: str
     cron: str
     body: dict[str, Any] = Field(default_factory=dict)
     retries: int | None = Field(None, ge=0, le=20)
     failure_callback: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if v not in TARGETS:
+            raise ValueError(f"unknown target {v!r}; known: {', '.join(TARGETS)}")
+        return v
 
     @field_validator("cron")
     @classmethod

@@ -44,7 +44,7 @@ REPOSITORY="${REPOSITORY:-safesync}"
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-safesync-runner@${PROJECT}.iam.gserviceaccount.com}"
 MAX_INSTANCES="${MAX_INSTANCES:-3}"
 CONFIG_MOUNT="/etc/safesync/safesync.toml"
-ALL_TARGETS=(backup content_sync staging_clone validate calendar_sync status)
+ALL_TARGETS=(backup content_sync staging_clone validate calendar_sync status migrate calendar_notify)
 
 cd "$(dirname "$0")/.."
 
@@ -59,11 +59,11 @@ IMAGE="${IMAGE:-${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/safesync:${TAG
 # target -> "memory timeout_seconds cpu concurrency"
 resources() {
   case "$1" in
-    backup | staging_clone) echo "2Gi 3600 2 1" ;;
+    backup | staging_clone | migrate) echo "2Gi 3600 2 1" ;;
     content_sync) echo "1Gi 1800 1 1" ;;
     validate) echo "512Mi 900 1 4" ;;
     calendar_sync) echo "512Mi 900 1 4" ;;
-    status) echo "256Mi 60 1 20" ;;
+    status | calendar_notify) echo "256Mi 60 1 20" ;;
     *) die "unknown target '$1' (known: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -107,6 +107,19 @@ secrets_for() {
         "?SAFESYNC_GOOGLE_CREDENTIALS=safesync-google-credentials" \
         "?SAFESYNC_GOOGLE_SUBJECT=safesync-google-subject"
       ;;
+    calendar_notify)
+      # Google push notifications (channel token checked by the job)
+      printf '%s\n' PROD_DATABASE_URL=safesync-prod-url-calendar \
+        SAFESYNC_ENCRYPTION_KEY=safesync-encryption-key \
+        "?SAFESYNC_GOOGLE_CREDENTIALS=safesync-google-credentials" \
+        "?SAFESYNC_GOOGLE_SUBJECT=safesync-google-subject"
+      ;;
+    migrate)
+      # admin token only; migrations need the owner; rehearsals run on a scratch clone
+      printf '%s\n' SAFESYNC_ADMIN_TOKEN=safesync-admin-token \
+        PROD_DATABASE_URL=safesync-prod-url-owner \
+        SCRATCH_DATABASE_URL=safesync-scratch-url-owner
+      ;;
     status)
       printf '%s\n' "?PROD_DATABASE_URL=safesync-prod-url-backup"
       ;;
@@ -120,7 +133,7 @@ have_secret() {
 
 # The --set-secrets value for a target (the config file + its env secrets).
 secret_flags() {
-  local target="$1" entry var name optional wanted
+  local target="$1" entry var name optional wanted seen=","
   wanted="$(secrets_for "${target}")"
   local pairs=("${CONFIG_MOUNT}=safesync-config:latest") missing=()
   have_secret safesync-config || missing+=(safesync-config)
@@ -132,8 +145,12 @@ secret_flags() {
     fi
     var="${entry%%=*}"
     name="${entry#*=}"
+    if [[ "${seen}" == *",${var},"* ]]; then
+      continue # given already (an optional common entry made required here)
+    fi
     if have_secret "${name}"; then
       pairs+=("${var}=${name}:latest")
+      seen+="${var},"
     elif [[ -z "${optional}" ]]; then
       missing+=("${name}")
     fi

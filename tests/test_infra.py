@@ -19,7 +19,7 @@ from safesync.functions import schedules
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
-TARGETS = ["backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status"]
+TARGETS = ["backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify"]
 
 # Secrets that exist in the fake project: every required one, a few optional.
 SECRETS = [
@@ -27,6 +27,7 @@ SECRETS = [
     "safesync-qstash-next-signing-key", "safesync-notify-url", "safesync-prod-url-backup",
     "safesync-dev-url-content-sync", "safesync-prod-url-content-sync", "safesync-dev-url-owner",
     "safesync-staging-url-owner", "safesync-prod-url-calendar", "safesync-encryption-key",
+    "safesync-admin-token", "safesync-prod-url-owner", "safesync-scratch-url-owner",
 ]
 
 GCLOUD_STUB = """\
@@ -121,11 +122,13 @@ def test_deploy_builds_once_and_deploys_every_target(tmp_path):
         assert "/etc/safesync/safesync.toml=safesync-config:latest" in secrets
         assert "SAFESYNC_API_TOKEN=safesync-api-token:latest" in secrets
         assert "SAFESYNC_NOTIFY_URL=safesync-notify-url:latest" in secrets  # optional, exists
-        assert not any(s.startswith("SAFESYNC_ADMIN_TOKEN=") for s in secrets)  # optional, missing: skipped
+        assert not any(s.startswith("VERCEL_WEBHOOK_SECRET=") for s in secrets)  # optional, missing: skipped
+        assert len({s.split("=")[0] for s in secrets}) == len(secrets)  # each variable once
     # Each job its own least-privilege role.
     assert "PROD_DATABASE_URL=safesync-prod-url-backup:latest" in flag(deploys["safesync-backup"], "--set-secrets")
     assert "PROD_DATABASE_URL=safesync-prod-url-content-sync:latest" in flag(deploys["safesync-content-sync"], "--set-secrets")
     assert "PROD_DATABASE_URL=safesync-prod-url-calendar:latest" in flag(deploys["safesync-calendar-sync"], "--set-secrets")
+    assert "SAFESYNC_ADMIN_TOKEN=safesync-admin-token:latest" in flag(deploys["safesync-migrate"], "--set-secrets")
 
     # First deploy: the public URL QStash signs is set once it is known.
     updates = {c[3]: c for c in calls if c[:3] == ["run", "services", "update"]}
