@@ -92,6 +92,21 @@ def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal
     assert fake.store.live("primary")[gid(1)]["summary"] == "never works"
 
 
+def test_google_unreachable_fails_the_run_without_burning_the_rows_tries(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(0), title="waiting for Google")
+    fake.faults = Faults(rate=1.0, kinds=("500", "drop"), seed=1, only="/batch")
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 503 and "Google unreachable" in answer.body["error"]
+    row = rows(settings)[gid(0)]
+    assert (row["sync_status"], row["sync_retries"]) == ("pending_sync", 0)
+    fake.faults = Faults()
+    sync(settings, "incremental")
+    assert fake.store.live("primary")[gid(0)]["summary"] == "waiting for Google"
+
+
 def test_slow_answers_time_out_and_are_retried(fake, cal_settings):
     settings = cal_settings()
     settings.config = settings.config.model_copy(

@@ -9,9 +9,12 @@ Requests are built by factories so each round sends a fresh request.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Generic, TypeVar
 
 from googleapiclient.http import HttpRequest
+
+from safesync.shared.errors import JobFailed
 
 from . import state
 from .context import SyncContext
@@ -27,17 +30,21 @@ class BatchRunner(Generic[K]):
         self.ctx, self.cal = ctx, calendar_id
 
     def run_once(self, items: list[tuple[K, Factory]]) -> list[tuple[K, Any, Failure | None]]:
-        """One pass over ``items`` in batches; no retries."""
+        """One pass over ``items`` in batches; no retries. A batch call that
+        fails for a reason retrying cannot fix (credentials refused, 400 on
+        the envelope) ends the run: it says nothing about the items."""
         out: list[tuple[K, Any, Failure | None]] = []
         for start in range(0, len(items), BATCH_SIZE):
             chunk = items[start : start + BATCH_SIZE]
             try:
                 results = self.ctx.client.execute_batch([(str(i), make()) for i, (_, make) in enumerate(chunk)])
             except Exception as exc:  # the whole batch call failed: every item alike
-                failure = classify(exc)
+                failure = replace(classify(exc), whole_batch=True)
                 self.ctx.counts["batch_failures"] += 1
                 state.audit(self.ctx.conn, self.ctx.run_id, "error", "batch call failed", calendar_id=self.cal,
                             detail={"error": failure.describe(), "items": len(chunk)})
+                if not failure.retryable:
+                    raise JobFailed(f"calendar {self.cal}: batch call failed: {failure.describe()}", {"calendar_id": self.cal}) from None
                 out += [(key, None, failure) for key, _ in chunk]
                 continue
             for i, (key, _) in enumerate(chunk):

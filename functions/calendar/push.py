@@ -26,6 +26,8 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from safesync.shared.errors import JobFailed
+
 from . import state
 from .batch import BatchRunner
 from .conflicts import merge
@@ -54,6 +56,7 @@ class Pusher:
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
         self.runner: BatchRunner[Op] = BatchRunner(ctx, calendar_id)
+        self.unreachable: Failure | None = None
 
     def run(self, *, include_failed: bool = False) -> None:
         statuses = ["pending_sync", "sync_failed"] if include_failed else ["pending_sync"]
@@ -69,6 +72,10 @@ class Pusher:
             ready = [r for r in occurrences if r["recurring_event_id"] not in unpushed]
             self.ctx.counts["deferred"] += len(occurrences) - len(ready)
             self._drive([op for op in map(self._op_for, ready) if op is not None])
+        if self.unreachable is not None:
+            # Google itself was unreachable: the rows are not at fault and keep their tries.
+            raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable ({self.unreachable.describe()})",
+                            {"calendar_id": self.cal})
 
     # -- preparation --------------------------------------------------------
     def _rows(self, statuses: list[str]) -> list[dict[str, Any]]:
@@ -164,7 +171,11 @@ class Pusher:
         if failure.retryable:
             if op.tries + 1 < ctx.policy.attempts:
                 return replace(op, tries=op.tries + 1)
-            self._failed(op.row, failure)
+            if failure.whole_batch:
+                self.unreachable = failure
+                self._audit(op.row, "error", "push postponed: Google unreachable", {"error": failure.describe()})
+            else:
+                self._failed(op.row, failure)
             return None
         if op.kind == "insert" and status == 409:
             self._audit(op.row, "state", "insert answered 409: already created, patching it", {})

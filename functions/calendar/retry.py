@@ -37,6 +37,7 @@ class Failure:
     message: str
     retryable: bool
     retry_after: float | None = None
+    whole_batch: bool = False  # the batch HTTP call itself failed, not this item
 
     def describe(self) -> str:
         code = f"{self.status} " if self.status else ""

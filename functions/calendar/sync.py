@@ -18,7 +18,8 @@ import psycopg
 
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
-from safesync.shared.errors import AlreadyRunning, BadRequest, JobFailed, Refused, SafesyncError
+from safesync.shared.errors import AlreadyRunning, BadRequest, DatabaseError, JobFailed, Refused, SafesyncError
+from safesync.shared.log import redact
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
@@ -101,6 +102,8 @@ def sync_calendars(
                 except (Refused, JobFailed) as exc:
                     outcome, error, how = ("refused" if isinstance(exc, Refused) else "failed"), exc.message, mode
                     errors.append(exc)
+                except psycopg.OperationalError as exc:  # the database went away mid-run
+                    raise DatabaseError(f"calendar {cal}: database error: {redact(str(exc)).strip()}") from None
                 finally:
                     reads.invalidate(cfg.database, ctx.spans)
                 calls = {k: v - before.get(k, 0) for k, v in client.calls.items() if v - before.get(k, 0)}

@@ -34,6 +34,7 @@ class Faults:
     kinds: tuple[str, ...] = ("429", "403rate", "500", "drop")
     seed: int = 0
     slow_s: float = 0.0
+    only: str | None = None  # a path prefix: fault only those requests (e.g. "/batch")
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -266,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not auth.startswith("Bearer ") or auth[7:] not in fake.access_tokens:
             self._send(401, {}, ApiError(401, "authError", "Invalid Credentials").body())
             return
-        kind = fake.draw()
+        kind = fake.draw() if fake.faults.only is None or split.path.startswith(fake.faults.only) else None
         drop_after = False
         if kind == "slow":
             time.sleep(fake.faults.slow_s)
