@@ -373,3 +373,20 @@ def test_conference_data_is_encrypted_at_rest(fake, cal_settings):
     assert row["meeting_id"] == "abc-defg-hij"
     assert b"meet.google.com" not in bytes(row["conference_data"])
     assert CIPHER.decrypt(row["conference_data"]) == conference
+
+
+def test_migrations_are_idempotent_and_a_changed_one_is_refused(make_db, monkeypatch):
+    import psycopg as pg
+
+    from safesync.functions.calendar import schema
+    from safesync.shared.errors import JobFailed
+
+    url = make_db()
+    with pg.connect(url, autocommit=True) as conn:
+        assert schema.migrate(conn) == [1, 2, 3]
+        assert schema.migrate(conn) == []
+        assert schema.installed(conn)
+        changed = [(v, n, sql + "\n-- edited") if v == 2 else (v, n, sql) for v, n, sql in schema.MIGRATIONS]
+        monkeypatch.setattr(schema, "MIGRATIONS", changed)
+        with pytest.raises(JobFailed, match="migration 2"):
+            schema.migrate(conn)
