@@ -10,7 +10,9 @@ module describes; the others listed as "not compared") and data diff (per
 table counts and content hashes, naming the first differing keys).
 
 Library API (used by the staging clone and migrations):
-``check_database``, ``compare``, ``Comparison.into_report``.
+``check_database`` (the configured checks) or ``run_checks`` (explicit
+schemas, relations, ``RuleSpec`` rules), ``compare`` → ``Comparison``
+(``.identical``, ``.into_report(report, a_name, b_name)``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ __all__ = [
     "CheckReport",
     "Comparison",
     "DataDiff",
+    "Relation",
+    "RuleSpec",
     "SchemaDiff",
     "check_database",
     "compare",
+    "run_checks",
     "handle_http",
     "register_cli",
     "validate",
@@ -158,6 +163,7 @@ def _two(settings: Settings, db: str, against: str, report: Report) -> None:
     with connect(settings.database_url(db), application_name="safesync-validate") as a, connect(
         settings.database_url(against), application_name="safesync-validate"
     ) as b:
+        a.read_only = b.read_only = True
         with report.timed("compare"):
             comparison = compare(a, b, schemas)
     report.details.update({"database": db, "against": against, "schemas": schemas})
