@@ -14,9 +14,9 @@ from safesync.functions.content_sync.plan import table_spec
 from safesync.shared.db import TableRef, connect
 
 
-def run_diff(src_url: str, tgt_url: str, table: str = "t"):
+def run_diff(src_url: str, tgt_url: str, table: str = "t", native_hash: bool = True):
     with connect(src_url, application_name="test-src") as src, connect(tgt_url) as tgt:
-        spec = table_spec(src, tgt, TableRef("public", table), "dev", "prod")
+        spec = table_spec(src, tgt, TableRef("public", table), "dev", "prod", native_hash=native_hash)
         sides = Sides(src, tgt)
         try:
             return spec, diff_table(sides, spec)
@@ -46,7 +46,8 @@ def make_pair(make_db, ddl: str) -> tuple[str, str]:
     return a, b
 
 
-def test_hash_tells_apart_what_text_tools_confuse(make_db):
+@pytest.mark.parametrize("native_hash", [True, False], ids=["hash_record", "text-hash (PostgreSQL < 14)"])
+def test_hash_tells_apart_what_text_tools_confuse(make_db, native_hash):
     src, tgt = make_pair(
         make_db,
         "create table t (id int primary key, txt text, j jsonb, js json, arr int[], ts timestamptz, num numeric, b bytea)",
@@ -83,20 +84,27 @@ def test_hash_tells_apart_what_text_tools_confuse(make_db):
         t.execute("insert into t (id, ts) values (200, '2024-04-30 17:00:00')")
         s.execute("insert into t (id, ts) values (201, '2024-05-01 09:00:00')")
         t.execute("insert into t (id, ts) values (201, '2024-05-01 09:00:00')")  # same wall clock, other instant
-    spec, result = run_diff(src, tgt)
+    spec, result = run_diff(src, tgt, native_hash=native_hash)
     expected = {(str(i),) for i, (_, _, d) in enumerate(cases) if d} | {(str(e[0]),) for e in extra if e[4]} | {("201",)}
     assert set(result.changed) == expected
     assert not result.new and not result.extra
     assert result.unchanged == result.source_rows - len(expected)
 
 
-def test_identical_tables_cost_one_query_per_side(make_db):
+def test_identical_tables_cost_one_pass_per_side(make_db):
     src, tgt = make_pair(make_db, "create table t (id bigint primary key, body text)")
     for url in (src, tgt):
         with psycopg.connect(url) as conn:
             conn.execute("insert into t select g, repeat('x', g % 50) from generate_series(1, 20000) g")
     _, same = run_diff(src, tgt)
-    assert same.queries == 1 and same.rows_fetched == 0 and same.unchanged == 20000
+    # an integer key: the key span (two index lookups), then one aggregate pass
+    assert same.queries == 2 and same.rows_fetched == 0 and same.unchanged == 20000
+    with psycopg.connect(src) as conn:
+        conn.execute("create table u as select id::text as id, body from t; alter table u add primary key (id)")
+    with psycopg.connect(tgt) as conn:
+        conn.execute("create table u as select id::text as id, body from t; alter table u add primary key (id)")
+    _, same_text_key = run_diff(src, tgt, "u")
+    assert same_text_key.queries == 1 and same_text_key.rows_fetched == 0
 
     with psycopg.connect(tgt) as conn:
         conn.execute("update t set body = 'changed' where id = 12345")

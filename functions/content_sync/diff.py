@@ -11,10 +11,12 @@ uuid key column is split arithmetically between the smallest and largest
 key of both sides; any other key (composite, text, dates, ...) by quantiles
 of the actual keys of the side holding more rows in the range. Text-like key
 columns are ordered in "C" (byte) order on both servers. Each level of the
-descent is one query per side covering every differing range (ranges are
-joined from arrays, so integer and uuid keys use the primary key index).
-When nearly every range differs the next split is wider, so dense changes
-reach row level in few passes over the data.
+descent is one query per side covering every differing range: ranges are
+joined from arrays (integer and uuid keys then use the primary key index),
+or — many small ranges over much of the table — assigned by ``width_bucket``
+in one pass. When nearly every range differs the changes are dense and the
+next split goes straight to ranges of a few rows, so dense changes reach row
+level in four passes over the data whatever the table size.
 
 Source and target queries of each step run concurrently (one thread per
 side). The source connection is expected to be inside one REPEATABLE READ
@@ -42,8 +44,10 @@ T = TypeVar("T")
 
 LEAF_ROWS = 32  # a differing range this small is fetched as (key, hash) pairs
 FIRST_BRANCH = 32  # ranges per split while differences look sparse
-MAX_BRANCH = 1024  # ... and at most this many when nearly every range differs
+MAX_BRANCH = 4096  # ... and up to this many when nearly every range differs
 MIN_CHILD_ROWS = 8  # never split into ranges smaller than this (on average)
+SCAN_MIN_RANGES = 256  # this many ranges covering ...
+SCAN_MIN_SHARE = 0.25  # ... this share of the table: one bucketed pass, not a scan per range
 _INT8_MAX = 2**63 - 1
 _UUID_MAX = 2**128 - 1
 
@@ -167,20 +171,52 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
     return sql.SQL(" union all ").join(parts), params
 
 
-def checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
-    """segment index -> (count, sum of row hashes); empty segments absent."""
+def checksums(
+    conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment], *, scan: bool = False
+) -> dict[int, tuple[int, Decimal]]:
+    """segment index -> (count, sum of row hashes); empty segments absent.
+
+    ``scan``: many small ranges covering much of the table (an arithmetic
+    key). One pass over their span, each row assigned to its range by
+    ``width_bucket`` (a binary search), beats one index range scan per range.
+    """
     if not segments:
         return {}
-    rows, params = segment_rows(spec, segments, sql.SQL("{} as h").format(rowhash.row_hash(spec.columns)))
+    if scan and spec.arithmetic and all(s.lo is not None and s.hi is not None for s in segments):
+        return _bucketed_checksums(conn, spec, segments)
+    rows, params = segment_rows(spec, segments, sql.SQL("{} as h").format(rowhash.row_hash(spec)))
     query = sql.SQL("select seg, count(*), coalesce(sum(h), 0) from ({}) as x group by seg").format(rows)
     return {seg: (count, total) for seg, count, total in conn.execute(query, params)}
+
+
+def _bucketed_checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
+    ordered = sorted(range(len(segments)), key=lambda i: _to_int(spec, segments[i].lo[0]))
+    thresholds: list[str] = []
+    owner: dict[int, int] = {}  # width_bucket number -> segment index (gaps between ranges: none)
+    for i in ordered:
+        seg = segments[i]
+        if not thresholds or thresholds[-1] != seg.lo[0]:
+            thresholds.append(seg.lo[0])
+        owner[len(thresholds)] = i
+        thresholds.append(seg.hi[0])
+    type_ = sql.SQL(_bound_type(spec, 0))
+    key = sql.Identifier("t", spec.key[0])
+    query = sql.SQL(
+        "select width_bucket({key}, %s::{type}[]) as b, count(*), coalesce(sum({h}), 0) from {table} as t "
+        "where {key} >= %s::{type} and {key} < %s::{type} group by 1"
+    ).format(key=key, type=type_, h=rowhash.row_hash(spec), table=spec.table.ident)
+    found = {}
+    for bucket, count, total in conn.execute(query, [thresholds, thresholds[0], thresholds[-1]]):
+        if bucket in owner:
+            found[owner[bucket]] = (count, total)
+    return found
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
     """(key, row hash) of every row in the segments."""
     if not segments:
         return []
-    select = sql.SQL("{}, {}").format(rowhash.key_text(spec), rowhash.row_hash(spec.columns))
+    select = sql.SQL("{}, {}").format(rowhash.key_text(spec), rowhash.row_hash(spec))
     rows, params = segment_rows(spec, segments, select)
     n = len(spec.key)
     return [(tuple(r[1 : 1 + n]), r[1 + n]) for r in conn.execute(rows, params)]
@@ -214,17 +250,18 @@ def quantiles(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segm
     return found
 
 
-def _top(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, Decimal, str | None, str | None]:
-    """Whole-table checksum, plus smallest and largest key for arithmetic keys."""
-    bounds = sql.SQL("null, null")
-    if spec.arithmetic:
-        k = sql.Identifier("t", spec.key[0])
-        first = sql.SQL("(select {k}::text from {t} as t order by {k} limit 1)").format(k=k, t=spec.table.ident)
-        last = sql.SQL("(select {k}::text from {t} as t order by {k} desc limit 1)").format(k=k, t=spec.table.ident)
-        bounds = sql.SQL("{}, {}").format(first, last)
-    query = sql.SQL("select count(*), coalesce(sum({h}), 0), {bounds} from {t} as t").format(
-        h=rowhash.row_hash(spec.columns), bounds=bounds, t=spec.table.ident
-    )
+def _top(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, Decimal]:
+    """Whole-table checksum."""
+    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t} as t").format(h=rowhash.row_hash(spec), t=spec.table.ident)
+    return conn.execute(query).fetchone()
+
+
+def _key_bounds(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, str | None]:
+    """Smallest and largest key (two index lookups) of an arithmetic key."""
+    k = sql.Identifier("t", spec.key[0])
+    query = sql.SQL(
+        "select (select {k}::text from {t} as t order by {k} limit 1), (select {k}::text from {t} as t order by {k} desc limit 1)"
+    ).format(k=k, t=spec.table.ident)
     return conn.execute(query).fetchone()
 
 
@@ -261,17 +298,13 @@ def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment
 
 def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
     """Compare one content table between source and target."""
-    (sc, ss, smin, smax), (tc, ts, tmin, tmax) = sides.both(lambda c: _top(c, spec))
-    result = TableDiff(spec, sc, tc, queries=1)
-    if (sc, ss) == (tc, ts):
-        return result
-    top = Segment(None, None)
     if spec.arithmetic:
-        lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
-        highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
-        top = Segment(_to_text(spec, min(lows)), _to_text(spec, max(highs) + 1))
-    pending: list[tuple[Segment, int, int]] = [(top, sc, tc)]
-    branch = FIRST_BRANCH
+        pending, sc, tc, queries = _first_level(sides, spec)
+    else:
+        (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
+        pending, queries = ([] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)]), 1
+    result = TableDiff(spec, sc, tc, queries=queries)
+    branch = MAX_BRANCH if spec.arithmetic and len(pending) >= 0.9 * FIRST_BRANCH else FIRST_BRANCH
     while pending:
         leaves, splits = [], []
         for item in pending:
@@ -282,18 +315,47 @@ def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
         if not splits:
             break
         children = _children(sides, spec, splits, branch, result)
-        if not children:
-            break
-        (src_sums, tgt_sums) = sides.both(lambda c: checksums(c, spec, children))
+        covered = sum(max(a, b) for _, a, b in splits)
+        scan = len(children) > SCAN_MIN_RANGES and covered >= SCAN_MIN_SHARE * max(sc, tc)
+        pending = _differing(sides, spec, children, scan)
         result.queries += 1
-        pending = []
-        for i, seg in enumerate(children):
-            a, b = src_sums.get(i, (0, 0)), tgt_sums.get(i, (0, 0))
-            if a != b:
-                pending.append((seg, a[0], b[0]))
+        # nearly every range differs: changes are dense, go straight to small ranges
         dense = len(pending) >= 0.9 * len(children)
-        branch = min(MAX_BRANCH, branch * 8) if dense else FIRST_BRANCH
+        branch = MAX_BRANCH if dense else FIRST_BRANCH
     return result
+
+
+def _first_level(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], int, int, int]:
+    """Arithmetic keys: the key span of both sides (index lookups), then
+    FIRST_BRANCH range checksums in one pass per side — identical tables
+    stop here, differing ones already know where to look."""
+    (smin, smax), (tmin, tmax) = sides.both(lambda c: _key_bounds(c, spec))
+    lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
+    highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
+    if not lows:
+        return [], 0, 0, 1
+    top = Segment(_to_text(spec, min(lows)), _to_text(spec, max(highs) + 1))
+    children = _split_arithmetic(spec, top, FIRST_BRANCH)
+    src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, children, scan=True))
+    sc = sum(n for n, _ in src_sums.values())
+    tc = sum(n for n, _ in tgt_sums.values())
+    pending = [
+        (seg, src_sums.get(i, (0, 0))[0], tgt_sums.get(i, (0, 0))[0])
+        for i, seg in enumerate(children)
+        if src_sums.get(i, (0, 0)) != tgt_sums.get(i, (0, 0))
+    ]
+    return pending, sc, tc, 2
+
+
+def _differing(sides: Sides, spec: TableSpec, segments: list[Segment], scan: bool) -> list[tuple[Segment, int, int]]:
+    """The segments whose checksums differ, with their row counts per side."""
+    src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, segments, scan=scan))
+    out = []
+    for i, seg in enumerate(segments):
+        a, b = src_sums.get(i, (0, 0)), tgt_sums.get(i, (0, 0))
+        if a != b:
+            out.append((seg, a[0], b[0]))
+    return out
 
 
 def _splittable(spec: TableSpec, seg: Segment) -> bool:

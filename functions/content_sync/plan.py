@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
 
 from safesync.shared import db
 from safesync.shared.config import ContentSyncSection
@@ -66,7 +65,9 @@ class TableSpec:
     key_types: tuple[str, ...]
     key_collatable: tuple[bool, ...]
     columns: tuple[str, ...]
+    column_types: tuple[str, ...]  # format_type of each of ``columns``
     primary_key: tuple[str, ...]
+    native_hash: bool = True  # both servers >= 14: hash_record_extended (see rowhash)
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
     sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) owned in the target
     drift: Drift = field(default_factory=Drift)
@@ -153,7 +154,9 @@ def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
     return Drift(missing, extra, tuple(retyped))
 
 
-def table_spec(src: psycopg.Connection, tgt: psycopg.Connection, table: TableRef, source: str, target: str) -> TableSpec:
+def table_spec(
+    src: psycopg.Connection, tgt: psycopg.Connection, table: TableRef, source: str, target: str, *, native_hash: bool = True
+) -> TableSpec:
     """Resolve one content table on both sides (ConfigError if it is unusable)."""
     for conn, side in ((src, source), (tgt, target)):
         if not db.table_exists(conn, table):
@@ -183,7 +186,9 @@ def table_spec(src: psycopg.Connection, tgt: psycopg.Connection, table: TableRef
         key_types=tuple(src_types[k] for k in key),
         key_collatable=_collatable(src, table, key),
         columns=columns,
+        column_types=tuple(src_types[c] for c in columns),
         primary_key=tuple(tgt_pk),
+        native_hash=native_hash,
         identity_always=frozenset(c.name for c in tgt_cols if c.identity == "a"),
         sequences=_sequences(tgt, table, tgt_cols),
         drift=drift,
@@ -219,7 +224,8 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
     for table in listed:
         if not db.table_exists(tgt, table):
             raise ConfigError(f"content_sync.protected: {table} does not exist in database {section.target!r}")
-    specs = {t: table_spec(src, tgt, t, section.source, section.target) for t in content}
+    native = min(db.server_version(src), db.server_version(tgt)) >= 140000  # hash_record_extended
+    specs = {t: table_spec(src, tgt, t, section.source, section.target, native_hash=native) for t in content}
     fks = db.foreign_keys(tgt)
     ordered = db.fk_order(content, fks)
     everything = db.list_tables(tgt)
@@ -233,7 +239,3 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
         delete_missing=section.delete_missing,
     )
 
-
-def qualified(conn: psycopg.Connection, table: TableRef) -> str:
-    """The table's quoted name as SQL text (for regclass casts)."""
-    return sql.Identifier(table.schema, table.name).as_string(conn)

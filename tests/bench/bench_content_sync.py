@@ -1,0 +1,265 @@
+"""Content sync on a 1M-row ``lessons`` table vs the naive way, on loopback
+and through a 20 MB/s proxy (what a remote database looks like).
+
+Rows, each with the naive baseline measured in the same run:
+
+- compare, identical tables — ours (``safesync content compare``) vs
+  streaming every content table out of both databases (``COPY TO STDOUT``,
+  both at once). Targets: ≥ 10× faster over the capped link; on loopback no
+  slower than the streaming alone.
+- sync, 1 % of lessons changed — ours (``safesync content sync``: compare,
+  stage, upsert, protection proof, post-sync compare, commit; the presync
+  backup is timed in its own row) vs the naive sync: stream every content
+  table into temp tables on the target and upsert every row. Targets: ≥ 5×
+  faster capped; ≤ 0.25× the naive time on loopback.
+
+Bytes are counted by the proxy (both directions, all connections) on the
+capped runs; the same bytes cross loopback. ``BENCH_CS_ROWS`` shrinks the
+table for a quick look.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import psycopg
+from psycopg import sql
+
+from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench.throttle_proxy import ThrottleProxy
+from tests.fixtures.lms import LMS_CONTENT, create_lms, lms_config_toml
+
+ROWS = int(os.environ.get("BENCH_CS_ROWS", 1_000_000))
+RATE = 20e6  # bytes/s per direction
+
+BULK = """
+insert into lessons (id, course_id, position, title, body, duration_minutes, video_url, quiz, updated_at)
+select g, 1 + g % 5, g % 8, 'Lesson ' || g || ' — 日本語のレッスン',
+       repeat('Lorem ipsum dolor sit amet, consectetur. ', 1 + g % 4), 5 + g % 40,
+       case when g % 3 = 0 then null else 'https://video.example/' || g || '.mp4' end,
+       case when g % 2 = 0 then null else jsonb_build_object('questions', jsonb_build_array(g, g + 1), 'pass', 0.8) end,
+       timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute'
+from generate_series(41, {rows}) g
+"""
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _build(pg: EmbeddedPostgres) -> tuple[str, str]:
+    urls = []
+    for name in ("src", "tgt"):
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        url = pg.url(name)
+        create_lms(url, variant="prod")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(BULK.format(rows=ROWS))
+            conn.execute("select setval('lessons_id_seq', max(id)) from lessons")
+            conn.execute("vacuum analyze")
+        urls.append(url)
+    return urls[0], urls[1]
+
+
+def _via(url: str, port: int) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return f"postgresql://{info['user']}@127.0.0.1:{port}/{info['dbname']}"
+
+
+def _stream_both(src: str, tgt: str) -> None:
+    """Naive compare: every content table out of both databases, at once."""
+
+    def drain(url: str) -> None:
+        with psycopg.connect(url) as conn:
+            for table in LMS_CONTENT:
+                with conn.cursor().copy(sql.SQL("copy {} to stdout").format(sql.Identifier(table))) as copy:
+                    for _ in copy:
+                        pass
+
+    other = threading.Thread(target=drain, args=(tgt,))
+    other.start()
+    drain(src)
+    other.join()
+
+
+def _naive_sync(src: str, tgt: str) -> None:
+    """Naive sync: stream every content table into the target and upsert
+    every row (in one transaction, rolled back so the real sync that follows
+    finds the same target)."""
+    from safesync.functions.content_sync.plan import build_plan
+    from safesync.shared.config import ContentSyncSection
+    from safesync.shared.db import connect
+
+    section = ContentSyncSection(tables=LMS_CONTENT, source="dev", target="prod")
+    with connect(src, application_name="bench-naive-src") as s, connect(tgt) as t:
+        plan = build_plan(section, s, t)
+        for i, spec in enumerate(plan.tables):
+            cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
+            temp = sql.Identifier(f"naive_{i}")
+            t.execute(sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(temp, cols, spec.table.ident))
+            with s.cursor().copy(sql.SQL("copy {} ({}) to stdout").format(spec.table.ident, cols)) as out, t.cursor().copy(
+                sql.SQL("copy {} ({}) from stdin").format(temp, cols)
+            ) as inp:
+                for data in out:
+                    inp.write(data)
+            sets = sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in spec.update_columns)
+            overriding = sql.SQL(" overriding system value") if spec.identity_always else sql.SQL("")
+            t.execute(
+                sql.SQL("insert into {} ({}){} select {} from {} on conflict ({}) do update set {}").format(
+                    spec.table.ident, cols, overriding, cols, temp, sql.SQL(", ").join(map(sql.Identifier, spec.primary_key)), sets
+                )
+            )
+        t.rollback()
+
+
+def _settings(tmp: Path, src: str, tgt: str):
+    from safesync.shared.config import load_settings
+
+    os.environ["BENCH_DEV_URL"], os.environ["BENCH_PROD_URL"] = src, tgt
+    path = tmp / "safesync.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [databases]
+            dev = "BENCH_DEV_URL"
+            prod = "BENCH_PROD_URL"
+            [storage]
+            url = "file://{tmp / 'store'}"
+            """
+        )
+        + lms_config_toml()
+    )
+    return load_settings(path)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - start, 3)
+
+
+def _vacuum(pg: EmbeddedPostgres) -> None:
+    for name in ("src", "tgt"):
+        with psycopg.connect(pg.url(name), autocommit=True) as conn:
+            conn.execute("vacuum analyze lessons")
+
+
+def _change_one_percent(src: str, round_: int) -> int:
+    with psycopg.connect(src) as conn:
+        return conn.execute(
+            "update lessons set title = title || %s, updated_at = updated_at + interval '1 day' where id %% 100 = 7",
+            [f" (rev {round_})"],
+        ).rowcount
+
+
+def _ours(settings, mode: str) -> dict:
+    from safesync.functions.content_sync import content_sync
+
+    # the presync backup is measured in its own row: here only the sync itself
+    with mock.patch("safesync.functions.content_sync.job.take_safety_backup", return_value={"skipped": "bench"}):
+        answer = content_sync(settings, mode)
+    body = answer.body.get("report", answer.body)
+    assert answer.status == 200, body
+    return body
+
+
+def run() -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-content-sync-") as tmp_name:
+        tmp = Path(tmp_name)
+        pg = EmbeddedPostgres(tmp / "data").start()
+        os.environ["PG_BIN"] = str(pg.bin)
+        try:
+            return _measure(pg, tmp)
+        finally:
+            pg.destroy()
+
+
+def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
+    src, tgt = _build(pg)
+    rows: list[dict] = []
+    proxy = ThrottleProxy(pg.port, RATE).start()
+    try:
+        for link in ("loopback", "capped 20 MB/s"):
+            capped = link != "loopback"
+            s, t = (_via(src, proxy.port), _via(tgt, proxy.port)) if capped else (src, tgt)
+            settings = _settings(tmp, s, t)
+
+            # compare, identical
+            _vacuum(pg)
+            proxy.reset_counters()
+            naive_s = _timed(lambda: _stream_both(s, t))
+            naive_bytes = proxy.bytes_total
+            proxy.reset_counters()
+            ours_s = _timed(lambda: _ours(settings, "compare"))
+            ours_bytes = proxy.bytes_total
+            speedup = round(naive_s / ours_s, 1)
+            target = "≥ 10× faster" if capped else "≤ streaming both (≥ 1×)"
+            rows.append(
+                {
+                    "name": f"compare identical, {ROWS:,} lessons, {link}",
+                    "wall_s": ours_s,
+                    "naive_s": naive_s,
+                    "bytes": ours_bytes if capped else None,
+                    "naive_bytes": naive_bytes if capped else None,
+                    "ratio": f"{speedup}× faster",
+                    "target": target,
+                    "met": speedup >= (10 if capped else 1),
+                    "peak_rss_mb": _peak_rss_mb(),
+                }
+            )
+
+            # sync, 1 % changed
+            changed = _change_one_percent(src, len(rows))
+            _vacuum(pg)
+            proxy.reset_counters()
+            naive_s = _timed(lambda: _naive_sync(s, t))
+            naive_bytes = proxy.bytes_total
+            _vacuum(pg)
+            proxy.reset_counters()
+            result = {}
+            ours_s = _timed(lambda: result.update(_ours(settings, "sync")))
+            ours_bytes = proxy.bytes_total
+            written = sum(r.get("written", 0) for r in result["tables"]["tables"])
+            assert written == changed, (written, changed)
+            share = round(ours_s / naive_s, 3)
+            rows.append(
+                {
+                    "name": f"sync 1% changed ({changed:,} rows), {link}",
+                    "wall_s": ours_s,
+                    "naive_s": naive_s,
+                    "bytes": ours_bytes if capped else None,
+                    "naive_bytes": naive_bytes if capped else None,
+                    "ratio": f"{round(naive_s / ours_s, 1)}× faster ({share}× naive)",
+                    "target": "≥ 5× faster" if capped else "≤ 0.25× naive",
+                    "met": (naive_s / ours_s >= 5) if capped else share <= 0.25,
+                    "peak_rss_mb": _peak_rss_mb(),
+                    "note": "; ".join(f"{k}={v}" for k, v in result["timings"].items()),
+                }
+            )
+    finally:
+        proxy.stop()
+
+    # the whole job once more, with its presync backup (loopback)
+    from safesync.functions.content_sync import content_sync
+
+    changed = _change_one_percent(src, len(rows))
+    settings = _settings(tmp, src, tgt)
+    answer = {}
+    wall = _timed(lambda: answer.update(content_sync(settings, "sync").body))
+    rows.append(
+        {
+            "name": f"sync job incl. presync backup ({changed:,} rows), loopback",
+            "wall_s": wall,
+            "note": "; ".join(f"{k}={v}" for k, v in answer["timings"].items()),
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+    )
+    return rows
