@@ -141,6 +141,9 @@ def test_vercel_webhook_with_a_bad_signature_or_bad_payload(env, client) -> None
 
 
 def test_list_verify_prune_actions(env, client) -> None:
+    nothing = client.post("/backup", json={"action": "verify"}, headers=BEARER)
+    assert nothing.status_code == 200 and nothing.get_json()["ok"] is False
+    assert "prod: no complete backup" in nothing.get_json()["summary"]
     first = create_backup(env, "prod", "predeploy")
     second = create_backup(env, "prod", "predeploy")
     third = create_backup(env, "prod", "predeploy")

@@ -107,6 +107,7 @@ def run_verify(
     report = Report(JOB, "verify", trigger=trigger or {})
 
     def job(report: Report) -> None:
+        missing: list[str] = []
         if backup_id:
             targets = [get_backup(settings, backup_id)]
         elif all_backups:
@@ -116,7 +117,7 @@ def run_verify(
             for db in settings.config.backup.databases:
                 latest = latest_backup(settings, db)
                 if latest is None:
-                    report.warnings.append(f"{db}: no complete backup to verify")
+                    missing.append(db)
                 else:
                     targets.append(latest)
         results = [verify_backup(settings, info, restore_drill_too=restore_drill) for info in targets]
@@ -128,13 +129,12 @@ def run_verify(
             report.warnings += r.warnings
         failed = [r for r in results if not r.ok]
         what = "verified" + (" and restore-drilled" if restore_drill else "")
-        if failed:
-            report.problems(
-                f"{len(failed)} of {len(results)} backup(s) FAILED verification: "
-                + "; ".join(f"{r.id}: {r.all_problems[0]}" for r in failed)
-            )
-        elif not results:
-            report.problems("no complete backups to verify")
+        troubles = [f"{r.id}: {r.all_problems[0]}" for r in failed]
+        troubles += [f"{db}: no complete backup" for db in missing]
+        if not results and not missing:
+            troubles.append("no complete backups to verify")
+        if troubles:
+            report.problems(f"{len(failed)} of {len(results)} backup(s) FAILED verification; " + "; ".join(troubles))
         else:
             report.summary = f"{len(results)} backup(s) {what}: all good"
 
