@@ -173,6 +173,7 @@ class MigrateSection(_Section):
     rehearsal_max_age_minutes: int = Field(60, ge=1)
     lock_timeout: str = "5s"
     statement_timeout: str = "15min"
+    command_timeout_minutes: int = Field(30, ge=1)  # a `command` migration is killed after this
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")

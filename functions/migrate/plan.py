@@ -1,0 +1,124 @@
+"""What a migration would run, against which database — and its digest.
+
+The plan is read-only: it reads the folder (or the configured command) and
+the target's record of applied files. Its ``digest`` names exactly what
+would run (the pending files' names and checksums, or the command), so
+``apply`` can demand a passing rehearsal of *this* plan, not of an older one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from safesync.shared.config import Settings
+from safesync.shared.db import connect
+from safesync.shared.errors import ConfigError, Refused
+
+from . import sqlfiles
+from .sqlfiles import SqlFile
+
+
+@dataclass
+class Plan:
+    database: str
+    kind: str  # "sql" | "command"
+    pending: list[SqlFile] = field(default_factory=list)
+    applied: int = 0
+    command: str | None = None
+    single_transaction: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to do (a command always runs: it decides for itself)."""
+        return self.kind == "sql" and not self.pending
+
+    @property
+    def digest(self) -> str:
+        what: dict[str, Any] = {"database": self.database, "kind": self.kind}
+        if self.kind == "sql":
+            what["files"] = [[f.name, f.checksum] for f in self.pending]
+            what["single_transaction"] = self.single_transaction
+        else:
+            what["command"] = self.command
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        if self.kind == "command":
+            return f"run `{self.command}` against {self.database}"
+        if self.empty:
+            return f"{self.database} is up to date ({self.applied} file(s) applied, none pending)"
+        how = "in one transaction" if self.single_transaction else "each in its own transaction"
+        return f"apply {len(self.pending)} pending file(s) to {self.database} {how} ({self.applied} already applied)"
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"database": self.database, "kind": self.kind, "plan_digest": self.digest}
+        if self.kind == "sql":
+            out.update(
+                pending=[f.name for f in self.pending], applied=self.applied, single_transaction=self.single_transaction
+            )
+        else:
+            out["command"] = self.command
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        if self.kind == "command":
+            return [{"step": "command", "what": self.command, "env": "DATABASE_URL = " + self.database}]
+        return [{"step": i, "file": f.name, "sha256": f.checksum[:12]} for i, f in enumerate(self.pending, 1)]
+
+
+def build_plan(settings: Settings, conn: psycopg.Connection | None = None) -> Plan:
+    """The plan for ``[migrate]`` against its database (``conn``: an open
+    connection to it, else one is opened). Raises ConfigError for a missing
+    setup, Refused when the folder contradicts what was applied."""
+    cfg = settings.config.migrate
+    db = settings.check_database(cfg.database)
+    if not cfg.sql_dir and not cfg.command:
+        raise ConfigError("[migrate] needs sql_dir (a folder of .sql files) or command (e.g. \"alembic upgrade head\")")
+    if cfg.command:
+        return Plan(db, "command", command=cfg.command)
+    files = sqlfiles.discover(settings.resolve_path(cfg.sql_dir))
+    if conn is None:
+        with connect(settings.database_url(db), application_name="safesync-migrate") as own:
+            own.read_only = True
+            return _sql_plan(settings, own, db, files)
+    return _sql_plan(settings, conn, db, files)
+
+
+def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list[SqlFile]) -> Plan:
+    cfg = settings.config.migrate
+    sqlfiles.check_timeouts(conn, cfg.lock_timeout, cfg.statement_timeout)
+    done = sqlfiles.applied(conn)
+    changed = [f.name for f in files if f.name in done and done[f.name] != f.checksum]
+    if changed:
+        raise Refused(
+            f"refusing: {len(changed)} already-applied migration file(s) changed since they were applied: "
+            f"{', '.join(changed)} — add a new file instead of editing an applied one",
+            {"changed": changed},
+        )
+    pending = [f for f in files if f.name not in done]
+    control = {f.name: found for f in pending if (found := sqlfiles.transaction_control(f.text))}
+    if control:
+        raise Refused(
+            "refusing: migration file(s) contain transaction control; safesync runs each file in its own "
+            "transaction (or all in one), remove BEGIN/COMMIT/ROLLBACK: "
+            + "; ".join(f"{name} ({', '.join(found)})" for name, found in control.items()),
+            {"transaction_control": control},
+        )
+    plan = Plan(db, "sql", pending=pending, applied=len(done), single_transaction=cfg.single_transaction)
+    present = {f.name for f in files}
+    missing = sorted(set(done) - present)
+    if missing:
+        plan.warnings.append(f"applied file(s) no longer in {cfg.sql_dir}: {', '.join(missing)}")
+    latest = max(done, default=None)
+    early = [f.name for f in pending if latest is not None and f.name < latest]
+    if early:
+        plan.warnings.append(
+            f"pending file(s) sort before the last applied one ({latest}): {', '.join(early)} — they will run after it"
+        )
+    return plan

@@ -1,0 +1,210 @@
+"""``safesync migrate rehearse``: the migration on a fresh clone of the target.
+
+1. Guard the scratch database: never the target, never a protected database
+   (``prod`` or one of ``backup.databases``), never the same physical
+   database under another name — it is overwritten.
+2. Clone the target into it with the staging-clone machinery (one
+   transaction, masks of ``[staging_clone]`` applied). Every user schema of
+   the target is cloned, ``safesync`` included (so the clone knows which
+   files were applied); schemas only the scratch has (an earlier
+   rehearsal's) are dropped first.
+3. Baseline validation on the clone, then the migration with the same code,
+   timeouts and transaction mode as ``apply``, then validation again.
+4. Schema + data diff of target vs rehearsal: exactly what the migration
+   changes. Nothing touches the target (it is only read).
+
+The report is stored under ``runs/migrate/`` like every run, with the
+plan's digest: that stored report *is* the rehearsal record ``apply`` looks
+for (``latest_passing``). Storage rather than the target's ``safesync``
+schema because a rehearsal must not write to the target, and because the
+report that proves the rehearsal is the one people read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, sql
+
+from safesync.shared import preflight
+from safesync.shared.config import Settings
+from safesync.shared.db import TableRef, connect, list_tables
+from safesync.shared.errors import ConfigError, Refused
+from safesync.shared.report import Report, utcnow
+
+from . import migration, validation
+from .plan import Plan, build_plan
+
+USER_SCHEMAS_SQL = r"""
+select n.nspname from pg_namespace n
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\_%'
+  and not exists (select 1 from pg_depend d where d.classid = 'pg_namespace'::regclass and d.objid = n.oid and d.deptype = 'e')
+order by 1
+"""
+
+
+def user_schemas(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(USER_SCHEMAS_SQL).fetchall()]
+
+
+def _where(url: str) -> tuple[str, str, str]:
+    info = conninfo.conninfo_to_dict(url)
+    return str(info.get("host", "")), str(info.get("port", "5432")), str(info.get("dbname", ""))
+
+
+def check_scratch(settings: Settings) -> str:
+    """The scratch database's URL, or Refused/ConfigError when rehearsing
+    there could overwrite something that matters."""
+    cfg = settings.config.migrate
+    scratch = settings.check_database(cfg.rehearse_on)
+    if scratch == cfg.database:
+        raise ConfigError(f"migrate.rehearse_on must differ from migrate.database ({scratch!r}): it is overwritten")
+    if scratch == "prod" or scratch in settings.config.backup.databases:
+        raise Refused(
+            f"refusing to rehearse on {scratch!r}: it is a protected database (named prod or listed in "
+            "backup.databases) and a rehearsal overwrites it; point migrate.rehearse_on at a scratch database"
+        )
+    url = settings.database_url(scratch)
+    if _where(url) == _where(settings.database_url(cfg.database)):
+        raise Refused(f"refusing to rehearse: {scratch!r} and {cfg.database!r} are the same database")
+    return url
+
+
+def clone_into_scratch(settings: Settings, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:
+    """Clone the target into the scratch database; returns (clone options,
+    user schemas compared afterwards)."""
+    from safesync.functions.staging_clone import clone_database, options_from_config
+
+    with connect(url, application_name="safesync-migrate") as conn:
+        conn.read_only = True
+        schemas = user_schemas(conn)
+        tables = set(list_tables(conn, schemas))
+    with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
+        stale = [s for s in user_schemas(conn) if s not in schemas]
+        with conn.transaction():
+            for schema in stale:
+                conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+    if stale:
+        report.details["scratch_schemas_dropped"] = stale
+    base = options_from_config(settings)
+    masks = tuple(m for m in base.masks if m.table in tables)
+    skipped = sorted({str(m.table) for m in base.masks if m.table not in tables})
+    if skipped:
+        report.warnings.append(f"staging_clone masks for table(s) the target lacks were skipped: {', '.join(skipped)}")
+    options = dataclasses.replace(
+        base, schemas=tuple(schemas), masks=masks, exclude_table_data=tuple(t for t in base.exclude_table_data if t in tables)
+    )
+    clone_database(url, scratch_url, options, report=report, compare_after=False)
+    return options, [s for s in schemas if s != "safesync"]
+
+
+def _compare(settings: Settings, url: str, scratch_url: str, schemas: list[str], options: Any, report: Report) -> Any:
+    from safesync.functions.validate import compare
+
+    masked: dict[TableRef, list[str]] = {}
+    for m in options.masks:
+        masked.setdefault(m.table, []).append(m.column)
+    with connect(url, application_name="safesync-migrate") as a, connect(scratch_url, application_name="safesync-migrate-scratch") as b:
+        a.read_only = b.read_only = True
+        compared = sorted(set(schemas) | {s for s in user_schemas(b) if s != "safesync"})
+        return compare(a, b, compared, exclude_columns=masked, count_only=options.exclude_table_data)
+
+
+def run_rehearse(settings: Settings, report: Report) -> None:
+    cfg = settings.config.migrate
+    db, scratch = cfg.database, cfg.rehearse_on
+    scratch_url = check_scratch(settings)
+    url = settings.database_url(db)
+    plan = build_plan(settings)
+    report.details.update(plan=plan.details(), rehearsed_on=scratch, passed=False)
+    report.tables["plan"] = plan.rows()
+    report.warnings += plan.warnings
+    if plan.empty:
+        report.summary = f"nothing to rehearse: {plan.describe()}"
+        return
+    preflight.quick(settings, [db, scratch], tools=True)
+    with report.timed("clone"):
+        options, schemas = clone_into_scratch(settings, url, scratch_url, report)
+    with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
+        with report.timed("validation_before"):
+            before = validation.baseline(settings, conn)
+    with report.timed("migration"):
+        outcome = migration.run(
+            settings, plan, scratch_url, run_id=report.run_id,
+            check=lambda c: validation.validate(settings, c, before),
+        )  # fmt: skip
+    if outcome.migrated and outcome.validation is None:
+        with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
+            with report.timed("validation"):
+                outcome.validation = validation.validate(settings, conn, before)
+    describe_outcome(report, outcome)
+    with report.timed("compare"):
+        comparison = _compare(settings, url, scratch_url, schemas, options, report)
+    comparison.into_report(report, db, "rehearsal")
+    changes = (
+        f"{len(comparison.schema.differences)} schema change(s), {len(comparison.data.differing)} table(s) with data changes"
+    )
+    seconds = report.timings.get("migration_s", 0)
+    if outcome.ok:
+        report.details["passed"] = True
+        report.summary = f"rehearsal on {scratch} passed: {plan.describe()} took {seconds:.1f}s; {changes}"
+    else:
+        report.problems(f"rehearsal on {scratch} failed: {outcome.problem()}; {changes} (the target was not touched)")
+
+
+def describe_outcome(report: Report, outcome: migration.Outcome) -> None:
+    """Steps, command output and validation results into the report."""
+    report.tables["steps"] = outcome.steps
+    if outcome.error:
+        report.details["error"] = outcome.error
+        if outcome.failed_file:
+            report.details["failed_file"] = outcome.failed_file
+    if outcome.command is not None:
+        report.details["command"] = outcome.command.details()
+    if outcome.validation is not None:
+        report.tables["validation"] = outcome.validation.checks
+        report.tables["validation failures"] = outcome.validation.new
+        if outcome.validation.preexisting:
+            report.tables["already failing before the migration"] = outcome.validation.preexisting
+            report.warnings.append(
+                f"{len(outcome.validation.preexisting)} validation finding(s) already failed before the migration (not caused by it)"
+            )
+
+
+# --- the rehearsal record ------------------------------------------------------------
+
+
+def _stamp_of(key: str) -> datetime | None:
+    try:
+        return datetime.strptime(key.rsplit("/", 1)[-1][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict[str, Any] | None:
+    """The newest stored rehearsal of exactly this plan that passed within
+    ``max_age_minutes``. Reads newest first and stops at runs started a day
+    before that (a rehearsal that long would not be "fresh" anyway)."""
+    oldest = utcnow() - timedelta(minutes=max_age_minutes)
+    for info in reversed(settings.storage.list("runs/migrate/")):
+        started = _stamp_of(info.key)
+        if started is not None and started < oldest - timedelta(days=1):
+            break  # names sort by start time: everything before is older still
+        try:
+            run = settings.storage.get_json(info.key)
+        except Exception:  # an unreadable report is not a rehearsal
+            continue
+        details = run.get("details") or {}
+        finished = run.get("finished_at")
+        if not (run.get("action") == "rehearse" and run.get("status") == "ok" and details.get("passed") and finished):
+            continue
+        if (details.get("plan") or {}).get("plan_digest") != plan.digest or (details.get("plan") or {}).get("database") != plan.database:
+            continue
+        if datetime.fromisoformat(finished) < oldest:
+            continue
+        return {"run_id": run.get("run_id"), "finished_at": finished, "key": info.key, "rehearsed_on": details.get("rehearsed_on")}
+    return None
+

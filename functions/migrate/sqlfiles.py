@@ -1,0 +1,241 @@
+"""A folder of ``.sql`` migration files and the record of which were applied.
+
+- Files are ``*.sql`` directly in ``[migrate].sql_dir``, applied in name
+  order (name them ``0001_…``, ``0002_…``).
+- Each file's checksum is the SHA-256 of its text with line endings
+  normalised (a CRLF checkout does not look like an edit).
+- ``safesync.migrations`` in the target records every applied file (name,
+  checksum, when, which run). The record row is written in the same
+  transaction as the file, so a file is applied and recorded together or
+  not at all — and never applied twice. A file whose text changed after it
+  was applied is refused: the database no longer matches the folder.
+- safesync wraps every file in a transaction, so a file must not contain
+  its own transaction control (``BEGIN``/``COMMIT``/…): a ``COMMIT`` inside
+  a file would commit half a migration that we then could not roll back.
+  ``transaction_control`` finds such statements (outside strings, comments,
+  dollar quotes and ``BEGIN ATOMIC`` bodies) so the plan can refuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from safesync.shared.errors import ConfigError
+from safesync.shared.log import redact
+
+RECORD_TABLE = sql.Identifier("safesync", "migrations")
+RECORD_SQL = """
+create schema if not exists safesync;
+create table if not exists safesync.migrations (
+    name        text primary key,
+    checksum    text not null,
+    applied_at  timestamptz not null default now(),
+    run_id      text not null,
+    duration_ms integer not null
+)"""
+
+# Statements that end the transaction safesync runs a file in (SAVEPOINT,
+# RELEASE and ROLLBACK TO stay inside it and are fine).
+_CONTROL = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"}
+
+
+@dataclass(frozen=True)
+class SqlFile:
+    name: str
+    checksum: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SqlError:
+    """Why a file failed: the server's message, and the line it points at."""
+
+    file: str
+    message: str
+    sqlstate: str | None
+    line: int | None
+
+    def __str__(self) -> str:
+        where = f"{self.file} line {self.line}" if self.line else self.file
+        return f"{where}: {self.message}" + (f" (SQLSTATE {self.sqlstate})" if self.sqlstate else "")
+
+
+class FileFailed(Exception):
+    def __init__(self, error: SqlError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
+def discover(directory: Path) -> list[SqlFile]:
+    """The migration files of ``directory`` in name order."""
+    if not directory.is_dir():
+        raise ConfigError(f"migrate.sql_dir: {directory} is not a folder")
+    files = []
+    for path in sorted(directory.glob("*.sql"), key=lambda p: p.name):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"migration {path.name} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read migration {path.name}: {exc.strerror}") from None
+        files.append(SqlFile(path.name, checksum(text), text))
+    return files
+
+
+def applied(conn: psycopg.Connection) -> dict[str, str]:
+    """name → checksum of every recorded file ({} before the first apply)."""
+    with conn.transaction():
+        exists = conn.execute("select to_regclass('safesync.migrations') is not null").fetchone()[0]
+        if not exists:
+            return {}
+        rows = conn.execute(sql.SQL("select name, checksum from {} order by name").format(RECORD_TABLE)).fetchall()
+    return dict(rows)
+
+
+def ensure_records(conn: psycopg.Connection) -> None:
+    """Create the record table (inside the caller's transaction)."""
+    conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
+    conn.execute(RECORD_SQL)
+
+
+def set_timeouts(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
+    """Transaction-local guards: a file waits at most ``lock_timeout`` for a
+    lock (never queueing the app behind it for long) and runs each statement
+    at most ``statement_timeout``."""
+    conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)", [lock_timeout, statement_timeout])
+
+
+def check_timeouts(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
+    """ConfigError naming the key when a timeout is not a valid setting."""
+    for key, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout)):
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("select set_config(%s, %s, true)", [key, value])
+        except psycopg.Error as exc:
+            raise ConfigError(f"migrate.{key} = {value!r}: {(exc.diag.message_primary or str(exc)).strip()}") from None
+
+
+def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
+    """Run one file and record it, inside the caller's open transaction.
+    Returns its duration in ms; raises FileFailed (the transaction is then
+    aborted: the caller rolls it back)."""
+    started = time.perf_counter()
+    try:
+        if file.text.strip():
+            conn.execute(file.text, prepare=False)
+    except psycopg.Error as exc:
+        raise FileFailed(_error(file, exc)) from None
+    if conn.info.transaction_status != TransactionStatus.INTRANS:
+        raise FileFailed(SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None))
+    ms = int((time.perf_counter() - started) * 1000)
+    conn.execute(
+        sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
+        [file.name, file.checksum, run_id, ms],
+    )
+    return ms
+
+
+def _error(file: SqlFile, exc: psycopg.Error) -> SqlError:
+    diag = exc.diag
+    message = (diag.message_primary or str(exc)).strip()
+    if diag.message_detail:
+        message += f" ({diag.message_detail.strip()})"
+    line = None
+    if diag.statement_position and diag.statement_position.isdigit():
+        line = file.text[: int(diag.statement_position)].count("\n") + 1
+    return SqlError(file.name, redact(message), diag.sqlstate, line)
+
+
+# --- finding transaction control --------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+      (?P<ws>\s+)
+    | (?P<line_comment>--[^\n]*)
+    | (?P<block_comment>/\*)
+    | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
+    | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
+    | (?P<string>'(?:[^']|'')*')
+    | (?P<ident>"(?:[^"]|"")*")
+    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+    | (?P<semi>;)
+    | (?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _words(text: str):
+    """(line, WORD or ';') of the code outside comments, strings and dollar quotes."""
+    pos, n = 0, len(text)
+    while pos < n:
+        m = _TOKEN.match(text, pos)
+        if m is None:  # an unterminated string: the server will say so
+            return
+        kind = m.lastgroup
+        if kind == "block_comment":
+            depth, i = 1, m.end()
+            while depth and i < n:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            pos = i
+            continue
+        if kind == "dollar":
+            end = text.find(m.group(), m.end())
+            pos = n if end < 0 else end + len(m.group())
+            continue
+        if kind == "word":
+            yield text.count("\n", 0, m.start()) + 1, m.group().upper()
+        elif kind == "semi":
+            yield 0, ";"
+        pos = m.end()
+
+
+def transaction_control(text: str) -> list[str]:
+    """Statements of ``text`` that control the transaction, as
+    ``"line N: COMMIT"``. ``BEGIN ATOMIC … END`` bodies (whose inner ``;`` and
+    ``CASE … END`` are part of one statement) are skipped."""
+    found: list[str] = []
+    starts: list[tuple[int, str, str]] = []  # (line, first word, second word) of each statement
+    current: list[tuple[int, str]] = []
+    atomic = 0  # depth inside BEGIN ATOMIC bodies (CASE … END nests too)
+    for line, word in _words(text):
+        if word == ";" and not atomic:
+            if current:
+                starts.append((current[0][0], current[0][1], current[1][1] if len(current) > 1 else ""))
+            current = []
+            continue
+        if word == ";":
+            continue
+        previous = current[-1][1] if current else ""
+        if atomic and (word == "CASE" or (word == "ATOMIC" and previous == "BEGIN")):
+            atomic += 1
+        elif atomic and word == "END":
+            atomic -= 1
+        elif word == "ATOMIC" and previous == "BEGIN" and len(current) > 1:
+            atomic = 1
+        current.append((line, word))
+    if current:
+        starts.append((current[0][0], current[0][1], current[1][1] if len(current) > 1 else ""))
+    for line, word, following in starts:
+        if word in _CONTROL and not (word == "ROLLBACK" and following == "TO"):
+            found.append(f"line {line}: {word}")
+    return found

@@ -1,0 +1,312 @@
+"""Safe migrations on real PostgreSQL: rehearse on a clone, refuse stale
+rehearsals, back up, apply, validate, roll back — and prove the target ends
+exactly as before (schema diff + data fingerprints) whenever it fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from safesync.functions import migrate
+from safesync.functions.backup import list_backups
+from safesync.functions.validate import compare
+from safesync.shared.db import connect, database_fingerprint
+from tests import sentinels
+
+SCHEMA = """
+create table users (id serial primary key, email text not null unique, name text);
+create table posts (id serial primary key, user_id int not null references users on delete cascade, title text not null);
+insert into users (email, name) select 'u' || g || '@example.test', 'user ' || g from generate_series(1, 40) g;
+insert into posts (user_id, title) select 1 + g % 40, 'post ' || g from generate_series(1, 120) g;
+"""
+
+GOOD = {
+    "0001_add_bio.sql": "alter table users add column bio text;\nupdate users set bio = 'hello' where id <= 5;\n",
+    "0002_comments.sql": textwrap.dedent(
+        """
+        -- comments on posts
+        create table comments (id serial primary key, post_id int not null references posts on delete cascade, body text not null);
+        create index comments_post on comments (post_id);
+        insert into comments (post_id, body) select id, 'first!' from posts where id <= 10;
+        """
+    ),
+}
+
+RULE = """
+[[migrate.rules]]
+name = "every user has a name"
+sql = "select id from users where name is null"
+"""
+
+
+def _name(url: str) -> str:
+    return psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+
+
+@pytest.fixture
+def dbs(make_db, pg_server):
+    prod = make_db()
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    return {"prod": prod, "scratch": make_db()}
+
+
+@pytest.fixture
+def setup(write_settings, dbs, tmp_path):
+    """Settings factory: migration files + extra [migrate] keys."""
+    (tmp_path / "migrations").mkdir()
+
+    def factory(files: dict[str, str] | None = None, migrate_extra: str = "", extra: str = ""):
+        for name, text in (files or {}).items():
+            (tmp_path / "migrations" / name).write_text(text)
+        source = migrate_extra if "command" in migrate_extra else 'sql_dir = "migrations"\n' + migrate_extra
+        return write_settings(
+            dbs,
+            f'[backup]\ndatabases = ["prod"]\n\n[migrate]\ndatabase = "prod"\nrehearse_on = "scratch"\n{source}\n{extra}',
+        )
+
+    return factory
+
+
+@pytest.fixture
+def before(dbs, pg_server):
+    """A byte-exact copy of prod made now (template clone), to diff against later."""
+    copy = pg_server.create_database(template=_name(dbs["prod"]))
+    yield copy
+    pg_server.drop_database(_name(copy))
+
+
+def assert_same(prod: str, copy: str) -> None:
+    """Schema diff empty and every table's fingerprint equal (the
+    bookkeeping schema included: no record of a rolled-back file)."""
+    with connect(prod) as a, connect(copy) as b:
+        comparison = compare(a, b, ["public"])
+        assert comparison.schema.identical, comparison.schema.rows("prod", "before")
+        assert database_fingerprint(a) == database_fingerprint(b)
+        assert _records(a) == _records(b)
+
+
+def _records(conn) -> list:
+    if not conn.execute("select to_regclass('safesync.migrations')").fetchone()[0]:
+        return []
+    return conn.execute("select name, checksum from safesync.migrations order by name").fetchall()
+
+
+def _fingerprint(url: str) -> dict:
+    with connect(url) as conn:
+        return database_fingerprint(conn)
+
+
+def test_good_migration_rehearsed_applied_then_no_op(setup, dbs):
+    settings = setup(GOOD, extra=RULE)
+    untouched = _fingerprint(dbs["prod"])
+
+    planned = migrate.plan(settings)
+    assert planned.exit_code == 0
+    assert [r["file"] for r in planned.body["tables"]["plan"]] == ["0001_add_bio.sql", "0002_comments.sql"]
+
+    refused = migrate.apply(settings)
+    assert refused.status == 422 and refused.exit_code == 1
+    assert "no passing rehearsal" in refused.body["summary"]
+    assert not list_backups(settings, "prod")  # refused before the backup
+
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 0, rehearsal.body["summary"]
+    body = rehearsal.body
+    assert body["details"]["passed"] is True
+    diff = {(r["kind"], r["object"], r["change"]) for r in body["tables"]["schema differences"]}
+    assert ("columns", "public.users.bio", "only in rehearsal") in diff
+    assert ("tables", "public.comments", "only in rehearsal") in diff
+    assert ("indexes", "public.comments_post", "only in rehearsal") in diff
+    data = {r["table"]: r for r in body["tables"]["data differences"]}
+    assert "public.comments" in data
+    assert body["timings"]["migration_s"] >= 0 and body["timings"]["clone_s"] > 0
+    assert _fingerprint(dbs["prod"]) == untouched  # rehearsal never touches the target
+
+    applied = migrate.apply(settings)
+    assert applied.exit_code == 0, applied.body["summary"]
+    assert applied.body["details"]["rehearsal"]["run_id"] == rehearsal.body["run_id"]
+    backup = applied.body["details"]["backup"]["id"]
+    assert [b.id for b in list_backups(settings, "prod")] == [backup]
+    assert [s["status"] for s in applied.body["tables"]["steps"]] == ["applied", "applied"]
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select count(*) from comments").fetchone()[0] == 10
+        assert conn.execute("select count(*) from users where bio = 'hello'").fetchone()[0] == 5
+        assert [r[0] for r in _records(conn)] == ["0001_add_bio.sql", "0002_comments.sql"]
+    after = _fingerprint(dbs["prod"])
+
+    again = migrate.apply(settings)
+    assert again.exit_code == 0 and "nothing to apply" in again.body["summary"]
+    assert _fingerprint(dbs["prod"]) == after
+    assert len(list_backups(settings, "prod")) == 1  # a no-op takes no backup
+
+    # an applied file edited afterwards: refused, nothing runs
+    (settings.base_dir / "migrations" / "0001_add_bio.sql").write_text("alter table users add column bio2 text;\n")
+    changed = migrate.plan(settings)
+    assert changed.status == 422 and "0001_add_bio.sql" in changed.body["error"]
+
+
+BAD_THREE = {
+    "0001_tags.sql": "create table tags (id int primary key, label text);\ninsert into tags values (1, 'a'), (2, 'b');\nupdate users set name = upper(name);\n",
+    "0002_broken.sql": "alter table posts add column score int;\n\nupdate posts set score = nosuchcolumn;\n",
+    "0003_more.sql": "alter table tags add column color text;\n",
+}
+
+
+def test_failing_second_of_three_leaves_target_exactly_as_before(setup, dbs, before):
+    settings = setup(BAD_THREE)
+
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 1 and rehearsal.body["status"] == "problems"
+    assert rehearsal.body["details"]["failed_file"] == "0002_broken.sql"
+    assert_same(dbs["prod"], before)
+
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    body = answer.body
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    assert body["details"]["rehearsal"] == {"skipped": True}
+    assert any("rehearsal skipped" in w for w in body["warnings"])
+    assert body["details"]["failed_file"] == "0002_broken.sql"
+    assert "0002_broken.sql line 3" in body["details"]["error"] and "nosuchcolumn" in body["details"]["error"]
+    assert [s["status"] for s in body["tables"]["steps"]] == ["applied", "failed (rolled back)", "not run"]
+    backup = body["details"]["backup"]["id"]
+    assert backup in body["summary"] and "premigrate" in backup
+    rollback = body["details"]["rollback"]
+    assert rollback["backup"] == backup and not rollback["objects_left_over"] and not rollback["objects_missing"]
+    assert "table public.tags" in rollback["objects_dropped_first"]
+    assert_same(dbs["prod"], before)
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
+def test_migration_breaking_a_validation_rule_is_rolled_back(setup, dbs, before, single):
+    files = {
+        "0001_ok.sql": "create table badges (id int primary key);\n",
+        "0002_wipe_names.sql": "update users set name = null where id % 7 = 0;\n",
+    }
+    settings = setup(files, migrate_extra=f"single_transaction = {str(single).lower()}\n", extra=RULE)
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    body = answer.body
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    assert [f["object"] for f in body["tables"]["validation failures"]] == ["every user has a name"]
+    method = body["details"]["rollback"]["method"]
+    assert method.startswith("ROLLBACK") if single else method.startswith("restore")
+    assert_same(dbs["prod"], before)
+
+
+COMMAND_SCRIPT = """
+import os, sys
+import psycopg
+
+url = os.environ["DATABASE_URL"]
+print("connecting to", url)
+print("others visible:", sorted(k for k in os.environ if k.endswith("_DATABASE_URL") or k.startswith("SAFESYNC_")))
+with psycopg.connect(url, autocommit=True) as conn:
+    print("timeouts:", conn.execute("show lock_timeout").fetchone()[0], conn.execute("show statement_timeout").fetchone()[0])
+    conn.execute("create type mood as enum ('ok', 'meh')")
+    conn.execute("alter table users add column mood mood")
+    conn.execute("update users set name = 'changed', mood = 'meh'")
+    conn.execute("create table orders (id serial primary key, user_id int references users)")
+    conn.execute("insert into orders (user_id) select id from users")
+    conn.execute("alter table posts rename to articles")
+    conn.execute("create view user_orders as select u.email, o.id from users u join orders o on o.user_id = u.id")
+    conn.execute("create function answer() returns int language sql as 'select 42'")
+    conn.execute("delete from articles where id > 100")
+print("now failing on purpose", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_command_migration_failing_after_changes_is_restored_from_backup(setup, dbs, before, tmp_path):
+    script = tmp_path / "migrate_script.py"
+    script.write_text(COMMAND_SCRIPT)
+    settings = setup(migrate_extra=f'command = "{sys.executable} {script}"\nlock_timeout = "3s"\n')
+
+    planned = migrate.plan(settings)
+    assert planned.body["details"]["plan"]["kind"] == "command"
+
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    body = answer.body
+    assert answer.exit_code == 1 and body["status"] == "failed", body["summary"]
+    assert "exited with code 3" in body["summary"]
+    command = body["details"]["command"]
+    assert command["exit_code"] == 3
+    output = command["output_tail"]
+    assert "now failing on purpose" in output and "timeouts: 3s 15min" in output
+    assert "others visible: []" in output  # no other database URL, no safesync secret
+    assert sentinels.DB_PASSWORD not in json.dumps(body)
+    rollback = body["details"]["rollback"]
+    assert rollback["method"] == "restore from the premigrate backup"
+    assert {"table public.orders", "view public.user_orders", "table public.articles", "type public.mood", "function public.answer()"} <= set(
+        rollback["objects_dropped_first"]
+    )
+    assert not rollback["objects_left_over"] and not rollback["objects_missing"]
+    assert_same(dbs["prod"], before)
+
+
+def test_command_rehearsal_runs_on_the_clone_only(setup, dbs, tmp_path):
+    script = tmp_path / "ok_script.py"
+    script.write_text(
+        "import os, psycopg\n"
+        "with psycopg.connect(os.environ['DATABASE_URL'], autocommit=True) as c:\n"
+        "    c.execute('alter table users add column plan text')\n"
+    )
+    settings = setup(migrate_extra=f'command = "{sys.executable} {script}"\n')
+    untouched = _fingerprint(dbs["prod"])
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 0, rehearsal.body["summary"]
+    diff = {(r["kind"], r["object"]) for r in rehearsal.body["tables"]["schema differences"]}
+    assert ("columns", "public.users.plan") in diff
+    assert _fingerprint(dbs["prod"]) == untouched
+    applied = migrate.apply(settings)
+    assert applied.exit_code == 0, applied.body["summary"]
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select count(*) from information_schema.columns where column_name = 'plan'").fetchone()[0] == 1
+
+
+def test_stale_or_different_rehearsal_is_refused(setup, dbs):
+    settings = setup({"0001_a.sql": "create table a (id int primary key);\n"})
+    assert migrate.rehearse(settings).exit_code == 0
+    # the plan changes after the rehearsal: that rehearsal does not count
+    (settings.base_dir / "migrations" / "0002_b.sql").write_text("create table b (id int primary key);\n")
+    refused = migrate.apply(settings)
+    assert refused.status == 422 and "no passing rehearsal" in refused.body["summary"]
+    os.remove(settings.base_dir / "migrations" / "0002_b.sql")
+    # the same plan, but the rehearsal is older than rehearsal_max_age_minutes
+    runs = sorted((settings.base_dir / "backups" / "runs" / "migrate").glob("*.json"))
+    stored = json.loads(runs[0].read_text())
+    assert stored["action"] == "rehearse" and stored["status"] == "ok"
+    stored["finished_at"] = "2020-01-01T00:00:00+00:00"
+    runs[0].write_text(json.dumps(stored))
+    stale = migrate.apply(settings)
+    assert stale.status == 422
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select to_regclass('public.a')").fetchone()[0] is None
+
+
+def test_scratch_guards(setup, write_settings, dbs):
+    settings = write_settings(
+        {**dbs, "other": dbs["prod"]},
+        '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "other"\n',
+    )
+    (settings.base_dir / "migrations").mkdir(exist_ok=True)
+    (settings.base_dir / "migrations" / "0001.sql").write_text("select 1;\n")
+    same = migrate.rehearse(settings)
+    assert same.status == 422 and "same database" in same.body["error"]
+    protected = write_settings(
+        dbs, '[backup]\ndatabases = ["prod", "scratch"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    )
+    answer = migrate.rehearse(protected)
+    assert answer.status == 422 and "protected" in answer.body["error"]
+
+
+def test_transaction_control_in_a_file_is_refused(setup):
+    settings = setup({"0001_tx.sql": "BEGIN;\ncreate table t (id int);\nCOMMIT;\n"})
+    answer = migrate.plan(settings)
+    assert answer.status == 422
+    assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
