@@ -65,6 +65,10 @@ def test_sync_status_and_events_over_http(fake, cal_settings, client):
     assert r.get_json()["events"][0]["title"] == "Renamed"
     assert post(client, {"action": "events", **window(15, 25)}).headers["X-Cache"] == "hit"  # untouched window stays cached
 
+    w = window()
+    r = client.get(f"/calendar_sync?action=events&from={w['from']}&to={w['to']}",
+                   headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}", "If-None-Match": r.headers["ETag"]})
+    assert r.status_code == 304
     r = post(client, {"action": "events", "from": "2026-13-01", "to": "2027-01-01"})
     assert r.status_code == 400 and "from" in r.get_json()["error"]
     assert post(client, {"mode": "weekly"}).status_code == 400
@@ -174,3 +178,19 @@ def test_cli_sync_status_and_events(fake, cal_settings, capsys):
     assert cli.main(["calendar", "events", "--from", window()["from"], "--to", window()["to"]]) == 0
     assert "Event 1" in capsys.readouterr().out
     assert cli.main(["calendar", "sync", "--mode", "incremental", "--calendar", "other"]) == 2
+
+
+def test_notifications_through_the_calendar_notify_route(fake, cal_settings, client):
+    settings = cal_settings()
+    seed(fake, 2)
+    assert post(client, {"action": "watch"}).status_code == 200
+    handshake = fake.store.notifications.pop()
+    r = client.post("/calendar_notify", headers=handshake["headers"])
+    assert r.status_code == 200 and r.get_json()["ignored"] == "channel handshake"
+    fake.store.edit("primary", "e0000000", {"summary": "pushed to us"})
+    r = client.post("/calendar_notify", headers=fake.store.notifications.pop()["headers"])
+    assert r.status_code == 200 and r.get_json()["synced"] is True
+    assert rows(settings)["e0000000"]["title"] == "pushed to us"
+    forged = {**handshake["headers"], "X-Goog-Channel-Token": "forged"}
+    assert client.post("/calendar_notify", headers=forged).status_code == 401
+    assert client.post("/calendar_notify", headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}).status_code == 401

@@ -35,7 +35,7 @@ from .status import calendar_status
 from .sync import JOB, MODES, run_sync
 from .watch import handle_notification, watch
 
-__all__ = ["handle_http", "handle_notify", "register_cli", "calendar_status"]
+__all__ = ["handle_http", "handle_notify", "handle_notify_call", "register_cli", "calendar_status"]
 
 ADMIN_ACTIONS = ("resync", "retry_all")
 READ_ACTIONS = ("status", "events")
@@ -117,6 +117,12 @@ def handle_notify(settings: Settings, headers) -> Answer:
     """Google push notifications (``X-Goog-Channel-*`` headers, no bearer):
     verified by channel token here, never by the bearer/QStash auth."""
     return handle_notification(settings, headers)
+
+
+def handle_notify_call(call: Call) -> Answer:
+    """The ``calendar_notify`` target: the spine only checked that channel
+    headers are present; the channel token is verified here."""
+    return handle_notification(call.settings, call.headers)
 
 
 def _events_cli(args: argparse.Namespace, settings: Settings) -> Answer:
