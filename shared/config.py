@@ -174,6 +174,7 @@ class MigrateSection(_Section):
     lock_timeout: str = "5s"
     statement_timeout: str = "15min"
     command_timeout_minutes: int = Field(30, ge=1)  # a `command` migration is killed after this
+    command_inputs: list[str] = Field(default_factory=list)  # globs whose files a rehearsal of `command` covers
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")

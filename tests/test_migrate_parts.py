@@ -187,3 +187,25 @@ def test_concurrent_apply_is_refused_by_the_lock(write_settings, make_db, tmp_pa
         migrate.apply(settings, skip_rehearsal=True)
     first.join()
     assert results["first"].exit_code == 0
+
+
+def test_command_inputs_are_part_of_the_plan(write_settings, make_db, tmp_path):
+    from safesync.functions.migrate.plan import build_plan
+    from safesync.shared.errors import ConfigError
+
+    (tmp_path / "prisma" / "migrations" / "001_init").mkdir(parents=True)
+    sql_file = tmp_path / "prisma" / "migrations" / "001_init" / "migration.sql"
+    sql_file.write_text("create table a (id int);\n")
+    settings = write_settings(
+        {"prod": make_db(), "scratch": make_db()},
+        '[migrate]\ndatabase = "prod"\nrehearse_on = "scratch"\ncommand = "npx prisma migrate deploy"\n'
+        'command_inputs = ["prisma/migrations/**/*.sql"]\n',
+    )
+    first = build_plan(settings)
+    assert first.inputs == [("prisma/migrations/001_init/migration.sql", first.inputs[0][1])]
+    assert build_plan(settings).digest == first.digest
+    sql_file.write_text("create table a (id bigint);\n")
+    assert build_plan(settings).digest != first.digest  # an older rehearsal no longer matches
+    missing = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nrehearse_on = "scratch"\ncommand = "true"\ncommand_inputs = ["nothing/*.sql"]\n')
+    with pytest.raises(ConfigError, match="matches no file"):
+        build_plan(missing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,6 +31,7 @@ class Plan:
     pending: list[SqlFile] = field(default_factory=list)
     applied: int = 0
     command: str | None = None
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (path, sha256) of command_inputs files
     single_transaction: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -46,6 +48,7 @@ class Plan:
             what["single_transaction"] = self.single_transaction
         else:
             what["command"] = self.command
+            what["inputs"] = self.inputs
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
@@ -63,7 +66,7 @@ class Plan:
                 pending=[f.name for f in self.pending], applied=self.applied, single_transaction=self.single_transaction
             )
         else:
-            out["command"] = self.command
+            out.update(command=self.command, input_files=len(self.inputs))
         return out
 
     def rows(self) -> list[dict[str, Any]]:
@@ -81,13 +84,30 @@ def build_plan(settings: Settings, conn: psycopg.Connection | None = None) -> Pl
     if not cfg.sql_dir and not cfg.command:
         raise ConfigError("[migrate] needs sql_dir (a folder of .sql files) or command (e.g. \"alembic upgrade head\")")
     if cfg.command:
-        return Plan(db, "command", command=cfg.command)
+        return Plan(db, "command", command=cfg.command, inputs=command_inputs(settings))
     files = sqlfiles.discover(settings.resolve_path(cfg.sql_dir))
     if conn is None:
         with connect(settings.database_url(db), application_name="safesync-migrate") as own:
             own.read_only = True
             return _sql_plan(settings, own, db, files)
     return _sql_plan(settings, conn, db, files)
+
+
+def command_inputs(settings: Settings) -> list[tuple[str, str]]:
+    """The files a command migration reads (``command_inputs`` globs, e.g.
+    ``prisma/migrations/**/*.sql``), hashed: editing one changes the plan, so
+    an older rehearsal no longer counts."""
+    base = settings.base_dir
+    found: dict[str, str] = {}
+    for pattern in settings.config.migrate.command_inputs:
+        if Path(pattern).is_absolute():
+            raise ConfigError(f"migrate.command_inputs: {pattern!r} must be relative to the config file's folder")
+        matches = [p for p in base.glob(pattern) if p.is_file()]
+        if not matches:
+            raise ConfigError(f"migrate.command_inputs: {pattern!r} matches no file in {base}")
+        for path in matches:
+            found[path.relative_to(base).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sorted(found.items())
 
 
 def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list[SqlFile]) -> Plan:
