@@ -43,7 +43,8 @@ def _select_by_keys(spec: TableSpec, keys: Sequence[Key], columns: sql.Composabl
     return query, params
 
 
-def temp_name(spec: TableSpec, index: int) -> sql.Identifier:
+def temp_name(index: int) -> sql.Identifier:
+    """The temp table staging the rows of the index-th table (dropped at commit/rollback)."""
     return sql.Identifier(f"safesync_rows_{index}")
 
 

@@ -181,7 +181,7 @@ def _write(report: Report, plan: SyncPlan, diffs: list[TableDiff], deletes: dict
             keys = sorted(diff.new) + sorted(diff.changed)
             count = 0
             if keys:
-                temp = apply.temp_name(diff.spec, i)
+                temp = apply.temp_name(i)
                 moved += apply.stage_rows(src, tgt, diff.spec, keys, temp)
                 count = apply.upsert(tgt, diff.spec, temp)
             written[diff.spec.name] = count
