@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
+
 SERVICE_USER = "pgserver"
 
 
@@ -28,7 +30,7 @@ def bin_dir() -> Path:
 
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the pgserver package is not installed (pip install pgserver)")
+        raise ConfigError("the embedded PostgreSQL needs the pgserver package: pip install 'safesync[demo]'")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 

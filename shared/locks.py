@@ -45,6 +45,11 @@ def ensure_schema(conn: psycopg.Connection) -> None:
     Serialised by a transaction-level advisory lock: concurrent
     ``create ... if not exists`` can still collide on the catalog.
     """
+    if conn.execute("select to_regclass('safesync.deliveries') is not null").fetchone()[0]:
+        # Already there (infra/roles.sql creates it): a least-privilege role may
+        # not CREATE in the database, and CREATE SCHEMA IF NOT EXISTS checks
+        # that privilege before it checks existence.
+        return
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
         conn.execute(SCHEMA_SQL)
