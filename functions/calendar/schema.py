@@ -185,9 +185,12 @@ def migrate(conn: psycopg.Connection) -> list[int]:
     applied_now: list[int] = []
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:calendar:schema', 0))")
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+        # the schema exists; the least-privilege calendar role only owns it.
+        if conn.execute("select to_regnamespace('calendar') is null").fetchone()[0]:
+            conn.execute("create schema calendar")
         conn.execute(
             """
-            create schema if not exists calendar;
             create table if not exists calendar.schema_migrations (
                 version integer primary key,
                 name text not null,
