@@ -81,9 +81,13 @@ class World:
         return create_app().test_client()
 
 
-def make_world(pg_server, make_db, write_settings, monkeypatch, *, extra_toml: str = "", storage_url: str | None = None) -> World:
+def make_world(
+    pg_server, make_db, write_settings, monkeypatch, *, extra_toml: str = "", storage_url: str | None = None,
+    google_root: str = "http://127.0.0.1:9",
+) -> World:
     """Build a World with the root fixtures' factories (or stand-ins with the
-    same signatures, for a module-scoped world)."""
+    same signatures, for a module-scoped world). ``extra_toml`` lines without
+    a section header land in ``[calendar]`` (the last section)."""
     from safesync.functions.calendar.schema import migrate
     from safesync.shared.db import connect
 
@@ -94,7 +98,7 @@ def make_world(pg_server, make_db, write_settings, monkeypatch, *, extra_toml: s
     }
     with connect(urls["prod"], autocommit=True) as conn:
         migrate(conn)
-    monkeypatch.setenv("SAFESYNC_GOOGLE_API_ROOT", "http://127.0.0.1:9")
+    monkeypatch.setenv("SAFESYNC_GOOGLE_API_ROOT", google_root)
     toml = lms_config_toml() + textwrap.dedent(WORLD_TOML) + textwrap.dedent(extra_toml)
     settings = write_settings(urls, toml, storage_url=storage_url)
     from safesync.functions.calendar import reads

@@ -140,7 +140,7 @@ def test_forged_google_channels_are_401(shared_world, tally) -> None:
     before = shared_world.state()
 
     @seed(SEED)
-    @settings(max_examples=pick(30, 300), deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+    @settings(max_examples=pick(15, 60, 300), deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(
         channel=st.sampled_from(INJECTIONS[:-1]) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80),

@@ -19,7 +19,7 @@ from .inputs import INJECTIONS, hostile_text
 from .scale import SEED, pick
 
 AREA = "bad input: CLI"
-EXAMPLES = pick(60, 600)
+EXAMPLES = pick(30, 120, 600)
 HYPOTHESIS = settings(
     max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -23,7 +23,7 @@ from .inputs import bad_body, not_an_object
 from .scale import SEED, pick
 
 AREA = "bad input: HTTP"
-EXAMPLES = pick(30, 300)
+EXAMPLES = pick(15, 60, 300)
 HYPOTHESIS = settings(
     max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],  # no shrinking: the note shows the input
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
