@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 import psycopg
 import pytest

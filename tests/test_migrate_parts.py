@@ -134,6 +134,7 @@ def test_http_is_admin_only_and_validates_the_body(http_client, write_settings, 
     assert http_client.post("/migrate", json={"action": "drop"}, headers=admin).status_code == 400
     assert http_client.post("/migrate", json={"action": "plan", "force": True}, headers=admin).status_code == 400
     assert http_client.post("/migrate", json={"action": "plan", "skip_rehearsal": True}, headers=admin).status_code == 400
+    assert http_client.post("/migrate", json={"action": "apply", "skip_rehearsal": "yes"}, headers=admin).status_code == 400
 
     planned = http_client.post("/migrate", json={"action": "plan"}, headers=admin)
     assert planned.status_code == 200 and planned.json["details"]["plan"]["pending"] == ["0001_t.sql"]

@@ -60,7 +60,7 @@ def apply(settings: Settings, *, skip_rehearsal: bool = False, trigger: dict[str
 
 
 class MigrateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "skip_rehearsal": "no" is an error, not True
     action: Literal["plan", "rehearse", "apply"]
     skip_rehearsal: bool = False
 

@@ -101,7 +101,9 @@ def clone_into_scratch(settings: Settings, url: str, scratch_url: str, report: R
     return options, [s for s in schemas if s != "safesync"]
 
 
-def _compare(settings: Settings, url: str, scratch_url: str, schemas: list[str], options: Any, report: Report) -> Any:
+def _compare(url: str, scratch_url: str, schemas: list[str], options: Any) -> Any:
+    """Target vs rehearsal over every user schema either side has (a
+    migration may add one); masked columns and data-less tables excluded."""
     from safesync.functions.validate import compare
 
     masked: dict[TableRef, list[str]] = {}
@@ -142,7 +144,7 @@ def run_rehearse(settings: Settings, report: Report) -> None:
                 outcome.validation = validation.validate(settings, conn, before)
     describe_outcome(report, outcome)
     with report.timed("compare"):
-        comparison = _compare(settings, url, scratch_url, schemas, options, report)
+        comparison = _compare(url, scratch_url, schemas, options)
     comparison.into_report(report, db, "rehearsal")
     changes = (
         f"{len(comparison.schema.differences)} schema change(s), {len(comparison.data.differing)} table(s) with data changes"
