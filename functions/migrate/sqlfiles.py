@@ -33,7 +33,6 @@ from safesync.shared.log import redact
 
 RECORD_TABLE = sql.Identifier("safesync", "migrations")
 RECORD_SQL = """
-create schema if not exists safesync;
 create table if not exists safesync.migrations (
     name        text primary key,
     checksum    text not null,
@@ -107,8 +106,14 @@ def applied(conn: psycopg.Connection) -> dict[str, str]:
 
 
 def ensure_records(conn: psycopg.Connection) -> None:
-    """Create the record table (inside the caller's transaction)."""
+    """Create the record table if missing (inside the caller's transaction).
+    Nothing is created when it exists: CREATE ... IF NOT EXISTS still needs
+    the CREATE privilege, which a migration role may lack on the database."""
+    if conn.execute("select to_regclass('safesync.migrations') is not null").fetchone()[0]:
+        return
     conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
+    if not conn.execute("select exists (select 1 from pg_namespace where nspname = 'safesync')").fetchone()[0]:
+        conn.execute("create schema if not exists safesync")
     conn.execute(RECORD_SQL)
 
 
