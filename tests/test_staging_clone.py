@@ -298,6 +298,9 @@ def test_http_staging_clone(settings, supabase_staging):
     assert bad.status_code == 400 and "dry_run" in bad.get_json()["error"]
     assert client.post("/staging_clone", json={"mode": "x"}, headers=auth).status_code == 400
     before = state(supabase_staging)
+    for lax in ("no", 0, "false"):  # never read as "not a dry run"
+        assert client.post("/staging_clone", json={"dry_run": lax}, headers=auth).status_code == 400
+    assert state(supabase_staging) == before
     ok = client.post("/staging_clone", json={"dry_run": True}, headers=auth)
     assert ok.status_code == 200 and ok.get_json()["action"] == "dry-run"
     assert state(supabase_staging) == before

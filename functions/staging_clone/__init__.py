@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
@@ -189,7 +189,7 @@ def clone(settings: Settings, *, dry_run: bool = False, trigger: dict[str, Any] 
 
 class CloneBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dry_run: bool = False
+    dry_run: StrictBool = False  # "no" or 0 must be a 400, never a real clone
 
 
 def handle_http(call: Call) -> Answer:
