@@ -16,10 +16,12 @@ import html
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from safesync.shared import notify
 from safesync.shared.config import Settings
 from safesync.shared.errors import SafesyncError
-from safesync.shared.http import Call
+from safesync.shared.http import Call, validate_body
 from safesync.shared.log import redact
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
@@ -161,7 +163,14 @@ def render_html(body: dict[str, Any]) -> str:
     return f"<!doctype html><html><head><meta charset=utf-8><title>safesync status: {html.escape(health)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
+class _Body(BaseModel):
+    """status takes no parameters; anything else is a mistake worth a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 def handle_http(call: Call):
+    validate_body(_Body, call.body)
     answer = status(call.settings)
     if "text/html" in call.headers.get("Accept", ""):
         import flask

@@ -74,20 +74,27 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         yield PgServer(external)
         return
     from safesync.shared.embedded import EmbeddedPostgres
 
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    # Not under pytest's basetemp: pytest prunes old basetemps at start-up,
+    # which would pull the data directory from under another running session.
+    import shutil
+    import tempfile
+
+    data_root = Path(tempfile.mkdtemp(prefix="safesync-pg-"))
+    embedded = EmbeddedPostgres(data_root / "data").start()
     # pg_dump/pg_restore for the jobs come from the same install as the server.
     os.environ.setdefault("PG_BIN", str(embedded.bin))
     try:
         yield PgServer(embedded.url(), embedded)
     finally:
         embedded.destroy()
+        shutil.rmtree(data_root, ignore_errors=True)
 
 
 @pytest.fixture
