@@ -57,7 +57,7 @@ def run_create(
             except SafesyncError as exc:
                 report.problems(f"backup {info.id} stored, but pruning old backups failed: {exc.message}")
                 return
-            report.details["prune"] = {"deleted": pruned.deleted, "kept": pruned.kept}
+            report.details["prune"] = {"deleted": pruned.deleted, "kept": pruned.kept, "temp_removed": cleanup_temp(settings)}
             report.warnings += pruned.warnings
             if pruned.deleted:
                 report.summary += f"; pruned {len(pruned.deleted)} old backup(s)"
@@ -193,6 +193,8 @@ def run_prune(
     def job(report: Report) -> None:
         total = PruneResult(dry_run)
         for name in names:
+            if not settings.storage.list(f"{name}/"):
+                continue  # nothing stored for it: no lock, no database connection needed
             lock = None
             if db is None and not dry_run:
                 try:

@@ -113,12 +113,14 @@ def _trigger_text(trigger: dict[str, Any]) -> str:
 
 
 def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    return f"{n} B"  # pragma: no cover - loop always returns
+    return f"{value:.1f} GiB"
 
 
 def human_age(seconds: float) -> str:
