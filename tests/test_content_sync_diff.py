@@ -112,6 +112,14 @@ def test_identical_tables_cost_one_pass_per_side(make_db):
     assert set(one.changed) == {("12345",)}
     assert one.rows_fetched <= 2 * diffmod.LEAF_ROWS  # rows never travel unless their range differs
 
+    with psycopg.connect(src) as conn:  # changes everywhere: the dense path (second grid pass)
+        conn.execute("update t set body = body || '!' where id % 50 = 3")
+        conn.execute("delete from t where id % 700 = 1")
+        conn.execute("insert into t select g, 'new' from generate_series(20001, 20100) g")
+    _, dense = run_diff(src, tgt)
+    assert len(dense.changed) == 400 + 1 and len(dense.extra) == 29 and len(dense.new) == 100  # + row 12345
+    assert dense.queries == 4 and dense.rows_fetched < 20000
+
 
 def test_columns_are_matched_by_name_not_position(make_db):
     a, b = make_db(), make_db()

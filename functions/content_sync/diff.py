@@ -11,12 +11,14 @@ uuid key column is split arithmetically between the smallest and largest
 key of both sides; any other key (composite, text, dates, ...) by quantiles
 of the actual keys of the side holding more rows in the range. Text-like key
 columns are ordered in "C" (byte) order on both servers. Each level of the
-descent is one query per side covering every differing range: ranges are
-joined from arrays (integer and uuid keys then use the primary key index),
-or — many small ranges over much of the table — assigned by ``width_bucket``
-in one pass. When nearly every range differs the changes are dense and the
-next split goes straight to ranges of a few rows, so dense changes reach row
-level in four passes over the data whatever the table size.
+descent is one query per side covering every differing range (ranges are
+joined from arrays, so integer and uuid keys use the primary key index).
+Integer and uuid keys start with a grid pass: ``FIRST_BRANCH`` equal key
+ranges checksummed in one scan (bucket = arithmetic on the key, grouped in
+a hash table). When nearly all of them differ the changes are dense, and a
+second grid pass with ranges of a few rows each locates them — so a table
+with changes everywhere costs two passes plus fetching the differing small
+ranges, whatever its size, instead of one pass per level.
 
 Source and target queries of each step run concurrently (one thread per
 side). The source connection is expected to be inside one REPEATABLE READ
@@ -28,9 +30,10 @@ from __future__ import annotations
 import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -46,8 +49,7 @@ LEAF_ROWS = 32  # a differing range this small is fetched as (key, hash) pairs
 FIRST_BRANCH = 32  # ranges per split while differences look sparse
 MAX_BRANCH = 4096  # ... and up to this many when nearly every range differs
 MIN_CHILD_ROWS = 8  # never split into ranges smaller than this (on average)
-SCAN_MIN_RANGES = 256  # this many ranges covering ...
-SCAN_MIN_SHARE = 0.25  # ... this share of the table: one bucketed pass, not a scan per range
+HASH_AGG_MEMORY = "64MB"  # work_mem for grouping range checksums in memory
 _INT8_MAX = 2**63 - 1
 _UUID_MAX = 2**128 - 1
 
@@ -171,45 +173,46 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
     return sql.SQL(" union all ").join(parts), params
 
 
-def checksums(
-    conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment], *, scan: bool = False
-) -> dict[int, tuple[int, Decimal]]:
-    """segment index -> (count, sum of row hashes); empty segments absent.
-
-    ``scan``: many small ranges covering much of the table (an arithmetic
-    key). One pass over their span, each row assigned to its range by
-    ``width_bucket`` (a binary search), beats one index range scan per range.
-    """
+def checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
+    """segment index -> (count, sum of row hashes); empty segments absent."""
     if not segments:
         return {}
-    if scan and spec.arithmetic and all(s.lo is not None and s.hi is not None for s in segments):
-        return _bucketed_checksums(conn, spec, segments)
     rows, params = segment_rows(spec, segments, sql.SQL("{} as h").format(rowhash.row_hash(spec)))
     query = sql.SQL("select seg, count(*), coalesce(sum(h), 0) from ({}) as x group by seg").format(rows)
     return {seg: (count, total) for seg, count, total in conn.execute(query, params)}
 
 
-def _bucketed_checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
-    ordered = sorted(range(len(segments)), key=lambda i: _to_int(spec, segments[i].lo[0]))
-    thresholds: list[str] = []
-    owner: dict[int, int] = {}  # width_bucket number -> segment index (gaps between ranges: none)
-    for i in ordered:
-        seg = segments[i]
-        if not thresholds or thresholds[-1] != seg.lo[0]:
-            thresholds.append(seg.lo[0])
-        owner[len(thresholds)] = i
-        thresholds.append(seg.hi[0])
-    type_ = sql.SQL(_bound_type(spec, 0))
+@contextmanager
+def _hash_aggregate(conn: psycopg.Connection) -> Iterator[None]:
+    """The planner cannot know a bucket expression has few distinct values
+    and would sort every (wide) row first; group in a hash table instead."""
+    conn.execute(f"set local enable_sort = off; set local work_mem = '{HASH_AGG_MEMORY}'")
+    try:
+        yield
+    finally:
+        conn.execute("reset enable_sort; reset work_mem")
+
+
+def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int) -> dict[int, tuple[int, Decimal]]:
+    """Checksums of the ranges [lo + i*step, lo + (i+1)*step) covering
+    [lo, hi) of an arithmetic key, in one pass: bucket i -> (count, sum)."""
     key = sql.Identifier("t", spec.key[0])
-    query = sql.SQL(
-        "select width_bucket({key}, %s::{type}[]) as b, count(*), coalesce(sum({h}), 0) from {table} as t "
-        "where {key} >= %s::{type} and {key} < %s::{type} group by 1"
-    ).format(key=key, type=type_, h=rowhash.row_hash(spec), table=spec.table.ident)
-    found = {}
-    for bucket, count, total in conn.execute(query, [thresholds, thresholds[0], thresholds[-1]]):
-        if bucket in owner:
-            found[owner[bucket]] = (count, total)
-    return found
+    h = rowhash.row_hash(spec)
+    if spec.arithmetic == "int" and hi - lo <= _INT8_MAX:
+        bucket, params = sql.SQL("({} - %s::bigint) / %s::bigint").format(key), [lo, step]
+        first = 0
+    else:  # uuid (or a span beyond bigint): binary search over the range starts
+        starts = [lo + i * step for i in range(math.ceil((hi - lo) / step))]
+        bucket = sql.SQL("width_bucket({}, %s::{}[])").format(key, sql.SQL(_bound_type(spec, 0)))
+        params, first = [[_to_text(spec, v)[0] for v in starts]], 1
+    bounds = [_to_text(spec, lo), _to_text(spec, hi)]
+    conds = [sql.SQL("{} {} %s::{}").format(key, sql.SQL(op), sql.SQL(_bound_type(spec, 0))) for op, b in zip((">=", "<"), bounds) if b is not None]
+    params += [b[0] for b in bounds if b is not None]
+    query = sql.SQL("select {b}, count(*), coalesce(sum({h}), 0) from {t} as t where {conds} group by 1").format(
+        b=bucket, h=h, t=spec.table.ident, conds=sql.SQL(" and ").join(conds)
+    )
+    with _hash_aggregate(conn):
+        return {b - first: (count, total) for b, count, total in conn.execute(query, params)}
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
@@ -299,12 +302,12 @@ def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment
 def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
     """Compare one content table between source and target."""
     if spec.arithmetic:
-        pending, sc, tc, queries = _first_level(sides, spec)
+        pending, sc, tc, queries = _arithmetic_levels(sides, spec)
     else:
         (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
         pending, queries = ([] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)]), 1
     result = TableDiff(spec, sc, tc, queries=queries)
-    branch = MAX_BRANCH if spec.arithmetic and len(pending) >= 0.9 * FIRST_BRANCH else FIRST_BRANCH
+    branch = FIRST_BRANCH
     while pending:
         leaves, splits = [], []
         for item in pending:
@@ -315,41 +318,50 @@ def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
         if not splits:
             break
         children = _children(sides, spec, splits, branch, result)
-        covered = sum(max(a, b) for _, a, b in splits)
-        scan = len(children) > SCAN_MIN_RANGES and covered >= SCAN_MIN_SHARE * max(sc, tc)
-        pending = _differing(sides, spec, children, scan)
+        pending = _differing(sides, spec, children)
         result.queries += 1
         # nearly every range differs: changes are dense, go straight to small ranges
-        dense = len(pending) >= 0.9 * len(children)
-        branch = MAX_BRANCH if dense else FIRST_BRANCH
+        branch = MAX_BRANCH if len(pending) >= 0.9 * len(children) else FIRST_BRANCH
     return result
 
 
-def _first_level(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], int, int, int]:
-    """Arithmetic keys: the key span of both sides (index lookups), then
-    FIRST_BRANCH range checksums in one pass per side — identical tables
-    stop here, differing ones already know where to look."""
+def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int) -> tuple[list[tuple[Segment, int, int]], int, int]:
+    """The differing ranges of one grid pass, and each side's row count."""
+    src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step))
+    pending = []
+    for i in sorted(set(src) | set(tgt)):
+        a, b = src.get(i, (0, 0)), tgt.get(i, (0, 0))
+        if a != b:
+            seg = Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi)))
+            pending.append((seg, a[0], b[0]))
+    return pending, sum(n for n, _ in src.values()), sum(n for n, _ in tgt.values())
+
+
+def _arithmetic_levels(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], int, int, int]:
+    """Integer and uuid keys: the key span of both sides (index lookups),
+    then FIRST_BRANCH range checksums in one pass per side — identical tables
+    stop here. When nearly all of those ranges differ the changes are dense:
+    one more pass over a grid of ranges of about MIN_CHILD_ROWS rows each
+    finds them, instead of a descent that would hash the table level after
+    level."""
     (smin, smax), (tmin, tmax) = sides.both(lambda c: _key_bounds(c, spec))
     lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
     highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
     if not lows:
         return [], 0, 0, 1
-    top = Segment(_to_text(spec, min(lows)), _to_text(spec, max(highs) + 1))
-    children = _split_arithmetic(spec, top, FIRST_BRANCH)
-    src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, children, scan=True))
-    sc = sum(n for n, _ in src_sums.values())
-    tc = sum(n for n, _ in tgt_sums.values())
-    pending = [
-        (seg, src_sums.get(i, (0, 0))[0], tgt_sums.get(i, (0, 0))[0])
-        for i, seg in enumerate(children)
-        if src_sums.get(i, (0, 0)) != tgt_sums.get(i, (0, 0))
-    ]
+    lo, hi = min(lows), max(highs) + 1
+    pending, sc, tc = _grid_level(sides, spec, lo, hi, math.ceil((hi - lo) / FIRST_BRANCH))
+    rows = max(sc, tc)
+    if len(pending) >= 0.9 * FIRST_BRANCH and rows > LEAF_ROWS * FIRST_BRANCH:
+        step = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows))
+        pending, _, _ = _grid_level(sides, spec, lo, hi, step)
+        return pending, sc, tc, 3
     return pending, sc, tc, 2
 
 
-def _differing(sides: Sides, spec: TableSpec, segments: list[Segment], scan: bool) -> list[tuple[Segment, int, int]]:
+def _differing(sides: Sides, spec: TableSpec, segments: list[Segment]) -> list[tuple[Segment, int, int]]:
     """The segments whose checksums differ, with their row counts per side."""
-    src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, segments, scan=scan))
+    src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, segments))
     out = []
     for i, seg in enumerate(segments):
         a, b = src_sums.get(i, (0, 0)), tgt_sums.get(i, (0, 0))
