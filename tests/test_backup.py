@@ -239,33 +239,43 @@ def test_crash_before_manifest_leaves_a_leftover_that_prune_removes_after_grace(
     assert backup_objects(settings) == sorted(BackupName.parse(good.id).key(s) for s in ("dump", "json", "sha256"))
 
 
-def test_process_killed_mid_backup_then_next_create_and_prune(make_db, write_settings, tmp_path) -> None:
+def _streaming_pg_dump(proc: subprocess.Popen, at_least: int) -> bool:
+    """True once the CLI's pg_dump child has written ``at_least`` bytes."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        return any(c.name() == "pg_dump" and c.io_counters().write_chars >= at_least for c in children)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_process_killed_mid_backup_then_next_create_and_prune(make_db, write_settings, storage_url) -> None:
     """SIGKILL of the whole `safesync backup create` while it streams."""
     prod = make_db()
     create_lms(prod, variant="prod")
     add_bulk(prod, 200_000)
-    settings = write_settings({"prod": prod}, BACKUP_TOML.replace("compress_level = 1", "compress_level = 9\nincomplete_grace_hours = 0"))
-    root = Path(settings.storage.root)
+    toml = BACKUP_TOML.replace("compress_level = 1", "compress_level = 9\nincomplete_grace_hours = 0")
+    settings = write_settings({"prod": prod}, toml, storage_url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "prod", "--json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        temps = [p for p in root.rglob("*.tmp-*") if p.stat().st_size > 0] if root.exists() else []
-        if temps:
-            break
-        assert proc.poll() is None, "the backup finished before we could kill it"
+    while not _streaming_pg_dump(proc, 2 << 20):
+        assert proc.poll() is None and time.monotonic() < deadline, "the backup ended before we could kill it"
         time.sleep(0.005)
     proc.kill()
     proc.wait()
-    assert temps and backup_objects(settings) == []
-    assert list_backups(settings) == []
+    assert backup_objects(settings) == [] and list_backups(settings) == []
+    with pytest.raises(NotFoundError):
+        restore_backup(settings, "latest", "prod", db="prod", confirm="prod")
+    local_root = None if storage_url else Path(settings.storage.root)
+    if local_root:  # the local backend's partial write is a hidden temp file...
+        assert list(local_root.rglob("*.tmp-*"))
     info = create_backup(settings, "prod", "manual")
     assert [b.id for b in list_backups(settings)] == [info.id]
-    code = cli.main(["backup", "prune", "--json"])
-    assert code == 0
-    assert not list(root.rglob("*.tmp-*")), "prune removes the killed write's temp file"
+    assert cli.main(["backup", "prune", "--json"]) == 0
+    if local_root:  # ...that prune removes once past the grace period
+        assert not list(local_root.rglob("*.tmp-*"))
     assert [b.id for b in list_backups(settings)] == [info.id]
 
 
