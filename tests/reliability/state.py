@@ -54,7 +54,10 @@ def world_state(urls: Mapping[str, str], settings=None) -> dict[str, Any]:
 
 def count_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> int:
     """Rows/objects that differ: per table max(1, |Δ rows|) when its
-    fingerprint differs, one per schema or object added, removed or resized."""
+    fingerprint differs, one per schema or object added, removed or resized.
+    Takes two ``world_state`` or two ``db_state`` snapshots."""
+    if "tables" in before or "tables" in after:
+        before, after = {"db": before}, {"db": after}
     changed = 0
     for key in set(before) | set(after):
         a, b = before.get(key, {}), after.get(key, {})

@@ -1,0 +1,109 @@
+"""Storage unavailable → the job fails, clearly, before touching any database.
+
+Two ways storage goes away: a local folder nobody can write to (``chattr +i``
+as root: even root cannot create files in it) and, in the full run only, a
+``gs://`` URL whose endpoint is down (a closed loopback port: the GCS client
+retries for about two minutes before it gives up, which is itself a figure).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.fake_calendar.fixtures import fake  # noqa: F401  (fixture)
+
+from .conftest import make_world
+from .scale import SCALE
+
+AREA = "storage unavailable"
+
+
+def _jobs():
+    from safesync.functions.backup.jobs import run_create
+    from safesync.functions.calendar.sync import run_sync
+    from safesync.functions.content_sync import content_sync
+    from safesync.functions.staging_clone import clone
+
+    return {
+        "backup create": lambda s: run_create(s, "prod", "manual", trigger={"via": "reliability"}),
+        "content sync": lambda s: content_sync(s, "sync"),
+        "staging clone": lambda s: clone(s),
+        "calendar full sync": lambda s: run_sync(s, "full"),
+    }
+
+
+JOB_NAMES = ["backup create", "content sync", "staging clone", "calendar full sync"]
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+@pytest.fixture
+def seeded_fake(fake):
+    """The fake Google Calendar with events a sync would write."""
+    from tests.fake_calendar.helpers import NOW, event, gid
+
+    for i in range(10):
+        fake.store.put_event("primary", event(gid(i), f"Event {i}", NOW + timedelta(days=1, hours=i)))
+    return fake
+
+
+def _check(t, name: str, answer, before, after, how: str) -> None:
+    error = str(answer.body.get("error", "")) + " " + str(answer.body.get("report", {}).get("summary", ""))
+    t.check(answer.status >= 500 and answer.exit_code == 1 and "storage" in error.lower(),
+            f"{name} with {how}: answered {answer.status} (exit {answer.exit_code}): {error[:200]}", strict=False)
+    changed_before = t.changed
+    try:
+        t.unchanged(before, after, f"{name} with {how}")
+    except AssertionError:
+        pass
+    t.check(t.changed == changed_before, f"{name} with {how}: a database or storage changed", strict=False)
+
+
+@pytest.mark.parametrize("name", JOB_NAMES)
+def test_unwritable_storage_folder(pg_server, make_db, write_settings, monkeypatch, tmp_path, seeded_fake, tally, name: str) -> None:
+    t = tally(AREA)
+    folder = tmp_path / "frozen"
+    world = make_world(pg_server, make_db, write_settings, monkeypatch, storage_url=f"file://{folder}", google_root=seeded_fake.root)
+    before = world.state()
+    with unwritable(folder):
+        answer = _jobs()[name](world.settings)
+        after = world.state()
+    _check(t, name, answer, before, after, "an unwritable storage folder")
+    assert t.unexpected == 0 and t.changed == 0, "\n".join(t.notes)
+
+
+@pytest.mark.skipif(SCALE != "full", reason="the GCS client retries ~2 min against a dead endpoint: full scale only")
+@pytest.mark.parametrize("name", JOB_NAMES)
+def test_gcs_endpoint_down(pg_server, make_db, write_settings, monkeypatch, seeded_fake, tally, name: str) -> None:
+    t = tally(AREA)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    world = make_world(pg_server, make_db, write_settings, monkeypatch, storage_url="gs://reliability-down/prefix", google_root=seeded_fake.root)
+    before = world.state(storage=False)
+    start = time.monotonic()
+    answer = _jobs()[name](world.settings)
+    t.figure("gcs down: s to fail", round(time.monotonic() - start, 1))
+    _check(t, name, answer, before, world.state(storage=False), "its GCS endpoint down")
+    assert t.unexpected == 0 and t.changed == 0, "\n".join(t.notes)
