@@ -82,23 +82,6 @@ def key_text(spec: TableSpec, alias: str = "t") -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, k)) for k in spec.key)
 
 
-def key_order(spec: TableSpec, alias: str = "t") -> sql.Composable:
-    return sql.SQL(", ").join(key_columns(spec, alias))
-
-
-def typed(spec: TableSpec, index: int, value: sql.Composable) -> sql.Composable:
-    """Cast a text value to the type of key column ``index`` (with "C"
-    collation for text-like keys, so comparisons match ``key_row``)."""
-    cast = sql.SQL("{}::{}").format(value, sql.SQL(spec.key_types[index]))
-    return sql.Composed([sql.SQL("("), cast, sql.SQL(")"), C_COLLATION]) if spec.key_collatable[index] else cast
-
-
-def typed_row(spec: TableSpec, values: Sequence[sql.Composable]) -> sql.Composable:
-    """Text values cast to the key types, shaped like ``key_row``."""
-    cols = [typed(spec, i, v) for i, v in enumerate(values)]
-    return cols[0] if len(cols) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(cols))
-
-
 def keys_relation(spec: TableSpec, keys: Sequence[tuple[str, ...]]) -> tuple[sql.Composable, list[list[str]]]:
     """A relation ``k(c0, c1, ...)`` of typed key values from text keys, for
     joins (``unnest`` of one text array per key column) and its params."""
