@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
 reliability: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability
+	RELIABILITY_SCALE=$${RELIABILITY_SCALE:-standard} $(BIN)/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider -p tests.reliability.table tests/reliability
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -166,7 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
     logger.setLevel("DEBUG")
 
 
-def _leaks(root: Path, needles: list[bytes]) -> list[str]:
+def _leaks(root: Path, needles: list[bytes], scanned: dict[str, int]) -> list[str]:
     found = []
     for path in root.rglob("*"):
         if not path.is_file() or path.is_symlink() or any((p / "PG_VERSION").exists() for p in path.parents if p != root.parent):
@@ -175,6 +175,8 @@ def _leaks(root: Path, needles: list[bytes]) -> list[str]:
             data = path.read_bytes()
         except OSError:
             continue
+        scanned["files"] += 1
+        scanned["log_lines"] += data.count(b"\n") if path.suffix == ".jsonl" else 0
         found += [f"{path}: {needle.decode()[:12]}…" for needle in needles if needle in data]
     return found
 
@@ -187,7 +189,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is not None:
         roots.append(factory.getbasetemp())
-    leaks = [leak for root in roots if root.exists() for leak in _leaks(root, needles)]
+    scanned = {"files": 0, "log_lines": 0}
+    leaks = [leak for root in roots if root.exists() for leak in _leaks(root, needles, scanned)]
+    # read by the reliability table (tests/reliability/table.py)
+    session.config._safesync_secrets_scan = {**scanned, "needles": len(needles), "leaks": leaks}
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -83,7 +83,7 @@ class Tally:
         self.figures[name] = value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
 
     def _note(self, what: str) -> None:
-        if len(self.notes) < MAX_NOTES:
+        if len(self.notes) < MAX_NOTES and what[:300] not in self.notes:  # hypothesis replays a failure
             self.notes.append(what[:300])
 
     def save(self) -> None:
@@ -115,7 +115,7 @@ def merge(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             values = row["figures"].setdefault(name, [])
             if value not in values:
                 values.append(value)
-        row["notes"] += [n for n in record.get("notes", []) if len(row["notes"]) < MAX_NOTES]
+        row["notes"] += [n for n in record.get("notes", []) if n not in row["notes"]][: MAX_NOTES - len(row["notes"])]
     order = {area: i for i, area in enumerate(AREAS)}
     merged = sorted(rows.values(), key=lambda r: (order.get(r["area"], len(AREAS)), r["area"]))
     for row in merged:

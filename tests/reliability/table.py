@@ -37,8 +37,9 @@ def _secrets_row(config: pytest.Config) -> dict | None:
     if scan is None:
         return None
     leaks = len(scan["leaks"])
+    leaking_files = len({leak.rsplit(": ", 1)[0] for leak in scan["leaks"]})
     return {
-        "area": "secrets", "tests": 1, "tried": scan["files"], "expected": scan["files"] - len({l.split(':')[0] for l in scan["leaks"]}),
+        "area": "secrets", "tests": 1, "tried": scan["files"], "expected": scan["files"] - leaking_files,
         "unexpected": leaks, "changed": 0,
         "figures": {"files scanned": str(scan["files"]), "log lines": str(scan["log_lines"]), "sentinels": str(scan["needles"]), "leaks": str(leaks)},
         "notes": scan["leaks"][:5],
