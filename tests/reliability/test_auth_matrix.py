@@ -16,7 +16,7 @@ import time
 
 import jwt
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, seed, settings, strategies as st
 
 from safesync.functions.main import TARGETS
 from safesync.shared.auth import QSTASH_LEEWAY_S
@@ -148,6 +148,7 @@ def test_forged_google_channels_are_401(shared_world, tally) -> None:
         state=st.sampled_from(["exists", "sync", "not_exists", "'; drop table calendar.events; --"]),
         bearer=st.booleans(),
     )
+    @example(channel="prod\x00", token="t", state="exists", bearer=False)  # a NUL byte must not reach a query
     def run(channel, token, state, bearer):
         headers = {"X-Goog-Channel-ID": channel, "X-Goog-Channel-Token": token, "X-Goog-Resource-State": state,
                    "X-Goog-Resource-ID": "r1", **(BEARER if bearer else {})}
