@@ -30,14 +30,17 @@ def run_key(report: Report) -> str:
     return f"runs/{report.job}/{stamp(report.started_at)}-{report.run_id}.json"
 
 
-def check_storage(settings: Settings) -> None:
-    """Fail early (before touching a database) when storage is unusable."""
+def check_storage(settings: Settings, run_id: str) -> None:
+    """Fail early — before touching a database — when storage cannot take
+    this run's report (or its backups): write and delete a probe object."""
+    key = f"runs/.probe/{run_id}"
     try:
-        settings.storage.list("runs/.probe")
-    except SafesyncError:
-        raise
+        settings.storage.put(key, b"probe")
+        settings.storage.delete(key)
+    except SafesyncError as exc:
+        raise StorageError(f"storage {settings.storage.describe()} is not writable: {redact(exc.message)}") from None
     except Exception as exc:
-        raise StorageError(f"storage {settings.config.storage.url} is unavailable: {redact(str(exc))}") from None
+        raise StorageError(f"storage {settings.storage.describe()} is unavailable: {redact(str(exc))}") from None
 
 
 def _store(settings: Settings, report: Report) -> None:
@@ -107,7 +110,7 @@ def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> 
     log.info("run started", job=report.job, action=report.action)
     try:
         if needs_storage:
-            check_storage(settings)
+            check_storage(settings, report.run_id)
         fn(report)
     except SafesyncError as exc:
         report.status = "refused" if exc.status in (400, 403, 404, 422) else "failed"
