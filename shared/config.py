@@ -184,10 +184,6 @@ class MigrateSection(_Section):
         return self
 
 
-class HttpSection(_Section):
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-
-
 class Config(_Section):
     databases: dict[str, str] = Field(
         default_factory=lambda: {
@@ -203,7 +199,6 @@ class Config(_Section):
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     calendar: CalendarSection = Field(default_factory=CalendarSection)
     migrate: MigrateSection = Field(default_factory=MigrateSection)
-    http: HttpSection = Field(default_factory=HttpSection)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
