@@ -21,7 +21,6 @@ column. User tables reference content with ON DELETE CASCADE
 
 from __future__ import annotations
 
-import uuid
 from string import Template
 
 import psycopg
@@ -401,35 +400,3 @@ def _run(conn: psycopg.Connection, script: str, params: dict[str, int]) -> None:
     # Only integers are substituted ($nc, ...); no psycopg parameters, so the
     # script's ``%`` stay modulo operators and several statements may be sent.
     conn.execute(Template(script).substitute(params).encode())
-
-
-def lms_config_toml(source: str = "dev", target: str = "prod", *, delete_missing: bool | None = None, extra: str = "") -> str:
-    """The ``[content_sync]`` section for the LMS fixture (append to a config)."""
-    lines = [
-        "[content_sync]",
-        f'source = "{source}"',
-        f'target = "{target}"',
-        "tables = [" + ", ".join(f'"{t}"' for t in LMS_CONTENT) + "]",
-        "protected = [" + ", ".join(f'"{t}"' for t in LMS_PROTECTED) + "]",
-    ]
-    if delete_missing is not None:
-        lines.append(f"delete_missing = {'true' if delete_missing else 'false'}")
-    if extra:
-        lines.append(extra.strip())
-    return "\n".join(lines) + "\n"
-
-
-_TEMPLATES: dict[tuple[str, str, int], str] = {}
-
-
-def lms_database(pg_server, make_db, *, variant: str = "prod", scale: int = 1) -> str:
-    """URL of a fresh LMS database, cloned from a template built once per
-    server (``CREATE DATABASE ... TEMPLATE`` is several times faster than
-    building the fixture again). ``pg_server``/``make_db`` are the conftest
-    fixtures; the clone is dropped with the test's other databases."""
-    key = (pg_server.admin_url, variant, scale)
-    if key not in _TEMPLATES:
-        url = pg_server.create_database(f"lms_template_{variant}_{scale}_{uuid.uuid4().hex[:6]}")
-        create_lms(url, variant=variant, scale=scale)
-        _TEMPLATES[key] = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    return make_db(template=_TEMPLATES[key])
