@@ -81,10 +81,6 @@ class Column:
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
     generated: bool  # a STORED generated column: never written
 
-    @property
-    def writable(self) -> bool:
-        return not self.generated
-
 
 @dataclass(frozen=True)
 class ForeignKey:
