@@ -155,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if answer is None:
         return 0
+    if answer.exit_code == 2 and not args.json and answer.body.get("error"):
+        # A usage or config error found inside a run: one line, like any other.
+        print(f"safesync: error: {redact(str(answer.body['error']))}", file=sys.stderr)
+        return 2
     render(answer, args.json)
     return answer.exit_code
 

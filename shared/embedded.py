@@ -97,7 +97,8 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._owner:
             _open_path_for(self.bin)
-            _open_path_for(self.data_dir)
+            # Parents only: PostgreSQL refuses a data directory others can read.
+            _open_path_for(self.data_dir.parent)
             os.chown(self.data_dir, *self._owner)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")

@@ -168,6 +168,8 @@ def google_channel_principal(headers: Mapping[str, str]) -> Principal:
     channel, token = headers.get("X-Goog-Channel-ID"), headers.get("X-Goog-Channel-Token")
     if not channel or not token:
         raise AuthError("not a Google push notification (X-Goog-Channel-ID / X-Goog-Channel-Token missing)")
+    if any(len(v) > 256 or not v.isprintable() for v in (channel, token)):
+        raise AuthError("malformed Google channel headers")
     return Principal("google-push", f"google-channel:{channel[:64]}", frozenset({"notify"}))
 
 

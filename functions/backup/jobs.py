@@ -66,11 +66,12 @@ def run_create(
 
 
 def run_list(settings: Settings, db: str | None = None) -> Answer:
+    names = databases(settings, db)  # an unknown name is a usage error, not a run
     report = Report(JOB, "list", trigger={"via": "list"})
 
     def job(report: Report) -> None:
         backups = []
-        for name in databases(settings, db):
+        for name in names:
             catalog = scan(settings.storage, name)
             backups += catalog.complete
             if catalog.leftovers:

@@ -176,6 +176,7 @@ def run_sync(
 ) -> Answer:
     """A sync under the runner: lock per job and database (409 when busy),
     QStash de-duplication, run report stored under ``runs/calendar/``."""
+    selected_calendars(settings, calendar_id)  # an unknown calendar is a usage error, not a run
     report = Report(JOB, action or mode, trigger=trigger or {"via": "cli"})
     return execute(
         settings,
