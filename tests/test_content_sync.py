@@ -43,7 +43,7 @@ def test_sync_moves_content_and_leaves_user_tables_untouched(lms):
     users_before = fingerprints(prod, LMS_PROTECTED)
     dev_users_before = fingerprints(dev, LMS_PROTECTED)
 
-    answer = content_sync(settings, "sync")
+    answer = content_sync(settings, "sync", adopt=True)  # first run: dev's edits adopted
     body = answer.body
     assert answer.status == 200, body
     rows = totals(body)
@@ -77,7 +77,7 @@ def test_sync_moves_content_and_leaves_user_tables_untouched(lms):
 def test_second_sync_writes_nothing_and_fires_no_update(lms):
     make, dev, prod = lms
     settings = make()
-    assert content_sync(settings, "sync").status == 200
+    assert content_sync(settings, "sync", adopt=True).status == 200
     with psycopg.connect(prod) as conn:
         versions = conn.execute("select array_agg(xmin::text order by id) from lessons").fetchone()[0]
     second = content_sync(settings, "sync").body
@@ -103,7 +103,7 @@ def test_trigger_writing_a_user_table_rolls_the_sync_back(lms):
             """
         )
     before = fingerprints(prod)
-    answer = content_sync(make(), "sync")
+    answer = content_sync(make(), "sync", adopt=True)
     assert answer.status == 422 and answer.exit_code == 1
     report = answer.body
     assert report["status"] == "refused"
@@ -120,7 +120,7 @@ def test_delete_missing_refuses_when_users_have_progress(lms):
         conn.execute("delete from resources where lesson_id = 1")
         conn.execute("delete from lessons where id = 1")
     before = fingerprints(prod)
-    answer = content_sync(make(delete_missing=True), "sync")
+    answer = content_sync(make(delete_missing=True), "sync", adopt=True)
     assert answer.status == 422
     summary = answer.body["summary"]
     assert "lesson_progress" in summary and "CASCADE" in summary
@@ -133,7 +133,7 @@ def test_delete_missing_refuses_when_users_have_progress(lms):
     assert fingerprints(prod) == before
 
     # without delete_missing the same sync leaves the extra rows alone
-    answer = content_sync(make(), "sync")
+    answer = content_sync(make(), "sync", adopt=True)
     assert answer.status == 200
     assert totals(answer.body)["lessons"]["extra"] == 1
     with psycopg.connect(prod) as conn:
@@ -150,7 +150,7 @@ def test_delete_missing_deletes_unreferenced_rows_children_first(lms):
         conn.execute("delete from user_points_history where lesson_id = 2")
         conn.execute("delete from lesson_progress where lesson_id = 2")
     users_before = fingerprints(prod, LMS_PROTECTED)
-    answer = content_sync(make(delete_missing=True), "sync")
+    answer = content_sync(make(delete_missing=True), "sync", adopt=True)
     assert answer.status == 200, answer.body
     rows = totals(answer.body)
     assert rows["promotions"]["deleted"] == 2 and rows["resources"]["deleted"] == 2 and rows["lessons"]["deleted"] == 1
@@ -168,10 +168,10 @@ def test_killed_connection_mid_sync_leaves_target_unchanged(lms, pg_server):
             with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
                 admin.execute("select pg_terminate_backend(%s)", [conn.info.backend_pid])
 
-    answer = content_sync(settings, "sync", hook=kill)
+    answer = content_sync(settings, "sync", adopt=True, hook=kill)
     assert answer.status == 503 and "rolled back, target unchanged" in answer.body["error"]
     assert fingerprints(prod) == before
-    assert content_sync(settings, "sync").status == 200  # and the next run just works
+    assert content_sync(settings, "sync", adopt=True).status == 200  # and the next run just works
 
 
 def test_dry_run_changes_nothing_and_its_digest_pins_the_sync(lms):
@@ -181,7 +181,7 @@ def test_dry_run_changes_nothing_and_its_digest_pins_the_sync(lms):
     seq = "select last_value, is_called from lessons_id_seq"
     with psycopg.connect(prod) as conn:
         sequence_before = conn.execute(seq).fetchone()
-    dry = content_sync(settings, "dry-run").body
+    dry = content_sync(settings, "dry-run", adopt=True).body
     assert dry["status"] == "ok" and "rolled back" in dry["summary"]
     digest = dry["details"]["plan_digest"]
     assert digest in dry["summary"]
@@ -198,13 +198,14 @@ def test_dry_run_changes_nothing_and_its_digest_pins_the_sync(lms):
 
     with psycopg.connect(dev) as conn:  # dev moves on after the review
         conn.execute("update courses set title = 'Renamed' where id = 3")
-    refused = content_sync(settings, "sync", expect_plan=digest)
+    refused = content_sync(settings, "sync", expect_plan=digest, adopt=True)
     assert refused.status == 422 and "plan changed" in refused.body["summary"]
     assert fingerprints(prod) == before
 
-    fresh = content_sync(settings, "dry-run").body["details"]["plan_digest"]
+    fresh = content_sync(settings, "dry-run", adopt=True).body["details"]["plan_digest"]
     assert fresh != digest
-    assert content_sync(settings, "sync", expect_plan=fresh).status == 200
+    assert content_sync(settings, "sync", expect_plan=fresh).status == 422  # adopt is part of the reviewed plan
+    assert content_sync(settings, "sync", expect_plan=fresh, adopt=True).status == 200
 
 
 def test_schema_drift_is_reported_and_blocks_sync(lms):
@@ -276,15 +277,17 @@ def test_http_and_cli(lms, capsys):
     auth = {"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
     response = client.post("/content_sync", json={"mode": "compare"}, headers=auth)
     assert response.status_code == 200 and response.get_json()["action"] == "compare"
-    for bad in ({"mode": "push"}, {"mode": "compare", "expect_plan": "0" * 64}, {"mode": "sync", "expect_plan": "xyz"}, {"mode": "sync", "force": True}):
+    for bad in ({"mode": "push"}, {"mode": "compare", "expect_plan": "0" * 64}, {"mode": "sync", "expect_plan": "xyz"}, {"mode": "sync", "force": True}, {"mode": "sync", "adopt": "yes"}):
         assert client.post("/content_sync", json=bad, headers=auth).status_code == 400, bad
 
-    assert cli_main(["content", "dry-run", "--json"]) == 0
+    assert cli_main(["content", "dry-run", "--json"]) == 1  # first run: rows without history need --adopt
+    assert "--adopt" in json.loads(capsys.readouterr().out)["summary"]
+    assert cli_main(["content", "dry-run", "--adopt", "--json"]) == 0
     digest = json.loads(capsys.readouterr().out)["details"]["plan_digest"]
-    assert cli_main(["content", "sync", "--expect-plan", "f" * 64]) == 1
+    assert cli_main(["content", "sync", "--adopt", "--expect-plan", "f" * 64]) == 1
     assert "plan changed" in capsys.readouterr().out
     assert cli_main(["content", "sync", "--expect-plan", "nothex"]) == 2
     capsys.readouterr()
-    assert cli_main(["content", "sync", "--expect-plan", digest]) == 0
+    assert cli_main(["content", "sync", "--adopt", "--expect-plan", digest]) == 0
     out = capsys.readouterr().out
     assert "synced" in out and "lessons" in out

@@ -19,7 +19,7 @@ def test_sequences_only_move_forward(pg_server, make_db, write_settings):
     prod = lms_database(pg_server, make_db, variant="prod")
     with psycopg.connect(prod) as conn:
         conn.execute("select setval('lessons_id_seq', 10000)")
-    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync")
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync", adopt=True)
     assert answer.status == 200
     moved = {m["table"]: m for m in answer.body["details"]["sequences"]}
     assert "lessons" not in moved and moved["courses"]["set_to"] == 6
@@ -46,7 +46,7 @@ def test_key_only_tables_and_always_identity_columns(make_db, write_settings):
         conn.execute("insert into tags values ('a')")
         conn.execute("insert into badges (code, seq, label) overriding system value values ('gold', 7, 'Gold (old)')")
     config = '[content_sync]\ntables = ["lesson_tags", "tags", "badges"]\n'
-    answer = content_sync(write_settings({"dev": dev, "prod": prod}, config), "sync")
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, config), "sync", adopt=True)
     assert answer.status == 200, answer.body
     assert answer.body["details"]["fk_order"].index("tags") < answer.body["details"]["fk_order"].index("lesson_tags")
     prints = _fingerprint(prod)
@@ -60,7 +60,7 @@ def test_a_constraint_failure_rolls_everything_back(pg_server, make_db, write_se
     with psycopg.connect(prod) as conn:  # a prod-only course holds the slug dev's new course uses
         conn.execute("insert into courses (id, slug, title) values (500, 'new-course-1', 'Hotfix')")
     before = _fingerprint(prod)
-    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync")
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync", adopt=True)
     assert answer.status == 422
     assert "rolled back, target unchanged" in answer.body["error"] and "courses_slug_key" in answer.body["error"]
     assert _fingerprint(prod) == before

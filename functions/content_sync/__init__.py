@@ -3,12 +3,15 @@ touching user data — ``compare``, ``dry-run`` (the real sync, rolled back,
 with a plan digest) and ``sync`` (``expect_plan`` pins a reviewed plan).
 
 HTTP target ``content_sync``: ``{"mode": "compare" | "dry-run" | "sync",
-"expect_plan": "<digest>"}``. CLI: ``safesync content compare | dry-run |
-sync [--expect-plan DIGEST]``. Modules: ``plan`` (config → tables, keys,
-drift, FK order, protected set), ``rowhash`` (SQL row hashes and key
-expressions), ``diff`` (key-range checksum descent), ``apply`` (staging,
-upsert, deletes, sequences), ``proof`` (protection proof), ``digest`` (plan
-digest), ``safety`` (undo point), ``job`` (the flow).
+"expect_plan": "<digest>", "adopt": true}``. CLI: ``safesync content
+compare | dry-run | sync [--adopt] [--expect-plan DIGEST]``. Modules:
+``plan`` (config → tables, keys, match_on and FK translations, drift, FK
+order, protected set), ``rowhash`` (SQL row hashes, key expressions, the
+rows as compared), ``diff`` (key-range checksum descent), ``ledger`` (the
+three-way ancestor kept in the target), ``conflicts`` (three-way
+classification), ``apply`` (staging, upsert, deletes, sequences), ``proof``
+(protection proof), ``digest`` (plan digest), ``safety`` (undo point),
+``job`` (the flow).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from safesync.shared.config import Settings
 from safesync.shared.errors import BadRequest
@@ -37,6 +40,7 @@ class Body(BaseModel):
 
     mode: Literal["compare", "dry-run", "sync"]
     expect_plan: str | None = Field(None, pattern=_DIGEST)
+    adopt: StrictBool = False
 
 
 def content_sync(
@@ -44,13 +48,16 @@ def content_sync(
     mode: str,
     *,
     expect_plan: str | None = None,
+    adopt: bool = False,
     trigger: dict[str, Any] | None = None,
     message_id: str | None = None,
     hook: Hook | None = None,
 ) -> Answer:
     """Run one content sync action under the runner (lock on the target,
     QStash de-duplication, report stored under ``runs/content_sync/``).
-    ``compare`` is read-only and takes no lock."""
+    ``compare`` is read-only and takes no lock. ``adopt``: on a table's
+    first run with the ledger, take the source's version of rows that differ
+    without history (otherwise they are reported and a sync is refused)."""
     if mode not in MODES:
         raise BadRequest(f"mode must be one of {', '.join(MODES)}")
     if expect_plan is not None and mode != "sync":
@@ -61,7 +68,7 @@ def content_sync(
     report = Report("content_sync", mode, trigger=trigger or {"via": "library"})
 
     def job(r: Report) -> None:
-        run(settings, r, mode, expect_plan=expect_plan, trigger=trigger, hook=hook)
+        run(settings, r, mode, expect_plan=expect_plan, adopt=adopt, trigger=trigger, hook=hook)
 
     return execute(settings, report, job, target=None if mode == "compare" else target, message_id=message_id)
 
@@ -69,7 +76,12 @@ def content_sync(
 def handle_http(call: Call) -> Answer:
     body = validate_body(Body, call.body)
     return content_sync(
-        call.settings, body.mode, expect_plan=body.expect_plan, trigger=call.trigger(), message_id=call.principal.message_id
+        call.settings,
+        body.mode,
+        expect_plan=body.expect_plan,
+        adopt=body.adopt,
+        trigger=call.trigger(),
+        message_id=call.principal.message_id,
     )
 
 
@@ -84,10 +96,15 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
     }
     for mode in MODES:
         p = actions.add_parser(mode, help=helps[mode], parents=[parent])
+        p.add_argument(
+            "--adopt",
+            action="store_true",
+            help="first run with the ledger: take the source's version of rows that differ without history (review them first)",
+        )
         if mode == "sync":
             p.add_argument("--expect-plan", metavar="DIGEST", help="refuse unless the plan digest still matches (from dry-run)")
         p.set_defaults(
             func=lambda args, settings, mode=mode: content_sync(
-                settings, mode, expect_plan=getattr(args, "expect_plan", None), trigger={"via": "cli"}
+                settings, mode, expect_plan=getattr(args, "expect_plan", None), adopt=args.adopt, trigger={"via": "cli"}
             )
         )

@@ -10,6 +10,14 @@ updated and their triggers never fire. Identity ALWAYS columns are written
 with ``OVERRIDING SYSTEM VALUE``; generated columns are left to the target.
 No TRUNCATE, no CASCADE, no trigger disabling, no superuser.
 
+A table matched on a natural key (``match_on``) is upserted ``ON CONFLICT
+(natural key)`` without its primary key, so an updated row keeps the
+target's id and a new row draws one from the target's sequence or identity.
+Translated FK columns arrive staged as the parent's natural key and are
+written as the id of the target's parent row (parents are written first);
+a staged reference whose parent does not exist in the target is reported by
+``unmapped`` before anything is upserted.
+
 Sequence moves are computed here but applied by the caller as the very
 last statement before COMMIT: ``setval`` is not transactional, so it must
 never run in a transaction that may still roll back.
@@ -25,7 +33,7 @@ from psycopg import sql
 
 from . import rowhash
 from .diff import Key
-from .plan import SyncPlan, TableSpec
+from .plan import SyncPlan, TableSpec, Translation
 
 CHUNK_KEYS = 10_000  # keys per COPY statement (the key list is sent inline)
 
@@ -37,8 +45,8 @@ def _chunks(keys: Sequence[Key], size: int = CHUNK_KEYS) -> Iterator[Sequence[Ke
 
 def _select_by_keys(spec: TableSpec, keys: Sequence[Key], columns: sql.Composable) -> tuple[sql.Composable, list]:
     relation, params = rowhash.keys_relation(spec, keys)
-    query = sql.SQL("select {cols} from {table} as t join {rel} on {match}").format(
-        cols=columns, table=spec.table.ident, rel=relation, match=rowhash.keys_match(spec)
+    query = sql.SQL("select {cols} from {table} join {rel} on {match}").format(
+        cols=columns, table=rowhash.relation(spec), rel=relation, match=rowhash.keys_match(spec)
     )
     return query, params
 
@@ -54,7 +62,7 @@ def stage_rows(src: psycopg.Connection, tgt: psycopg.Connection, spec: TableSpec
     cols = sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.columns)
     names = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
     tgt.execute(
-        sql.SQL("create temp table {} on commit drop as select {} from {} as t with no data").format(temp, cols, spec.table.ident)
+        sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(temp, cols, rowhash.relation(spec))
     )
     moved = 0
     for chunk in _chunks(list(keys)):
@@ -67,6 +75,53 @@ def stage_rows(src: psycopg.Connection, tgt: psycopg.Connection, spec: TableSpec
                     moved += len(data)
                     inp.write(data)
     return moved
+
+
+def _parent_match(tr: Translation, parent: str, staged: sql.Composable) -> sql.Composable:
+    """Join condition: the target parent row whose natural key the staged
+    text names."""
+    if len(tr.parent_key) == 1:
+        return sql.SQL("{} = {}::{}").format(sql.Identifier(parent, tr.parent_key[0]), staged, sql.SQL(tr.parent_key_types[0]))
+    return sql.SQL("{} = {}").format(rowhash.parent_key_text(tr, parent), staged)
+
+
+def _staged_select(spec: TableSpec, temp: sql.Identifier) -> sql.Composable:
+    """The staged rows as the target stores them: translated FK columns
+    become the target parent's id."""
+    exprs, joins = [], []
+    for col in spec.columns:
+        tr = spec.translation(col)
+        if tr is None:
+            exprs.append(sql.Identifier("s", col))
+            continue
+        parent = f"p{len(joins)}"
+        joins.append(
+            sql.SQL(" left join {} as {} on {}").format(tr.parent.ident, sql.Identifier(parent), _parent_match(tr, parent, sql.Identifier("s", col)))
+        )
+        exprs.append(sql.SQL("{} as {}").format(sql.Identifier(parent, tr.parent_column), sql.Identifier(col)))
+    return sql.SQL("select {} from {} as s{}").format(sql.SQL(", ").join(exprs), temp, sql.Composed(joins))
+
+
+def unmapped(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier, limit: int = 10) -> list[dict]:
+    """Staged rows referencing a parent (by natural key) the target does not
+    have: they cannot be written without inventing a reference."""
+    found = []
+    for tr in spec.translations:
+        query = sql.SQL(
+            "select {key}, s.{col} from {temp} as s left join {parent} as p on {match} "
+            "where s.{col} is not null and p.{pcol} is null order by 1 limit {limit}"
+        ).format(
+            key=sql.SQL(" || ', ' || ").join(sql.SQL("{}::text").format(sql.Identifier("s", k)) for k in spec.key),
+            col=sql.Identifier(tr.column),
+            temp=temp,
+            parent=tr.parent.ident,
+            match=_parent_match(tr, "p", sql.Identifier("s", tr.column)),
+            pcol=sql.Identifier(tr.parent_column),
+            limit=sql.Literal(limit),
+        )
+        for key, ref in tgt.execute(query):
+            found.append({"table": spec.name, "key": key, "column": tr.column, "references": f"{tr.parent.short} ({', '.join(tr.parent_key)}) = {ref}"})
+    return found
 
 
 def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
@@ -83,14 +138,12 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         )
     else:
         action = sql.SQL("do nothing")
-    query = sql.SQL(
-        "insert into {table} as cur ({names}){overriding} select {names} from {temp} on conflict ({key}) {action}"
-    ).format(
+    query = sql.SQL("insert into {table} as cur ({names}){overriding} {rows} on conflict ({key}) {action}").format(
         table=spec.table.ident,
         names=names,
         overriding=overriding,
-        temp=temp,
-        key=sql.SQL(", ").join(map(sql.Identifier, spec.primary_key)),
+        rows=_staged_select(spec, temp),
+        key=sql.SQL(", ").join(map(sql.Identifier, spec.key)),
         action=action,
     )
     return tgt.execute(query).rowcount
@@ -145,8 +198,11 @@ def column_texts(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key])
     cols = sql.SQL(", ").join(
         [rowhash.key_text(spec)] + [sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in spec.columns]
     )
-    query, params = _select_by_keys(spec, keys, cols)
-    return {tuple(r[:n]): tuple(r[n:]) for r in conn.execute(query, params)}
+    out: dict[Key, tuple] = {}
+    for chunk in _chunks(list(keys)):
+        query, params = _select_by_keys(spec, chunk, cols)
+        out.update((tuple(r[:n]), tuple(r[n:])) for r in conn.execute(query, params))
+    return out
 
 
 @dataclass(frozen=True)

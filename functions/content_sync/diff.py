@@ -18,7 +18,14 @@ ranges checksummed in one scan (bucket = arithmetic on the key, grouped in
 a hash table). When nearly all of them differ the changes are dense, and a
 second grid pass with ranges of a few rows each locates them — so a table
 with changes everywhere costs two passes plus fetching the differing small
-ranges, whatever its size, instead of one pass per level.
+ranges, whatever its size, instead of one pass per level. An integer-keyed
+table the catalog estimates at ``FINE_GRID_ROWS`` rows or more skips the
+coarse pass: its one grid pass has ranges of about ``MIN_CHILD_ROWS`` rows
+(at most ``MAX_GRID_BUCKETS``), returned as compact binary arrays of
+(range, count, 64-bit fingerprint of the range's hash sum) — about 3 bytes
+per row of the table travel, and a table with changes anywhere is located
+in that single pass. Each side's total (count, hash sum) comes out of the
+first pass too (the ledger checks itself against it).
 
 Source and target queries of each step run concurrently (one thread per
 side). The source connection is expected to be inside one REPEATABLE READ
@@ -49,7 +56,10 @@ LEAF_ROWS = 32  # a differing range this small is fetched as (key, hash) pairs
 FIRST_BRANCH = 32  # ranges per split while differences look sparse
 MAX_BRANCH = 4096  # ... and up to this many when nearly every range differs
 MIN_CHILD_ROWS = 8  # never split into ranges smaller than this (on average)
+KEYS_PER_QUERY = 10_000  # keys sent inline per lookup query
 HASH_AGG_MEMORY = "64MB"  # work_mem for grouping range checksums in memory
+FINE_GRID_ROWS = 100_000  # estimated rows from which an integer key starts with the fine grid
+MAX_GRID_BUCKETS = 262_144  # ranges of one grid pass (hash table of ~20 MB)
 _INT8_MAX = 2**63 - 1
 _UUID_MAX = 2**128 - 1
 
@@ -72,6 +82,8 @@ class TableDiff:
     new: dict[Key, int] = field(default_factory=dict)  # key -> source hash
     changed: dict[Key, tuple[int, int]] = field(default_factory=dict)  # key -> (source, target hash)
     extra: dict[Key, int] = field(default_factory=dict)  # key -> target hash
+    source_sum: int = 0  # sum of every row hash, per side (exact)
+    target_sum: int = 0
     queries: int = 0  # queries per side
     rows_fetched: int = 0  # (key, hash) pairs fetched, both sides
 
@@ -138,12 +150,12 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
         parts.append(
             sql.SQL(
                 "select r.seg, {select} from unnest(%s::int[], {arrays}) as r(seg, {names}) "
-                "join {table} as t on {key} >= {lo} and {key} < {hi}"
+                "join {table} on {key} >= {lo} and {key} < {hi}"
             ).format(
                 select=select,
                 arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in range(2 * n)),
                 names=sql.SQL(", ").join(names),
-                table=spec.table.ident,
+                table=rowhash.relation(spec),
                 key=key,
                 lo=lo,
                 hi=hi,
@@ -163,10 +175,10 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
             conds.append(sql.SQL("{} < {}").format(key, _bound_row(spec, [sql.Placeholder()] * n)))
             params += list(s.hi)
         parts.append(
-            sql.SQL("select {seg}::int as seg, {select} from {table} as t where {conds}").format(
+            sql.SQL("select {seg}::int as seg, {select} from {table} where {conds}").format(
                 seg=sql.Literal(i),
                 select=select,
-                table=spec.table.ident,
+                table=rowhash.relation(spec),
                 conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"),
             )
         )
@@ -193,13 +205,24 @@ def _hash_aggregate(conn: psycopg.Connection) -> Iterator[None]:
         conn.execute("reset enable_sort; reset work_mem")
 
 
-def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int) -> dict[int, tuple[int, Decimal]]:
+@dataclass(frozen=True)
+class Grid:
+    """One grid pass of one side: bucket -> (rows, fingerprint of the hash
+    sum), and the side's total row count and exact hash sum."""
+
+    buckets: dict[int, tuple[int, int]]
+    rows: int
+    total: int
+
+
+def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int) -> Grid:
     """Checksums of the ranges [lo + i*step, lo + (i+1)*step) covering
-    [lo, hi) of an arithmetic key, in one pass: bucket i -> (count, sum)."""
+    [lo, hi) of an arithmetic key, in one pass. Fetched in binary as three
+    arrays, so a fine grid costs ~28 bytes per non-empty range."""
     key = sql.Identifier("t", spec.key[0])
     h = rowhash.row_hash(spec)
     if spec.arithmetic == "int" and hi - lo <= _INT8_MAX:
-        bucket, params = sql.SQL("({} - %s::bigint) / %s::bigint").format(key), [lo, step]
+        bucket, params = sql.SQL("(({} - %s::bigint) / %s::bigint)::int").format(key), [lo, step]
         first = 0
     else:  # uuid (or a span beyond bigint): binary search over the range starts
         starts = [lo + i * step for i in range(math.ceil((hi - lo) / step))]
@@ -208,11 +231,14 @@ def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int)
     bounds = [_to_text(spec, lo), _to_text(spec, hi)]
     conds = [sql.SQL("{} {} %s::{}").format(key, sql.SQL(op), sql.SQL(_bound_type(spec, 0))) for op, b in zip((">=", "<"), bounds) if b is not None]
     params += [b[0] for b in bounds if b is not None]
-    query = sql.SQL("select {b}, count(*), coalesce(sum({h}), 0) from {t} as t where {conds} group by 1").format(
-        b=bucket, h=h, t=spec.table.ident, conds=sql.SQL(" and ").join(conds)
-    )
+    query = sql.SQL(
+        "select coalesce(array_agg(g.b), '{{}}'), coalesce(array_agg(g.n), '{{}}'), "
+        "coalesce(array_agg(hash_numeric_extended(g.s, g.n)), '{{}}'), coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) "
+        "from (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) as g"
+    ).format(b=bucket, h=h, t=rowhash.relation(spec), conds=sql.SQL(" and ").join(conds))
     with _hash_aggregate(conn):
-        return {b - first: (count, total) for b, count, total in conn.execute(query, params)}
+        ids, counts, prints, rows, total = conn.execute(query, params, binary=True).fetchone()
+    return Grid({b - first: (n, fp) for b, n, fp in zip(ids, counts, prints)}, rows, int(total))
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
@@ -253,19 +279,34 @@ def quantiles(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segm
     return found
 
 
+def hashes_by_key(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> dict[Key, int]:
+    """Row hash of each of ``keys`` present (one join, chunked)."""
+    out: dict[Key, int] = {}
+    n = len(spec.key)
+    for i in range(0, len(keys), KEYS_PER_QUERY):
+        relation, params = rowhash.keys_relation(spec, keys[i : i + KEYS_PER_QUERY])
+        query = sql.SQL("select {}, {} from {} join {} on {}").format(
+            rowhash.key_text(spec), rowhash.row_hash(spec), rowhash.relation(spec), relation, rowhash.keys_match(spec)
+        )
+        out.update((tuple(r[:n]), r[n]) for r in conn.execute(query, params))
+    return out
+
+
 def _top(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, Decimal]:
     """Whole-table checksum."""
-    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t} as t").format(h=rowhash.row_hash(spec), t=spec.table.ident)
+    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=rowhash.row_hash(spec), t=rowhash.relation(spec))
     return conn.execute(query).fetchone()
 
 
-def _key_bounds(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, str | None]:
-    """Smallest and largest key (two index lookups) of an arithmetic key."""
+def _key_bounds(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, str | None, int]:
+    """Smallest and largest key (two index lookups) of an arithmetic key, and
+    the catalog's row estimate (0 when the table was never analysed)."""
     k = sql.Identifier("t", spec.key[0])
     query = sql.SQL(
-        "select (select {k}::text from {t} as t order by {k} limit 1), (select {k}::text from {t} as t order by {k} desc limit 1)"
+        "select (select {k}::text from {t} as t order by {k} limit 1), (select {k}::text from {t} as t order by {k} desc limit 1), "
+        "(select greatest(reltuples, 0)::bigint from pg_class where oid = %s::regclass)"
     ).format(k=k, t=spec.table.ident)
-    return conn.execute(query).fetchone()
+    return conn.execute(query, [spec.table.ident.as_string(conn)]).fetchone()
 
 
 # -- arithmetic ranges -----------------------------------------------------
@@ -302,11 +343,11 @@ def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment
 def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
     """Compare one content table between source and target."""
     if spec.arithmetic:
-        pending, sc, tc, queries = _arithmetic_levels(sides, spec)
+        pending, (sc, ss), (tc, ts), queries = _arithmetic_levels(sides, spec)
     else:
         (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
         pending, queries = ([] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)]), 1
-    result = TableDiff(spec, sc, tc, queries=queries)
+    result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=queries)
     branch = FIRST_BRANCH
     while pending:
         leaves, splits = [], []
@@ -325,38 +366,48 @@ def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
     return result
 
 
-def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int) -> tuple[list[tuple[Segment, int, int]], int, int]:
-    """The differing ranges of one grid pass, and each side's row count."""
+def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int) -> tuple[list[tuple[Segment, int, int]], Grid, Grid]:
+    """The differing ranges of one grid pass, and each side's grid."""
     src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step))
     pending = []
-    for i in sorted(set(src) | set(tgt)):
-        a, b = src.get(i, (0, 0)), tgt.get(i, (0, 0))
+    for i in sorted(set(src.buckets) | set(tgt.buckets)):
+        a, b = src.buckets.get(i, (0, 0)), tgt.buckets.get(i, (0, 0))
         if a != b:
             seg = Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi)))
             pending.append((seg, a[0], b[0]))
-    return pending, sum(n for n, _ in src.values()), sum(n for n, _ in tgt.values())
+    return pending, src, tgt
 
 
-def _arithmetic_levels(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], int, int, int]:
+Totals = tuple[int, int]  # (rows, hash sum) of one side
+
+
+def _arithmetic_levels(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], Totals, Totals, int]:
     """Integer and uuid keys: the key span of both sides (index lookups),
-    then FIRST_BRANCH range checksums in one pass per side — identical tables
-    stop here. When nearly all of those ranges differ the changes are dense:
-    one more pass over a grid of ranges of about MIN_CHILD_ROWS rows each
-    finds them, instead of a descent that would hash the table level after
-    level."""
-    (smin, smax), (tmin, tmax) = sides.both(lambda c: _key_bounds(c, spec))
+    then range checksums in one pass per side — identical tables stop here.
+    A large integer-keyed table gets a fine grid at once (ranges of about
+    MIN_CHILD_ROWS rows): wherever its differences are, that one pass
+    locates them. Otherwise FIRST_BRANCH ranges; when nearly all of those
+    differ the changes are dense, and one more pass over a fine grid finds
+    them instead of a descent that would hash the table level after level."""
+    (smin, smax, sest), (tmin, tmax, test) = sides.both(lambda c: _key_bounds(c, spec))
     lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
     highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
     if not lows:
-        return [], 0, 0, 1
+        return [], (0, 0), (0, 0), 1
     lo, hi = min(lows), max(highs) + 1
-    pending, sc, tc = _grid_level(sides, spec, lo, hi, math.ceil((hi - lo) / FIRST_BRANCH))
-    rows = max(sc, tc)
+    estimate = max(sest or 0, test or 0)
+    if spec.arithmetic == "int" and estimate >= FINE_GRID_ROWS:
+        buckets = min(MAX_GRID_BUCKETS, max(1, estimate // MIN_CHILD_ROWS))
+        pending, src, tgt = _grid_level(sides, spec, lo, hi, max(1, math.ceil((hi - lo) / buckets)))
+        return pending, (src.rows, src.total), (tgt.rows, tgt.total), 2
+    pending, src, tgt = _grid_level(sides, spec, lo, hi, math.ceil((hi - lo) / FIRST_BRANCH))
+    totals = (src.rows, src.total), (tgt.rows, tgt.total)
+    rows = max(src.rows, tgt.rows)
     if len(pending) >= 0.9 * FIRST_BRANCH and rows > LEAF_ROWS * FIRST_BRANCH:
-        step = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows))
+        step = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows), math.ceil((hi - lo) / MAX_GRID_BUCKETS))
         pending, _, _ = _grid_level(sides, spec, lo, hi, step)
-        return pending, sc, tc, 3
-    return pending, sc, tc, 2
+        return pending, *totals, 3
+    return pending, *totals, 2
 
 
 def _differing(sides: Sides, spec: TableSpec, segments: list[Segment]) -> list[tuple[Segment, int, int]]:

@@ -1,16 +1,22 @@
 """compare, dry-run and sync: one code path.
 
-All three read the source in one REPEATABLE READ, read-only snapshot and
-compare every content table by range checksums. ``compare`` stops there
-(its target transaction is read-only too). ``dry-run`` and ``sync`` go on in
-ONE REPEATABLE READ transaction on the target: refuse on schema drift, on a
-changed plan (``expect_plan``) or on deletes that would reach protected
-rows; (sync only) take the safety backup; stage and upsert new and changed
-rows parents first; delete target-only rows children first when
-``delete_missing``; run the protection proof; compare again inside the
-transaction (source must equal target); then dry-run rolls back and sync
-moves sequences forward and commits. Any failure rolls back: the target is
-as it was.
+All three read the source in one REPEATABLE READ, read-only snapshot,
+compare every content table by range checksums and classify each differing
+row three-way against the ledger (``conflicts``). ``compare`` stops there
+(its target transaction is read-only too). ``dry-run`` and ``sync`` go on
+in ONE REPEATABLE READ transaction on the target: refuse on schema drift,
+key collisions, unresolved conflicts (``on_conflict = "fail"``), rows
+without history on a first run (unless ``adopt``), a changed plan
+(``expect_plan``) or deletes that would reach protected rows; (sync only)
+take the safety backup; stage and upsert the rows to write, parents first;
+delete rows children first (``delete_missing``); fire deferred constraint
+triggers; check every written row's hash on the target against the
+source's; record the ledger; run the protection proof (the ledger table is
+allowed by OID); check that no content row other than those written was
+touched (transaction counters; a table where a trigger or cascade touched
+more is compared again in full); then dry-run rolls back and sync moves
+sequences forward and commits. Any failure rolls back: the target — and
+its ledger — is as it was.
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import get_logger, redact
 from safesync.shared.report import Report
 
-from . import apply, proof
-from .diff import Sides, TableDiff, diff_table
+from . import apply, ledger, proof
+from .conflicts import TableDecisions, classify
+from .diff import Key, Sides, diff_table, hashes_by_key
 from .digest import plan_digest
-from .plan import SyncPlan, build_plan
+from .plan import SyncPlan, TableSpec, build_plan
 from .safety import take_safety_backup
 
 log = get_logger("content_sync")
 
 MODES = ("compare", "dry-run", "sync")
 SAMPLE_KEYS = 5
+REPORT_ROWS = 50  # conflicts, collisions, unconfirmed rows listed per table
+VALUE_CHARS = 120  # a column value shown in a report is cut to this length
 LOCK_TIMEOUT = "10s"  # never queue behind the application's locks for long
 
 Hook = Callable[[str, psycopg.Connection], None]
@@ -48,6 +57,7 @@ def run(
     mode: str,
     *,
     expect_plan: str | None = None,
+    adopt: bool = False,
     trigger: dict[str, Any] | None = None,
     hook: Hook | None = None,
 ) -> None:
@@ -58,7 +68,7 @@ def run(
     source_url, target_url = settings.database_url(section.source), settings.database_url(section.target)
     if source_url == target_url:
         raise ConfigError(f"content_sync: source {section.source!r} and target {section.target!r} are the same database")
-    report.details.update(source=section.source, target=section.target, mode=mode)
+    report.details.update(source=section.source, target=section.target, mode=mode, adopt=adopt)
     src = connect(source_url, application_name=f"safesync-source-{report.run_id}")
     try:
         tgt = connect(target_url, application_name="safesync-content-sync")
@@ -73,7 +83,7 @@ def run(
         tgt.read_only = mode == "compare"
         for conn in (src, tgt):  # session level; takes no snapshot yet
             conn.execute("set idle_in_transaction_session_timeout = 0")  # a long backup may sit in between
-        _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook or (lambda step, conn: None))
+        _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None))
     except psycopg.Error as exc:
         _close(tgt)
         message = f"{mode} rolled back, target unchanged: {redact(str(exc)).strip()}"
@@ -94,7 +104,7 @@ def _close(conn: psycopg.Connection) -> None:
         pass
 
 
-def _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook: Hook) -> None:
+def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook: Hook) -> None:
     with report.timed("plan"):
         plan = build_plan(settings.config.content_sync, src, tgt)
     writing = mode != "compare"
@@ -103,21 +113,27 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook: Ho
         before = proof.take(tgt)
     with report.timed("compare"):
         diffs = [diff_table(sides, spec) for spec in plan.tables]
-    digest = plan_digest(plan, diffs)
-    _describe(report, plan, diffs, digest, src, tgt)
-    drifted = [d.spec for d in diffs if d.spec.drift.any]
+        ledgers = ledger.load(tgt, diffs)
+        decisions = [classify(d, ledgers[d.spec.table], adopt=adopt, delete_missing=plan.delete_missing) for d in diffs]
+    digest = plan_digest(plan, decisions, adopt)
+    _describe(report, plan, decisions, digest, src, tgt)
+    drifted = [d.spec for d in decisions if d.spec.drift.any]
     drift_text = "; ".join(f"{s.name}: {s.drift.describe()}" for s in drifted)
+    blockers = _blockers(decisions)
     if not writing:
-        _summarise_compare(report, plan, diffs, digest, drift_text)
+        _summarise_compare(report, plan, decisions, digest, drift_text, blockers)
         return
     if drifted:
         report.refuse(f"schema drift, nothing synced — {drift_text}")
         return
+    if blockers:
+        report.refuse("nothing synced — " + "; ".join(blockers))
+        return
     if expect_plan and expect_plan != digest:
         report.refuse(f"the plan changed since it was reviewed (expected {expect_plan}, now {digest}); run dry-run again")
         return
-    deletes = {d.spec.table: sorted(d.extra) for d in diffs if plan.delete_missing and d.extra}
-    blocked = [ref for d in diffs if d.spec.table in deletes for ref in apply.protected_references(tgt, plan, d.spec, deletes[d.spec.table])]
+    deletes = {d.spec.table: sorted(d.deletes) for d in decisions if d.deletes}
+    blocked = [ref for d in decisions if d.spec.table in deletes for ref in apply.protected_references(tgt, plan, d.spec, deletes[d.spec.table])]
     if blocked:
         report.tables["blocked deletes"] = blocked
         report.refuse(
@@ -125,27 +141,36 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook: Ho
             + "; ".join(f"{b['table']} has {b['rows']} row(s) referencing {b['references']} rows to delete ({b['on_delete']})" for b in blocked)
         )
         return
-    pending = sum(len(d.new) + len(d.changed) for d in diffs) + sum(len(k) for k in deletes.values())
+    pending = sum(len(d.writes) + len(d.deletes) for d in decisions)
     if mode == "sync" and pending:
         with report.timed("safety_backup"):
             report.details["safety_backup"] = take_safety_backup(settings, plan.target, report, trigger)
-    written = _write(report, plan, diffs, deletes, src, tgt)
+    ledger_oid = ledger.ensure(tgt)
+    written = _write(report, plan, decisions, src, tgt)
+    if written is None:
+        tgt.rollback()
+        return
+    tgt.execute("set constraints all immediate")  # deferred constraint triggers fire now, inside the proof
+    with report.timed("verify"):
+        problem = _verify_written(tgt, decisions)
+    if problem:
+        tgt.rollback()
+        report.details["verified"] = False
+        report.fail(f"rolled back, nothing changed: after writing, {problem}")
+        return
+    with report.timed("ledger"):
+        _record(report, tgt, decisions)
     hook("after_write", tgt)
     after = proof.take(tgt)
-    result = proof.verify(before, after, proof.allowed_relids(tgt, plan.content))
+    result = proof.verify(before, after, proof.allowed_relids(tgt, plan.content) | {ledger_oid})
     report.tables["protection proof"] = result.rows
     report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
     if not result.ok:
         tgt.rollback()
         report.refuse(f"rolled back, nothing changed: the sync wrote protected table(s) {result.describe()} (a trigger or cascade?)")
         return
-    with report.timed("verify"):
-        post = [diff_table(sides, spec) for spec in plan.tables]
-    left = [
-        f"{d.spec.name} ({len(d.new)} new, {len(d.changed)} changed" + (f", {len(d.extra)} extra)" if plan.delete_missing else ")")
-        for d in post
-        if d.new or d.changed or (plan.delete_missing and d.extra)
-    ]
+    with report.timed("verify_rest"):
+        left = _verify_untouched(sides, tgt, decisions, written, before, after)
     report.details["verified"] = not left
     if left:
         tgt.rollback()
@@ -154,51 +179,161 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, trigger, hook: Ho
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
     hook("before_commit", tgt)
-    rows = sum(written.values())
+    rows = sum(u + d for u, d in written.values())
+    tables = len([1 for u, d in written.values() if u or d])
     proof_text = f"protection proof ok ({result.checked} other tables untouched)"
+    kept = sum(len(d.kept) + len(d.records.kept) for d in decisions)
+    kept_text = f"; {kept} row(s) kept as production has them" if kept else ""
     if mode == "dry-run":
         tgt.rollback()
-        report.summary = f"dry-run, rolled back: would write {rows} row(s) in {len([n for n in written.values() if n])} table(s); {proof_text}; plan {digest}"
+        report.summary = f"dry-run, rolled back: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         return
     apply.move_sequences(tgt, moves)  # not transactional: only now that nothing can fail before COMMIT
     tgt.commit()
     report.summary = (
-        f"synced {rows} row(s) into {len([n for n in written.values() if n])} table(s); {proof_text}; plan {digest}"
+        f"synced {rows} row(s) into {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         if rows
-        else f"already in sync: nothing written; {proof_text}"
+        else f"already in sync: nothing written{kept_text}; {proof_text}"
     )
 
 
-def _write(report: Report, plan: SyncPlan, diffs: list[TableDiff], deletes: dict, src, tgt) -> dict[str, int]:
+def _keys(keys: list[Key]) -> str:
+    shown = ", ".join("(" + ", ".join(k) + ")" if len(k) > 1 else k[0] for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _blockers(decisions: list[TableDecisions]) -> list[str]:
+    """Why a sync of this plan would be refused, one line per cause and table."""
+    out = []
+    for d in decisions:
+        key = ", ".join(d.spec.key)
+        if d.collisions:
+            out.append(
+                f"{d.spec.name}: key collision on {key} {_keys(d.collisions)} — the target has a different row under the same key "
+                f"that safesync never wrote (created in {d.spec.name} on the target); re-key the row in the source, "
+                f"or match {d.spec.name} on a natural key ([content_sync.options.{d.spec.name}] match_on = [...])"
+            )
+        if d.failing:
+            out.append(
+                f"{d.spec.name}: {len(d.failing)} conflict(s) on {key} {_keys([c.key for c in d.failing])} — changed in the target since "
+                f"the last sync and different from the source; choose with [content_sync.options.{d.spec.name}] "
+                'on_conflict = "source" (overwrite) or "target" (keep), or make both sides agree'
+            )
+        if d.unconfirmed:
+            out.append(
+                f"{d.spec.name}: {len(d.unconfirmed)} row(s) differ with no ledger history yet ({d.ledger.status}) on {key} "
+                f"{_keys([k for k, _ in d.unconfirmed])} — review them, then run with --adopt (HTTP \"adopt\": true) to take the source's version"
+            )
+    return out
+
+
+def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt) -> dict[str, tuple[int, int]] | None:
     """Upserts parents first, then deletes children first; fills the
-    per-table ``written``/``deleted`` columns of the report."""
-    written: dict[str, int] = {}
+    per-table ``written``/``deleted`` columns of the report. Returns per
+    table (rows upserted, rows deleted), or None after refusing."""
+    written: dict[str, tuple[int, int]] = {}
     rows = {r["table"]: r for r in report.tables["tables"]}
     moved = 0
     with report.timed("write"):
         tgt.execute("set constraints all deferred")  # only affects deferrable FKs (cycles)
-        for i, diff in enumerate(diffs):
-            keys = sorted(diff.new) + sorted(diff.changed)
+        for i, d in enumerate(decisions):
             count = 0
-            if keys:
+            if d.writes:
                 temp = apply.temp_name(i)
-                moved += apply.stage_rows(src, tgt, diff.spec, keys, temp)
-                count = apply.upsert(tgt, diff.spec, temp)
-            written[diff.spec.name] = count
-            rows[diff.spec.name]["written"] = count
-        for diff in reversed(diffs):
-            keys = deletes.get(diff.spec.table)
-            if keys:
-                n = apply.delete_rows(tgt, diff.spec, keys)
-                written[diff.spec.name] += n
-                rows[diff.spec.name]["deleted"] = n
+                moved += apply.stage_rows(src, tgt, d.spec, sorted(d.writes), temp)
+                missing = apply.unmapped(tgt, d.spec, temp)
+                if missing:
+                    report.tables["unmapped references"] = missing
+                    report.refuse(
+                        "nothing synced: rows reference parents the target does not have — "
+                        + "; ".join(f"{m['table']} {m['key']}: {m['column']} → {m['references']}" for m in missing)
+                    )
+                    return None
+                count = apply.upsert(tgt, d.spec, temp)
+            written[d.spec.name] = (count, 0)
+            rows[d.spec.name]["written"] = count
+        for d in reversed(decisions):
+            if d.deletes:
+                n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
+                written[d.spec.name] = (written[d.spec.name][0], n)
+                rows[d.spec.name]["deleted"] = n
     report.details["bytes_copied"] = moved
     return written
 
 
-def _describe(report: Report, plan: SyncPlan, diffs: list[TableDiff], digest: str, src, tgt) -> None:
+def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) -> str | None:
+    """Every written row now hashes on the target exactly as in the source,
+    every deleted row is gone. Returns what is wrong, or None."""
+    wrong = []
+    for d in decisions:
+        now = hashes_by_key(tgt, d.spec, sorted(d.writes)) if d.writes else {}
+        bad = [k for k, h in d.writes.items() if now.get(k) != h]
+        gone = hashes_by_key(tgt, d.spec, sorted(d.deletes)) if d.deletes else {}
+        if bad or gone:
+            wrong.append(f"{d.spec.name} ({len(bad)} written row(s) differ from the source, e.g. {_keys(sorted(bad))}; {len(gone)} deleted row(s) still there)")
+    return ("source and target still differ in " + ", ".join(wrong)) if wrong else None
+
+
+def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisions]) -> None:
+    """Write the ledger: written rows as synced (their verified hash),
+    target-kept conflicts as kept, deleted rows removed; re-seed the
+    entries of equal rows where the ledger is new or not current. A table
+    with nothing to record is not touched."""
+    summary = {}
+    for d in decisions:
+        d.records.synced.update(d.writes)  # verified equal to the source hashes
+        if d.records.reseed or d.records.touched:
+            summary[d.spec.name] = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved())
+    report.details["ledger"] = summary
+
+
+def _verify_untouched(sides: Sides, tgt, decisions: list[TableDecisions], written: dict[str, tuple[int, int]], before, after) -> list[str]:
+    """Rows the sync did not write must be as the compare found them. The
+    transaction's counters show whether anything but our own statements
+    touched a content table; where something did (a trigger, a rule, a
+    cascade), that table is compared again in full (the source snapshot has
+    not moved) and may differ only where the plan leaves it different."""
+    left = []
+    for d in decisions:
+        upserted, deleted = written.get(d.spec.name, (0, 0))
+        touched = proof.writes(before, after, proof.tree_relids(tgt, d.spec.table))
+        if touched == (upserted, deleted, False):
+            continue
+        post = diff_table(sides, d.spec)
+        expected = {k: d.diff.changed[k][1] if k in d.diff.changed else d.diff.extra.get(k) for k in d.unresolved()}
+        odd = [k for k in post.new if k not in expected or expected[k] is not None]
+        odd += [k for k, (_, t) in post.changed.items() if k not in expected or expected[k] != t]
+        odd += [k for k, t in post.extra.items() if k not in expected or expected[k] != t]
+        if odd:
+            left.append(f"{d.spec.name} ({len(odd)} row(s), e.g. {_keys(sorted(odd))}; a trigger or cascade changed content rows)")
+    return left
+
+
+# -- the report ------------------------------------------------------------------
+
+
+def _cut(value: str | None) -> str | None:
+    if value is None or len(value) <= VALUE_CHARS:
+        return value
+    return value[: VALUE_CHARS - 1] + "…"
+
+
+def _differences(spec: TableSpec, keys: list[Key], src, tgt) -> dict[Key, dict[str, tuple[str | None, str | None]]]:
+    """column -> (source text, target text) of every differing column of each key."""
+    ours, theirs = apply.column_texts(src, spec, keys), apply.column_texts(tgt, spec, keys)
+    out = {}
+    for k in keys:
+        a, b = ours.get(k), theirs.get(k)
+        if a is None or b is None:
+            out[k] = {}
+            continue
+        out[k] = {c: (x, y) for c, x, y in zip(spec.columns, a, b) if x != y}
+    return out
+
+
+def _describe(report: Report, plan: SyncPlan, decisions: list[TableDecisions], digest: str, src, tgt) -> None:
     report.details["plan_digest"] = digest
-    report.details["fk_order"] = [s.name for s in plan.tables]
+    report.details["fk_order"] = [d.spec.name for d in decisions]
     report.details["protected"] = {
         "listed": [t.short for t in plan.protected_listed],
         "all_other_tables": len(plan.protected_all),
@@ -206,43 +341,89 @@ def _describe(report: Report, plan: SyncPlan, diffs: list[TableDiff], digest: st
     report.tables["tables"] = [
         {
             "table": d.spec.name,
-            "new": len(d.new),
-            "changed": len(d.changed),
-            "unchanged": d.unchanged,
-            "extra": len(d.extra),
+            "new": len(d.diff.new),
+            "changed": len(d.diff.changed),
+            "unchanged": d.diff.unchanged,
+            "extra": len(d.diff.extra),
+            # only where there are some: the table stays narrow enough for a terminal
+            **{k: n for k, n in (("conflicts", len(d.conflicts)), ("collisions", len(d.collisions)), ("unconfirmed", len(d.unconfirmed))) if n},
             **({"drift": d.spec.drift.describe()} if d.spec.drift.any else {}),
         }
-        for d in diffs
+        for d in decisions
     ]
-    report.details["compare"] = {d.spec.name: {"queries_per_side": d.queries, "hashes_fetched": d.rows_fetched} for d in diffs}
-    samples = {}
-    for d in diffs:
-        if not d.differs:
+    report.details["compare"] = {d.spec.name: {"queries_per_side": d.diff.queries, "hashes_fetched": d.diff.rows_fetched} for d in decisions}
+    report.details["ledger_status"] = {
+        d.spec.name: {"status": d.ledger.status, "current": d.ledger.usable and d.ledger.consistent, "kept": len(d.kept), "target_only": len(d.target_only), "adopted": len(d.adopted)}
+        for d in decisions
+    }
+    report.details["matching"] = {d.spec.name: {"match_on": list(d.spec.match_on), "translated": [t.column for t in d.spec.translations]} for d in decisions if d.spec.match_on or d.spec.translations}
+    samples, conflicts, collisions, unconfirmed = {}, {}, [], []
+    conflict_rows: list[dict] = []
+    for d in decisions:
+        if not d.diff.differs:
             continue
-        changed = sorted(d.changed)[:SAMPLE_KEYS]
-        ours, theirs = apply.column_texts(src, d.spec, changed), apply.column_texts(tgt, d.spec, changed)
-        samples[d.spec.name] = {
-            "new": [list(k) for k in sorted(d.new)[:SAMPLE_KEYS]],
-            "changed": [
-                {"key": list(k), "columns": [c for c, a, b in zip(d.spec.columns, ours.get(k, ()), theirs.get(k, ())) if a != b]}
-                for k in changed
-            ],
-            "extra": [list(k) for k in sorted(d.extra)[:SAMPLE_KEYS]],
+        spec = d.spec
+        changed = sorted(d.diff.changed)[:SAMPLE_KEYS]
+        listed_conflicts = d.conflicts[:REPORT_ROWS]
+        listed_collisions = d.collisions[:REPORT_ROWS]
+        listed_unconfirmed = [k for k, kind in d.unconfirmed[:REPORT_ROWS] if kind == "changed"]
+        texts = _differences(spec, sorted({*changed, *(c.key for c in listed_conflicts if c.source_hash is not None and c.target_hash is not None), *listed_collisions, *listed_unconfirmed}), src, tgt)
+        samples[spec.name] = {
+            "new": [list(k) for k in sorted(d.diff.new)[:SAMPLE_KEYS]],
+            "changed": [{"key": list(k), "columns": list(texts.get(k, {}))} for k in changed],
+            "extra": [list(k) for k in sorted(d.diff.extra)[:SAMPLE_KEYS]],
         }
+        if d.conflicts:
+            conflicts[spec.name] = []
+            for c in listed_conflicts:
+                cols = texts.get(c.key, {})
+                what = f"source {c.source_change}, target {c.target_change} since the last sync"
+                conflicts[spec.name].append(
+                    {"key": list(c.key), "what": what, "resolution": c.resolution, "columns": {n: {"source": _cut(a), "target": _cut(b)} for n, (a, b) in cols.items()}}
+                )
+                base = {"table": spec.name, "key": ", ".join(c.key), "what": what, "resolution": c.resolution}
+                if not cols:
+                    conflict_rows.append({**base, "column": "(whole row)", "source": "absent" if c.source_hash is None else "present", "target": "absent" if c.target_hash is None else "present"})
+                for n, (a, b) in cols.items():
+                    conflict_rows.append({**base, "column": n, "source": _cut(a), "target": _cut(b)})
+        for k in listed_collisions:
+            cols = texts.get(k, {})
+            collisions.append(
+                {"table": spec.name, "key": ", ".join(k), "differing columns": ", ".join(cols), "source": _cut(_row_text(cols, 0)), "target": _cut(_row_text(cols, 1)),
+                 "fix": f"re-key the row in {plan.source}, or match {spec.name} on a natural key (match_on)"}
+            )
+        for k, kind in d.unconfirmed[:REPORT_ROWS]:
+            cols = texts.get(k, {})
+            unconfirmed.append({"table": spec.name, "key": ", ".join(k), "kind": kind, "differing columns": ", ".join(cols) if kind == "changed" else "(only in target)"})
     report.details["samples"] = samples
+    if conflicts:
+        report.details["conflicts"] = conflicts
+        report.tables["conflicts"] = conflict_rows
+    if collisions:
+        report.tables["key collisions"] = collisions
+    if unconfirmed:
+        report.tables["unconfirmed (no ledger history)"] = unconfirmed
 
 
-def _summarise_compare(report: Report, plan: SyncPlan, diffs: list[TableDiff], digest: str, drift_text: str) -> None:
-    new = sum(len(d.new) for d in diffs)
-    changed = sum(len(d.changed) for d in diffs)
-    extra = sum(len(d.extra) for d in diffs)
-    differing = sum(1 for d in diffs if d.differs)
+def _row_text(cols: dict[str, tuple[str | None, str | None]], side: int) -> str:
+    return "; ".join(f"{n}={v[side]}" for n, v in list(cols.items())[:3])
+
+
+def _summarise_compare(report: Report, plan: SyncPlan, decisions: list[TableDecisions], digest: str, drift_text: str, blockers: list[str]) -> None:
+    new = sum(len(d.diff.new) for d in decisions)
+    changed = sum(len(d.diff.changed) for d in decisions)
+    extra = sum(len(d.diff.extra) for d in decisions)
+    conflicts = sum(len(d.conflicts) for d in decisions)
+    differing = sum(1 for d in decisions if d.diff.differs)
     if drift_text:
         report.problems(f"schema drift (a sync would be refused) — {drift_text}")
+    elif blockers:
+        report.problems("a sync would be refused — " + "; ".join(blockers))
     elif differing:
         report.summary = (
-            f"{plan.source} → {plan.target}: {new} new, {changed} changed, {extra} only in target, "
-            f"in {differing} of {len(diffs)} table(s); plan {digest}"
+            f"{plan.source} → {plan.target}: {new} new, {changed} changed, {extra} only in target"
+            + (f", {conflicts} conflict(s) resolved by on_conflict" if conflicts else "")
+            + f", in {differing} of {len(decisions)} table(s); plan {digest}"
         )
     else:
-        report.summary = f"{plan.source} → {plan.target}: all {len(diffs)} content tables identical"
+        report.summary = f"{plan.source} → {plan.target}: all {len(decisions)} content tables identical"

@@ -7,11 +7,21 @@ sides), the key rows are matched on, schema drift, identity columns and
 sequences; plus the protected set (every table of the target that is not
 content). Every config mistake becomes one ``ConfigError`` line before any
 row is read, so a bad config never touches anything.
+
+``[content_sync.options.<table>] match_on = ["slug"]`` matches a table's
+rows by a natural key instead of the primary key (ids may differ between
+environments). Its primary-key columns are then neither compared nor
+written: an updated row keeps the target's id, a new row gets one from the
+target's default (sequence or identity). FK columns of other content
+tables that point at such a table's ids are *translated*: compared and
+staged as the parent's natural key, written back as the target parent's
+id (``Translation``). The natural key must be NOT NULL and have a plain
+unique index on both sides (``ON CONFLICT`` needs it as arbiter).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -50,14 +60,31 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """An FK column of a content table that holds ids of a table matched on
+    a natural key: ids differ between environments, so the column is
+    compared and staged as the parent's natural key (text) and written as
+    the id the target's parent row has."""
+
+    column: str
+    parent: TableRef
+    parent_column: str  # the referenced column (the parent's id)
+    parent_key: tuple[str, ...]  # the parent's match_on columns
+    parent_key_types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One content table as the diff and the writer see it.
 
-    ``key`` is what rows are matched on (today the primary key; a natural
-    key such as ``match_on`` plugs in here). ``columns`` are compared and
-    written: the non-generated columns both sides share with the same type,
-    in source order. Text-like key columns are compared in "C" (byte) order
-    so two servers with different locales still agree on key ranges.
+    ``key`` is what rows are matched on: the primary key, or the natural
+    key ``match_on`` names. ``columns`` are compared and written: the
+    non-generated columns both sides share with the same type, in source
+    order (without the primary key when rows are matched on a natural key).
+    ``column_types`` says how each is hashed: a translated FK column is the
+    parent's natural key as text. Text-like key columns are compared in "C"
+    (byte) order so two servers with different locales still agree on key
+    ranges.
     """
 
     table: TableRef
@@ -71,10 +98,27 @@ class TableSpec:
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
     sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) owned in the target
     drift: Drift = field(default_factory=Drift)
+    match_on: tuple[str, ...] = ()  # natural key (empty: rows matched on the primary key)
+    translations: tuple[Translation, ...] = ()
+    on_conflict: str = "fail"  # "source" | "target" | "fail"
 
     @property
     def name(self) -> str:
         return self.table.short
+
+    def translation(self, column: str) -> Translation | None:
+        return next((t for t in self.translations if t.column == column), None)
+
+    @property
+    def signature(self) -> dict:
+        """What a row hash of this table depends on: a ledger recorded under
+        another signature cannot be compared with today's hashes."""
+        return {
+            "key": list(self.key),
+            "columns": [f"{c} {t}" for c, t in zip(self.columns, self.column_types)],
+            "translations": [f"{t.column}->{t.parent}({', '.join(t.parent_key)})" for t in self.translations],
+            "native_hash": self.native_hash,
+        }
 
     @property
     def arithmetic(self) -> str | None:
@@ -90,8 +134,8 @@ class TableSpec:
 
     @property
     def update_columns(self) -> tuple[str, ...]:
-        """Columns an upsert may SET: not the key, never an ALWAYS identity."""
-        return tuple(c for c in self.columns if c not in self.primary_key and c not in self.identity_always)
+        """Columns an upsert may SET: not the keys, never an ALWAYS identity."""
+        return tuple(c for c in self.columns if c not in self.primary_key and c not in self.key and c not in self.identity_always)
 
 
 @dataclass(frozen=True)
@@ -154,8 +198,66 @@ def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
     return Drift(missing, extra, tuple(retyped))
 
 
+def _unique_index_on(conn: psycopg.Connection, table: TableRef, cols: tuple[str, ...]) -> bool:
+    """A valid, immediate, non-partial unique index (or constraint) on
+    exactly ``cols``: what ``ON CONFLICT (cols)`` can use as arbiter."""
+    return bool(
+        conn.execute(
+            """
+            select exists (
+              select from pg_index i
+              join pg_class c on c.oid = i.indrelid join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = %s and c.relname = %s and i.indisunique and i.indisvalid and i.indimmediate
+                and i.indpred is null and i.indexprs is null
+                and (select array_agg(a.attname::text order by a.attname) from pg_attribute a
+                     where a.attrelid = i.indrelid and a.attnum = any(i.indkey)) = %s::text[]
+                and i.indnkeyatts = cardinality(%s::text[]))
+            """,
+            [table.schema, table.name, sorted(cols), list(cols)],
+        ).fetchone()[0]
+    )
+
+
+def _check_match_on(
+    src: psycopg.Connection, tgt: psycopg.Connection, table: TableRef, match_on: tuple[str, ...], sides: dict, pk: list[str], tgt_cols: list[Column]
+) -> None:
+    where = f"content_sync.options.{table.short}.match_on"
+    if not match_on or len(set(match_on)) != len(match_on):
+        raise ConfigError(f"{where}: name one or more distinct columns")
+    for conn, side in ((src, sides["source"]), (tgt, sides["target"])):
+        cols = {c.name: c for c in db.columns(conn, table)}
+        for col in match_on:
+            if col not in cols:
+                raise ConfigError(f"{where}: column {col!r} does not exist in {table} in database {side!r}")
+            if not cols[col].not_null:
+                raise ConfigError(f"{where}: {table}.{col} must be NOT NULL in database {side!r} (a NULL natural key matches nothing)")
+        if not _unique_index_on(conn, table, match_on):
+            raise ConfigError(
+                f"{where}: ({', '.join(match_on)}) is not unique in {table} in database {side!r}; "
+                "add a unique index or constraint on exactly these columns (rows must match one to one)"
+            )
+    by_name = {c.name: c for c in tgt_cols}
+    for col in pk:
+        if col in match_on:
+            continue
+        c = by_name[col]
+        if not c.identity and c.default is None:
+            raise ConfigError(
+                f"{where}: primary-key column {table}.{col} has no default in database {sides['target']!r}; "
+                "rows matched on a natural key get their id from the target (add a sequence or identity)"
+            )
+
+
 def table_spec(
-    src: psycopg.Connection, tgt: psycopg.Connection, table: TableRef, source: str, target: str, *, native_hash: bool = True
+    src: psycopg.Connection,
+    tgt: psycopg.Connection,
+    table: TableRef,
+    source: str,
+    target: str,
+    *,
+    native_hash: bool = True,
+    match_on: tuple[str, ...] = (),
+    on_conflict: str = "fail",
 ) -> TableSpec:
     """Resolve one content table on both sides (ConfigError if it is unusable)."""
     for conn, side in ((src, source), (tgt, target)):
@@ -173,13 +275,21 @@ def table_spec(
     if src_pk != tgt_pk:
         drift = Drift(drift.missing, drift.extra, drift.retyped, f"primary key ({', '.join(src_pk)}) -> ({', '.join(tgt_pk)})")
     tgt_by_name = {c.name: c for c in tgt_cols}
+    if match_on and set(match_on) == set(tgt_pk):
+        match_on = ()  # the primary key itself: plain matching
+    if match_on:
+        _check_match_on(src, tgt, table, match_on, {"source": source, "target": target}, tgt_pk, tgt_cols)
     columns = tuple(
         c.name
         for c in src_cols
-        if not c.generated and c.name in tgt_by_name and tgt_by_name[c.name].type == c.type and not tgt_by_name[c.name].generated
+        if not c.generated
+        and c.name in tgt_by_name
+        and tgt_by_name[c.name].type == c.type
+        and not tgt_by_name[c.name].generated
+        and not (match_on and c.name in tgt_pk and c.name not in match_on)  # ids differ between environments
     )
     src_types = {c.name: c.type for c in src_cols}
-    key = tuple(src_pk)
+    key = tuple(match_on) if match_on else tuple(src_pk)
     return TableSpec(
         table=table,
         key=key,
@@ -192,7 +302,55 @@ def table_spec(
         identity_always=frozenset(c.name for c in tgt_cols if c.identity == "a"),
         sequences=_sequences(tgt, table, tgt_cols),
         drift=drift,
+        match_on=tuple(match_on),
+        on_conflict=on_conflict,
     )
+
+
+def _reaches(start: TableRef, goal: TableRef, fks: list[ForeignKey], content: set[TableRef]) -> bool:
+    """True when ``start`` references ``goal`` through content-table FKs."""
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        for fk in fks:
+            if fk.table == node and fk.ref_table in content and fk.ref_table not in seen:
+                if fk.ref_table == goal:
+                    return True
+                seen.add(fk.ref_table)
+                todo.append(fk.ref_table)
+    return False
+
+
+def _translations(specs: dict[TableRef, TableSpec], fks: list[ForeignKey]) -> dict[TableRef, TableSpec]:
+    """Attach a ``Translation`` to every content FK column that points at the
+    ids of a table matched on a natural key; refuse what cannot be mapped."""
+    content = set(specs)
+    out = dict(specs)
+    for table, spec in specs.items():
+        found = []
+        for fk in fks:
+            parent = specs.get(fk.ref_table)
+            if fk.table != table or parent is None or not parent.match_on:
+                continue
+            if set(fk.ref_columns) == set(parent.match_on):
+                continue  # it already holds the natural key
+            where = f"content_sync: {table.short}.{', '.join(fk.columns)} references {parent.name}, which is matched on ({', '.join(parent.match_on)})"
+            if len(fk.columns) != 1:
+                raise ConfigError(f"{where}: a multi-column foreign key into a table matched on a natural key cannot be translated")
+            if fk.table == fk.ref_table or _reaches(fk.ref_table, table, fks, content):
+                raise ConfigError(f"{where}: the reference is part of a cycle, so parents cannot be written first; match these tables on their primary keys")
+            column = fk.columns[0]
+            if column in spec.key:
+                raise ConfigError(f"{where}: {column} is part of the match key of {table.short}; match on columns that do not reference remapped ids")
+            if column not in spec.columns:
+                continue  # not compared (drifted): drift refuses the sync anyway
+            found.append(
+                Translation(column, parent.table, fk.ref_columns[0], parent.match_on, tuple(parent.key_types))
+            )
+        if found:
+            types = tuple("text" if any(t.column == c for t in found) else ty for c, ty in zip(spec.columns, spec.column_types))
+            out[table] = replace(spec, translations=tuple(found), column_types=types)
+    return out
 
 
 def same_database(src: psycopg.Connection, tgt: psycopg.Connection) -> bool:
@@ -225,8 +383,22 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
         if not db.table_exists(tgt, table):
             raise ConfigError(f"content_sync.protected: {table} does not exist in database {section.target!r}")
     native = min(db.server_version(src), db.server_version(tgt)) >= 140000  # hash_record_extended
-    specs = {t: table_spec(src, tgt, t, section.source, section.target, native_hash=native) for t in content}
+    options = {TableRef.parse(name): opts for name, opts in section.options.items()}
+    specs = {
+        t: table_spec(
+            src,
+            tgt,
+            t,
+            section.source,
+            section.target,
+            native_hash=native,
+            match_on=tuple(options[t].match_on or ()) if t in options else (),
+            on_conflict=(options[t].on_conflict if t in options else None) or section.on_conflict,
+        )
+        for t in content
+    }
     fks = db.foreign_keys(tgt)
+    specs = _translations(specs, fks)
     ordered = db.fk_order(content, fks)
     everything = db.list_tables(tgt)
     return SyncPlan(

@@ -10,11 +10,16 @@ when the transaction starts and again after the last write; any delta on a
 table that is not content (or a partition of one) fails the proof and the
 caller rolls back.
 
-Tables in the ``safesync`` schema get no exemption: nothing in a sync
-transaction writes them (locks and QStash de-duplication use their own
-connections), so a write there is as suspicious as any other. Bookkeeping a
-later feature writes in the same transaction must be allowed by name.
-Temporary tables (the staged rows) are ignored.
+Tables in the ``safesync`` schema get no exemption: locks and QStash
+de-duplication use their own connections, so a write there is as
+suspicious as any other — except the content ledger, which the sync writes
+in its own transaction and the caller allows by OID (that one table, not
+the schema). Temporary tables (the staged rows) are ignored.
+
+The same counters tell the post-sync check how many rows of each content
+table the transaction touched (``writes``): when that is exactly what the
+sync's own statements reported, no trigger, rule or cascade changed any
+other content row.
 """
 
 from __future__ import annotations
@@ -62,17 +67,36 @@ def take(conn: psycopg.Connection) -> Snapshot:
     return Snapshot({r[0]: tuple(r[1:]) for r in conn.execute(_SNAPSHOT)})
 
 
+def tree_relids(conn: psycopg.Connection, table: TableRef) -> set[int]:
+    """The table's OID and those of its partitions."""
+    name = table.ident.as_string(conn)
+    # pg_partition_tree lists nothing for a plain table: add the table itself
+    rows = conn.execute("select %s::regclass::oid union select relid::oid from pg_partition_tree(%s::regclass)", [name, name]).fetchall()
+    return {r[0] for r in rows}
+
+
 def allowed_relids(conn: psycopg.Connection, tables: Iterable[TableRef]) -> set[int]:
     """OIDs the sync may write: the content tables and their partitions."""
     relids: set[int] = set()
     for table in tables:
-        name = table.ident.as_string(conn)
-        # pg_partition_tree lists nothing for a plain table: add the table itself
-        rows = conn.execute(
-            "select %s::regclass::oid union select relid::oid from pg_partition_tree(%s::regclass)", [name, name]
-        ).fetchall()
-        relids |= {r[0] for r in rows}
+        relids |= tree_relids(conn, table)
     return relids
+
+
+def writes(before: Snapshot, after: Snapshot, relids: set[int]) -> tuple[int, int, bool]:
+    """Rows inserted or updated, rows deleted, and whether any file node
+    changed (TRUNCATE, rewrite), in ``relids`` by this transaction."""
+    upserted = deleted = 0
+    rewritten = False
+    for relid in relids:
+        if relid not in after.rows:
+            continue
+        schema, name, ins, upd, dele, node = after.rows[relid]
+        _, _, ins0, upd0, del0, node0 = before.rows.get(relid, (schema, name, 0, 0, 0, node))
+        upserted += (ins - ins0) + (upd - upd0)
+        deleted += dele - del0
+        rewritten |= node != node0
+    return upserted, deleted, rewritten
 
 
 def verify(before: Snapshot, after: Snapshot, allowed: set[int]) -> ProofResult:

@@ -18,6 +18,11 @@ hashing the whole row's text, and faster than ``COPY`` can print the table.
 Both hash functions back hash partitioning, hence are stable across
 PostgreSQL versions.
 
+Rows are read through ``relation``: the table itself, or — when an FK
+column points at the ids of a table matched on a natural key — a subquery
+exposing that column as the parent's natural key (text), so both sides hash
+the reference, not the environment-specific id.
+
 A range checksum is ``count(*)`` and ``sum(hash)`` (order independent,
 summed exactly as numeric). Keys travel as their text form: canonical under
 the pinned settings, comparable in Python, and cast back to the column type
@@ -31,7 +36,7 @@ from typing import Sequence
 
 from psycopg import sql
 
-from .plan import TableSpec
+from .plan import TableSpec, Translation
 
 HASH_SEED = 0
 C_COLLATION = sql.SQL(' collate "C"')
@@ -103,4 +108,38 @@ def keys_match(spec: TableSpec, alias: str = "t") -> sql.Composable:
     """Join condition between ``alias`` and ``keys_relation``'s ``k``."""
     return sql.SQL(" and ").join(
         sql.SQL("{} = {}").format(sql.Identifier(alias, c), sql.Identifier("k", f"c{i}")) for i, c in enumerate(spec.key)
+    )
+
+
+def parent_key_text(tr: Translation, alias: str) -> sql.Composable:
+    """The parent's natural key as one text value (NULL when no row matched)."""
+    cols = [sql.Identifier(alias, k) for k in tr.parent_key]
+    if len(cols) == 1:
+        return sql.SQL("{}::text").format(cols[0])
+    return sql.SQL("case when {} is null then null else row({})::text end").format(cols[0], sql.SQL(", ").join(cols))
+
+
+def relation(spec: TableSpec, alias: str = "t") -> sql.Composable:
+    """``FROM`` item for the table's rows as compared: the table aliased
+    ``alias``, or a subquery (flattened by the planner, so key-range
+    predicates still use the table's indexes) whose translated FK columns
+    hold the parent's natural key."""
+    if not spec.translations:
+        return sql.SQL("{} as {}").format(spec.table.ident, sql.Identifier(alias))
+    needed = list(dict.fromkeys([*spec.key, *spec.columns]))
+    select, joins = [], []
+    for col in needed:
+        tr = spec.translation(col)
+        if tr is None:
+            select.append(sql.Identifier("r", col))
+            continue
+        p = f"p{len(joins)}"
+        joins.append(
+            sql.SQL(" left join {} as {} on {} = {}").format(
+                tr.parent.ident, sql.Identifier(p), sql.Identifier(p, tr.parent_column), sql.Identifier("r", col)
+            )
+        )
+        select.append(sql.SQL("{} as {}").format(parent_key_text(tr, p), sql.Identifier(col)))
+    return sql.SQL("(select {} from {} as r{}) as {}").format(
+        sql.SQL(", ").join(select), spec.table.ident, sql.Composed(joins), sql.Identifier(alias)
     )
