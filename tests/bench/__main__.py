@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).parent
+MAIN_COLUMNS = ("bench", "name", "wall_s", "ratio", "peak_rss_mb", "target", "met")
 
 
 def main(names: list[str]) -> int:
@@ -37,13 +38,13 @@ def main(names: list[str]) -> int:
             traceback.print_exc()
             rows.append({"bench": name.removeprefix("bench_"), "name": "ERROR", "note": "see traceback above"})
         print(f"{name}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title="safesync benchmarks")
-    for column in columns:
-        table.add_column(column)
+    for column in (*MAIN_COLUMNS, "other figures"):
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console(width=200).print(table)
+        other = "; ".join(f"{k}={v}" for k, v in row.items() if k not in MAIN_COLUMNS and v not in (None, ""))
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in MAIN_COLUMNS), other)
+    Console(width=180).print(table)
     (HERE.parent.parent / "bench-results.json").write_text(json.dumps(rows, indent=2, default=str))
     return 1 if failed else 0
 
