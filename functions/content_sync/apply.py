@@ -10,9 +10,10 @@ updated and their triggers never fire. Identity ALWAYS columns are written
 with ``OVERRIDING SYSTEM VALUE``; generated columns are left to the target.
 No TRUNCATE, no CASCADE, no trigger disabling, no superuser.
 
-A table matched on a natural key (``match_on``) is upserted ``ON CONFLICT
-(natural key)`` without its primary key, so an updated row keeps the
-target's id and a new row draws one from the target's sequence or identity.
+A table matched on a natural key (``match_on``) is written without its
+primary key — an UPDATE of the rows the target has (matched on the natural
+key, so they keep the target's id), then an INSERT of the others, whose id
+comes from the target's sequence or identity.
 Translated FK columns arrive staged as the parent's natural key and are
 written as the id of the target's parent row (parents are written first);
 a staged reference whose parent does not exist in the target is reported by
@@ -124,17 +125,26 @@ def unmapped(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier, lim
     return found
 
 
+def _distinct(update: tuple[str, ...], new_alias: str) -> sql.Composable:
+    """``(cur cols) is distinct from (new cols)``, compared as text: the same
+    notion of "equal" as the row hash, so equal rows are never updated."""
+    return sql.SQL("({}) is distinct from ({})").format(
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("cur", c)) for c in update),
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(new_alias, c)) for c in update),
+    )
+
+
 def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
     """Merge the staged rows; returns rows inserted or actually updated."""
+    if spec.match_on:
+        return _update_then_insert(tgt, spec, temp)
     names = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
     overriding = sql.SQL(" overriding system value") if spec.identity_always & set(spec.columns) else sql.SQL("")
     update = spec.update_columns
     if update:
-        action = sql.SQL("do update set {sets} where ({cur}) is distinct from ({new})").format(
+        action = sql.SQL("do update set {sets} where {distinct}").format(
             sets=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in update),
-            # compared as text: the same notion of "equal" as the row hash
-            cur=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("cur", c)) for c in update),
-            new=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("excluded", c)) for c in update),
+            distinct=_distinct(update, "excluded"),
         )
     else:
         action = sql.SQL("do nothing")
@@ -147,6 +157,35 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         action=action,
     )
     return tgt.execute(query).rowcount
+
+
+def _update_then_insert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
+    """A table matched on a natural key: update the rows the target has
+    (keeping their ids), then insert the others. Two statements rather than
+    one upsert, because an INSERT evaluates the id default (``nextval``) for
+    every row, also those that turn into updates: ids would be burnt."""
+    match = sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier("cur", k), sql.Identifier("s", k)) for k in spec.key)
+    count = 0
+    update = spec.update_columns
+    if update:
+        count += tgt.execute(
+            sql.SQL("update {table} as cur set {sets} from ({rows}) as s where {match} and {distinct}").format(
+                table=spec.table.ident,
+                sets=sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in update),
+                rows=_staged_select(spec, temp),
+                match=match,
+                distinct=_distinct(update, "s"),
+            )
+        ).rowcount
+    names = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
+    overriding = sql.SQL(" overriding system value") if spec.identity_always & set(spec.columns) else sql.SQL("")
+    count += tgt.execute(
+        sql.SQL(
+            "insert into {table} ({names}){overriding} select {names} from ({rows}) as s "
+            "where not exists (select from {table} as cur where {match})"
+        ).format(table=spec.table.ident, names=names, overriding=overriding, rows=_staged_select(spec, temp), match=match)
+    ).rowcount
+    return count
 
 
 def delete_rows(tgt: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> int:

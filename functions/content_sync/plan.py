@@ -16,7 +16,7 @@ target's default (sequence or identity). FK columns of other content
 tables that point at such a table's ids are *translated*: compared and
 staged as the parent's natural key, written back as the target parent's
 id (``Translation``). The natural key must be NOT NULL and have a plain
-unique index on both sides (``ON CONFLICT`` needs it as arbiter).
+unique index on both sides, so rows match one to one.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
 
 def _unique_index_on(conn: psycopg.Connection, table: TableRef, cols: tuple[str, ...]) -> bool:
     """A valid, immediate, non-partial unique index (or constraint) on
-    exactly ``cols``: what ``ON CONFLICT (cols)`` can use as arbiter."""
+    exactly ``cols``: the natural key matches rows one to one."""
     return bool(
         conn.execute(
             """
