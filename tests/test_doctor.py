@@ -6,14 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
-
 from safesync.shared.errors import ConfigError, DatabaseError
 from safesync.shared.preflight import FAIL, OK, quick, run_all
+
+from tests.fsutil import read_only
 
 SCHEMA = """
 create table courses (id serial primary key, title text);
@@ -57,24 +57,6 @@ def test_healthy_setup_is_all_ok(healthy) -> None:
     bad = [c for c in checks if c.status != OK]
     assert bad == [], bad
     assert ("databases", "prod") in by_name(checks)
-
-
-@contextmanager
-def read_only(folder: Path):
-    """A folder nobody (not even root) can write to."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(folder)], check=True)
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
 
 
 def test_each_problem_is_its_own_failure(healthy, make_db, write_settings, pg_server, monkeypatch, tmp_path) -> None:

@@ -6,7 +6,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from tests.test_cold_start import first_response_time
 

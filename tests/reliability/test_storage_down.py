@@ -8,17 +8,13 @@ retries for about two minutes before it gives up, which is itself a figure).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.fake_calendar.fixtures import fake  # noqa: F401  (fixture)
+from tests.fsutil import read_only
 
 from .conftest import make_world
 from .scale import SCALE
@@ -41,23 +37,6 @@ def _jobs():
 
 
 JOB_NAMES = ["backup create", "content sync", "staging clone", "calendar full sync"]
-
-
-@contextmanager
-def unwritable(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(folder)], check=True)
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
 
 
 @pytest.fixture
@@ -88,7 +67,7 @@ def test_unwritable_storage_folder(pg_server, make_db, write_settings, monkeypat
     folder = tmp_path / "frozen"
     world = make_world(pg_server, make_db, write_settings, monkeypatch, storage_url=f"file://{folder}", google_root=seeded_fake.root)
     before = world.state()
-    with unwritable(folder):
+    with read_only(folder):
         answer = _jobs()[name](world.settings)
         after = world.state()
     _check(t, name, answer, before, after, "an unwritable storage folder")
