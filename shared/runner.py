@@ -33,10 +33,8 @@ def run_key(report: Report) -> str:
 def check_storage(settings: Settings, run_id: str) -> None:
     """Fail early — before touching a database — when storage cannot take
     this run's report (or its backups): write and delete a probe object."""
-    key = f"runs/.probe/{run_id}"
     try:
-        settings.storage.put(key, b"probe")
-        settings.storage.delete(key)
+        settings.storage.probe(f"runs/.probe/{run_id}")
     except SafesyncError as exc:
         raise StorageError(f"storage {settings.storage.describe()} is not writable: {redact(exc.message)}") from None
     except Exception as exc:
@@ -87,9 +85,11 @@ def execute(
                     if replay:
                         return _replayed(*replay)
                     begin_delivery(meta, message_id, report.job, target)
-            _run(settings, report, fn, needs_storage)
-            if record:
+            storage_ok = _run(settings, report, fn, needs_storage)
+            if record and storage_ok:
                 _store(settings, report)
+            elif record:
+                report.warnings.append("run report not stored: storage is unavailable")
             answer = Answer.of(report)
             if meta is not None:
                 finish_delivery(meta, message_id, answer.status, {**answer.body, "_permanent": answer.permanent})
@@ -106,11 +106,18 @@ def _replayed(status: int, stored: dict[str, Any]) -> Answer:
     return Answer(status, {**body, "replayed": True}, 0 if status < 300 else 1, bool(stored.get("_permanent")))
 
 
-def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> None:
+def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> bool:
+    """Run ``fn``; False when the storage check failed (then nothing else ran
+    and storing the report would only wait for the same dead store)."""
     log.info("run started", job=report.job, action=report.action)
+    storage_ok = True
     try:
         if needs_storage:
-            check_storage(settings, report.run_id)
+            try:
+                check_storage(settings, report.run_id)
+            except StorageError:
+                storage_ok = False
+                raise
         fn(report)
     except SafesyncError as exc:
         report.status = "refused" if exc.status in (400, 403, 404, 422) else "failed"
@@ -136,3 +143,4 @@ def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> 
     finally:
         report.finish()
     log.info("run finished", job=report.job, action=report.action, status=report.status, summary=report.summary)
+    return storage_ok

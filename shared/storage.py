@@ -43,6 +43,7 @@ binary file object (read in 1 MiB pieces)."""
 
 READ_CHUNK = 1 << 20
 GCS_CHUNK = 8 * 1024 * 1024  # resumable upload/download piece; a multiple of 256 KiB
+PROBE_DEADLINE_S = 5.0  # how long a storage probe may retry before the run fails
 MAX_SMALL_OBJECT = 64 * 1024 * 1024  # get_bytes refuses more: it holds everything in memory
 
 # Temporary files of the local backend: ``.<name>.tmp-<32 hex>``. Keys may not
@@ -175,6 +176,12 @@ class Storage(ABC):
         whose partial uploads are invisible and expire by themselves have
         nothing to do."""
         return 0
+
+    def probe(self, key: str) -> None:
+        """Write and delete a tiny object: can a run store its results?
+        Fails fast (jobs call it before touching any database)."""
+        self.put(key, b"probe")
+        self.delete(key)
 
 
 # --------------------------------------------------------------------------
@@ -573,6 +580,18 @@ class GCSStorage(Storage):
                 self._bucket().blob(name).delete()
             except NotFound:
                 return
+
+    def probe(self, key: str) -> None:
+        """Like the base probe, but with a short retry deadline: a dead
+        endpoint must fail a run in seconds, not after the client's 120 s."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        name = self._name(validate_key(key))
+        retry = DEFAULT_RETRY.with_deadline(PROBE_DEADLINE_S)
+        with _gcs_errors("write a probe to", key):
+            blob = self._bucket().blob(name)
+            blob.upload_from_string(b"probe", retry=retry, timeout=PROBE_DEADLINE_S)
+            blob.delete(retry=retry, timeout=PROBE_DEADLINE_S)
 
     def describe(self) -> str:
         where = f"GCS bucket {self.bucket_name}" + (f", prefix {self.prefix}/" if self.prefix else "")

@@ -74,7 +74,6 @@ def test_unwritable_storage_folder(pg_server, make_db, write_settings, monkeypat
     assert t.unexpected == 0 and t.changed == 0, "\n".join(t.notes)
 
 
-@pytest.mark.skipif(SCALE != "full", reason="the GCS client retries ~2 min against a dead endpoint: full scale only")
 @pytest.mark.parametrize("name", JOB_NAMES)
 def test_gcs_endpoint_down(pg_server, make_db, write_settings, monkeypatch, seeded_fake, tally, name: str) -> None:
     t = tally(AREA)
