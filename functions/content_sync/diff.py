@@ -207,12 +207,19 @@ def _hash_aggregate(conn: psycopg.Connection) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Grid:
-    """One grid pass of one side: bucket -> (rows, fingerprint of the hash
-    sum), and the side's total row count and exact hash sum."""
+    """One grid pass of one side: the non-empty buckets in order, each one's
+    row count and fingerprint of its hash sum; the side's total row count
+    and exact hash sum."""
 
-    buckets: dict[int, tuple[int, int]]
+    ids: list[int]
+    counts: list[int]
+    prints: list[int]
     rows: int
     total: int
+
+    @property
+    def buckets(self) -> dict[int, tuple[int, int]]:
+        return {b: (n, fp) for b, n, fp in zip(self.ids, self.counts, self.prints)}
 
 
 def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int) -> Grid:
@@ -232,13 +239,13 @@ def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int)
     conds = [sql.SQL("{} {} %s::{}").format(key, sql.SQL(op), sql.SQL(_bound_type(spec, 0))) for op, b in zip((">=", "<"), bounds) if b is not None]
     params += [b[0] for b in bounds if b is not None]
     query = sql.SQL(
-        "select coalesce(array_agg(g.b), '{{}}'), coalesce(array_agg(g.n), '{{}}'), "
-        "coalesce(array_agg(hash_numeric_extended(g.s, g.n)), '{{}}'), coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) "
+        "select coalesce(array_agg(g.b order by g.b), '{{}}'), coalesce(array_agg(g.n order by g.b), '{{}}'), "
+        "coalesce(array_agg(hash_numeric_extended(g.s, g.n) order by g.b), '{{}}'), coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) "
         "from (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) as g"
     ).format(b=bucket, h=h, t=rowhash.relation(spec), conds=sql.SQL(" and ").join(conds))
     with _hash_aggregate(conn):
         ids, counts, prints, rows, total = conn.execute(query, params, binary=True).fetchone()
-    return Grid({b - first: (n, fp) for b, n, fp in zip(ids, counts, prints)}, rows, int(total))
+    return Grid([b - first for b in ids] if first else ids, counts, prints, rows, int(total))
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
@@ -248,7 +255,7 @@ def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Seg
     select = sql.SQL("{}, {}").format(rowhash.key_text(spec), rowhash.row_hash(spec))
     rows, params = segment_rows(spec, segments, select)
     n = len(spec.key)
-    return [(tuple(r[1 : 1 + n]), r[1 + n]) for r in conn.execute(rows, params)]
+    return [(tuple(r[1 : 1 + n]), r[1 + n]) for r in conn.execute(rows, params, binary=True).fetchall()]
 
 
 def quantiles(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment], parts: Sequence[int]) -> dict[int, list[Key]]:
@@ -288,7 +295,7 @@ def hashes_by_key(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]
         query = sql.SQL("select {}, {} from {} join {} on {}").format(
             rowhash.key_text(spec), rowhash.row_hash(spec), rowhash.relation(spec), relation, rowhash.keys_match(spec)
         )
-        out.update((tuple(r[:n]), r[n]) for r in conn.execute(query, params))
+        out.update((tuple(r[:n]), r[n]) for r in conn.execute(query, params, binary=True).fetchall())
     return out
 
 
@@ -369,12 +376,22 @@ def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
 def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int) -> tuple[list[tuple[Segment, int, int]], Grid, Grid]:
     """The differing ranges of one grid pass, and each side's grid."""
     src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step))
-    pending = []
-    for i in sorted(set(src.buckets) | set(tgt.buckets)):
-        a, b = src.buckets.get(i, (0, 0)), tgt.buckets.get(i, (0, 0))
-        if a != b:
-            seg = Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi)))
-            pending.append((seg, a[0], b[0]))
+    if src.ids == tgt.ids:  # the usual case: the same non-empty ranges, compared in place
+        differ = [
+            (i, a, b)
+            for i, a, b, fa, fb in zip(src.ids, src.counts, tgt.counts, src.prints, tgt.prints)
+            if a != b or fa != fb
+        ]
+    else:
+        ours, theirs = src.buckets, tgt.buckets
+        differ = []
+        for i in sorted(set(ours) | set(theirs)):
+            a, b = ours.get(i, (0, 0)), theirs.get(i, (0, 0))
+            if a != b:
+                differ.append((i, a[0], b[0]))
+    pending = [
+        (Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi))), a, b) for i, a, b in differ
+    ]
     return pending, src, tgt
 
 

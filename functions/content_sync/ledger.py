@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -154,9 +155,10 @@ def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef,
         entries: dict[Key, Entry] = {}
         for chunk in _chunks(keys):
             rel, params = _keys_join(spec, chunk)
+            # one index lookup per key (LIMIT keeps the subquery from being flattened into a hash join over the whole ledger)
             query = sql.SQL(
-                "select l.row_key, l.state, l.row_hash, l.declined_hash from safesync.content_ledger as l join {} "
-                "on l.table_name = %s and l.row_key = u.k"
+                "select l.row_key, l.state, l.row_hash, l.declined_hash from {} cross join lateral "
+                "(select * from safesync.content_ledger as l where l.table_name = %s and l.row_key = u.k limit 1) as l"
             ).format(rel)
             for key, state, row_hash, declined in conn.execute(query, [*params, str(spec.table)]):
                 entries[tuple(key)] = Entry(state, row_hash, declined)
@@ -204,25 +206,20 @@ def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes
         entries.pop(key, None)
     for chunk in _chunks(list(writes.removed)):
         rel, params = _keys_join(spec, chunk)
-        conn.execute(
-            sql.SQL("delete from safesync.content_ledger as l using {} where l.table_name = %s and l.row_key = u.k").format(rel),
-            [*params, name],
-        )
+        with _index_lookups(conn):
+            conn.execute(
+                sql.SQL("delete from safesync.content_ledger as l using {} where l.table_name = %s and l.row_key = u.k").format(rel),
+                [*params, name],
+            )
     rows: list[tuple[Key, str, int | None, int | None]] = [(k, "synced", h, None) for k, h in writes.synced.items()]
     rows += [(k, "kept", t, s) for k, (t, s) in writes.kept.items()]
+    # keys with an entry: updated in place; others inserted (cheaper than an upsert's speculative insertion)
+    known = set(ledger.entries) if ledger.usable and not writes.reseed else set()
     for i in range(0, len(rows), CHUNK):
         part = rows[i : i + CHUNK]
-        rel, params = _keys_join(
-            spec, [r[0] for r in part], {"state": [r[1] for r in part], "h": [r[2] for r in part], "d": [r[3] for r in part]}
-        )
-        conn.execute(
-            sql.SQL(
-                "insert into safesync.content_ledger as l (table_name, row_key, state, row_hash, declined_hash) "
-                "select %s, u.k, u.state, u.h, u.d from {} on conflict (table_name, row_key) do update "
-                "set state = excluded.state, row_hash = excluded.row_hash, declined_hash = excluded.declined_hash, updated_at = now()"
-            ).format(rel),
-            [name, *params],
-        )
+        for update, group in ((True, [r for r in part if r[0] in known]), (False, [r for r in part if r[0] not in known])):
+            if group:
+                _store(conn, spec, group, update)
     for key, state, h, d in rows:
         entries[key] = Entry(state, h, d)
     if writes.reseed:
@@ -242,6 +239,41 @@ def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes
         [name, SUMMARY_KEY, count, total, signature(spec)],
     )
     return done
+
+
+def _store(conn: psycopg.Connection, spec: TableSpec, rows: list[tuple[Key, str, int | None, int | None]], update: bool) -> None:
+    rel, params = _keys_join(
+        spec, [r[0] for r in rows], {"state": [r[1] for r in rows], "h": [r[2] for r in rows], "d": [r[3] for r in rows]}
+    )
+    if update:
+        with _index_lookups(conn):
+            conn.execute(
+                sql.SQL(
+                    "update safesync.content_ledger as l set state = u.state, row_hash = u.h, declined_hash = u.d, updated_at = now() "
+                    "from {} where l.table_name = %s and l.row_key = u.k"
+                ).format(rel),
+                [*params, str(spec.table)],
+            )
+        return
+    conn.execute(
+        sql.SQL(
+            "insert into safesync.content_ledger as l (table_name, row_key, state, row_hash, declined_hash) "
+            "select %s, u.k, u.state, u.h, u.d from {} on conflict (table_name, row_key) do update "
+            "set state = excluded.state, row_hash = excluded.row_hash, declined_hash = excluded.declined_hash, updated_at = now()"
+        ).format(rel),
+        [str(spec.table), *params],
+    )
+
+
+@contextmanager
+def _index_lookups(conn: psycopg.Connection) -> Iterator[None]:
+    """A few thousand keys against a ledger of millions: the planner would
+    hash the whole ledger; one index lookup per key is far cheaper."""
+    conn.execute("set local enable_hashjoin = off; set local enable_mergejoin = off")
+    try:
+        yield
+    finally:
+        conn.execute("reset enable_hashjoin; reset enable_mergejoin")
 
 
 def _reseed(conn: psycopg.Connection, spec: TableSpec, keep: Sequence[Key], skip: Sequence[Key]) -> None:
