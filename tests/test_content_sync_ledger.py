@@ -3,6 +3,8 @@ and natural-key matching, on the LMS fixture (real PostgreSQL)."""
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -18,8 +20,8 @@ def lms(pg_server, make_db, write_settings):
     dev = lms_database(pg_server, make_db, variant="dev")
     prod = lms_database(pg_server, make_db, variant="prod")
 
-    def settings(extra: str = "", tail: str = "", **kw):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(extra=extra, **kw) + tail)
+    def settings(extra: str = "", tail: str = "", urls: dict | None = None, **kw):
+        return write_settings(urls or {"dev": dev, "prod": prod}, lms_config_toml(extra=extra, **kw) + tail)
 
     return settings, dev, prod
 
@@ -332,3 +334,39 @@ def test_a_trigger_that_rewrites_other_content_rows_is_caught(lms):
     answer = content_sync(make(), "sync")
     assert answer.status == 503 and "courses" in answer.body["summary"] and "trigger or cascade" in answer.body["summary"]
     assert fingerprints(prod) == before
+
+
+def test_a_role_without_create_privilege_syncs_once_the_ledger_exists(lms, pg_server):
+    """The ledger is created only when missing: afterwards the sync role
+    needs no CREATE on the database nor on schema safesync."""
+    make, dev, prod = lms
+    synced_once(make)  # as the owner: the ledger exists now
+    role = f"cs_ledger_{uuid.uuid4().hex[:8]}"
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    content = ", ".join(LMS_CONTENT)
+    execute(
+        prod,
+        f"create role {role} login",
+        f"grant connect on database {dbname} to {role}",
+        f"grant pg_read_all_data to {role}",
+        f"grant usage on schema public, safesync to {role}",
+        f"grant insert, update on {content} to {role}",
+        f"grant usage, select, update on all sequences in schema public to {role}",
+        f"grant select, insert, update, delete on safesync.content_ledger to {role}",
+    )
+    try:
+        with psycopg.connect(prod) as conn:
+            can = conn.execute(
+                "select has_database_privilege(%s, current_database(), 'CREATE'), has_schema_privilege(%s, 'safesync', 'CREATE')", [role, role]
+            ).fetchone()
+        assert can == (False, False)
+        execute(dev, "update lessons set title = 'Edited after the first sync' where id = 12")
+        limited = make(urls={"dev": dev, "prod": pg_server.url(dbname, user=role, password=None)})
+        answer = content_sync(limited, "sync")
+        assert answer.status == 200, answer.body
+        assert one(prod, "select title from lessons where id = 12") == ("Edited after the first sync",)
+        assert entry(prod, "lessons", "12")[0] == "synced"
+    finally:
+        execute(prod, f"drop owned by {role}")
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute(f"drop role {role}")
