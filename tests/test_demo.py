@@ -24,4 +24,6 @@ def test_demo_end_to_end(tmp_path) -> None:
     written = sum(row["written"] for row in sync["tables"]["tables"])
     assert written > 0
     assert steps["Compare dev with prod"]["body"]["status"] == "ok"
+    conflict = steps["A hotfix in prod, an edit in dev: conflict"]
+    assert conflict["status"] == 422 and "conflict" in conflict["body"]["summary"]
     assert (tmp_path / ".safesync-demo" / "backups" / "prod").is_dir()

@@ -4,8 +4,8 @@ embedded PostgreSQL, in a minute, with nothing to configure.
 It creates a dev and a prod database of a small learning platform — dev has
 new and edited lessons and prices, prod has real users with progress,
 payments and streaks — then runs what a team would run before and after a
-content push: backup → compare → dry-run → sync → validate → verify the
-backup with a restore drill. Each step prints its report; the last lines
+content push: backup → compare → dry-run → sync, then a prod hotfix that the
+next sync refuses to overwrite, validate, and a restore drill of the backup. Each step prints its report; the last lines
 prove the users' data is byte-for-byte what it was.
 """
 
@@ -118,12 +118,17 @@ def run_demo(as_json: bool = False, keep: bool = False) -> Answer:
         steps = [
             ("Back up prod", "A logical backup streamed to storage, SHA-256 checked; the manifest is written last.",
              lambda: run_create(settings, "prod", "manual", trigger=DEMO)),
-            ("Compare dev with prod", "Hashes computed in SQL on both sides; only ranges that differ are examined.",
-             lambda: content_sync.content_sync(settings, "compare")),
+            ("Compare dev with prod", "Hashes computed in SQL on both sides; only ranges that differ are examined.\n"
+             "This is the first sync, so prod has no ledger of what safesync wrote yet: the differences\n"
+             "are reviewed and adopted explicitly (--adopt); from now on a prod edit is never overwritten.",
+             lambda: content_sync.content_sync(settings, "compare", adopt=True)),
             ("Dry-run the sync", "The real sync, ending in ROLLBACK: what would be written, and the protection proof.",
-             lambda: content_sync.content_sync(settings, "dry-run")),
+             lambda: content_sync.content_sync(settings, "dry-run", adopt=True)),
             ("Sync content dev → prod", "Safety backup first, then one transaction; it commits only if no protected table was touched.",
-             lambda: content_sync.content_sync(settings, "sync")),
+             lambda: content_sync.content_sync(settings, "sync", adopt=True)),
+            ("A hotfix in prod, an edit in dev: conflict", "Someone fixed lesson 1's title directly in prod; dev edited it too.\n"
+             "The ledger knows prod changed since the last sync, so the sync refuses rather than overwrite the hotfix.",
+             lambda: _conflict(server, settings, content_sync)),
             ("Validate prod", "Row counts, FK orphans, keys, sequences and the team's own SQL rules.",
              lambda: validate.validate(settings, "prod")),
             ("Verify the first backup with a restore drill", "Re-read and re-hash it, restore it into a scratch database, compare row counts.",
@@ -139,14 +144,32 @@ def run_demo(as_json: bool = False, keep: bool = False) -> Answer:
             mark = "[green]✓[/]" if users_before[table] == users_after.get(table) else "[red]✗[/]"
             talk.say(f"{mark} {table}: {users_after.get(table, (0,))[0]} rows, checksum {'unchanged' if users_before[table] == users_after.get(table) else 'CHANGED'}")
         talk.say(f"Backups and run reports: {settings.storage.describe()}")
-        ok = untouched and all(r.status < 300 and r.exit_code == 0 for r in results)
-        summary = "content synced; every user table byte-for-byte unchanged" if ok else "the demo found a problem (see above)"
+        conflict_at = next(i for i, (title, _, _) in enumerate(steps) if title.startswith("A hotfix"))
+        # Every step succeeds except the conflict, which must be refused.
+        ok = untouched and results[conflict_at].status == 422 and all(
+            r.exit_code == 0 for i, r in enumerate(results) if i != conflict_at
+        )
+        summary = (
+            "content synced, the prod hotfix protected, every user table byte-for-byte unchanged"
+            if ok
+            else "the demo found a problem (see above)"
+        )
         talk.say(("[bold green]" if ok else "[bold red]") + summary + "[/]")
         body = {"ok": ok, "summary": summary, "user_tables_unchanged": untouched, "steps": talk.steps, "storage": settings.storage.describe()}
         return Answer(200 if ok else 503, body, 0 if ok else 1)
     finally:
         if not keep:
             server.stop()
+
+
+def _conflict(server, settings, content_sync) -> Answer:
+    from safesync.shared.db import connect
+
+    with connect(server.url("prod"), autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' (hotfix in prod)' where id = 1")
+    with connect(server.url("dev"), autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' (edited in dev)' where id = 1")
+    return content_sync.content_sync(settings, "sync")
 
 
 def first_backup(settings) -> str:
