@@ -103,7 +103,7 @@ TARGET_BASES: dict[str, list[tuple[dict[str, Any], dict[str, Any], tuple[str, ..
         ({"action": "prune", "dry_run": True}, {"db": KINDS["database"], "dry_run": KINDS["bool"]}, ("action",)),
     ],
     "content_sync": [
-        ({"mode": "dry-run"}, {"mode": enum("compare", "dry-run", "sync"), "expect_plan": KINDS["any"]}, ("mode",)),
+        ({"mode": "dry-run"}, {"mode": enum("compare", "dry-run", "sync"), "expect_plan": KINDS["any"], "adopt": KINDS["bool"]}, ("mode",)),
         ({"mode": "sync", "expect_plan": "0" * 64}, {"expect_plan": KINDS["digest"]}, ("mode",)),
     ],
     "staging_clone": [

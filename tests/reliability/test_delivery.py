@@ -30,7 +30,7 @@ CURRENT = sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"]
 # (target, body, job name of its run reports, table to hold locked)
 JOBS = [
     ("backup", {"action": "create", "db": "prod"}, "backup", "public.courses"),
-    ("content_sync", {"mode": "sync"}, "content_sync", "public.courses"),
+    ("content_sync", {"mode": "sync", "adopt": True}, "content_sync", "public.courses"),
 ]
 IDS = [j[0] for j in JOBS]
 

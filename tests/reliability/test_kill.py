@@ -63,7 +63,7 @@ JOBS = [
         check=complete_backups_verify,
     ),
     KillJob(
-        "kill: content sync", ["content", "sync", "--json"], ["prod", "dev"],
+        "kill: content sync", ["content", "sync", "--adopt", "--json"], ["prod", "dev"],
         snapshot=lambda w: (lms(w, "prod"), lms(w, "dev")),
         check=complete_backups_verify,
     ),

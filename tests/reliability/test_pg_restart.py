@@ -81,7 +81,7 @@ def test_restart_before_a_content_sync_commits(own_server, deployment, tally) ->
             resume.wait(60)
 
     result = {}
-    worker = threading.Thread(target=lambda: result.update(answer=content_sync(settings, "sync", hook=hook)))
+    worker = threading.Thread(target=lambda: result.update(answer=content_sync(settings, "sync", adopt=True, hook=hook)))
     worker.start()
     deadline = time.monotonic() + 60
     while not paused.wait(0.05) and worker.is_alive() and time.monotonic() < deadline:
@@ -94,7 +94,7 @@ def test_restart_before_a_content_sync_commits(own_server, deployment, tally) ->
     t.check(ok, f"content sync with PostgreSQL restarted before COMMIT → {where}")
     t.unchanged(before, db_state(urls["prod"]), "prod after the restarted content sync")
     t.check(all(verify_backup(settings, b, record=False).ok for b in list_backups(settings)), "a listed backup does not verify")
-    again = content_sync(settings, "sync")
+    again = content_sync(settings, "sync", adopt=True)
     t.check(again.status == 200, f"the next content sync → {again.status} {again.body.get('summary') or again.body.get('error')}")
 
 
