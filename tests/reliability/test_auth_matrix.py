@@ -143,7 +143,8 @@ def test_forged_google_channels_are_401(shared_world, tally) -> None:
     @settings(max_examples=pick(15, 60, 300), deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(
-        channel=st.sampled_from(INJECTIONS[:-1]) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80),
+        # (no CR/LF: a header value cannot carry one over HTTP; clients refuse to send it)
+        channel=st.sampled_from([i for i in INJECTIONS if not set(i) & {"\r", "\n"}]) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80),
         token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80),
         state=st.sampled_from(["exists", "sync", "not_exists", "'; drop table calendar.events; --"]),
         bearer=st.booleans(),
