@@ -277,11 +277,13 @@ def test_stale_or_different_rehearsal_is_refused(setup, dbs):
     assert refused.status == 422 and "no passing rehearsal" in refused.body["summary"]
     os.remove(settings.base_dir / "migrations" / "0002_b.sql")
     # the same plan, but the rehearsal is older than rehearsal_max_age_minutes
-    runs = sorted((settings.base_dir / "backups" / "runs" / "migrate").glob("*.json"))
-    stored = json.loads(runs[0].read_text())
-    assert stored["action"] == "rehearse" and stored["status"] == "ok"
+    # (run names sort by second: the rehearsal and the refused apply may share one)
+    runs = (settings.base_dir / "backups" / "runs" / "migrate").glob("*.json")
+    rehearsal = next(p for p in runs if json.loads(p.read_text())["action"] == "rehearse")
+    stored = json.loads(rehearsal.read_text())
+    assert stored["status"] == "ok"
     stored["finished_at"] = "2020-01-01T00:00:00+00:00"
-    runs[0].write_text(json.dumps(stored))
+    rehearsal.write_text(json.dumps(stored))
     stale = migrate.apply(settings)
     assert stale.status == 422
     with connect(dbs["prod"]) as conn:
