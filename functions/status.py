@@ -31,13 +31,16 @@ STALE_BACKUP_H = 26
 
 
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
-    """The newest stored report of each job (names sort by time)."""
+    """The newest stored report of each job."""
     rows = []
     for job in JOBS:
         runs = settings.storage.list(f"runs/{job}/")
         if not runs:
             continue
-        latest = settings.storage.get_json(runs[-1].key)
+        # Names sort by second; runs within the newest second are told apart by their finish time.
+        newest_second = runs[-1].key.rsplit("/", 1)[-1].split("-", 1)[0]
+        candidates = [settings.storage.get_json(r.key) for r in runs if r.key.rsplit("/", 1)[-1].startswith(newest_second)]
+        latest = max(candidates, key=lambda report: str(report.get("finished_at") or ""))
         rows.append(
             {
                 "job": job,
