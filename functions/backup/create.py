@@ -26,13 +26,13 @@ from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, row_count, server_version
 from safesync.shared.errors import JobFailed, StorageError
 from safesync.shared.log import get_logger, redact
-from safesync.shared.pgtools import require_for_server
+from safesync.shared.pgtools import libpq_target, require_for_server
 from safesync.shared.report import Report, utcnow
 from safesync.shared.storage import Storage
 
 from .layout import SUFFIXES, BackupName
 from .manifest import MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
-from .pgproc import CHUNK, PgProcess, Progress, dbname_of, libpq_target
+from .pgproc import CHUNK, PgProcess, Progress, dbname_of
 
 log = get_logger("backup")
 

@@ -1,8 +1,7 @@
 """Running pg_dump / pg_restore as child processes, safely.
 
-- The password never appears on a command line (``ps`` shows those): the
-  child gets a conninfo without it and ``PGPASSWORD`` in a minimal
-  environment that carries none of our other secrets.
+- Credentials reach the child as ``shared.pgtools.libpq_target`` prepares
+  them: never on a command line, in a minimal environment.
 - stderr is drained by a thread (a full stderr pipe would freeze the child)
   and only its tail is kept, redacted, for error messages.
 - Restores stream from storage into pg_restore's stdin while hashing, and
@@ -24,40 +23,13 @@ from typing import Callable, Sequence
 
 from psycopg import conninfo as pg_conninfo
 
-from safesync.shared.errors import ConfigError, JobFailed, Refused
+from safesync.shared.errors import JobFailed, Refused
 from safesync.shared.log import redact
 from safesync.shared.storage import Storage
 
 CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 Progress = Callable[[int], None]
-
-# Variables a PostgreSQL client may legitimately need from our environment.
-_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PGSERVICEFILE", "PGSYSCONFDIR")
-_KEEP_PREFIXES = ("PGSSL", "PGGSS", "PGKRB", "PGCONNECT_TIMEOUT", "PGTARGETSESSIONATTRS", "PGPASSFILE")
-
-
-def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync-backup") -> tuple[str, dict[str, str]]:
-    """(conninfo without password, child environment) for ``url``, optionally
-    pointed at another database on the same server."""
-    try:
-        params = pg_conninfo.conninfo_to_dict(url)
-    except Exception as exc:  # psycopg.ProgrammingError for a malformed URL
-        raise ConfigError(f"invalid database URL: {redact(str(exc))}") from None
-    password = params.pop("password", None)
-    if dbname is not None:
-        params["dbname"] = dbname
-    env = child_env()
-    env["PGAPPNAME"] = app
-    if password:
-        env["PGPASSWORD"] = str(password)
-    return pg_conninfo.make_conninfo(**params), env
-
-
-def child_env() -> dict[str, str]:
-    """The environment a pg tool gets: what libpq may need, none of our secrets."""
-    return {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith(_KEEP_PREFIXES)}
-
 
 def dbname_of(url: str) -> str:
     return str(pg_conninfo.conninfo_to_dict(url).get("dbname", ""))

@@ -28,13 +28,14 @@ from typing import Any
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import Refused
+from safesync.shared.pgtools import libpq_target
 from safesync.shared.log import get_logger
 from safesync.shared.report import Report
 
 from .catalog import resolve
 from .create import count_rows, create_backup
 from .manifest import BackupInfo
-from .pgproc import Progress, libpq_target, restore_stream
+from .pgproc import Progress, restore_stream
 from .verify import pg_restore_for
 
 log = get_logger("backup")

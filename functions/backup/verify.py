@@ -29,13 +29,13 @@ from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import ConfigError, NotFoundError, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
-from safesync.shared.pgtools import PgTool, find_tool
+from safesync.shared.pgtools import PgTool, child_env, find_tool, libpq_target
 from safesync.shared.report import utcnow
 
 from .catalog import get_backup
 from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
-from .pgproc import CHUNK, PgProcess, child_env, libpq_target, restore_stream
+from .pgproc import CHUNK, PgProcess, restore_stream
 
 log = get_logger("backup")
 

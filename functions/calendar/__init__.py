@@ -166,8 +166,3 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
 
     p = actions.add_parser("watch", help="open/renew Google push channels, stop old ones", parents=[parent])
     p.set_defaults(func=lambda args, settings: watch(settings))
-
-
-def handle_notify_call(call: Call) -> Answer:
-    """HTTP wrapper for ``handle_notify`` (the ``calendar_notify`` target)."""
-    return handle_notify(call.settings, call.headers)

@@ -35,10 +35,9 @@ from psycopg import sql
 from safesync.shared.db import TableRef
 from safesync.shared.errors import JobFailed
 from safesync.shared.log import redact
-from safesync.shared.pgtools import require_for_server
+from safesync.shared.pgtools import libpq_target, require_for_server, spawn_client
 
 from .plan import EXTERNAL_DEPENDENTS, CloneOptions, ClonePlan, Mask
-from .tools import libpq_args, spawn
 
 CHUNK = 1 << 20
 DUMP_TRAILER = b"-- PostgreSQL database dump complete"
@@ -213,13 +212,13 @@ def stream_clone(
     salt = secrets.token_hex(16)
     pre = pre_script(target_conn, options, plan).encode()
     post = post_script(target_conn, options, plan, salt).encode() + b"COMMIT;\n"
-    src_info, src_env = libpq_args(source_url, "safesync-clone-dump")
-    dst_info, dst_env = libpq_args(target_url, "safesync-clone-restore")
+    src_info, src_env = libpq_target(source_url, app="safesync-clone-dump")
+    dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="safesync-clone-") as tmp:
         dump_err, psql_err = os.path.join(tmp, "pg_dump.err"), os.path.join(tmp, "psql.err")
         with open(dump_err, "wb") as de, open(psql_err, "wb") as pe:
-            restore = spawn(
+            restore = spawn_client(
                 [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", dst_info, "-f", "-"],
                 dst_env,
                 stdin=subprocess.PIPE,
@@ -228,7 +227,7 @@ def stream_clone(
             )
             dump = None
             try:
-                dump = spawn(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
+                dump = spawn_client(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
                 streamed = _pump(dump, restore, pre, post, on_bytes)
             except BaseException:
                 for proc in (dump, restore):
