@@ -17,7 +17,6 @@ from tests.fake_calendar.fixtures import fake  # noqa: F401  (fixture)
 from tests.fsutil import read_only
 
 from .conftest import make_world
-from .scale import SCALE
 
 AREA = "storage unavailable"
 
