@@ -4,8 +4,18 @@ Uses the server, ``pg_dump`` and ``pg_restore`` that the ``pgserver`` wheel
 ships, but starts the cluster itself: listening on a loopback TCP port (so
 tests can put a throttling proxy in front of it and tools connect exactly as
 they would to a remote database), with durability switched off for speed.
+
 PostgreSQL refuses to run as root, so under root the cluster is owned by an
-unprivileged ``pgserver`` system user, as pgserver itself does.
+unprivileged system user (``pgserver``, as pgserver itself does), created on
+first use. Several processes may start clusters at the same moment (pytest
+workers, parallel demos), so creating that user is serialised by an
+exclusive file lock and re-checked under it. As any other user the cluster
+simply runs as that user.
+
+Independent clusters on one machine must never be confused with each other:
+a port picked as free can be taken before the postmaster binds it, so a
+start that loses its port is retried on a new one, and every started server
+is checked to be *this* data directory before anyone connects to it.
 """
 
 from __future__ import annotations
@@ -50,31 +60,64 @@ def _open_path_for(path: Path) -> None:
             parent.chmod(wanted)
 
 
-def _service_user() -> tuple[int, int] | None:
-    if os.geteuid() != 0:
-        return None
+USER_LOCK = Path(tempfile.gettempdir()) / "safesync-embedded-useradd.lock"
+_USERADD_EXISTS = 9  # useradd: "username already in use"
+_START_ATTEMPTS = 5
+
+
+def ensure_system_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of system user ``name``, created if missing.
+
+    Safe under concurrency: the lookup is repeated under an exclusive lock,
+    so of N processes racing only one calls ``useradd`` and every one sees
+    the same entry; a user created meanwhile by someone else is accepted.
+    """
+    import fcntl
     import pwd
 
     try:
-        entry = pwd.getpwnam(SERVICE_USER)
+        entry = pwd.getpwnam(name)
+        return entry.pw_uid, entry.pw_gid
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SERVICE_USER], check=True, capture_output=True)
-        entry = pwd.getpwnam(SERVICE_USER)
+        pass
+    with open(USER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            done = subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+                capture_output=True, text=True,
+            )
+            if done.returncode not in (0, _USERADD_EXISTS):
+                raise RuntimeError(f"useradd {name} failed ({done.returncode}): {done.stderr.strip()}")
+            entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid
+
+
+def _service_user(name: str) -> tuple[int, int] | None:
+    """The owner the cluster must run as: ``name`` under root, else ourselves."""
+    return ensure_system_user(name) if os.geteuid() == 0 else None
 
 
 @dataclass
 class EmbeddedPostgres:
-    """A throwaway cluster: ``start()``, use ``url(dbname)``, ``stop()``."""
+    """A throwaway cluster: ``start()``, use ``url(dbname)``, ``stop()``.
+
+    ``os_user`` is the system user that owns the cluster when we run as
+    root (tests use a throwaway name to exercise its creation).
+    """
 
     data_dir: Path
     port: int = 0
     user: str = "postgres"
+    os_user: str = SERVICE_USER
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
+        self._pick_port = not self.port  # a port we chose may be lost to a race; one we were given may not
         self.port = self.port or free_port()
-        self._owner = _service_user()
+        self._owner = _service_user(self.os_user)
         self.bin = bin_dir()
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -93,6 +136,10 @@ class EmbeddedPostgres:
             raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {text}")
         return proc
 
+    @property
+    def _log(self) -> Path:
+        return self.data_dir / "server.log"
+
     def start(self) -> "EmbeddedPostgres":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._owner:
@@ -102,13 +149,37 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, *self._owner)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
+        for attempt in range(_START_ATTEMPTS):
+            logged = self._log.stat().st_size if self._log.exists() else 0
+            if self._pg_ctl_start().returncode == 0:
+                break
+            said = self._log.read_bytes()[logged:].decode(errors="replace") if self._log.exists() else ""
+            lost_port = "could not bind" in said
+            if not (lost_port and self._pick_port and attempt + 1 < _START_ATTEMPTS):
+                raise RuntimeError(f"pg_ctl start failed: {said.strip()[-2000:]}")
+            self.port = free_port()  # another process took it between free_port() and bind()
+        self._check_identity()
+        return self
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess:
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB "
             "-c max_locks_per_transaction=256"
         )
-        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start")
-        return self
+        return self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-o", options, "-l", str(self._log), "start", check=False)
+
+    def _check_identity(self) -> None:
+        """The server answering on our port must be ours: its data directory
+        is ``self.data_dir``. Anything else would let two independent runs
+        work on each other's databases."""
+        import psycopg
+
+        with psycopg.connect(self.url(), connect_timeout=10) as conn:
+            served = conn.execute("select setting from pg_settings where name = 'data_directory'").fetchone()[0]
+        if Path(served).resolve() != self.data_dir:
+            self.stop("immediate")
+            raise RuntimeError(f"port {self.port} is served by another cluster ({served}), not {self.data_dir}")
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop", check=False)

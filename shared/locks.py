@@ -79,7 +79,16 @@ class JobLock:
         return self
 
     def release(self) -> None:
-        if self.conn is not None:
+        """Unlock explicitly, then close: a closed connection's backend frees
+        its locks only when it has exited, and a run that follows at once
+        (the next step of a demo, a retry) must not find the lock still held."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", [_lock_key(self.job, self.target)])
+        except psycopg.Error:
+            pass  # the connection is gone, and with it the lock
+        finally:
             self.conn.close()
             self.conn = None
 

@@ -1,9 +1,13 @@
 """PostgreSQL client programs (pg_dump, pg_restore, psql): finding them,
 checking they are new enough for a server, and starting them safely.
 
-Looked up in ``$PG_BIN`` first, then ``PATH``. A pg_dump older than the
-server it dumps fails (or silently misses features), so every job that
-shells out checks the major version before it writes anything.
+A pg_dump older than the server it dumps fails (or silently misses
+features), and a machine often has several: Debian's client on ``PATH``, a
+newer one under ``/usr/lib/postgresql/<major>/bin``, Homebrew's, the
+embedded bundle. So ``$PG_BIN`` wins when set; otherwise every known place is
+probed and the newest binary at least as new as the server is chosen. The
+choice and its reason travel with the tool (reports and ``safesync doctor``
+show them), and an error lists everything found, with versions.
 
 A child never sees the password on its command line (``ps`` shows those):
 it gets a conninfo without it and ``PGPASSWORD`` in a minimal environment
@@ -34,47 +38,139 @@ _KEEP_PREFIXES = ("PGSSL", "PGGSS", "PGKRB", "PGCONNECT_TIMEOUT", "PGTARGETSESSI
 _PR_SET_PDEATHSIG = 1
 
 
+# Where PostgreSQL client programs live besides PATH, in this order.
+SEARCH_DIRS = (
+    "/usr/lib/postgresql/*/bin",            # Debian / Ubuntu
+    "/usr/pgsql-*/bin",                     # RHEL / PGDG rpm
+    "/usr/local/pgsql/bin",                 # source builds
+    "/opt/homebrew/opt/postgresql@*/bin",   # Homebrew (Apple silicon)
+    "/usr/local/opt/postgresql@*/bin",      # Homebrew (Intel)
+)
+
+
 @dataclass(frozen=True)
 class PgTool:
     name: str
     path: Path
     version: tuple[int, int]  # (major, minor)
+    reason: str = ""          # why this binary was chosen
 
     @property
     def major(self) -> int:
         return self.version[0]
 
+    @property
+    def label(self) -> str:
+        return f"{self.path} ({self.version[0]}.{self.version[1]})"
 
-def find_tool(name: str) -> PgTool:
-    """Locate ``name`` (``PG_BIN`` first, then ``PATH``) and read its version."""
-    bin_dir = os.environ.get("PG_BIN", "").strip()
-    candidate = Path(bin_dir) / name if bin_dir else None
-    if candidate is None or not candidate.is_file():
-        found = shutil.which(name)
-        if not found:
-            where = f"PG_BIN ({bin_dir}) or PATH" if bin_dir else "PATH (set PG_BIN to its folder)"
-            raise ConfigError(f"{name} not found in {where}")
-        candidate = Path(found)
+    def facts(self) -> dict[str, str]:
+        """What a report says about the binary it ran."""
+        return {"path": str(self.path), "version": f"{self.version[0]}.{self.version[1]}", "chosen": self.reason}
+
+
+_probed: dict[tuple[str, int, int], tuple[int, int] | None] = {}
+
+
+def _version(path: Path) -> tuple[int, int] | None:
+    """The (major, minor) ``path --version`` prints; None if it does not run.
+    Cached per file identity: a job asks several times, a run takes ms."""
     try:
-        out = subprocess.run([str(candidate), "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"{candidate} does not run: {exc}") from None
-    match = re.search(r"(\d+)(?:\.(\d+))?", out)
-    if not match:
-        raise ConfigError(f"cannot read the version of {candidate}: {out.strip()!r}")
-    return PgTool(name, candidate, (int(match[1]), int(match[2] or 0)))
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _probed:
+        try:
+            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+            match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", out) or re.search(r"(\d+)(?:\.(\d+))?", out)
+            _probed[key] = (int(match[1]), int(match[2] or 0)) if match else None
+        except (OSError, subprocess.SubprocessError):
+            _probed[key] = None
+    return _probed[key]
+
+
+def _embedded_bin() -> list[Path]:
+    """pgserver's bundled binaries, when that package is installed (found
+    without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"]
+
+
+def search_path() -> list[Path]:
+    """Every folder a client program is looked for in, in order, once each."""
+    folders = [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    for pattern in SEARCH_DIRS:
+        folders += sorted(Path("/").glob(pattern.lstrip("/")), key=lambda p: str(p), reverse=True)
+    folders += _embedded_bin()
+    seen: set[Path] = set()
+    unique = []
+    for folder in folders:
+        real = folder.resolve()
+        if real not in seen:
+            seen.add(real)
+            unique.append(folder)
+    return unique
+
+
+def found_tools(name: str) -> list[PgTool]:
+    """Every runnable ``name`` on the search path, in search order."""
+    tools, seen = [], set()
+    for folder in search_path():
+        path = folder / name
+        if not path.is_file() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        version = _version(path)
+        if version is not None:
+            tools.append(PgTool(name, path, version))
+    return tools
+
+
+def _listing(tools: list[PgTool]) -> str:
+    return ", ".join(t.label for t in tools) or "none"
+
+
+def find_tool(name: str, at_least: int | None = None) -> PgTool:
+    """The ``name`` binary to run, at least major version ``at_least``.
+
+    ``$PG_BIN`` when set (an explicit choice: too old is an error, never a
+    silent fallback); otherwise the newest of those found that is new
+    enough (the first found among equals). ConfigError lists what was found.
+    """
+    bin_dir = os.environ.get("PG_BIN", "").strip()
+    if bin_dir:
+        path = Path(bin_dir) / name
+        version = _version(path) if path.is_file() else None
+        if version is None:
+            raise ConfigError(f"{name} not found (or does not run) in PG_BIN ({bin_dir}); found elsewhere: {_listing(found_tools(name))}")
+        tool = PgTool(name, path, version, "PG_BIN")
+        if at_least is not None and tool.major < at_least:
+            fit = [t for t in found_tools(name) if t.major >= at_least]
+            hint = f"; found elsewhere: {_listing(fit)} (unset PG_BIN to use it)" if fit else f"; install a {name} >= {at_least}"
+            raise ConfigError(f"{tool.label} from PG_BIN is older than the server (version {at_least}){hint}")
+        return tool
+    found = found_tools(name)
+    fit = [t for t in found if at_least is None or t.major >= at_least]
+    if not fit:
+        places = "PATH, " + ", ".join(SEARCH_DIRS) + " and the embedded bundle"
+        need = f" >= {at_least} (the server's version)" if at_least is not None else ""
+        client = f"PostgreSQL {at_least} client" if at_least is not None else "PostgreSQL client"
+        raise ConfigError(f"no {name}{need} found in {places}; found: {_listing(found)}; install the {client} or set PG_BIN")
+    best = max(fit, key=lambda t: t.version)  # max keeps the first of equals: search order breaks ties
+    why = f"newest of {len(found)} found" + (f", server is {at_least}" if at_least is not None else "")
+    too_old = [t for t in found if t not in fit]
+    if too_old:
+        why += f"; too old: {_listing(too_old)}"
+    return PgTool(name, best.path, best.version, why)
 
 
 def require_for_server(name: str, server_version_num: int) -> PgTool:
-    """The tool, or ConfigError when its major version is older than the server's."""
-    tool = find_tool(name)
-    server_major = server_version_num // 10000
-    if tool.major < server_major:
-        raise ConfigError(
-            f"{tool.path} is version {tool.major}, older than the server (version {server_major}); "
-            f"install a {name} >= {server_major} and point PG_BIN at its folder"
-        )
-    return tool
+    """The tool, or ConfigError when none is at least the server's major version."""
+    return find_tool(name, at_least=server_version_num // 10000)
 
 
 def child_env() -> dict[str, str]:

@@ -132,14 +132,11 @@ def check_tools(servers: Iterable[DbFacts]) -> Iterator[Check]:
     newest = max((f.version // 10000 for f in servers), default=None)
     for name in ("pg_dump", "pg_restore"):
         try:
-            tool = find_tool(name)
+            tool = find_tool(name, at_least=newest)
         except ConfigError as exc:
-            yield Check("tools", name, FAIL, exc.message, "install the PostgreSQL client or set PG_BIN")
+            yield Check("tools", name, FAIL, exc.message, f"install {name} >= {newest or 'the servers’ version'} or set PG_BIN")
             continue
-        if newest is not None and tool.major < newest:
-            yield Check("tools", name, FAIL, f"{tool.path} is {tool.major}, a server runs {newest}", f"install {name} >= {newest} and set PG_BIN")
-        else:
-            yield Check("tools", name, OK, f"{tool.path} (version {tool.major}.{tool.version[1]})")
+        yield Check("tools", name, OK, f"{tool.label}: {tool.reason}")
 
 
 # --- storage -----------------------------------------------------------------

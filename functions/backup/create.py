@@ -220,7 +220,7 @@ def create_backup(
     log.info("backup complete", db=db, kind=kind, backup=name.id, bytes=stream.size)
     if report is not None:
         report.details.setdefault("backups", []).append(
-            {"id": info.id, "db": db, "kind": kind, "bytes": info.size, "manifest": info.manifest_key}
+            {"id": info.id, "db": db, "kind": kind, "bytes": info.size, "manifest": info.manifest_key, "pg_dump": pg_dump.facts()}
         )
     return info
 

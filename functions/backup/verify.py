@@ -74,14 +74,11 @@ class VerifyResult:
 
 def pg_restore_for(info: BackupInfo) -> PgTool:
     """pg_restore, new enough to read an archive made by ``info``'s pg_dump."""
-    tool = find_tool("pg_restore")
     dumped_by = int((info.pg_dump_version or "0").split(".")[0] or 0)
-    if tool.major < dumped_by:
-        raise ConfigError(
-            f"{tool.path} is version {tool.major}, older than the pg_dump ({dumped_by}) that made "
-            f"{info.id}; point PG_BIN at a pg_restore >= {dumped_by}"
-        )
-    return tool
+    try:
+        return find_tool("pg_restore", at_least=dumped_by)
+    except ConfigError as exc:
+        raise ConfigError(f"{info.id} was made by pg_dump {dumped_by}: {exc.message}") from None
 
 
 class _TocReader(threading.Thread):

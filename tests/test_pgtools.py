@@ -1,0 +1,95 @@
+"""Finding pg_dump/pg_restore/psql the way a new user's machine has them:
+several versions in several places, PATH holding an old one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from safesync.shared import pgtools
+from safesync.shared.errors import ConfigError
+from safesync.shared.preflight import DbFacts, check_tools
+
+
+def fake_tool(folder: Path, name: str, version: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine with only our fake binaries: PATH, a Debian-style tree, a
+    Homebrew-style tree and an embedded bundle, all under tmp_path."""
+    monkeypatch.delenv("PG_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "usr-bin"))
+    monkeypatch.setattr(pgtools, "SEARCH_DIRS", (f"{tmp_path}/usr/lib/postgresql/*/bin", f"{tmp_path}/opt/homebrew/opt/postgresql@*/bin"))
+    monkeypatch.setattr(pgtools, "_embedded_bin", lambda: [tmp_path / "bundle"])
+    return tmp_path
+
+
+def test_an_old_pg_dump_on_path_does_not_hide_a_matching_one(machine: Path) -> None:
+    fake_tool(machine / "usr-bin", "pg_dump", "15.8")
+    wanted = fake_tool(machine / "usr/lib/postgresql/16/bin", "pg_dump", "16.4")
+    tool = pgtools.require_for_server("pg_dump", 160002)
+    assert tool.path == wanted and tool.version == (16, 4)
+    assert "server is 16" in tool.reason and "too old" in tool.reason and "15.8" in tool.reason
+
+
+def test_the_newest_that_fits_wins_and_search_order_breaks_ties(machine: Path) -> None:
+    first = fake_tool(machine / "usr-bin", "pg_dump", "17.2")
+    fake_tool(machine / "usr/lib/postgresql/17/bin", "pg_dump", "17.2")
+    fake_tool(machine / "usr/lib/postgresql/16/bin", "pg_dump", "16.4")
+    fake_tool(machine / "bundle", "pg_dump", "16.2")
+    assert pgtools.find_tool("pg_dump", at_least=16).path == first
+    newest = fake_tool(machine / "opt/homebrew/opt/postgresql@18/bin", "pg_dump", "18.1")
+    assert pgtools.find_tool("pg_dump", at_least=16).path == newest
+
+
+def test_the_embedded_bundle_is_a_candidate(machine: Path) -> None:
+    fake_tool(machine / "usr-bin", "pg_restore", "15.8")
+    bundled = fake_tool(machine / "bundle", "pg_restore", "16.2")
+    assert pgtools.find_tool("pg_restore", at_least=16).path == bundled
+
+
+def test_none_fits_lists_what_was_found_with_versions(machine: Path) -> None:
+    fake_tool(machine / "usr-bin", "pg_dump", "14.11")
+    fake_tool(machine / "usr/lib/postgresql/15/bin", "pg_dump", "15.8")
+    with pytest.raises(ConfigError) as caught:
+        pgtools.require_for_server("pg_dump", 170000)
+    message = caught.value.message
+    assert "no pg_dump >= 17" in message and "(14.11)" in message and "(15.8)" in message
+    assert "\n" not in message
+
+
+def test_nothing_found_says_where_it_looked(machine: Path) -> None:
+    with pytest.raises(ConfigError, match="found: none") as caught:
+        pgtools.find_tool("psql", at_least=16)
+    assert "PATH" in caught.value.message and "postgresql" in caught.value.message
+
+
+def test_pg_bin_is_an_explicit_choice(machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = fake_tool(machine / "mine", "pg_dump", "15.8")
+    fake_tool(machine / "usr/lib/postgresql/16/bin", "pg_dump", "16.4")
+    monkeypatch.setenv("PG_BIN", str(old.parent))
+    assert pgtools.find_tool("pg_dump", at_least=15).reason == "PG_BIN"
+    with pytest.raises(ConfigError) as caught:
+        pgtools.find_tool("pg_dump", at_least=16)
+    assert "PG_BIN" in caught.value.message and "(16.4)" in caught.value.message  # names the one that would fit
+    monkeypatch.setenv("PG_BIN", str(machine / "empty"))
+    with pytest.raises(ConfigError, match="not found .* in PG_BIN"):
+        pgtools.find_tool("pg_dump")
+
+
+def test_doctor_says_which_binary_and_why(machine: Path) -> None:
+    fake_tool(machine / "usr-bin", "pg_dump", "15.8")
+    fake_tool(machine / "usr/lib/postgresql/16/bin", "pg_dump", "16.4")
+    fake_tool(machine / "usr-bin", "pg_restore", "15.8")
+    checks = {c.name: c for c in check_tools([DbFacts("prod", "postgresql://x@h/db", 160004, "x")])}
+    assert checks["pg_dump"].status == "ok" and "16/bin/pg_dump (16.4)" in checks["pg_dump"].detail
+    assert "too old" in checks["pg_dump"].detail
+    assert checks["pg_restore"].status == "fail" and "(15.8)" in checks["pg_restore"].detail
+
