@@ -18,6 +18,7 @@ the emulator's memory.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -59,11 +60,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ready(host: str) -> bool:
+def _ready(host: str, marker: str) -> bool:
+    """The emulator answers, and it is ours: its bucket list holds the
+    marker bucket only our data folder has (a port lost to a race must not
+    leave us talking to another session's emulator)."""
     try:
         with urllib.request.urlopen(f"{host}/storage/v1/b", timeout=1) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
+            return resp.status == 200 and marker in {b["name"] for b in json.load(resp).get("items", [])}
+    except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
@@ -76,6 +80,8 @@ def start_emulator(timeout: float = 15.0) -> Emulator:
         port = _free_port()
         host = f"http://127.0.0.1:{port}"
         log_path = Path(workdir.name) / "server.log"
+        marker = f"safesync-emulator-{uuid.uuid4().hex[:12]}"
+        (Path(workdir.name) / "data" / marker).mkdir(parents=True)
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 [
@@ -94,7 +100,7 @@ def start_emulator(timeout: float = 15.0) -> Emulator:
         emulator = Emulator(process, host, workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None:
-            if _ready(host):
+            if _ready(host, marker):
                 return emulator
             time.sleep(0.05)
         last_log = log_path.read_text(errors="replace")
