@@ -121,7 +121,10 @@ def found_tools(name: str) -> list[PgTool]:
     tools, seen = [], set()
     for folder in search_path():
         path = folder / name
-        if not path.is_file() or path.resolve() in seen:
+        try:
+            if not path.is_file() or path.resolve() in seen:
+                continue
+        except OSError:  # a PATH folder we may not read (another user's ~/.cargo/bin, say)
             continue
         seen.add(path.resolve())
         version = _version(path)
@@ -144,7 +147,7 @@ def find_tool(name: str, at_least: int | None = None) -> PgTool:
     bin_dir = os.environ.get("PG_BIN", "").strip()
     if bin_dir:
         path = Path(bin_dir) / name
-        version = _version(path) if path.is_file() else None
+        version = _version(path)
         if version is None:
             raise ConfigError(f"{name} not found (or does not run) in PG_BIN ({bin_dir}); found elsewhere: {_listing(found_tools(name))}")
         tool = PgTool(name, path, version, "PG_BIN")
