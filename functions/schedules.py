@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safesync.shared.config import Settings
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import redact
+from safesync.shared.parsing import read_toml_file
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
@@ -38,8 +38,8 @@ ID_PREFIX = "safesync-"
 TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*,/?-]+$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # fullmatch
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*,/?-]+")  # fullmatch
 
 
 class _Strict(BaseModel):
@@ -90,7 +90,7 @@ class SchedulesFile(_Strict):
     @classmethod
     def _names(cls, v: dict[str, Entry]) -> dict[str, Entry]:
         for name in v:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"schedule name {name!r} must be lowercase letters, digits and '-'")
         return v
 
@@ -100,7 +100,7 @@ def check_cron(expr: str) -> None:
     parts = expr.split()
     if parts and parts[0].startswith("CRON_TZ="):
         parts = parts[1:]
-    if len(parts) != 5 or not all(_CRON_FIELD.match(p) for p in parts):
+    if len(parts) != 5 or not all(_CRON_FIELD.fullmatch(p) for p in parts):
         raise ValueError(f"{expr!r} is not a 5-field cron expression")
 
 
@@ -149,12 +149,7 @@ class Desires:
 
 def load_schedules(path: Path, env: Mapping[str, str]) -> Desires:
     """Read and resolve a schedules file; every problem is a ConfigError."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"schedules file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml_file(path, what="schedules file")
     try:
         spec = SchedulesFile.model_validate(data)
     except ValidationError as exc:

@@ -45,10 +45,6 @@ def _b64url_nopad(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _normalise_url(url: str) -> str:
-    return url.rstrip("/")
-
-
 def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway: int = QSTASH_LEEWAY_S) -> dict:
     """Verify an ``Upstash-Signature`` JWT against any of ``keys``.
 
@@ -83,7 +79,7 @@ def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway:
         raise AuthError("QStash signature has the wrong issuer") from None
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"QStash signature invalid ({type(exc).__name__})") from None
-    if _normalise_url(str(claims.get("sub", ""))) != _normalise_url(url):
+    if claims.get("sub") != url:  # exact, as QStash's Receiver compares it
         raise AuthError("QStash signature is for another URL")
     body_claim = claims.get("body")
     if not isinstance(body_claim, str) or body_claim.rstrip("=") != _b64url_nopad(hashlib.sha256(body).digest()):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -18,12 +17,14 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .parsing import parse_toml, read_toml_file
 
 CONFIG_ENV = "SAFESYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "safesync.toml"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_TABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*$")
+# Matched with fullmatch: "$" would also match before a final "\n".
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_TABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*")
 
 
 class _Section(BaseModel):
@@ -32,7 +33,7 @@ class _Section(BaseModel):
 
 def _check_tables(names: list[str]) -> list[str]:
     for name in names:
-        if not _TABLE.match(name):
+        if not _TABLE.fullmatch(name):
             raise ValueError(f"{name!r} is not a table name (use name or schema.name)")
     return names
 
@@ -206,9 +207,9 @@ class Config(_Section):
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
         for name, env in v.items():
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"database name {name!r} must be a simple identifier")
-            if not isinstance(env, str) or not _ENV_NAME.match(env):
+            if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
                 raise ValueError(
                     f"databases.{name} must name an environment variable (e.g. \"PROD_DATABASE_URL\"), not a URL"
                 )
@@ -294,10 +295,10 @@ class Settings:
 
 
 def parse_config(text: str, *, source: str = DEFAULT_CONFIG_FILE) -> Config:
-    try:
-        data: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return _validate(parse_toml(text, source=source), source)
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -314,8 +315,4 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         if explicit:
             raise ConfigError(f"config file {file} does not exist")
         return Settings(Config(), base_dir=Path.cwd(), source="(defaults)", env=env)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
-    return Settings(parse_config(text, source=str(file)), base_dir=file.resolve().parent, source=str(file), env=env)
+    return Settings(_validate(read_toml_file(file), str(file)), base_dir=file.resolve().parent, source=str(file), env=env)

@@ -19,6 +19,7 @@ from .auth import Principal, authenticate
 from .errors import AuthError
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact
+from .parsing import parse_json_object
 from .report import Answer
 
 if TYPE_CHECKING:  # flask is imported by functions-framework anyway; keep it out of jobs
@@ -101,18 +102,6 @@ def _read_body(request: "flask.Request", limit: int) -> bytes:
     if len(data) > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     return data
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadRequest("body must be a JSON object")
-    return value
 
 
 def serve(

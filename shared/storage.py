@@ -49,9 +49,9 @@ MAX_SMALL_OBJECT = 64 * 1024 * 1024  # get_bytes refuses more: it holds everythi
 # Temporary files of the local backend: ``.<name>.tmp-<32 hex>``. Keys may not
 # contain a segment of this shape, so ``list`` can skip them without ever
 # hiding a real object.
-_TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
+_TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{32}")  # fullmatch
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def validate_key(key: str) -> str:
             if segment in ("", ".", ".."):
                 problem = "has an empty, '.' or '..' segment"
                 break
-            if _TEMP_NAME.match(segment):
+            if _TEMP_NAME.fullmatch(segment):
                 problem = "looks like a temporary upload name"
                 break
     if problem:
@@ -313,7 +313,7 @@ class LocalStorage(Storage):
                     self._walk(Path(entry.path), key, prefix, found)
             elif (
                 entry.is_file(follow_symlinks=False)
-                and not _TEMP_NAME.match(entry.name)
+                and not _TEMP_NAME.fullmatch(entry.name)
                 and key.startswith(prefix)
             ):
                 try:
@@ -350,7 +350,7 @@ class LocalStorage(Storage):
         removed = 0
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if not _TEMP_NAME.match(name):
+                if not _TEMP_NAME.fullmatch(name):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
@@ -617,7 +617,7 @@ def open_storage(url: str, *, base_dir: Path | None = None) -> Storage:
     if url.startswith("gs://"):
         bucket, _, prefix = url[len("gs://"):].partition("/")
         prefix = prefix.rstrip("/")
-        if not _BUCKET_NAME.match(bucket):
+        if not _BUCKET_NAME.fullmatch(bucket):
             raise ConfigError(f"storage URL {url!r} has an invalid bucket name")
         if prefix:
             try:

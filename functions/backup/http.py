@@ -28,6 +28,8 @@ from safesync.shared.report import Answer
 from .jobs import run_create, run_list, run_prune, run_restore, run_verify
 from .vercel import handle_webhook
 
+# pydantic matches patterns with Rust's regex, where "$" is the end of the text
+# only (never before a final "\n"); unanchored, a pattern would match anywhere.
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 

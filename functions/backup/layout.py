@@ -28,10 +28,11 @@ SUFFIXES = ("dump", "sha256", "json")
 
 _STAMP = r"\d{8}T\d{6}Z"
 _KIND = "|".join(KINDS)
-ID_RE = re.compile(rf"^(?P<db>[A-Za-z_][A-Za-z0-9_]*)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND})$")
+# Matched with fullmatch: "$" would also match before a final "\n".
+ID_RE = re.compile(rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND})")
 KEY_RE = re.compile(
-    rf"^(?P<db>[A-Za-z_][A-Za-z0-9_]*)/(?P<year>\d{{4}})/(?P<month>\d{{2}})/"
-    rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump|sha256|json)$"
+    rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)/(?P<year>\d{{4}})/(?P<month>\d{{2}})/"
+    rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump|sha256|json)"
 )
 
 
@@ -75,7 +76,7 @@ class BackupName:
     @classmethod
     def parse(cls, backup_id: str) -> "BackupName":
         """Parse a user-given id; BadRequest (400 / exit 2) if malformed."""
-        match = ID_RE.match(backup_id or "")
+        match = ID_RE.fullmatch(backup_id or "")
         if not match:
             raise BadRequest(
                 f"{backup_id!r} is not a backup id (expected <db>-<YYYYMMDDTHHMMSSZ>-<kind>, "
@@ -86,7 +87,7 @@ class BackupName:
 
 def parse_key(key: str) -> tuple[BackupName, str] | None:
     """(name, suffix) of a key in the backup layout, else None (e.g. run reports)."""
-    match = KEY_RE.match(key)
+    match = KEY_RE.fullmatch(key)
     if not match or match["year"] != match["stamp"][:4] or match["month"] != match["stamp"][4:6]:
         return None
     return BackupName(match["db"], match["stamp"], match["kind"]), match["suffix"]

@@ -32,7 +32,7 @@ from .job import MODES, Hook, run
 
 __all__ = ["content_sync", "handle_http", "register_cli"]
 
-_DIGEST = r"[0-9a-f]{64}"
+_DIGEST = r"^[0-9a-f]{64}$"  # pydantic (Rust regex): "$" is the end of the text only
 
 
 class Body(BaseModel):

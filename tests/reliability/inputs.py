@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 CONFIGURED_DATABASES = ("dev", "staging", "prod")
 CALENDAR_IDS = ("primary",)
-BACKUP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*-\d{8}T\d{6}Z-[a-z]+$")
+BACKUP_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*-\d{8}T\d{6}Z-[a-z]+")  # fullmatch: "id\n" is a bad id
 
 # Names carrying quotes, semicolons and SQL: none may reach a query as text.
 INJECTIONS = (
@@ -74,7 +74,7 @@ KINDS: dict[str, Any] = {
     "database": not_one_of(CONFIGURED_DATABASES),
     "calendar": not_one_of(CALENDAR_IDS),
     "bool": not_a_bool,
-    "backup_id": (hostile_text.filter(lambda s: s != "latest" and not BACKUP_ID.match(s)) | not_a_string),
+    "backup_id": (hostile_text.filter(lambda s: s != "latest" and not BACKUP_ID.fullmatch(s)) | not_a_string),
     "digest": (hostile_text.filter(lambda s: not re.fullmatch(r"[0-9a-f]{64}", s)) | not_a_string),
     "window": (hostile_text.filter(lambda s: not re.match(r"^\d{4}-\d{2}-\d{2}", s)) | not_a_string),
     "any": json_values.filter(lambda v: v is not None),  # any value is wrong for this field in this base
@@ -171,3 +171,49 @@ not_an_object = st.one_of(
     st.dictionaries(st.text(max_size=8), json_scalars, min_size=1, max_size=4).map(lambda d: json.dumps(d).encode()[:-1]),
     st.sampled_from([b"{", b"}", b"{'action': 'create'}", b'{"action": "create",}', b"\xff\xfe{}", b"NaN", b"[{}]", b'"{}"', b"{\"a\":1}{\"b\":2}"]),
 )
+
+
+# --- JSON no parser may take: nesting past the limit, duplicate keys, numbers
+# out of range, text that is not Unicode. Each is (what the 400 names, body).
+def _nest(depth: int, pattern: str) -> str:
+    """``depth`` levels of arrays and objects, cycling through ``pattern``."""
+    levels = [pattern[i % len(pattern)] for i in range(depth)]
+    return "".join('{"k":' if o == "{" else "[" for o in levels) + "1" + "".join("}" if o == "{" else "]" for o in reversed(levels))
+
+
+@st.composite
+def hostile_json(draw, target: str) -> tuple[str, str, bytes]:
+    """(case, what the error must name, raw body) built on a valid base of ``target``."""
+    from safesync.shared.parsing import MAX_DEPTH
+
+    base = dict(draw(st.sampled_from(TARGET_BASES[target]))[0]) or {"action": "status"}  # {} has no key to repeat
+    head, sep = json.dumps(base)[:-1], ", "  # the base object, still open
+    field = draw(st.sampled_from(["extra", "pad", "n", "ключ"]))  # a key the base does not have
+    how = draw(st.sampled_from(["deep", "deep-top", "duplicate", "big-int", "non-finite", "constant", "surrogate", "surrogate-key", "not-utf8"]))
+    if how == "deep":
+        depth = draw(st.integers(MAX_DEPTH + 1, 100_000))  # bodies stay under the 1 MB limit
+        opener = draw(st.sampled_from(["[", "{", "[{", "{[", "[[{"]))
+        return how, f"deeper than {MAX_DEPTH} levels", (head + sep + json.dumps(field) + ": " + _nest(depth, opener) + "}").encode()
+    if how == "deep-top":
+        unit = draw(st.sampled_from([b"[", b'{"a":']))
+        return how, f"deeper than {MAX_DEPTH} levels", unit * draw(st.integers(MAX_DEPTH + 1, 900_000 // len(unit)))
+    if how == "duplicate":
+        value = draw(json_scalars)
+        key = draw(st.sampled_from(sorted(base)))
+        return how, "duplicate key", (head + sep + json.dumps(key) + ": " + json.dumps(value) + "}").encode()
+    if how == "big-int":
+        digits = draw(st.integers(41, 900_000))
+        return how, "number longer than", (head + sep + json.dumps(field) + ": " + draw(st.sampled_from(["", "-"])) + "9" * digits + "}").encode()
+    if how == "non-finite":
+        number = draw(st.sampled_from(["1e999", "-1e999", "1E400", "123456789e308"]))
+        return how, "out of range", (head + sep + json.dumps(field) + ": " + number + "}").encode()
+    if how == "constant":
+        name = draw(st.sampled_from(["NaN", "Infinity", "-Infinity"]))
+        return how, "is not a JSON value", (head + sep + json.dumps(field) + ": " + name + "}").encode()
+    if how in ("surrogate", "surrogate-key"):
+        unit = "\\u" + format(draw(st.integers(0xD800, 0xDFFF)), "04x")
+        text = draw(st.text(max_size=5).map(lambda t: json.dumps(t)[1:-1]))
+        item = f'"{text}{unit}": 1' if how == "surrogate-key" else f'{json.dumps(field)}: "{text}{unit}"'
+        return how, "lone surrogate", (head + sep + item + "}").encode()
+    bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"]))
+    return how, "not UTF-8", (head + sep).encode() + json.dumps(field).encode() + b': "' + bad + b'"}'

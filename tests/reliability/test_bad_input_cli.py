@@ -150,3 +150,42 @@ def test_the_real_entry_point_says_one_line(shared_world, tally) -> None:
         ok, where = clean_usage_error(proc.returncode, proc.stdout, proc.stderr)
         t.check(ok, f"safesync {' '.join(argv)!r} (subprocess) → {where}")
     t.unchanged(before, shared_world.state(), "after CLI subprocess cases")
+
+
+# TOML no loader may take: nesting past the limit (arrays, inline tables,
+# dotted table headers), at any of the file's keys.
+@st.composite
+def hostile_toml(draw) -> str:
+    depth = draw(st.integers(33, 60_000))
+    how = draw(st.sampled_from(["arrays", "inline", "mixed", "headers"]))
+    key = draw(st.sampled_from(["backup.databases", "content_sync.tables", "x", "databases.prod"]))
+    section, _, name = key.rpartition(".")
+    if how == "headers":
+        return "[" + ".".join(["t"] * min(depth, 2000)) + "]\nx = 1\n"
+    if how == "arrays":
+        value = "[" * depth + "]" * depth
+    elif how == "inline":
+        depth = min(depth, 3000)
+        value = "{ a = " * depth + "1" + " }" * depth
+    else:
+        depth = min(depth, 3000)
+        value = "[{ a = " * depth + "1" + " }]" * depth
+    return (f"[{section}]\n" if section else "") + f"{name} = {value}\n"
+
+
+def test_deeply_nested_config_files_exit_2_with_one_line(shared_world, tally, tmp_path) -> None:
+    t = tally(AREA)
+    before = shared_world.state()
+    path = tmp_path / "deep.toml"
+
+    @seed(SEED)
+    @HYPOTHESIS
+    @given(text=hostile_toml(), command=st.sampled_from([["status"], ["backup", "list"], ["doctor"], ["validate"]]))
+    def run(text, command):
+        path.write_text(text)
+        code, out, err = run_cli(["--config", str(path), *command])
+        ok, where = clean_usage_error(code, out, err)
+        t.check(ok and "deeper than" in err, f"safesync {' '.join(command)} with {text[:60]!r}… → {where}")
+
+    run()
+    t.unchanged(before, shared_world.state(), "after deep config files")

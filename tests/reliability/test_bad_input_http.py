@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings, strategies as 
 from safesync.functions.main import TARGETS
 
 from .conftest import ADMIN, BEARER
-from .inputs import bad_body, not_an_object
+from .inputs import bad_body, hostile_json, not_an_object
 from .scale import SEED, pick
 
 AREA = "bad input: HTTP"
@@ -88,6 +88,31 @@ def test_bodies_that_are_not_json_objects_are_400(shared_world, tally, target: s
 
     run()
     t.unchanged(before, shared_world.state(), f"/{target} after non-object bodies")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_json_no_parser_may_take_is_400_naming_the_limit(shared_world, tally, target: str) -> None:
+    """Nesting past the limit (top level or inside a field, arrays and
+    objects), duplicate keys, 10⁶-digit and non-finite numbers, NaN, lone
+    surrogates, invalid UTF-8 — each on a valid base body: 400 naming the
+    limit, never a 500 (a RecursionError used to escape the parser)."""
+    t = tally(AREA)
+    client = shared_world.client()
+    before = shared_world.state()
+    expected = 401 if target == "calendar_notify" else 400  # its credentials are headers, checked first
+
+    @seed(SEED)
+    @HYPOTHESIS
+    @given(case=hostile_json(target))
+    def run(case):
+        how, needle, raw = case
+        response = client.post(f"/{target}", data=raw, headers={**ADMIN, "Content-Type": "application/json"})
+        ok, where = rejected(response)
+        ok = ok and response.status_code == expected and (expected == 401 or needle in response.get_json()["error"])
+        t.check(ok, f"POST /{target} {how} {raw[:80]!r}… ({len(raw)} bytes) → {where}")
+
+    run()
+    t.unchanged(before, shared_world.state(), f"/{target} after hostile JSON")
 
 
 @pytest.mark.parametrize("target", TARGETS)
