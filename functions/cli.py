@@ -17,7 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from safesync.shared.errors import SafesyncError
-from safesync.shared.log import redact
+from safesync.shared.log import redact, redact_obj
 from safesync.shared.runner import Answer
 
 # command -> module that registers it (help order). Modules are imported only
@@ -90,7 +90,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def render(answer: Answer, as_json: bool, out=None) -> None:
     """Print an answer: JSON, or a short human report with its tables."""
     out = out or sys.stdout
-    body = answer.body
+    body = redact_obj(answer.body)  # every report printed leaves the process
     if as_json:
         out.write(json.dumps(body, indent=2, default=str, ensure_ascii=False) + "\n")
         return

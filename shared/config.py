@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .parsing import parse_toml, read_toml_file
+from .redaction import remember
 
 CONFIG_ENV = "SAFESYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "safesync.toml"
@@ -277,10 +278,12 @@ class Settings:
         url = self.env.get(var, "").strip()
         if not url:
             raise ConfigError(f"database {name!r}: environment variable {var} is not set")
+        remember(url)  # whatever its variable is called, its password is redacted everywhere
         return url
 
     def secret(self, var: str) -> str | None:
         value = self.env.get(var, "").strip()
+        remember(value)
         return value or None
 
     def resolve_path(self, path: str) -> Path:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .auth import Principal, authenticate
 from .errors import AuthError
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
-from .log import get_logger, redact
+from .log import get_logger, redact, redact_obj
 from .parsing import parse_json_object
 from .report import Answer
 
@@ -75,7 +75,8 @@ Handler = Callable[[Call], "Answer | flask.Response"]
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> "flask.Response":
     import flask
 
-    response = flask.Response(json.dumps(body, default=str, ensure_ascii=False), status=status, mimetype="application/json")
+    # Every body leaves through here: secrets are redacted from it, whatever produced it.
+    response = flask.Response(json.dumps(redact_obj(body), default=str, ensure_ascii=False), status=status, mimetype="application/json")
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response

@@ -1,9 +1,9 @@
 """JSON-lines logging with ``severity`` (what Cloud Logging reads) and
 ``run_id``, and redaction of every secret we know about.
 
-Redaction works two ways: values of known secret environment variables are
-replaced wherever they appear, and anything shaped like a database URL has
-its password removed. ``redact`` is also used on reports and error texts.
+Every line is redacted (``shared.redaction``: every known secret, in every
+spelling, wherever it appears); ``redact``/``redact_obj``/``redact_url`` are
+re-exported here because every module that logs also redacts.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import contextvars
 import json
 import logging
 import os
-import re
 import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from .redaction import redact, redact_obj, redact_url
+
+__all__ = ["get_logger", "redact", "redact_obj", "redact_url", "run_id_var", "setup", "JsonFormatter", "Logger"]
+
 run_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 
-SECRET_ENV_SUFFIXES = ("_URL", "_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
-_NOT_SECRET = {"SAFESYNC_PUBLIC_URL", "SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST"}
-_URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_KV_PASSWORD = re.compile(r"(?P<key>password\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
 _LEVEL_TO_SEVERITY = {
     "DEBUG": "DEBUG",
     "INFO": "INFO",
@@ -30,43 +29,6 @@ _LEVEL_TO_SEVERITY = {
     "ERROR": "ERROR",
     "CRITICAL": "CRITICAL",
 }
-
-
-def _secret_values() -> list[str]:
-    """Values of environment variables that hold secrets (long enough to be
-    worth hiding; a 1-character value would redact everything)."""
-    values = []
-    for name, value in os.environ.items():
-        if name in _NOT_SECRET or len(value) < 6:
-            continue
-        if name.endswith(SECRET_ENV_SUFFIXES) or "DATABASE_URL" in name:
-            values.append(value)
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    """Remove passwords from URLs/DSNs and every known secret value."""
-    for value in _secret_values():
-        if value in text:
-            text = text.replace(value, redact_url(value) if "://" in value else "[redacted]")
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password (for display)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
-
-
-def redact_obj(obj: Any) -> Any:
-    """Redact every string inside a JSON-like structure."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, dict):
-        return {k: redact_obj(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
-    return obj
 
 
 class JsonFormatter(logging.Formatter):

@@ -184,7 +184,7 @@ def _leaks(root: Path, needles: list[bytes], scanned: dict[str, int]) -> list[st
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(session.config) or exitstatus not in (0, 1):
         return
-    needles = [v.encode() for v in sentinels.SECRETS.values()] + [sentinels.DB_PASSWORD.encode()]
+    needles = [n.encode() for n in sentinels.leak_needles()]
     roots = [Path(os.environ[LOG_DIR_ENV])]
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is not None:

@@ -13,3 +13,32 @@ SECRETS = {
 }
 DB_PASSWORD = "sentinel-db-password-1a2b"
 PUBLIC_URL = "https://safesync.example.test"
+
+# Database passwords that break a URL when not percent-encoded (libpq then
+# echoes them, or pieces of them, in its errors), and one that needs encoding
+# and works: each must stay out of every text, in every spelling. Every piece
+# between URL delimiters is at least 5 characters, so a piece is a leak too.
+HOSTILE_DB_PASSWORDS = {
+    "percent": "Sup3r%Secret_77",
+    "at": "alpha@bravo-77q",
+    "colon": "charlie:delta-88q",
+    "slash": "echo/foxtrot-99q",
+    "quotes": "golf'hotel\"india-11q",
+    "non-ascii": "jüliet-kilö-λima-22q",
+    "everything": "mike5%novem@ber55:oscar/papa'quebec\"romeo-ü44",
+}
+DELIMITERS = "@:/?#[]&=%'\"\\ ;,"
+
+
+def leak_needles() -> list[str]:
+    """What the session-end scan looks for: every sentinel secret, and each
+    hostile password as given, percent-encoded, JSON-escaped, and its pieces."""
+    import json
+    import re
+    from urllib.parse import quote
+
+    out = [*SECRETS.values(), DB_PASSWORD]
+    for password in HOSTILE_DB_PASSWORDS.values():
+        out += [password, quote(password, safe=""), json.dumps(password)[1:-1]]
+        out += [p for p in re.split("[" + re.escape(DELIMITERS) + "]+", password) if len(p) >= 5]
+    return sorted(set(out))

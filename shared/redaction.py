@@ -1,0 +1,219 @@
+"""Keeping secrets inside the process: every text that leaves it — log lines,
+reports, run files, HTTP bodies, CLI output, notifications — goes through
+``redact``.
+
+What is secret is known, not guessed from the text's shape: the values of
+the secret environment variables (``*_TOKEN``, ``*_KEY``, ``*_SECRET``,
+``*_PASSWORD``, ``*_CREDENTIALS``, ``*_URL``, ``*DATABASE_URL*``,
+``PGPASSWORD``), values handed to ``remember``, and what they contain:
+
+- database passwords, parsed *tolerantly* from each URL or DSN: a password
+  with an unencoded ``%``, ``@``, ``:`` or ``/`` is still found (every
+  reading of the userinfo is a candidate), because libpq then echoes it, or
+  a piece of it, in its errors (``invalid percent-encoded token:
+  "Sup3r%Secret_77"``, ``could not translate host name "…"``);
+- the secret fields of Google credentials (inline JSON or the file
+  ``GOOGLE_APPLICATION_CREDENTIALS`` names), each line of a PEM key.
+
+Each secret is redacted in every form a message may spell it: as given,
+percent-decoded and -encoded, JSON- and repr-escaped, SQL-quoted, and each
+piece between URL delimiters long enough to mean something. Every
+occurrence anywhere in a text is replaced, whatever surrounds it. Shapes
+are a second net: ``scheme://user:…@`` and ``password=…`` lose their
+password even when the value is not configured here.
+
+Database URLs (``postgres://``, ``postgresql://``) keep their user, host and
+database visible (``postgresql://app:***@db:5432/prod``): only the password
+is secret; every other secret value is redacted whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from threading import Lock
+from typing import Any, Iterable
+from urllib.parse import quote, unquote
+
+REDACTED = "[redacted]"
+SECRET_ENV_SUFFIXES = ("_URL", "_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
+SECRET_ENV_NAMES = ("PGPASSWORD",)
+NOT_SECRET = frozenset({"SAFESYNC_PUBLIC_URL", "SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
+MIN_VALUE = 6  # a whole secret value shorter than this would redact common words
+MIN_PASSWORD = 4
+MIN_PIECE = 5  # a piece of a password between delimiters
+MAX_CREDENTIALS_FILE = 64_000
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DB_SCHEME = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#\s]*)", re.IGNORECASE)
+_KV_PASSWORD_VALUE = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_PIECE_SPLIT = re.compile(r"""[@:/?#\[\]&=%'"\\\s;,]+""")
+_SECRET_FIELD = re.compile(r"key|secret|token|password", re.IGNORECASE)
+# Shapes (the second net): a URL's userinfo password up to the last "@" of
+# the URL, and libpq's key=value password.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s'\"]*):(?P<pw>[^\s'\"]*)@")
+_KV_PASSWORD = re.compile(r"(?P<key>password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+_remembered: set[str] = set()
+_cache: dict[str, Any] = {"key": None, "pattern": None}
+_lock = Lock()
+
+
+def remember(*values: str | None) -> None:
+    """Treat ``values`` (e.g. a URL from a settings mapping that is not
+    ``os.environ``) as secrets from now on."""
+    new = {v for v in values if v and v not in _remembered}
+    if new:
+        with _lock:
+            _remembered.update(new)
+
+
+def is_secret_env(name: str) -> bool:
+    return name not in NOT_SECRET and (name.endswith(SECRET_ENV_SUFFIXES) or "DATABASE_URL" in name or name in SECRET_ENV_NAMES)
+
+
+def passwords_in(value: str) -> set[str]:
+    """Every string that may be a password inside a URL or DSN ``value``.
+
+    URLs are read the way a lenient parser might read a malformed one: the
+    userinfo may end at any ``@``, the password start after any ``:`` of it.
+    """
+    found: set[str] = set()
+    for scheme in _SCHEME.finditer(value):
+        rest = value[scheme.end():]  # a configured value: quotes and spaces may be the password's own
+        for at in (i for i, c in enumerate(rest) if c == "@"):
+            userinfo = rest[:at]
+            found.update(userinfo[i + 1:] for i, c in enumerate(userinfo) if c == ":")
+    found.update(m[1] for m in _QUERY_PASSWORD.finditer(value))
+    for m in _KV_PASSWORD_VALUE.finditer(value):
+        raw = m[1]
+        found.add(raw)
+        if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+            found.add(re.sub(r"\\(.)", r"\1", raw[1:-1]))
+    return {p for p in found if p}
+
+
+def credential_secrets(text: str) -> set[str]:
+    """The secret fields of a JSON credentials document (service account,
+    OAuth user), and each line of a PEM key among them."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return set()
+    found: set[str] = set()
+
+    def walk(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and _SECRET_FIELD.search(key):
+            found.add(value)
+            found.update(line.strip() for line in value.splitlines() if "-----" not in line)
+
+    walk(data)
+    return {s for s in found if len(s) >= MIN_VALUE}
+
+
+def forms(secret: str) -> set[str]:
+    """The spellings of ``secret`` a message may carry."""
+    decoded = unquote(secret)
+    out = {secret, decoded, quote(secret, safe=""), quote(decoded, safe=""), quote(decoded, safe="%")}
+    for s in list(out):
+        out.add(json.dumps(s)[1:-1])
+        out.add(json.dumps(s, ensure_ascii=False)[1:-1])
+        out.add(repr(s)[1:-1])
+        out.add(s.replace("'", "''"))
+        out.add(s.replace('"', '""'))
+    return out
+
+
+def pieces(secret: str) -> set[str]:
+    """The parts of ``secret`` between URL delimiters: what a parser that
+    split it there would echo back."""
+    return {p for form in (secret, unquote(secret)) for p in _PIECE_SPLIT.split(form) if len(p) >= MIN_PIECE}
+
+
+def _env_secrets(name: str, value: str) -> tuple[set[str], set[str]]:
+    """(whole values, passwords) one environment variable holds."""
+    whole: set[str] = set()
+    if is_secret_env(name) and not _DB_SCHEME.match(value.strip()):
+        whole.add(value.strip())
+        if value.lstrip().startswith("{"):
+            whole |= credential_secrets(value)
+        elif name == "GOOGLE_APPLICATION_CREDENTIALS":
+            whole |= _credentials_file(value.strip())
+    passwords = passwords_in(value) if is_secret_env(name) or "://" in value or "password" in value.lower() else set()
+    return whole, passwords
+
+
+def _credentials_file(path: str) -> set[str]:
+    try:
+        file = Path(path)
+        if file.is_file() and file.stat().st_size <= MAX_CREDENTIALS_FILE:
+            return credential_secrets(file.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        pass
+    return set()
+
+
+def needles(env: Iterable[tuple[str, str]] | None = None) -> list[str]:
+    """Every string ``redact`` replaces, longest first."""
+    whole: set[str] = set()
+    passwords: set[str] = set()
+    items = list(env if env is not None else os.environ.items())
+    items += [("REMEMBERED_SECRET", value) for value in list(_remembered)]
+    for name, value in items:
+        w, p = _env_secrets(name, value)
+        whole |= w
+        passwords |= p
+    out = {f for w in whole if len(w) >= MIN_VALUE for f in forms(w)}
+    for password in passwords:
+        if len(password) >= MIN_PASSWORD:
+            out |= forms(password)
+        out |= pieces(password)
+    return sorted((n for n in out if len(n) >= MIN_PASSWORD), key=lambda n: (-len(n), n))
+
+
+def _pattern() -> re.Pattern[str] | None:
+    key = (hash(frozenset((k, v) for k, v in os.environ.items() if is_secret_env(k) or "://" in v or "password" in v.lower())),
+           len(_remembered))
+    if _cache["key"] != key:
+        found = needles()
+        pattern = re.compile("|".join(map(re.escape, found))) if found else None
+        with _lock:
+            _cache.update(key=key, pattern=pattern)
+    return _cache["pattern"]
+
+
+def redact(text: str) -> str:
+    """``text`` with every occurrence of every known secret replaced, and
+    URL/DSN passwords removed by shape."""
+    if not text:
+        return text
+    pattern = _pattern()
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+
+
+def redact_url(url: str) -> str:
+    """A URL for display: its password (however malformed) replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def redact_obj(obj: Any) -> Any:
+    """Redact every string (keys included) inside a JSON-like structure."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {redact(k) if isinstance(k, str) else k: redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    return obj
