@@ -75,7 +75,9 @@ $roles$;
 -- bookkeeping schema safesync: the runner's delivery log (QStash de-duplication)
 create schema if not exists safesync;
 create table if not exists safesync.deliveries (
-    message_id   text primary key,
+    delivery_key text primary key,
+    message_key  text,
+    source       text not null,
     job          text not null,
     target       text not null,
     state        text not null check (state in ('running', 'done')),
@@ -85,6 +87,17 @@ create table if not exists safesync.deliveries (
     received_at  timestamptz not null default now(),
     finished_at  timestamptz
 );
+-- before: message_id (the unsigned Upstash-Message-Id) was the key; its rows stay as history
+DO $deliveries$
+BEGIN
+  IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'safesync.deliveries'::regclass AND attname = 'message_id' AND NOT attisdropped) THEN
+    ALTER TABLE safesync.deliveries RENAME COLUMN message_id TO delivery_key;
+    ALTER TABLE safesync.deliveries ADD COLUMN message_key text, ADD COLUMN source text NOT NULL DEFAULT 'legacy';
+    ALTER TABLE safesync.deliveries ALTER COLUMN source DROP DEFAULT;
+  END IF;
+END
+$deliveries$;
+create index if not exists deliveries_message_key on safesync.deliveries (message_key) where message_key is not null;
 GRANT USAGE ON SCHEMA safesync TO safesync_content_sync, safesync_backup, safesync_calendar;
 GRANT SELECT, INSERT, UPDATE ON safesync.deliveries TO safesync_content_sync, safesync_backup, safesync_calendar;
 -- its own bookkeeping tables (the content-sync ledger) are created, and owned, by the job

@@ -29,8 +29,9 @@ class Principal:
     kind: str  # "qstash" | "vercel" | "bearer"
     identity: str  # stable, non-secret: used for rate limits and reports
     scopes: frozenset[str] = field(default_factory=frozenset)
-    message_id: str | None = None  # QStash delivery id (same on redelivery)
+    message_id: str | None = None  # QStash message id (same on each retry); only from a verified token
     schedule_id: str | None = None
+    token_id: str | None = None  # what the verified credential signed: the QStash token's jti
 
     @property
     def is_qstash(self) -> bool:
@@ -150,13 +151,16 @@ def authenticate(
             url = public + (path if path != "/" else "") + (f"?{query}" if query else "")
             keys = [env[k] for k in QSTASH_KEYS if env.get(k)]
             try:
-                verify_qstash(signature, body, url, keys)
+                claims = verify_qstash(signature, body, url, keys)
+                jti = claims.get("jti")
                 return Principal(
                     "qstash",
                     "qstash",
                     frozenset({"run"}),
-                    message_id=headers.get("Upstash-Message-Id"),
-                    schedule_id=headers.get("Upstash-Schedule-Id"),
+                    message_id=headers.get("Upstash-Message-Id") or None,
+                    schedule_id=headers.get("Upstash-Schedule-Id") or None,
+                    # every token is unique; one without a jti is identified by itself
+                    token_id=jti if isinstance(jti, str) and jti else "sha256:" + hashlib.sha256(signature.encode()).hexdigest(),
                 )
             except AuthError as exc:
                 failures.append(exc.message)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .auth import Principal, authenticate
+from .delivery import Delivery, idempotency_key
 from .errors import AuthError
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact, redact_obj
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # flask is imported by functions-framework anyway; keep it ou
 log = get_logger("http")
 
 DEFAULT_MAX_BODY = 1_000_000
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 QSTASH_NON_RETRYABLE = 489
 
 
@@ -53,6 +56,25 @@ class Call:
 
             self._settings = load_settings()
         return self._settings
+
+    @cached_property
+    def delivery(self) -> Delivery | None:
+        """This request's identity for de-duplication (``shared.delivery``):
+        a QStash token's jti (+ its message id for retries), a bearer
+        caller's ``Idempotency-Key``; None when nothing identifies it (each
+        bearer call without a key is new; Vercel events are keyed by the
+        webhook handler from their signed event id)."""
+        p = self.principal
+        if p.kind == "qstash" and p.token_id:
+            return self.delivery_keyed(p.token_id, message_id=p.message_id)
+        if p.kind == "bearer":
+            key = idempotency_key(self.headers.get(IDEMPOTENCY_HEADER))
+            return self.delivery_keyed(key) if key else None
+        return None
+
+    def delivery_keyed(self, key: str, *, message_id: str | None = None) -> Delivery:
+        """A delivery identified by ``key``, scoped by target, caller and body."""
+        return Delivery.of(self.principal.kind, key, target=self.target, caller=self.principal.identity, body=self.raw_body, message_id=message_id)
 
     def trigger(self) -> dict[str, Any]:
         """Who triggered the run, for reports and manifests."""

@@ -1,14 +1,21 @@
-"""One run per job and target, and one run per QStash message.
+"""One run per job and target, and one run per delivery.
 
 Both live in the target database, so every instance of every function (and
 the CLI) agrees without extra infrastructure:
 
 - a session-level advisory lock keyed by ``job:target``; a second concurrent
   run fails at once with AlreadyRunning (409);
-- ``safesync.deliveries``: the result of each QStash message id. A
-  redelivered message returns the first run's stored result instead of
-  running again. A delivery left ``running`` by a killed process is retried,
+- ``safesync.deliveries``: the answer of each delivery (``shared.delivery``:
+  what the request's credential signed, scoped by target, caller and body),
+  one row per signed identity and per job run, with the QStash message key
+  beside it so that QStash's re-signed retries of one message find the first
+  attempt's answer. A delivery already answered returns that answer instead
+  of running again; one left ``running`` by a killed process is run again,
   which is safe because whoever holds the advisory lock is the only runner.
+
+Installs from before keyed the table by the (unsigned) ``Upstash-Message-Id``
+alone; ``SCHEMA_SQL`` migrates it in place (the old rows stay as history and
+are never replayed: their keys cannot be scoped after the fact).
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from .db import connect
-from .errors import AlreadyRunning
+from .delivery import Delivery
+from .errors import AlreadyRunning, ConfigError
 
 SCHEMA_SQL = """
 create schema if not exists safesync;
 create table if not exists safesync.deliveries (
-    message_id   text primary key,
+    delivery_key text primary key,
+    message_key  text,
+    source       text not null,
     job          text not null,
     target       text not null,
     state        text not null check (state in ('running', 'done')),
@@ -36,23 +46,44 @@ create table if not exists safesync.deliveries (
     received_at  timestamptz not null default now(),
     finished_at  timestamptz
 );
+-- before: message_id (the unsigned Upstash-Message-Id) was the key; its rows stay as history
+DO $deliveries$
+BEGIN
+  IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'safesync.deliveries'::regclass AND attname = 'message_id' AND NOT attisdropped) THEN
+    ALTER TABLE safesync.deliveries RENAME COLUMN message_id TO delivery_key;
+    ALTER TABLE safesync.deliveries ADD COLUMN message_key text, ADD COLUMN source text NOT NULL DEFAULT 'legacy';
+    ALTER TABLE safesync.deliveries ALTER COLUMN source DROP DEFAULT;
+  END IF;
+END
+$deliveries$;
+create index if not exists deliveries_message_key on safesync.deliveries (message_key) where message_key is not null;
+"""
+
+_CURRENT_SHAPE = """
+select exists (select from pg_attribute where attrelid = 'safesync.deliveries'::regclass and attname = 'message_key' and not attisdropped)
 """
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
-    """Create the ``safesync`` bookkeeping schema if it is missing.
+    """Create (or migrate) the ``safesync`` bookkeeping schema.
 
     Serialised by a transaction-level advisory lock: concurrent
     ``create ... if not exists`` can still collide on the catalog.
     """
-    if conn.execute("select to_regclass('safesync.deliveries') is not null").fetchone()[0]:
+    if conn.execute("select to_regclass('safesync.deliveries') is not null").fetchone()[0] and conn.execute(_CURRENT_SHAPE).fetchone()[0]:
         # Already there (infra/roles.sql creates it): a least-privilege role may
         # not CREATE in the database, and CREATE SCHEMA IF NOT EXISTS checks
         # that privilege before it checks existence.
         return
-    with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
-        conn.execute(SCHEMA_SQL)
+    try:
+        with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
+            conn.execute(SCHEMA_SQL)
+    except psycopg.errors.InsufficientPrivilege:
+        raise ConfigError(
+            "safesync.deliveries needs creating or upgrading, and this role may not: "
+            "run `safesync roles sql` as the database owner (see the README, Roles)"
+        ) from None
 
 
 def _lock_key(job: str, target: str) -> str:
@@ -102,27 +133,50 @@ def job_lock(url: str, job: str, target: str) -> Iterator[JobLock]:
         lock.release()
 
 
-def stored_delivery(conn: psycopg.Connection, message_id: str) -> tuple[int, dict[str, Any]] | None:
-    """The stored (status, result) of a finished delivery, else None."""
+def stored_delivery(conn: psycopg.Connection, delivery: Delivery, job: str, target: str) -> tuple[int, dict[str, Any]] | None:
+    """The (status, result) of this delivery's finished run, found by its
+    signed key or by its QStash message key (a retry, re-signed); else None.
+    A retry found by its message key is recorded under its own key too, so
+    its token replays the same answer whatever headers come with it."""
+    key, message = delivery.record_key(job, target), delivery.message_key(job, target)
     row = conn.execute(
-        "select status, result from safesync.deliveries where message_id = %s and state = 'done'", [message_id]
+        """
+        select delivery_key, status, result from safesync.deliveries
+        where state = 'done' and (delivery_key = %s or (%s::text is not null and message_key = %s))
+        order by delivery_key = %s desc, finished_at
+        limit 1
+        """,
+        [key, message, message, key],
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    if row is None:
+        return None
+    found, status, result = row
+    if found != key:
+        conn.execute(
+            """
+            insert into safesync.deliveries (delivery_key, message_key, source, job, target, state, status, result, finished_at)
+            values (%s, %s, %s, %s, %s, 'done', %s, %s, now())
+            on conflict (delivery_key) do update set state = 'done', status = excluded.status, result = excluded.result,
+                finished_at = excluded.finished_at, attempts = safesync.deliveries.attempts + 1
+            """,
+            [key, message, delivery.source, job, target, status, Jsonb(result)],
+        )
+    return status, result
 
 
-def begin_delivery(conn: psycopg.Connection, message_id: str, job: str, target: str) -> None:
-    """Record that this message is being run (called while holding the job lock)."""
+def begin_delivery(conn: psycopg.Connection, delivery: Delivery, job: str, target: str) -> None:
+    """Record that this delivery is being run (called while holding the job lock)."""
     conn.execute(
         """
-        insert into safesync.deliveries (message_id, job, target, state) values (%s, %s, %s, 'running')
-        on conflict (message_id) do update set state = 'running', attempts = safesync.deliveries.attempts + 1
+        insert into safesync.deliveries (delivery_key, message_key, source, job, target, state) values (%s, %s, %s, %s, %s, 'running')
+        on conflict (delivery_key) do update set state = 'running', attempts = safesync.deliveries.attempts + 1
         """,
-        [message_id, job, target],
+        [delivery.record_key(job, target), delivery.message_key(job, target), delivery.source, job, target],
     )
 
 
-def finish_delivery(conn: psycopg.Connection, message_id: str, status: int, result: dict[str, Any]) -> None:
+def finish_delivery(conn: psycopg.Connection, delivery: Delivery, job: str, target: str, status: int, result: dict[str, Any]) -> None:
     conn.execute(
-        "update safesync.deliveries set state = 'done', status = %s, result = %s, finished_at = now() where message_id = %s",
-        [status, Jsonb(json.loads(json.dumps(result, default=str))), message_id],
+        "update safesync.deliveries set state = 'done', status = %s, result = %s, finished_at = now() where delivery_key = %s",
+        [status, Jsonb(json.loads(json.dumps(result, default=str))), delivery.record_key(job, target)],
     )

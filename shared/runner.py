@@ -1,7 +1,8 @@
 """Running a job the same way from HTTP and from the CLI.
 
 ``execute`` wraps a job function with everything every run needs: the
-per-target advisory lock, QStash de-duplication, a storage check before any
+per-target advisory lock, de-duplication of deliveries (``shared.delivery``),
+a storage check before any
 database is touched, the report stored under ``runs/``, and a notification
 when the run fails or is refused. Errors we understand become the report's
 ``error``; anything else is our bug: logged with its traceback, answered 500
@@ -17,6 +18,7 @@ from . import notify
 from .config import Settings
 from .db import connect
 from .errors import SafesyncError, StorageError
+from .delivery import Delivery
 from .locks import JobLock, begin_delivery, ensure_schema, finish_delivery, stored_delivery
 from .log import get_logger, redact, redact_obj, run_id_var
 from .report import Answer, Report, stamp
@@ -55,36 +57,38 @@ def execute(
     fn: JobFn,
     *,
     target: str | None = None,
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
     needs_storage: bool = True,
     record: bool = True,
 ) -> Answer:
     """Run ``fn(report)`` under the lock for ``report.job`` on database
     ``target`` (None: no lock, e.g. read-only actions).
 
-    Returns the HTTP status and JSON body. A QStash ``message_id`` already
-    answered returns the stored answer without running anything. Raises
-    AlreadyRunning (409) when another run holds the lock.
+    Returns the HTTP status and JSON body. A ``delivery`` already answered
+    (the same signed request, or a QStash retry of the same message) returns
+    the stored answer without running anything; its record lives in the
+    target database, so read-only actions without one are answered afresh.
+    Raises AlreadyRunning (409) when another run holds the lock.
     """
     token = run_id_var.set(report.run_id)
     try:
         with ExitStack() as stack:
             url = settings.database_url(target) if target else None
             meta = None
-            if url and message_id:
+            if url and delivery:
                 meta = stack.enter_context(connect(url, autocommit=True, application_name="safesync-deliveries"))
                 ensure_schema(meta)
-                replay = stored_delivery(meta, message_id)
+                replay = stored_delivery(meta, delivery, report.job, target)
                 if replay:
                     return _replayed(*replay)
             if url:
                 lock = JobLock(url, report.job, target).acquire()
                 stack.callback(lock.release)
                 if meta is not None:
-                    replay = stored_delivery(meta, message_id)  # finished while we waited for the lock
+                    replay = stored_delivery(meta, delivery, report.job, target)  # finished while we waited for the lock
                     if replay:
                         return _replayed(*replay)
-                    begin_delivery(meta, message_id, report.job, target)
+                    begin_delivery(meta, delivery, report.job, target)
             storage_ok = _run(settings, report, fn, needs_storage)
             if record and storage_ok:
                 _store(settings, report)
@@ -92,7 +96,7 @@ def execute(
                 report.warnings.append("run report not stored: storage is unavailable")
             answer = Answer.of(report)
             if meta is not None:
-                finish_delivery(meta, message_id, answer.status, {**answer.body, "_permanent": answer.permanent})
+                finish_delivery(meta, delivery, report.job, target, answer.status, {**answer.body, "_permanent": answer.permanent})
             if report.status in ("failed", "refused"):
                 notify.report_failed(report.to_dict())
             return answer
@@ -101,7 +105,7 @@ def execute(
 
 
 def _replayed(status: int, stored: dict[str, Any]) -> Answer:
-    """The first run's answer to a redelivered QStash message."""
+    """The first run's answer to a delivery that came again."""
     body = {k: v for k, v in stored.items() if k != "_permanent"}
     return Answer(status, {**body, "replayed": True}, 0 if status < 300 else 1, bool(stored.get("_permanent")))
 

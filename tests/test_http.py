@@ -115,7 +115,7 @@ def counting_job(make_db, write_settings):
             time.sleep(0.4)
             report.summary = "counted"
 
-        return execute(call.settings, Report("counter", "run", trigger=call.trigger()), fn, target="prod", message_id=call.principal.message_id)
+        return execute(call.settings, Report("counter", "run", trigger=call.trigger()), fn, target="prod", delivery=call.delivery)
 
     def runs() -> int:
         with psycopg.connect(url) as conn:

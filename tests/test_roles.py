@@ -132,8 +132,8 @@ def test_content_sync_role_is_denied_every_protected_table_and_writes_content(pg
         assert conn.execute("update courses set title = title || '!' where id = %s", [new_id]).rowcount == 1
         assert conn.execute("select setval(pg_get_serial_sequence('courses', 'id'), %s)", [new_id + 10]).fetchone()
         # The runner's bookkeeping, and creating its own ledger table in the safesync schema.
-        conn.execute("insert into safesync.deliveries (message_id, job, target, state) values ('m1', 'content_sync', 'prod', 'running')")
-        conn.execute("update safesync.deliveries set state = 'done', status = 200 where message_id = 'm1'")
+        conn.execute("insert into safesync.deliveries (delivery_key, source, job, target, state) values ('m1', 'qstash', 'content_sync', 'prod', 'running')")
+        conn.execute("update safesync.deliveries set state = 'done', status = 200 where delivery_key = 'm1'")
         conn.execute("create table safesync.ledger_probe (k text primary key)")
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("create table public.sneaky (x int)")

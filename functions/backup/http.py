@@ -82,21 +82,21 @@ _MODELS: dict[str, type[_Body]] = {
 
 def handle_http(call: Call) -> Answer:
     if call.principal.kind == "vercel":
-        return handle_webhook(call.settings, call.body)
+        return handle_webhook(call)
     action = call.body.get("action")
     if not isinstance(action, str) or action not in _MODELS:
         raise BadRequest(f"action: must be one of {', '.join(_MODELS)}", {"got": action if isinstance(action, str) else None})
     body = validate_body(_MODELS[action], call.body)
     settings = call.settings
     trigger = call.trigger()
-    message_id = call.principal.message_id
+    delivery = call.delivery
     if isinstance(body, CreateBody):
         kind = body.kind or ("daily" if call.principal.is_qstash else "manual")
         if body.deployment:
             if kind != "predeploy":
                 raise BadRequest("deployment: only a predeploy backup is tagged with a deployment")
             trigger["deployment"] = body.deployment
-        return run_create(settings, body.db, kind, trigger=trigger, message_id=message_id)
+        return run_create(settings, body.db, kind, trigger=trigger, delivery=delivery)
     if isinstance(body, ListBody):
         return run_list(settings, body.db)
     if isinstance(body, VerifyBody):
@@ -106,7 +106,7 @@ def handle_http(call: Call) -> Answer:
     if isinstance(body, RestoreBody):
         call.require_admin()
         return run_restore(
-            settings, body.id, db=body.db, to=body.to, confirm=body.confirm, trigger=trigger, message_id=message_id
+            settings, body.id, db=body.db, to=body.to, confirm=body.confirm, trigger=trigger, delivery=delivery
         )
     assert isinstance(body, PruneBody)
-    return run_prune(settings, body.db, dry_run=body.dry_run, trigger=trigger, message_id=message_id)
+    return run_prune(settings, body.db, dry_run=body.dry_run, trigger=trigger, delivery=delivery)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from safesync.shared.config import Settings
+from safesync.shared.delivery import Delivery
 from safesync.shared.errors import AlreadyRunning, BadRequest, ConfigError, DatabaseError, SafesyncError
 from safesync.shared.locks import JobLock
 from safesync.shared.report import Answer, Report
@@ -36,7 +37,7 @@ def run_create(
     kind: str,
     *,
     trigger: dict[str, Any],
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
     progress: Progress | None = None,
 ) -> Answer:
     settings.check_database(db)
@@ -62,7 +63,7 @@ def run_create(
             if pruned.deleted:
                 report.summary += f"; pruned {len(pruned.deleted)} old backup(s)"
 
-    return execute(settings, report, job, target=db, message_id=message_id)
+    return execute(settings, report, job, target=db, delivery=delivery)
 
 
 def run_list(settings: Settings, db: str | None = None) -> Answer:
@@ -150,7 +151,7 @@ def run_restore(
     to: str,
     confirm: str | None,
     trigger: dict[str, Any],
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
     progress: Progress | None = None,
 ) -> Answer:
     settings.check_database(to)
@@ -173,7 +174,7 @@ def run_restore(
             f"(safety backup of {to} before: {details['safety_backup']})"
         )
 
-    return execute(settings, report, job, target=to, message_id=message_id)
+    return execute(settings, report, job, target=to, delivery=delivery)
 
 
 def run_prune(
@@ -182,7 +183,7 @@ def run_prune(
     *,
     dry_run: bool = False,
     trigger: dict[str, Any] | None = None,
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
 ) -> Answer:
     """Prune one database's backups (under its lock) or every configured
     database's (taking each one's lock in turn; a database whose backup is
@@ -218,4 +219,4 @@ def run_prune(
         report.summary = total.summary()
 
     target = db if (db and not dry_run) else None
-    return execute(settings, report, job, target=target, message_id=message_id if target else None)
+    return execute(settings, report, job, target=target, delivery=delivery if target else None)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from safesync.shared.config import Settings
 from safesync.shared.errors import BadRequest
+from safesync.shared.http import Call
 from safesync.shared.report import Answer
 
 from .jobs import run_create
@@ -59,7 +59,8 @@ def deployment_trigger(event: dict[str, Any]) -> dict[str, Any] | str:
     return {k: v for k, v in trigger.items() if v is not None}
 
 
-def handle_webhook(settings: Settings, event: dict[str, Any]) -> Answer:
+def handle_webhook(call: Call) -> Answer:
+    settings, event = call.settings, call.body
     trigger = deployment_trigger(event)
     if isinstance(trigger, str):
         return Answer(200, {"ok": True, "skipped": trigger})
@@ -67,8 +68,9 @@ def handle_webhook(settings: Settings, event: dict[str, Any]) -> Answer:
         return Answer(200, {"ok": True, "skipped": "backup.databases is empty: nothing to back up"})
     answers = []
     for db in settings.config.backup.databases:
-        message_id = f"vercel:{trigger['event_id']}:{db}" if trigger.get("event_id") else None
-        answers.append(run_create(settings, db, "predeploy", trigger=trigger, message_id=message_id))
+        # the event id is inside the signed body: a redelivered event replays (per database)
+        delivery = call.delivery_keyed(trigger["event_id"]) if trigger.get("event_id") else None
+        answers.append(run_create(settings, db, "predeploy", trigger=trigger, delivery=delivery))
     if len(answers) == 1:
         return answers[0]
     worst = max(answers, key=lambda a: a.status)

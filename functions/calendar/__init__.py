@@ -96,20 +96,20 @@ def handle_http(call: Call):
         call.require_admin()
     settings = call.settings
     ratelimit.check(settings, call.principal.identity)
-    trigger, message_id = call.trigger(), call.principal.message_id
+    trigger, delivery = call.trigger(), call.delivery
     if action == "status":
         return status_answer(settings)
     if action == "events":
         return events_response(settings, request.from_, request.to, call.headers.get("If-None-Match"))
     if action == "watch":
-        return watch(settings, trigger, message_id)
+        return watch(settings, trigger, delivery)
     if action == "resync":
-        return run_sync(settings, "full", trigger=trigger, message_id=message_id, force=request.force,
+        return run_sync(settings, "full", trigger=trigger, delivery=delivery, force=request.force,
                         calendar_id=request.calendar_id, action="resync")
     if action == "retry_all":
-        return run_sync(settings, "incremental", trigger=trigger, message_id=message_id, calendar_id=request.calendar_id,
+        return run_sync(settings, "incremental", trigger=trigger, delivery=delivery, calendar_id=request.calendar_id,
                         action="retry_all", reset_failed=True)
-    return run_sync(settings, request.mode, trigger=trigger, message_id=message_id, force=request.force,
+    return run_sync(settings, request.mode, trigger=trigger, delivery=delivery, force=request.force,
                     calendar_id=request.calendar_id)
 
 

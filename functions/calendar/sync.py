@@ -18,6 +18,7 @@ import psycopg
 
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
+from safesync.shared.delivery import Delivery
 from safesync.shared.errors import AlreadyRunning, BadRequest, DatabaseError, JobFailed, Refused, SafesyncError
 from safesync.shared.log import redact
 from safesync.shared.report import Report
@@ -168,7 +169,7 @@ def run_sync(
     mode: str,
     *,
     trigger: dict[str, Any] | None = None,
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
     force: bool = False,
     calendar_id: str | None = None,
     action: str | None = None,
@@ -183,5 +184,5 @@ def run_sync(
         report,
         lambda r: sync_calendars(settings, r, mode, force=force, calendar_id=calendar_id, reset_failed=reset_failed),
         target=settings.config.calendar.database,
-        message_id=message_id,
+        delivery=delivery,
     )

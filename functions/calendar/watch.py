@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from psycopg.rows import dict_row
 
 from safesync.shared.config import Settings
+from safesync.shared.delivery import Delivery
 from safesync.shared.errors import AlreadyRunning, AuthError, ConfigError, SafesyncError
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
@@ -118,9 +119,9 @@ def _stop(conn, client: CalendarClient, policy, channel: dict[str, Any], run_id:
         state.audit(conn, run_id, "state", "push channel stopped", calendar_id=channel["calendar_id"], detail={"channel": channel["id"]})
 
 
-def watch(settings: Settings, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> Answer:
+def watch(settings: Settings, trigger: dict[str, Any] | None = None, delivery: Delivery | None = None) -> Answer:
     report = Report(JOB, "watch", trigger=trigger or {"via": "cli"})
-    return execute(settings, report, lambda r: ensure_channels(settings, r), target=settings.config.calendar.database, message_id=message_id)
+    return execute(settings, report, lambda r: ensure_channels(settings, r), target=settings.config.calendar.database, delivery=delivery)
 
 
 def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answer:

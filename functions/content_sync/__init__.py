@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from safesync.shared.config import Settings
+from safesync.shared.delivery import Delivery
 from safesync.shared.errors import BadRequest
 from safesync.shared.http import Call, validate_body
 from safesync.shared.report import Answer, Report
@@ -50,7 +51,7 @@ def content_sync(
     expect_plan: str | None = None,
     adopt: bool = False,
     trigger: dict[str, Any] | None = None,
-    message_id: str | None = None,
+    delivery: Delivery | None = None,
     hook: Hook | None = None,
 ) -> Answer:
     """Run one content sync action under the runner (lock on the target,
@@ -70,7 +71,7 @@ def content_sync(
     def job(r: Report) -> None:
         run(settings, r, mode, expect_plan=expect_plan, adopt=adopt, trigger=trigger, hook=hook)
 
-    return execute(settings, report, job, target=None if mode == "compare" else target, message_id=message_id)
+    return execute(settings, report, job, target=None if mode == "compare" else target, delivery=delivery)
 
 
 def handle_http(call: Call) -> Answer:
@@ -81,7 +82,7 @@ def handle_http(call: Call) -> Answer:
         expect_plan=body.expect_plan,
         adopt=body.adopt,
         trigger=call.trigger(),
-        message_id=call.principal.message_id,
+        delivery=call.delivery,
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
+from safesync.shared.delivery import Delivery
 from safesync.shared.http import Call, validate_body
 from safesync.shared.log import get_logger
 from safesync.shared.report import Report
@@ -180,11 +181,11 @@ def _run(settings: Settings, report: Report, dry_run: bool) -> None:
         report.problems(f"clone committed but {comparison.summary(cfg.source, cfg.target)}; safety backup {backup.get('id')}")
 
 
-def clone(settings: Settings, *, dry_run: bool = False, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> Answer:
+def clone(settings: Settings, *, dry_run: bool = False, trigger: dict[str, Any] | None = None, delivery: Delivery | None = None) -> Answer:
     """The staging clone as a job, locked on the target database."""
     report = Report("staging_clone", "dry-run" if dry_run else "clone", trigger=trigger or {"via": "cli"})
     target = settings.config.staging_clone.target
-    return execute(settings, report, lambda r: _run(settings, r, dry_run), target=target, message_id=message_id)
+    return execute(settings, report, lambda r: _run(settings, r, dry_run), target=target, delivery=delivery)
 
 
 class CloneBody(BaseModel):
@@ -194,7 +195,7 @@ class CloneBody(BaseModel):
 
 def handle_http(call: Call) -> Answer:
     body = validate_body(CloneBody, call.body)
-    return clone(call.settings, dry_run=body.dry_run, trigger=call.trigger(), message_id=call.principal.message_id)
+    return clone(call.settings, dry_run=body.dry_run, trigger=call.trigger(), delivery=call.delivery)
 
 
 def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

@@ -175,7 +175,7 @@ def _two(settings: Settings, db: str, against: str, report: Report) -> None:
         report.problems(summary)
 
 
-def validate(settings: Settings, db: str | None = None, against: str | None = None, *, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> Answer:
+def validate(settings: Settings, db: str | None = None, against: str | None = None, *, trigger: dict[str, Any] | None = None) -> Answer:
     """Run validation as a job (report stored under ``runs/validate/``)."""
     db = settings.check_database(db or default_database(settings))
     if against is not None:
@@ -185,7 +185,7 @@ def validate(settings: Settings, db: str | None = None, against: str | None = No
         fn = lambda r: _two(settings, db, against, r)  # noqa: E731
     else:
         fn = lambda r: _one(settings, db, r)  # noqa: E731
-    return execute(settings, report, fn, message_id=message_id)
+    return execute(settings, report, fn)  # read-only, no lock: answered afresh each time
 
 
 class ValidateBody(BaseModel):
@@ -196,7 +196,7 @@ class ValidateBody(BaseModel):
 
 def handle_http(call: Call) -> Answer:
     body = validate_body(ValidateBody, call.body)
-    return validate(call.settings, body.db, body.against, trigger=call.trigger(), message_id=call.principal.message_id)
+    return validate(call.settings, body.db, body.against, trigger=call.trigger())
 
 
 def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

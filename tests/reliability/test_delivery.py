@@ -109,3 +109,38 @@ def test_ten_concurrent_triggers_one_runs_the_rest_409(world, tally, target, bod
     t.check(statuses == [200] + [409] * 9, f"/{target} 10 concurrent triggers → {statuses}")
     t.check(all(a[1].get("error") for a in answers if a[0] == 409), f"/{target}: a 409 without a JSON error")
     t.check(runs(world, job) == 1, f"/{target}: {runs(world, job)} run reports after 10 concurrent triggers")
+
+
+@pytest.mark.parametrize("target,body,job,table", JOBS, ids=IDS)
+def test_one_signature_runs_once_whatever_the_headers(world, tally, target, body, job, table) -> None:
+    """The same signed token re-sent with a new, missing, empty or another
+    delivery's ``Upstash-Message-Id`` (and any ``Upstash-Retried``): the
+    job runs once, every other answer is the first one replayed."""
+    from tests.qstash_signer import sign
+
+    t = tally("delivery: same message")
+    client = world.client()
+    raw = json.dumps(body).encode()
+    token = sign(CURRENT, f"{sentinels.PUBLIC_URL}/{target}", raw)
+    variants = [{"Upstash-Message-Id": "msg_a"}, {"Upstash-Message-Id": "msg_b"}, {}, {"Upstash-Message-Id": ""},
+                {"Upstash-Message-Id": "msg_a", "Upstash-Retried": "3"}, {"Upstash-Message-Id": "msg_" + "x" * 200}]
+    answers = [client.post(f"/{target}", data=raw, headers={"Upstash-Signature": token, "Content-Type": "application/json", **v}) for v in variants]
+    t.check(answers[0].status_code == 200 and not answers[0].get_json().get("replayed"), f"/{target} first → {answers[0].status_code}")
+    for variant, again in zip(variants[1:], answers[1:]):
+        t.check(again.status_code == 200 and again.get_json().get("replayed") is True, f"/{target} same token with {variant} → {again.status_code} {again.get_data()[:160]!r}")
+    t.check(runs(world, job) == 1, f"/{target}: {runs(world, job)} run reports from one signature")
+
+
+def test_a_message_id_never_crosses_targets(world, tally) -> None:
+    """Every job target, one message id: each runs its own job (or refuses
+    on its own), none answers with another target's stored answer."""
+    t = tally("delivery: same message")
+    client = world.client()
+    bodies = {"backup": {"action": "create", "db": "prod"}, "content_sync": {"mode": "dry-run"},
+              "staging_clone": {"dry_run": True}, "calendar_sync": {"action": "watch"}}
+    for target, body in bodies.items():
+        raw = json.dumps(body).encode()
+        response = client.post(f"/{target}", data=raw, headers=qstash_headers(CURRENT, f"{sentinels.PUBLIC_URL}/{target}", raw, message_id="msg_crossed"))
+        payload = response.get_json() or {}
+        report = payload.get("report", payload)
+        t.check(not payload.get("replayed") and report.get("job") in (target, "calendar"), f"/{target} with a used message id → {response.status_code} {response.get_data()[:160]!r}")
