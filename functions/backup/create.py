@@ -24,7 +24,7 @@ import psycopg
 
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, row_count, server_version
-from safesync.shared.errors import JobFailed, StorageError
+from safesync.shared.errors import JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import libpq_target, require_for_server
 from safesync.shared.report import Report, utcnow
@@ -50,6 +50,48 @@ where c.relkind in ('r', 'p') and not c.relispartition and c.relpersistence <> '
                   where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
 order by 1, 2
 """
+
+
+# What pg_dump will be refused: a schema it cannot enter, a table or sequence
+# it cannot read, a table whose row-level security would filter its rows
+# (pg_dump sets row_security off and then fails on such a table). Asked
+# before the dump, so the user reads PostgreSQL's own words for the cause —
+# not pg_dump's "could not import the requested snapshot", which is what is
+# left once the exporting transaction has failed.
+UNREADABLE_SQL = """
+select format('permission denied for schema %I', n.nspname)
+from pg_namespace n
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and not has_schema_privilege(n.oid, 'USAGE')
+union all
+select format('permission denied for %s %s', case c.relkind when 'S' then 'sequence' else 'table' end,
+              format('%I.%I', n.nspname, c.relname))
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind in ('r', 'p', 'S') and c.relpersistence <> 't'
+  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and has_schema_privilege(n.oid, 'USAGE') and not has_table_privilege(c.oid, 'SELECT')
+union all
+select format('row-level security would filter table %I.%I (the role needs BYPASSRLS)', n.nspname, c.relname)
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+join pg_roles r on r.rolname = current_user
+where c.relkind in ('r', 'p') and c.relrowsecurity
+  and not (r.rolbypassrls or r.rolsuper or (pg_has_role(c.relowner, 'USAGE') and not c.relforcerowsecurity))
+  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+order by 1
+"""
+
+
+def check_readable(conn: psycopg.Connection, db: str) -> None:
+    """Refuse (nothing written) when pg_dump could not read everything."""
+    problems = [r[0] for r in conn.execute(UNREADABLE_SQL).fetchall()]
+    if problems:
+        user = conn.execute("select current_user").fetchone()[0]
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise Refused(
+            f"backup of {db} refused, nothing written: role {user} cannot read everything pg_dump must dump: {shown} "
+            "(grant it, e.g. with `safesync roles sql`)",
+            {"database": db, "role": user, "problems": problems},
+        )
 
 
 def snapshot_tables(conn: psycopg.Connection) -> list[TableRef]:
@@ -123,6 +165,9 @@ class _DumpStream:
                 yield chunk
             code = self.proc.wait()
             if code != 0:
+                self.counter.join(5)
+                if self.counter.error is not None:  # the exporting transaction failed first: that is the cause
+                    raise JobFailed(f"backup aborted, nothing stored: {redact(str(self.counter.error)).strip()} ({self.proc.failure(code)})")
                 raise JobFailed(f"backup aborted, nothing stored: {self.proc.failure(code)}")
             if self.size == 0:
                 raise JobFailed("backup aborted, nothing stored: pg_dump wrote nothing")
@@ -158,6 +203,7 @@ def create_backup(
         conn.execute("set statement_timeout = 0")
         conn.execute("set idle_in_transaction_session_timeout = 0")
         conn.execute(f"set lock_timeout = '{LOCK_WAIT}'")
+        check_readable(conn, db)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
