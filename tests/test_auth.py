@@ -117,3 +117,37 @@ def test_vercel_signature_only_where_allowed() -> None:
 def test_a_failed_qstash_signature_still_allows_a_valid_bearer() -> None:
     headers = {**qstash_headers("wrong", URL, BODY), "Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
     assert auth(headers).kind == "bearer"
+
+
+def test_the_signer_follows_qstash_docs_and_the_sdk_receiver_accepts_it() -> None:
+    """Upstash docs (features/security, howto/signature, howto/receiving): an
+    HS256 JWT with iss/sub/exp/nbf/iat/jti/body, a 5-minute lifetime, body =
+    base64url SHA-256 *with* padding (the documented example ends in "="),
+    headers User-Agent Upstash-QStash, Upstash-Message-Id, Upstash-Retried
+    from 0; each retry re-signed under the same message id."""
+    from qstash import Receiver
+
+    from tests.qstash_signer import QStashMessage
+
+    message = QStashMessage(CURRENT, URL, BODY, schedule_id="scd_1")
+    first, second = message.attempt(), message.attempt()
+    header = jwt.get_unverified_header(first["Upstash-Signature"])
+    claims = jwt.decode(first["Upstash-Signature"], options={"verify_signature": False})
+    assert header == {"alg": "HS256", "typ": "JWT"}
+    assert set(claims) == {"iss", "sub", "exp", "nbf", "iat", "jti", "body"}
+    assert claims["iss"] == "Upstash" and claims["sub"] == URL and claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
+    assert claims["jti"].startswith("jwt_") and len(claims["body"]) == 44 and claims["body"].endswith("=")
+    assert first["User-Agent"] == "Upstash-QStash" and first["Upstash-Schedule-Id"] == "scd_1"
+    assert (first["Upstash-Retried"], second["Upstash-Retried"]) == ("0", "1")
+    assert first["Upstash-Message-Id"] == second["Upstash-Message-Id"] and first["Upstash-Message-Id"].startswith("msg_")
+    assert first["Upstash-Signature"] != second["Upstash-Signature"]
+    for headers in (first, second):
+        Receiver(CURRENT, NEXT).verify(signature=headers["Upstash-Signature"], body=BODY.decode(), url=URL)
+        principal = auth(headers)
+        assert principal.message_id == first["Upstash-Message-Id"] and principal.token_id.startswith("jwt_")
+
+
+def test_a_message_id_is_only_taken_from_a_verified_token() -> None:
+    forged = {**qstash_headers("not-the-key", URL, BODY, message_id="msg_victim"), "Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
+    principal = auth(forged)
+    assert principal.kind == "bearer" and principal.message_id is None and principal.token_id is None
