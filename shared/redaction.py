@@ -180,9 +180,16 @@ def needles(env: Iterable[tuple[str, str]] | None = None) -> list[str]:
     return sorted((n for n in out if len(n) >= MIN_PASSWORD), key=lambda n: (-len(n), n))
 
 
+def _environment_key() -> int:
+    """Changes whenever the environment does; cheap (every log line asks).
+    ``os.environ._data`` holds the raw entries: hashing them skips decoding
+    every value on every call."""
+    raw = getattr(os.environ, "_data", None)
+    return hash(frozenset(raw.items() if isinstance(raw, dict) else os.environ.items()))
+
+
 def _pattern() -> re.Pattern[str] | None:
-    key = (hash(frozenset((k, v) for k, v in os.environ.items() if is_secret_env(k) or "://" in v or "password" in v.lower())),
-           len(_remembered))
+    key = (_environment_key(), len(_remembered))
     if _cache["key"] != key:
         found = needles()
         pattern = re.compile("|".join(map(re.escape, found))) if found else None
@@ -194,13 +201,19 @@ def _pattern() -> re.Pattern[str] | None:
 def redact(text: str) -> str:
     """``text`` with every occurrence of every known secret replaced, and
     URL/DSN passwords removed by shape."""
+    return _redact_with(_pattern(), text)
+
+
+def _redact_with(pattern: re.Pattern[str] | None, text: str) -> str:
     if not text:
         return text
-    pattern = _pattern()
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    if "assword" in text.lower():
+        text = _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+    return text
 
 
 def redact_url(url: str) -> str:
@@ -210,10 +223,15 @@ def redact_url(url: str) -> str:
 
 def redact_obj(obj: Any) -> Any:
     """Redact every string (keys included) inside a JSON-like structure."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, dict):
-        return {redact(k) if isinstance(k, str) else k: redact_obj(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
-    return obj
+    pattern = _pattern()  # once per structure: a report can hold many thousand strings
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return _redact_with(pattern, value)
+        if isinstance(value, dict):
+            return {_redact_with(pattern, k) if isinstance(k, str) else k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(obj)
