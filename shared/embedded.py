@@ -95,6 +95,18 @@ def ensure_system_user(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def _shared_tmp() -> str:
+    """A temp folder every user can traverse: /tmp (sticky, world-writable)
+    even when TMPDIR points somewhere private."""
+    try:
+        mode = os.stat("/tmp").st_mode
+        if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+            return "/tmp"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
 def _service_user(name: str) -> tuple[int, int] | None:
     """The owner the cluster must run as: ``name`` under root, else ourselves."""
     return ensure_system_user(name) if os.geteuid() == 0 else None
@@ -114,7 +126,7 @@ class EmbeddedPostgres:
     os_user: str = SERVICE_USER
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).resolve()
+        self.data_dir = Path(self.data_dir).absolute()
         self._pick_port = not self.port  # a port we chose may be lost to a race; one we were given may not
         self.port = self.port or free_port()
         self._owner = _service_user(self.os_user)
@@ -137,18 +149,24 @@ class EmbeddedPostgres:
         return proc
 
     @property
+    def home(self) -> Path:
+        """The cluster's real folder (``data_dir`` may be a link to it): what
+        the server's own processes are given, since the service user may not
+        traverse the link's parents."""
+        return self.data_dir.resolve()
+
+    @property
     def _log(self) -> Path:
-        return self.data_dir / "server.log"
+        return self.home / "server.log"
 
     def start(self) -> "EmbeddedPostgres":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._owner:
             _open_path_for(self.bin)
-            # Parents only: PostgreSQL refuses a data directory others can read.
-            _open_path_for(self.data_dir.parent)
-            os.chown(self.data_dir, *self._owner)
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
+            self._place_for_owner()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.home / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.home), "-U", self.user, "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
         for attempt in range(_START_ATTEMPTS):
             logged = self._log.stat().st_size if self._log.exists() else 0
             if self._pg_ctl_start().returncode == 0:
@@ -161,13 +179,32 @@ class EmbeddedPostgres:
         self._check_identity()
         return self
 
+    def _place_for_owner(self) -> None:
+        """Under root the service user runs the cluster and must reach its
+        files, but ``data_dir``'s parents may be private — a root home, or
+        pytest's ``/tmp/pytest-of-root``, which every new pytest session
+        resets to 0700 (so opening them would break again, and would weaken
+        them). The files therefore live in a private folder of their own
+        directly under the shared temp folder, and ``data_dir`` links to it."""
+        if self.data_dir.is_symlink():
+            return  # placed by an earlier start
+        if (self.data_dir / "PG_VERSION").exists():  # a cluster made in place before
+            _open_path_for(self.data_dir.parent)  # parents only: PostgreSQL refuses a readable data dir
+            return
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists():
+            self.data_dir.rmdir()  # an empty folder made for us (a non-empty one is an error, not ours to remove)
+        home = Path(tempfile.mkdtemp(prefix="safesync-pg-", dir=_shared_tmp()))
+        os.chown(home, *self._owner)
+        self.data_dir.symlink_to(home, target_is_directory=True)
+
     def _pg_ctl_start(self) -> subprocess.CompletedProcess:
         options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=off -c synchronous_commit=off "
+            f"-h 127.0.0.1 -p {self.port} -k {self.home} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB "
             "-c max_locks_per_transaction=256"
         )
-        return self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-o", options, "-l", str(self._log), "start", check=False)
+        return self._run("pg_ctl", "-D", str(self.home), "-w", "-t", "60", "-o", options, "-l", str(self._log), "start", check=False)
 
     def _check_identity(self) -> None:
         """The server answering on our port must be ours: its data directory
@@ -177,12 +214,12 @@ class EmbeddedPostgres:
 
         with psycopg.connect(self.url(), connect_timeout=10) as conn:
             served = conn.execute("select setting from pg_settings where name = 'data_directory'").fetchone()[0]
-        if Path(served).resolve() != self.data_dir:
+        if Path(served).resolve() != self.home:
             self.stop("immediate")
             raise RuntimeError(f"port {self.port} is served by another cluster ({served}), not {self.data_dir}")
 
     def stop(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop", check=False)
+        self._run("pg_ctl", "-D", str(self.home), "-w", "-m", mode, "stop", check=False)
 
     def restart(self) -> None:
         self.stop()
@@ -192,5 +229,8 @@ class EmbeddedPostgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"
 
     def destroy(self) -> None:
+        real = self.home
         self.stop("immediate")
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(real, ignore_errors=True)
+        if self.data_dir.is_symlink():
+            self.data_dir.unlink()

@@ -23,14 +23,14 @@ from safesync.shared.locks import JobLock
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="creating OS users needs root (as non-root the whole suite runs its cluster as the current user)")
 
 
-def _start_and_query(data_dir: str, os_user: str, barrier) -> tuple[str, int]:
+def _start_and_query(data_dir: str, os_user: str, barrier) -> tuple[str, str, int]:
     """In a fresh process: wait for the others, then start a cluster and use it."""
     barrier.wait()
     server = EmbeddedPostgres(Path(data_dir), os_user=os_user).start()
     try:
         with psycopg.connect(server.url(), connect_timeout=10) as conn:
             served = conn.execute("select setting from pg_settings where name = 'data_directory'").fetchone()[0]
-        return served, server.port
+        return served, str(server.home), server.port
     finally:
         server.destroy()
 
@@ -53,8 +53,8 @@ def test_racing_processes_all_get_a_cluster_when_the_os_user_does_not_exist_yet(
         with ctx.Pool(n) as pool:
             results = pool.starmap(_start_and_query, [(d, name, barrier) for d in dirs])
         entry = pwd.getpwnam(name)
-        assert sorted(Path(served) for served, _ in results) == sorted(Path(d) for d in dirs)  # each reached its own server
-        assert len({port for _, port in results}) == n
+        assert all(Path(served).resolve() == Path(home) for served, home, _ in results)  # each reached its own server
+        assert len({home for _, home, _ in results}) == n and len({port for *_, port in results}) == n
         assert ensure_system_user(name) == (entry.pw_uid, entry.pw_gid)  # stable, not recreated
         passwd = Path("/etc/passwd").read_text().splitlines()
         assert sum(line.startswith(f"{name}:") for line in passwd) == 1
@@ -162,3 +162,21 @@ def test_the_cluster_runs_as_an_ordinary_user(tmp_path: Path) -> None:
         subprocess.run(["rm", "-rf", str(data_parent)])
         _userdel(name)
 
+
+
+@ROOT_ONLY
+def test_a_parent_made_private_does_not_lock_the_cluster_out(tmp_path: Path) -> None:
+    """Every new pytest session resets /tmp/pytest-of-root to 0700 while other
+    sessions' clusters run; a root-started cluster must not depend on its
+    data_dir's parents being open to the service user."""
+    parent = tmp_path / "private"
+    server = EmbeddedPostgres(parent / "data").start()
+    try:
+        for folder in (parent, tmp_path, tmp_path.parent):
+            folder.chmod(0o700)
+        server.restart()
+        with psycopg.connect(server.url(), connect_timeout=10) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        server.destroy()
+    assert not server.home.exists() and not (parent / "data").exists()
