@@ -4,7 +4,8 @@ imports no heavy client (Google API discovery, storage, database, pydantic).
 
 The time is the best of several fresh processes per target: a loaded test
 machine only ever makes it slower, so the best run is the honest figure of
-what a fresh process needs.
+what a fresh process needs. At smoke scale (inside `make test`) it is only
+recorded: the limit is judged by `make reliability` and `tests/bench`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def test_first_rejected_request_under_a_second(tally) -> None:
         times = sorted(s for s, _ in runs)
         best_all.append(times[0])
         medians.append(statistics.median(times))
-        t.check(times[0] < LIMIT_S, f"/{target}: best of {len(times)} fresh processes {times[0]:.2f}s ≥ {LIMIT_S}s", strict=False)
+        if pick(False, True, True):  # a figure, not a verdict, inside `make test` (a loaded CI machine proves nothing)
+            t.check(times[0] < LIMIT_S, f"/{target}: best of {len(times)} fresh processes {times[0]:.2f}s ≥ {LIMIT_S}s", strict=False)
     t.figure("best s", round(max(best_all), 3))
     t.figure("median s", round(max(medians), 3))
     assert t.unexpected == 0, "\n".join(t.notes)
