@@ -9,7 +9,7 @@ from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import RateLimited
 
-from .schema import ensure_migrated
+from .schema import ensure_migrated, tables_required
 
 
 def check(settings: Settings, identity: str) -> int:
@@ -17,7 +17,7 @@ def check(settings: Settings, identity: str) -> int:
     per-minute limit. Returns the hits so far in this minute."""
     cfg = settings.config.calendar
     url = settings.database_url(cfg.database)
-    with connect(url, autocommit=True, application_name="safesync-calendar-ratelimit") as conn:
+    with connect(url, autocommit=True, application_name="safesync-calendar-ratelimit") as conn, tables_required(url, cfg.database):
         ensure_migrated(conn, url)
         hits, remaining = conn.execute(
             """

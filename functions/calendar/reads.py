@@ -26,7 +26,7 @@ from safesync.shared.errors import BadRequest
 
 from .crypto import Cipher
 from .mapping import utc_text
-from .schema import ensure_migrated
+from .schema import ensure_migrated, tables_required
 
 TTL_S = 300
 CACHE_CONTROL = f"private, max-age={TTL_S}"
@@ -118,7 +118,7 @@ def _query(settings: Settings, start: datetime, end: datetime) -> list[dict[str,
     # All-day events are floating dates: compare them with the dates of the bounds.
     start_day = start.date()
     end_day = end.date() if end.time() == dtime.min else end.date() + timedelta(days=1)
-    with connect(url, autocommit=True, application_name="safesync-calendar-read") as conn:
+    with connect(url, autocommit=True, application_name="safesync-calendar-read") as conn, tables_required(url, cfg.database):
         ensure_migrated(conn, url)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(

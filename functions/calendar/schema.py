@@ -11,10 +11,15 @@ once do not race on the catalog.
 from __future__ import annotations
 
 import hashlib
+import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import psycopg
+from psycopg import errors
 
-from safesync.shared.errors import JobFailed
+from safesync.shared.errors import DatabaseError, JobFailed
+from safesync.shared.log import redact
 
 SCHEMA = "calendar"
 
@@ -171,6 +176,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
 ]
 
+# Tables the migrations create; after migrating, each must exist (a recorded
+# migration whose table was dropped by hand is reported, not hidden).
+TABLES = ("schema_migrations", *(m for _, _, sql in MIGRATIONS for m in re.findall(r"create table calendar\.(\w+)", sql)))
+
+# The catalog errors a statement raises when the calendar schema (or part of
+# it) is gone under a running process.
+MISSING = (errors.UndefinedTable, errors.InvalidSchemaName, errors.UndefinedColumn, errors.UndefinedFunction)
+
 _migrated: set[str] = set()
 
 
@@ -179,9 +192,29 @@ def _checksum(sql: str) -> str:
 
 
 def migrate(conn: psycopg.Connection) -> list[int]:
-    """Apply the missing migrations (each in its own transaction); returns
-    the versions applied now. A changed applied migration is refused: the
-    schema would no longer match the code."""
+    """Apply the missing migrations (in one transaction); returns the
+    versions applied now. A changed applied migration is refused: the schema
+    would no longer match the code. A role that may not create the schema, or
+    a schema whose recorded tables are gone, is a readable 503."""
+    try:
+        applied = _apply(conn)
+    except errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"calendar tables cannot be created: {redact(exc.diag.message_primary or str(exc))} "
+            "(the calendar role must own the calendar schema: safesync roles sql)"
+        ) from None
+    missing = [t for t in TABLES if conn.execute("select to_regclass(%s) is null", [f"{SCHEMA}.{t}"]).fetchone()[0]]
+    if missing:
+        raise DatabaseError(
+            f"calendar schema is damaged: table(s) {', '.join(f'{SCHEMA}.{t}' for t in missing)} missing although "
+            f"their migrations are recorded in {SCHEMA}.schema_migrations; restore them from a backup, or drop "
+            f"schema {SCHEMA} to start the calendar sync afresh (its rows and sync state are then lost)",
+            {"missing": missing},
+        )
+    return applied
+
+
+def _apply(conn: psycopg.Connection) -> list[int]:
     applied_now: list[int] = []
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:calendar:schema', 0))")
@@ -217,12 +250,34 @@ def migrate(conn: psycopg.Connection) -> list[int]:
     return applied_now
 
 
+def _key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
 def ensure_migrated(conn: psycopg.Connection, url: str) -> None:
-    """``migrate`` once per process and database (cheap on every request)."""
-    key = hashlib.sha256(url.encode()).hexdigest()
+    """``migrate`` once per process and database (cheap on every request);
+    ``tables_required`` forgets it when the tables turn out to be gone."""
+    key = _key(url)
     if key not in _migrated:
         migrate(conn)
         _migrated.add(key)
+
+
+@contextmanager
+def tables_required(url: str, database: str) -> Iterator[None]:
+    """Calendar statements inside this block that find the schema gone
+    (dropped under a running process, a restore of an older dump) answer 503
+    with a readable error instead of a 500, and this process forgets that it
+    migrated ``url``: the next call re-creates the tables, or says why not."""
+    try:
+        yield
+    except MISSING as exc:
+        _migrated.discard(_key(url))
+        raise DatabaseError(
+            f"calendar tables in database {database!r} are missing or incomplete "
+            f"({redact(exc.diag.message_primary or type(exc).__name__)}); the next call re-creates them",
+            {"database": database},
+        ) from None
 
 
 def installed(conn: psycopg.Connection) -> bool:

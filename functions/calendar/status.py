@@ -24,12 +24,13 @@ from safesync.shared.db import connect
 from safesync.shared.errors import SafesyncError
 from safesync.shared.log import redact
 
-from .schema import installed
+from .schema import MISSING, installed
 
 INCREMENTAL_STALE = timedelta(hours=3)
 FULL_STALE = timedelta(hours=48)
 PENDING_STALE = timedelta(hours=2)
 FAILING_STREAK = 3
+NOT_INSTALLED = "calendar tables not installed: run `safesync calendar sync --mode full`"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -43,8 +44,10 @@ def calendar_status(settings: Settings) -> dict[str, Any]:
         url = settings.database_url(cfg.database)
         with connect(url, autocommit=True, application_name="safesync-calendar-status") as conn:
             if not installed(conn):
-                return {**base, "health": "failing", "reason": "calendar tables not installed: run `safesync calendar sync --mode full`"}
+                return {**base, "health": "failing", "reason": NOT_INSTALLED}
             return {**base, **_gather(conn, cfg.calendar_ids)}
+    except MISSING:  # dropped while we looked
+        return {**base, "health": "failing", "reason": NOT_INSTALLED}
     except SafesyncError as exc:
         return {**base, "health": "failing", "reason": redact(exc.message)}
 

@@ -32,7 +32,7 @@ from .google import CalendarClient
 from .pull import Puller
 from .push import Pusher
 from .retry import RetryPolicy
-from .schema import migrate
+from .schema import migrate, tables_required
 
 MODES = ("incremental", "full", "cleanup")
 JOB = "calendar"
@@ -43,13 +43,17 @@ def make_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(attempts=cfg.retry_attempts, base_delay=cfg.retry_base_delay_s, max_delay=cfg.retry_max_delay_s)
 
 
-def open_sync_connection(settings: Settings) -> psycopg.Connection:
+@contextmanager
+def sync_connection(settings: Settings) -> Iterator[psycopg.Connection]:
     """Autocommit connection (explicit transactions per page) marked as the
-    sync writer so the local-edit trigger ignores the sync's own writes."""
-    conn = connect(settings.database_url(settings.config.calendar.database), autocommit=True, application_name="safesync-calendar")
-    conn.execute("set safesync.sync_writer = 'on'")
-    migrate(conn)
-    return conn
+    sync writer so the local-edit trigger ignores the sync's own writes; the
+    tables are migrated first, and their loss mid-run is a readable 503."""
+    database = settings.config.calendar.database
+    url = settings.database_url(database)
+    with connect(url, autocommit=True, application_name="safesync-calendar") as conn, tables_required(url, database):
+        conn.execute("set safesync.sync_writer = 'on'")
+        migrate(conn)
+        yield conn
 
 
 @contextmanager
@@ -88,7 +92,7 @@ def sync_calendars(
     rows: list[dict[str, Any]] = []
     errors: list[SafesyncError] = []
     totals: dict[str, int] = {}
-    with open_sync_connection(settings) as conn:
+    with sync_connection(settings) as conn:
         for cal in calendars:
             before = dict(client.calls)
             ctx = SyncContext(cfg, conn, client, cipher, policy, report.run_id, datetime.now(timezone.utc), force=force)

@@ -34,7 +34,7 @@ from . import state
 from .google import CalendarClient
 from .pull import api_failure
 from .retry import classify
-from .sync import JOB, make_policy, open_sync_connection, run_sync
+from .sync import JOB, make_policy, sync_connection, run_sync
 
 NOTIFY_PATH = "/calendar_notify"
 
@@ -58,7 +58,7 @@ def ensure_channels(settings: Settings, report: Report) -> None:
     policy = make_policy(settings)
     now = datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []
-    with open_sync_connection(settings) as conn:
+    with sync_connection(settings) as conn:
         for cal in cfg.calendar_ids:
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(
@@ -134,7 +134,7 @@ def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answe
     if not (channel_id and token and resource_state):
         raise AuthError("not a Google Calendar notification (X-Goog-Channel-* headers missing)")
     cfg = settings.config.calendar
-    with open_sync_connection(settings) as conn:
+    with sync_connection(settings) as conn:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute("select * from calendar.channels where id = %s", [channel_id])
             channel = cur.fetchone()

@@ -48,3 +48,15 @@ def cal_settings(fake: FakeCalendar, make_db, write_settings):
         return write_settings({"prod": make_db()}, textwrap.dedent(FAST_CALENDAR) + textwrap.dedent(extra))
 
     return factory
+
+
+@pytest.fixture
+def services(tmp_path):
+    """Local stand-ins for deployed Cloud Run services (see services.py)."""
+    from .services import Services
+
+    running = Services(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
