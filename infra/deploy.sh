@@ -26,6 +26,12 @@
 # env vars: DEV_/STAGING_/PROD_/SCRATCH_DATABASE_URL). Entries marked "?" are
 # used only if the secret exists.
 #
+# calendar_sync and calendar_notify are a pair: calendar_sync opens Google push
+# channels whose address is the calendar_notify service (SAFESYNC_NOTIFY_PUBLIC_URL),
+# and calendar_notify queues syncs on the calendar_sync service through QStash
+# (SAFESYNC_CALENDAR_SYNC_BASE_URL). Each gets the other's URL; deploying one
+# needs the other deployed already or in the same run.
+#
 # The services allow unauthenticated invocations at the Cloud Run layer: QStash
 # and Vercel cannot present Google identity tokens. Every request is checked by
 # safesync itself (QStash signature, Vercel HMAC or bearer token) before
@@ -108,11 +114,10 @@ secrets_for() {
         "?SAFESYNC_GOOGLE_SUBJECT=safesync-google-subject"
       ;;
     calendar_notify)
-      # Google push notifications (channel token checked by the job)
+      # Google push notifications (channel token checked by the job): records
+      # them and queues a sync on calendar_sync through QStash; never calls Google
       printf '%s\n' PROD_DATABASE_URL=safesync-prod-url-calendar \
-        SAFESYNC_ENCRYPTION_KEY=safesync-encryption-key \
-        "?SAFESYNC_GOOGLE_CREDENTIALS=safesync-google-credentials" \
-        "?SAFESYNC_GOOGLE_SUBJECT=safesync-google-subject"
+        "?QSTASH_TOKEN=safesync-qstash-token"
       ;;
     migrate)
       # admin token only; migrations need the owner; rehearsals run on a scratch clone
@@ -166,6 +171,15 @@ service_name() {
   echo "safesync-${1//_/-}"
 }
 
+# target -> "ENV_VAR peer": the base URL of another service this one needs
+peer_of() {
+  case "$1" in
+    calendar_sync) echo "SAFESYNC_NOTIFY_PUBLIC_URL calendar_notify" ;;
+    calendar_notify) echo "SAFESYNC_CALENDAR_SYNC_BASE_URL calendar_sync" ;;
+    *) echo "" ;;
+  esac
+}
+
 service_url() {
   gcloud run services describe "$1" --project "${PROJECT}" --region "${REGION}" \
     --format='value(status.url)' 2>/dev/null || true
@@ -181,21 +195,36 @@ build() {
 }
 
 declare -A URLS=()
+declare -A PEER_GIVEN=()
+
+# The URL of a peer service: deployed in this run, or already there.
+peer_url() {
+  if [[ -n "${URLS[$1]:-}" ]]; then
+    echo "${URLS[$1]}"
+  else
+    service_url "$(service_name "$1")"
+  fi
+}
 
 deploy() {
-  local target="$1" service spec memory timeout cpu concurrency secrets before url
+  local target="$1" service spec memory timeout cpu concurrency secrets before url peer_env="" var peer
   service="$(service_name "${target}")"
   spec="$(resources "${target}")"
   read -r memory timeout cpu concurrency <<<"${spec}"
   secrets="$(secret_flags "${target}")"
   before="$(service_url "${service}")"
+  read -r var peer <<<"$(peer_of "${target}")"
+  if [[ -n "${var:-}" ]]; then
+    PEER_GIVEN["${target}"]="$(peer_url "${peer}")"
+    peer_env=",${var}=${PEER_GIVEN[${target}]}"
+  fi
   echo "==> ${service}: ${memory}, ${timeout}s, ${cpu} CPU, concurrency ${concurrency}"
   gcloud run deploy "${service}" --project "${PROJECT}" --region "${REGION}" --image "${IMAGE}" \
     --service-account "${SERVICE_ACCOUNT}" \
     --memory "${memory}" --cpu "${cpu}" --timeout "${timeout}" --concurrency "${concurrency}" \
     --min-instances 0 --max-instances "${MAX_INSTANCES}" \
     --allow-unauthenticated --ingress all \
-    --set-env-vars "FUNCTION_TARGET=${target},SAFESYNC_CONFIG=${CONFIG_MOUNT},SAFESYNC_PUBLIC_URL=${before},CLOUD_RUN_TIMEOUT_SECONDS=${timeout}" \
+    --set-env-vars "FUNCTION_TARGET=${target},SAFESYNC_CONFIG=${CONFIG_MOUNT},SAFESYNC_PUBLIC_URL=${before},CLOUD_RUN_TIMEOUT_SECONDS=${timeout}${peer_env}" \
     --set-secrets "${secrets}" \
     --quiet
   url="$(service_url "${service}")"
@@ -208,20 +237,49 @@ deploy() {
   URLS["${target}"]="${url}"
 }
 
+# A peer deployed for the first time in this run: its URL is only known now.
+link_peers() {
+  local target var peer url
+  for target in "$@"; do
+    read -r var peer <<<"$(peer_of "${target}")"
+    [[ -n "${var:-}" ]] || continue
+    url="$(peer_url "${peer}")"
+    if [[ "${url}" != "${PEER_GIVEN[${target}]:-}" ]]; then
+      gcloud run services update "$(service_name "${target}")" --project "${PROJECT}" --region "${REGION}" \
+        --update-env-vars "${var}=${url}" --quiet
+    fi
+  done
+}
+
 main() {
   local targets=("$@") target
   if ((${#targets[@]} == 0)); then
     targets=("${ALL_TARGETS[@]}")
   fi
+  local var peer ordered=()
   for target in "${targets[@]}"; do
     resources "${target}" >/dev/null
+    read -r var peer <<<"$(peer_of "${target}")"
+    if [[ -n "${var:-}" && " ${targets[*]} " != *" ${peer} "* && -z "$(service_url "$(service_name "${peer}")")" ]]; then
+      die "${target} needs ${peer} (its URL goes into ${var}); deploy both: infra/deploy.sh ${target} ${peer}"
+    fi
   done
+  # calendar_notify first: calendar_sync then starts with the right channel address
+  for target in "${targets[@]}"; do
+    if [[ "${target}" == calendar_notify ]]; then
+      ordered=("${target}" "${ordered[@]}")
+    else
+      ordered+=("${target}")
+    fi
+  done
+  targets=("${ordered[@]}")
   if [[ -z "${SKIP_BUILD:-}" ]]; then
     build
   fi
   for target in "${targets[@]}"; do
     deploy "${target}"
   done
+  link_peers "${targets[@]}"
 
   echo
   echo "Deployed ${IMAGE}"
@@ -237,6 +295,10 @@ main() {
     echo
     echo "Vercel deploy webhook (pre-deploy backup, signed with VERCEL_WEBHOOK_SECRET):"
     echo "  ${URLS[backup]}/backup"
+  fi
+  if [[ -n "${URLS[calendar_notify]:-}" ]]; then
+    echo
+    echo "Google push channels (calendar watch) point at: ${URLS[calendar_notify]}/calendar_notify"
   fi
   if [[ -n "${URLS[status]:-}" ]]; then
     echo

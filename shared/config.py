@@ -165,6 +165,12 @@ class CalendarSection(_Section):
     channel_renew_hours: int = Field(24, ge=1)
     events_max_days: int = Field(366, ge=1)
 
+    @model_validator(mode="after")
+    def _renewal_inside_lifetime(self) -> "CalendarSection":
+        if self.channel_renew_hours >= self.channel_ttl_hours:
+            raise ValueError("channel_renew_hours must be less than channel_ttl_hours (every watch run would reopen every channel)")
+        return self
+
 
 class MigrateSection(_Section):
     database: str = "prod"

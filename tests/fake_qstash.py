@@ -1,4 +1,6 @@
-"""A local fake of the QStash schedules REST API (v2), recording every call.
+"""A local fake of the QStash REST API (v2): schedules, and publishing
+(``POST /v2/publish/<destination>``, kept in ``published`` for a test to
+deliver), recording every call.
 
 Speaks what the ``qstash`` SDK sends and reads: ``POST /v2/schedules/<destination>``
 with ``Upstash-*`` headers (an existing ``Upstash-Schedule-Id`` is replaced,
@@ -25,6 +27,8 @@ class FakeQStash:
         self.schedules: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail_next: int | None = None  # answer the next changing call with this status
+        self.published: list[dict[str, Any]] = []  # messages, in order: destination, headers, body
+        self.latency = 0.0  # seconds before answering a publish (a slow QStash)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -92,6 +96,13 @@ class FakeQStash:
         self.schedules[schedule_id] = entry
         return 200, {"scheduleId": schedule_id}
 
+    def _publish(self, destination: str, headers: dict[str, str], body: str) -> tuple[int, Any]:
+        if not destination.startswith(("http://", "https://")):
+            return 400, {"error": f"invalid destination: {destination!r}"}
+        message_id = f"msg_{uuid.uuid4().hex}"
+        self.published.append({"messageId": message_id, "destination": destination, "headers": headers, "body": body})
+        return 201, {"messageId": message_id}
+
     def handle(self, method: str, path: str, headers: dict[str, str], body: str) -> tuple[int, Any]:
         with self._lock:
             self.calls.append((method, path))
@@ -100,6 +111,8 @@ class FakeQStash:
             if method != "GET" and self.fail_next is not None:
                 status, self.fail_next = self.fail_next, None
                 return status, {"error": "injected failure"}
+            if method == "POST" and path.startswith("/v2/publish/"):
+                return self._publish(unquote(path[len("/v2/publish/"):]), headers, body)
             prefix = "/v2/schedules"
             if not path.startswith(prefix):
                 return 404, {"error": "not found"}
@@ -129,6 +142,8 @@ class FakeQStash:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if self.path.startswith("/v2/publish/") and fake.latency:
+                    time.sleep(fake.latency)
                 status, payload = fake.handle(self.command, self.path, headers, body)
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)

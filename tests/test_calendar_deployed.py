@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import timedelta
 
 import psycopg
+import pytest
 
-from tests.fake_calendar.fixtures import cal_settings, fake, services  # noqa: F401
+from tests.fake_calendar.fixtures import cal_settings, fake, qstash, services  # noqa: F401
+from tests.fake_calendar.helpers import NOW, event, gid, qstash_delivery, rows
 
 SYNC_URL = "https://safesync-calendar-sync-abc123-ew.a.run.app"
 
@@ -42,3 +46,75 @@ def test_schema_dropped_under_a_running_process_is_a_503_then_recreated_or_repor
     damaged = ask()
     assert damaged.status == 503 and "calendar.rate_limits missing although" in damaged.json()["error"], damaged.body
     assert sync.proc.poll() is None
+
+
+def deployed_services(tmp_path) -> dict[str, dict[str, str]]:
+    """The environment infra/deploy.sh gives the calendar_sync and
+    calendar_notify services (first deploy of both: URLs learnt on the way)."""
+    from tests.test_infra import flag, run_deploy
+
+    done, calls = run_deploy(tmp_path / "deploy", "calendar_sync", "calendar_notify", env={"TAG": "t1"})
+    assert done.returncode == 0, done.stderr
+    envs: dict[str, dict[str, str]] = {}
+    for call in calls:
+        if call[:2] == ["run", "deploy"]:
+            envs[call[2]] = dict(kv.split("=", 1) for kv in flag(call, "--set-env-vars").split(","))
+        elif call[:3] == ["run", "services", "update"]:
+            envs[call[3]].update(kv.split("=", 1) for kv in flag(call, "--update-env-vars").split(","))
+    return {t: envs[f"safesync-{t.replace('_', '-')}"] for t in ("calendar_sync", "calendar_notify")}
+
+
+def start_layout(layout, services, tmp_path) -> str:
+    """Start the services of a layout; returns the calendar_sync base URL."""
+    if layout == "serve":
+        public = os.environ["SAFESYNC_PUBLIC_URL"]
+        services.start(None, public, {"SAFESYNC_PUBLIC_URL": public})
+        return public
+    envs = deployed_services(tmp_path)
+    for target, env in envs.items():
+        assert env["FUNCTION_TARGET"] == target
+        own = {k: v for k, v in env.items() if k not in ("SAFESYNC_CONFIG", "FUNCTION_TARGET")}
+        services.start(target, env["SAFESYNC_PUBLIC_URL"], own)
+    return envs["calendar_sync"]["SAFESYNC_PUBLIC_URL"]
+
+
+def advisory_locks(settings) -> int:
+    with psycopg.connect(settings.database_url("prod"), autocommit=True) as conn:
+        return conn.execute("select count(*) from pg_locks where locktype = 'advisory' and database = "
+                            "(select oid from pg_database where datname = current_database())").fetchone()[0]
+
+
+@pytest.mark.parametrize("layout", ["per-target", "serve"])
+def test_google_notifications_reach_calendar_notify_and_queue_a_sync_in_every_layout(
+    layout, fake, qstash, cal_settings, services, tmp_path
+):
+    settings = cal_settings()
+    fake.store.put_event("primary", event(gid(0), "Standup", NOW + timedelta(days=1)))
+    sync_base = start_layout(layout, services, tmp_path)
+    watched = services.request("POST", f"{sync_base}/calendar_sync", json.dumps({"action": "watch"}).encode(), bearer())
+    assert watched.status == 200, watched.body
+    [channel] = fake.store.channels.values()
+    handshake = fake.store.notifications.pop()
+    assert handshake["address"] == channel["address"]
+    answer = services.request("POST", handshake["address"], b"", handshake["headers"])  # as Google sends it
+    assert answer.status == 200 and answer.json()["ignored"] == "channel handshake", answer.body
+
+    fake.store.edit("primary", gid(0), {"summary": "Standup, moved"})
+    note = fake.store.notifications.pop()
+    fake.latency = 3.0  # a slow Google: the answer must not wait for it
+    calls_before = sum(fake.calls.values())
+    started = time.monotonic()
+    answer = services.request("POST", note["address"], b"", note["headers"])
+    elapsed = time.monotonic() - started
+    assert answer.status == 200 and answer.json()["queued"] is True, answer.body
+    assert elapsed < 2.0, elapsed
+    assert sum(fake.calls.values()) == calls_before  # Google was not called at all
+    assert advisory_locks(settings) == 0  # no lock outlives the request
+    fake.latency = 0
+
+    [message] = qstash.published
+    assert message["destination"] == f"{sync_base}/calendar_sync"
+    body, headers = qstash_delivery(message)
+    synced = services.request("POST", message["destination"], body, headers)
+    assert synced.status == 200, synced.body
+    assert rows(settings)[gid(0)]["title"] == "Standup, moved"

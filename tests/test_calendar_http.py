@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
 from safesync.functions import cli
-from safesync.functions.calendar import handle_http, handle_notify
+from safesync.functions.calendar import calendar_status, handle_http, handle_notify
 from safesync.shared.auth import Principal
 from safesync.shared.config import load_settings
 from safesync.shared.errors import AuthError
 from safesync.shared.http import Call
-from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
-from tests.fake_calendar.helpers import NOW, connect, rows
+from tests.fake_calendar.fixtures import cal_settings, fake, qstash  # noqa: F401
+from tests.fake_calendar.helpers import NOW, connect, qstash_delivery, rows
 from tests.test_calendar_sync import seed
 
 
@@ -120,9 +122,17 @@ def test_admin_actions_need_the_admin_token(fake, cal_settings, client):
     assert fake.store.live("primary")["e0000000"]["summary"] == "retry me"
 
 
-def test_push_notifications_trigger_debounced_incremental_syncs(fake, cal_settings, client):
+def deliver(client, message):
+    """QStash delivering a published message to this server."""
+    body, headers = qstash_delivery(message)
+    return client.post(urlsplit(message["destination"]).path, data=body, headers=headers)
+
+
+def test_push_notifications_are_recorded_once_and_queue_one_sync(fake, qstash, cal_settings, client):
     settings = cal_settings()
+    settings.config = settings.config.model_copy(update={"calendar": settings.config.calendar.model_copy(update={"notify_debounce_s": 60})})
     seed(fake, 3)
+    assert post(client, {"mode": "full"}).status_code == 200
     r = post(client, {"action": "watch"})
     assert r.status_code == 200, r.get_json()
     channel_id = r.get_json()["tables"]["channels"][0]["channel"]
@@ -136,8 +146,15 @@ def test_push_notifications_trigger_debounced_incremental_syncs(fake, cal_settin
     fake.store.edit("primary", "e0000001", {"summary": "changed upstream"})
     note = fake.store.notifications.pop()
     answer = handle_notify(settings, note["headers"])
-    assert answer.status == 200 and answer.body["synced"] is True
-    assert rows(settings)["e0000001"]["title"] == "changed upstream"  # first notification: full sync (no token yet)
+    assert answer.status == 200 and answer.body["queued"] is True and answer.body["delay_s"] == 0  # no incremental ran yet
+    [message] = qstash.published
+    assert message["destination"] == "https://safesync.example.test/calendar_sync"
+    assert json.loads(message["body"]) == {"mode": "incremental", "calendar_id": "primary"}
+    assert rows(settings)["e0000001"]["title"] == "Event 1"  # nothing synced inside Google's request
+    assert handle_notify(settings, note["headers"]).body["duplicate"] is True  # Google retrying the same message
+    fake.store.edit("primary", "e0000002", {"summary": "changed again"})
+    again = handle_notify(settings, fake.store.notifications.pop()["headers"])
+    assert (again.body["queued"], again.body["pending"]) == (False, True) and len(qstash.published) == 1  # one sync queued
 
     forged = dict(note["headers"], **{"X-Goog-Channel-Token": "guess"})
     with pytest.raises(AuthError):
@@ -145,26 +162,53 @@ def test_push_notifications_trigger_debounced_incremental_syncs(fake, cal_settin
     with pytest.raises(AuthError):
         handle_notify(settings, {"X-Goog-Channel-ID": channel_id})
 
-    # Debounce: a second notification right after a sync only marks the calendar pending.
-    settings.config = settings.config.model_copy(update={"calendar": settings.config.calendar.model_copy(update={"notify_debounce_s": 60})})
-    fake.store.edit("primary", "e0000002", {"summary": "changed again"})
-    answer = handle_notify(settings, fake.store.notifications.pop()["headers"])
-    assert answer.body["debounced"] is True
+    r = deliver(client, message)  # QStash runs the sync in its own request
+    assert r.status_code == 200, r.get_json()
+    local = rows(settings)
+    assert (local["e0000001"]["title"], local["e0000002"]["title"]) == ("changed upstream", "changed again")
     with connect(settings) as conn:
-        assert conn.execute("select notify_pending_since from calendar.sync_state").fetchone()["notify_pending_since"]
-    assert rows(settings)["e0000002"]["title"] == "Event 2"
-    assert post(client, {"mode": "incremental"}).status_code == 200  # the schedule catches up
-    with connect(settings) as conn:
-        assert conn.execute("select notify_pending_since from calendar.sync_state").fetchone()["notify_pending_since"] is None
+        state = conn.execute("select * from calendar.sync_state").fetchone()
+    assert state["notify_pending_since"] is None and state["notify_queued_at"] is None
+    # The next change queues the next sync, debounced after the one that just ran.
+    fake.store.edit("primary", "e0000000", {"summary": "third"})
+    third = handle_notify(settings, fake.store.notifications.pop()["headers"])
+    assert third.body["queued"] is True and 50 <= third.body["delay_s"] <= 60
+    assert qstash.published[1]["headers"]["upstash-delay"] == f"{third.body['delay_s']}s"
 
     # Renewal: a channel close to expiry is replaced and the old one stopped.
     assert post(client, {"action": "watch"}).get_json()["tables"]["channels"][0]["action"] == "kept"
     with connect(settings) as conn:
         conn.execute("update calendar.channels set expiration = now() + interval '1 hour'")
+    assert calendar_status(settings)["health"] == "degraded"
+    assert "within the renewal margin" in calendar_status(settings)["reason"]
     r = post(client, {"action": "watch"}).get_json()["tables"]["channels"][0]
     assert r["action"] == "opened" and r["stopped"] == 1 and fake.store.channels[channel_id]["stopped"]
-    stale = {**note["headers"]}
-    assert handle_notify(settings, stale).body["ignored"] == "channel stopped"
+    assert handle_notify(settings, note["headers"]).body["ignored"] == "channel stopped"
+    assert "push channel" not in calendar_status(settings)["reason"]
+    with connect(settings) as conn:  # the channel lapses (no watch ran): status says so
+        conn.execute("update calendar.channels set expiration = now() - interval '1 minute'")
+    assert "no active push channel" in calendar_status(settings)["reason"]
+
+
+def test_notifications_without_qstash_stay_pending_for_the_schedule(fake, qstash, cal_settings, client, monkeypatch):
+    settings = cal_settings()
+    seed(fake, 2)
+    assert post(client, {"action": "watch"}).status_code == 200
+    fake.store.notifications.clear()
+    qstash.latency = 5  # QStash not answering in time: Google still gets its answer
+    fake.store.edit("primary", "e0000000", {"summary": "slow queue"})
+    started = time.monotonic()
+    slow = handle_notify(settings, fake.store.notifications.pop()["headers"])
+    assert time.monotonic() - started < 4.5
+    assert slow.body["pending"] is True and "QStash publish failed" in slow.body["reason"]
+    monkeypatch.delenv("QSTASH_TOKEN")
+    fake.store.edit("primary", "e0000001", {"summary": "no queue"})
+    answer = handle_notify(settings, fake.store.notifications.pop()["headers"])
+    assert answer.body["pending"] is True and "QSTASH_TOKEN is not set" in answer.body["reason"]
+    assert post(client, {"mode": "incremental"}).status_code == 200  # the schedule catches up
+    assert rows(settings)["e0000000"]["title"] == "slow queue"
+    with connect(settings) as conn:
+        assert conn.execute("select notify_pending_since from calendar.sync_state").fetchone()["notify_pending_since"] is None
 
 
 def test_cli_sync_status_and_events(fake, cal_settings, capsys):
@@ -180,7 +224,7 @@ def test_cli_sync_status_and_events(fake, cal_settings, capsys):
     assert cli.main(["calendar", "sync", "--mode", "incremental", "--calendar", "other"]) == 2
 
 
-def test_notifications_through_the_calendar_notify_route(fake, cal_settings, client):
+def test_notifications_through_the_calendar_notify_route(fake, qstash, cal_settings, client):
     settings = cal_settings()
     seed(fake, 2)
     assert post(client, {"action": "watch"}).status_code == 200
@@ -189,7 +233,8 @@ def test_notifications_through_the_calendar_notify_route(fake, cal_settings, cli
     assert r.status_code == 200 and r.get_json()["ignored"] == "channel handshake"
     fake.store.edit("primary", "e0000000", {"summary": "pushed to us"})
     r = client.post("/calendar_notify", headers=fake.store.notifications.pop()["headers"])
-    assert r.status_code == 200 and r.get_json()["synced"] is True
+    assert r.status_code == 200 and r.get_json()["queued"] is True, r.get_json()
+    assert deliver(client, qstash.published[-1]).status_code == 200
     assert rows(settings)["e0000000"]["title"] == "pushed to us"
     forged = {**handshake["headers"], "X-Goog-Channel-Token": "forged"}
     assert client.post("/calendar_notify", headers=forged).status_code == 401

@@ -119,9 +119,11 @@ def test_full_sync_never_deletes_on_absence_alone(fake, cal_settings):
     settings = cal_settings()
     seed(fake, 6)
     sync(settings, "full")
-    # An event moved out of the listing window is absent from the listing but not deleted.
-    fake.store.edit("primary", gid(4), timed(NOW + timedelta(days=150)))
-    fake.store.remove("primary", gid(5))
+    # Changes incremental never reported (Google's listings are not perfect):
+    # an event moved out of the window is absent from the listing, alive, and
+    # kept; one gone without a trace is deleted once its id answers 404.
+    fake.store.calendars["primary"][gid(4)].update(timed(NOW + timedelta(days=150)), etag='"moved-silently"')
+    del fake.store.calendars["primary"][gid(5)]
     fake.reset_counts()
     body = sync(settings, "full")
     local = rows(settings)
@@ -390,3 +392,73 @@ def test_migrations_are_idempotent_and_a_changed_one_is_refused(make_db, monkeyp
         monkeypatch.setattr(schema, "MIGRATIONS", changed)
         with pytest.raises(JobFailed, match="migration 2"):
             schema.migrate(conn)
+
+
+def _held_far_away(fake, settings):
+    """Two synced events that Google then moved to +120 d (outside every window)."""
+    far = NOW + timedelta(days=120)
+    for n in (1, 2):
+        fake.store.put_event("primary", event(gid(n, "far"), f"Far {n}", NOW + timedelta(days=5 + n)))
+    sync(settings, "full")
+    for n in (1, 2):
+        fake.store.edit("primary", gid(n, "far"), timed(far + timedelta(hours=n)))
+    sync(settings, "incremental")  # held rows follow their events wherever they go
+    local = rows(settings)
+    assert [local[gid(n, "far")]["start_at"] for n in (1, 2)] == [far + timedelta(hours=n) for n in (1, 2)]
+
+
+def stored_token(settings):
+    with connect(settings) as conn:
+        return conn.execute("select sync_token from calendar.sync_state where calendar_id = 'primary'").fetchone()["sync_token"]
+
+
+def test_changes_outside_the_window_between_an_incremental_and_a_full_reach_the_table(fake, cal_settings):
+    settings = cal_settings()
+    seed(fake, 3)
+    _held_far_away(fake, settings)
+    fake.store.edit("primary", gid(1, "far"), {"summary": "Far 1, renamed"})
+    fake.store.remove("primary", gid(2, "far"))
+    sync(settings, "full")
+    assert fake.store.token_window("primary", stored_token(settings)) is None  # never a windowed listing's token
+    sync(settings, "incremental")
+    local = rows(settings)
+    assert local[gid(1, "far")]["title"] == "Far 1, renamed"
+    assert local[gid(2, "far")]["deleted"]
+    assert fake.store.token_window("primary", stored_token(settings)) is None
+    assert_converged(fake, settings)
+
+
+def test_410_drops_the_token_at_once_and_resyncs_every_held_row(fake, cal_settings, monkeypatch):
+    from tests.fake_calendar import ApiError
+
+    settings = cal_settings()
+    seed(fake, 4)
+    _held_far_away(fake, settings)
+    pending = app_insert(settings, title="local, not pushed yet", start=NOW + timedelta(days=200), status="pending_sync")
+    fake.store.edit("primary", gid(1, "far"), {"summary": "edited while the token expired"})
+    fake.store.remove("primary", gid(2, "far"))
+    fake.store.expire_tokens("primary")
+    # The unbounded listing fails this time: the dead token must not survive the failure.
+    unbounded = fake.store.list
+
+    def down(cal, params):
+        if not {"syncToken", "timeMin", "timeMax"} & set(params):
+            raise ApiError(503, "backendError", "Backend Error")
+        return unbounded(cal, params)
+
+    monkeypatch.setattr(fake.store, "list", down)
+    assert run_sync(settings, "incremental").status == 503
+    assert stored_token(settings) is None
+    monkeypatch.setattr(fake.store, "list", unbounded)
+    fake.reset_counts()
+    body = sync(settings, "incremental")
+    assert fake.calls["list"] == 1  # no token: straight to the unbounded listing
+    local = rows(settings)
+    assert local[gid(1, "far")]["title"] == "edited while the token expired"
+    assert local[gid(2, "far")]["deleted"]  # outside every window, still checked by id and found gone
+    assert body["details"]["counts"]["absent_checked"] == 1
+    with connect(settings) as conn:
+        survivor = conn.execute("select * from calendar.events where id = %s", [pending]).fetchone()
+    assert survivor["sync_status"] == "synced" and not survivor["deleted"]
+    assert fake.store.token_window("primary", stored_token(settings)) is None
+    assert_converged(fake, settings)

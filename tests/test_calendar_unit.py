@@ -193,3 +193,81 @@ def test_fake_expands_series_with_exceptions(fake, api):
     assert kinds == [("ser0001", "confirmed"), (f"ser0001_{second}", "cancelled")]
     with pytest.raises(HttpError):
         api.get_event("primary", "ser0001_20000101T080000Z")
+
+
+# Calendar API v3 events.list, syncToken: "There are several query parameters
+# that cannot be specified together with nextSyncToken to ensure consistency
+# of the client state. These are: iCalUID, orderBy, privateExtendedProperty,
+# q, sharedExtendedProperty, timeMin, timeMax, updatedMin."
+@pytest.mark.parametrize("param,value", [
+    ("timeMin", NOW.isoformat()), ("timeMax", NOW.isoformat()), ("orderBy", "updated"), ("q", "standup"),
+    ("updatedMin", NOW.isoformat()), ("iCalUID", "x@google.com"),
+])
+def test_fake_refuses_sync_token_with_filters(fake, api, param, value):
+    token = api.list_events("primary")["nextSyncToken"]
+    with pytest.raises(HttpError) as exc:
+        api.list_events("primary", syncToken=token, **{param: value})
+    assert classify(exc.value).status == 400
+
+
+def test_fake_windowed_token_syncs_only_its_window(fake, api):
+    # Synchronize resources efficiently: the initial full sync "can optionally
+    # restrict the list request ... if you only want to synchronize a specific
+    # subset of resources" — its token then syncs that subset only.
+    fake.store.put_event("primary", event("near00001", "Near", NOW + timedelta(days=1)))
+    fake.store.put_event("primary", event("far000001", "Far", NOW + timedelta(days=120)))
+    windowed = api.list_events("primary", timeMin=NOW.isoformat(), timeMax=(NOW + timedelta(days=90)).isoformat())
+    unbounded = api.list_events("primary")
+    assert [i["id"] for i in windowed["items"]] == ["near00001"]
+    fake.store.edit("primary", "near00001", {"summary": "near, edited"})
+    fake.store.edit("primary", "far000001", {"summary": "far, edited"})
+    assert [i["id"] for i in api.list_events("primary", syncToken=windowed["nextSyncToken"])["items"]] == ["near00001"]
+    assert sorted(i["id"] for i in api.list_events("primary", syncToken=unbounded["nextSyncToken"])["items"]) == ["far000001", "near00001"]
+
+
+def test_fake_refuses_a_recurring_event_without_a_time_zone(fake, api):
+    # Event resource, start.timeZone: "For recurring events this field is
+    # required and specifies the time zone in which the recurrence is expanded."
+    body = {"summary": "Daily", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"], **timed(NOW + timedelta(days=1))}
+    results = api.execute_batch([("series", api.insert_request("primary", body))])
+    assert classify(results["series"][1]).status == 400
+    body = {"summary": "Daily", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"], **timed(NOW + timedelta(days=1), 1, "Europe/Berlin")}
+    results = api.execute_batch([("series", api.insert_request("primary", body))])
+    assert results["series"][1] is None
+
+
+def _firings(cron: str, days: int = 7) -> list[int]:
+    """Minutes (from a Monday 00:00) at which a ``M H * * *`` cron fires:
+    numbers, ``*``, ``*/n`` and lists in the minute and hour fields."""
+    minute, hour, dom, month, dow = cron.split()
+    assert (dom, month, dow) == ("*", "*", "*"), cron
+
+    def values(field: str, size: int) -> list[int]:
+        out: set[int] = set()
+        for part in field.split(","):
+            if part == "*":
+                out |= set(range(size))
+            elif part.startswith("*/"):
+                out |= set(range(0, size, int(part[2:])))
+            else:
+                out.add(int(part))
+        return sorted(out)
+
+    return [d * 1440 + h * 60 + m for d in range(days) for h in values(hour, 24) for m in values(minute, 60)]
+
+
+def test_the_watch_schedule_renews_channels_well_before_they_expire():
+    from pathlib import Path
+
+    from safesync.functions.schedules import load_schedules
+    from safesync.shared.config import CalendarSection
+
+    shipped = load_schedules(Path(__file__).resolve().parents[1] / "infra" / "schedules.toml", {"SAFESYNC_PUBLIC_URL": "https://x.test"})
+    [watch] = [d for d in shipped.schedules if d.target == "calendar_sync" and d.body.get("action") == "watch"]
+    times = _firings(watch.cron)
+    period_h = max(b - a for a, b in zip(times, times[1:] + [times[0] + 7 * 1440])) / 60
+    cfg = CalendarSection()
+    # A channel enters the renewal margin channel_renew_hours before its end;
+    # some watch run must fall inside that margin, with room for a failed one.
+    assert period_h < cfg.channel_ttl_hours - cfg.channel_renew_hours
+    assert 2 * period_h <= cfg.channel_renew_hours

@@ -247,9 +247,9 @@ def test_cli_plan_and_the_shipped_schedules_file(qstash, settings, capsys, monke
     code = cli.main(["schedules", "apply", "--file", str(shipped), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
-    assert out["summary"] == "applied: 5 created; 0 unchanged"
+    assert out["summary"] == "applied: 6 created; 0 unchanged"
     assert code == cli.main(["schedules", "plan", "--file", str(shipped)])
-    assert "nothing to change; 5 unchanged" in capsys.readouterr().out
+    assert "nothing to change; 6 unchanged" in capsys.readouterr().out
     assert sentinels.SECRETS["QSTASH_TOKEN"] not in json.dumps(out)
 
 

@@ -8,8 +8,9 @@ HTTP (POST JSON; GET with query args for the read actions):
 - ``{"action": "events", "from": ..., "to": ...}`` — read a window, with
   ``ETag``, ``Cache-Control: max-age=300`` and 304 on ``If-None-Match``;
 - ``{"action": "watch"}`` — open/renew push channels, stop old ones;
-- admin token only: ``{"action": "resync"}`` (forced full sync; ``"force":
-  true`` also lifts the mass-deletion guard), ``{"action": "retry_all"}``
+- admin token only: ``{"action": "resync"}`` (Google's full
+  synchronization: the token dropped, every event listed without bounds;
+  ``"force": true`` also lifts the mass-deletion guard), ``{"action": "retry_all"}``
   (every ``sync_failed`` row gets fresh tries), and ``force`` on any sync.
 
 Every call counts against the caller's per-minute rate limit (429).
@@ -33,7 +34,8 @@ from safesync.shared.runner import Answer, execute
 from . import ratelimit, reads
 from .status import calendar_status
 from .sync import JOB, MODES, run_sync
-from .watch import handle_notification, watch
+from .notify import handle_notification
+from .watch import watch
 
 __all__ = ["handle_http", "handle_notify", "handle_notify_call", "register_cli", "calendar_status"]
 
@@ -105,7 +107,7 @@ def handle_http(call: Call):
         return watch(settings, trigger, delivery)
     if action == "resync":
         return run_sync(settings, "full", trigger=trigger, delivery=delivery, force=request.force,
-                        calendar_id=request.calendar_id, action="resync")
+                        calendar_id=request.calendar_id, action="resync", resync=True)
     if action == "retry_all":
         return run_sync(settings, "incremental", trigger=trigger, delivery=delivery, calendar_id=request.calendar_id,
                         action="retry_all", reset_failed=True)

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from . import state
 from .context import SyncContext
 from .pull import PagePlan, Puller, full_params, list_all
+from .store import absent_candidates
 
 
 class Cleanup:
@@ -39,21 +40,7 @@ class Cleanup:
                 [self.cal, list(agreed)],
             )
             held = {r["google_event_id"]: r for r in cur.fetchall()}
-            inner = (window[0] + timedelta(days=1), window[1] - timedelta(days=1))
-            cur.execute(
-                """
-                select * from calendar.events
-                 where calendar_id = %(cal)s and source = 'google_calendar' and sync_status = 'synced'
-                   and not deleted and google_event_id is not null and event_status <> 'cancelled'
-                   and not (google_event_id = any(%(seen)s))
-                   and ((not all_day and start_at < %(end)s and end_at > %(start)s
-                         and (recurrence is null or start_at >= %(start)s))
-                     or (all_day and start_date < %(end)s::date and end_date > %(start)s::date
-                         and (recurrence is null or start_date >= %(start)s::date)))
-                """,
-                {"cal": self.cal, "seen": list(set(first) | set(second)), "start": inner[0], "end": inner[1]},
-            )
-            extra = cur.fetchall()
+        extra = absent_candidates(ctx.conn, self.cal, list(set(first) | set(second)), window)
         plan = PagePlan()
         for gid, item in agreed.items():
             row = held.get(gid)
@@ -63,7 +50,7 @@ class Cleanup:
                 ctx.counts["etag_mismatch"] += 1
             else:
                 continue
-            self.puller._plan_live(plan, item, row, None, True)
+            self.puller._plan_live(plan, item, row, None)
         for row in extra:
             ctx.counts["extra"] += 1
             plan.deletes.append({"id": row["id"], "etag": None, "_row": row})
@@ -92,6 +79,8 @@ class Cleanup:
             ).rowcount
             ctx.conn.execute("delete from calendar.audit_log where calendar_id = %s and at < %s", [self.cal, horizon])
             ctx.conn.execute("delete from calendar.rate_limits where window_start < now() - interval '1 day'")
+            # Google retries a message for a while, not for a week: older pings cannot come again.
+            ctx.conn.execute("delete from calendar.notifications where calendar_id = %s and received_at < now() - interval '7 days'", [self.cal])
             ctx.counts["dropped_obsolete"] += dropped
             if dropped:
                 state.audit(ctx.conn, ctx.run_id, "state", "dropped obsolete rows", calendar_id=self.cal,

@@ -1,14 +1,25 @@
-"""Google → Postgres: incremental (sync token), full (window) and the 410
-fallback, following Google's sync guide.
+"""Google → Postgres, following Google's sync guide ("Synchronize resources
+efficiently"): one unbounded full synchronization, then incremental syncs
+with its token; a windowed listing reconciles, it never moves the token.
 
-- Incremental lists with the stored ``syncToken`` and nothing else that the
-  API forbids with it (no timeMin/timeMax/updatedMin), follows every page
+- Incremental lists with the stored ``syncToken`` and nothing else (the API
+  forbids timeMin/timeMax/updatedMin/q/orderBy with it), follows every page
   with the identical query, and stores the new token in the transaction of
   the last page. Changes to rows we hold are always applied; new events only
   when they touch the incremental window.
-- Full lists the window (pages of up to 2500) and refreshes the token. A row
-  missing from the listing is NOT deleted for that alone: it is fetched by
-  id (batched) and deleted only when Google says it is gone or cancelled.
+- The token only ever comes from an unbounded listing (no timeMin/timeMax):
+  a windowed listing's token would sync only that window, and storing it
+  would lose every change outside the window made before it.
+- No token, an expired one (410: "clear its storage and perform a full
+  synchronization"), or an admin resync: the token is dropped at once (never
+  reused), then every event is listed without bounds. New events are taken
+  when they touch the full window; held rows are brought up to date whatever
+  their time; a synced Google row the listing lacks is fetched by id
+  (batched) and deleted only when Google says it is gone or cancelled.
+- Full first syncs incrementally (so the token moves past everything), then
+  lists the window (pages of up to 2500) to catch what incremental leaves
+  out (events new to the window) and to confirm rows missing from it — by
+  id, never deleting on absence alone. That listing's own token is dropped.
   Only rows that came from Google and are ``synced`` are candidates, so
   ``pending_sync``, ``local_only`` and app-made rows always survive.
 - A cancelled exception of a live series hides that occurrence and is kept;
@@ -25,7 +36,6 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from googleapiclient.errors import HttpError
-from psycopg.rows import dict_row
 
 from safesync.shared.errors import JobFailed, Refused
 
@@ -36,7 +46,7 @@ from .context import SyncContext
 from .mapping import EventData, field_hashes, from_google, from_row, google_meta, overlaps, parse_instant, utc_text
 from .retry import classify
 from .store import (
-    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, executemany,
+    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates, executemany,
     rows_by_google_id, synced_values, unpushed_instances,
 )
 
@@ -49,6 +59,7 @@ class FullSyncRequired(Exception):
 class Listing:
     pages: list[list[dict[str, Any]]]
     sync_token: str | None
+    time_zone: str | None = None  # the calendar's (every events.list answer carries it)
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -90,7 +101,7 @@ def list_all(ctx: SyncContext, calendar_id: str, params: dict[str, Any]) -> List
         pages.append(response.get("items", []))
         page_token = response.get("nextPageToken")
         if not page_token:
-            return Listing(pages, response.get("nextSyncToken"))
+            return Listing(pages, response.get("nextSyncToken"), response.get("timeZone"))
 
 
 def full_params(ctx: SyncContext) -> dict[str, Any]:
@@ -103,33 +114,59 @@ class Puller:
 
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
+        self.listed_from = ctx.now  # when the token listing began (notifications before it are covered)
 
     # -- entry points -------------------------------------------------------
     def incremental(self) -> str:
         token = state.sync_token(self.ctx.conn, self.cal)
         if not token:
             self._note("state", "no sync token: full sync", {})
-            return self.full(reason="no sync token")
+            return self.resync("no sync token")
+        self.listed_from = state.begin_listing(self.ctx.conn, self.cal)
         try:
             listing = list_all(self.ctx, self.cal, {"syncToken": token})
         except FullSyncRequired as gone:
             self._note("state", "sync token expired: full sync", {"reason": str(gone)})
             self.ctx.counts["token_expired"] += 1
-            return self.full(reason="410 fullSyncRequired")
-        self.apply(listing, window=self.ctx.window(self.ctx.cfg.incremental_days), full=False)
+            return self.resync("410 fullSyncRequired")
+        self.apply(listing, window=self.ctx.window(self.ctx.cfg.incremental_days), absent=None, keep_token=True)
         return "incremental"
 
-    def full(self, reason: str = "scheduled") -> str:
+    def resync(self, reason: str) -> str:
+        """Google's full synchronization: the stored token is dropped first
+        (committed: a failure below must not leave a dead token to retry),
+        then every event is listed without time bounds."""
+        with self.ctx.conn.transaction():
+            state.store_token(self.ctx.conn, self.cal, None)
+        self.listed_from = state.begin_listing(self.ctx.conn, self.cal)
+        try:
+            listing = list_all(self.ctx, self.cal, {})
+        except FullSyncRequired as gone:  # no token was sent; Google said 410 anyway
+            raise JobFailed(f"calendar {self.cal}: unbounded listing answered 410 ({gone})") from None
+        self.ctx.counts["full_syncs"] += 1
+        self.apply(listing, window=self.ctx.window(self.ctx.cfg.full_days), absent="all", keep_token=True)
+        return f"full ({reason})"
+
+    def full(self) -> str:
+        """Incremental (or the resync it falls back to), then the window
+        reconciled; the window listing's token is never stored."""
+        how = self.incremental()
+        if how != "incremental":
+            return how  # the unbounded listing already covered the window
         try:
             listing = list_all(self.ctx, self.cal, full_params(self.ctx))
         except FullSyncRequired as gone:  # a windowed list never uses a token; Google said 410 anyway
             raise JobFailed(f"calendar {self.cal}: full listing answered 410 ({gone})") from None
         self.ctx.counts["full_syncs"] += 1
-        self.apply(listing, window=self.ctx.window(self.ctx.cfg.full_days), full=True)
-        return f"full ({reason})"
+        self.apply(listing, window=self.ctx.window(self.ctx.cfg.full_days), absent="window", keep_token=False)
+        return "full (scheduled)"
 
     # -- planning -----------------------------------------------------------
-    def apply(self, listing: Listing, *, window, full: bool) -> None:
+    def apply(self, listing: Listing, *, window, absent: str | None, keep_token: bool) -> None:
+        """Write a listing page by page. ``absent``: which held rows the
+        listing lacking them makes suspect (``"all"`` for an unbounded
+        listing, ``"window"``, or None for a change listing); ``keep_token``:
+        store the listing's sync token with its last page."""
         ctx, conn = self.ctx, self.ctx.conn
         items = listing.items
         ctx.counts["listed"] += len(items)
@@ -140,20 +177,21 @@ class Puller:
         )
         cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
         listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
-        plans = [self._plan_page(page, existing, instances, cancelled_series, listed_series, window, full) for page in listing.pages]
-        absent = self._confirm_absent(items, window) if full else PagePlan()
-        deletions = sum(len(p.deletes) for p in plans + [absent])
-        self._guard(items, deletions, window, full)
+        plans = [self._plan_page(page, existing, instances, cancelled_series, listed_series, window) for page in listing.pages]
+        missing = self._confirm_absent(items, window if absent == "window" else None) if absent else PagePlan()
+        deletions = sum(len(p.deletes) for p in plans + [missing])
+        self._guard(items, deletions, window, absent is not None)
         for index, plan in enumerate(plans):
             last = index == len(plans) - 1
             with conn.transaction():
                 self._write(plan)
                 if last:
-                    self._write(absent)
-                    state.store_token(conn, self.cal, listing.sync_token)
-                    state.clear_notify_pending(conn, self.cal)
+                    self._write(missing)
+                    if keep_token:
+                        state.store_token(conn, self.cal, listing.sync_token)
+                        state.clear_notify_pending(conn, self.cal, self.listed_from)
 
-    def _plan_page(self, page, existing, instances, cancelled_series, listed_series, window, full) -> PagePlan:
+    def _plan_page(self, page, existing, instances, cancelled_series, listed_series, window) -> PagePlan:
         plan = PagePlan()
         for item in page:
             row = existing.get(item["id"])
@@ -162,7 +200,7 @@ class Puller:
             if item.get("status") == "cancelled":
                 self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
             else:
-                self._plan_live(plan, item, row, window, full)
+                self._plan_live(plan, item, row, window)
         return plan
 
     def _series_live(self, master_id: str, existing, cancelled_series, listed_series) -> bool:
@@ -184,7 +222,7 @@ class Puller:
                 self.ctx.counts["skipped"] += 1  # a series we do not hold
                 return
             data = cancelled_exception_data(item, existing.get(master_id), self.ctx)
-            self._plan_live(plan, dict(item), row, None, True, data=data)
+            self._plan_live(plan, dict(item), row, None, data=data)
             return
         if row is None or row["deleted"]:
             return
@@ -194,11 +232,13 @@ class Puller:
         if not master_id:
             plan.series_deleted.append({"calendar_id": self.cal, "master": item["id"]})
 
-    def _plan_live(self, plan: PagePlan, item, row, window, full, data: EventData | None = None) -> None:
+    def _plan_live(self, plan: PagePlan, item, row, window, data: EventData | None = None) -> None:
+        """A live event: inserted when new (and touching ``window``, if
+        given), else applied to the held row (update or three-way merge)."""
         ctx = self.ctx
         data = data or from_google(item)
         if row is None:
-            if not full and window is not None and not overlaps(data, window):
+            if window is not None and not overlaps(data, window):
                 ctx.counts["skipped"] += 1
                 return
             plan.inserts.append({"calendar_id": self.cal, **synced_values(ctx, data, item), "_data": data})
@@ -234,25 +274,11 @@ class Puller:
 
     # -- full-sync absence check ----------------------------------------------
     def _confirm_absent(self, items, window) -> PagePlan:
-        """Rows the full listing did not return, checked one by one (batched
-        GETs): deleted only if Google says 404/410/cancelled."""
-        ctx, listed = self.ctx, [i["id"] for i in items]
-        inner = (window[0] + timedelta(days=1), window[1] - timedelta(days=1))
-        with ctx.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                """
-                select * from calendar.events
-                 where calendar_id = %(cal)s and source = 'google_calendar' and sync_status = 'synced'
-                   and not deleted and google_event_id is not null and event_status <> 'cancelled'
-                   and not (google_event_id = any(%(listed)s))
-                   and ((not all_day and start_at < %(end)s and end_at > %(start)s
-                         and (recurrence is null or start_at >= %(start)s))
-                     or (all_day and start_date < %(end)s::date and end_date > %(start)s::date
-                         and (recurrence is null or start_date >= %(start)s::date)))
-                """,
-                {"cal": self.cal, "listed": listed, "start": inner[0], "end": inner[1]},
-            )
-            candidates = cur.fetchall()
+        """Held rows the listing did not return (within ``window``, or any
+        time for an unbounded listing), checked one by one (batched GETs):
+        deleted only if Google says 404/410/cancelled."""
+        ctx = self.ctx
+        candidates = absent_candidates(ctx.conn, self.cal, [i["id"] for i in items], window)
         plan = PagePlan()
         if not candidates:
             return plan
@@ -269,12 +295,12 @@ class Puller:
                 ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: absent from listing, check failed ({failure.describe()}); kept")
             elif response.get("status") == "cancelled":
                 if response.get("recurringEventId"):
-                    self._plan_live(plan, response, row, None, True, data=cancelled_exception_data(response, None, ctx))
+                    self._plan_live(plan, response, row, None, data=cancelled_exception_data(response, None, ctx))
                 else:
                     plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
                     plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
             else:
-                self._plan_live(plan, response, row, None, True)
+                self._plan_live(plan, response, row, None)
         return plan
 
     def _guard(self, items, deletions: int, window, full: bool) -> None:

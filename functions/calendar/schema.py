@@ -174,6 +174,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "notifications recorded once, syncs queued",
+        """
+        -- One row per Google message (a retried message is a duplicate).
+        create table calendar.notifications (
+            channel_id      text not null,
+            message_number  bigint not null,
+            calendar_id     text not null,
+            resource_state  text not null,
+            received_at     timestamptz not null default now(),
+            primary key (channel_id, message_number)
+        );
+        create index notifications_received_idx on calendar.notifications (received_at);
+        alter table calendar.sync_state
+            add column notify_last_at   timestamptz,  -- newest notification
+            add column notify_queued_at timestamptz;  -- a sync was queued for them (QStash)
+        """,
+    ),
 ]
 
 # Tables the migrations create; after migrating, each must exist (a recorded

@@ -7,6 +7,7 @@ the run id, so "what happened to this event" has an answer after the fact.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -55,8 +56,21 @@ def store_token(conn: psycopg.Connection, calendar_id: str, token: str | None) -
     )
 
 
-def clear_notify_pending(conn: psycopg.Connection, calendar_id: str) -> None:
-    conn.execute("update calendar.sync_state set notify_pending_since = null where calendar_id = %s", [calendar_id])
+def begin_listing(conn: psycopg.Connection, calendar_id: str) -> datetime:
+    """A token listing starts: it will see every change notified so far, so
+    a queued notification sync is consumed (a notification from now on
+    queues a new one). Returns the start, for ``clear_notify_pending``."""
+    conn.execute("update calendar.sync_state set notify_queued_at = null where calendar_id = %s", [calendar_id])
+    return conn.execute("select clock_timestamp()").fetchone()[0]
+
+
+def clear_notify_pending(conn: psycopg.Connection, calendar_id: str, listed_from: datetime) -> None:
+    """Notifications received before the listing began are synced."""
+    conn.execute(
+        """update calendar.sync_state set notify_pending_since = null
+            where calendar_id = %s and (notify_last_at is null or notify_last_at < %s)""",
+        [calendar_id, listed_from],
+    )
 
 
 def record_attempt(conn: psycopg.Connection, calendar_id: str, mode: str, run_id: str) -> None:

@@ -8,7 +8,10 @@ Health rules (first match wins):
   for ``3 h`` (it runs hourly) although it ran before;
 - ``degraded``: rows in ``sync_failed``; the last run of some mode did not
   succeed; no successful full sync in 48 h (daily) or ever; rows pending
-  for over 2 h (pushes are not getting through);
+  for over 2 h (pushes are not getting through); a calendar that has had a
+  push channel has none left, or its newest expires within
+  ``channel_renew_hours`` (the watch schedule is not renewing it: Google
+  would stop notifying silently); a notification unsynced for over 2 h;
 - ``ok`` otherwise.
 """
 
@@ -45,14 +48,27 @@ def calendar_status(settings: Settings) -> dict[str, Any]:
         with connect(url, autocommit=True, application_name="safesync-calendar-status") as conn:
             if not installed(conn):
                 return {**base, "health": "failing", "reason": NOT_INSTALLED}
-            return {**base, **_gather(conn, cfg.calendar_ids)}
+            return {**base, **_gather(conn, cfg.calendar_ids, timedelta(hours=cfg.channel_renew_hours))}
     except MISSING:  # dropped while we looked
         return {**base, "health": "failing", "reason": NOT_INSTALLED}
     except SafesyncError as exc:
         return {**base, "health": "failing", "reason": redact(exc.message)}
 
 
-def _gather(conn, calendar_ids: list[str]) -> dict[str, Any]:
+def _channels(conn, calendar_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per calendar that ever had a push channel: the newest active one."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """select calendar_id,
+                      max(expiration) filter (where stopped_at is null and expiration > now()) as expires_at,
+                      (array_agg(address order by expiration desc nulls last) filter (where stopped_at is null and expiration > now()))[1] as address
+                 from calendar.channels where calendar_id = any(%s) group by calendar_id""",
+            [calendar_ids],
+        )
+        return {r["calendar_id"]: r for r in cur.fetchall()}
+
+
+def _gather(conn, calendar_ids: list[str], renew_margin: timedelta) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -82,6 +98,12 @@ def _gather(conn, calendar_ids: list[str]) -> dict[str, Any]:
             "select count(*) from calendar.channels where stopped_at is null and expiration > now() and calendar_id = any(%s)",
             [calendar_ids],
         ).fetchone()[0]
+        cur.execute(
+            "select calendar_id, notify_pending_since from calendar.sync_state where calendar_id = any(%s) and notify_pending_since is not null",
+            [calendar_ids],
+        )
+        notified = {r["calendar_id"]: r["notify_pending_since"] for r in cur.fetchall()}
+    push = _channels(conn, calendar_ids)
     by_key = {(r["calendar_id"], r["mode"]): r for r in runs}
     failing: list[str] = []
     degraded: list[str] = []
@@ -99,6 +121,14 @@ def _gather(conn, calendar_ids: list[str]) -> dict[str, Any]:
         for r in runs:
             if r["calendar_id"] == cal and r["last_status"] in ("failed", "refused"):
                 degraded.append(f"{cal}: last {r['mode']} run {r['last_status']}: {r['last_error']}")
+        channel = push.get(cal)
+        if channel is not None and channel["expires_at"] is None:
+            degraded.append(f"{cal}: no active push channel (expired or stopped): run the watch action")
+        elif channel is not None and channel["expires_at"] - now < renew_margin:
+            degraded.append(f"{cal}: push channel expires {channel['expires_at']:%Y-%m-%d %H:%M}Z, within the renewal margin: "
+                            "the watch schedule is not renewing it")
+        if cal in notified and now - notified[cal] > PENDING_STALE:
+            degraded.append(f"{cal}: change notified at {notified[cal]:%Y-%m-%d %H:%M}Z not synced yet")
     if failed_total:
         degraded.append(f"{failed_total} event(s) failed to sync")
     if pending["pending"] and pending["oldest"] and now - pending["oldest"] > PENDING_STALE:
@@ -128,4 +158,9 @@ def _gather(conn, calendar_ids: list[str]) -> dict[str, Any]:
         "failed_total": failed_total,
         "conflicts_this_week": conflicts,
         "active_channels": channels,
+        "push_channels": [
+            {"calendar_id": cal, "expires_at": _iso(c["expires_at"]), "address": c["address"],
+             "notification_pending_since": _iso(notified.get(cal))}
+            for cal, c in push.items()
+        ],
     }

@@ -9,9 +9,11 @@ transaction.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -53,6 +55,36 @@ def unpushed_instances(conn: psycopg.Connection, calendar_id: str, keys: list[tu
             [calendar_id, [k[0] for k in keys], [k[1] for k in keys]],
         )
         return {(r["recurring_event_id"], r["original_start"]): r for r in cur.fetchall()}
+
+
+# Inside a window, a row is a candidate only if it lies inside the window's
+# inner part (a day off each edge: Google and we may draw the edge a little
+# differently) and, for a series, starts in it (an older series may simply
+# have no occurrence left in the window).
+_IN_WINDOW = sql.SQL("""
+    and ((not all_day and start_at < %(end)s and end_at > %(start)s and (recurrence is null or start_at >= %(start)s))
+      or (all_day and start_date < %(end)s::date and end_date > %(start)s::date
+          and (recurrence is null or start_date >= %(start)s::date)))""")
+
+
+def absent_candidates(
+    conn: psycopg.Connection, calendar_id: str, listed: list[str], window: tuple[datetime, datetime] | None
+) -> list[dict[str, Any]]:
+    """Synced Google rows a listing did not return: within ``window`` for a
+    windowed listing, any time (None) for an unbounded one. Candidates to
+    check by id, never deletions by themselves."""
+    query = sql.SQL("""
+        select * from calendar.events
+         where calendar_id = %(cal)s and source = 'google_calendar' and sync_status = 'synced'
+           and not deleted and google_event_id is not null and event_status <> 'cancelled'
+           and not (google_event_id = any(%(listed)s)){}
+    """).format(_IN_WINDOW if window is not None else sql.SQL(""))
+    params: dict[str, Any] = {"cal": calendar_id, "listed": listed}
+    if window is not None:
+        params.update(start=window[0] + timedelta(days=1), end=window[1] - timedelta(days=1))
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
 
 
 def synced_values(ctx: SyncContext, data: EventData, ev: dict[str, Any]) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def selected_calendars(settings: Settings, calendar_id: str | None) -> list[str]
 
 
 def sync_calendars(
-    settings: Settings, report: Report, mode: str, *, force: bool = False, calendar_id: str | None = None, reset_failed: bool = False
+    settings: Settings, report: Report, mode: str, *, force: bool = False, calendar_id: str | None = None,
+    reset_failed: bool = False, resync: bool = False,
 ) -> None:
     """The job body: every selected calendar, one after the other. A failed
     calendar does not stop the others; the run then fails (503) or is
@@ -103,7 +104,7 @@ def sync_calendars(
                     reset_failed_rows(conn, cal, report.run_id)
                 try:
                     with report.timed(f"{cal}"):
-                        how = run_calendar(ctx, cal, mode)
+                        how = run_calendar(ctx, cal, mode, resync=resync)
                 except (Refused, JobFailed) as exc:
                     outcome, error, how = ("refused" if isinstance(exc, Refused) else "failed"), exc.message, mode
                     errors.append(exc)
@@ -153,9 +154,11 @@ def _row_counts(counts) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in keys}
 
 
-def run_calendar(ctx: SyncContext, calendar_id: str, mode: str) -> str:
+def run_calendar(ctx: SyncContext, calendar_id: str, mode: str, *, resync: bool = False) -> str:
     puller = Puller(ctx, calendar_id)
-    if mode == "incremental":
+    if resync:
+        how = puller.resync("admin resync")
+    elif mode == "incremental":
         how = puller.incremental()
     elif mode == "full":
         how = puller.full()
@@ -178,6 +181,7 @@ def run_sync(
     calendar_id: str | None = None,
     action: str | None = None,
     reset_failed: bool = False,
+    resync: bool = False,
 ) -> Answer:
     """A sync under the runner: lock per job and database (409 when busy),
     QStash de-duplication, run report stored under ``runs/calendar/``."""
@@ -186,7 +190,7 @@ def run_sync(
     return execute(
         settings,
         report,
-        lambda r: sync_calendars(settings, r, mode, force=force, calendar_id=calendar_id, reset_failed=reset_failed),
+        lambda r: sync_calendars(settings, r, mode, force=force, calendar_id=calendar_id, reset_failed=reset_failed, resync=resync),
         target=settings.config.calendar.database,
         delivery=delivery,
     )

@@ -1,53 +1,55 @@
-"""Google push notifications: one ``events.watch`` channel per calendar.
+"""Google push channels: one ``events.watch`` channel per calendar.
 
-- ``ensure_channels`` (the ``watch`` action, run it every few hours) opens a
-  channel when none is active or the newest expires within
-  ``channel_renew_hours``, then stops the older ones. Each channel has its own
-  random token; only its SHA-256 is stored.
-- ``handle_notification`` verifies a notification (known channel, token,
-  resource id) and triggers a debounced incremental sync: at most one per
-  ``notify_debounce_s`` per calendar; a notification inside that interval only
-  marks the calendar pending (the next notification or the hourly schedule
-  picks it up — the scheduled syncs stay the safety net).
-- Google sends notifications without our bearer or QStash signature, so this
-  handler is its own authentication: anything unverifiable is 401.
+``ensure_channels`` (the ``watch`` action; infra/schedules.toml runs it every
+6 h) opens a channel when none is active, when the newest expires within
+``channel_renew_hours``, or when it points at another address than the
+current one; then it stops the older ones. Google never renews a channel
+("there is no automatic way to renew a notification channel"): a channel
+nobody replaces stops notifying at its expiration. Each channel has its own
+random token; only its SHA-256 is stored. Notifications are answered by
+``notify.py``.
+
+The address is the service that answers ``calendar_notify``:
+``calendar.notify_url`` if set, else ``SAFESYNC_NOTIFY_PUBLIC_URL`` (the
+calendar_notify service's URL; infra/deploy.sh sets it on calendar_sync),
+else ``SAFESYNC_PUBLIC_URL`` (``safesync serve``: every target on one host),
+followed by ``/calendar_notify``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from psycopg.rows import dict_row
 
 from safesync.shared.config import Settings
 from safesync.shared.delivery import Delivery
-from safesync.shared.errors import AlreadyRunning, AuthError, ConfigError, SafesyncError
+from safesync.shared.errors import ConfigError
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
 from . import state
 from .google import CalendarClient
+from .notify import token_digest
 from .pull import api_failure
 from .retry import classify
-from .sync import JOB, make_policy, sync_connection, run_sync
+from .sync import JOB, make_policy, sync_connection
 
 NOTIFY_PATH = "/calendar_notify"
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def notify_address(settings: Settings) -> str:
     cfg = settings.config.calendar
-    address = cfg.notify_url or ((settings.env.get("SAFESYNC_PUBLIC_URL") or "").rstrip("/") + NOTIFY_PATH)
+    base = settings.secret("SAFESYNC_NOTIFY_PUBLIC_URL") or settings.secret("SAFESYNC_PUBLIC_URL") or ""
+    address = cfg.notify_url or (base.rstrip("/") + NOTIFY_PATH)
     if not address.startswith("https://"):
-        raise ConfigError("calendar.notify_url (or SAFESYNC_PUBLIC_URL) must be an https:// URL: Google only calls HTTPS webhooks")
+        raise ConfigError(
+            "calendar.notify_url, SAFESYNC_NOTIFY_PUBLIC_URL or SAFESYNC_PUBLIC_URL must give an https:// URL "
+            "of the calendar_notify target: Google only calls HTTPS webhooks"
+        )
     return address
 
 
@@ -68,7 +70,8 @@ def ensure_channels(settings: Settings, report: Report) -> None:
                 active = cur.fetchall()
             newest = active[0] if active else None
             action = "kept"
-            if newest is None or newest["expiration"] is None or newest["expiration"] - now < timedelta(hours=cfg.channel_renew_hours):
+            if (newest is None or newest["expiration"] is None or newest["address"] != address
+                    or newest["expiration"] - now < timedelta(hours=cfg.channel_renew_hours)):
                 newest = _open(conn, client, policy, cal, address, cfg.channel_ttl_hours, report.run_id)
                 action = "opened"
             stopped = 0
@@ -95,7 +98,7 @@ def _open(conn, client: CalendarClient, policy, calendar_id: str, address: str, 
         else datetime.now(timezone.utc) + timedelta(hours=ttl_hours)
     )
     row = {"id": channel_id, "calendar_id": calendar_id, "resource_id": response.get("resourceId"),
-           "token_sha256": _digest(token), "address": address, "expiration": expiration}
+           "token_sha256": token_digest(token), "address": address, "expiration": expiration}
     with conn.transaction():
         conn.execute(
             """insert into calendar.channels (id, calendar_id, resource_id, token_sha256, address, expiration)
@@ -122,50 +125,3 @@ def _stop(conn, client: CalendarClient, policy, channel: dict[str, Any], run_id:
 def watch(settings: Settings, trigger: dict[str, Any] | None = None, delivery: Delivery | None = None) -> Answer:
     report = Report(JOB, "watch", trigger=trigger or {"via": "cli"})
     return execute(settings, report, lambda r: ensure_channels(settings, r), target=settings.config.calendar.database, delivery=delivery)
-
-
-def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answer:
-    """Answer one Google push notification (always 200 once verified, so
-    Google does not retry what we already recorded)."""
-    channel_id = headers.get("X-Goog-Channel-ID") or ""
-    token = headers.get("X-Goog-Channel-Token") or ""
-    resource_id = headers.get("X-Goog-Resource-ID") or ""
-    resource_state = headers.get("X-Goog-Resource-State") or ""
-    if not (channel_id and token and resource_state):
-        raise AuthError("not a Google Calendar notification (X-Goog-Channel-* headers missing)")
-    cfg = settings.config.calendar
-    with sync_connection(settings) as conn:
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("select * from calendar.channels where id = %s", [channel_id])
-            channel = cur.fetchone()
-        valid = channel is not None and hmac.compare_digest(channel["token_sha256"], _digest(token))
-        if not valid or (channel["resource_id"] and not hmac.compare_digest(channel["resource_id"], resource_id)):
-            raise AuthError("unknown notification channel or wrong channel token")
-        cal = channel["calendar_id"]
-        base = {"channel": channel_id, "calendar_id": cal, "state": resource_state}
-        if channel["stopped_at"] is not None:
-            return Answer(200, {**base, "ignored": "channel stopped"})
-        if resource_state == "sync":
-            return Answer(200, {**base, "ignored": "channel handshake"})
-        with conn.transaction():
-            conn.execute(
-                """insert into calendar.sync_state (calendar_id, notify_pending_since) values (%s, now())
-                   on conflict (calendar_id) do update
-                   set notify_pending_since = coalesce(calendar.sync_state.notify_pending_since, now())""",
-                [cal],
-            )
-            recent = conn.execute(
-                """select count(*) from calendar.sync_runs
-                    where calendar_id = %s and mode = 'incremental' and last_attempt_at > now() - make_interval(secs => %s)""",
-                [cal, cfg.notify_debounce_s],
-            ).fetchone()[0]
-    if recent:
-        return Answer(200, {**base, "debounced": True})
-    trigger = {"via": "google-push", "caller": f"channel:{channel_id}", "message_number": headers.get("X-Goog-Message-Number")}
-    try:
-        answer = run_sync(settings, "incremental", trigger=trigger, calendar_id=cal)
-    except AlreadyRunning:
-        return Answer(200, {**base, "debounced": True, "reason": "a sync is already running"})
-    except SafesyncError as exc:  # recorded in sync_runs/status; Google must not retry-flood us
-        return Answer(200, {**base, "synced": False, "error": exc.message})
-    return Answer(200, {**base, "synced": answer.status == 200, "run": answer.body.get("run_id") or answer.body.get("report", {}).get("run_id")})

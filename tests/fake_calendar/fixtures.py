@@ -38,7 +38,21 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCalendar]:
 
 
 @pytest.fixture
-def cal_settings(fake: FakeCalendar, make_db, write_settings):
+def qstash(monkeypatch: pytest.MonkeyPatch):
+    """A fake QStash (QSTASH_URL): notifications publish their syncs there."""
+    from tests import sentinels
+    from tests.fake_qstash import FakeQStash
+
+    server = FakeQStash(sentinels.SECRETS["QSTASH_TOKEN"]).start()
+    monkeypatch.setenv("QSTASH_URL", server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cal_settings(fake: FakeCalendar, qstash, make_db, write_settings):
     """Settings with a fresh calendar database and fast retries."""
     from safesync.functions.calendar import reads
 

@@ -77,3 +77,14 @@ def audit(settings, kind: str | None = None) -> list[dict[str, Any]]:
         if kind:
             return conn.execute("select * from calendar.audit_log where kind = %s order by id", [kind]).fetchall()
         return conn.execute("select * from calendar.audit_log order by id").fetchall()
+
+
+def qstash_delivery(message: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a published message as QStash delivers it to its
+    destination (signed for that URL with the current signing key)."""
+    import os
+
+    from tests.qstash_signer import qstash_headers
+
+    body = message["body"].encode()
+    return body, qstash_headers(os.environ["QSTASH_CURRENT_SIGNING_KEY"], message["destination"], body, message_id=message["messageId"])

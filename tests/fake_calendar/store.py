@@ -150,18 +150,29 @@ class FakeStore:
             return {k: self.public(v) for k, v in self.events(cal).items()}
 
     # -- tokens ---------------------------------------------------------------
-    def _token(self, cal: str, version: int) -> str:
-        return base64.urlsafe_b64encode(f"v1:{cal}:{self.token_epoch[cal]}:{version}".encode()).decode()
+    # A token remembers the time window of the listing that produced it:
+    # Google's sync guide lets the initial full sync be "restricted using
+    # request parameters if you only want to synchronize a specific subset",
+    # and the token then syncs that subset — changes outside the window never
+    # come back through it.
+    def _token(self, cal: str, version: int, window: tuple[str, str]) -> str:
+        raw = "\x00".join(["v2", cal, str(self.token_epoch[cal]), str(version), *window])
+        return base64.urlsafe_b64encode(raw.encode()).decode()
 
-    def _token_version(self, cal: str, token: str) -> int:
+    def _token_parts(self, cal: str, token: str) -> tuple[int, tuple[str, str]]:
         try:
-            tag, tcal, epoch, version = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-            assert tag == "v1" and tcal == cal
+            tag, tcal, epoch, version, tmin, tmax = base64.urlsafe_b64decode(token.encode()).decode().split("\x00")
+            assert tag == "v2" and tcal == cal
         except Exception:
             raise ApiError(410, "fullSyncRequired", "Sync token is no longer valid, a full sync is required.") from None
         if int(epoch) != self.token_epoch[cal]:
             raise ApiError(410, "fullSyncRequired", "Sync token is no longer valid, a full sync is required.")
-        return int(version)
+        return int(version), (tmin, tmax)
+
+    def token_window(self, cal: str, token: str) -> tuple[str, str] | None:
+        """The timeMin/timeMax a token's listing had (tests: None = unbounded)."""
+        _, window = self._token_parts(cal, token)
+        return window if any(window) else None
 
     # -- events.list ------------------------------------------------------------
     def list(self, cal: str, params: dict[str, str]) -> dict:
@@ -185,8 +196,12 @@ class FakeStore:
                 if q != query_key:
                     raise ApiError(400, "invalid", "The page token does not match the query.")
                 snapshot = int(snap)
-            since = self._token_version(cal, sync) if sync else None
-            items = self._select(cal, params, since)
+            if sync:
+                since, window = self._token_parts(cal, sync)
+                scope = dict(params, **{k: v for k, v in zip(("timeMin", "timeMax"), window) if v})
+            else:
+                since, window, scope = None, (params.get("timeMin", ""), params.get("timeMax", "")), params
+            items = self._select(cal, scope, since)
             items = [i for i in items if i["id"] > after]
             items.sort(key=lambda i: i["id"])
             chunk = items[:max_results]
@@ -195,7 +210,7 @@ class FakeStore:
                 raw = f"{query_key}\x00{chunk[-1]['id']}\x00{snapshot}"
                 out["nextPageToken"] = base64.urlsafe_b64encode(raw.encode()).decode()
             else:
-                out["nextSyncToken"] = self._token(cal, snapshot)
+                out["nextSyncToken"] = self._token(cal, snapshot, window)
             return out
 
     def _select(self, cal: str, params: dict[str, str], since: int | None) -> list[dict]:
@@ -227,14 +242,19 @@ class FakeStore:
                 exception_listed = event.get("recurringEventId") and not single
                 if not (show_deleted or exception_listed):
                     continue
-                if since is None and event.get("originalStartTime"):
+                if event.get("originalStartTime"):
                     original = event["originalStartTime"]
                     moment = _instant(original["dateTime"]) if "dateTime" in original else datetime.fromisoformat(original["date"]).replace(tzinfo=timezone.utc)
                     if not in_window(moment, moment + timedelta(seconds=1)):
                         continue
+                elif event.get("recurrence"):
+                    if not any(in_window(*_bounds({"start": s, "end": e})) for _, s, e in occurrences(event, horizon)):
+                        continue
+                elif not in_window(*_bounds(event)):
+                    continue
                 out.append(self.public(event))
                 continue
-            if since is None and not in_window(*_bounds(event)):
+            if not in_window(*_bounds(event)):
                 continue
             out.append(self.public(event))
         return out
