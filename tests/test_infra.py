@@ -158,6 +158,11 @@ def test_deploy_refuses_missing_secrets_and_unknown_targets_before_changing_anyt
     assert done.returncode == 1 and "unknown target 'bakup'" in done.stderr
     assert not [c for c in calls if c[0] in ("builds", "run", "artifacts")]
 
+    # calendar_sync alone, calendar_notify never deployed: its channels would have no address
+    done, calls = run_deploy(tmp_path / "y", "calendar_sync")
+    assert done.returncode == 1 and "calendar_sync needs calendar_notify" in done.stderr
+    assert not [c for c in calls if c[0] in ("builds", "artifacts") or c[:2] == ["run", "deploy"]]
+
 
 def test_targets_agree_everywhere():
     from safesync.functions import main
