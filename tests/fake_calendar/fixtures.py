@@ -26,7 +26,15 @@ notify_debounce_s = 0
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCalendar]:
+    """The fake Google Calendar, and beside it a fake QStash (``QSTASH_URL``,
+    ``fake.qstash``): notifications publish their syncs there, never to the
+    real QStash."""
+    from tests import sentinels
+    from tests.fake_qstash import FakeQStash
+
     server = FakeCalendar().start()
+    server.qstash = FakeQStash(sentinels.SECRETS["QSTASH_TOKEN"]).start()
+    monkeypatch.setenv("QSTASH_URL", server.qstash.url)
     monkeypatch.setenv("SAFESYNC_GOOGLE_API_ROOT", server.root)
     monkeypatch.setenv("SAFESYNC_GOOGLE_CREDENTIALS", server.authorized_user_json())
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
@@ -34,25 +42,18 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCalendar]:
     try:
         yield server
     finally:
+        server.qstash.stop()
         server.stop()
 
 
 @pytest.fixture
-def qstash(monkeypatch: pytest.MonkeyPatch):
-    """A fake QStash (QSTASH_URL): notifications publish their syncs there."""
-    from tests import sentinels
-    from tests.fake_qstash import FakeQStash
-
-    server = FakeQStash(sentinels.SECRETS["QSTASH_TOKEN"]).start()
-    monkeypatch.setenv("QSTASH_URL", server.url)
-    try:
-        yield server
-    finally:
-        server.stop()
+def qstash(fake: FakeCalendar):
+    """The fake QStash beside the fake Google (what notifications published)."""
+    return fake.qstash
 
 
 @pytest.fixture
-def cal_settings(fake: FakeCalendar, qstash, make_db, write_settings):
+def cal_settings(fake: FakeCalendar, make_db, write_settings):
     """Settings with a fresh calendar database and fast retries."""
     from safesync.functions.calendar import reads
 

@@ -71,6 +71,7 @@ class FakeCalendar:
         self.refresh_token = "fake-refresh-token"
         self._server: ThreadingHTTPServer | None = None
         self._fault_lock = threading.Lock()
+        self.qstash: Any = None  # the fake QStash beside it (fixtures.fake)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> "FakeCalendar":
