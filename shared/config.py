@@ -164,6 +164,7 @@ class CalendarSection(_Section):
     channel_ttl_hours: int = Field(168, ge=1)
     channel_renew_hours: int = Field(24, ge=1)
     events_max_days: int = Field(366, ge=1)
+    scopes: list[str] = Field(default_factory=lambda: ["https://www.googleapis.com/auth/calendar.events"], min_length=1)
 
     @model_validator(mode="after")
     def _renewal_inside_lifetime(self) -> "CalendarSection":

@@ -44,6 +44,11 @@ def assert_converged(fake, settings, cal="primary"):
             assert event_id in remote and remote[event_id].get("status") != "cancelled", f"{event_id} only local"
 
 
+def utc_key(moment):
+    """An original start as rows and the fake key it (a UTC instant)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def seed(fake, n, *, start=None, prefix="e"):
     start = start or NOW + timedelta(days=1)
     for i in range(n):
@@ -260,26 +265,26 @@ def test_recurring_series_with_moved_and_cancelled_occurrence_round_trips(fake, 
     first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
     series = {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"], **timed(first, 0.5, "Europe/Berlin")}
     fake.store.put_event("primary", series)
-    occ2 = (first + timedelta(days=2)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    occ4 = (first + timedelta(days=4)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    fake.store.edit("primary", f"series00001_{occ2}", {"summary": "Standup (moved)", **timed(first + timedelta(days=2, hours=3), 0.5, "Europe/Berlin")})
-    fake.store.remove("primary", f"series00001_{occ4}")
+    occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
+    occ4 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=4)))
+    fake.store.edit("primary", occ2, {"summary": "Standup (moved)", **timed(first + timedelta(days=2, hours=3), 0.5, "Europe/Berlin")})
+    fake.store.remove("primary", occ4)
     sync(settings, "full")
     local = rows(settings)
     assert local["series00001"]["recurrence"] == ["RRULE:FREQ=DAILY;COUNT=10"]
-    moved, cancelled = local[f"series00001_{occ2}"], local[f"series00001_{occ4}"]
+    moved, cancelled = local[occ2], local[occ4]
     assert moved["recurring_event_id"] == "series00001" and moved["title"] == "Standup (moved)"
     assert cancelled["event_status"] == "cancelled" and not cancelled["deleted"]  # hides the occurrence, kept
     # Local edits to the series' occurrences go back to Google.
     occ6 = (first + timedelta(days=6)).astimezone(timezone.utc)
     app_insert(settings, title="Standup", start=occ6, hours=0.5, tz="Europe/Berlin", recurring_event_id="series00001",
                original_start=occ6.strftime("%Y-%m-%dT%H:%M:%SZ"), event_status="cancelled")
-    app_update(settings, f"series00001_{occ2}", title="Standup (moved twice)")
+    app_update(settings, occ2, title="Standup (moved twice)")
     sync(settings, "incremental")
     remote = fake.store.live("primary")
-    occ6_id = f"series00001_{occ6.strftime('%Y%m%dT%H%M%SZ')}"
+    occ6_id = fake.store.instance_id("primary", "series00001", utc_key(occ6))
     assert remote[occ6_id]["status"] == "cancelled"
-    assert remote[f"series00001_{occ2}"]["summary"] == "Standup (moved twice)"
+    assert remote[occ2]["summary"] == "Standup (moved twice)"
     sync(settings, "incremental")
     assert_converged(fake, settings)
     # Deleting the series takes its exceptions along.
@@ -305,9 +310,9 @@ def test_local_series_with_exceptions_reaches_google(fake, cal_settings):
     sync(settings, "incremental")
     remote = fake.store.live("primary")
     assert remote[master]["recurrence"] == ["RRULE:FREQ=WEEKLY;COUNT=6"]
-    late = remote[f"{master}_{week2.strftime('%Y%m%dT%H%M%SZ')}"]
+    late = remote[fake.store.instance_id("primary", master, utc_key(week2))]
     assert late["summary"] == "Weekly review (late)" and late["recurringEventId"] == master
-    assert remote[f"{master}_{week3.strftime('%Y%m%dT%H%M%SZ')}"]["status"] == "cancelled"
+    assert remote[fake.store.instance_id("primary", master, utc_key(week3))]["status"] == "cancelled"
     sync(settings, "incremental")
     assert_converged(fake, settings)
 
@@ -461,4 +466,46 @@ def test_410_drops_the_token_at_once_and_resyncs_every_held_row(fake, cal_settin
         survivor = conn.execute("select * from calendar.events where id = %s", [pending]).fetchone()
     assert survivor["sync_status"] == "synced" and not survivor["deleted"]
     assert fake.store.token_window("primary", stored_token(settings)) is None
+    assert_converged(fake, settings)
+
+
+def test_app_made_series_without_zone_goes_in_the_calendars_zone_and_exceptions_use_googles_ids(fake, cal_settings):
+    settings = cal_settings()
+    fake.store.time_zone = "Europe/Berlin"
+    sync(settings, "full")  # learns the calendar's zone from events.list
+    first = (NOW + timedelta(days=2)).replace(hour=8, minute=0, second=0)
+    master = "c" * 16
+    app_insert(settings, title="Daily", start=first, google_event_id=master, recurrence=["RRULE:FREQ=DAILY;COUNT=5"])  # no zone
+    second = first + timedelta(days=1)
+    app_insert(settings, title="Daily (late)", start=second + timedelta(hours=1), recurring_event_id=master, original_start=utc_key(second))
+    nowhere = first + timedelta(days=1, minutes=30)  # no occurrence starts then
+    stray = app_insert(settings, title="Daily (stray)", start=nowhere, recurring_event_id=master, original_start=utc_key(nowhere))
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    assert remote[master]["start"]["timeZone"] == "Europe/Berlin"
+    late = remote[fake.store.instance_id("primary", master, utc_key(second))]
+    assert late["summary"] == "Daily (late)"
+    with connect(settings) as conn:
+        row = conn.execute("select * from calendar.events where id = %s", [stray]).fetchone()
+    assert not row["deleted"] and row["sync_status"] == "pending_sync" and "noSuchOccurrence" in row["sync_error"]
+    assert row["google_event_id"] is None  # never a made-up id
+
+
+def test_start_and_end_zones_survive_a_round_trip(fake, cal_settings):
+    settings = cal_settings()
+    start = (NOW + timedelta(days=3)).replace(minute=0, second=0)
+    fake.store.put_event("primary", {
+        "id": "flight00001", "summary": "Flight",
+        "start": {"dateTime": start.astimezone(ZoneInfo("Europe/Berlin")).isoformat(), "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": (start + timedelta(hours=9)).astimezone(ZoneInfo("America/New_York")).isoformat(), "timeZone": "America/New_York"},
+    })
+    sync(settings, "full")
+    row = rows(settings)["flight00001"]
+    assert (row["time_zone"], row["end_time_zone"]) == ("Europe/Berlin", "America/New_York")
+    app_update(settings, "flight00001", title="Flight (seat 12A)")
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")["flight00001"]
+    assert remote["summary"] == "Flight (seat 12A)"
+    assert (remote["start"]["timeZone"], remote["end"]["timeZone"]) == ("Europe/Berlin", "America/New_York")
+    sync(settings, "incremental")
     assert_converged(fake, settings)

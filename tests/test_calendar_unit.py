@@ -14,7 +14,7 @@ from googleapiclient.errors import HttpError
 from safesync.functions.calendar.conflicts import merge
 from safesync.functions.calendar.crypto import Cipher, parse_key
 from safesync.functions.calendar.google import CalendarClient, load_credentials
-from safesync.functions.calendar.mapping import field_hashes, from_google, instance_id, span, to_google
+from safesync.functions.calendar.mapping import field_hashes, from_google, span, to_google
 from safesync.functions.calendar.retry import classify
 from safesync.functions.calendar.schema import MIGRATIONS
 from safesync.shared.errors import ConfigError
@@ -62,11 +62,6 @@ def test_timed_events_normalise_to_utc_and_go_back_in_their_zone():
     body = to_google(data)
     assert body["start"]["dateTime"].endswith("-10:00") and body["start"]["timeZone"] == "Pacific/Honolulu"
     assert field_hashes(from_google({**ev, **body})) == field_hashes(data)
-
-
-def test_instance_ids_match_googles_format():
-    assert instance_id("abc123", "2026-05-01T10:00:00Z") == "abc123_20260501T100000Z"
-    assert instance_id("abc123", "2026-05-01") == "abc123_20260501"
 
 
 def _data(**changes):
@@ -184,15 +179,25 @@ def test_fake_rules_sync_token_window_410_412_409(fake, api):
 def test_fake_expands_series_with_exceptions(fake, api):
     start = (NOW + timedelta(days=1)).replace(hour=8, minute=0, second=0)
     fake.store.put_event("primary", {"id": "ser0001", "summary": "Daily", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"], **timed(start, 1, "UTC")})
-    second = (start + timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
-    fake.store.remove("primary", f"ser0001_{second}")
+    second = fake.store.instance_id("primary", "ser0001", (start + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    fake.store.remove("primary", second)
     singles = api.list_events("primary", singleEvents=True, timeMin=NOW.isoformat())
     assert len(singles["items"]) == 2
     masters = api.list_events("primary", timeMin=NOW.isoformat())
     kinds = sorted((i["id"], i.get("status")) for i in masters["items"])
-    assert kinds == [("ser0001", "confirmed"), (f"ser0001_{second}", "cancelled")]
-    with pytest.raises(HttpError):
-        api.get_event("primary", "ser0001_20000101T080000Z")
+    assert kinds == [("ser0001", "confirmed"), (second, "cancelled")]
+    # Event ids are opaque ("id: Opaque identifier of the event"): an id built
+    # from the series id and a start is unknown (404), events.instances names it.
+    built = "ser0001_" + (start + timedelta(days=2)).strftime("%Y%m%dT%H%M%SZ")
+    with pytest.raises(HttpError) as exc:
+        api.get_event("primary", built)
+    assert exc.value.resp.status == 404
+    third = (start + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    [instance] = api.service.events().instances(calendarId="primary", eventId="ser0001", originalStart=third).execute()["items"]
+    assert api.get_event("primary", instance["id"])["originalStartTime"]["dateTime"] == third
+    with pytest.raises(HttpError) as exc:  # events.instances of an unknown series
+        api.service.events().instances(calendarId="primary", eventId="nosuch0001").execute()
+    assert exc.value.resp.status == 404
 
 
 # Calendar API v3 events.list, syncToken: "There are several query parameters
@@ -271,3 +276,84 @@ def test_the_watch_schedule_renews_channels_well_before_they_expire():
     # some watch run must fall inside that margin, with room for a failed one.
     assert period_h < cfg.channel_ttl_hours - cfg.channel_renew_hours
     assert 2 * period_h <= cfg.channel_renew_hours
+
+
+def test_fake_refuses_batches_over_1000_calls(fake, api):
+    # Send batch requests: "You're limited to 1000 calls in a single batch
+    # request." (the client library refuses to build one, so it goes raw)
+    def batch(n: int) -> int:
+        parts = "".join(
+            f"--b\r\nContent-Type: application/http\r\nContent-ID: <{i}>\r\n\r\nGET /calendar/v3/calendars/primary/events/evt{i:05d} HTTP/1.1\r\n\r\n"
+            for i in range(n)
+        )
+        response, _ = api.http.request(api.batch_uri, "POST", body=parts + "--b--\r\n", headers={"Content-Type": "multipart/mixed; boundary=b"})
+        return int(response.status)
+
+    assert batch(1000) == 200
+    assert batch(1001) == 400
+
+
+def test_fake_channels_expire_and_number_their_messages(fake, api):
+    # Push guide: X-Goog-Message-Number "is always 1 for sync messages" and
+    # increases, not sequentially; a channel stops at its expiration (events.watch
+    # params.ttl) and is never renewed by Google; channels.stop needs a live channel.
+    fake.store.put_event("primary", event("evt00001", "E", NOW + timedelta(days=1)))
+    channel = api.watch("primary", {"id": "chan-1", "type": "web_hook", "address": "https://n.example.test/calendar_notify",
+                                    "token": "t", "params": {"ttl": "3600"}})
+    assert abs(int(channel["expiration"]) / 1000 - (NOW + timedelta(hours=1)).timestamp()) < 120
+    assert fake.store.notifications.pop()["headers"]["X-Goog-Message-Number"] == "1"
+    numbers = []
+    for n in range(3):
+        fake.store.edit("primary", "evt00001", {"summary": f"E{n}"})
+        numbers.append(int(fake.store.notifications.pop()["headers"]["X-Goog-Message-Number"]))
+    assert numbers == sorted(set(numbers)) and numbers[0] > 1
+    fake.store.clock_offset = timedelta(hours=2)
+    fake.store.edit("primary", "evt00001", {"summary": "after expiry"})
+    assert fake.store.notifications == []
+    with pytest.raises(HttpError) as exc:
+        api.stop_channel("chan-1", channel["resourceId"])
+    assert exc.value.resp.status == 404
+    with pytest.raises(HttpError) as exc:  # Google only calls HTTPS webhooks
+        api.watch("primary", {"id": "chan-2", "type": "web_hook", "address": "http://n.example.test/calendar_notify"})
+    assert exc.value.resp.status == 400
+
+
+def test_fake_refresh_token_gets_only_what_was_granted(fake):
+    # RFC 6749 section 6: a refresh "MUST NOT include any scope not originally
+    # granted"; the fake's user granted calendar.events only. Methods then need
+    # one of the scopes the discovery document lists for them.
+    import os
+
+    wide = CalendarClient(os.environ, timeout=5, scopes=["https://www.googleapis.com/auth/calendar"])
+    with pytest.raises(Exception, match="invalid_scope"):
+        wide.list_events("primary")
+    narrow = CalendarClient(os.environ, timeout=5)
+    assert narrow.list_events("primary")["items"] == []
+    fake.granted_scopes = frozenset({"https://www.googleapis.com/auth/calendar.events.readonly"})
+    readonly = CalendarClient(os.environ, timeout=5, scopes=["https://www.googleapis.com/auth/calendar.events.readonly"])
+    results = readonly.execute_batch([("w", readonly.insert_request("primary", {"summary": "x", **timed(NOW)}))])
+    assert classify(results["w"][1]).status == 403
+
+
+def test_authorized_user_scopes_must_cover_the_configured_ones(fake):
+    user = json.loads(fake.authorized_user_json())
+    user["scopes"] = ["https://www.googleapis.com/auth/calendar.events"]
+    env = {"SAFESYNC_GOOGLE_CREDENTIALS": json.dumps(user)}
+    assert load_credentials(env).scopes == ["https://www.googleapis.com/auth/calendar.events"]
+    with pytest.raises(ConfigError, match="not granted"):
+        load_credentials(env, ["https://www.googleapis.com/auth/calendar"])
+
+
+def test_start_and_end_time_zones_stay_apart():
+    flight = {"id": "x0001", "summary": "Flight", "start": {"dateTime": "2026-06-01T10:00:00+02:00", "timeZone": "Europe/Berlin"},
+              "end": {"dateTime": "2026-06-01T13:00:00-04:00", "timeZone": "America/New_York"}}
+    data = from_google(flight)
+    assert data["time_zone"] == ["Europe/Berlin", "America/New_York"]
+    body = to_google(data)
+    assert (body["start"]["timeZone"], body["end"]["timeZone"]) == ("Europe/Berlin", "America/New_York")
+    assert body["end"]["dateTime"].endswith("-04:00")
+    same = from_google({**flight, "end": {"dateTime": "2026-06-01T13:00:00+02:00", "timeZone": "Europe/Berlin"}})
+    assert same["time_zone"] == "Europe/Berlin"  # one zone: hashed as before end zones existed
+    series = {**from_google(event("x0002", "Daily", NOW)), "recurrence": ["RRULE:FREQ=DAILY"]}
+    assert to_google(series, calendar_zone="Asia/Tokyo")["start"]["timeZone"] == "Asia/Tokyo"
+    assert "timeZone" not in to_google({**series, "recurrence": None}, calendar_zone="Asia/Tokyo")["start"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import google_auth_httplib2
 import httplib2
@@ -29,7 +29,10 @@ from googleapiclient.http import BatchHttpRequest, HttpRequest
 from safesync.shared.errors import ConfigError
 
 DEFAULT_ROOT = "https://www.googleapis.com"
-SCOPES = ["https://www.googleapis.com/auth/calendar"]
+# Every method the sync calls (events list/get/insert/patch/delete/watch/
+# instances, channels.stop) accepts calendar.events, per the discovery
+# document the client library ships; ``calendar.scopes`` configures it.
+DEFAULT_SCOPES = ("https://www.googleapis.com/auth/calendar.events",)
 BATCH_SIZE = 50
 
 
@@ -40,8 +43,18 @@ def api_root(env: Mapping[str, str]) -> str:
     return root
 
 
-def load_credentials(env: Mapping[str, str]):
-    """google.auth credentials from the environment (never logged)."""
+def _granted(info: dict[str, Any]) -> set[str] | None:
+    """The scopes an authorized-user file says were consented, if it says."""
+    scopes = info.get("scopes")
+    if isinstance(scopes, str):
+        return set(scopes.split())
+    return set(scopes) if isinstance(scopes, list) else None
+
+
+def load_credentials(env: Mapping[str, str], scopes: Sequence[str] = DEFAULT_SCOPES):
+    """google.auth credentials from the environment (never logged), asking
+    for exactly ``scopes``: a refresh token may only ask for what its user
+    consented to (RFC 6749 section 6), so a wider request fails."""
     inline = (env.get("SAFESYNC_GOOGLE_CREDENTIALS") or "").strip()
     path = (env.get("GOOGLE_APPLICATION_CREDENTIALS") or "").strip()
     if inline:
@@ -66,10 +79,16 @@ def load_credentials(env: Mapping[str, str]):
     subject = (env.get("SAFESYNC_GOOGLE_SUBJECT") or "").strip() or None
     try:
         if kind == "service_account":
-            return service_account.Credentials.from_service_account_info(info, scopes=SCOPES, subject=subject)
+            return service_account.Credentials.from_service_account_info(info, scopes=list(scopes), subject=subject)
         if kind == "authorized_user":
             if subject:
                 raise ConfigError("SAFESYNC_GOOGLE_SUBJECT only applies to service-account credentials")
+            granted = _granted(info)
+            if granted is not None and not set(scopes) <= granted:
+                raise ConfigError(
+                    f"{source}: calendar.scopes asks for {', '.join(sorted(set(scopes) - granted))}, which this refresh token "
+                    f"was not granted ({', '.join(sorted(granted)) or 'none'}): set calendar.scopes to what was granted, or consent again"
+                )
             # Built directly: from_authorized_user_info ignores the file's token_uri.
             return user_credentials.Credentials(
                 token=None,
@@ -77,7 +96,7 @@ def load_credentials(env: Mapping[str, str]):
                 client_id=info["client_id"],
                 client_secret=info["client_secret"],
                 token_uri=info.get("token_uri") or user_credentials._GOOGLE_OAUTH2_TOKEN_ENDPOINT,
-                scopes=SCOPES,
+                scopes=list(scopes),
                 quota_project_id=info.get("quota_project_id"),
             )
     except (ValueError, KeyError) as exc:
@@ -89,10 +108,10 @@ class CalendarClient:
     """The calls the sync makes, each counted by kind (``list``, ``get``,
     ``batch``, ``watch``, ``stop``) for reports and benchmarks."""
 
-    def __init__(self, env: Mapping[str, str], *, timeout: float = 30.0) -> None:
+    def __init__(self, env: Mapping[str, str], *, timeout: float = 30.0, scopes: Sequence[str] = DEFAULT_SCOPES) -> None:
         self.root = api_root(env)
         self.batch_uri = f"{self.root}/batch/calendar/v3"
-        self.http = google_auth_httplib2.AuthorizedHttp(load_credentials(env), http=httplib2.Http(timeout=timeout))
+        self.http = google_auth_httplib2.AuthorizedHttp(load_credentials(env, scopes), http=httplib2.Http(timeout=timeout))
         self.service = build(
             "calendar",
             "v3",
@@ -136,6 +155,12 @@ class CalendarClient:
 
     def get_request(self, calendar_id: str, event_id: str) -> HttpRequest:
         return self.service.events().get(calendarId=calendar_id, eventId=event_id)
+
+    def instances_request(self, calendar_id: str, series_id: str, original_start: str) -> HttpRequest:
+        """The series' instance at ``original_start`` (hidden ones too)."""
+        return self.service.events().instances(
+            calendarId=calendar_id, eventId=series_id, originalStart=original_start, showDeleted=True
+        )
 
     def execute_batch(self, requests: list[tuple[str, HttpRequest]]) -> dict[str, tuple[Any, Exception | None]]:
         """One batch HTTP call (≤ 50 requests); per-item (response, error).

@@ -4,6 +4,11 @@ The canonical form is what hashes and three-way merges compare: a dict of the
 synced fields with normalised values (instants in UTC, attendees sorted,
 absent and empty the same). All-day events are dates with Google's exclusive
 end date, never midnight datetimes, so no time zone can shift them.
+
+``time_zone`` is the start's zone, or ``[start, end]`` when the end has a
+zone of its own (Google keeps them apart: a flight Berlin → New York); the
+row keeps the end's in ``end_time_zone`` only then, so rows whose zones
+agree hash exactly as before it existed.
 """
 
 from __future__ import annotations
@@ -43,22 +48,25 @@ def parse_instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def _original_start(ev: dict[str, Any]) -> str | None:
+def original_start(ev: dict[str, Any]) -> str | None:
+    """An instance's original start as rows keep it (a date, or a UTC instant)."""
     original = ev.get("originalStartTime")
     if not original:
         return None
     return original["date"] if "date" in original else utc_text(original["dateTime"])
 
 
-def instance_suffix(original_start: str) -> str:
-    """The id suffix Google gives an instance: ``20240501`` or ``20240501T100000Z``."""
-    if "T" not in original_start:
-        return original_start.replace("-", "")
-    return utc_text(original_start).replace("-", "").replace(":", "")
+def zone_value(start: str | None, end: str | None) -> str | list[str | None] | None:
+    """The canonical ``time_zone``: one zone, or both when they differ."""
+    return start if end in (None, start) else [start, end]
 
 
-def instance_id(master_id: str, original_start: str) -> str:
-    return f"{master_id}_{instance_suffix(original_start)}"
+def zones(data: EventData) -> tuple[str | None, str | None]:
+    """(start zone, end zone) of canonical data; the end defaults to the start."""
+    value = data["time_zone"]
+    if isinstance(value, list):
+        return value[0], value[1]
+    return value, value
 
 
 def _attendees(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -94,7 +102,7 @@ def from_google(ev: dict[str, Any]) -> EventData:
         "description": _blank(ev.get("description")),
         "location": _blank(ev.get("location")),
         "when": when,
-        "time_zone": _blank(start.get("timeZone")),
+        "time_zone": zone_value(_blank(start.get("timeZone")), _blank(end.get("timeZone"))),
         "attendees": _attendees(ev.get("attendees")),
         "recurrence": list(ev["recurrence"]) if ev.get("recurrence") else None,
         "event_status": ev.get("status") or "confirmed",
@@ -111,9 +119,12 @@ def _zone(name: str | None) -> ZoneInfo | timezone:
     return timezone.utc
 
 
-def to_google(data: EventData, *, exception: bool = False) -> dict[str, Any]:
+def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | None = None) -> dict[str, Any]:
     """The body to send for an insert or patch. Nulls clear a field (patch
-    semantics). An instance (exception) carries no recurrence of its own."""
+    semantics). An instance (exception) carries no recurrence of its own.
+    A timed series needs a start zone (Google: "for recurring events this
+    field is required"): the row's, else ``calendar_zone``. Start and end
+    each keep their own zone."""
     body: dict[str, Any] = {
         "summary": data["title"],
         "description": data["description"],
@@ -121,17 +132,19 @@ def to_google(data: EventData, *, exception: bool = False) -> dict[str, Any]:
         "status": data["event_status"],
         "attendees": data["attendees"],
     }
-    when, tz = data["when"], data["time_zone"]
+    when = data["when"]
+    start_tz, end_tz = zones(data)
+    if when and not when["all_day"] and data["recurrence"] and not exception and not start_tz:
+        start_tz = end_tz = end_tz or calendar_zone
     if when and when["all_day"]:
         body["start"], body["end"] = {"date": when["start"]}, {"date": when["end"]}
-        if tz:
-            body["start"]["timeZone"] = body["end"]["timeZone"] = tz
     elif when:
-        zone = _zone(tz)
-        body["start"] = {"dateTime": parse_instant(when["start"]).astimezone(zone).isoformat()}
-        body["end"] = {"dateTime": parse_instant(when["end"]).astimezone(zone).isoformat()}
-        if tz:
-            body["start"]["timeZone"] = body["end"]["timeZone"] = tz
+        body["start"] = {"dateTime": parse_instant(when["start"]).astimezone(_zone(start_tz)).isoformat()}
+        body["end"] = {"dateTime": parse_instant(when["end"]).astimezone(_zone(end_tz)).isoformat()}
+    if when:
+        for side, zone in (("start", start_tz), ("end", end_tz)):
+            if zone:
+                body[side]["timeZone"] = zone
     if not exception:
         body["recurrence"] = data["recurrence"]
     if data["conference"] is not None:
@@ -149,7 +162,7 @@ def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
         "description": _blank(row["description"]),
         "location": _blank(row["location"]),
         "when": when,
-        "time_zone": _blank(row["time_zone"]),
+        "time_zone": zone_value(_blank(row["time_zone"]), _blank(row["end_time_zone"])),
         "attendees": _attendees(row["attendees"]),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
@@ -164,6 +177,7 @@ def row_values(data: EventData, cipher: Cipher) -> dict[str, Any]:
     when = data["when"]
     all_day = bool(when["all_day"])
     conference = data["conference"]
+    start_tz, end_tz = zones(data)
     return {
         "title": data["title"],
         "description": data["description"],
@@ -173,7 +187,8 @@ def row_values(data: EventData, cipher: Cipher) -> dict[str, Any]:
         "end_at": parse_instant(when["end"]) if not all_day else None,
         "start_date": date.fromisoformat(when["start"]) if all_day else None,
         "end_date": date.fromisoformat(when["end"]) if all_day else None,
-        "time_zone": data["time_zone"],
+        "time_zone": start_tz,
+        "end_time_zone": end_tz if end_tz != start_tz else None,
         "recurrence": data["recurrence"],
         "event_status": data["event_status"],
         "attendees": Jsonb(data["attendees"]),
@@ -226,7 +241,7 @@ def google_meta(ev: dict[str, Any]) -> dict[str, Any]:
         "google_event_id": ev["id"],
         "google_ical_uid": ev.get("iCalUID"),
         "recurring_event_id": ev.get("recurringEventId"),
-        "original_start": _original_start(ev),
+        "original_start": original_start(ev),
         "etag": ev.get("etag"),
         "sequence": ev.get("sequence"),
         "source_created_at": parse_instant(ev["created"]) if ev.get("created") else None,

@@ -43,7 +43,7 @@ from . import state
 from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
-from .mapping import EventData, field_hashes, from_google, from_row, google_meta, overlaps, parse_instant, utc_text
+from .mapping import EventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text
 from .retry import classify
 from .store import (
     DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates, executemany,
@@ -173,7 +173,7 @@ class Puller:
         existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
         instances = unpushed_instances(
             conn, self.cal,
-            [(i["recurringEventId"], from_google_original(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
         )
         cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
         listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
@@ -187,6 +187,8 @@ class Puller:
                 self._write(plan)
                 if last:
                     self._write(missing)
+                    if listing.time_zone:
+                        state.store_time_zone(conn, self.cal, listing.time_zone)
                     if keep_token:
                         state.store_token(conn, self.cal, listing.sync_token)
                         state.clear_notify_pending(conn, self.cal, self.listed_from)
@@ -196,7 +198,7 @@ class Puller:
         for item in page:
             row = existing.get(item["id"])
             if row is None and item.get("recurringEventId"):
-                row = instances.get((item["recurringEventId"], from_google_original(item)))
+                row = instances.get((item["recurringEventId"], original_start(item)))
             if item.get("status") == "cancelled":
                 self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
             else:
@@ -373,17 +375,13 @@ def _everything():
     return datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
 
 
-def from_google_original(item: dict[str, Any]) -> str | None:
-    return google_meta(item)["original_start"]
-
-
 def cancelled_exception_data(item: dict[str, Any], master_row: dict[str, Any] | None, ctx: SyncContext) -> EventData:
     """A cancelled occurrence: Google may send only id, status and the
     original start; its time is then the original slot (length from the
     series when we hold it)."""
     data = from_google(item)
     if data["when"] is None:
-        original = from_google_original(item)
+        original = original_start(item)
         if "T" in original:
             start = parse_instant(original)
             length = timedelta(0)

@@ -10,7 +10,12 @@ deletes, sent in batches of 50.
 - Delete: 404/410 mean already gone. A cancelled or deleted occurrence of a
   series is a DELETE of the instance id (Google keeps a cancelled exception).
 - Occurrence changes go after their series, in a second phase; an occurrence
-  whose series is not on Google yet waits for the next run.
+  whose series is not on Google yet waits for the next run. An occurrence
+  made in the app gets its id from ``events.instances`` (ids are opaque,
+  never built from the series id and a time); a series with no occurrence at
+  that original start is a failure of that row, never a deletion.
+- A timed series without a zone is sent in the calendar's zone (Google
+  refuses a recurring event without one), learnt from events.list.
 - Retryable failures are retried in later rounds with backoff; a row whose
   push fails in ``max_retries`` runs ends ``sync_failed`` with the reason.
 - The result (etag, sequence, updated, Google's normalised content) is
@@ -32,7 +37,9 @@ from . import state
 from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
-from .mapping import EventData, content_hash, field_hashes, from_google, from_row, instance_id, new_event_id, parse_instant, to_google
+from .mapping import (
+    EventData, content_hash, field_hashes, from_google, from_row, new_event_id, original_start, parse_instant, to_google,
+)
 from .retry import Failure
 from .store import DELETE_EXCEPTIONS_SQL, DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, synced_values
 
@@ -57,6 +64,7 @@ class Pusher:
         self.ctx, self.cal = ctx, calendar_id
         self.runner: BatchRunner[Op] = BatchRunner(ctx, calendar_id)
         self.unreachable: Failure | None = None
+        self._calendar_zone: str | None = None
 
     def run(self, *, include_failed: bool = False) -> None:
         statuses = ["pending_sync", "sync_failed"] if include_failed else ["pending_sync"]
@@ -71,7 +79,7 @@ class Pusher:
             unpushed = self._unpushed_series({r["recurring_event_id"] for r in occurrences})
             ready = [r for r in occurrences if r["recurring_event_id"] not in unpushed]
             self.ctx.counts["deferred"] += len(occurrences) - len(ready)
-            self._drive([op for op in map(self._op_for, ready) if op is not None])
+            self._drive([op for op in map(self._op_for, self._instance_ids(ready)) if op is not None])
         if self.unreachable is not None:
             # Google itself was unreachable: the rows are not at fault and keep their tries.
             raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable ({self.unreachable.describe()})",
@@ -87,17 +95,58 @@ class Pusher:
             return cur.fetchall()
 
     def _assign_ids(self, rows: list[dict[str, Any]]) -> None:
-        """Give each row its Google id before the first attempt, stored, so
-        every retry (in this run or the next) reuses it."""
+        """Give each new event its Google id before the first attempt,
+        stored, so every retry (in this run or the next) reuses it."""
         with self.ctx.conn.transaction():
             for row in rows:
-                if row["google_event_id"]:
-                    continue
-                if row["deleted"]:
-                    continue  # never reached Google: nothing to create
-                gid = instance_id(row["recurring_event_id"], row["original_start"]) if row["recurring_event_id"] else new_event_id()
+                if row["google_event_id"] or row["deleted"] or row["recurring_event_id"]:
+                    continue  # has one / never reached Google / an occurrence: Google names it
+                gid = new_event_id()
                 self.ctx.conn.execute("update calendar.events set google_event_id = %s where id = %s", [gid, row["id"]])
                 row["google_event_id"] = gid
+
+    def _instance_ids(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Occurrences Google has not confirmed yet (no etag) get the id of
+        the instance at their original start, from events.instances; the
+        rows ready to push are returned."""
+        todo = [r for r in rows if not r["etag"] and not r["deleted"]]
+        ready = [r for r in rows if r["etag"] or r["deleted"]]
+        if not todo:
+            return ready
+        client = self.ctx.client
+        results = BatchRunner(self.ctx, self.cal).run(
+            [(row, lambda r=row: client.instances_request(self.cal, r["recurring_event_id"], r["original_start"])) for row in todo]
+        )
+        with self.ctx.conn.transaction():
+            for row, response, failure in results:
+                if failure is not None and failure.whole_batch and failure.retryable:
+                    self.unreachable = failure  # Google unreachable: the row keeps its tries
+                    continue
+                if failure is not None and failure.status not in (404, 410):
+                    self._failed(row, failure)
+                    continue
+                match = [i["id"] for i in (response or {}).get("items", []) if original_start(i) == row["original_start"]]
+                if not match:
+                    self._failed(row, Failure(failure.status if failure else None, "noSuchOccurrence",
+                                              f"series {row['recurring_event_id']} has no occurrence starting {row['original_start']}", False))
+                    continue
+                self.ctx.conn.execute("update calendar.events set google_event_id = %s where id = %s", [match[0], row["id"]])
+                ready.append(dict(row, google_event_id=match[0]))
+        return ready
+
+    def calendar_zone(self) -> str | None:
+        """The calendar's time zone: stored from the last listing, else
+        asked once (events.list carries it; calendars.get would need a wider
+        scope than calendar.events)."""
+        if self._calendar_zone is None:
+            self._calendar_zone = state.calendar_time_zone(self.ctx.conn, self.cal)
+        if self._calendar_zone is None:
+            answer = self.ctx.api(self.cal, "events.list", lambda: self.ctx.client.list_events(self.cal, maxResults=1))
+            self._calendar_zone = answer.get("timeZone")
+            if self._calendar_zone:
+                with self.ctx.conn.transaction():
+                    state.store_time_zone(self.ctx.conn, self.cal, self._calendar_zone)
+        return self._calendar_zone
 
     def _unpushed_series(self, series_ids: set[str]) -> set[str]:
         rows = self.ctx.conn.execute(
@@ -121,13 +170,19 @@ class Pusher:
             return Op(row, "patch" if row["etag"] else "force_patch", data, row["etag"])
         return Op(row, "patch", data, row["etag"]) if row["etag"] else Op(row, "insert", data)
 
+    def _body(self, op: Op) -> dict[str, Any]:
+        exception = bool(op.row["recurring_event_id"])
+        needs_zone = bool(op.data["recurrence"]) and not exception and op.data["when"] and not op.data["when"]["all_day"]
+        return to_google(op.data, exception=exception, calendar_zone=self.calendar_zone() if needs_zone else None)
+
     def _request(self, op: Op):
-        client, exception = self.ctx.client, bool(op.row["recurring_event_id"])
+        client = self.ctx.client
         if op.kind == "insert":
-            return lambda: client.insert_request(self.cal, {"id": op.gid, **to_google(op.data, exception=exception)})
+            body = {"id": op.gid, **self._body(op)}
+            return lambda: client.insert_request(self.cal, body)
         if op.kind in ("patch", "force_patch"):
-            etag = op.etag if op.kind == "patch" else None
-            return lambda: client.patch_request(self.cal, op.gid, to_google(op.data, exception=exception), etag)
+            etag, body = (op.etag if op.kind == "patch" else None), self._body(op)
+            return lambda: client.patch_request(self.cal, op.gid, body, etag)
         if op.kind in ("delete", "cancel_instance"):
             return lambda: client.delete_request(self.cal, op.gid)
         return lambda: client.get_request(self.cal, op.gid)

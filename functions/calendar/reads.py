@@ -101,6 +101,7 @@ def _event(row: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
         "start": row["start_date"].isoformat() if all_day else utc_text(row["start_at"]),
         "end": row["end_date"].isoformat() if all_day else utc_text(row["end_at"]),
         "time_zone": row["time_zone"],
+        "end_time_zone": row["end_time_zone"],
         "status": row["event_status"],
         "attendees": row["attendees"],
         "recurrence": row["recurrence"],

@@ -193,6 +193,37 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             add column notify_queued_at timestamptz;  -- a sync was queued for them (QStash)
         """,
     ),
+    (
+        5,
+        "end time zone, calendar time zone",
+        """
+        -- Set only when the end has its own zone (a flight Berlin → New York).
+        alter table calendar.events add column end_time_zone text;
+        -- The calendar's zone, from events.list: a recurring event needs one.
+        alter table calendar.sync_state add column time_zone text;
+        create or replace function calendar.mark_local_edit() returns trigger language plpgsql as $$
+        begin
+            if coalesce(current_setting('safesync.sync_writer', true), '') = 'on' then
+                return new;
+            end if;
+            if (new.title, new.description, new.location, new.all_day, new.start_at, new.end_at,
+                new.start_date, new.end_date, new.time_zone, new.end_time_zone, new.recurrence, new.event_status,
+                new.attendees, new.conference_data, new.deleted)
+               is distinct from
+               (old.title, old.description, old.location, old.all_day, old.start_at, old.end_at,
+                old.start_date, old.end_date, old.time_zone, old.end_time_zone, old.recurrence, old.event_status,
+                old.attendees, old.conference_data, old.deleted) then
+                new.local_updated_at := clock_timestamp();
+                new.updated_at := now();
+                if new.sync_status in ('synced', 'sync_failed') and old.sync_status = new.sync_status then
+                    new.sync_status := 'pending_sync';
+                    new.sync_retries := 0;
+                end if;
+            end if;
+            return new;
+        end $$;
+        """,
+    ),
 ]
 
 # Tables the migrations create; after migrating, each must exist (a recorded

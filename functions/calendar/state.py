@@ -56,6 +56,20 @@ def store_token(conn: psycopg.Connection, calendar_id: str, token: str | None) -
     )
 
 
+def calendar_time_zone(conn: psycopg.Connection, calendar_id: str) -> str | None:
+    row = conn.execute("select time_zone from calendar.sync_state where calendar_id = %s", [calendar_id]).fetchone()
+    return row[0] if row else None
+
+
+def store_time_zone(conn: psycopg.Connection, calendar_id: str, zone: str) -> None:
+    conn.execute(
+        """insert into calendar.sync_state (calendar_id, time_zone) values (%s, %s)
+           on conflict (calendar_id) do update set time_zone = excluded.time_zone
+           where calendar.sync_state.time_zone is distinct from excluded.time_zone""",
+        [calendar_id, zone],
+    )
+
+
 def begin_listing(conn: psycopg.Connection, calendar_id: str) -> datetime:
     """A token listing starts: it will see every change notified so far, so
     a queued notification sync is consumed (a notification from now on

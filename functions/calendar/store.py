@@ -22,7 +22,7 @@ from .mapping import EventData, field_hashes, content_hash, google_meta, row_val
 
 CONTENT_COLUMNS = (
     "title", "description", "location", "all_day", "start_at", "end_at", "start_date", "end_date",
-    "time_zone", "recurrence", "event_status", "attendees", "meeting_id", "conference_data",
+    "time_zone", "end_time_zone", "recurrence", "event_status", "attendees", "meeting_id", "conference_data",
 )
 META_COLUMNS = (
     "google_event_id", "google_ical_uid", "recurring_event_id", "original_start", "etag", "sequence",

@@ -88,7 +88,7 @@ def sync_calendars(
     cfg = settings.config.calendar
     calendars = selected_calendars(settings, calendar_id)
     cipher = Cipher.from_env(settings.env)
-    client = CalendarClient(settings.env, timeout=cfg.http_timeout_s)
+    client = CalendarClient(settings.env, timeout=cfg.http_timeout_s, scopes=cfg.scopes)
     policy = make_policy(settings)
     rows: list[dict[str, Any]] = []
     errors: list[SafesyncError] = []

@@ -56,7 +56,7 @@ def notify_address(settings: Settings) -> str:
 def ensure_channels(settings: Settings, report: Report) -> None:
     cfg = settings.config.calendar
     address = notify_address(settings)
-    client = CalendarClient(settings.env, timeout=cfg.http_timeout_s)
+    client = CalendarClient(settings.env, timeout=cfg.http_timeout_s, scopes=cfg.scopes)
     policy = make_policy(settings)
     now = datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []

@@ -42,11 +42,11 @@ def _seed(fake: FakeCalendar, now: datetime) -> int:
         store.put_event("primary", {"id": master, "summary": f"Series {j}", "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=12"],
                                     **timed(first, 1, "Europe/Berlin")})
         for k in range(EXCEPTIONS_PER_SERIES):
-            occurrence = (first + timedelta(weeks=k + 1)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            occurrence = store.instance_id("primary", master, (first + timedelta(weeks=k + 1)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
             if k == 2:
-                store.remove("primary", f"{master}_{occurrence}")
+                store.remove("primary", occurrence)
             else:
-                store.edit("primary", f"{master}_{occurrence}", {"summary": f"Series {j} (moved)", **timed(first + timedelta(weeks=k + 1, hours=2), 1, "Europe/Berlin")})
+                store.edit("primary", occurrence, {"summary": f"Series {j} (moved)", **timed(first + timedelta(weeks=k + 1, hours=2), 1, "Europe/Berlin")})
     return SINGLES + SERIES * (1 + EXCEPTIONS_PER_SERIES)
 
 

@@ -74,7 +74,3 @@ def occurrences(event: dict, until: datetime) -> Iterator[tuple[str, dict, dict]
             if ex_key in exdates:
                 continue
             yield key, start, end
-
-
-def instance_suffix(key: str) -> str:
-    return key.replace("-", "").replace(":", "")

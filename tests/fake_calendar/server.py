@@ -11,6 +11,7 @@ closed without an answer — before or after the change was applied) and
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import json
 import random
@@ -20,12 +21,44 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .store import ApiError, FakeStore
 
 DROP = object()
+BATCH_LIMIT = 1000
+
+
+def _discovery_scopes() -> dict[str, frozenset[str]]:
+    """Each Calendar method's accepted scopes, from the discovery document
+    the real client library ships (the same one it builds requests from)."""
+    import googleapiclient
+
+    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "calendar.v3.json"
+    resources = json.loads(path.read_text())["resources"]
+    return {f"{r}.{m}": frozenset(spec.get("scopes", [])) for r, res in resources.items() for m, spec in res["methods"].items()}
+
+
+METHOD_SCOPES = _discovery_scopes()
+
+
+def _method_name(method: str, rest: list[str]) -> str | None:
+    """The Calendar method a REST call is, e.g. ``events.patch``."""
+    if rest == ["channels", "stop"]:
+        return "channels.stop"
+    if len(rest) < 3 or rest[0] != "calendars" or rest[2] != "events":
+        return None
+    if len(rest) == 3:
+        return {"GET": "events.list", "POST": "events.insert"}.get(method)
+    if len(rest) == 5 and rest[4] == "instances":
+        return "events.instances"
+    if len(rest) == 4 and rest[3] == "watch":
+        return "events.watch"
+    if len(rest) == 4:
+        return {"GET": "events.get", "PATCH": "events.patch", "PUT": "events.update", "DELETE": "events.delete"}.get(method)
+    return None
 
 
 @dataclass
@@ -65,7 +98,9 @@ class FakeCalendar:
         self.calls: Counter[str] = Counter()
         self.batch_items: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()  # faults served, by kind
-        self.access_tokens: set[str] = set()
+        self.access_tokens: dict[str, frozenset[str]] = {}  # token -> its scopes
+        # What the user consented to for the refresh token (a narrow grant).
+        self.granted_scopes = frozenset({"https://www.googleapis.com/auth/calendar.events"})
         self.token_requests: list[dict[str, str]] = []
         self.client_id = "fake-client-id.apps.googleusercontent.com"
         self.refresh_token = "fake-refresh-token"
@@ -115,15 +150,20 @@ class FakeCalendar:
             return kind
 
     # -- dispatch ---------------------------------------------------------------
-    def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes, *, inner: bool = False) -> tuple[int, dict[str, str], Any]:
+    def handle_api(self, method: str, path: str, query: dict[str, str], headers, body: bytes, *, inner: bool = False,
+                   scopes: frozenset[str] | None = None) -> tuple[int, dict[str, str], Any]:
         """One REST call → (status, headers, JSON body or None). Calls inside
-        a batch (``inner``) are counted in ``batch_items``, not ``calls``."""
+        a batch (``inner``) are counted in ``batch_items``, not ``calls``.
+        ``scopes``: the access token's; a method none of them allows is 403."""
         calls = Counter() if inner else self.calls
         parts = [unquote(p) for p in path.strip("/").split("/")]
         try:
             if parts[:2] != ["calendar", "v3"]:
                 raise ApiError(404, "notFound", "Not Found")
             rest = parts[2:]
+            name = _method_name(method, rest)
+            if scopes is not None and name and not scopes & METHOD_SCOPES[name]:
+                raise ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
             payload = json.loads(body) if body.strip() else {}
             if rest == ["channels", "stop"] and method == "POST":
                 calls["stop"] += 1
@@ -142,6 +182,9 @@ class FakeCalendar:
             elif len(rest) == 4 and rest[3] == "watch" and method == "POST":
                 calls["watch"] += 1
                 return 200, {}, self.store.watch(cal, payload)
+            elif len(rest) == 5 and rest[4] == "instances" and method == "GET":
+                calls["instances"] += 1
+                return 200, {}, self.store.instances(cal, rest[3], query)
             elif len(rest) == 4:
                 event_id, if_match = rest[3], headers.get("If-Match")
                 calls[method.lower()] += 1
@@ -158,18 +201,22 @@ class FakeCalendar:
         except (ValueError, KeyError) as exc:
             return 400, {}, ApiError(400, "badRequest", f"Bad Request: {exc}").body()
 
-    def handle_batch(self, content_type: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle_batch(self, content_type: str, body: bytes, scopes: frozenset[str] | None = None) -> tuple[int, dict[str, str], bytes]:
         message = email.parser.BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
         if not message.is_multipart():
             return 400, {}, b'{"error": {"code": 400, "message": "batch body must be multipart/mixed"}}'
+        parts = message.get_payload()
+        # Send batch requests: "You're limited to 1000 calls in a single batch request."
+        if len(parts) > BATCH_LIMIT:
+            return 400, {}, ApiError(400, "invalid", f"A batch request may contain at most {BATCH_LIMIT} calls.").body()
         boundary = "batch_" + secrets.token_hex(8)
         out: list[bytes] = []
-        for part in message.get_payload():
+        for part in parts:
             content_id = part.get("Content-ID", "")
             raw = part.get_payload(decode=False)
             if isinstance(raw, list):  # should not happen: application/http is not multipart
                 raw = raw[0].as_string()
-            status, headers, payload = self._batch_item(raw)
+            status, headers, payload = self._batch_item(raw, scopes)
             text = json.dumps(payload) if payload is not None else ""
             lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json; charset=UTF-8"]
             if isinstance(payload, dict) and payload.get("etag"):
@@ -183,7 +230,7 @@ class FakeCalendar:
         out.append(f"--{boundary}--\r\n".encode())
         return 200, {"Content-Type": f"multipart/mixed; boundary={boundary}"}, b"".join(out)
 
-    def _batch_item(self, raw: str) -> tuple[int, dict[str, str], Any]:
+    def _batch_item(self, raw: str, scopes: frozenset[str] | None) -> tuple[int, dict[str, str], Any]:
         head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
         request_line, *header_lines = head.split("\n")
         method, target, _ = request_line.split(" ", 2)
@@ -198,21 +245,27 @@ class FakeCalendar:
         self.batch_items[method.lower()] += 1
         if kind:
             return _error_tuple(fault_error(kind, self.faults.rng))
-        return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode(), inner=True)
+        return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode(), inner=True, scopes=scopes)
 
     def handle_token(self, body: bytes) -> tuple[int, dict[str, str], Any]:
         form = dict(parse_qsl(body.decode()))
         self.token_requests.append(form)
         grant = form.get("grant_type")
         if grant == "refresh_token" and form.get("refresh_token") == self.refresh_token and form.get("client_id") == self.client_id:
-            pass
+            # RFC 6749 section 6: "The requested scope MUST NOT include any
+            # scope not originally granted by the resource owner."
+            requested = frozenset(form.get("scope", "").split())
+            if not requested <= self.granted_scopes:
+                return 400, {}, {"error": "invalid_scope", "error_description": "Bad Request"}
+            scopes = requested or self.granted_scopes
         elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form.get("assertion"):
-            pass
+            claims = json.loads(base64.urlsafe_b64decode(form["assertion"].split(".")[1] + "=="))
+            scopes = frozenset(claims.get("scope", "").split())
         else:
             return 400, {}, {"error": "invalid_grant", "error_description": "Bad Request"}
         token = "ya29.fake-" + secrets.token_hex(12)
-        self.access_tokens.add(token)
-        return 200, {}, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+        self.access_tokens[token] = scopes
+        return 200, {}, {"access_token": token, "expires_in": 3599, "token_type": "Bearer", "scope": " ".join(sorted(scopes))}
 
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -282,9 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if split.path.startswith("/batch/calendar/v3"):
             fake.calls["batch"] += 1
-            result = fake.handle_batch(self.headers.get("Content-Type", ""), body)
+            result = fake.handle_batch(self.headers.get("Content-Type", ""), body, fake.access_tokens[auth[7:]])
         else:
-            result = fake.handle_api(self.command, split.path, dict(parse_qsl(split.query)), self.headers, body)
+            result = fake.handle_api(self.command, split.path, dict(parse_qsl(split.query)), self.headers, body,
+                                     scopes=fake.access_tokens[auth[7:]])
         if drop_after:  # the change happened; the answer is lost
             self._drop()
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import random
 import re
 import threading
 import uuid
@@ -20,10 +21,9 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .recurrence import instance_suffix, occurrences
+from .recurrence import occurrences
 
 ID_RE = re.compile(r"^[a-v0-9]{5,1024}$")
-INSTANCE_RE = re.compile(r"^(?P<master>[a-v0-9]{5,1024})_(?P<suffix>\d{8}(T\d{6}Z)?)$")
 FORBIDDEN_WITH_SYNC = ("timeMin", "timeMax", "updatedMin", "q", "iCalUID", "orderBy", "privateExtendedProperty", "sharedExtendedProperty")
 
 
@@ -51,6 +51,13 @@ def _bounds(event: dict) -> tuple[datetime, datetime]:
     return _instant(s["dateTime"]), _instant(e["dateTime"])
 
 
+def _original_key(text: str) -> str:
+    """An original start as the fake keys it: a date, or a UTC instant."""
+    if "T" not in text:
+        return text
+    return _instant(text).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _validate_times(event: dict) -> None:
     s, e = event.get("start"), event.get("end")
     if not s or not e:
@@ -76,6 +83,10 @@ class FakeStore:
         self.notifications: list[dict] = []
         self.permanent_failures: dict[str, tuple[int, str, str]] = {}
         self.writes: Counter[str] = Counter()
+        self.instance_keys: dict[str, tuple[str, str]] = {}  # instance id -> (series id, original start)
+        self.time_zone = "UTC"  # every calendar's (events.list answers carry it)
+        self.clock_offset = timedelta(0)
+        self.message_step = random.Random(7)
 
     # -- helpers --------------------------------------------------------------
     def events(self, cal: str) -> dict[str, dict]:
@@ -90,10 +101,20 @@ class FakeStore:
             event["sequence"] = event.get("sequence", 0) + 1
         self._notify(cal)
 
+    def now(self) -> datetime:
+        """The fake's clock (``clock_offset`` moves it: channels expire)."""
+        return datetime.now(timezone.utc) + self.clock_offset
+
+    def _live(self, channel: dict) -> bool:
+        return not channel.get("stopped") and channel["expiration"] > self.now()
+
     def _notify(self, cal: str) -> None:
+        # Push guide: message numbers "increase for each subsequent message
+        # on the channel, but they are not sequential"; an expired channel
+        # sends nothing (Google does not renew channels).
         for channel in self.channels.values():
-            if channel["calendar_id"] == cal and not channel.get("stopped"):
-                channel["messages"] += 1
+            if channel["calendar_id"] == cal and self._live(channel):
+                channel["messages"] += self.message_step.randint(1, 3)
                 self.notifications.append(self._message(channel, "exists"))
 
     @staticmethod
@@ -205,7 +226,7 @@ class FakeStore:
             items = [i for i in items if i["id"] > after]
             items.sort(key=lambda i: i["id"])
             chunk = items[:max_results]
-            out: dict[str, Any] = {"kind": "calendar#events", "summary": cal, "timeZone": "UTC", "items": chunk}
+            out: dict[str, Any] = {"kind": "calendar#events", "summary": cal, "timeZone": self.time_zone, "items": chunk}
             if len(items) > max_results:
                 raw = f"{query_key}\x00{chunk[-1]['id']}\x00{snapshot}"
                 out["nextPageToken"] = base64.urlsafe_b64encode(raw.encode()).decode()
@@ -259,17 +280,27 @@ class FakeStore:
             out.append(self.public(event))
         return out
 
+    # Event ids are opaque (Event resource: "id: Opaque identifier of the
+    # event"): an instance's id is learnt from a listing or events.instances,
+    # never built from the series id and a time, so the fake's are unguessable.
+    def instance_id(self, cal: str, master_id: str, key: str) -> str:
+        """The id of the occurrence of ``master_id`` originally starting at
+        ``key`` (``YYYY-MM-DD`` or a UTC ``...Z`` instant)."""
+        iid = f"{master_id}_{hashlib.sha256(f'{cal}|{master_id}|{key}'.encode()).hexdigest()[:12]}"
+        self.instance_keys[iid] = (master_id, key)
+        return iid
+
     def _instances(self, cal: str, master: dict, horizon: datetime) -> list[dict]:
         events = self.events(cal)
         out = []
         for key, start, end in occurrences(master, horizon):
-            iid = f"{master['id']}_{instance_suffix(key)}"
+            iid = self.instance_id(cal, master["id"], key)
             if iid in events and events[iid].get("status") == "cancelled":
-                out.append({**self._synth_instance(master, key, start, end), **self.public(events[iid])})
+                out.append({**self._synth_instance(cal, master, key, start, end), **self.public(events[iid])})
             elif iid in events:
                 out.append(self.public(events[iid]))
             else:
-                out.append(self._synth_instance(master, key, start, end))
+                out.append(self._synth_instance(cal, master, key, start, end))
         return out
 
     @staticmethod
@@ -278,11 +309,11 @@ class FakeStore:
             return {"dateTime": key, **({"timeZone": master["start"]["timeZone"]} if master["start"].get("timeZone") else {})}
         return {"date": key}
 
-    def _synth_instance(self, master: dict, key: str, start: dict, end: dict) -> dict:
+    def _synth_instance(self, cal: str, master: dict, key: str, start: dict, end: dict) -> dict:
         instance = self.public(master)
         instance.pop("recurrence", None)
         instance.update(
-            id=f"{master['id']}_{instance_suffix(key)}", recurringEventId=master["id"],
+            id=self.instance_id(cal, master["id"], key), recurringEventId=master["id"],
             originalStartTime=self._original(master, key), start=start, end=end,
         )
         return instance
@@ -323,18 +354,34 @@ class FakeStore:
         events = self.events(cal)
         if event_id in events:
             return events[event_id]
-        match = INSTANCE_RE.match(event_id)
-        master = events.get(match["master"]) if match else None
+        master_id, wanted = self.instance_keys.get(event_id, (None, None))
+        master = events.get(master_id) if master_id else None
         if master is None or master.get("status") == "cancelled" or not master.get("recurrence"):
             raise ApiError(404, "notFound", "Not Found")
         for key, start, end in occurrences(master, datetime.now(timezone.utc) + timedelta(days=3650)):
-            if instance_suffix(key) == match["suffix"]:
-                instance = self._synth_instance(master, key, start, end)
+            if key == wanted:
+                instance = self._synth_instance(cal, master, key, start, end)
                 if materialize:
                     instance["created"] = _now_text()
                     events[event_id] = instance
                 return instance
         raise ApiError(404, "notFound", "Not Found")
+
+    def instances(self, cal: str, event_id: str, params: dict[str, str]) -> dict:
+        """events.instances: the occurrences of a series (404 for an unknown
+        or non-recurring event), optionally the one at ``originalStart``."""
+        with self.lock:
+            master = self.events(cal).get(event_id)
+            if master is None or master.get("status") == "cancelled" or not master.get("recurrence"):
+                raise ApiError(404, "notFound", "Not Found")
+            tmax = _instant(params["timeMax"]) if "timeMax" in params else datetime.now(timezone.utc) + timedelta(days=3650)
+            items = self._instances(cal, master, tmax)
+            if "originalStart" in params:
+                wanted = _original_key(params["originalStart"])
+                items = [i for i in items if _original_key(i["originalStartTime"].get("dateTime") or i["originalStartTime"]["date"]) == wanted]
+            if params.get("showDeleted") != "true":
+                items = [i for i in items if i.get("status") != "cancelled"]
+            return {"kind": "calendar#events", "summary": cal, "timeZone": self.time_zone, "items": items}
 
     def get(self, cal: str, event_id: str) -> dict:
         with self.lock:
@@ -403,11 +450,11 @@ class FakeStore:
                 raise ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS.", "push")
             if body["id"] in self.channels:
                 raise ApiError(400, "channelIdNotUnique", "Channel id not unique.", "push")
-            ttl = int((body.get("params") or {}).get("ttl", "604800"))
-            expiration = datetime.now(timezone.utc) + timedelta(seconds=ttl)
+            ttl = int((body.get("params") or {}).get("ttl", "604800"))  # events.watch: params.ttl, default 604800 s
+            expiration = self.now() + timedelta(seconds=ttl)
             channel = {
                 "id": body["id"], "calendar_id": cal, "resourceId": f"res-{cal}", "token": body.get("token"),
-                "address": body["address"], "messages": 0, "expiration": expiration,
+                "address": body["address"], "messages": 1, "expiration": expiration,  # "always 1 for sync messages"
                 "expiration_text": expiration.strftime("%a, %d %b %Y %H:%M:%S GMT"),
             }
             self.channels[body["id"]] = channel
@@ -421,6 +468,6 @@ class FakeStore:
     def stop(self, body: dict) -> None:
         with self.lock:
             channel = self.channels.get(body.get("id"))
-            if channel is None or channel["resourceId"] != body.get("resourceId") or channel.get("stopped"):
+            if channel is None or channel["resourceId"] != body.get("resourceId") or not self._live(channel):
                 raise ApiError(404, "notFound", f"Channel '{body.get('id')}' not found for project")
             channel["stopped"] = True
