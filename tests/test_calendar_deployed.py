@@ -101,13 +101,13 @@ def test_google_notifications_reach_calendar_notify_and_queue_a_sync_in_every_la
 
     fake.store.edit("primary", gid(0), {"summary": "Standup, moved"})
     note = fake.store.notifications.pop()
-    fake.latency = 3.0  # a slow Google: the answer must not wait for it
+    fake.latency = 6.0  # a slow Google: the answer must not wait for it
     calls_before = sum(fake.calls.values())
     started = time.monotonic()
     answer = services.request("POST", note["address"], b"", note["headers"])
     elapsed = time.monotonic() - started
     assert answer.status == 200 and answer.json()["queued"] is True, answer.body
-    assert elapsed < 2.0, elapsed
+    assert elapsed < fake.latency, elapsed  # (typically ~0.1 s; the bound only has to beat one Google call)
     assert sum(fake.calls.values()) == calls_before  # Google was not called at all
     assert advisory_locks(settings) == 0  # no lock outlives the request
     fake.latency = 0

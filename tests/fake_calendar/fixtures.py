@@ -66,11 +66,11 @@ def cal_settings(fake: FakeCalendar, make_db, write_settings):
 
 
 @pytest.fixture
-def services(tmp_path):
+def services():
     """Local stand-ins for deployed Cloud Run services (see services.py)."""
     from .services import Services
 
-    running = Services(tmp_path)
+    running = Services()
     try:
         yield running
     finally:
