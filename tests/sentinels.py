@@ -17,15 +17,17 @@ PUBLIC_URL = "https://safesync.example.test"
 # Database passwords that break a URL when not percent-encoded (libpq then
 # echoes them, or pieces of them, in its errors), and one that needs encoding
 # and works: each must stay out of every text, in every spelling. Every piece
-# between URL delimiters is at least 5 characters, so a piece is a leak too.
+# between URL delimiters is at least 5 characters, so a piece is a leak too;
+# each carries a digit, so no fixture's own words ("hotels", "November")
+# look like one.
 HOSTILE_DB_PASSWORDS = {
     "percent": "Sup3r%Secret_77",
-    "at": "alpha@bravo-77q",
-    "colon": "charlie:delta-88q",
+    "at": "alpha1@bravo-77q",
+    "colon": "charlie2:delta-88q",
     "slash": "echo/foxtrot-99q",
-    "quotes": "golf'hotel\"india-11q",
+    "quotes": "golf'hotel3\"india-11q",
     "non-ascii": "jüliet-kilö-λima-22q",
-    "everything": "mike5%novem@ber55:oscar/papa'quebec\"romeo-ü44",
+    "everything": "mike5%novem6@ber55:oscar7/papa8'quebec9\"romeo-ü44",
 }
 DELIMITERS = "@:/?#[]&=%'\"\\ ;,"
 
