@@ -52,9 +52,13 @@ def post_all(world: World, target: str, bodies_and_headers: list[tuple[bytes, di
     it once ``release_after`` answers are in. Returns the responses in order."""
     answers: list = [None] * len(bodies_and_headers)
     barrier = threading.Barrier(len(bodies_and_headers))
+    # Apps are built here, one after another: building one compiles its URL
+    # rules with `ast`, which CPython 3.11.7 cannot do in several threads at
+    # once ("AST constructor recursion depth mismatch", gh-106905).
+    clients = [world.client() for _ in bodies_and_headers]
 
     def send(i: int, body: bytes, headers: dict) -> None:
-        client = world.client()
+        client = clients[i]
         barrier.wait()
         response = client.post(f"/{target}", data=body, headers=headers)
         answers[i] = (response.status_code, response.get_json(silent=True) or {})
