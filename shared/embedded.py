@@ -117,20 +117,23 @@ class EmbeddedPostgres:
     """A throwaway cluster: ``start()``, use ``url(dbname)``, ``stop()``.
 
     ``os_user`` is the system user that owns the cluster when we run as
-    root (tests use a throwaway name to exercise its creation).
+    root (tests use a throwaway name to exercise its creation). ``user`` is
+    the bootstrap superuser's name (a Supabase-like cluster's is
+    ``supabase_admin``).
     """
 
     data_dir: Path
     port: int = 0
     user: str = "postgres"
     os_user: str = SERVICE_USER
+    bin: Path | None = None  # another installation's bin folder (default: pgserver's)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
         self._pick_port = not self.port  # a port we chose may be lost to a race; one we were given may not
         self.port = self.port or free_port()
         self._owner = _service_user(self.os_user)
-        self.bin = bin_dir()
+        self.bin = Path(self.bin) if self.bin else bin_dir()
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         kwargs = {}

@@ -97,6 +97,16 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(data_root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def supabase():
+    """A Supabase platform cluster built from Supabase's own migrations;
+    tests connect as its non-superuser ``postgres`` role
+    (``tests/fixtures/supabase_platform``)."""
+    from tests.fixtures.supabase_platform import supabase_fixture
+
+    yield from supabase_fixture()
+
+
 @pytest.fixture
 def make_db(pg_server: PgServer) -> Iterator[Callable[..., str]]:
     """Factory: ``make_db()`` → URL of a new empty database (dropped after)."""
