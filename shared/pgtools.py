@@ -29,6 +29,7 @@ from pathlib import Path
 
 from psycopg import conninfo as pg_conninfo
 
+from .db import SESSION_OPTIONS
 from .errors import ConfigError
 from .log import redact
 
@@ -193,6 +194,7 @@ def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync") 
         params["dbname"] = dbname
     env = child_env()
     env["PGAPPNAME"] = app
+    env["PGOPTIONS"] = SESSION_OPTIONS  # the scripts psql runs hold catalog queries too (see shared.db)
     if password:
         env["PGPASSWORD"] = str(password)
     return pg_conninfo.make_conninfo(**params), env

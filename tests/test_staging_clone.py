@@ -67,7 +67,8 @@ def test_clone_makes_staging_identical_and_rls_behaves_the_same(settings, supaba
     assert body["details"]["plan"]["tables_dropped"] == ["public.legacy_bookings"]
     assert set(body["details"]["plan"]["tables_created"]) == {"hotels.policies", "public.sire_content"}
     assert body["tables"]["schema differences"] == [] and body["tables"]["data differences"] == []
-    assert {row["kind"] for row in body["tables"]["not compared"]} >= {"publications", "event triggers"}
+    assert {"publications", "publication tables", "event triggers", "default_privileges"} <= set(body["details"]["comparison"]["compared_kinds"])
+    assert {row["kind"] for row in body["tables"]["not compared"]} >= {"roles and memberships (cluster-wide)"}
     # the safety backup of staging exists and is complete (manifest written)
     backup = body["details"]["safety_backup"]
     assert backup["id"].startswith("staging-") and settings.storage.exists(backup["dump_key"])
@@ -104,9 +105,11 @@ def test_clone_with_a_failing_object_leaves_staging_exactly_as_before(settings, 
 
     answer = clone(settings)
 
-    assert answer.exit_code == 1 and answer.status == 503
+    # it would fail the same way every time: a refusal, not a retryable failure
+    assert answer.exit_code == 1 and answer.status == 422 and answer.permanent
     report = answer.body["report"]
-    assert report["status"] == "failed" and "rolled back" in answer.body["error"]
+    assert report["status"] == "refused" and "rolled back" in answer.body["error"]
+    assert "accommodation_units_manual" in answer.body["error"]  # the server's own words, not just an exit code
     assert "accommodation_units_manual" in json.dumps(answer.body["detail"])
     assert state(supabase_staging) == before
     assert settings.storage.exists(report["details"]["safety_backup"]["dump_key"])  # taken before the swap

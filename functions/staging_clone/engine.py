@@ -35,8 +35,11 @@ from psycopg import sql
 from safesync.shared.db import TableRef
 from safesync.shared.errors import JobFailed
 from safesync.shared.log import redact
+from safesync.shared.pgerrors import failure
 from safesync.shared.pgtools import libpq_target, require_for_server, spawn_client
 
+from .carry import carry_post, carry_pre
+from .dumpfilter import DumpFilter, DumpFilterError, Entry
 from .plan import EXTERNAL_DEPENDENTS, CloneOptions, ClonePlan, Mask
 
 CHUNK = 1 << 20
@@ -71,8 +74,33 @@ def _q(conn: psycopg.Connection, composable: sql.Composable) -> str:
     return composable.as_string(conn)
 
 
+# Empties one schema on the target, object by object, keeping the schema
+# itself (the restoring role may not own it) and the extensions kept in
+# place; then checks nothing else is left (an object kind the loop missed
+# would make the dump fail on "already exists", so it fails here, named).
+EMPTY_SCHEMA = """DO $safesync_empty$ DECLARE o record; left_over text; BEGIN
+  FOR o IN SELECT i.type, i.identity FROM pg_catalog.pg_depend d,
+                  LATERAL pg_catalog.pg_identify_object(d.classid, d.objid, 0) i
+           WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = {schema}::pg_catalog.regnamespace
+             AND d.deptype = 'n' AND NOT (d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                 AND (SELECT x.extname FROM pg_catalog.pg_extension x WHERE x.oid = d.objid) = ANY({kept}::text[]))
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype IN ('e', 'i'))
+           ORDER BY d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass DESC, d.objid
+  LOOP
+    EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE o.type WHEN 'statistics object' THEN 'statistics' ELSE o.type END, o.identity);
+  END LOOP;
+  SELECT string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, 0), ', ') INTO left_over
+  FROM pg_catalog.pg_depend d
+  WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = {schema}::pg_catalog.regnamespace
+    AND d.deptype = 'n' AND d.classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass
+    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype IN ('e', 'i'));
+  IF left_over IS NOT NULL THEN RAISE EXCEPTION 'could not empty schema %: % remain', {schema}, left_over; END IF;
+END $safesync_empty$;"""
+
+
 def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan) -> str:
-    """BEGIN, the guard against cascading outside the schemas, the drops."""
+    """BEGIN, the guard against cascading outside the schemas, the schemas
+    emptied (or created) and given dev's owner and comment."""
     guard_sql = EXTERNAL_DEPENDENTS.replace("%(schemas)s", _q(conn, sql.Literal(list(options.schemas))) + "::text[]")
     lines = [
         "BEGIN;",
@@ -85,9 +113,31 @@ def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan)
     ]
     for name, schema in plan.create_extensions:
         lines.append(_q(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};").format(sql.Identifier(name), sql.Identifier(schema))))
+    kept = _q(conn, sql.Literal(list(plan.carry.kept_extensions)))
     for schema in options.schemas:
-        lines.append(_q(conn, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(schema))))
+        if schema not in plan.carry.missing_schemas:
+            lines.append(EMPTY_SCHEMA.format(schema=_q(conn, sql.Literal(schema)), kept=kept))
+    lines += carry_pre(conn, plan.carry)
     return "\n".join(lines) + "\n"
+
+
+def dump_filter(plan: ClonePlan) -> DumpFilter:
+    """Leaves out of the dump what the clone carries itself (the schemas'
+    own properties), the default privileges of roles it may not act as
+    (equal on both sides) and the extensions it keeps in place."""
+    foreign = set(plan.carry.foreign_roles)
+    kept = set(plan.carry.kept_extensions)
+
+    def drop(entry: Entry) -> bool:
+        if entry.type == "SCHEMA" or (entry.type in ("COMMENT", "ACL") and entry.name.startswith("SCHEMA ")):
+            return True
+        if entry.type == "DEFAULT ACL":
+            return entry.owner in foreign
+        if entry.type == "EXTENSION":
+            return entry.name in kept
+        return entry.type == "COMMENT" and entry.name.startswith("EXTENSION ") and entry.name[10:].strip('"') in kept
+
+    return DumpFilter(drop)
 
 
 def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: str) -> sql.Composable:
@@ -141,9 +191,10 @@ def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
     final check that every source relation exists — then COMMIT."""
     lines = [mask_script(conn, options, plan, salt)]
     for schema in options.schemas:
+        if not plan.carry.manage_schema.get(schema):
+            continue  # equal on both sides, and ours to keep (plan)
         ident = sql.Identifier(schema)
-        # A recreated schema starts from default privileges (the public
-        # schema loses PUBLIC's USAGE): reset, then grant exactly what dev has.
+        # Reset the schema's grants, then grant exactly what dev has.
         lines.append(
             "DO $safesync_acl$ DECLARE g oid; BEGIN\n"
             "  FOR g IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_namespace n,\n"
@@ -164,16 +215,7 @@ def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
                     ),
                 )
             )
-    for pub, table in plan.publications:
-        lines.append(
-            "DO $safesync_pub$ BEGIN IF to_regclass("
-            + _q(conn, sql.Literal(table.ident.as_string(conn)))
-            + ") IS NOT NULL THEN EXECUTE "
-            + _q(conn, sql.Literal(_q(conn, sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), table.ident))))
-            + "; END IF; END $safesync_pub$;"
-        )
-    for pub, schema in plan.schema_publications:
-        lines.append(_q(conn, sql.SQL("ALTER PUBLICATION {} ADD TABLES IN SCHEMA {};").format(sql.Identifier(pub), sql.Identifier(schema))))
+    lines += carry_post(conn, plan.carry)
     expected = _q(conn, sql.Literal(sorted(plan.source_relations)))
     schemas = _q(conn, sql.Literal(list(options.schemas)))
     lines.append(
@@ -219,7 +261,7 @@ def stream_clone(
         dump_err, psql_err = os.path.join(tmp, "pg_dump.err"), os.path.join(tmp, "psql.err")
         with open(dump_err, "wb") as de, open(psql_err, "wb") as pe:
             restore = spawn_client(
-                [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", dst_info, "-f", "-"],
+                [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--dbname", dst_info, "-f", "-"],
                 dst_env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
@@ -228,7 +270,7 @@ def stream_clone(
             dump = None
             try:
                 dump = spawn_client(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
-                streamed = _pump(dump, restore, pre, post, on_bytes)
+                streamed = _pump(dump, restore, pre, post, dump_filter(plan), on_bytes)
             except BaseException:
                 for proc in (dump, restore):
                     if proc is not None and proc.poll() is None:
@@ -247,16 +289,20 @@ def stream_clone(
                                 except OSError:
                                     pass
             if isinstance(streamed, str):
-                raise JobFailed(
-                    f"clone failed, staging unchanged (rolled back): {streamed}",
-                    {"pg_dump": _stderr_tail(dump_err), "psql": _stderr_tail(psql_err)},
-                )
+                detail = {"pg_dump": _stderr_tail(dump_err), "psql": _stderr_tail(psql_err)}
+                if streamed.startswith("restore failed"):
+                    with open(psql_err, "rb") as fh:
+                        said = redact(fh.read()[-20000:].decode(errors="replace"))
+                    raise failure("clone failed, staging unchanged (rolled back)", said, streamed, detail)
+                raise JobFailed(f"clone failed, staging unchanged (rolled back): {streamed}", detail)
     return CloneStats(streamed, round(time.perf_counter() - started, 3))
 
 
-def _pump(dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, on_bytes: Callable[[int], None] | None) -> int | str:
-    """Copy pre + dump + post into psql; COMMIT only if the dump is whole.
-    Returns the bytes streamed, or a reason string after rolling back."""
+def _pump(
+    dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, keep: DumpFilter, on_bytes: Callable[[int], None] | None
+) -> int | str:
+    """Copy pre + dump (filtered) + post into psql; COMMIT only if the dump
+    is whole. Returns the bytes streamed, or a reason string after rolling back."""
     out, src = restore.stdin, dump.stdout
     assert out is not None and src is not None
     total, tail = 0, b""
@@ -266,11 +312,12 @@ def _pump(dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: b
             chunk = os.read(src.fileno(), CHUNK)
             if not chunk:
                 break
-            out.write(chunk)
+            out.write(keep.feed(chunk))
             total += len(chunk)
             tail = (tail + chunk)[-256:]
             if on_bytes:
                 on_bytes(total)
+        out.write(keep.finish())
         code = dump.wait()
         if code != 0 or DUMP_TRAILER not in tail:
             restore.kill()  # session ends without COMMIT: rolled back
@@ -278,6 +325,11 @@ def _pump(dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: b
             return f"pg_dump exited with code {code}" if code else "pg_dump output was incomplete"
         out.write(post)
         out.close()
+    except DumpFilterError as exc:
+        for proc in (dump, restore):
+            proc.kill()
+            proc.wait()
+        return f"the dump could not be filtered: {exc}"
     except BrokenPipeError:
         dump.kill()
         dump.wait()

@@ -19,6 +19,8 @@ import psycopg
 from safesync.shared.db import TableRef, columns, list_tables
 from safesync.shared.errors import Refused
 
+from .carry import Carry, plan_carry
+
 TEXT_TYPES = ("text", "character varying", "character", "citext")
 
 
@@ -47,9 +49,8 @@ class ClonePlan:
     source_relations: list[str]  # every relation the target must hold afterwards (regclass text)
     dump_extensions: list[str]  # extensions living in the cloned schemas: part of the dump
     create_extensions: list[tuple[str, str]]  # (name, schema) the target lacks outside the schemas
-    publications: list[tuple[str, TableRef]]  # target memberships re-added after the swap
-    schema_publications: list[tuple[str, str]]
     schema_grants: dict[str, list[tuple[str, str, bool]]]  # schema -> (grantee|'PUBLIC', privilege, grantable)
+    carry: Carry = field(default_factory=Carry)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -72,8 +73,10 @@ class ClonePlan:
             "tables_replaced": len(self.replaced),
             "extensions_in_schemas": self.dump_extensions,
             "extensions_created": [f"{n} (schema {s})" for n, s in self.create_extensions],
-            "publication_memberships_kept": [f"{p}: {t}" for p, t in self.publications]
-            + [f"{p}: tables in schema {s}" for p, s in self.schema_publications],
+            "publication_memberships": [f"{m.publication}: {m.schema}.{m.table}" for m in self.carry.memberships]
+            + [f"{p}: tables in schema {s}" for p, s in self.carry.schema_memberships],
+            "event_triggers": [t.name for t in self.carry.event_triggers],
+            "kept_as_on_target": self.carry.kept,
         }
 
 
@@ -100,18 +103,21 @@ SCHEMA_OF = """case {cls}
     when 'pg_ts_config'::regclass then (select cfgnamespace from pg_ts_config where oid = {oid})
     when 'pg_ts_dict'::regclass then (select dictnamespace from pg_ts_dict where oid = {oid})
     when 'pg_conversion'::regclass then (select connamespace from pg_conversion where oid = {oid})
+    when 'pg_default_acl'::regclass then (select defaclnamespace from pg_default_acl where oid = {oid})
   end"""
 
-# Objects outside the schemas that depend on objects inside: DROP SCHEMA ...
-# CASCADE would take them along. Publication memberships are kept by the
-# clone itself; extensions living in the schemas are part of the dump.
+# Objects outside the schemas that depend on objects inside: emptying the
+# schemas (DROP … CASCADE) would take them along. Publication memberships
+# and event triggers are carried over by the clone itself (``carry``);
+# extensions living in the schemas are part of the dump or kept in place;
+# default privileges in a schema belong to it.
 EXTERNAL_DEPENDENTS = f"""
     with inside as (select oid from pg_namespace where nspname = any(%(schemas)s))
     select distinct pg_describe_object(d.classid, d.objid, 0) as dependent,
                     pg_describe_object(d.refclassid, d.refobjid, 0) as depends_on
     from pg_depend d
     where d.deptype in ('n', 'a')
-      and d.classid not in ('pg_publication_rel'::regclass, 'pg_publication_namespace'::regclass)
+      and d.classid not in ('pg_publication_rel'::regclass, 'pg_publication_namespace'::regclass, 'pg_event_trigger'::regclass)
       and not exists (select 1 from pg_depend e join pg_extension x on x.oid = e.refobjid
                       where e.classid = d.classid and e.objid = d.objid and e.deptype = 'e'
                         and e.refclassid = 'pg_extension'::regclass and x.extnamespace in (select oid from inside))
@@ -200,8 +206,6 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
         source_relations=relations,
         dump_extensions=[],
         create_extensions=[],
-        publications=[],
-        schema_publications=[],
         schema_grants={},
     )
     tables = set(source_tables)
@@ -220,7 +224,7 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
         problems.append(f"objects outside the schemas depend on them and would be dropped: {', '.join(shown)}")
 
     _plan_extensions(source, target, schemas, plan, problems)
-    _plan_publications(target, schemas, plan)
+    plan.carry = plan_carry(source, target, [x for x in schemas if x in present], problems)
     for schema, grantee, privilege, grantable in source.execute(
         """select n.nspname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, a.is_grantable
            from pg_namespace n cross join lateral aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
@@ -263,24 +267,3 @@ def _plan_extensions(source: psycopg.Connection, target: psycopg.Connection, sch
                 plan.create_extensions.append((name, schema))
         elif dst[name][1] != version:
             plan.warnings.append(f"extension {name}: version {version} on the source, {dst[name][1]} on the target")
-
-
-def _plan_publications(target: psycopg.Connection, schemas: list[str], plan: ClonePlan) -> None:
-    for pub, schema, table, filtered in target.execute(
-        """select p.pubname, n.nspname, c.relname, (r.prqual is not null or r.prattrs is not null)
-           from pg_publication_rel r join pg_publication p on p.oid = r.prpubid
-           join pg_class c on c.oid = r.prrelid join pg_namespace n on n.oid = c.relnamespace
-           where n.nspname = any(%s) order by 1, 2, 3""",
-        [schemas],
-    ):
-        plan.publications.append((pub, TableRef(schema, table)))
-        if filtered:
-            plan.warnings.append(f"publication {pub}: the row filter / column list of {schema}.{table} is not kept (whole table re-added)")
-    plan.schema_publications = [
-        tuple(r)
-        for r in target.execute(
-            """select p.pubname, n.nspname from pg_publication_namespace pn join pg_publication p on p.oid = pn.pnpubid
-               join pg_namespace n on n.oid = pn.pnnspid where n.nspname = any(%s) order by 1, 2""",
-            [schemas],
-        )
-    ]

@@ -71,7 +71,7 @@ class Comparison:
             for t in self.data.tables
             if t.excluded_columns
         ] + [
-            {"kind": f"data of {t.table}", "compared": "no (structure only)"} for t in self.data.tables if t.status == "not compared"
+            {"kind": f"data of {t.table}", "compared": f"no ({t.note.split(':')[0]})"} for t in self.data.tables if t.status == "not compared"
         ]
         report.details["comparison"] = {
             "identical": self.identical,

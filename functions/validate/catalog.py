@@ -148,8 +148,37 @@ QUERIES: dict[str, str] = {
         from pg_statistic_ext s join pg_namespace n on n.oid = s.stxnamespace
         where n.nspname = any(%(schemas)s)""",
     "extensions": """
-        select e.extname, jsonb_build_object('version', e.extversion, 'schema', n.nspname)
+        select e.extname, jsonb_build_object('version', e.extversion, 'schema', n.nspname,
+               'owner', pg_get_userbyid(e.extowner))
         from pg_extension e join pg_namespace n on n.oid = e.extnamespace""",
+    # Database-wide, like extensions: an event trigger reacts to DDL anywhere.
+    "event triggers": """
+        select quote_ident(t.evtname), jsonb_build_object(
+               'event', t.evtevent, 'tags', t.evttags, 'function', t.evtfoid::regprocedure::text,
+               'enabled', t.evtenabled, 'owner', pg_get_userbyid(t.evtowner))
+        from pg_event_trigger t""",
+    "publications": """
+        select quote_ident(p.pubname), jsonb_build_object(
+               'owner', pg_get_userbyid(p.pubowner), 'all_tables', p.puballtables, 'insert', p.pubinsert,
+               'update', p.pubupdate, 'delete', p.pubdelete, 'truncate', p.pubtruncate, 'via_root', p.pubviaroot)
+        from pg_publication p
+        where p.puballtables
+           or exists (select 1 from pg_publication_rel r join pg_class c on c.oid = r.prrelid
+                      where r.prpubid = p.oid and c.relnamespace in (select oid from pg_namespace where nspname = any(%(schemas)s)))
+           or exists (select 1 from pg_publication_namespace pn
+                      where pn.pnpubid = p.oid and pn.pnnspid in (select oid from pg_namespace where nspname = any(%(schemas)s)))""",
+    "publication tables": """
+        select quote_ident(p.pubname) || ' ' || r.prrelid::regclass::text, jsonb_build_object(
+               'row_filter', pg_get_expr(r.prqual, r.prrelid),
+               'columns', (select jsonb_agg(a.attname order by a.attnum) from pg_attribute a
+                           where a.attrelid = r.prrelid and a.attnum = any(r.prattrs)))
+        from pg_publication_rel r join pg_publication p on p.oid = r.prpubid
+        join pg_class c on c.oid = r.prrelid join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = any(%(schemas)s)""",
+    "publication schemas": """
+        select quote_ident(p.pubname) || ' ' || quote_ident(n.nspname), 'true'::jsonb
+        from pg_publication_namespace pn join pg_publication p on p.oid = pn.pnpubid
+        join pg_namespace n on n.oid = pn.pnnspid where n.nspname = any(%(schemas)s)""",
     "default_privileges": """
         select coalesce(n.nspname, '*') || ' ' || pg_get_userbyid(d.defaclrole) || ' ' || d.defaclobjtype::text,
                (select jsonb_agg(x order by x) from (
@@ -181,8 +210,15 @@ QUERIES: dict[str, str] = {
 # "not compared: 3 publications" instead of ignoring them).
 NOT_COMPARED: dict[str, str] = {
     "roles and memberships (cluster-wide)": "select count(*) from pg_roles where rolname !~ '^pg_'",
-    "publications": "select count(*) from pg_publication",
-    "event triggers": "select count(*) from pg_event_trigger",
+    "publications without tables in the schemas": """
+        select count(*) from pg_publication p where not p.puballtables
+           and not exists (select 1 from pg_publication_rel r join pg_class c on c.oid = r.prrelid
+                           where r.prpubid = p.oid and c.relnamespace in (select oid from pg_namespace where nspname = any(%(schemas)s)))
+           and not exists (select 1 from pg_publication_namespace pn
+                           where pn.pnpubid = p.oid and pn.pnnspid in (select oid from pg_namespace where nspname = any(%(schemas)s)))""",
+    "publication memberships of tables outside the schemas": """
+        select count(*) from pg_publication_rel r join pg_class c on c.oid = r.prrelid
+        join pg_namespace n on n.oid = c.relnamespace where n.nspname <> all(%(schemas)s)""",
     "casts (user-defined)": f"""
         select count(*) from pg_cast c where c.oid >= 16384 and {_NOT_EXT.format(cls="'pg_cast'", oid='c.oid')}""",
     "operators, operator classes and families": f"""

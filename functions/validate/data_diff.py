@@ -193,6 +193,7 @@ def data_diff(
     exclude_columns = {t: set(c) for t, c in (exclude_columns or {}).items()}
     count_only = set(count_only)
     tables_a, tables_b = set(list_tables(conn_a, schemas)), set(list_tables(conn_b, schemas))
+    views_a, views_b = _matviews(conn_a, schemas), _matviews(conn_b, schemas)
     result = DataDiff()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="data-diff") as pool:
         shapes: list[tuple[_Shape, list[str], str]] = []
@@ -203,6 +204,13 @@ def data_diff(
                 result.tables.append(TableDiff(str(table), "only in B"))
             else:
                 shapes.append(_shape(conn_a, conn_b, table, exclude_columns.get(table, set())))
+        # Materialized views hold data too: compared like tables when both
+        # are populated (whether each is populated is part of the schema diff).
+        for view in sorted(views_a.keys() & views_b.keys()):
+            if views_a[view] and views_b[view]:
+                shapes.append(_shape(conn_a, conn_b, view, set()))
+            else:
+                result.tables.append(TableDiff(str(view), "not compared", note="materialized view not populated on both sides"))
 
         def totals(conn: psycopg.Connection) -> list[tuple[int, str]]:
             out = []
@@ -227,3 +235,13 @@ def data_diff(
 
 def _count(conn: psycopg.Connection, table: TableRef) -> int:
     return conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]
+
+
+def _matviews(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[TableRef, bool]:
+    """Materialized views of ``schemas`` → populated?"""
+    rows = conn.execute(
+        """select n.nspname, c.relname, c.relispopulated from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where c.relkind = 'm' and n.nspname = any(%s)""",
+        [list(schemas)],
+    )
+    return {TableRef(s, n): populated for s, n, populated in rows}
