@@ -1,0 +1,141 @@
+"""Every operation on a Supabase platform database, as a hosted project's
+user connects: the ``postgres`` role, not a superuser, not a member of
+``supabase_admin`` (``tests/fixtures/supabase_platform``: built from
+Supabase's own migrations).
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from safesync.functions.staging_clone import clone
+from safesync.functions.validate import validate
+from safesync.functions.validate.catalog import describe_schema
+from safesync.shared.db import connect, database_fingerprint
+
+SCHEMAS = ["public", "auth", "storage"]
+TOML = """
+[staging_clone]
+source = "dev"
+target = "staging"
+schemas = ["public", "auth", "storage"]
+
+[validate]
+database = "dev"
+schemas = ["public", "auth", "storage"]
+"""
+
+
+def run(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def state(url: str) -> tuple[dict, dict]:
+    with connect(url) as conn:
+        return describe_schema(conn, SCHEMAS), database_fingerprint(conn, SCHEMAS)
+
+
+@pytest.fixture
+def project(supabase, write_settings):
+    """dev and staging: two projects of the same platform; ``admin`` URLs
+    connect as supabase_admin (the platform, not the user)."""
+    dev, staging = supabase.create_database(), supabase.create_database()
+    settings = write_settings({"dev": dev, "staging": staging}, TOML)
+    admin = {name: supabase.url(url.rsplit("/", 1)[1], user="supabase_admin") for name, url in (("dev", dev), ("staging", staging))}
+    return settings, dev, staging, admin
+
+
+def test_the_fixture_connects_as_hosted_supabase_users_do(project):
+    _, dev, _, _ = project
+    with psycopg.connect(dev) as conn:
+        me = conn.execute("select rolname, rolsuper, rolcreaterole, rolbypassrls from pg_roles where rolname = current_user").fetchone()
+        member_of = {r[0] for r in conn.execute(
+            "select b.rolname from pg_auth_members m join pg_roles b on b.oid = m.roleid where m.member = 'postgres'::regrole"
+        )}
+        owners = dict(conn.execute("select nspname, pg_get_userbyid(nspowner) from pg_namespace where nspname in ('auth', 'storage')"))
+        assert conn.execute("select count(*) from pg_event_trigger").fetchone()[0] >= 5
+        assert conn.execute("select count(*) from pg_default_acl where defaclrole = 'supabase_admin'::regrole").fetchone()[0] > 0
+    assert me == ("postgres", False, True, True)
+    assert {"anon", "authenticated", "service_role", "supabase_auth_admin", "supabase_storage_admin"} <= member_of
+    assert "supabase_admin" not in member_of
+    assert owners == {"auth": "supabase_admin", "storage": "supabase_admin"}
+
+
+def test_clone_of_public_auth_storage_as_postgres_twice_is_identical_and_login_works(project):
+    settings, dev, staging, _ = project
+    # staging drifted: its own rows, default privileges and realtime setup
+    run(
+        staging,
+        "delete from public.todos where id % 7 = 0",
+        "alter default privileges in schema public grant select on tables to anon",
+        "alter publication supabase_realtime drop table public.todos",
+        "create table public.staging_notes (id int primary key)",
+    )
+    # dev publishes a filtered column list
+    run(dev, "alter publication supabase_realtime set table public.todos (id, user_id, task) where (id > 10)")
+
+    for attempt in (1, 2):
+        answer = clone(settings)
+        body = answer.body
+        assert answer.exit_code == 0, (attempt, body.get("error"), body.get("detail"))
+        assert body["details"]["identical"] is True
+        assert body["tables"]["schema differences"] == [] and body["tables"]["data differences"] == []
+        kept = " ".join(body["details"]["plan"]["kept_as_on_target"])
+        assert "schema auth" in kept and "default privileges of role supabase_admin" in kept
+    assert state(staging) == state(dev)
+    with psycopg.connect(staging) as conn:
+        assert conn.execute("select to_regclass('public.staging_notes')").fetchone()[0] is None
+        # what GoTrue does at login: its role reads and writes auth.users
+        conn.execute("set role supabase_auth_admin")
+        assert conn.execute("select count(*) from auth.users").fetchone()[0] == 30
+        conn.execute("update auth.users set last_sign_in_at = now() where email = 'user1@example.com'")
+        conn.execute("reset role")
+        published = conn.execute(
+            "select pg_get_expr(prqual, prrelid), prattrs::text from pg_publication_rel where prrelid = 'public.todos'::regclass"
+        ).fetchall()
+    assert published == [("(id > 10)", "1 2 3")]
+
+
+def test_clone_refuses_what_postgres_may_not_change_and_names_it(project):
+    settings, dev, staging, admin = project
+    # the platform's own default privileges differ between the projects
+    run(admin["dev"], "alter default privileges for role supabase_admin in schema public revoke all on sequences from anon")
+    before = state(staging)
+
+    answer = clone(settings)
+
+    assert answer.exit_code == 1 and answer.status == 422 and answer.permanent
+    error = answer.body["error"]
+    assert "default privileges of role supabase_admin" in error and "postgres is not a member of role supabase_admin" in error
+    assert state(staging) == before
+
+
+def test_event_trigger_on_a_cloned_function_is_refused_without_superuser(project):
+    settings, dev, staging, admin = project
+    run(
+        admin["dev"],
+        "create function public.log_ddl() returns event_trigger language plpgsql as $$ begin null; end $$",
+        "create event trigger log_ddl on ddl_command_end execute function public.log_ddl()",
+    )
+    before = state(staging)
+
+    answer = clone(settings)
+
+    assert answer.status == 422 and "event trigger(s) log_ddl" in answer.body["error"] and "superuser" in answer.body["error"]
+    assert state(staging) == before
+
+
+def test_validate_compares_publication_membership_and_event_triggers(project):
+    settings, dev, staging, admin = project
+    assert validate(settings, "dev", against="staging").exit_code == 0
+    run(staging, "alter publication supabase_realtime set table public.todos (id, task)")
+    run(admin["staging"], "alter event trigger pgrst_ddl_watch disable")
+
+    body = validate(settings, "dev", against="staging").body
+
+    differences = {(d["kind"], d["object"]) for d in body["tables"]["schema differences"]}
+    assert ("publication tables", "supabase_realtime public.todos") in differences
+    assert ("event triggers", "pgrst_ddl_watch") in differences
