@@ -385,3 +385,22 @@ def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_it
     assert recorded["verification"]["ok"] is True and recorded["drill"]["ok"] is False
     with psycopg.connect(prod) as conn:
         assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0
+
+
+def test_backup_of_an_empty_database_verifies_and_its_toc_is_checked_against_the_manifest(make_db, write_settings) -> None:
+    from safesync.functions.backup.manifest import write_manifest
+
+    empty = make_db()
+    settings = write_settings({"prod": empty}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "safety")
+    assert info.tables == {}
+
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert result.ok, result.all_problems  # e.g. the safety backup of a new, empty staging
+
+    # a manifest that counts a table the dump does not hold is caught
+    manifest = dict(info.manifest)
+    manifest["tables"] = {"public.ghost": 3}
+    write_manifest(settings.storage, info.name, manifest)
+    problems = verify_backup(settings, info.id, record=False).problems
+    assert any("public.ghost" in p and "not in the dump" in p for p in problems), problems

@@ -249,7 +249,7 @@ def test_backup_job_runs_as_the_backup_role_with_a_restore_drill(pg_server, lms,
     created = run_create(settings, "prod", "manual", trigger={"via": "test"})
     assert created.exit_code == 0, created.body
     verified = run_verify(settings, restore_drill=True, trigger={"via": "test"})
-    assert verified.exit_code == 0, verified.body
+    assert verified.exit_code == 0, verified.body["details"]["results"]
     [result] = verified.body["details"]["results"]
     assert result["ok"] and result["drill"]["ok"] and result["drill"]["rows"] > 0, result
 

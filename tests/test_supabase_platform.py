@@ -139,3 +139,86 @@ def test_validate_compares_publication_membership_and_event_triggers(project):
     differences = {(d["kind"], d["object"]) for d in body["tables"]["schema differences"]}
     assert ("publication tables", "supabase_realtime public.todos") in differences
     assert ("event triggers", "pgrst_ddl_watch") in differences
+
+
+BACKUP_TOML = TOML + """
+[backup]
+databases = ["dev"]
+"""
+
+
+@pytest.fixture
+def backups(supabase, write_settings):
+    dev, staging = supabase.create_database(), supabase.create_database()
+    settings = write_settings({"dev": dev, "staging": staging}, BACKUP_TOML)
+    admin = {name: supabase.url(url.rsplit("/", 1)[1], user="supabase_admin") for name, url in (("dev", dev), ("staging", staging))}
+    return settings, dev, staging, admin
+
+
+def test_backup_verify_with_restore_drill_as_postgres(backups):
+    from safesync.functions.backup import create_backup, verify_backup
+
+    settings, dev, _, _ = backups
+    info = create_backup(settings, "dev", "manual")
+
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+
+    assert result.ok, result.all_problems
+    drill = result.drill
+    assert drill["restored_as"] == "postgres" and drill["mismatches"] == []
+    not_restored = " ".join(drill["not_restored"])
+    # named, with the privilege that is missing, never silently dropped
+    assert "event trigger" in not_restored and "needs superuser" in not_restored
+    assert "ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin needs membership" in not_restored
+    assert "schema auth: created owned by postgres" in " ".join(drill["kept"])
+
+
+def test_restore_into_another_project_keeps_owners_and_login_works(backups):
+    from safesync.functions.backup import create_backup
+    from safesync.functions.backup.restore import restore_backup
+
+    settings, dev, staging, _ = backups
+    run(dev, "update public.profiles set username = 'alice' where full_name = 'User 1'")
+    info = create_backup(settings, "dev", "manual")
+
+    result = restore_backup(settings, info.id, "staging")
+
+    assert all(row["match"] for row in result.tables), result.tables
+    kept = " ".join(result.kept)
+    assert "event trigger pgrst_ddl_watch" in kept and "schema auth" in kept
+    with psycopg.connect(staging) as conn:
+        owner = conn.execute("select pg_get_userbyid(relowner) from pg_class where oid = 'auth.users'::regclass").fetchone()[0]
+        conn.execute("set role supabase_auth_admin")
+        assert conn.execute("select count(*) from auth.users").fetchone()[0] == 30
+        conn.execute("reset role")
+        assert conn.execute("select username from public.profiles where full_name = 'User 1'").fetchone()[0] == "alice"
+    assert owner == "supabase_auth_admin"
+    assert not [w for w in result.warnings if "can no longer read" in w]
+
+
+def test_restore_refuses_what_postgres_cannot_create_naming_it(backups, supabase):
+    from safesync.functions.backup import create_backup
+    from safesync.functions.backup.restore import restore_backup
+    from safesync.shared.errors import Refused
+
+    settings, dev, _, _ = backups
+    info = create_backup(settings, "dev", "manual")
+    empty = supabase.create_database(empty=True)  # a database without the platform
+    settings = type(settings)  # noqa: F841  (the same config, another target below)
+    import os
+
+    os.environ["STAGING_DATABASE_URL"] = empty
+    from safesync.shared.config import load_settings
+
+    settings = load_settings(os.environ["SAFESYNC_CONFIG"])
+    with psycopg.connect(empty) as conn:
+        before = conn.execute("select count(*) from pg_class where relnamespace = 'public'::regnamespace").fetchone()[0]
+
+    with pytest.raises(Refused) as refused:
+        restore_backup(settings, info.id, "staging")
+
+    message = refused.value.message
+    assert "moddatetime: creating it needs superuser" in message
+    assert "supabase_admin" in message and "--no-owner" in message
+    with psycopg.connect(empty) as conn:
+        assert conn.execute("select count(*) from pg_class where relnamespace = 'public'::regnamespace").fetchone()[0] == before

@@ -64,7 +64,8 @@ def _verify(args: argparse.Namespace, settings: Settings) -> Answer:
 def _restore(args: argparse.Namespace, settings: Settings) -> Answer:
     with _progress(args, f"restoring into {args.to}") as progress:
         return run_restore(
-            settings, args.id, db=args.db, to=args.to, confirm=args.confirm, trigger=_trigger(args), progress=progress
+            settings, args.id, db=args.db, to=args.to, confirm=args.confirm, trigger=_trigger(args), progress=progress,
+            no_owner=args.no_owner,
         )
 
 
@@ -97,6 +98,8 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
     p.add_argument("--db", metavar="NAME", help="the backed-up database (needed with 'latest')")
     p.add_argument("--to", required=True, metavar="NAME", help="target database name from [databases]")
     p.add_argument("--confirm", metavar="NAME", help="the target's name again: required for protected targets")
+    p.add_argument("--no-owner", action="store_true",
+                   help="restore every object owned by the restoring role (when it may not assign the backup's owners)")
     p.set_defaults(func=_restore)
 
     p = actions.add_parser("prune", parents=[parent], help="apply the retention policy, remove leftovers")

@@ -7,7 +7,7 @@ Bodies (POST, JSON):
   ``"kind"`` says ``predeploy`` (with ``"deployment"`` to tag it).
 - ``{"action":"list"[,"db":"prod"]}``
 - ``{"action":"verify"[,"id":"…" | "all":true][,"restore_drill":true]}``
-- ``{"action":"restore","id":"…"|"latest","db":"prod","to":"staging"[,"confirm":"staging"]}``
+- ``{"action":"restore","id":"…"|"latest","db":"prod","to":"staging"[,"confirm":"staging"][,"no_owner":true]}``
   (admin token only: it overwrites a database)
 - ``{"action":"prune"[,"db":"prod"][,"dry_run":true]}``
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from safesync.shared.errors import BadRequest
 from safesync.shared.http import Call, validate_body
@@ -63,6 +63,7 @@ class RestoreBody(_Body):
     db: str | None = Field(None, pattern=_NAME)
     to: str = Field(pattern=_NAME)
     confirm: str | None = Field(None, max_length=200)
+    no_owner: StrictBool = False  # the restoring role owns everything: only when asked for explicitly
 
 
 class PruneBody(_Body):
@@ -106,7 +107,8 @@ def handle_http(call: Call) -> Answer:
     if isinstance(body, RestoreBody):
         call.require_admin()
         return run_restore(
-            settings, body.id, db=body.db, to=body.to, confirm=body.confirm, trigger=trigger, delivery=delivery
+            settings, body.id, db=body.db, to=body.to, confirm=body.confirm, trigger=trigger, delivery=delivery,
+            no_owner=body.no_owner,
         )
     assert isinstance(body, PruneBody)
     return run_prune(settings, body.db, dry_run=body.dry_run, trigger=trigger, delivery=delivery)

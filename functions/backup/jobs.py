@@ -153,6 +153,7 @@ def run_restore(
     trigger: dict[str, Any],
     delivery: Delivery | None = None,
     progress: Progress | None = None,
+    no_owner: bool = False,
 ) -> Answer:
     settings.check_database(to)
     if db:
@@ -164,7 +165,7 @@ def run_restore(
     report = Report(JOB, "restore", trigger=trigger)
 
     def job(report: Report) -> None:
-        result = restore_backup(settings, ref, to, confirm, db=db, report=report, progress=progress)
+        result = restore_backup(settings, ref, to, confirm, db=db, report=report, progress=progress, no_owner=no_owner)
         details = result.details()
         report.details["restore"] = details
         report.tables["restored"] = result.tables

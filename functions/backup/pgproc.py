@@ -25,6 +25,7 @@ from psycopg import conninfo as pg_conninfo
 
 from safesync.shared.errors import JobFailed, Refused
 from safesync.shared.log import redact
+from safesync.shared.pgerrors import failure
 from safesync.shared.storage import Storage
 
 CHUNK = 1 << 20
@@ -155,7 +156,8 @@ def restore_stream(
         proc.close_stdin()
         code = proc.wait()
         if code != 0:
-            raise JobFailed(f"restore of {backup_id} failed and was rolled back: {proc.failure(code)}")
+            # a privilege or an object that cannot be created fails the same way next time: a refusal
+            raise failure(f"restore of {backup_id} failed and was rolled back", proc.stderr_text(40), proc.failure(code))
         return proc.stderr_text(20)
     finally:
         proc.kill()  # any exit before the final chunk: pg_restore never reaches COMMIT

@@ -2,25 +2,29 @@
 
 1. Refusal first, before anything is touched: a target that is one of
    ``backup.databases`` or is named ``prod`` needs ``confirm`` equal to the
-   target's name (Refused → HTTP 422 / exit 1).
+   target's name; and the dump's table of contents is planned against the
+   target (``restore_plan``): an object the restoring role cannot create, or
+   an owner it may not assign, refuses the restore naming the object and the
+   privilege (Refused → HTTP 422 / exit 1). ``no_owner`` (``--no-owner``)
+   explicitly accepts that the restoring role owns everything instead.
 2. A ``safety`` backup of the target as it is now (so a wrong restore can be
    undone with another restore).
 3. ``pg_restore --clean --if-exists --single-transaction --exit-on-error
-   --no-owner``: objects in the dump are dropped and recreated in one
-   transaction — any error and the target is exactly as before. The dump is
-   streamed and checksummed on the way; the last chunk is held back until
-   the SHA-256 matches, so a corrupt backup is never committed.
-   ``--no-owner``: objects belong to the restoring role, because the roles
-   that owned them at the source (``postgres``, a Supabase/Neon owner…)
-   often do not exist or differ at the target. Privileges (GRANTs) ARE
-   restored: RLS-based apps depend on them; a GRANT to a role missing at the
-   target makes the restore fail and roll back, saying which role.
-   Objects that exist only in the target are left alone.
-4. Row counts of every restored table compared with the manifest.
+   --use-list``: objects in the dump are dropped and recreated in one
+   transaction, with their owners and grants — any error and the target is
+   exactly as before. The dump is streamed and checksummed on the way; the
+   last chunk is held back until the SHA-256 matches, so a corrupt backup is
+   never committed. Entries the role may not replace but the target already
+   has (a platform's schemas, event triggers, extensions) are left out of
+   the list and reported as kept. Objects that exist only in the target are
+   left alone.
+4. Row counts of every restored table compared with the manifest, and each
+   table checked readable by its owner in the backup.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +40,13 @@ from .catalog import resolve
 from .create import count_rows, create_backup
 from .manifest import BackupInfo
 from .pgproc import Progress, restore_stream
-from .verify import pg_restore_for
+from .restore_plan import RestorePlan, plan_restore, unreadable_by_owner
+from .toc import use_list
+from .verify import pg_restore_for, read_toc
 
 log = get_logger("backup")
 
-RESTORE_OPTIONS = ("--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--no-owner")
+RESTORE_OPTIONS = ("--clean", "--if-exists", "--single-transaction", "--exit-on-error")
 
 
 @dataclass
@@ -48,6 +54,8 @@ class RestoreResult:
     backup: BackupInfo
     target: str
     safety_backup: BackupInfo | None
+    no_owner: bool = False
+    kept: list[str] = field(default_factory=list)  # entries left as on the target (the role may not replace them)
     tables: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -62,7 +70,8 @@ class RestoreResult:
             "tables": len(self.tables),
             "rows": sum(row["rows"] or 0 for row in self.tables),
             "restore_s": self.duration_s,
-            "pg_restore_options": list(RESTORE_OPTIONS),
+            "pg_restore_options": list(RESTORE_OPTIONS) + (["--no-owner"] if self.no_owner else []),
+            "kept_as_on_target": self.kept,
         }
 
 
@@ -89,6 +98,21 @@ def check_target(settings: Settings, target: str, confirm: str | None) -> None:
         )
 
 
+def _refuse(info: BackupInfo, target: str, plan: RestorePlan) -> None:
+    """Refuse before anything is touched when the role cannot restore the
+    backup faithfully."""
+    problems = []
+    if plan.blocked:
+        problems.append(f"{len(plan.blocked)} object(s) {plan.role} cannot create: " + "; ".join(plan.blocked_rows()[:8]))
+    if plan.owners:
+        problems.append(
+            f"objects would lose their owner: {plan.role} may not assign " + "; ".join(plan.owner_rows())
+            + f" — grant {plan.role} membership in those roles, or pass --no-owner to restore them owned by {plan.role}"
+        )
+    if problems:
+        raise Refused(f"refusing to restore {info.id} into {target!r}: " + " | ".join(problems), {"problems": problems})
+
+
 def restore_backup(
     settings: Settings,
     backup_id: str,
@@ -98,6 +122,7 @@ def restore_backup(
     db: str | None = None,
     report: Report | None = None,
     progress: Progress | None = None,
+    no_owner: bool = False,
 ) -> RestoreResult:
     """Restore backup ``backup_id`` (or ``"latest"`` of ``db``) into the
     configured database ``target_db``. See the module doc for the guards."""
@@ -105,27 +130,40 @@ def restore_backup(
     info = resolve(settings, backup_id, db)
     tool = pg_restore_for(info)
     target_url = settings.database_url(target_db)
+    entries = read_toc(settings, info)
+    with connect(target_url, application_name="safesync-restore") as conn:
+        plan = plan_restore(conn, entries, no_owner=no_owner)
+    _refuse(info, target_db, plan)
     safety = create_backup(
         settings, target_db, "safety", trigger={"via": "restore", "restore_of": info.id}, report=report
     )
     log.info("restore started", backup=info.id, target=target_db, safety_backup=safety.id)
     conninfo, env = libpq_target(target_url, app="safesync-restore")
     started = time.perf_counter()
-    pg_warnings = restore_stream(
-        settings.storage,
-        key=info.dump_key,
-        size=info.size,
-        sha256=info.sha256,
-        backup_id=info.id,
-        argv=[str(tool.path), *RESTORE_OPTIONS, "--dbname", conninfo],
-        env=env,
-        progress=progress,
-    )
-    result = RestoreResult(info, target_db, safety, duration_s=round(time.perf_counter() - started, 3))
+    options = [*RESTORE_OPTIONS, *(["--no-owner"] if no_owner else [])]
+    with tempfile.NamedTemporaryFile("w", prefix="safesync-restore-", suffix=".list") as listing:
+        listing.write(use_list(entries, plan.left_out))
+        listing.flush()
+        pg_warnings = restore_stream(
+            settings.storage,
+            key=info.dump_key,
+            size=info.size,
+            sha256=info.sha256,
+            backup_id=info.id,
+            argv=[str(tool.path), *options, "--use-list", listing.name, "--dbname", conninfo],
+            env=env,
+            progress=progress,
+        )
+    result = RestoreResult(info, target_db, safety, no_owner=no_owner, kept=plan.kept_rows(), duration_s=round(time.perf_counter() - started, 3))
     if pg_warnings:
         result.warnings.append(f"pg_restore said: {pg_warnings}")
+    if plan.kept:
+        result.warnings.append(f"{len(plan.kept)} object(s) kept as they are on {target_db} ({plan.role} may not replace them): see kept_as_on_target")
     with connect(target_url, application_name="safesync-restore") as conn:
         counts = count_rows(conn)
+        unreadable = unreadable_by_owner(conn, entries, plan)
+    if unreadable:
+        result.warnings.append(f"tables their owner in the backup can no longer read: {', '.join(unreadable[:10])}")
     for table, expected in sorted(info.tables.items()):
         rows = counts.get(table)
         result.tables.append({"table": table, "rows": rows, "manifest": expected, "match": rows == expected})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
-from safesync.shared.errors import ConfigError, NotFoundError, SafesyncError, StorageError
+from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import PgTool, child_env, find_tool, libpq_target
 from safesync.shared.report import utcnow
@@ -36,6 +37,8 @@ from .catalog import get_backup
 from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
 from .pgproc import CHUNK, PgProcess, restore_stream
+from .restore_plan import plan_restore, unreadable_by_owner
+from .toc import TocEntry, parse_toc, tables as toc_tables, use_list
 
 log = get_logger("backup")
 
@@ -81,19 +84,38 @@ def pg_restore_for(info: BackupInfo) -> PgTool:
         raise ConfigError(f"{info.id} was made by pg_dump {dumped_by}: {exc.message}") from None
 
 
-class _TocReader(threading.Thread):
-    """Reads ``pg_restore --list`` output: counts TOC entries as they come."""
+class _ListReader(threading.Thread):
+    """Collects ``pg_restore --list --verbose`` output as it comes."""
 
     def __init__(self, proc: PgProcess) -> None:
         super().__init__(name="backup-toc", daemon=True)
         self.proc = proc
-        self.entries = 0
+        self.text = ""
 
     def run(self) -> None:
         assert self.proc.proc.stdout is not None
-        for line in self.proc.proc.stdout:
-            if line.strip() and not line.startswith(b";"):
-                self.entries += 1
+        self.text = self.proc.proc.stdout.read().decode("utf-8", errors="replace")
+
+
+def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
+    """The dump's table of contents (it is at the head of the archive: only
+    that much is read from storage)."""
+    tool = pg_restore_for(info)
+    proc = PgProcess([str(tool.path), "--list", "--verbose"], child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    reader = _ListReader(proc)
+    reader.start()
+    try:
+        with settings.storage.open(info.dump_key) as stream:
+            while (chunk := stream.read(CHUNK)) and proc.feed(chunk):
+                pass
+        proc.close_stdin()
+        code = proc.wait()
+        reader.join(timeout=30)
+    finally:
+        proc.kill()
+    if code != 0:
+        raise JobFailed(f"pg_restore --list cannot read {info.id}: {proc.failure(code)}")
+    return parse_toc(reader.text)
 
 
 def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], dict[str, Any]]:
@@ -114,8 +136,8 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
             problems.append("sidecar and manifest disagree on the SHA-256")
 
     tool = pg_restore_for(info)
-    proc = PgProcess([str(tool.path), "--list"], child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    toc = _TocReader(proc)
+    proc = PgProcess([str(tool.path), "--list", "--verbose"], child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    toc = _ListReader(proc)
     toc.start()
     hasher = hashlib.sha256()
     size = 0
@@ -137,15 +159,22 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     finally:
         proc.kill()
     digest = hasher.hexdigest()
-    checks.update(size=size, sha256=digest, sha256_ok=digest == info.sha256, toc_entries=toc.entries)
+    entries = parse_toc(toc.text)
+    checks.update(size=size, sha256=digest, sha256_ok=digest == info.sha256, toc_entries=len(entries))
     if size != info.size:
         problems.append(f"dump is {size} bytes, the manifest says {info.size}")
     if digest != info.sha256:
         problems.append(f"SHA-256 of the dump is {digest[:16]}…, the manifest says {info.sha256[:16]}…")
     if code != 0:
         problems.append(f"pg_restore --list cannot read it: {proc.failure(code)}")
-    elif toc.entries == 0:
-        problems.append("pg_restore --list found no entries in it")
+    else:
+        # Every table the manifest counted must be in the archive (an empty
+        # database's dump has none, and its manifest lists none).
+        absent = sorted(set(info.tables) - toc_tables(entries))
+        if absent:
+            problems.append(f"{len(absent)} table(s) of the manifest are not in the dump: {', '.join(absent[:5])}")
+        if not entries:
+            problems.append("pg_restore --list found no entries in it")
     return problems, checks
 
 
@@ -168,18 +197,39 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
     try:
         admin.execute(sql.SQL("create database {} template template0").format(sql.Identifier(scratch)))
         created = True
+        scratch_url = make_conninfo(source_url, dbname=scratch)
+        entries = read_toc(settings, info)
+        with connect(scratch_url, application_name="safesync-drill") as conn:
+            plan = plan_restore(conn, entries, drill=True)
+            no_owner = plan.table_owners_lost  # then the data is drilled owned by the drill's role, as noted
+            if no_owner:
+                plan = plan_restore(conn, entries, drill=True, no_owner=True)
+            for schema in plan.precreate_schemas:
+                conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+                for owner in plan.schema_users(schema):
+                    conn.execute(sql.SQL("grant usage, create on schema {} to {}").format(sql.Identifier(schema), sql.Identifier(owner)))
+        result.update(restored_as=plan.role, owners_kept=not no_owner, not_restored=plan.blocked_rows(), kept=plan.kept_rows())
+        if no_owner:
+            result["note"] = f"{plan.role} may not assign some tables' owners: the drill restored everything owned by {plan.role}"
         conninfo, env = libpq_target(source_url, dbname=scratch, app="safesync-drill")
-        restore_stream(
-            settings.storage,
-            key=info.dump_key,
-            size=info.size,
-            sha256=info.sha256,
-            backup_id=info.id,
-            argv=[str(tool.path), "--single-transaction", "--exit-on-error", "--no-owner", "--dbname", conninfo],
-            env=env,
-        )
-        with connect(make_conninfo(source_url, dbname=scratch), application_name="safesync-drill") as conn:
+        with tempfile.NamedTemporaryFile("w", prefix="safesync-drill-", suffix=".list") as listing:
+            listing.write(use_list(entries, plan.left_out))
+            listing.flush()
+            restore_stream(
+                settings.storage,
+                key=info.dump_key,
+                size=info.size,
+                sha256=info.sha256,
+                backup_id=info.id,
+                argv=[str(tool.path), "--single-transaction", "--exit-on-error", *(["--no-owner"] if no_owner else []),
+                      "--use-list", listing.name, "--dbname", conninfo],
+                env=env,
+            )
+        with connect(scratch_url, application_name="safesync-drill") as conn:
             restored = count_rows(conn)
+            unreadable = unreadable_by_owner(conn, entries, plan)
+        if unreadable:
+            problems.append(f"after the restore, these tables' owners cannot read them: {', '.join(unreadable[:5])}")
         mismatches = [
             {"table": t, "expected": info.tables.get(t), "restored": restored.get(t)}
             for t in sorted(set(info.tables) | set(restored))
