@@ -68,6 +68,7 @@ class TableOptions(_Section):
 
     match_on: list[str] | None = None
     on_conflict: Literal["source", "target", "fail"] | None = None
+    ignore_columns: list[str] | None = None  # neither compared nor written (e.g. stamped by a BEFORE trigger)
 
 
 class ContentSyncSection(_Section):

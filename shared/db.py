@@ -125,6 +125,25 @@ def list_tables(conn: psycopg.Connection, schemas: Sequence[str] | None = None) 
     return [TableRef(s, n) for s, n in rows]
 
 
+def relation_kind(conn: psycopg.Connection, table: TableRef) -> str | None:
+    """What ``table`` names, in words a message can use: "table",
+    "partitioned table", "partition of public.payment", "view",
+    "materialized view", "foreign table", "sequence"… or None if nothing."""
+    row = conn.execute(
+        """select c.relkind::text, (select pn.nspname || '.' || p.relname from pg_inherits i join pg_class p on p.oid = i.inhparent
+                                     join pg_namespace pn on pn.oid = p.relnamespace where i.inhrelid = c.oid and c.relispartition)
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s""",
+        [table.schema, table.name],
+    ).fetchone()
+    if row is None:
+        return None
+    kind, parent = row
+    if parent:
+        return f"partition of {parent}"
+    return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table",
+            "S": "sequence", "i": "index", "I": "partitioned index", "c": "composite type", "t": "TOAST table"}.get(kind, kind)
+
+
 def table_exists(conn: psycopg.Connection, table: TableRef) -> bool:
     return conn.execute(
         "select to_regclass(%s) is not null", [sql.Identifier(table.schema, table.name).as_string(conn)]
@@ -178,7 +197,7 @@ def foreign_keys(conn: psycopg.Connection, schemas: Sequence[str] | None = None)
         from pg_constraint k
         join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
         join pg_class rc on rc.oid = k.confrelid join pg_namespace rn on rn.oid = rc.relnamespace
-        where k.contype = 'f' and not c.relispartition
+        where k.contype = 'f' and k.conparentid = 0  -- each FK once: declared on a partition counts, inherited copies do not
           and (%(schemas)s::text[] is null and n.nspname <> all(%(system)s) or n.nspname = any(%(schemas)s::text[]))
         order by 2, 3, 1
         """,

@@ -20,7 +20,7 @@ import psycopg
 
 from .auth import QSTASH_LEEWAY_S
 from .config import Settings
-from .db import TableRef, connect, foreign_keys, list_tables, primary_key
+from .db import relation_kind, TableRef, connect, foreign_keys, list_tables, primary_key
 from .errors import ConfigError, DatabaseError, SafesyncError
 from .log import redact
 from .pgtools import find_tool
@@ -198,7 +198,12 @@ def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterato
             present = set(list_tables(conn))
             for table in content:
                 if table not in present:
-                    yield Check("content sync", f"{side} {table.short}", FAIL, f"table missing in {name}", "create it (migrate) or remove it from content_sync.tables")
+                    kind = relation_kind(conn, table)
+                    if kind is None:
+                        yield Check("content sync", f"{side} {table.short}", FAIL, f"table missing in {name}", "create it (migrate) or remove it from content_sync.tables")
+                    else:
+                        yield Check("content sync", f"{side} {table.short}", FAIL, f"is a {kind} in {name}, not a table",
+                                    "list the partitioned table itself" if kind.startswith("partition of") else "content sync writes tables: list the table(s) behind it")
                 elif not primary_key(conn, table):
                     yield Check("content sync", f"{side} {table.short}", FAIL, "no primary key", "content sync matches rows by primary key: add one")
                 elif side == "source" and not _privileges(conn, table, ["SELECT"]):

@@ -307,3 +307,20 @@ def test_http_staging_clone(settings, supabase_staging):
     ok = client.post("/staging_clone", json={"dry_run": True}, headers=auth)
     assert ok.status_code == 200 and ok.get_json()["action"] == "dry-run"
     assert state(supabase_staging) == before
+
+
+def test_mask_on_a_column_a_generated_column_reads_is_refused_before_writing(write_settings, supabase_dev, supabase_staging):
+    with psycopg.connect(supabase_dev, autocommit=True) as conn:
+        conn.execute(
+            "alter table public.chat_conversations add column guest_domain text generated always as (split_part(guest_email, '@', 2)) stored"
+        )
+    toml = CLONE_TOML + '\n[[staging_clone.mask]]\ntable = "chat_conversations"\ncolumn = "guest_email"\nstrategy = "hash"\n'
+    settings = write_settings({"dev": supabase_dev, "staging": supabase_staging}, toml)
+    before = state(supabase_staging)
+
+    answer = clone(settings)
+
+    assert answer.status == 422 and answer.permanent
+    assert "public.chat_conversations.guest_domain are computed from public.chat_conversations.guest_email" in answer.body["error"]
+    assert state(supabase_staging) == before
+    assert "safety_backup" not in answer.body["report"]["details"]  # refused in planning, before anything

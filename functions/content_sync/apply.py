@@ -248,7 +248,7 @@ def column_texts(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key])
 class SequenceMove:
     table: str
     column: str
-    sequence: str  # as pg_get_serial_sequence prints it (quoted where needed)
+    sequence: str  # schema-qualified, quoted where needed
     current: int  # the highest value handed out so far (start - 1 if never used)
     max_id: int
 
@@ -271,7 +271,7 @@ _HIGH_WATER = "(select case when is_called then last_value else last_value - 1 e
 
 
 def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMove]:
-    """Where each owned sequence of the table stands against the table's
+    """Where each sequence the table's columns draw from stands against the table's
     largest id (after this transaction's writes)."""
     out = []
     for column, seq in spec.sequences:

@@ -31,7 +31,7 @@ from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import get_logger, redact
 from safesync.shared.report import Report
 
-from . import apply, ledger, proof
+from . import apply, ledger, proof, triggers
 from .conflicts import TableDecisions, classify
 from .diff import Key, Sides, diff_table, hashes_by_key
 from .digest import plan_digest
@@ -154,9 +154,11 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     with report.timed("verify"):
         problem = _verify_written(tgt, decisions)
     if problem:
+        why = triggers.explain_all(src, tgt, decisions)  # reads the written rows: before the rollback
         tgt.rollback()
         report.details["verified"] = False
-        report.fail(f"rolled back, nothing changed: after writing, {problem}")
+        # nothing else writes inside this transaction: the next run would differ the same way
+        report.refuse(f"rolled back, nothing changed: after writing, {problem}" + (f" — {why}" if why else ""))
         return
     with report.timed("ledger"):
         _record(report, tgt, decisions)

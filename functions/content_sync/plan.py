@@ -96,7 +96,7 @@ class TableSpec:
     primary_key: tuple[str, ...]
     native_hash: bool = True  # both servers >= 14: hash_record_extended (see rowhash)
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
-    sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) owned in the target
+    sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) each column draws from in the target
     drift: Drift = field(default_factory=Drift)
     match_on: tuple[str, ...] = ()  # natural key (empty: rows matched on the primary key)
     translations: tuple[Translation, ...] = ()
@@ -172,14 +172,32 @@ def _collatable(conn: psycopg.Connection, table: TableRef, names: tuple[str, ...
     return tuple(bool(rows.get(n)) for n in names)
 
 
+# Every sequence a column draws from: its DEFAULT's nextval() (owned by the
+# column or not — pagila's, many hand-written and Prisma schemas' are not),
+# an identity column's, a serial's.
+SEQUENCES_SQL = """
+    select a.attname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname)
+    from pg_attribute a
+    join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+    join pg_depend dep on dep.classid = 'pg_attrdef'::regclass and dep.objid = d.oid
+                      and dep.refclassid = 'pg_class'::regclass
+    join pg_class s on s.oid = dep.refobjid and s.relkind = 'S'
+    join pg_namespace sn on sn.oid = s.relnamespace
+    where a.attrelid = %(table)s::regclass and a.attnum > 0 and not a.attisdropped
+    union
+    select a.attname, pg_get_serial_sequence(%(table)s::text, a.attname::text)
+    from pg_attribute a
+    where a.attrelid = %(table)s::regclass and a.attnum > 0 and not a.attisdropped
+      and pg_get_serial_sequence(%(table)s::text, a.attname::text) is not null
+    order by 1, 2
+"""
+
+
 def _sequences(conn: psycopg.Connection, table: TableRef, cols: list[Column]) -> tuple[tuple[str, str], ...]:
-    found = []
-    qualified = table.ident.as_string(conn)
-    for col in cols:
-        seq = conn.execute("select pg_get_serial_sequence(%s, %s)", [qualified, col.name]).fetchone()[0]
-        if seq:
-            found.append((col.name, seq))
-    return tuple(found)
+    """(column, sequence) for every sequence the table's columns draw from."""
+    names = {c.name for c in cols}
+    rows = conn.execute(SEQUENCES_SQL, {"table": table.ident.as_string(conn)}).fetchall()
+    return tuple((column, seq) for column, seq in rows if column in names)
 
 
 def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
@@ -258,11 +276,16 @@ def table_spec(
     native_hash: bool = True,
     match_on: tuple[str, ...] = (),
     on_conflict: str = "fail",
+    ignore_columns: tuple[str, ...] = (),
 ) -> TableSpec:
     """Resolve one content table on both sides (ConfigError if it is unusable)."""
     for conn, side in ((src, source), (tgt, target)):
-        if not db.table_exists(conn, table):
+        kind = db.relation_kind(conn, table)
+        if kind is None:
             raise ConfigError(f"content_sync.tables: {table} does not exist in database {side!r}")
+        if kind not in ("table", "partitioned table"):
+            hint = "list the partitioned table itself" if kind.startswith("partition of") else "content sync writes tables: list the table(s) behind it"
+            raise ConfigError(f"content_sync.tables: {table} is a {kind} in database {side!r}, not a table; {hint}")
     src_pk, tgt_pk = db.primary_key(src, table), db.primary_key(tgt, table)
     for pk, side in ((src_pk, source), (tgt_pk, target)):
         if not pk:
@@ -279,10 +302,16 @@ def table_spec(
         match_on = ()  # the primary key itself: plain matching
     if match_on:
         _check_match_on(src, tgt, table, match_on, {"source": source, "target": target}, tgt_pk, tgt_cols)
+    unknown = [c for c in ignore_columns if c not in {x.name for x in src_cols}]
+    keyed = [c for c in ignore_columns if c in src_pk or c in match_on]
+    if unknown or keyed:
+        what = f"no column {', '.join(unknown)} in {table}" if unknown else f"{', '.join(keyed)} is part of the key rows are matched on"
+        raise ConfigError(f"content_sync.options.{table.short}.ignore_columns: {what}")
     columns = tuple(
         c.name
         for c in src_cols
         if not c.generated
+        and c.name not in ignore_columns
         and c.name in tgt_by_name
         and tgt_by_name[c.name].type == c.type
         and not tgt_by_name[c.name].generated
@@ -394,6 +423,7 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
             native_hash=native,
             match_on=tuple(options[t].match_on or ()) if t in options else (),
             on_conflict=(options[t].on_conflict if t in options else None) or section.on_conflict,
+            ignore_columns=tuple(options[t].ignore_columns or ()) if t in options else (),
         )
         for t in content
     }

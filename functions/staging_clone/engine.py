@@ -84,7 +84,8 @@ EMPTY_SCHEMA = """DO $safesync_empty$ DECLARE o record; left_over text; BEGIN
            WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = {schema}::pg_catalog.regnamespace
              AND d.deptype = 'n' AND NOT (d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass
                  AND (SELECT x.extname FROM pg_catalog.pg_extension x WHERE x.oid = d.objid) = ANY({kept}::text[]))
-             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype IN ('e', 'i'))
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid
+                 AND (e.deptype = 'e' OR e.deptype = 'i' AND NOT (e.refclassid = e.classid AND e.refobjid = e.objid)))
            ORDER BY d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass DESC, d.objid
   LOOP
     EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE o.type WHEN 'statistics object' THEN 'statistics' ELSE o.type END, o.identity);
@@ -93,7 +94,8 @@ EMPTY_SCHEMA = """DO $safesync_empty$ DECLARE o record; left_over text; BEGIN
   FROM pg_catalog.pg_depend d
   WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = {schema}::pg_catalog.regnamespace
     AND d.deptype = 'n' AND d.classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass
-    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype IN ('e', 'i'));
+    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid
+                 AND (e.deptype = 'e' OR e.deptype = 'i' AND NOT (e.refclassid = e.classid AND e.refobjid = e.objid)));
   IF left_over IS NOT NULL THEN RAISE EXCEPTION 'could not empty schema %: % remain', {schema}, left_over; END IF;
 END $safesync_empty$;"""
 

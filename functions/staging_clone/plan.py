@@ -171,11 +171,31 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             problems.append(f"mask: {mask.table}.{mask.column} strategy fixed needs a value")
         elif mask.strategy == "hash" and not (col.type.startswith(TEXT_TYPES) or col.type == "uuid"):
             problems.append(f"mask: {mask.table}.{mask.column} is {col.type}; hash works on text and uuid columns")
+        elif derived := _generated_from(source, mask.table, mask.column):
+            problems.append(
+                f"mask: generated column(s) {', '.join(f'{mask.table}.{g}' for g in derived)} are computed from "
+                f"{mask.table}.{mask.column}: masking it would change them too (and leave dev's value derivable); "
+                "mask a column no generated column reads, or drop the generated column in staging's schema"
+            )
         else:
             plan.mask_types[(mask.table, mask.column)] = col.type
         if mask.table in options.exclude_table_data:
             plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
     return problems
+
+
+def _generated_from(conn: psycopg.Connection, table: TableRef, column: str) -> list[str]:
+    """Generated columns of ``table`` whose expression reads ``column``."""
+    rows = conn.execute(
+        """select g.attname from pg_attribute g
+           join pg_attrdef d on d.adrelid = g.attrelid and d.adnum = g.attnum
+           join pg_depend dep on dep.classid = 'pg_attrdef'::regclass and dep.objid = d.oid
+                             and dep.refclassid = 'pg_class'::regclass and dep.refobjid = g.attrelid
+           join pg_attribute c on c.attrelid = g.attrelid and c.attnum = dep.refobjsubid
+           where g.attrelid = %s::regclass and g.attgenerated <> '' and c.attname = %s order by 1""",
+        [table.ident.as_string(conn), column],
+    )
+    return [r[0] for r in rows]
 
 
 def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: CloneOptions) -> ClonePlan:

@@ -71,7 +71,10 @@ QUERIES: dict[str, str] = {
         select coalesce(k.conrelid::regclass::text, k.contypid::regtype::text) || '.' || quote_ident(k.conname),
                jsonb_build_object('type', k.contype, 'definition', pg_get_constraintdef(k.oid),
                                   'validated', k.convalidated, 'deferrable', k.condeferrable,
-                                  'deferred', k.condeferred, 'no_inherit', k.connoinherit)
+                                  'deferred', k.condeferred,
+                                  -- NO INHERIT means something for CHECK (and NOT NULL) constraints only; on a
+                                  -- partition's primary key it is an artifact of how it was attached
+                                  'no_inherit', case when k.contype in ('c', 'n') then k.connoinherit end)
         from pg_constraint k join pg_namespace n on n.oid = k.connamespace
         where n.nspname = any(%(schemas)s) and (k.conrelid <> 0 or k.contypid <> 0)
           and (k.conparentid = 0 or k.contype <> 'f')""",

@@ -205,34 +205,44 @@ def invalid_indexes(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[i
     ]
 
 
+# Every (sequence, table, column) where the column draws from the sequence:
+# owned (serial, identity) or only named in the column's DEFAULT nextval(…)
+# (pagila's, many hand-written and Prisma schemas'). Partitions are covered
+# by their parent's max.
+SEQUENCE_USES = """
+    select distinct quote_ident(n.nspname) || '.' || quote_ident(c.relname), tn.nspname, t.relname, a.attname,
+           s.seqincrement, pg_sequence_last_value(s.seqrelid), s.seqstart
+    from pg_sequence s
+    join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
+    join lateral (
+        select d.refobjid as relid, d.refobjsubid as attnum from pg_depend d
+        where d.classid = 'pg_class'::regclass and d.objid = s.seqrelid
+          and d.refclassid = 'pg_class'::regclass and d.deptype in ('a', 'i') and d.refobjsubid > 0
+        union
+        select ad.adrelid, ad.adnum from pg_depend d join pg_attrdef ad on ad.oid = d.objid
+        where d.classid = 'pg_attrdef'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = s.seqrelid
+    ) u on true
+    join pg_class t on t.oid = u.relid and not t.relispartition join pg_namespace tn on tn.oid = t.relnamespace
+    join pg_attribute a on a.attrelid = u.relid and a.attnum = u.attnum
+    where n.nspname = any(%(schemas)s) or tn.nspname = any(%(schemas)s)
+    order by 1, 2, 3, 4
+"""
+
+
 def sequences_behind(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[int, list[Finding]]:
-    """Sequences (serial/identity) whose next value is already used by their
-    column: the next insert would fail with a duplicate key."""
+    """Sequences whose next value is already used by a column that draws
+    from them: the next insert would fail with a duplicate key."""
     findings = []
     with read_only(conn):
-        conn.execute("select set_config('search_path', '', true)")
-        owned = conn.execute(
-            """
-            select s.seqrelid::regclass::text, tn.nspname, t.relname, a.attname, s.seqincrement
-            from pg_sequence s
-            join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
-            join pg_depend d on d.classid = 'pg_class'::regclass and d.objid = s.seqrelid
-                            and d.refclassid = 'pg_class'::regclass and d.deptype in ('a', 'i')
-            join pg_class t on t.oid = d.refobjid join pg_namespace tn on tn.oid = t.relnamespace
-            join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
-            where n.nspname = any(%s) order by 1
-            """,
-            [list(schemas)],
-        ).fetchall()
-        for seq, schema, table, column, increment in owned:
-            last, called = conn.execute(sql.SQL("select last_value, is_called from {}").format(sql.SQL(seq))).fetchone()
+        uses = conn.execute(SEQUENCE_USES, {"schemas": list(schemas)}).fetchall()
+        for seq, schema, table, column, increment, last, start in uses:
             agg = "max" if increment > 0 else "min"
             edge = conn.execute(
                 sql.SQL("select {}({}) from {}").format(sql.SQL(agg), sql.Identifier(column), sql.Identifier(schema, table))
             ).fetchone()[0]
-            if edge is None:
+            if edge is None or not isinstance(edge, int):
                 continue
-            next_value = last + increment if called else last
+            next_value = last + increment if last is not None else start
             behind = next_value <= edge if increment > 0 else next_value >= edge
             if behind:
                 findings.append(
@@ -242,7 +252,7 @@ def sequences_behind(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[
                         f"next value {next_value} is already used: {agg}({schema}.{table}.{column}) = {edge}",
                     )
                 )
-    return len(owned), findings
+    return len({u[0] for u in uses}), findings
 
 
 def table_counts(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str, int]:
