@@ -211,7 +211,7 @@ def invalid_indexes(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[i
 # by their parent's max.
 SEQUENCE_USES = """
     select distinct quote_ident(n.nspname) || '.' || quote_ident(c.relname), tn.nspname, t.relname, a.attname,
-           s.seqincrement, pg_sequence_last_value(s.seqrelid), s.seqstart
+           s.seqincrement
     from pg_sequence s
     join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
     join lateral (
@@ -235,14 +235,18 @@ def sequences_behind(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[
     findings = []
     with read_only(conn):
         uses = conn.execute(SEQUENCE_USES, {"schemas": list(schemas)}).fetchall()
-        for seq, schema, table, column, increment, last, start in uses:
+        positions = {}
+        for seq in dict.fromkeys(u[0] for u in uses):  # is_called lives in the sequence itself
+            positions[seq] = conn.execute(sql.SQL("select last_value, is_called from {}").format(sql.SQL(seq))).fetchone()
+        for seq, schema, table, column, increment in uses:
+            last, called = positions[seq]
             agg = "max" if increment > 0 else "min"
             edge = conn.execute(
                 sql.SQL("select {}({}) from {}").format(sql.SQL(agg), sql.Identifier(column), sql.Identifier(schema, table))
             ).fetchone()[0]
             if edge is None or not isinstance(edge, int):
                 continue
-            next_value = last + increment if last is not None else start
+            next_value = last + increment if called else last
             behind = next_value <= edge if increment > 0 else next_value >= edge
             if behind:
                 findings.append(
