@@ -45,8 +45,8 @@ class StorageSection(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("gs://")):
-            raise ValueError("must start with file:// or gs://")
+        if not v.startswith(("file://", "gs://", "s3://")):
+            raise ValueError("must start with file://, gs:// or s3://")
         return v
 
 

@@ -100,6 +100,13 @@ class StorageError(SafesyncError):
     status, exit_code, permanent = 503, 1, False
 
 
+class ObjectExists(StorageError):
+    """A create-only write found an object under its key: the old object is
+    kept as it was. Retryable (e.g. with the next free backup name)."""
+
+    status, exit_code, permanent = 409, 1, False
+
+
 class DatabaseError(SafesyncError):
     """A database is unreachable or failed in a way we can name."""
 

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from tests import sentinels
 from tests.gcs_emulator import gcs_bucket_url, gcs_emulator  # noqa: F401  (fixtures)
+from tests.s3_emulator import s3_bucket_url, s3_emulator  # noqa: F401  (fixtures)
 
 # Secrets are set before anything imports the project (import-time reads).
 for _name, _value in sentinels.SECRETS.items():

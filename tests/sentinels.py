@@ -10,6 +10,7 @@ SECRETS = {
     "VERCEL_WEBHOOK_SECRET": "sentinel-vercel-secret-4e6b",
     "SAFESYNC_ENCRYPTION_KEY": "c2VudGluZWwtZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=",
     "QSTASH_TOKEN": "sentinel-qstash-token-8c2d",
+    "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-key-6f0e",
 }
 DB_PASSWORD = "sentinel-db-password-1a2b"
 PUBLIC_URL = "https://safesync.example.test"

@@ -35,7 +35,7 @@ from safesync.functions.backup import (
 )
 from safesync.functions.backup.layout import BackupName
 from safesync.shared.db import connect, database_fingerprint
-from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, Refused
+from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, ObjectExists, Refused
 from safesync.shared.report import utcnow
 from tests.fixtures.lms import create_lms
 
@@ -46,9 +46,9 @@ compress_level = 1
 """
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "s3"])
 def storage_url(request) -> str | None:
-    return request.getfixturevalue("gcs_bucket_url") if request.param == "gcs" else None
+    return None if request.param == "local" else request.getfixturevalue(f"{request.param}_bucket_url")
 
 
 @pytest.fixture
@@ -237,6 +237,19 @@ def test_crash_before_manifest_leaves_a_leftover_that_prune_removes_after_grace(
     later = prune_database(settings, "prod", now=utcnow() + timedelta(hours=7))
     assert later.deleted == [leftover_id]
     assert backup_objects(settings) == sorted(BackupName.parse(good.id).key(s) for s in ("dump", "json", "sha256"))
+
+
+def test_a_backup_never_replaces_another_of_the_same_name(env, monkeypatch) -> None:
+    """Two processes that pick the same name (the same second): the second
+    dump is refused by storage itself, and the first backup stays whole."""
+    settings = env.settings
+    first = create_backup(settings, "prod", "manual")
+    with monkeypatch.context() as patch:
+        patch.setattr(create_module, "free_name", lambda storage, db, kind: BackupName.parse(first.id))
+        with pytest.raises(ObjectExists, match=first.id):
+            create_backup(settings, "prod", "manual")
+    assert [b.id for b in list_backups(settings)] == [first.id]
+    assert verify_backup(settings, first.id).ok
 
 
 def _streaming_pg_dump(proc: subprocess.Popen, at_least: int) -> bool:

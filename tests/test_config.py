@@ -22,7 +22,7 @@ from safesync.shared.errors import ConfigError
         ('[content_sync]\nsource = "prod"\ntarget = "prod"', "same database"),
         ('[backup]\ndatabases = ["nope"]', "backup.databases[0] = 'nope' is not one of"),
         ("[backup]\nkeep_daily = -1", "backup.keep_daily"),
-        ('[storage]\nurl = "s3://bucket"', "file:// or gs://"),
+        ('[storage]\nurl = "az://bucket"', "file://, gs:// or s3://"),
         ("not toml = = =", "not valid TOML"),
     ],
 )

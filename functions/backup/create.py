@@ -222,7 +222,9 @@ def create_backup(
         stream = _DumpStream(proc, counter, progress)
         try:
             with report.timed("dump") if report is not None else nullcontext():
-                stored = storage.put(name.dump_key, stream)
+                # Create-only: a backup of the same name made meanwhile by
+                # another process (its manifest names its own checksum) wins.
+                stored = storage.put(name.dump_key, stream, overwrite=False)
         finally:
             proc.kill()
             if counter.is_alive():  # the dump failed: stop counting a big table for nothing
@@ -237,7 +239,7 @@ def create_backup(
         _close_quietly(conn)
     finished = utcnow()
     digest = stream.hasher.hexdigest()
-    storage.put(name.sha256_key, sidecar_text(digest, name), content_type="text/plain")
+    storage.put(name.sha256_key, sidecar_text(digest, name), content_type="text/plain", overwrite=False)
     counts = stream.counts
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -262,7 +264,7 @@ def create_backup(
         "keys": {"dump": name.dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},
         "created_by": f"safesync {_version()}",
     }
-    info = write_manifest(storage, name, manifest)
+    info = write_manifest(storage, name, manifest, overwrite=False)
     log.info("backup complete", db=db, kind=kind, backup=name.id, bytes=stream.size)
     if report is not None:
         report.details.setdefault("backups", []).append(

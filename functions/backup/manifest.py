@@ -177,10 +177,11 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
     )
 
 
-def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any]) -> BackupInfo:
-    """Store (or atomically replace) a manifest; returns its typed view."""
+def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any], *, overwrite: bool = True) -> BackupInfo:
+    """Store (or atomically replace) a manifest; returns its typed view.
+    ``overwrite=False`` for a new backup: never over another one's manifest."""
     info = parse_manifest(data, name)  # never store what we could not read back
-    storage.put_json(name.manifest_key, data)
+    storage.put_json(name.manifest_key, data, overwrite=overwrite)
     return info
 
 

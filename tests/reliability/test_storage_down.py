@@ -1,9 +1,10 @@
 """Storage unavailable → the job fails, clearly, before touching any database.
 
-Two ways storage goes away: a local folder nobody can write to (``chattr +i``
-as root: even root cannot create files in it) and, in the full run only, a
-``gs://`` URL whose endpoint is down (a closed loopback port: the GCS client
-retries for about two minutes before it gives up, which is itself a figure).
+Three ways storage goes away: a local folder nobody can write to (``chattr
++i`` as root: even root cannot create files in it), and a ``gs://`` or an
+``s3://`` URL whose endpoint is down (a closed loopback port). The storage
+probe gives up within seconds, so a dead endpoint fails a run fast (the time
+to fail is a figure).
 """
 
 from __future__ import annotations
@@ -73,14 +74,30 @@ def test_unwritable_storage_folder(pg_server, make_db, write_settings, monkeypat
     assert t.unexpected == 0 and t.changed == 0, "\n".join(t.notes)
 
 
+def _point_at_a_dead_endpoint(backend: str, monkeypatch) -> str:
+    """Set the environment for ``backend`` to a closed loopback port; returns
+    the storage URL."""
+    dead = "http://127.0.0.1:9"
+    if backend == "gcs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", dead)
+        return "gs://reliability-down/prefix"
+    from tests.s3_emulator import TEST_CREDENTIALS
+
+    for var, value in {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": dead, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    return "s3://reliability-down/prefix"
+
+
+@pytest.mark.parametrize("backend", ["gcs", "s3"])
 @pytest.mark.parametrize("name", JOB_NAMES)
-def test_gcs_endpoint_down(pg_server, make_db, write_settings, monkeypatch, seeded_fake, tally, name: str) -> None:
+def test_cloud_endpoint_down(pg_server, make_db, write_settings, monkeypatch, seeded_fake, tally, name: str, backend: str) -> None:
     t = tally(AREA)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
-    world = make_world(pg_server, make_db, write_settings, monkeypatch, storage_url="gs://reliability-down/prefix", google_root=seeded_fake.root)
+    url = _point_at_a_dead_endpoint(backend, monkeypatch)
+    world = make_world(pg_server, make_db, write_settings, monkeypatch, storage_url=url, google_root=seeded_fake.root)
     before = world.state(storage=False)
     start = time.monotonic()
     answer = _jobs()[name](world.settings)
-    t.figure("gcs down: s to fail", round(time.monotonic() - start, 1))
-    _check(t, name, answer, before, world.state(storage=False), "its GCS endpoint down")
+    t.figure(f"{backend} down: s to fail", round(time.monotonic() - start, 1))
+    _check(t, name, answer, before, world.state(storage=False), f"its {backend.upper()} endpoint down")
     assert t.unexpected == 0 and t.changed == 0, "\n".join(t.notes)
