@@ -542,8 +542,9 @@ print(json.dumps({
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_200mb_round_trip_in_constant_memory(store: Storage) -> None:
-    """Run in a fresh interpreter so peak RSS reflects only this transfer."""
-    total_mib = 200
+    """Run in a fresh interpreter so peak RSS reflects only this transfer.
+    (S3: 120 MiB, still twice the limit, as moto is slow to take a stream.)"""
+    total_mib = 120 if isinstance(store, S3Storage) else 200
     proc = subprocess.run(
         [sys.executable, "-c", _ROUND_TRIP_SCRIPT, store.url, str(total_mib)],
         capture_output=True, text=True, timeout=120,
