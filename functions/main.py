@@ -72,9 +72,23 @@ def calendar_sync(request):
     return _dispatch("calendar_sync", request)
 
 
+def _for_a_person(request) -> bool:
+    """A browser without API credentials: the login form, its POST, a
+    one-time link, or the page with a session cookie."""
+    if request.headers.get("Authorization") or request.headers.get("Upstash-Signature"):
+        return False
+    if request.method == "POST":
+        return request.mimetype == "application/x-www-form-urlencoded"
+    return request.method == "GET" and ("link" in request.args or "text/html" in request.headers.get("Accept", ""))
+
+
 @functions_framework.http
 def status(request):
-    """Health of everything at a glance (JSON, or HTML for browsers)."""
+    """Health of everything at a glance: JSON, or a page a person logs in to."""
+    if _for_a_person(request):
+        from safesync.functions.status.browser import handle
+
+        return handle(request)
     return _dispatch("status", request)
 
 

@@ -40,7 +40,7 @@ from urllib.parse import quote, unquote
 REDACTED = "[redacted]"
 SECRET_ENV_SUFFIXES = ("_URL", "_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
 SECRET_ENV_NAMES = ("PGPASSWORD",)
-NOT_SECRET = frozenset({"SAFESYNC_PUBLIC_URL", "SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
+NOT_SECRET = frozenset({"SAFESYNC_PUBLIC_URL", "SAFESYNC_STATUS_BASE_URL", "SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
 MIN_VALUE = 6  # a whole secret value shorter than this would redact common words
 MIN_PASSWORD = 4
 MIN_PIECE = 5  # a piece of a password between delimiters

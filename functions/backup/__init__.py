@@ -11,6 +11,7 @@ Library API for other jobs (they take no lock; call them inside your run):
 - ``verify_backup(settings, backup_id_or_info, restore_drill_too=False) -> VerifyResult``
 - ``restore_backup(settings, backup_id, target_db, confirm=None, db=None) -> RestoreResult``
 - ``prune_database(settings, db, dry_run=False) -> PruneResult``
+- ``backup_timeline(settings, db) -> dict`` (kept by which rule, sizes, last verify/drill)
 
 HTTP (``handle_http``) and CLI (``register_cli``) wrap the same functions.
 """
@@ -20,9 +21,10 @@ from .cli import register_cli
 from .create import create_backup
 from .http import handle_http
 from .layout import KINDS
-from .manifest import BackupInfo
+from .manifest import BackupInfo, human_bytes
 from .prune import PruneResult, prune_database
 from .restore import RestoreResult, restore_backup
+from .timeline import backup_timeline
 from .verify import VerifyResult, verify_backup
 
 __all__ = [
@@ -31,9 +33,11 @@ __all__ = [
     "PruneResult",
     "RestoreResult",
     "VerifyResult",
+    "backup_timeline",
     "create_backup",
     "get_backup",
     "handle_http",
+    "human_bytes",
     "latest_backup",
     "list_backups",
     "prune_database",

@@ -1,0 +1,167 @@
+"""What the status page and ``GET /status`` show, gathered from storage and
+the calendar database; each part fails on its own, never the whole answer.
+
+- per backed-up database: the last backup (age, size, verified, drill) and
+  the timeline (kept by which retention rule, sizes, last verify and drill);
+- the last run of every job, and the last content sync's written rows and
+  conflicts;
+- calendar health with each calendar's push-channel expiry (the calendar
+  job judges it: expiring within its renewal margin is degraded);
+- storage used;
+- ``health`` = ok | degraded | failing, and ``reasons``: what needs
+  attention, the failing ones first.
+
+A backup older than ``STALE_BACKUP_H`` notifies ``SAFESYNC_NOTIFY_URL`` once
+per backup (a marker object records it): the only write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from itertools import groupby
+from typing import Any, Callable, Iterator
+
+from safesync.shared import notify
+from safesync.shared.config import Settings
+from safesync.shared.errors import SafesyncError
+from safesync.shared.log import redact
+
+JOBS = ("backup", "content_sync", "staging_clone", "validate", "calendar", "migrate", "doctor")
+STALE_BACKUP_H = 26
+SYNC_LOOKBACK = 50  # reports read to find the last content sync among compares and dry-runs
+
+
+def _newest_first(settings: Settings, job: str, limit: int) -> Iterator[dict[str, Any]]:
+    """Up to ``limit`` stored reports of ``job``, newest first, read lazily
+    (callers mostly stop at the first). Names sort by second; runs within
+    one second are told apart by their finish time."""
+    runs = settings.storage.list(f"runs/{job}/")[-limit:]
+    for _second, same in groupby(reversed(runs), key=lambda r: r.key.rsplit("/", 1)[-1].split("-", 1)[0]):
+        reports = [settings.storage.get_json(r.key) for r in same]
+        yield from sorted(reports, key=lambda report: str(report.get("finished_at") or ""), reverse=True)
+
+
+def last_runs(settings: Settings) -> list[dict[str, Any]]:
+    """The newest stored report of each job."""
+    rows = []
+    for job in JOBS:
+        latest = next(_newest_first(settings, job, SYNC_LOOKBACK), None)
+        if latest is None:
+            continue
+        rows.append(
+            {
+                "job": job,
+                "action": latest.get("action"),
+                "status": latest.get("status"),
+                "finished_at": latest.get("finished_at"),
+                "summary": latest.get("summary"),
+            }
+        )
+    return rows
+
+
+def last_content_sync(settings: Settings) -> dict[str, Any] | None:
+    """The newest content sync that was meant to write (``sync``): per table
+    rows written and deleted, and the conflicts it met."""
+    for report in _newest_first(settings, "content_sync", SYNC_LOOKBACK):
+        if report.get("action") != "sync":
+            continue
+        tables = [t for t in (report.get("tables") or {}).get("tables") or [] if isinstance(t, dict)]
+        return {
+            "run_id": report.get("run_id"),
+            "finished_at": report.get("finished_at"),
+            "status": report.get("status"),
+            "summary": report.get("summary"),
+            "written": sum(int(t.get("written") or 0) for t in tables),
+            "deleted": sum(int(t.get("deleted") or 0) for t in tables),
+            "conflicts": sum(int(t.get("conflicts") or 0) for t in tables),
+            "tables": [
+                {k: t.get(k, 0) for k in ("table", "new", "changed", "written", "deleted", "conflicts")}
+                for t in tables
+            ],
+        }
+    return None
+
+
+def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]:
+    from safesync.functions.backup import latest_backup
+
+    rows = []
+    for db in settings.config.backup.databases:
+        info = latest_backup(settings, db)
+        if info is None:
+            reasons.append(f"failing: no complete backup of {db}")
+            rows.append({"db": db, "id": None, "age": "never"})
+            continue
+        age_h = info.age_s() / 3600
+        row = {"db": db, **info.row(), "age_h": round(age_h, 1)}
+        if age_h > STALE_BACKUP_H:
+            reasons.append(f"failing: last backup of {db} is {age_h:.0f} h old")
+            _notify_stale_once(settings, db, info.id, age_h)
+        elif info.verification and not info.verification.get("ok"):
+            reasons.append(f"degraded: last backup of {db} failed verification")
+        rows.append(row)
+    return rows
+
+
+def timelines(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]:
+    from safesync.functions.backup import backup_timeline
+
+    found = []
+    for db in settings.config.backup.databases:
+        line = backup_timeline(settings, db)
+        drill = line["last_drill"]
+        if drill is not None and not drill["ok"]:
+            reasons.append(f"degraded: the last restore drill of {db} ({drill['backup']}) failed")
+        found.append(line)
+    return found
+
+
+def _notify_stale_once(settings: Settings, db: str, backup_id: str, age_h: float) -> None:
+    marker = f"status/stale-notified/{backup_id}.json"
+    if settings.storage.exists(marker):
+        return
+    if notify.send("backup.stale", f"last backup of {db} is {age_h:.0f} h old ({backup_id})", {"db": db, "backup": backup_id, "age_h": round(age_h, 1)}):
+        settings.storage.put_json(marker, {"db": db, "backup": backup_id, "notified_at": datetime.now(timezone.utc)})
+
+
+def calendar_health(settings: Settings, reasons: list[str]) -> dict[str, Any] | None:
+    if "calendar" not in settings.config.model_fields_set:
+        return None
+    from safesync.functions.calendar import calendar_status
+
+    health = calendar_status(settings)
+    if health.get("health") in ("degraded", "failing"):  # push channels expiring or gone included
+        reasons.append(f"{health['health']}: calendar: {health.get('reason', '')}")
+    return health
+
+
+def storage_used(settings: Settings) -> dict[str, Any]:
+    objects = settings.storage.list("")
+    return {"objects": len(objects), "bytes": sum(o.size for o in objects), "url": settings.storage.describe()}
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    reasons: list[str] = []
+    parts: dict[str, Any] = {}
+    steps: tuple[tuple[str, Callable[[], Any]], ...] = (
+        ("backups", lambda: last_backups(settings, reasons)),
+        ("timeline", lambda: timelines(settings, reasons)),
+        ("runs", lambda: last_runs(settings)),
+        ("content_sync", lambda: last_content_sync(settings)),
+        ("calendar", lambda: calendar_health(settings, reasons)),
+        ("storage", lambda: storage_used(settings)),
+    )
+    for key, fn in steps:
+        try:
+            parts[key] = fn()
+        except SafesyncError as exc:
+            parts[key] = {"error": redact(exc.message)}
+            reasons.append(f"degraded: {key}: {redact(exc.message)}")
+    for run in parts.get("runs") or []:
+        if run["status"] in ("failed", "refused"):
+            reasons.append(f"degraded: last {run['job']} {run['action']} {run['status']}: {run['summary']}")
+    # What needs attention first: failing before degraded, each in the order found.
+    reasons.sort(key=lambda r: not r.startswith("failing"))
+    health = "failing" if any(r.startswith("failing") for r in reasons) else "degraded" if reasons else "ok"
+    return {"health": health, "reasons": reasons, **parts}
