@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from safesync.shared.config import Settings
 from safesync.shared.errors import BadRequest
+from safesync.shared.progress import terminal
 from safesync.shared.report import Answer
 
 from .jobs import run_create, run_list, run_prune, run_restore, run_verify
@@ -30,19 +30,8 @@ def _trigger(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def _progress(args: argparse.Namespace, label: str) -> Iterator[Progress | None]:
-    if getattr(args, "json", False) or not sys.stdout.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import DownloadColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
-    from rich.progress import Progress as Bar
-
-    with Bar(
-        SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done: bar.update(task, completed=done)
+    with terminal(label, quiet=getattr(args, "json", False)) as meter:
+        yield (lambda done: meter(bytes=done)) if meter else None
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> Answer:

@@ -26,6 +26,7 @@ from safesync.shared.config import Settings
 from safesync.shared.delivery import Delivery
 from safesync.shared.errors import BadRequest
 from safesync.shared.http import Call, validate_body
+from safesync.shared.progress import Meter, terminal
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
@@ -53,6 +54,7 @@ def content_sync(
     trigger: dict[str, Any] | None = None,
     delivery: Delivery | None = None,
     hook: Hook | None = None,
+    progress: Meter | None = None,
 ) -> Answer:
     """Run one content sync action under the runner (lock on the target,
     QStash de-duplication, report stored under ``runs/content_sync/``).
@@ -69,7 +71,7 @@ def content_sync(
     report = Report("content_sync", mode, trigger=trigger or {"via": "library"})
 
     def job(r: Report) -> None:
-        run(settings, r, mode, expect_plan=expect_plan, adopt=adopt, trigger=trigger, hook=hook)
+        run(settings, r, mode, expect_plan=expect_plan, adopt=adopt, trigger=trigger, hook=hook, progress=progress)
 
     return execute(settings, report, job, target=None if mode == "compare" else target, delivery=delivery)
 
@@ -84,6 +86,14 @@ def handle_http(call: Call) -> Answer:
         trigger=call.trigger(),
         delivery=call.delivery,
     )
+
+
+def _cli(args: argparse.Namespace, settings: Settings, mode: str) -> Answer:
+    """On a terminal: tables compared and written, rows and bytes copied."""
+    with terminal(f"content {mode}", quiet=args.json) as meter:
+        return content_sync(
+            settings, mode, expect_plan=getattr(args, "expect_plan", None), adopt=args.adopt, trigger={"via": "cli"}, progress=meter
+        )
 
 
 def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -104,8 +114,4 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
         )
         if mode == "sync":
             p.add_argument("--expect-plan", metavar="DIGEST", help="refuse unless the plan digest still matches (from dry-run)")
-        p.set_defaults(
-            func=lambda args, settings, mode=mode: content_sync(
-                settings, mode, expect_plan=getattr(args, "expect_plan", None), adopt=args.adopt, trigger={"via": "cli"}
-            )
-        )
+        p.set_defaults(func=lambda args, settings, mode=mode: _cli(args, settings, mode))

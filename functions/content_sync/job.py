@@ -29,6 +29,7 @@ from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import get_logger, redact
+from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
 from . import apply, ledger, proof, triggers
@@ -60,8 +61,10 @@ def run(
     adopt: bool = False,
     trigger: dict[str, Any] | None = None,
     hook: Hook | None = None,
+    progress: Meter | None = None,
 ) -> None:
-    """Do ``mode`` and fill ``report``; raise on errors (the runner maps them)."""
+    """Do ``mode`` and fill ``report``; raise on errors (the runner maps them).
+    ``progress`` hears about tables compared and written, rows and bytes."""
     if mode not in MODES:
         raise ConfigError(f"unknown content sync mode {mode!r}; use one of {', '.join(MODES)}")
     section = settings.config.content_sync
@@ -83,7 +86,8 @@ def run(
         tgt.read_only = mode == "compare"
         for conn in (src, tgt):  # session level; takes no snapshot yet
             conn.execute("set idle_in_transaction_session_timeout = 0")  # a long backup may sit in between
-        _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None))
+        meter = progress or (lambda **_: None)
+        _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None), meter)
     except psycopg.Error as exc:
         _close(tgt)
         message = f"{mode} rolled back, target unchanged: {redact(str(exc)).strip()}"
@@ -104,7 +108,7 @@ def _close(conn: psycopg.Connection) -> None:
         pass
 
 
-def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook: Hook) -> None:
+def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook: Hook, progress: Meter) -> None:
     with report.timed("plan"):
         plan = build_plan(settings.config.content_sync, src, tgt)
     writing = mode != "compare"
@@ -112,7 +116,11 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         tgt.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
         before = proof.take(tgt)
     with report.timed("compare"):
-        diffs = [diff_table(sides, spec) for spec in plan.tables]
+        diffs = []
+        for spec in plan.tables:
+            progress(phase=f"comparing {spec.name}", tables=(len(diffs), len(plan.tables)))
+            diffs.append(diff_table(sides, spec))
+        progress(tables=(len(diffs), len(plan.tables)))
         ledgers = ledger.load(tgt, diffs)
         decisions = [classify(d, ledgers[d.spec.table], adopt=adopt, delete_missing=plan.delete_missing) for d in diffs]
     digest = plan_digest(plan, decisions, adopt)
@@ -143,10 +151,11 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         return
     pending = sum(len(d.writes) + len(d.deletes) for d in decisions)
     if mode == "sync" and pending:
+        progress(phase="safety backup of the target")
         with report.timed("safety_backup"):
             report.details["safety_backup"] = take_safety_backup(settings, plan.target, report, trigger)
     ledger_oid = ledger.ensure(tgt)
-    written = _write(report, plan, decisions, src, tgt)
+    written = _write(report, plan, decisions, src, tgt, progress)
     if written is None:
         tgt.rollback()
         return
@@ -229,7 +238,7 @@ def _blockers(decisions: list[TableDecisions]) -> list[str]:
     return out
 
 
-def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt) -> dict[str, tuple[int, int]] | None:
+def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt, progress: Meter) -> dict[str, tuple[int, int]] | None:
     """Upserts parents first, then deletes children first; fills the
     per-table ``written``/``deleted`` columns of the report. Returns per
     table (rows upserted, rows deleted), or None after refusing."""
@@ -254,6 +263,7 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                 count = apply.upsert(tgt, d.spec, temp)
             written[d.spec.name] = (count, 0)
             rows[d.spec.name]["written"] = count
+            progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
         for d in reversed(decisions):
             if d.deletes:
                 n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))

@@ -32,6 +32,7 @@ from safesync.shared.db import TableRef, connect
 from safesync.shared.delivery import Delivery
 from safesync.shared.http import Call, validate_body
 from safesync.shared.log import get_logger
+from safesync.shared.progress import Meter, terminal
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
@@ -64,10 +65,27 @@ def options_from_config(settings: Settings) -> CloneOptions:
     )
 
 
-def _progress(total: int, last: list[int]) -> None:
-    if total - last[0] >= PROGRESS_EVERY:
-        last[0] = total
-        log.info("clone progress", streamed_mb=total >> 20)
+class _Streamed:
+    """What the clone's dump stream has carried: bytes, and tables whose data
+    is complete (each COPY block of pg_dump's plain format ends in a line
+    ``\\.``). Logs every 256 MiB; tells a terminal meter as it goes."""
+
+    END = b"\n\\.\n"
+
+    def __init__(self, tables: int, meter: Meter | None) -> None:
+        self.tables, self.meter = tables, meter
+        self.done, self.tail, self.logged = 0, b"", 0
+
+    def __call__(self, chunk: bytes, total: int) -> None:
+        if total - self.logged >= PROGRESS_EVERY:
+            self.logged = total
+            log.info("clone progress", streamed_mb=total >> 20)
+        if self.meter is None:
+            return
+        data = self.tail + chunk  # a marker may straddle two chunks; the 3-byte tail never holds a whole one
+        self.done += data.count(self.END)
+        self.tail = data[-3:]
+        self.meter(tables=(min(self.done, self.tables), self.tables), bytes=total)
 
 
 def clone_database(
@@ -79,6 +97,7 @@ def clone_database(
     dry_run: bool = False,
     before_swap: Callable[[], Any] | None = None,
     compare_after: bool = True,
+    progress: Meter | None = None,
 ) -> CloneResult:
     """Replace ``options.schemas`` of the target with the source's, in one
     transaction; then compare both (unless ``compare_after`` is False).
@@ -90,12 +109,14 @@ def clone_database(
     from safesync.functions.validate import compare
 
     timed = report.timed if report is not None else (lambda step: nullcontext())
+    meter = progress or (lambda **_: None)
     with connect(source_url, application_name="safesync-clone-source") as src, connect(
         target_url, autocommit=True, application_name="safesync-clone-target"
     ) as dst:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
         snapshot = src.execute("select pg_export_snapshot()").fetchone()[0]
+        meter(phase="planning")
         with timed("plan"):
             plan = plan_clone(src, dst, options)
         if dry_run:
@@ -104,7 +125,8 @@ def clone_database(
             return CloneResult(plan, None, comparison)
         if before_swap is not None:
             before_swap()
-        last = [0]
+        with_data = len(plan.source_tables) - len(set(options.exclude_table_data) & set(plan.source_tables))
+        meter(phase="copying", tables=(0, with_data), bytes=0)
         with timed("swap"):
             stats = stream_clone(
                 source_url,
@@ -114,10 +136,11 @@ def clone_database(
                 snapshot=snapshot,
                 server_version=src.info.server_version,
                 target_conn=dst,
-                on_bytes=lambda n: _progress(n, last),
+                on_chunk=_Streamed(with_data, progress),
             )
         result = CloneResult(plan, stats)
         if compare_after:
+            meter(phase="comparing source and target")
             with timed("compare"):
                 masked: dict[TableRef, list[str]] = {}
                 for m in options.masks:
@@ -126,7 +149,7 @@ def clone_database(
         return result
 
 
-def _run(settings: Settings, report: Report, dry_run: bool) -> None:
+def _run(settings: Settings, report: Report, dry_run: bool, progress: Meter | None = None) -> None:
     cfg = settings.config.staging_clone
     options = options_from_config(settings)
     source_url, target_url = settings.database_url(cfg.source), settings.database_url(cfg.target)
@@ -135,8 +158,13 @@ def _run(settings: Settings, report: Report, dry_run: bool) -> None:
     def safety_backup() -> None:
         from safesync.functions.backup import create_backup
 
+        if progress is not None:
+            progress(phase=f"safety backup of {cfg.target}")
         with report.timed("safety_backup"):
-            info = create_backup(settings, cfg.target, "safety", trigger={"via": "staging_clone", "run_id": report.run_id}, report=report)
+            info = create_backup(
+                settings, cfg.target, "safety", trigger={"via": "staging_clone", "run_id": report.run_id}, report=report,
+                progress=(lambda done: progress(bytes=done)) if progress is not None else None,
+            )
         backup.update({"id": info.id, "dump_key": info.dump_key})
         report.details["safety_backup"] = backup
 
@@ -149,7 +177,7 @@ def _run(settings: Settings, report: Report, dry_run: bool) -> None:
             "masks": [{"table": str(m.table), "column": m.column, "strategy": m.strategy} for m in options.masks],
         }
     )
-    result = clone_database(source_url, target_url, options, report=report, dry_run=dry_run, before_swap=safety_backup)
+    result = clone_database(source_url, target_url, options, report=report, dry_run=dry_run, before_swap=safety_backup, progress=progress)
     report.details["plan"] = result.plan.summary()
     report.warnings += result.plan.warnings
     report.tables["tables"] = (
@@ -181,11 +209,19 @@ def _run(settings: Settings, report: Report, dry_run: bool) -> None:
         report.problems(f"clone committed but {comparison.summary(cfg.source, cfg.target)}; safety backup {backup.get('id')}")
 
 
-def clone(settings: Settings, *, dry_run: bool = False, trigger: dict[str, Any] | None = None, delivery: Delivery | None = None) -> Answer:
-    """The staging clone as a job, locked on the target database."""
+def clone(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    trigger: dict[str, Any] | None = None,
+    delivery: Delivery | None = None,
+    progress: Meter | None = None,
+) -> Answer:
+    """The staging clone as a job, locked on the target database;
+    ``progress`` hears the phases, tables copied and bytes streamed."""
     report = Report("staging_clone", "dry-run" if dry_run else "clone", trigger=trigger or {"via": "cli"})
     target = settings.config.staging_clone.target
-    return execute(settings, report, lambda r: _run(settings, r, dry_run), target=target, delivery=delivery)
+    return execute(settings, report, lambda r: _run(settings, r, dry_run, progress), target=target, delivery=delivery)
 
 
 class CloneBody(BaseModel):
@@ -204,4 +240,10 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
     actions.required = True
     p = actions.add_parser("clone", parents=[parent], help="replace staging's schemas with dev's (safety backup first)")
     p.add_argument("--dry-run", action="store_true", help="plan and show differences; change nothing")
-    p.set_defaults(func=lambda args, settings: clone(settings, dry_run=args.dry_run))
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace, settings: Settings) -> Answer:
+    """On a terminal: phases, tables copied, bytes streamed."""
+    with terminal("staging clone", quiet=args.json) as meter:
+        return clone(settings, dry_run=args.dry_run, progress=meter)

@@ -247,7 +247,7 @@ def stream_clone(
     snapshot: str | None,
     server_version: int,
     target_conn: psycopg.Connection,
-    on_bytes: Callable[[int], None] | None = None,
+    on_chunk: Callable[[bytes, int], None] | None = None,
 ) -> CloneStats:
     """Run the swap. Returns when the target committed; raises JobFailed (the
     target rolled back) otherwise."""
@@ -272,7 +272,7 @@ def stream_clone(
             dump = None
             try:
                 dump = spawn_client(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
-                streamed = _pump(dump, restore, pre, post, dump_filter(plan), on_bytes)
+                streamed = _pump(dump, restore, pre, post, dump_filter(plan), on_chunk)
             except BaseException:
                 for proc in (dump, restore):
                     if proc is not None and proc.poll() is None:
@@ -301,7 +301,8 @@ def stream_clone(
 
 
 def _pump(
-    dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, keep: DumpFilter, on_bytes: Callable[[int], None] | None
+    dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, keep: DumpFilter,
+    on_chunk: Callable[[bytes, int], None] | None,
 ) -> int | str:
     """Copy pre + dump (filtered) + post into psql; COMMIT only if the dump
     is whole. Returns the bytes streamed, or a reason string after rolling back."""
@@ -317,8 +318,8 @@ def _pump(
             out.write(keep.feed(chunk))
             total += len(chunk)
             tail = (tail + chunk)[-256:]
-            if on_bytes:
-                on_bytes(total)
+            if on_chunk:
+                on_chunk(chunk, total)
         out.write(keep.finish())
         code = dump.wait()
         if code != 0 or DUMP_TRAILER not in tail:
