@@ -167,17 +167,24 @@ def test_expired_forged_or_misused_links_are_refused(status_world, capsys, monke
     assert client.get("/status?link=nonsense").status_code == 401
 
 
-def test_link_url_comes_from_the_public_url(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setenv("SAFESYNC_STATUS_BASE_URL", "https://status.example.test/")
-    assert _link(capsys).startswith("https://status.example.test/status?link=")
-    monkeypatch.delenv("SAFESYNC_STATUS_BASE_URL")
-    assert _link(capsys).startswith(f"{sentinels.PUBLIC_URL}/status?link=")
-    monkeypatch.delenv("SAFESYNC_PUBLIC_URL")
-    assert cli.main(["status", "--link"]) == 2
-    assert cli.main(["status", "--link", "--url", "ftp://x/status"]) == 2
-    monkeypatch.delenv("SAFESYNC_API_TOKEN")
-    monkeypatch.delenv("SAFESYNC_ADMIN_TOKEN")
-    assert cli.main(["status", "--link", "--url", "https://x.test/status"]) == 2
+def test_link_url_comes_from_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh processes, as a person runs the command (a process that read a
+    URL through Settings.secret treats it as a secret from then on)."""
+    import os
+    import subprocess
+    import sys
+
+    def link(env: dict[str, str | None], *args: str) -> tuple[int, str]:
+        environ = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+        done = subprocess.run([sys.executable, "-m", "safesync.functions.cli", "status", "--link", "--json", *args],
+                              capture_output=True, text=True, env=environ, timeout=60)
+        return done.returncode, json.loads(done.stdout).get("link", "") if done.returncode == 0 else done.stdout
+
+    assert link({"SAFESYNC_STATUS_BASE_URL": "https://status.example.test/"})[1].startswith("https://status.example.test/status?link=")
+    assert link({"SAFESYNC_STATUS_BASE_URL": None})[1].startswith(f"{sentinels.PUBLIC_URL}/status?link=")
+    assert link({"SAFESYNC_STATUS_BASE_URL": None, "SAFESYNC_PUBLIC_URL": None})[0] == 2
+    assert link({}, "--url", "ftp://x/status")[0] == 2
+    assert link({"SAFESYNC_API_TOKEN": None, "SAFESYNC_ADMIN_TOKEN": None}, "--url", "https://x.test/status")[0] == 2
 
 
 # -- what the page shows ------------------------------------------------------------------
