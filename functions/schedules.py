@@ -304,7 +304,7 @@ def qstash_client(settings: Settings):
     token = settings.secret("QSTASH_TOKEN")
     if not token:
         raise ConfigError("QSTASH_TOKEN is not set (safesync schedules needs the QStash API token)")
-    return QStash(token, base_url=settings.secret("QSTASH_URL"))
+    return QStash(token, base_url=settings.public("QSTASH_URL"))
 
 
 def _qstash_error(exc: Exception, doing: str, done: list[str] | None = None) -> JobFailed:

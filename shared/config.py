@@ -290,9 +290,14 @@ class Settings:
         return url
 
     def secret(self, var: str) -> str | None:
+        """A secret setting: its value is redacted from every text from now on."""
         value = self.env.get(var, "").strip()
         remember(value)
         return value or None
+
+    def public(self, var: str) -> str | None:
+        """A setting that is not secret (a public URL): shown as it is."""
+        return self.env.get(var, "").strip() or None
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path)

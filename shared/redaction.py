@@ -40,7 +40,7 @@ from urllib.parse import quote, unquote
 REDACTED = "[redacted]"
 SECRET_ENV_SUFFIXES = ("_URL", "_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
 SECRET_ENV_NAMES = ("PGPASSWORD",)
-NOT_SECRET = frozenset({"SAFESYNC_PUBLIC_URL", "SAFESYNC_STATUS_BASE_URL", "SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
+NOT_SECRET = frozenset({"SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
 MIN_VALUE = 6  # a whole secret value shorter than this would redact common words
 MIN_PASSWORD = 4
 MIN_PIECE = 5  # a piece of a password between delimiters
@@ -72,7 +72,11 @@ def remember(*values: str | None) -> None:
 
 
 def is_secret_env(name: str) -> bool:
-    return name not in NOT_SECRET and (name.endswith(SECRET_ENV_SUFFIXES) or "DATABASE_URL" in name or name in SECRET_ENV_NAMES)
+    """Public service addresses (``SAFESYNC_PUBLIC_URL``, ``SAFESYNC_<TARGET>_BASE_URL``,
+    ``SAFESYNC_NOTIFY_PUBLIC_URL``) are not secrets; every other ``*_URL`` may carry credentials."""
+    if name in NOT_SECRET or (name.startswith("SAFESYNC_") and name.endswith(("_PUBLIC_URL", "_BASE_URL"))):
+        return False
+    return name.endswith(SECRET_ENV_SUFFIXES) or "DATABASE_URL" in name or name in SECRET_ENV_NAMES
 
 
 def passwords_in(value: str) -> set[str]:

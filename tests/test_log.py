@@ -42,3 +42,20 @@ def test_redact_other_url_forms() -> None:
     assert log.redact("postgres://u:p%40ss@h/db") == "postgres://u:***@h/db"
     assert log.redact("password='a b' host=x") == "password=*** host=x"
     assert log.redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_public_addresses_are_shown_and_webhook_urls_are_secret(tmp_path, monkeypatch) -> None:
+    """A service's own public URL in a report is not a leak (redacting it made
+    calendar reports unreadable); a webhook URL (Slack's carries its token) is."""
+    from safesync.shared.config import load_settings
+    from safesync.shared.redaction import is_secret_env, redact
+
+    (tmp_path / "safesync.toml").write_text("")
+    monkeypatch.setenv("SAFESYNC_NOTIFY_PUBLIC_URL", "https://notify-abc123.example.run")
+    settings = load_settings(tmp_path / "safesync.toml")
+    assert settings.public("SAFESYNC_NOTIFY_PUBLIC_URL") == "https://notify-abc123.example.run"
+    assert redact("channel at https://notify-abc123.example.run/calendar_notify") == "channel at https://notify-abc123.example.run/calendar_notify"
+    for name in ("SAFESYNC_PUBLIC_URL", "SAFESYNC_NOTIFY_PUBLIC_URL", "SAFESYNC_BACKUP_BASE_URL", "SAFESYNC_CALENDAR_SYNC_BASE_URL"):
+        assert not is_secret_env(name), name
+    for name in ("SAFESYNC_NOTIFY_URL", "PROD_DATABASE_URL", "SAFESYNC_FAILURE_CALLBACK_URL", "QSTASH_TOKEN"):
+        assert is_secret_env(name), name

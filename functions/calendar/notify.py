@@ -56,7 +56,7 @@ def sync_destination(settings: Settings) -> str:
     """Where the triggered sync goes: the ``calendar_sync`` service
     (``SAFESYNC_CALENDAR_SYNC_BASE_URL``, set by infra/deploy.sh), else this
     server (``SAFESYNC_PUBLIC_URL``: ``safesync serve``, one domain)."""
-    base = settings.secret("SAFESYNC_CALENDAR_SYNC_BASE_URL") or settings.secret("SAFESYNC_PUBLIC_URL")
+    base = settings.public("SAFESYNC_CALENDAR_SYNC_BASE_URL") or settings.public("SAFESYNC_PUBLIC_URL")
     if not base:
         raise ConfigError("SAFESYNC_CALENDAR_SYNC_BASE_URL (or SAFESYNC_PUBLIC_URL) must name the calendar_sync service")
     return base.rstrip("/") + SYNC_PATH
@@ -74,7 +74,7 @@ def publish(settings: Settings, token: str, calendar_id: str, delay_s: int) -> s
     import httpx
     from qstash import QStash
 
-    client = QStash(token, retry=False, base_url=settings.secret("QSTASH_URL"))
+    client = QStash(token, retry=False, base_url=settings.public("QSTASH_URL"))
     # The SDK waits up to 600 s for QStash; Google is waiting for us.
     client.http._client.timeout = httpx.Timeout(PUBLISH_TIMEOUT_S)
     response = client.message.publish_json(

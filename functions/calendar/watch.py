@@ -43,7 +43,7 @@ NOTIFY_PATH = "/calendar_notify"
 
 def notify_address(settings: Settings) -> str:
     cfg = settings.config.calendar
-    base = settings.secret("SAFESYNC_NOTIFY_PUBLIC_URL") or settings.secret("SAFESYNC_PUBLIC_URL") or ""
+    base = settings.public("SAFESYNC_NOTIFY_PUBLIC_URL") or settings.public("SAFESYNC_PUBLIC_URL") or ""
     address = cfg.notify_url or (base.rstrip("/") + NOTIFY_PATH)
     if not address.startswith("https://"):
         raise ConfigError(
