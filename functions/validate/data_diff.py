@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import psycopg
 from psycopg import sql
 
-from safesync.shared.db import TableRef, columns, list_tables, primary_key
+from safesync.shared.db import TableRef, list_tables, table_shapes
 
 MAX_KEYS = 10
 MAX_BUCKETS_FETCHED = 8
@@ -165,12 +165,11 @@ def _first_keys(shape: _Shape, a: psycopg.Connection, b: psycopg.Connection, row
     return found
 
 
-def _shape(a: psycopg.Connection, b: psycopg.Connection, table: TableRef, excluded: set[str]) -> tuple[_Shape, list[str], str]:
-    cols_a = [c.name for c in columns(a, table)]
-    cols_b = {c.name for c in columns(b, table)}
-    common = tuple(c for c in cols_a if c in cols_b and c not in excluded)
-    note = "" if set(cols_a) == cols_b else "columns differ (see schema diff): compared on the common columns"
-    key_a, key_b = primary_key(a, table), primary_key(b, table)
+def _shape(shapes_a: dict, shapes_b: dict, table: TableRef, excluded: set[str]) -> tuple[_Shape, list[str], str]:
+    cols_a, key_a = shapes_a[table]
+    cols_b, key_b = shapes_b[table]
+    common = tuple(c for c in cols_a if c in set(cols_b) and c not in excluded)
+    note = "" if set(cols_a) == set(cols_b) else "columns differ (see schema diff): compared on the common columns"
     key = tuple(key_a) if key_a == key_b and set(key_a) <= set(common) else ()
     return _Shape(table, common, key), sorted(set(cols_a) & excluded), note
 
@@ -194,6 +193,7 @@ def data_diff(
     count_only = set(count_only)
     tables_a, tables_b = set(list_tables(conn_a, schemas)), set(list_tables(conn_b, schemas))
     views_a, views_b = _matviews(conn_a, schemas), _matviews(conn_b, schemas)
+    shapes_a, shapes_b = table_shapes(conn_a, schemas), table_shapes(conn_b, schemas)
     result = DataDiff()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="data-diff") as pool:
         shapes: list[tuple[_Shape, list[str], str]] = []
@@ -203,12 +203,12 @@ def data_diff(
             elif table not in tables_a:
                 result.tables.append(TableDiff(str(table), "only in B"))
             else:
-                shapes.append(_shape(conn_a, conn_b, table, exclude_columns.get(table, set())))
+                shapes.append(_shape(shapes_a, shapes_b, table, exclude_columns.get(table, set())))
         # Materialized views hold data too: compared like tables when both
         # are populated (whether each is populated is part of the schema diff).
         for view in sorted(views_a.keys() & views_b.keys()):
             if views_a[view] and views_b[view]:
-                shapes.append(_shape(conn_a, conn_b, view, set()))
+                shapes.append(_shape(shapes_a, shapes_b, view, set()))
             else:
                 result.tables.append(TableDiff(str(view), "not compared", note="materialized view not populated on both sides"))
 

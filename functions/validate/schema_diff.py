@@ -8,6 +8,7 @@ many such objects each side has.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -87,10 +88,17 @@ def schema_diff(
     conn_b: psycopg.Connection,
     schemas: Sequence[str],
 ) -> SchemaDiff:
-    """Compare the objects of ``schemas`` in two databases."""
-    a, b = describe_schema(conn_a, schemas), describe_schema(conn_b, schemas)
+    """Compare the objects of ``schemas`` in two databases (both sides read
+    at the same time: each connection is used by one thread)."""
+
+    def read(conn: psycopg.Connection) -> tuple[ObjectMap, dict[str, int]]:
+        return describe_schema(conn, schemas), count_not_compared(conn, schemas)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-diff") as pool:
+        other = pool.submit(read, conn_b)
+        a, na = read(conn_a)
+        b, nb = other.result()
     diff = SchemaDiff(differences=compare_maps(a, b))
     diff.compared = {k: (len(a.get(k, {})), len(b.get(k, {}))) for k in a}
-    na, nb = count_not_compared(conn_a, schemas), count_not_compared(conn_b, schemas)
     diff.not_compared = {k: (na[k], nb[k]) for k in na}
     return diff
