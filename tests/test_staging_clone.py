@@ -324,3 +324,27 @@ def test_mask_on_a_column_a_generated_column_reads_is_refused_before_writing(wri
     assert "public.chat_conversations.guest_domain are computed from public.chat_conversations.guest_email" in answer.body["error"]
     assert state(supabase_staging) == before
     assert "safety_backup" not in answer.body["report"]["details"]  # refused in planning, before anything
+
+
+def test_event_triggers_and_publication_filters_on_cloned_objects_are_carried_over_twice(settings, supabase_dev, supabase_staging):
+    # as a superuser (the embedded server): an event trigger calling a function
+    # in a cloned schema, and a publication with a column list and a row filter
+    with psycopg.connect(supabase_dev, autocommit=True) as conn:
+        conn.execute("create function public.note_ddl() returns event_trigger language plpgsql as $$ begin null; end $$")
+        conn.execute("create event trigger note_ddl on ddl_command_end when tag in ('CREATE TABLE') execute function public.note_ddl()")
+        conn.execute("alter event trigger note_ddl disable")
+        conn.execute("create publication app_changes for table public.tenant_registry (tenant_id, slug) where (is_active)")
+    try:
+        for _ in range(2):
+            answer = clone(settings)
+            assert answer.exit_code == 0 and answer.body["details"]["identical"], answer.body.get("error") or answer.body["tables"]
+        with psycopg.connect(supabase_staging) as conn:
+            assert conn.execute("select evtenabled::text, evttags from pg_event_trigger where evtname = 'note_ddl'").fetchone() == ("D", ["CREATE TABLE"])
+            assert conn.execute(
+                "select pg_get_expr(prqual, prrelid) from pg_publication_rel r join pg_publication p on p.oid = r.prpubid where p.pubname = 'app_changes'"
+            ).fetchone() == ("is_active",)
+    finally:  # event triggers and publications are database-wide: leave none behind
+        for url in (supabase_dev, supabase_staging):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("drop event trigger if exists note_ddl")
+                conn.execute("drop publication if exists app_changes")

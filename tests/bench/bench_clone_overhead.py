@@ -66,10 +66,11 @@ def _measure(name: str, bin_dir: Path, source: str, target: str, fresh_empty, sc
 
 
 def run() -> list[dict]:
-    from tests.fixtures.supabase_platform import start_cluster
+    from tests.fixtures.supabase_platform import supabase_fixture
 
     rows = []
-    cluster = start_cluster()
+    session = supabase_fixture()
+    cluster = next(session)
     try:
         os.environ["PG_BIN"] = str(cluster.server.bin)
         source, target = cluster.create_database("bench_dev"), cluster.create_database("bench_staging")
@@ -87,7 +88,7 @@ def run() -> list[dict]:
 
         rows.append(_measure("Supabase platform as postgres", cluster.server.bin, source, target, empty, ["public", "auth", "storage"]))
     finally:
-        cluster.server.destroy()
+        session.close()  # stops the cluster and removes its folder
     rows.append(_pagila())
     return rows
 
