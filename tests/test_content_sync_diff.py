@@ -112,13 +112,41 @@ def test_identical_tables_cost_one_pass_per_side(make_db):
     assert set(one.changed) == {("12345",)}
     assert one.rows_fetched <= 2 * diffmod.LEAF_ROWS  # rows never travel unless their range differs
 
-    with psycopg.connect(src) as conn:  # changes everywhere: the dense path (second grid pass)
+    with psycopg.connect(src) as conn:  # changes everywhere: every coarse range differs
         conn.execute("update t set body = body || '!' where id % 50 = 3")
         conn.execute("delete from t where id % 700 = 1")
         conn.execute("insert into t select g, 'new' from generate_series(20001, 20100) g")
+    _, unanalysed = run_diff(src, tgt)  # no row estimate: the coarse grid is sized again by the real count
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("analyze t")
     _, dense = run_diff(src, tgt)
-    assert len(dense.changed) == 400 + 1 and len(dense.extra) == 29 and len(dense.new) == 100  # + row 12345
-    assert dense.queries == 4 and dense.rows_fetched < 20000
+    for found in (unanalysed, dense):
+        assert len(found.changed) == 400 + 1 and len(found.extra) == 29 and len(found.new) == 100  # + row 12345
+        assert found.rows_fetched < 20000
+    # key span, coarse grid, the small ranges' checksums, the differing small ranges' rows
+    assert dense.queries == 4 and unanalysed.queries == 5
+
+
+def test_runs_get_a_fine_grid_and_isolated_ranges_are_batched(make_db, monkeypatch):
+    """Dense changes in the first half (runs of differing ranges: a fine
+    grid over their span), sparse ones in the second (isolated ranges,
+    descended through the index a batch at a time): together they find
+    every row."""
+    monkeypatch.setattr(diffmod, "BATCH", 16)
+    src, tgt = make_pair(make_db, "create table t (id int primary key, body text)")
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("insert into t select g, md5(g::text) from generate_series(1, 60000) g")
+    with psycopg.connect(tgt, autocommit=True) as conn:
+        conn.execute("update t set body = 'x' where (id <= 30000 and id % 97 = 0) or id % 1280 = 640")
+        conn.execute("delete from t where id % 1013 = 5 and id <= 30000")
+        conn.execute("analyze t")
+    spec, result = run_diff(src, tgt)
+    assert (set(result.new), set(result.changed), set(result.extra)) == brute_force(src, tgt, spec)
+    isolated = 30000 // 1280
+    # key span + coarse grid, at least one fine grid, then each batch of isolated ranges: checksums, rows
+    assert result.queries >= 2 + 1 + 2 * (isolated // 16)
 
 
 def test_columns_are_matched_by_name_not_position(make_db):
@@ -182,3 +210,44 @@ def test_descent_matches_brute_force_for_every_key_kind(make_db, monkeypatch, ki
     assert new and changed and extra
     assert result.queries > 2  # it really descended
     assert result.rows_fetched < len(source_rows) + len(target_rows)
+
+
+def _temp_bytes(urls: list[str]) -> list[int]:
+    """Temp file bytes each database has written, once the backends of the
+    compare have gone (a backend flushes its statistics when it exits)."""
+    import time
+
+    out = []
+    for url in urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(100):
+                if not conn.execute("select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()").fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            conn.execute("select pg_stat_clear_snapshot()")
+            out.append(conn.execute("select temp_bytes from pg_stat_database where datname = current_database()").fetchone()[0])
+    return out
+
+
+def test_compare_writes_no_temp_files(make_db):
+    """A wide table far larger than work_mem, identical and then 1% changed:
+    neither server spills the compare to disk (the grid groups a bounded
+    number of ranges in a hash table; it never sorts the rows)."""
+    src, tgt = make_pair(make_db, "create table t (id bigint primary key, title text, body text, n numeric, j jsonb)")
+    fill = (
+        "insert into t select g, 'Lesson ' || g, repeat(md5(g::text), 14), g / 7.0, jsonb_build_object('g', g, 'tags', array[g, g + 1]) "
+        "from generate_series(1, 200000) g"
+    )
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(fill)
+            conn.execute("vacuum analyze t")
+            assert conn.execute("select pg_table_size('t') > 8 * pg_size_bytes(current_setting('work_mem'))").fetchone()[0]
+    before = _temp_bytes([src, tgt])
+    _, same = run_diff(src, tgt)
+    assert not same.differs and same.queries == 2
+    with psycopg.connect(tgt, autocommit=True) as conn:
+        conn.execute("update t set title = title || '!' where id % 100 = 7")
+    _, changed = run_diff(src, tgt)
+    assert len(changed.changed) == 2000 and changed.rows_fetched < 2000 * 2 * 2 * diffmod.MIN_CHILD_ROWS
+    assert _temp_bytes([src, tgt]) == before

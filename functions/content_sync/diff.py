@@ -4,7 +4,7 @@ Both sides compute ``count(*)`` and ``sum(row hash)`` per key range in SQL;
 only ranges whose checksums differ are split further, and only small
 differing ranges (or ranges that exist on one side only) are fetched as
 ``(key, row hash)`` pairs. Identical tables therefore cost one aggregate
-query per side, and rows never travel to be compared.
+pass per side, and rows never travel to be compared.
 
 Ranges are split by key *value*, never by text collation: one integer or
 uuid key column is split arithmetically between the smallest and largest
@@ -13,19 +13,26 @@ of the actual keys of the side holding more rows in the range. Text-like key
 columns are ordered in "C" (byte) order on both servers. Each level of the
 descent is one query per side covering every differing range (ranges are
 joined from arrays, so integer and uuid keys use the primary key index).
-Integer and uuid keys start with a grid pass: ``FIRST_BRANCH`` equal key
-ranges checksummed in one scan (bucket = arithmetic on the key, grouped in
-a hash table). When nearly all of them differ the changes are dense, and a
-second grid pass with ranges of a few rows each locates them — so a table
-with changes everywhere costs two passes plus fetching the differing small
-ranges, whatever its size, instead of one pass per level. An integer-keyed
-table the catalog estimates at ``FINE_GRID_ROWS`` rows or more skips the
-coarse pass: its one grid pass has ranges of about ``MIN_CHILD_ROWS`` rows
-(at most ``MAX_GRID_BUCKETS``), returned as compact binary arrays of
-(range, count, 64-bit fingerprint of the range's hash sum) — about 3 bytes
-per row of the table travel, and a table with changes anywhere is located
-in that single pass. Each side's total (count, hash sum) comes out of the
-first pass too (the ledger checks itself against it).
+
+Integer and uuid keys start with a coarse grid: ranges of at least
+``COARSE_ROWS`` rows, at most ``COARSE_BUCKETS`` of them, checksummed in
+one scan (bucket = arithmetic on the key, grouped in a hash table) and
+returned as one packed ``bytea`` of 16 bytes per range — identical tables
+cost under a byte per row on the wire, and no more than 256 kB per side
+whatever their size. The differing ranges (a few dozen rows each) are then
+split into ranges of about ``MIN_CHILD_ROWS`` rows, checksummed through the
+index — only their rows are hashed again — and the differing small ones
+fetched; at most ``BATCH`` coarse ranges at a time, so the compare process
+holds one batch, whatever the table's size and however dense the changes.
+Each side's total (count, hash sum) comes out of the first pass (the
+ledger checks itself against it).
+
+The grouping runs in a ``MATERIALIZED`` CTE: the planner estimates one
+group per row for a bucket expression, and when an outer aggregate asks for
+ordered input (PostgreSQL 16 pre-sorts aggregate input) it would sort every
+wide row of the table on disk instead of hashing a few thousand groups in
+memory. The transaction's settings (``aggregate_settings``) keep JIT off and
+``work_mem`` sane for these scans.
 
 Source and target queries of each step run concurrently (one thread per
 side). The source connection is expected to be inside one REPEATABLE READ
@@ -35,6 +42,7 @@ transaction so every query sees the same snapshot.
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -57,9 +65,14 @@ FIRST_BRANCH = 32  # ranges per split while differences look sparse
 MAX_BRANCH = 4096  # ... and up to this many when nearly every range differs
 MIN_CHILD_ROWS = 8  # never split into ranges smaller than this (on average)
 KEYS_PER_QUERY = 10_000  # keys sent inline per lookup query
-HASH_AGG_MEMORY = "64MB"  # work_mem for grouping range checksums in memory
-FINE_GRID_ROWS = 100_000  # estimated rows from which an integer key starts with the fine grid
-MAX_GRID_BUCKETS = 262_144  # ranges of one grid pass (hash table of ~20 MB)
+COARSE_ROWS = 64  # rows per range of the first grid, at least: 16 bytes per range per side
+COARSE_BUCKETS = 16_384  # ... and at most this many ranges (256 kB per side, whatever the size)
+BATCH = 2048  # isolated differing ranges descended at a time (the process holds one batch)
+RUN_RANGES = 8  # differing coarse ranges (with at most GAP equal ones between) that get a fine grid
+GAP = 4
+CHUNK_BUCKETS = 16_384  # fine ranges of one fine-grid query
+WORK_MEM = "32MB"  # at least this much work_mem for our hash aggregates (raised, never lowered)
+_PACKED = struct.Struct(">iiq")  # one grid range: bucket, rows, fingerprint of its hash sum
 _INT8_MAX = 2**63 - 1
 _UUID_MAX = 2**128 - 1
 
@@ -191,61 +204,77 @@ def checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segm
         return {}
     rows, params = segment_rows(spec, segments, sql.SQL("{} as h").format(rowhash.row_hash(spec)))
     query = sql.SQL("select seg, count(*), coalesce(sum(h), 0) from ({}) as x group by seg").format(rows)
-    return {seg: (count, total) for seg, count, total in conn.execute(query, params)}
+    with _hash_aggregate(conn):
+        return {seg: (count, total) for seg, count, total in conn.execute(query, params)}
+
+
+def tune(conn: psycopg.Connection) -> None:
+    """Settings for the rest of the caller's transaction: no JIT (stock
+    servers compile our wide hash expressions for seconds and gain nothing)
+    and enough ``work_mem`` for range checksums to group in memory — raised
+    to ``WORK_MEM`` where the server's is lower, never lowered."""
+    conn.execute(
+        "select set_config('jit', 'off', true), "
+        "case when pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(%s) then set_config('work_mem', %s, true) end",
+        [WORK_MEM, WORK_MEM],
+    )
 
 
 @contextmanager
 def _hash_aggregate(conn: psycopg.Connection) -> Iterator[None]:
     """The planner cannot know a bucket expression has few distinct values
-    and would sort every (wide) row first; group in a hash table instead."""
-    conn.execute(f"set local enable_sort = off; set local work_mem = '{HASH_AGG_MEMORY}'")
+    and would sort every (wide) row first; group in a hash table instead.
+    The caller's setting is put back afterwards."""
+    previous = conn.execute("select current_setting('enable_sort'), set_config('enable_sort', 'off', true)").fetchone()[0]
     try:
         yield
     finally:
-        conn.execute("reset enable_sort; reset work_mem")
+        conn.execute("select set_config('enable_sort', %s, true)", [previous])
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One grid pass of one side: the non-empty buckets in order, each one's
-    row count and fingerprint of its hash sum; the side's total row count
-    and exact hash sum."""
+    """One grid pass of one side: ``packed`` holds the non-empty buckets in
+    order (16 bytes each: bucket, row count, fingerprint of its hash sum);
+    the side's total row count and exact hash sum."""
 
-    ids: list[int]
-    counts: list[int]
-    prints: list[int]
+    packed: bytes
     rows: int
     total: int
 
     @property
     def buckets(self) -> dict[int, tuple[int, int]]:
-        return {b: (n, fp) for b, n, fp in zip(self.ids, self.counts, self.prints)}
+        return {b: (n, fp) for b, n, fp in _PACKED.iter_unpack(self.packed)}
 
 
-def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int) -> Grid:
+def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> Grid:
     """Checksums of the ranges [lo + i*step, lo + (i+1)*step) covering
-    [lo, hi) of an arithmetic key, in one pass. Fetched in binary as three
-    arrays, so a fine grid costs ~28 bytes per non-empty range."""
+    [lo, hi) of an arithmetic key, in one pass, as one packed ``bytea``.
+    ``only`` (integer keys): hash just the rows of these equal-width ranges
+    (the others of the span are read, not hashed)."""
     key = sql.Identifier("t", spec.key[0])
     h = rowhash.row_hash(spec)
     if spec.arithmetic == "int" and hi - lo <= _INT8_MAX:
         bucket, params = sql.SQL("(({} - %s::bigint) / %s::bigint)::int").format(key), [lo, step]
-        first = 0
-    else:  # uuid (or a span beyond bigint): binary search over the range starts
+    else:  # uuid (or a span beyond bigint): binary search over the range starts (1-based, hence - 1)
         starts = [lo + i * step for i in range(math.ceil((hi - lo) / step))]
-        bucket = sql.SQL("width_bucket({}, %s::{}[])").format(key, sql.SQL(_bound_type(spec, 0)))
-        params, first = [[_to_text(spec, v)[0] for v in starts]], 1
+        bucket = sql.SQL("width_bucket({}, %s::{}[]) - 1").format(key, sql.SQL(_bound_type(spec, 0)))
+        params = [[_to_text(spec, v)[0] for v in starts]]
     bounds = [_to_text(spec, lo), _to_text(spec, hi)]
     conds = [sql.SQL("{} {} %s::{}").format(key, sql.SQL(op), sql.SQL(_bound_type(spec, 0))) for op, b in zip((">=", "<"), bounds) if b is not None]
     params += [b[0] for b in bounds if b is not None]
+    if only:
+        first, width = int(only[0].lo[0]), _span(spec, only[0])[1] - int(only[0].lo[0])
+        conds.append(sql.SQL("({} - %s::bigint) / %s::bigint = any(%s::bigint[])").format(key))
+        params += [first, width, [(int(s.lo[0]) - first) // width for s in only]]
     query = sql.SQL(
-        "select coalesce(array_agg(g.b order by g.b), '{{}}'), coalesce(array_agg(g.n order by g.b), '{{}}'), "
-        "coalesce(array_agg(hash_numeric_extended(g.s, g.n) order by g.b), '{{}}'), coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) "
-        "from (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) as g"
-    ).format(b=bucket, h=h, t=rowhash.relation(spec), conds=sql.SQL(" and ").join(conds))
+        "with g as materialized (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) "
+        "select coalesce(string_agg(int4send(g.b) || int4send(g.n::int) || int8send(hash_numeric_extended(g.s, g.n)), ''::bytea order by g.b), ''::bytea), "
+        "coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) from g"
+    ).format(b=bucket, h=h, t=rowhash.relation(spec), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
     with _hash_aggregate(conn):
-        ids, counts, prints, rows, total = conn.execute(query, params, binary=True).fetchone()
-    return Grid([b - first for b in ids] if first else ids, counts, prints, rows, int(total))
+        packed, rows, total = conn.execute(query, params, binary=True).fetchone()
+    return Grid(bytes(packed), rows, int(total))
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
@@ -350,11 +379,19 @@ def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment
 def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
     """Compare one content table between source and target."""
     if spec.arithmetic:
-        pending, (sc, ss), (tc, ts), queries = _arithmetic_levels(sides, spec)
-    else:
-        (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
-        pending, queries = ([] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)]), 1
-    result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=queries)
+        return _arithmetic(sides, spec)
+    (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
+    result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=1)
+    _descend(sides, spec, [] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)], result)
+    return result
+
+
+Pending = list[tuple[Segment, int, int]]  # differing ranges with their row counts per side
+
+
+def _descend(sides: Sides, spec: TableSpec, pending: Pending, result: TableDiff) -> None:
+    """Split differing ranges until they are small, then fetch their rows'
+    (key, hash) pairs into ``result``."""
     branch = FIRST_BRANCH
     while pending:
         leaves, splits = [], []
@@ -370,61 +407,79 @@ def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
         result.queries += 1
         # nearly every range differs: changes are dense, go straight to small ranges
         branch = MAX_BRANCH if len(pending) >= 0.9 * len(children) else FIRST_BRANCH
-    return result
 
 
-def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int) -> tuple[list[tuple[Segment, int, int]], Grid, Grid]:
+def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> tuple[Pending, Grid, Grid]:
     """The differing ranges of one grid pass, and each side's grid."""
-    src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step))
-    if src.ids == tgt.ids:  # the usual case: the same non-empty ranges, compared in place
-        differ = [
-            (i, a, b)
-            for i, a, b, fa, fb in zip(src.ids, src.counts, tgt.counts, src.prints, tgt.prints)
-            if a != b or fa != fb
-        ]
-    else:
-        ours, theirs = src.buckets, tgt.buckets
-        differ = []
-        for i in sorted(set(ours) | set(theirs)):
-            a, b = ours.get(i, (0, 0)), theirs.get(i, (0, 0))
-            if a != b:
-                differ.append((i, a[0], b[0]))
-    pending = [
-        (Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi))), a, b) for i, a, b in differ
-    ]
+    src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step, only))
+    if src.packed == tgt.packed:  # the usual case: nothing to unpack
+        return [], src, tgt
+    ours, theirs = src.buckets, tgt.buckets
+    differ = []
+    for i in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(i, (0, 0)), theirs.get(i, (0, 0))
+        if a != b:
+            differ.append((i, a[0], b[0]))
+    pending = [(Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi))), a, b) for i, a, b in differ]
     return pending, src, tgt
 
 
-Totals = tuple[int, int]  # (rows, hash sum) of one side
+def _coarse_buckets(rows: int) -> int:
+    return max(1, min(COARSE_BUCKETS, rows // COARSE_ROWS))
 
 
-def _arithmetic_levels(sides: Sides, spec: TableSpec) -> tuple[list[tuple[Segment, int, int]], Totals, Totals, int]:
+def _arithmetic(sides: Sides, spec: TableSpec) -> TableDiff:
     """Integer and uuid keys: the key span of both sides (index lookups),
-    then range checksums in one pass per side — identical tables stop here.
-    A large integer-keyed table gets a fine grid at once (ranges of about
-    MIN_CHILD_ROWS rows): wherever its differences are, that one pass
-    locates them. Otherwise FIRST_BRANCH ranges; when nearly all of those
-    differ the changes are dense, and one more pass over a fine grid finds
-    them instead of a descent that would hash the table level after level."""
+    then the coarse grid — identical tables stop there. Runs of differing
+    ranges get a fine grid over their key span (one range scan per chunk);
+    isolated ones are descended through the index, ``BATCH`` at a time."""
     (smin, smax, sest), (tmin, tmax, test) = sides.both(lambda c: _key_bounds(c, spec))
     lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
     highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
     if not lows:
-        return [], (0, 0), (0, 0), 1
+        return TableDiff(spec, 0, 0, queries=1)
     lo, hi = min(lows), max(highs) + 1
-    estimate = max(sest or 0, test or 0)
-    if spec.arithmetic == "int" and estimate >= FINE_GRID_ROWS:
-        buckets = min(MAX_GRID_BUCKETS, max(1, estimate // MIN_CHILD_ROWS))
-        pending, src, tgt = _grid_level(sides, spec, lo, hi, max(1, math.ceil((hi - lo) / buckets)))
-        return pending, (src.rows, src.total), (tgt.rows, tgt.total), 2
-    pending, src, tgt = _grid_level(sides, spec, lo, hi, math.ceil((hi - lo) / FIRST_BRANCH))
-    totals = (src.rows, src.total), (tgt.rows, tgt.total)
+    buckets = _coarse_buckets(max(sest or 0, test or 0))
+    step = math.ceil((hi - lo) / buckets)
+    pending, src, tgt = _grid_level(sides, spec, lo, hi, step)
+    result = TableDiff(spec, src.rows, tgt.rows, source_sum=src.total, target_sum=tgt.total, queries=2)
     rows = max(src.rows, tgt.rows)
-    if len(pending) >= 0.9 * FIRST_BRANCH and rows > LEAF_ROWS * FIRST_BRANCH:
-        step = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows), math.ceil((hi - lo) / MAX_GRID_BUCKETS))
+    if pending and _coarse_buckets(rows) > 4 * buckets:  # the catalog's estimate was far too low (never analysed)
+        step = math.ceil((hi - lo) / _coarse_buckets(rows))
         pending, _, _ = _grid_level(sides, spec, lo, hi, step)
-        return pending, *totals, 3
-    return pending, *totals, 2
+        result.queries += 1
+    fine = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows)) if rows else 1
+    filtered = spec.arithmetic == "int" and hi - lo <= _INT8_MAX  # every key minus a range start fits a bigint
+    isolated: Pending = []
+    for run in _runs(spec, pending, step, fine):
+        if len(run) < RUN_RANGES:
+            isolated += run
+            continue
+        a, b = _span(spec, run[0][0])[0], _span(spec, run[-1][0])[1]
+        found, _, _ = _grid_level(sides, spec, a, b, fine, only=[r[0] for r in run] if filtered else None)
+        result.queries += 1
+        _descend(sides, spec, found, result)
+    for i in range(0, len(isolated), BATCH):
+        _descend(sides, spec, isolated[i : i + BATCH], result)
+    return result
+
+
+def _runs(spec: TableSpec, pending: Pending, step: int, fine: int) -> Iterator[Pending]:
+    """Differing coarse ranges grouped into runs: consecutive ones, with at
+    most ``GAP`` equal ranges between two of them, and a key span of at most
+    ``CHUNK_BUCKETS`` fine ranges."""
+    run: Pending = []
+    limit = CHUNK_BUCKETS * fine
+    for item in pending:
+        if run:
+            start, end = _span(spec, run[0][0])[0], _span(spec, run[-1][0])[1]
+            a, b = _span(spec, item[0])
+            if a - end > GAP * step or b - start > limit:
+                yield run
+                run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def _differing(sides: Sides, spec: TableSpec, segments: list[Segment]) -> list[tuple[Segment, int, int]]:

@@ -34,7 +34,7 @@ from safesync.shared.report import Report
 
 from . import apply, ledger, proof, triggers
 from .conflicts import TableDecisions, classify
-from .diff import Key, Sides, diff_table, hashes_by_key
+from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
 from .plan import SyncPlan, TableSpec, build_plan
 from .safety import take_safety_backup
@@ -109,6 +109,7 @@ def _close(conn: psycopg.Connection) -> None:
 
 
 def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook: Hook, progress: Meter) -> None:
+    sides.both(tune)  # the transactions' first statements: no JIT, work_mem for hash aggregates
     with report.timed("plan"):
         plan = build_plan(settings.config.content_sync, src, tgt)
     writing = mode != "compare"
