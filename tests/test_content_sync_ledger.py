@@ -33,11 +33,27 @@ def fingerprints(url: str, tables=None) -> dict:
 
 
 def entry(url: str, table: str, key: str):
+    """(state, row hash, declined hash) of an integer-keyed row's entry."""
+    from safesync.functions.content_sync.ledger import KEY_BITS
+
     with psycopg.connect(url) as conn:
-        return conn.execute(
-            "select state, row_hash, declined_hash from safesync.content_ledger where table_name = %s and row_key = array[%s]",
-            [f"public.{table}", key],
+        table_id = conn.execute(
+            "select -1 - entry from safesync.content_ledger where entry < 0 and summary->>'table' = %s", [f"public.{table}"]
+        ).fetchone()[0]
+        row = conn.execute(
+            "select kept, row_hash, declined_hash from safesync.content_ledger where entry = %s", [(table_id << KEY_BITS) | int(key)]
         ).fetchone()
+    return None if row is None else ("kept" if row[0] else "synced", row[1], row[2])
+
+
+def table_entries(conn, table: str) -> int:
+    """Entries (synced or kept) the ledger holds for ``table``."""
+    from safesync.functions.content_sync.ledger import KEY_BITS
+
+    table_id = conn.execute("select -1 - entry from safesync.content_ledger where entry < 0 and summary->>'table' = %s", [f"public.{table}"]).fetchone()[0]
+    return conn.execute(
+        "select count(*) from safesync.content_ledger where entry between %s and %s", [table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1]
+    ).fetchone()[0]
 
 
 def one(url: str, query: str, *params):
@@ -81,10 +97,7 @@ def test_first_run_seeds_equal_rows_and_needs_adopt_for_differing_ones(lms):
     synced_once(make)
     # equal rows were seeded from the target, written rows recorded with the source's hash
     with psycopg.connect(prod) as conn:
-        seeded = conn.execute(
-            "select count(*) from safesync.content_ledger where table_name = 'public.lessons' and state = 'synced'"
-        ).fetchone()[0]
-        assert seeded == conn.execute("select count(*) from lessons").fetchone()[0]
+        assert table_entries(conn, "lessons") == conn.execute("select count(*) from lessons").fetchone()[0]
     again = content_sync(make(), "sync")
     assert again.status == 200 and "already in sync" in again.body["summary"]
     assert again.body["details"]["ledger"] == {}  # steady state: the summary check passed, nothing recorded
@@ -296,7 +309,7 @@ def test_ledger_is_rolled_back_with_a_refused_sync(lms):
     make, dev, prod = lms
     synced_once(make)
     with psycopg.connect(prod) as conn:
-        ledger_before = conn.execute("select * from safesync.content_ledger order by table_name, row_key").fetchall()
+        ledger_before = conn.execute("select * from safesync.content_ledger order by entry").fetchall()
         conn.execute(
             """
             create function award_points() returns trigger language plpgsql as $$
@@ -312,7 +325,7 @@ def test_ledger_is_rolled_back_with_a_refused_sync(lms):
     answer = content_sync(make(), "sync")
     assert answer.status == 422 and "user_points_history" in answer.body["summary"]
     with psycopg.connect(prod) as conn:
-        assert conn.execute("select * from safesync.content_ledger order by table_name, row_key").fetchall() == ledger_before
+        assert conn.execute("select * from safesync.content_ledger order by entry").fetchall() == ledger_before
 
 
 def test_a_trigger_that_rewrites_other_content_rows_is_caught(lms):
@@ -370,3 +383,94 @@ def test_a_role_without_create_privilege_syncs_once_the_ledger_exists(lms, pg_se
         execute(prod, f"drop owned by {role}")
         with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
             admin.execute(f"drop role {role}")
+
+
+FIRST_FORMAT = """
+create table safesync.content_ledger_v1 (
+    table_name    text not null,
+    row_key       text[] not null,
+    state         text not null check (state in ('synced', 'kept', 'summary')),
+    row_hash      bigint,
+    declined_hash bigint,
+    rows          bigint,
+    hash_sum      numeric,
+    signature     text,
+    updated_at    timestamptz not null default now(),
+    primary key (table_name, row_key)
+);
+insert into safesync.content_ledger_v1 (table_name, row_key, state, rows, hash_sum, signature)
+select summary->>'table', '{}', 'summary', (summary->>'rows')::bigint, (summary->>'hash_sum')::numeric, summary->>'signature'
+from safesync.content_ledger where entry < 0;
+insert into safesync.content_ledger_v1 (table_name, row_key, state, row_hash, declined_hash)
+select s.summary->>'table', array[(l.entry & ((1::bigint << 54) - 1))::text], case when l.kept then 'kept' else 'synced' end, l.row_hash, l.declined_hash
+from safesync.content_ledger as l join safesync.content_ledger as s on s.entry = -1 - (l.entry >> 54) where l.entry >= 0;
+drop table safesync.content_ledger;
+alter table safesync.content_ledger_v1 rename to content_ledger;
+"""
+
+
+def test_a_ledger_of_the_first_format_is_read_then_migrated_in_place_keeping_its_history(lms):
+    """A ledger written by the first release (keys as text[], a row per
+    entry with state and timestamp): compare reads it, and the next sync
+    migrates it inside its own transaction — the same table, every entry
+    and summary kept, so a production edit made before the migration is
+    still a conflict."""
+    make, dev, prod = lms
+    synced_once(make)
+    execute(prod, "update courses set title = 'Prod keeps this' where id = 2")
+    execute(dev, "update courses set title = 'Dev wanted this' where id = 2")
+    kept = make(tail='[content_sync.options.courses]\non_conflict = "target"\n')
+    assert content_sync(kept, "sync").status == 200  # a kept entry in the ledger
+    execute(prod, FIRST_FORMAT)
+    with psycopg.connect(prod) as conn:
+        oid = conn.execute("select 'safesync.content_ledger'::regclass::oid").fetchone()[0]
+        first_rows = conn.execute("select count(*) from safesync.content_ledger").fetchone()[0]
+    compare = content_sync(kept, "compare").body
+    assert compare["status"] == "ok" and all(v["status"] == "ok" and v["current"] for v in compare["details"]["ledger_status"].values())
+    execute(prod, "update lessons set title = 'Prod hotfix' where id = 3")  # edited in prod before the migration
+    execute(dev, "update lessons set body = 'Dev edit' where id = 3", "update lessons set title = 'Dev edit' where id = 4")
+    refused = content_sync(kept, "sync")  # the conflict on lesson 3 is seen: history survived (rolled back, still first format)
+    assert refused.status == 422 and "conflict" in refused.body["summary"] and "3" in refused.body["summary"]
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select count(*) from safesync.content_ledger where row_key is not null").fetchone()[0] == first_rows
+    answer = content_sync(make(tail='[content_sync.options.courses]\non_conflict = "target"\n[content_sync.options.lessons]\non_conflict = "target"\n'), "sync")
+    assert answer.status == 200, answer.body
+    assert answer.body["details"]["ledger"] and not any(v["reseeded"] for v in answer.body["details"]["ledger"].values())
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select 'safesync.content_ledger'::regclass::oid").fetchone()[0] == oid
+        columns = [r[0] for r in conn.execute(
+            "select attname from pg_attribute where attrelid = 'safesync.content_ledger'::regclass and attnum > 0 and not attisdropped order by attnum"
+        )]
+        assert columns == ["row_hash", "declined_hash", "entry", "kept", "summary"]
+        assert table_entries(conn, "lessons") == conn.execute("select count(*) from lessons").fetchone()[0]
+    assert entry(prod, "courses", "2")[0] == "kept" and entry(prod, "lessons", "3")[0] == "kept" and entry(prod, "lessons", "4")[0] == "synced"
+    again = content_sync(kept, "sync").body
+    assert "already in sync" in again["summary"] and again["details"]["ledger"] == {}
+
+
+def test_keys_sharing_an_entry_cost_a_reseed_never_a_silent_overwrite(lms, monkeypatch):
+    """With 4-bit key values nearly every key shares its entry with others
+    (with 54 bits, about one table in 30,000 at a million hashed keys): the
+    seed keeps one entry per value, the summary never matches so every sync
+    re-seeds, and a row judged against another's ancestor is a (needless)
+    conflict — never a production edit overwritten."""
+    from safesync.functions.content_sync import ledger as ledgermod
+
+    monkeypatch.setattr(ledgermod, "KEY_BITS", 4)
+    monkeypatch.setattr(ledgermod, "MASK", 15)
+    make, dev, prod = lms
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    with psycopg.connect(prod) as conn:
+        assert table_entries(conn, "lessons") <= 16 < conn.execute("select count(*) from lessons").fetchone()[0]
+    execute(prod, "update lessons set title = 'Prod hotfix' where id = 21")
+    execute(dev, "update lessons set body = 'Dev edit' where id = 21", "update lessons set title = 'Dev edit' where id = 20")
+    before = fingerprints(prod)
+    refused = content_sync(make(), "sync")
+    assert refused.status == 422 and "conflict" in refused.body["summary"] and "21" in refused.body["summary"]
+    assert fingerprints(prod) == before
+    source_wins = make(tail='[content_sync.options.lessons]\non_conflict = "source"\n')
+    again = content_sync(source_wins, "sync")
+    assert again.status == 200, again.body["summary"]
+    assert again.body["details"]["ledger"]["lessons"]["reseeded"] > 0
+    assert one(prod, "select title from lessons where id = 20") == ("Dev edit",)

@@ -3,17 +3,31 @@ confirmed it — the common ancestor that makes a sync three-way.
 
 It lives in the target, table ``safesync.content_ledger``, and is written in
 the sync's own transaction (a rollback rolls it back too; the protection
-proof allows exactly this table, by OID). One row per (table, row key):
+proof allows exactly this table, by OID). Its rows are fixed-width — about
+40 bytes plus 20 of index per content row, whatever the row's size, and no
+copy of any key or value:
 
-- ``synced``: ``row_hash`` is the row's hash when source and target last
-  agreed (safesync wrote it, or found it equal);
-- ``kept``: ``on_conflict = "target"`` kept production's version:
-  ``row_hash`` is that target version (NULL: kept absent) and
-  ``declined_hash`` the source version declined (NULL: a deletion declined).
-  While neither side moves, the row stays as it is without a new conflict;
-- ``summary`` (row key ``{}``): per table, the number of entries, the exact
-  sum of their hashes, and the signature (compared columns, key,
-  translations, hash scheme) the hashes were computed under.
+- an **entry** per content row: ``entry`` = the table's id (9 bits) and the
+  row's key (54 bits): the key itself when it is one non-negative integer
+  below 2^54 printed canonically, else a 54-bit hash of the key's text form
+  (``hash_array_extended``, stable across versions, like the row hash);
+  ``row_hash`` the row's hash when source and target last agreed (safesync
+  wrote it, or found it equal);
+- a **kept** entry (``kept`` true): ``on_conflict = "target"`` kept
+  production's version: ``row_hash`` is that target version (NULL: kept
+  absent) and ``declined_hash`` the source version declined (NULL: a
+  deletion declined). While neither side moves, the row stays as it is
+  without a new conflict;
+- a **summary** per table (``entry`` = -1 - table id, ``summary`` jsonb):
+  the table's name, number of entries, exact sum of their hashes, and the
+  signature (compared columns, key, translations, hash scheme) the hashes
+  were computed under.
+
+Two keys of one table that hash alike share an entry (about one table in
+30,000 at a million hashed keys): the summary then never matches, so that
+table is re-seeded on every sync and its two rows are judged against one
+ancestor — a needless conflict at worst, never a silent overwrite (that
+would take a 64-bit row-hash collision on top).
 
 Rows that are equal on both sides never travel, so the ledger cannot be
 checked row by row without a full pass. Instead the summary is checked
@@ -25,6 +39,12 @@ When it does not — first run, a changed signature, rows equal on both sides
 that were never recorded, the same edit made on both sides, entries of rows
 gone from both — the sync re-seeds the table's entries of equal rows from
 the target in SQL (one pass on the target, no row travels), and says so.
+
+A ledger of the first format (one row per content row with its key as
+``text[]``, a state and a timestamp — bigger than the content it tracked)
+is migrated in place by the first sync that writes, in its transaction:
+the same table (OID, owner, grants), every entry and summary kept.
+Compare and dry-run read it as it is.
 """
 
 from __future__ import annotations
@@ -39,29 +59,53 @@ import psycopg
 from psycopg import sql
 
 from safesync.shared.db import TableRef
+from safesync.shared.errors import ConfigError, Refused
 
 from . import rowhash
 from .diff import Key, TableDiff
 from .plan import TableSpec
 
 LEDGER = TableRef("safesync", "content_ledger")
-SUMMARY_KEY: list[str] = []
 CHUNK = 10_000
+KEY_BITS = 54
+MASK = (1 << KEY_BITS) - 1
+MAX_TABLES = 1 << (63 - KEY_BITS)  # table ids 0..511
+_CANONICAL = "^(0|[1-9][0-9]{0,16})$"  # a non-negative integer as PostgreSQL prints it
 
 LEDGER_SQL = """
 create table safesync.content_ledger (
-    table_name    text not null,
-    row_key       text[] not null,
-    state         text not null check (state in ('synced', 'kept', 'summary')),
+    entry         bigint primary key,
     row_hash      bigint,
+    kept          boolean,
     declined_hash bigint,
-    rows          bigint,
-    hash_sum      numeric,
-    signature     text,
-    updated_at    timestamptz not null default now(),
-    primary key (table_name, row_key)
+    summary       jsonb
 )
 """
+
+
+def _key_value(texts: Sequence[sql.Composable]) -> sql.Composable:
+    """The 54-bit key part of an entry, from the key's text form."""
+    array = sql.SQL("array[{}]::text[]").format(sql.SQL(", ").join(texts))
+    hashed = sql.SQL("(hash_array_extended({}, 0) & {})").format(array, sql.Literal(MASK))
+    if len(texts) != 1:
+        return hashed
+    k = texts[0]
+    return sql.SQL("(case when {k} ~ {pat} and {k}::numeric <= {mask} then {k}::bigint else {hashed} end)").format(
+        k=k, pat=sql.Literal(_CANONICAL), mask=sql.Literal(MASK), hashed=hashed
+    )
+
+
+def _row_key_value(spec: TableSpec, alias: str = "t") -> sql.Composable:
+    """The same, from a table row: an integer key without a text round trip."""
+    if spec.arithmetic == "int":
+        k = sql.Identifier(alias, spec.key[0])
+        hashed = sql.SQL("(hash_array_extended(array[{}::text], 0) & {})").format(k, sql.Literal(MASK))
+        return sql.SQL("(case when {k} >= 0 and {k} <= {mask} then {k}::bigint else {hashed} end)").format(k=k, mask=sql.Literal(MASK), hashed=hashed)
+    return _key_value([sql.SQL("{}::text").format(sql.Identifier(alias, k)) for k in spec.key])
+
+
+def _entry(table_id: int, value: sql.Composable) -> sql.Composable:
+    return sql.SQL("({}::bigint | {})").format(sql.Literal(table_id << KEY_BITS), value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +129,7 @@ class TableLedger:
     rows: int = 0
     hash_sum: int = 0
     consistent: bool = False
+    table_id: int | None = None  # None: the table has no summary yet
 
     @property
     def usable(self) -> bool:
@@ -99,9 +144,17 @@ def exists(conn: psycopg.Connection) -> bool:
     return conn.execute("select to_regclass('safesync.content_ledger') is not null").fetchone()[0]
 
 
+def _first_format(conn: psycopg.Connection) -> bool:
+    """The ledger of the first format: one row per key as text[]."""
+    return conn.execute(
+        "select exists (select from pg_attribute where attrelid = 'safesync.content_ledger'::regclass and attname = 'row_key' and not attisdropped)"
+    ).fetchone()[0]
+
+
 def ensure(conn: psycopg.Connection) -> int:
-    """Create the ledger table if it is missing (inside the caller's
-    transaction, so a rollback removes it again) and return its OID.
+    """Create the ledger table if it is missing, or migrate a ledger of the
+    first format (inside the caller's transaction, so a rollback undoes
+    either), and return its OID.
 
     Existence is checked first: a least-privilege role may lack CREATE on
     the database (``CREATE SCHEMA IF NOT EXISTS`` checks the privilege before
@@ -110,17 +163,75 @@ def ensure(conn: psycopg.Connection) -> int:
         if not conn.execute("select to_regnamespace('safesync') is not null").fetchone()[0]:
             conn.execute("create schema safesync")
         conn.execute(LEDGER_SQL)
+    elif _first_format(conn):
+        try:
+            _migrate(conn)
+        except psycopg.errors.InsufficientPrivilege:
+            raise Refused(
+                "nothing synced: the content ledger is of the first format and only its owner may migrate it "
+                "(run one sync as the role that created safesync.content_ledger)"
+            ) from None
     return conn.execute("select 'safesync.content_ledger'::regclass::oid").fetchone()[0]
 
 
+# table ids of a first-format ledger: its summaries in name order (load and the migration agree)
+_FIRST_FORMAT_IDS = sql.SQL(
+    "select table_name, (row_number() over (order by table_name) - 1)::int as id from safesync.content_ledger where state = 'summary'"
+)
+
+
+def _migrate(conn: psycopg.Connection) -> None:
+    """First format → fixed-width, in place: the same table, every entry
+    (synced or kept) and summary carried over; table ids by name. Two keys
+    that now share an entry keep one (the summary no longer matches, so that
+    table is re-seeded by this very sync). The table is rewritten compactly
+    at the end (CLUSTER: the old columns' space is not left behind)."""
+    pkey = conn.execute(
+        "select conname from pg_constraint where conrelid = 'safesync.content_ledger'::regclass and contype = 'p'"
+    ).fetchone()
+    statements = [sql.SQL("alter table safesync.content_ledger drop constraint {}").format(sql.Identifier(pkey[0]))] if pkey else []
+    statements += [
+        sql.SQL("alter table safesync.content_ledger add column entry bigint, add column kept boolean, add column summary jsonb"),
+        sql.SQL(
+            "update safesync.content_ledger as l set "
+            "entry = case when l.state = 'summary' then -1 - n.id else (n.id::bigint << {bits}) | {value} end, "
+            "kept = case when l.state = 'kept' then true end, "
+            "summary = case when l.state = 'summary' then jsonb_build_object('table', l.table_name, 'rows', l.rows, 'hash_sum', l.hash_sum, 'signature', l.signature) end "
+            "from ({ids}) as n where n.table_name = l.table_name"
+        ).format(bits=sql.Literal(KEY_BITS), value=_key_value_of_array(sql.SQL("l.row_key")), ids=_FIRST_FORMAT_IDS),
+        # entries of a table without a summary were never usable; two keys sharing an entry keep one
+        sql.SQL("delete from safesync.content_ledger where entry is null"),
+        sql.SQL("delete from safesync.content_ledger as l using safesync.content_ledger as o where o.entry = l.entry and o.ctid < l.ctid"),
+        sql.SQL(
+            "alter table safesync.content_ledger drop column table_name, drop column row_key, drop column state, drop column rows, "
+            "drop column hash_sum, drop column signature, drop column updated_at, "
+            "alter column entry set not null, add constraint content_ledger_pkey primary key (entry)"
+        ),
+        sql.SQL("cluster safesync.content_ledger using content_ledger_pkey"),
+    ]
+    if conn.execute(sql.SQL("select count(*) > %s from ({}) as n").format(_FIRST_FORMAT_IDS), [MAX_TABLES]).fetchone()[0]:
+        raise ConfigError(f"the content ledger tracks at most {MAX_TABLES} tables")
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _key_value_of_array(array: sql.Composable) -> sql.Composable:
+    """``_key_value`` of a stored ``text[]`` key (the first format's)."""
+    hashed = sql.SQL("(hash_array_extended({}, 0) & {})").format(array, sql.Literal(MASK))
+    first = sql.SQL("{}[1]").format(array)
+    return sql.SQL(
+        "(case when cardinality({a}) = 1 and {k} ~ {pat} and {k}::numeric <= {mask} then {k}::bigint else {hashed} end)"
+    ).format(a=array, k=first, pat=sql.Literal(_CANONICAL), mask=sql.Literal(MASK), hashed=hashed)
+
+
 def _keys_join(spec: TableSpec, keys: Sequence[Key], extra: dict[str, list] | None = None) -> tuple[sql.Composable, list]:
-    """``(select array[c0, ...] as k, <extra columns> from unnest(...)) as u``."""
+    """``(select <54-bit key value> as v, ordinality as i, <extra> from unnest(...)) as u``."""
     n = len(spec.key)
     names = [f"c{i}" for i in range(n)] + list(extra or {})
-    casts = ["text"] * n + ["text" if name == "state" else "bigint" for name in (extra or {})]
+    casts = ["text"] * n + ["boolean" if name == "kept" else "bigint" for name in (extra or {})]
     arrays = [[k[i] for k in keys] for i in range(n)] + list((extra or {}).values())
-    rel = sql.SQL("(select array[{}]::text[] as k{} from unnest({}) as x({})) as u").format(
-        sql.SQL(", ").join(sql.Identifier("x", f"c{i}") for i in range(n)),
+    rel = sql.SQL("(select {} as v, x.i{} from unnest({}) with ordinality as x({}, i)) as u").format(
+        _key_value([sql.Identifier("x", f"c{i}") for i in range(n)]),
         sql.Composed([sql.SQL(", {}").format(sql.Identifier("x", name)) for name in (extra or {})]),
         sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(c)) for c in casts),
         sql.SQL(", ").join(map(sql.Identifier, names)),
@@ -133,39 +244,77 @@ def _chunks(keys: Sequence[Key]) -> Iterable[Sequence[Key]]:
         yield keys[i : i + CHUNK]
 
 
+def _summaries(conn: psycopg.Connection) -> dict[str, tuple[int, dict]]:
+    """table name -> (table id, summary)."""
+    if _first_format(conn):
+        rows = conn.execute(
+            sql.SQL(
+                "select l.table_name, n.id, l.rows, l.hash_sum, l.signature from safesync.content_ledger as l "
+                "join ({}) as n on n.table_name = l.table_name where l.state = 'summary'"
+            ).format(_FIRST_FORMAT_IDS)
+        ).fetchall()
+        return {name: (i, {"table": name, "rows": n, "hash_sum": int(total), "signature": sig}) for name, i, n, total, sig in rows}
+    return {row[1]["table"]: (-1 - row[0], row[1]) for row in conn.execute("select entry, summary from safesync.content_ledger where entry < 0")}
+
+
 def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef, TableLedger]:
     """The ledger's view of every table: status, the entries of the rows
     that differ, and whether the entries of the equal rows are current."""
     if not exists(conn):
         return {d.spec.table: TableLedger("none") for d in diffs}
+    summaries = _summaries(conn)
+    first = _first_format(conn)
     out = {}
     for diff in diffs:
         spec = diff.spec
-        summary = conn.execute(
-            "select rows, hash_sum, signature from safesync.content_ledger where table_name = %s and row_key = %s::text[]",
-            [str(spec.table), SUMMARY_KEY],
-        ).fetchone()
-        if summary is None:
+        found = summaries.get(str(spec.table))
+        if found is None:
             out[spec.table] = TableLedger("none")
             continue
-        if summary[2] != signature(spec):
-            out[spec.table] = TableLedger("stale")
+        table_id, summary = found
+        if summary["signature"] != signature(spec):
+            out[spec.table] = TableLedger("stale", table_id=table_id)
             continue
         keys = sorted({*diff.new, *diff.changed, *diff.extra})
-        entries: dict[Key, Entry] = {}
-        for chunk in _chunks(keys):
-            rel, params = _keys_join(spec, chunk)
-            # one index lookup per key (LIMIT keeps the subquery from being flattened into a hash join over the whole ledger)
-            query = sql.SQL(
-                "select l.row_key, l.state, l.row_hash, l.declined_hash from {} cross join lateral "
-                "(select * from safesync.content_ledger as l where l.table_name = %s and l.row_key = u.k limit 1) as l"
-            ).format(rel)
-            for key, state, row_hash, declined in conn.execute(query, [*params, str(spec.table)]):
-                entries[tuple(key)] = Entry(state, row_hash, declined)
-        ledger = TableLedger("ok", entries, summary[0], int(summary[1]))
+        entries = _entries_first_format(conn, spec, keys) if first else _entries(conn, spec, table_id, keys)
+        ledger = TableLedger("ok", entries, summary["rows"], int(summary["hash_sum"]), table_id=table_id)
         ledger.consistent = _consistent(diff, ledger)
         out[spec.table] = ledger
     return out
+
+
+def _entries(conn: psycopg.Connection, spec: TableSpec, table_id: int, keys: Sequence[Key]) -> dict[Key, Entry]:
+    entries: dict[Key, Entry] = {}
+    for chunk in _chunks(keys):
+        rel, params = _keys_join(spec, chunk)
+        query = sql.SQL(
+            "select u.i, l.kept, l.row_hash, l.declined_hash from {} join safesync.content_ledger as l on l.entry = {}"
+        ).format(rel, _entry(table_id, sql.SQL("u.v")))
+        with _index_lookups(conn):
+            for i, kept, row_hash, declined in conn.execute(query, params):
+                entries[chunk[i - 1]] = Entry("kept" if kept else "synced", row_hash, declined)
+    return entries
+
+
+def _entries_first_format(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> dict[Key, Entry]:
+    """Entries of a ledger of the first format (read by compare and dry-run;
+    a sync migrates the ledger before it writes)."""
+    entries: dict[Key, Entry] = {}
+    for chunk in _chunks(keys):
+        arrays = [[k[i] for k in chunk] for i in range(len(spec.key))]
+        rel = sql.SQL("(select array[{}]::text[] as k from unnest({}) as x({})) as u").format(
+            sql.SQL(", ").join(sql.Identifier("x", f"c{i}") for i in range(len(spec.key))),
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in spec.key),
+            sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(spec.key))),
+        )
+        query = sql.SQL(
+            "select l.row_key, l.state, l.row_hash, l.declined_hash from {} join safesync.content_ledger as l "
+            "on l.table_name = %s and l.row_key = u.k"
+        ).format(rel)
+        with _index_lookups(conn):
+            for key, state, row_hash, declined in conn.execute(query, [*arrays, str(spec.table)]):
+                entries[tuple(key)] = Entry(state, row_hash, declined)
+    return entries
 
 
 def _consistent(diff: TableDiff, ledger: TableLedger) -> bool:
@@ -193,75 +342,63 @@ class LedgerWrites:
 
 
 def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes: LedgerWrites, unresolved: Sequence[Key]) -> dict:
-    """Record one table's decisions. ``unresolved``: keys whose rows still
-    differ after the sync (never recorded as synced by a re-seed). Returns
-    what was done, for the report."""
+    """Record one table's decisions (the ledger exists in today's format:
+    ``ensure`` ran). ``unresolved``: keys whose rows still differ after the
+    sync (never recorded as synced by a re-seed). Returns what was done,
+    for the report."""
     name = str(spec.table)
+    table_id = ledger.table_id if ledger.table_id is not None else _new_table_id(conn)
     done = {"entries_written": len(writes.synced) + len(writes.kept), "entries_removed": len(writes.removed), "reseeded": 0}
     if writes.reseed:
         keep = list(ledger.entries) if ledger.usable else []
-        _reseed(conn, spec, keep, sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed}))
+        _reseed(conn, spec, table_id, keep, sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed}))
     entries = dict(ledger.entries) if ledger.usable else {}
     for key in writes.removed:
         entries.pop(key, None)
     for chunk in _chunks(list(writes.removed)):
         rel, params = _keys_join(spec, chunk)
         with _index_lookups(conn):
-            conn.execute(
-                sql.SQL("delete from safesync.content_ledger as l using {} where l.table_name = %s and l.row_key = u.k").format(rel),
-                [*params, name],
-            )
-    rows: list[tuple[Key, str, int | None, int | None]] = [(k, "synced", h, None) for k, h in writes.synced.items()]
-    rows += [(k, "kept", t, s) for k, (t, s) in writes.kept.items()]
-    # keys with an entry: updated in place; others inserted (cheaper than an upsert's speculative insertion)
-    known = set(ledger.entries) if ledger.usable and not writes.reseed else set()
+            conn.execute(sql.SQL("delete from safesync.content_ledger as l using {} where l.entry = {}").format(rel, _entry(table_id, sql.SQL("u.v"))), params)
+    rows: list[tuple[Key, bool | None, int | None, int | None]] = [(k, None, h, None) for k, h in writes.synced.items()]
+    rows += [(k, True, t, s) for k, (t, s) in writes.kept.items()]
     for i in range(0, len(rows), CHUNK):
-        part = rows[i : i + CHUNK]
-        for update, group in ((True, [r for r in part if r[0] in known]), (False, [r for r in part if r[0] not in known])):
-            if group:
-                _store(conn, spec, group, update)
-    for key, state, h, d in rows:
-        entries[key] = Entry(state, h, d)
+        _store(conn, spec, table_id, rows[i : i + CHUNK])
+    for key, kept, h, d in rows:
+        entries[key] = Entry("kept" if kept else "synced", h, d)
     if writes.reseed:
+        low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
         count, total = conn.execute(
-            "select count(*), coalesce(sum(row_hash), 0) from safesync.content_ledger where table_name = %s and state <> 'summary'",
-            [name],
+            "select count(*), coalesce(sum(row_hash), 0) from safesync.content_ledger where entry between %s and %s", [low, high]
         ).fetchone()
         done["reseeded"] = count
     else:  # the entries of every other row are unchanged: adjust the summary by the difference
         before = ledger.entries
         count = ledger.rows + len(entries) - len(before)
         total = ledger.hash_sum + sum(e.row_hash or 0 for e in entries.values()) - sum(e.row_hash or 0 for e in before.values())
+    summary = {"table": name, "rows": count, "hash_sum": int(total), "signature": signature(spec)}
     conn.execute(
-        "insert into safesync.content_ledger (table_name, row_key, state, rows, hash_sum, signature) "
-        "values (%s, %s::text[], 'summary', %s, %s, %s) on conflict (table_name, row_key) do update "
-        "set rows = excluded.rows, hash_sum = excluded.hash_sum, signature = excluded.signature, updated_at = now()",
-        [name, SUMMARY_KEY, count, total, signature(spec)],
+        "insert into safesync.content_ledger (entry, summary) values (%s, %s) on conflict (entry) do update set summary = excluded.summary",
+        [-1 - table_id, psycopg.types.json.Jsonb(summary)],
     )
     return done
 
 
-def _store(conn: psycopg.Connection, spec: TableSpec, rows: list[tuple[Key, str, int | None, int | None]], update: bool) -> None:
-    rel, params = _keys_join(
-        spec, [r[0] for r in rows], {"state": [r[1] for r in rows], "h": [r[2] for r in rows], "d": [r[3] for r in rows]}
-    )
-    if update:
-        with _index_lookups(conn):
-            conn.execute(
-                sql.SQL(
-                    "update safesync.content_ledger as l set state = u.state, row_hash = u.h, declined_hash = u.d, updated_at = now() "
-                    "from {} where l.table_name = %s and l.row_key = u.k"
-                ).format(rel),
-                [*params, str(spec.table)],
-            )
-        return
+def _new_table_id(conn: psycopg.Connection) -> int:
+    used = conn.execute("select coalesce(max(-1 - entry), -1) from safesync.content_ledger where entry < 0").fetchone()[0]
+    if used + 1 >= MAX_TABLES:
+        raise ConfigError(f"the content ledger tracks at most {MAX_TABLES} tables")
+    return used + 1
+
+
+def _store(conn: psycopg.Connection, spec: TableSpec, table_id: int, rows: list[tuple[Key, bool | None, int | None, int | None]]) -> None:
+    rel, params = _keys_join(spec, [r[0] for r in rows], {"kept": [r[1] for r in rows], "h": [r[2] for r in rows], "d": [r[3] for r in rows]})
     conn.execute(
         sql.SQL(
-            "insert into safesync.content_ledger as l (table_name, row_key, state, row_hash, declined_hash) "
-            "select %s, u.k, u.state, u.h, u.d from {} on conflict (table_name, row_key) do update "
-            "set state = excluded.state, row_hash = excluded.row_hash, declined_hash = excluded.declined_hash, updated_at = now()"
-        ).format(rel),
-        [str(spec.table), *params],
+            "insert into safesync.content_ledger as l (entry, row_hash, kept, declined_hash) "
+            "select distinct on (1) {}, u.h, u.kept, u.d from {} order by 1, u.i desc on conflict (entry) do update "
+            "set row_hash = excluded.row_hash, kept = excluded.kept, declined_hash = excluded.declined_hash"
+        ).format(_entry(table_id, sql.SQL("u.v")), rel),
+        params,
     )
 
 
@@ -276,33 +413,36 @@ def _index_lookups(conn: psycopg.Connection) -> Iterator[None]:
         conn.execute("reset enable_hashjoin; reset enable_mergejoin")
 
 
-def _reseed(conn: psycopg.Connection, spec: TableSpec, keep: Sequence[Key], skip: Sequence[Key]) -> None:
-    """Replace the table's entries by one ``synced`` entry per target row
-    (hashed in SQL on the target) except the ``skip`` keys, keeping the
-    entries of ``keep`` (rows decided about individually)."""
-    name = str(spec.table)
+def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequence[Key], skip: Sequence[Key]) -> None:
+    """Replace the table's entries by one entry per target row (hashed in
+    SQL on the target) except the ``skip`` keys, keeping the entries of
+    ``keep`` (rows decided about individually)."""
+    low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
     if keep:
         rel, params = _keys_join(spec, keep)
         conn.execute(
             sql.SQL(
-                "delete from safesync.content_ledger as l where l.table_name = %s and l.state <> 'summary' "
-                "and not exists (select from {} where u.k = l.row_key)"
-            ).format(rel),
-            [name, *params],
+                "delete from safesync.content_ledger as l where l.entry between %s and %s "
+                "and not exists (select from {} where {} = l.entry)"
+            ).format(rel, _entry(table_id, sql.SQL("u.v"))),
+            [low, high, *params],
         )
     else:
-        conn.execute("delete from safesync.content_ledger where table_name = %s and state <> 'summary'", [name])
-    key_array = sql.SQL("array[{}]::text[]").format(rowhash.key_text(spec))
+        conn.execute("delete from safesync.content_ledger where entry between %s and %s", [low, high])
     if skip:
         skipped, params = rowhash.keys_relation(spec, skip)
-        exclude = sql.SQL("where not exists (select from {} where {})").format(skipped, rowhash.keys_match(spec))
+        exclude = [sql.SQL("not exists (select from {} where {})").format(skipped, rowhash.keys_match(spec))]
     else:
-        exclude, params = sql.SQL(""), []
-    conn.execute(
-        sql.SQL(
-            "insert into safesync.content_ledger (table_name, row_key, state, row_hash) "
-            "select %s, {key}, 'synced', {h} from {rel} {exclude} "
-            "on conflict (table_name, row_key) do nothing"
-        ).format(key=key_array, h=rowhash.row_hash(spec), rel=rowhash.relation(spec), exclude=exclude),
-        [name, *params],
+        exclude, params = [], []
+    entry = _entry(table_id, _row_key_value(spec))
+    if keep:  # entries kept above: not inserted again
+        exclude.append(sql.SQL("not exists (select from safesync.content_ledger as l where l.entry = {})").format(entry))
+    insert = sql.SQL("insert into safesync.content_ledger (entry, row_hash) select {entry}, {h} from {rel} {where}").format(
+        entry=entry, h=rowhash.row_hash(spec), rel=rowhash.relation(spec),
+        where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
+    try:
+        with conn.transaction():  # a plain insert: twice as fast as ON CONFLICT's speculative insertion of every row
+            conn.execute(insert, params)
+    except psycopg.errors.UniqueViolation:  # two keys whose hashes share an entry: keep one
+        conn.execute(insert + sql.SQL(" on conflict (entry) do nothing"), params)
