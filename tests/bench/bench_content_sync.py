@@ -16,14 +16,29 @@ Rows, each with the naive baseline measured in the same run:
   the ledger was seeded by a first sync, timed in its own row.
 
 Bytes are counted by the proxy (both directions, all connections) on the
-capped runs; the same bytes cross loopback. ``BENCH_CS_ROWS`` shrinks the
-table for a quick look.
+capped runs; the same bytes cross loopback. Every compare and sync row also
+reports what it costs the servers: temp file bytes written on source and
+target (``pg_stat_database.temp_bytes`` before/after; the target is 0),
+bytes on the wire per table row, and the ledger's size per content row and
+against the table it tracks. Then the table grows to ``BENCH_CS_BIG_ROWS``
+rows (default 3M; 0 skips) and compare runs again, identical and 1 %
+changed: temp bytes, bytes per row and the process's peak memory must not
+grow with it.
+
+data-diff (``data-diff``, or the path in ``BENCH_DATA_DIFF``) runs beside
+each compare where it is installed — it cannot share this project's
+environment (it pins pydantic 1 and dbt-core), so install it into a venv of
+its own: ``pip install --no-deps data-diff==0.11.2`` plus its requirements
+and ``psycopg2-binary``. ``BENCH_CS_ROWS`` shrinks the table for a quick
+look.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import shutil
+import subprocess
 import tempfile
 import textwrap
 import threading
@@ -39,7 +54,9 @@ from tests.bench.throttle_proxy import ThrottleProxy
 from tests.fixtures.lms import LMS_CONTENT, create_lms, lms_config_toml
 
 ROWS = int(os.environ.get("BENCH_CS_ROWS", 1_000_000))
+BIG_ROWS = int(os.environ.get("BENCH_CS_BIG_ROWS", 3_000_000))
 RATE = 20e6  # bytes/s per direction
+DATA_DIFF = os.environ.get("BENCH_DATA_DIFF") or shutil.which("data-diff")
 
 BULK = """
 insert into lessons (id, course_id, position, title, body, duration_minutes, video_url, quiz, updated_at)
@@ -50,6 +67,40 @@ select g, 1 + g % 5, g % 8, 'Lesson ' || g || ' — 日本語のレッスン',
        timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute'
 from generate_series(41, {rows}) g
 """
+
+
+def _temp_bytes(pg: EmbeddedPostgres) -> dict[str, int]:
+    """Temp file bytes each database wrote so far, once the backends of
+    the last run have gone (a backend flushes its statistics as it exits)."""
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        for _ in range(200):
+            if not conn.execute("select count(*) from pg_stat_activity where datname in ('src', 'tgt')").fetchone()[0]:
+                break
+            time.sleep(0.05)
+        conn.execute("select pg_stat_clear_snapshot()")
+        return dict(conn.execute("select datname, temp_bytes from pg_stat_database where datname in ('src', 'tgt')").fetchall())
+
+
+def _temp_delta(before: dict[str, int], after: dict[str, int]) -> str:
+    return f"src {after['src'] - before['src']:,} B, tgt {after['tgt'] - before['tgt']:,} B"
+
+
+def _data_diff(src: str, tgt: str) -> float | None:
+    """data-diff on lessons (every column), or None where it is not installed."""
+    if not DATA_DIFF:
+        return None
+    urls = [url.replace("postgres@", "postgres:unused@") for url in (src, tgt)]  # it insists on a password; trust auth ignores it
+    start = time.perf_counter()
+    subprocess.run([DATA_DIFF, urls[0], "lessons", urls[1], "lessons", "-k", "id", "-c", "%"], check=True, capture_output=True, timeout=3600)
+    return round(time.perf_counter() - start, 3)
+
+
+def _ledger_size(tgt: str) -> dict:
+    with psycopg.connect(tgt) as conn:
+        ledger, table, rows = conn.execute(
+            "select pg_total_relation_size('safesync.content_ledger'), pg_total_relation_size('lessons'), (select count(*) from lessons)"
+        ).fetchone()
+    return {"ledger_bytes": ledger, "ledger_bytes_per_row": round(ledger / rows, 1), "ledger_vs_table": round(ledger / table, 3)}
 
 
 def _peak_rss_mb() -> float:
@@ -195,6 +246,9 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
             "name": f"first sync: ledger seeded ({first['details']['ledger']['lessons']['reseeded']:,} lessons), loopback",
             "wall_s": wall,
             "peak_rss_mb": _peak_rss_mb(),
+            "seeding_s": first["timings"].get("ledger_s"),
+            "target": "ledger ≤ 0.25× the table, seeding ≤ 2 s",
+            **_ledger_size(tgt),
             "note": "; ".join(f"{k}={v}" for k, v in first["timings"].items()),
         }
     )
@@ -211,8 +265,11 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
             naive_s = _timed(lambda: _stream_both(s, t))
             naive_bytes = proxy.bytes_total
             proxy.reset_counters()
+            temp_before = _temp_bytes(pg)
             ours_s = _timed(lambda: _ours(settings, "compare"))
             ours_bytes = proxy.bytes_total
+            temp = _temp_delta(temp_before, _temp_bytes(pg))
+            data_diff_s = _data_diff(s, t)
             speedup = round(naive_s / ours_s, 1)
             target = "≥ 10× faster" if capped else "≤ streaming both (≥ 1×)"
             rows.append(
@@ -226,6 +283,9 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
                     "target": target,
                     "met": speedup >= (10 if capped else 1),
                     "peak_rss_mb": _peak_rss_mb(),
+                    "temp_bytes": temp,
+                    "wire_bytes_per_row": round(ours_bytes / ROWS, 3) if capped else None,
+                    "data_diff_s": data_diff_s,
                 }
             )
 
@@ -237,7 +297,12 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
             naive_bytes = proxy.bytes_total
             _vacuum(pg)
             proxy.reset_counters()
-            result = {}
+            result, compared = {}, {}
+            temp_before = _temp_bytes(pg)
+            compare_s = _timed(lambda: compared.update(_ours(settings, "compare")))
+            temp = _temp_delta(temp_before, _temp_bytes(pg))
+            data_diff_s = _data_diff(s, t)
+            proxy.reset_counters()
             ours_s = _timed(lambda: result.update(_ours(settings, "sync")))
             ours_bytes = proxy.bytes_total
             written = sum(r.get("written", 0) for r in result["tables"]["tables"])
@@ -254,11 +319,17 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
                     "target": "≥ 5× faster" if capped else "≤ 0.25× naive",
                     "met": (naive_s / ours_s >= 5) if capped else share <= 0.25,
                     "peak_rss_mb": _peak_rss_mb(),
+                    "compare_s": compare_s,
+                    "compare_temp_bytes": temp,
+                    "data_diff_s": data_diff_s,
+                    **_ledger_size(tgt),
                     "note": "; ".join(f"{k}={v}" for k, v in result["timings"].items()),
                 }
             )
     finally:
         proxy.stop()
+    if BIG_ROWS > ROWS:
+        rows += _grown(pg, tmp, src, tgt)
 
     # the whole job once more, with its presync backup (loopback)
     from safesync.functions.content_sync import content_sync
@@ -276,3 +347,37 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
         }
     )
     return rows
+
+
+def _grown(pg: EmbeddedPostgres, tmp: Path, src: str, tgt: str) -> list[dict]:
+    """Compare costs at BIG_ROWS rows (loopback, through an uncapped proxy
+    that counts bytes): identical, then 1 % changed."""
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(BULK.replace("generate_series(41, {rows})", "generate_series({start}, {rows})").format(start=ROWS + 1, rows=BIG_ROWS))
+            conn.execute("vacuum analyze lessons")
+    out = []
+    proxy = ThrottleProxy(pg.port, None).start()
+    try:
+        settings = _settings(tmp, _via(src, proxy.port), _via(tgt, proxy.port))
+        for label in ("identical", "1% changed"):
+            if label != "identical":
+                with psycopg.connect(src) as conn:
+                    conn.execute("update lessons set title = title || ' (big)' where id % 100 = 9")
+                _vacuum(pg)
+            proxy.reset_counters()
+            temp_before = _temp_bytes(pg)
+            wall = _timed(lambda: _ours(settings, "compare"))
+            out.append(
+                {
+                    "name": f"compare {label}, {BIG_ROWS:,} lessons, loopback",
+                    "wall_s": wall,
+                    "peak_rss_mb": _peak_rss_mb(),
+                    "temp_bytes": _temp_delta(temp_before, _temp_bytes(pg)),
+                    "wire_bytes_per_row": round(proxy.bytes_total / BIG_ROWS, 3),
+                    "target": "no temp files; identical ≤ 1 byte/row",
+                }
+            )
+    finally:
+        proxy.stop()
+    return out
