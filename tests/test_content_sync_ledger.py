@@ -450,7 +450,7 @@ def test_a_ledger_of_the_first_format_is_read_then_migrated_in_place_keeping_its
 
 def test_keys_sharing_an_entry_cost_a_reseed_never_a_silent_overwrite(lms, monkeypatch):
     """With 4-bit key values nearly every key shares its entry with others
-    (with 54 bits, about one table in 30,000 at a million hashed keys): the
+    (with 54 bits, about one table in 36,000 at a million hashed keys): the
     seed keeps one entry per value, the summary never matches so every sync
     re-seeds, and a row judged against another's ancestor is a (needless)
     conflict — never a production edit overwritten."""

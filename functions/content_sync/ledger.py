@@ -24,7 +24,7 @@ copy of any key or value:
   were computed under.
 
 Two keys of one table that hash alike share an entry (about one table in
-30,000 at a million hashed keys): the summary then never matches, so that
+36,000 at a million hashed keys): the summary then never matches, so that
 table is re-seeded on every sync and its two rows are judged against one
 ancestor — a needless conflict at worst, never a silent overwrite (that
 would take a 64-bit row-hash collision on top).
