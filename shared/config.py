@@ -50,6 +50,30 @@ class StorageSection(_Section):
         return v
 
 
+# `backup.compress`: a method with an optional level, as pg_dump 16 spells it.
+_COMPRESS = re.compile(r"(?P<method>zstd|gzip|none|auto)(?::(?P<level>\d{1,2}))?")
+_LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}  # (lowest, highest, pg_dump's default)
+
+
+def normalize_compress(text: str) -> str:
+    """``"auto"``, ``"none"`` or ``"<method>:<level>"`` (a bare method gets
+    pg_dump's default level); ValueError naming what is accepted."""
+    match = _COMPRESS.fullmatch(text.strip().lower())
+    accepted = 'use "auto", "zstd:1".."zstd:22", "gzip:1".."gzip:9" or "none"'
+    if not match:
+        raise ValueError(f"{text!r} is not a compression; {accepted}")
+    method, level = match["method"], match["level"]
+    if method in ("auto", "none"):
+        if level is not None:
+            raise ValueError(f"{text!r}: {method} takes no level; {accepted}")
+        return method
+    low, high, default = _LEVELS[method]
+    number = default if level is None else int(level)
+    if not low <= number <= high:
+        raise ValueError(f"{text!r}: {method} levels are {low}..{high}; {accepted}")
+    return f"{method}:{number}"
+
+
 class BackupSection(_Section):
     databases: list[str] = Field(default_factory=lambda: ["prod"])
     keep_daily: int = Field(7, ge=0)
@@ -59,8 +83,27 @@ class BackupSection(_Section):
     # the last N backups of EACH event kind (presync, premigrate, safety): undo points
     keep_event: int = Field(10, ge=0)
     incomplete_grace_hours: float = Field(6, ge=0)
-    compress_level: int = Field(6, ge=0, le=9)
+    # "auto": zstd:1 when the chosen pg_dump has zstd (PostgreSQL 16+ built
+    # with it), else gzip:1 — both measured fastest and zstd:1 smallest.
+    compress: str | None = None
+    compress_level: int | None = Field(None, ge=0, le=9)  # the old key: gzip level N (0: none)
     prune_after_create: bool = True
+
+    _compress = field_validator("compress")(classmethod(lambda cls, v: None if v is None else normalize_compress(v)))
+
+    @model_validator(mode="after")
+    def _one_compression(self) -> "BackupSection":
+        if self.compress is not None and self.compress_level is not None:
+            raise ValueError("set backup.compress or the old backup.compress_level, not both")
+        return self
+
+    @property
+    def compression(self) -> str:
+        """What was asked for, normalized: ``auto``, ``none`` or ``method:level``
+        (the old ``compress_level = N`` is ``gzip:N``, 0 is ``none``)."""
+        if self.compress_level is not None:
+            return f"gzip:{self.compress_level}" if self.compress_level else "none"
+        return self.compress or "auto"
 
 
 class TableOptions(_Section):

