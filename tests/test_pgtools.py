@@ -155,3 +155,23 @@ def test_a_bundle_is_unpacked_once_and_atomically(tmp_path: Path) -> None:
     assert first == archive.parent / source.name and (first / "bin" / "pg_dump").is_file()
     assert pgtools._unpacked(archive) == first
     assert sorted(p.name for p in archive.parent.iterdir()) == sorted([archive.name, source.name])  # no scratch folder left
+
+
+def test_our_sessions_and_our_clients_run_without_jit(pg_server, make_db) -> None:
+    """JIT compiles catalog queries for seconds on stock servers (see
+    shared.db): our own connections and every client we start have it off."""
+    import subprocess
+
+    import psycopg
+
+    from safesync.shared.db import connect
+
+    url = make_db()
+    with connect(url) as conn:
+        assert conn.execute("show jit").fetchone()[0] == "off"
+    conninfo, env = pgtools.libpq_target(url)
+    psql = pgtools.find_tool("psql", at_least=16)
+    shown = subprocess.run([str(psql.path), "-XAtc", "show jit", "--dbname", conninfo], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "off"
+    with psycopg.connect(url) as plain:  # the server's own default is on: the setting is ours
+        assert plain.execute("show jit").fetchone()[0] == "on"
