@@ -16,27 +16,14 @@ import os
 import sys
 from typing import Any, Sequence
 
+from safesync.functions import registry
 from safesync.shared.errors import SafesyncError
 from safesync.shared.log import redact, redact_obj
 from safesync.shared.runner import Answer
 
-# command -> module that registers it (help order). Modules are imported only
-# for the command being run (all of them for --help), so one job's imports
-# never slow down or break another's command.
-COMMANDS: dict[str, str] = {
-    "backup": "backup",
-    "content": "content_sync",
-    "staging": "staging_clone",
-    "validate": "validate",
-    "calendar": "calendar",
-    "migrate": "migrate",
-    "status": "status",
-    "doctor": "doctor",
-    "schedules": "schedules",
-    "roles": "roles",
-    "serve": "serve",
-    "demo": "demo",
-}
+# Modules are imported only for the command being run (all of them for
+# --help), so one job's imports never slow down or break another's command.
+COMMANDS = registry.COMMANDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,13 +64,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         if wanted is not None and command != wanted:
             sub.add_parser(command)  # a name only: not the one being run
             continue
-        try:
-            module = importlib.import_module(f"safesync.functions.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"safesync.functions.{module_name}":
-                raise
-            continue  # a command whose module has not landed yet
-        module.register_cli(sub, parent)
+        importlib.import_module(f"safesync.functions.{module_name}").register_cli(sub, parent)
     return parser
 
 

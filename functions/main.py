@@ -12,34 +12,23 @@ import importlib
 
 import functions_framework
 
+from safesync.functions import registry
 from safesync.shared.http import Call, google_channel_principal, serve
 
-TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify")
-
-# target -> (job module, its handler, HTTP methods, Vercel webhooks accepted)
-_ROUTES: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
-    "backup": ("backup", "handle_http", ("POST",), True),
-    "content_sync": ("content_sync", "handle_http", ("POST",), False),
-    "staging_clone": ("staging_clone", "handle_http", ("POST",), False),
-    "validate": ("validate", "handle_http", ("POST",), False),
-    "calendar_sync": ("calendar", "handle_http", ("GET", "POST"), False),
-    "status": ("status", "handle_http", ("GET", "POST"), False),
-    "migrate": ("migrate", "handle_http", ("POST",), False),
-    "calendar_notify": ("calendar", "handle_notify_call", ("POST",), False),
-}
+TARGETS = registry.TARGETS
 
 
 def _dispatch(target: str, request):
-    module_name, function, methods, vercel = _ROUTES[target]
+    entry = registry.ROUTES[target]
 
     def handler(call: Call):
-        module = importlib.import_module(f"safesync.functions.{module_name}")
-        return getattr(module, function)(call)
+        module = importlib.import_module(f"safesync.functions.{entry.module}")
+        return getattr(module, entry.handler)(call)
 
     # Google's push notifications carry a channel token instead of our
     # credentials; the calendar job verifies it against the channels it opened.
     auth = google_channel_principal if target == "calendar_notify" else None
-    return serve(request, target, handler, methods=methods, allow_vercel=vercel, authenticate_with=auth)
+    return serve(request, target, handler, methods=entry.methods, allow_vercel=entry.vercel, authenticate_with=auth)
 
 
 @functions_framework.http

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from safesync.functions import registry
 from safesync.shared.config import Settings
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import redact
@@ -33,9 +34,7 @@ from safesync.shared.runner import Answer, execute
 
 DEFAULT_FILE = "infra/schedules.toml"
 ID_PREFIX = "safesync-"
-# The HTTP targets a schedule may call (functions/main.py TARGETS; not
-# imported from there to keep functions_framework out of the CLI's imports).
-TARGETS = ("backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify")
+TARGETS = registry.TARGETS  # the HTTP targets a schedule may call
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # fullmatch

@@ -40,3 +40,22 @@ def test_wheel_has_every_module(tmp_path) -> None:
             rel = source.relative_to(ROOT / folder)
             assert "/".join([*package.split("."), *rel.parts]) in names, source
     assert not any(n.startswith(("shared/", "functions/")) for n in names)
+
+
+def test_every_registered_module_ships_and_answers() -> None:
+    """The registry names only modules the wheel carries, each with what the
+    registry says it has: a CLI registration, an HTTP handler."""
+    import importlib
+
+    from safesync.functions import registry
+
+    for entry in registry.ENTRIES:
+        module = importlib.import_module(f"safesync.functions.{entry.module}")
+        path = Path(module.__file__).relative_to(ROOT / "functions")
+        assert path.parts[-1] in ("__init__.py", f"{entry.module}.py"), entry
+        if entry.cli:
+            assert callable(getattr(module, "register_cli", None)), entry
+        if entry.target:
+            assert callable(getattr(module, entry.handler, None)), entry
+    assert len(set(registry.TARGETS)) == len([e for e in registry.ENTRIES if e.target])
+    assert len(registry.COMMANDS) == len([e for e in registry.ENTRIES if e.cli])

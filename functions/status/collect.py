@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 from itertools import groupby
 from typing import Any, Callable, Iterator
 
+from safesync.functions import registry
 from safesync.shared import notify
 from safesync.shared.config import Settings
 from safesync.shared.errors import SafesyncError
 from safesync.shared.log import redact
 
-JOBS = ("backup", "content_sync", "staging_clone", "validate", "calendar", "migrate", "doctor")
 STALE_BACKUP_H = 26
 SYNC_LOOKBACK = 50  # reports read to find the last content sync among compares and dry-runs
 
@@ -44,7 +44,7 @@ def _newest_first(settings: Settings, job: str, limit: int) -> Iterator[dict[str
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
     """The newest stored report of each job."""
     rows = []
-    for job in JOBS:
+    for job in registry.RUN_FOLDERS:
         latest = next(_newest_first(settings, job, SYNC_LOOKBACK), None)
         if latest is None:
             continue

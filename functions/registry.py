@@ -1,0 +1,53 @@
+"""The one table of what safesync runs: HTTP targets, CLI words, run folders.
+
+``main`` (the functions-framework targets), ``cli`` (its commands),
+``serve``, ``schedules`` (which targets a schedule may call) and ``status``
+(whose runs it reads) all read this table, and the packaging test checks
+every module named here ships. It imports nothing, so the CLI and a cold
+HTTP start pay nothing for it and no job's imports can break another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job module and the ways it is reached.
+
+    ``module`` is the package under ``safesync.functions``; ``target`` the
+    HTTP target (also the Cloud Run service name) and ``handler`` the module
+    function that answers it; ``cli`` the command word; ``runs`` the folder
+    under ``runs/`` its stored reports go to (the report's ``job``).
+    """
+
+    module: str
+    target: str | None = None
+    handler: str = "handle_http"
+    methods: tuple[str, ...] = ("POST",)
+    vercel: bool = False  # Vercel deploy webhooks accepted
+    cli: str | None = None
+    runs: str | None = None
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("backup", target="backup", vercel=True, cli="backup", runs="backup"),
+    Entry("content_sync", target="content_sync", cli="content", runs="content_sync"),
+    Entry("staging_clone", target="staging_clone", cli="staging", runs="staging_clone"),
+    Entry("validate", target="validate", cli="validate", runs="validate"),
+    Entry("calendar", target="calendar_sync", methods=("GET", "POST"), cli="calendar", runs="calendar"),
+    Entry("status", target="status", methods=("GET", "POST"), cli="status"),
+    Entry("migrate", target="migrate", cli="migrate", runs="migrate"),
+    Entry("calendar", target="calendar_notify", handler="handle_notify_call"),
+    Entry("doctor", cli="doctor", runs="doctor"),
+    Entry("schedules", cli="schedules"),
+    Entry("roles", cli="roles"),
+    Entry("serve", cli="serve"),
+    Entry("demo", cli="demo"),
+)
+
+ROUTES: dict[str, Entry] = {e.target: e for e in ENTRIES if e.target}
+TARGETS: tuple[str, ...] = tuple(ROUTES)
+COMMANDS: dict[str, str] = {e.cli: e.module for e in ENTRIES if e.cli}  # command -> module, help order
+RUN_FOLDERS: tuple[str, ...] = tuple(e.runs for e in ENTRIES if e.runs)
