@@ -14,22 +14,18 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Callable
 
-from . import notify
+from . import notify, runs
 from .config import Settings
 from .db import connect
 from .errors import SafesyncError, StorageError
 from .delivery import Delivery
 from .locks import JobLock, begin_delivery, ensure_schema, finish_delivery, stored_delivery
-from .log import get_logger, redact, redact_obj, run_id_var
-from .report import Answer, Report, stamp
+from .log import get_logger, redact, run_id_var
+from .report import Answer, Report
 
 log = get_logger("runner")
 
 JobFn = Callable[[Report], Report | None]
-
-
-def run_key(report: Report) -> str:
-    return f"runs/{report.job}/{stamp(report.started_at)}-{report.run_id}.json"
 
 
 def check_storage(settings: Settings, run_id: str) -> None:
@@ -45,7 +41,7 @@ def check_storage(settings: Settings, run_id: str) -> None:
 
 def _store(settings: Settings, report: Report) -> None:
     try:
-        settings.storage.put_json(run_key(report), redact_obj(report.to_dict()))
+        runs.store(settings, report)
     except Exception as exc:  # the run itself already happened; say so, don't mask it
         report.warnings.append(f"run report not stored: {redact(str(exc))}")
         log.warning("run report not stored", error=redact(str(exc)))

@@ -23,13 +23,13 @@ report that proves the rehearsal is the one people read.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
 
-from safesync.shared import preflight
+from safesync.shared import preflight, runs
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, list_tables
 from safesync.shared.errors import ConfigError, Refused
@@ -179,20 +179,13 @@ def describe_outcome(report: Report, outcome: migration.Outcome) -> None:
 # --- the rehearsal record ------------------------------------------------------------
 
 
-def _stamp_of(key: str) -> datetime | None:
-    try:
-        return datetime.strptime(key.rsplit("/", 1)[-1][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
 def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict[str, Any] | None:
     """The newest stored rehearsal of exactly this plan that passed within
     ``max_age_minutes``. Reads newest first and stops at runs started a day
     before that (a rehearsal that long would not be "fresh" anyway)."""
     oldest = utcnow() - timedelta(minutes=max_age_minutes)
-    for info in reversed(settings.storage.list("runs/migrate/")):
-        started = _stamp_of(info.key)
+    for info in reversed(runs.listing(settings, "migrate")):
+        started = info.started
         if started is not None and started < oldest - timedelta(days=1):
             break  # names sort by start time: everything before is older still
         try:

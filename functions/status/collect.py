@@ -18,11 +18,10 @@ per backup (a marker object records it): the only write.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from itertools import groupby
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from safesync.functions import registry
-from safesync.shared import notify
+from safesync.shared import notify, runs
 from safesync.shared.config import Settings
 from safesync.shared.errors import SafesyncError
 from safesync.shared.log import redact
@@ -31,21 +30,11 @@ STALE_BACKUP_H = 26
 SYNC_LOOKBACK = 50  # reports read to find the last content sync among compares and dry-runs
 
 
-def _newest_first(settings: Settings, job: str, limit: int) -> Iterator[dict[str, Any]]:
-    """Up to ``limit`` stored reports of ``job``, newest first, read lazily
-    (callers mostly stop at the first). Names sort by second; runs within
-    one second are told apart by their finish time."""
-    runs = settings.storage.list(f"runs/{job}/")[-limit:]
-    for _second, same in groupby(reversed(runs), key=lambda r: r.key.rsplit("/", 1)[-1].split("-", 1)[0]):
-        reports = [settings.storage.get_json(r.key) for r in same]
-        yield from sorted(reports, key=lambda report: str(report.get("finished_at") or ""), reverse=True)
-
-
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
     """The newest stored report of each job."""
     rows = []
     for job in registry.RUN_FOLDERS:
-        latest = next(_newest_first(settings, job, SYNC_LOOKBACK), None)
+        latest = next(runs.newest_first(settings, job, SYNC_LOOKBACK), None)
         if latest is None:
             continue
         rows.append(
@@ -63,7 +52,7 @@ def last_runs(settings: Settings) -> list[dict[str, Any]]:
 def last_content_sync(settings: Settings) -> dict[str, Any] | None:
     """The newest content sync that was meant to write (``sync``): per table
     rows written and deleted, and the conflicts it met."""
-    for report in _newest_first(settings, "content_sync", SYNC_LOOKBACK):
+    for report in runs.newest_first(settings, "content_sync", SYNC_LOOKBACK):
         if report.get("action") != "sync":
             continue
         tables = [t for t in (report.get("tables") or {}).get("tables") or [] if isinstance(t, dict)]
