@@ -296,5 +296,10 @@ def _die_with_parent() -> None:
 
 
 def spawn_client(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    """Start a client program that is killed if this process dies."""
+    """Start a client program that is killed if this process dies.
+
+    Every pg_dump, pg_restore and psql starts here: a killed job never leaves
+    a dump or restore running on its own. The kernel ties the signal to the
+    thread that starts the child, so start it from the thread that waits for it.
+    """
     return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, **kwargs)

@@ -1,7 +1,8 @@
 """Running pg_dump / pg_restore as child processes, safely.
 
 - Credentials reach the child as ``shared.pgtools.libpq_target`` prepares
-  them: never on a command line, in a minimal environment.
+  them: never on a command line, in a minimal environment; the child starts
+  through ``shared.pgtools.spawn_client``, so it dies with the job.
 - stderr is drained by a thread (a full stderr pipe would freeze the child)
   and only its tail is kept, redacted, for error messages.
 - Restores stream from storage into pg_restore's stdin while hashing, and
@@ -26,6 +27,7 @@ from psycopg import conninfo as pg_conninfo
 from safesync.shared.errors import JobFailed, Refused
 from safesync.shared.log import redact
 from safesync.shared.pgerrors import failure
+from safesync.shared.pgtools import spawn_client
 from safesync.shared.storage import Storage
 
 CHUNK = 1 << 20
@@ -41,9 +43,7 @@ class PgProcess:
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], *, stdin: int | None = None, stdout: int | None = None) -> None:
         self.tool = os.path.basename(argv[0])
-        self.proc = subprocess.Popen(
-            list(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd="/"
-        )
+        self.proc = spawn_client(list(argv), env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd="/")
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 _grow_pipe(pipe.fileno())
