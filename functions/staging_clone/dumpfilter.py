@@ -29,6 +29,7 @@ from typing import Callable
 
 HEADER = re.compile(rb"^-- (?:Data for )?Name: (.*); Type: (.*?); Schema: (.*?); Owner: (.*?)(?:; Tablespace: .*)?\n\Z")
 COPY_START = re.compile(rb"^COPY .* FROM stdin;\n\Z")
+COPY_FROM, COPY_FREEZE = b" FROM stdin;\n", b" FROM stdin WITH (FREEZE);\n"
 COPY_END = b"\n\\.\n"
 
 # Session settings pg_dump writes between entries (before the next header):
@@ -64,10 +65,20 @@ class Entry:
 
 class DumpFilter:
     """``feed(chunk) -> bytes`` passes the stream on without the entries for
-    which ``drop(entry)`` is true; ``finish()`` returns what is still held."""
+    which ``drop(entry)`` is true; ``finish()`` returns what is still held.
 
-    def __init__(self, drop: Callable[[Entry], bool]) -> None:
+    The ``COPY … FROM stdin;`` of a ``TABLE DATA`` entry for which
+    ``freeze(entry)`` is true becomes ``COPY … FROM stdin WITH (FREEZE);``:
+    rows of a table created in the same transaction are written frozen and
+    all-visible, so no later read (the clone's proof, the app's first
+    queries) rewrites every page to set hint bits, and no vacuum has to
+    freeze them. Only the statement line after the entry's header is
+    touched, never data."""
+
+    def __init__(self, drop: Callable[[Entry], bool], freeze: Callable[[Entry], bool] = lambda entry: False) -> None:
         self._drop = drop
+        self._freeze = freeze
+        self._entry: Entry | None = None  # the entry the stream is in
         self._held = b""  # an incomplete line (text mode) or the tail of copy data
         self._in_copy = False
         self._copy_fresh = False  # no copy data seen yet: "\\." may start right here
@@ -129,15 +140,19 @@ class DumpFilter:
     def _line(self, out: bytearray, line: bytes) -> None:
         if line.startswith(b"-- ") and (match := HEADER.match(line)):
             entry = Entry(*(part.decode("utf-8", errors="replace") for part in match.groups()))
+            self._entry = entry
             self._dropping = entry if self._drop(entry) else None
             self._in_statement = False
             if self._dropping is not None:
                 self.dropped.append(entry)
                 return
         if self._dropping is None:
-            out += line
             if COPY_START.match(line):
                 self._in_copy = self._copy_fresh = True
+                entry, self._entry = self._entry, None  # one COPY per TABLE DATA entry
+                if entry is not None and entry.type == "TABLE DATA" and self._freeze(entry):
+                    line = line[: -len(COPY_FROM)] + COPY_FREEZE
+            out += line
             return
         if not self._in_statement and line.startswith(SESSION_SETTINGS):
             out += line  # pg_dump sets these for the entries that follow

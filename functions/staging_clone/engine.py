@@ -126,7 +126,8 @@ def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan)
 def dump_filter(plan: ClonePlan) -> DumpFilter:
     """Leaves out of the dump what the clone carries itself (the schemas'
     own properties), the default privileges of roles it may not act as
-    (equal on both sides) and the extensions it keeps in place."""
+    (equal on both sides) and the extensions it keeps in place; loads the
+    tables it creates with COPY FREEZE."""
     foreign = set(plan.carry.foreign_roles)
     kept = set(plan.carry.kept_extensions)
 
@@ -139,7 +140,7 @@ def dump_filter(plan: ClonePlan) -> DumpFilter:
             return entry.name in kept
         return entry.type == "COMMENT" and entry.name.startswith("EXTENSION ") and entry.name[10:].strip('"') in kept
 
-    return DumpFilter(drop)
+    return DumpFilter(drop, freeze=lambda entry: (entry.schema, entry.name) in plan.freezable)
 
 
 def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: str) -> sql.Composable:

@@ -51,6 +51,10 @@ class ClonePlan:
     create_extensions: list[tuple[str, str]]  # (name, schema) the target lacks outside the schemas
     schema_grants: dict[str, list[tuple[str, str, bool]]]  # schema -> (grantee|'PUBLIC', privilege, grantable)
     carry: Carry = field(default_factory=Carry)
+    # (schema, name) of the plain tables (partitions too) the dump creates in
+    # the clone's own transaction, so their COPY may FREEZE; never an
+    # extension's table (a kept extension's config tables stay as they are).
+    freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -209,17 +213,16 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
 
     source_tables = list_tables(source, schemas)
     source.execute("select set_config('search_path', '', true)")
-    relations = [
-        r[0]
-        for r in source.execute(
-            """select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-               where n.nspname = any(%(schemas)s) and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
-                 and not exists (select 1 from pg_depend e where e.classid = 'pg_class'::regclass
-                                 and e.objid = c.oid and e.deptype = 'e')
-               order by 1""",
-            args,
-        )
-    ]
+    found = source.execute(
+        """select c.oid::regclass::text, n.nspname, c.relname, c.relkind = 'r'
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = any(%(schemas)s) and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+             and not exists (select 1 from pg_depend e where e.classid = 'pg_class'::regclass
+                             and e.objid = c.oid and e.deptype = 'e')
+           order by 1""",
+        args,
+    ).fetchall()
+    relations = [r[0] for r in found]
     plan = ClonePlan(
         source_tables=source_tables,
         target_tables=list_tables(target, schemas),
@@ -227,6 +230,7 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
         dump_extensions=[],
         create_extensions=[],
         schema_grants={},
+        freezable={(schema, name) for _, schema, name, plain in found if plain},
     )
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
