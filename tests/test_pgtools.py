@@ -175,3 +175,20 @@ def test_our_sessions_and_our_clients_run_without_jit(pg_server, make_db) -> Non
     assert shown.stdout.strip() == "off"
     with psycopg.connect(url) as plain:  # the server's own default is on: the setting is ours
         assert plain.execute("show jit").fetchone()[0] == "on"
+
+
+def test_debians_dispatching_wrapper_is_not_asked(machine: Path) -> None:
+    """/usr/bin/pg_dump on Debian links to pg_wrapper (Perl), which runs one
+    of /usr/lib/postgresql/*/bin — searched directly, so the slow wrapper is
+    never started, and the binary chosen is the one that really runs."""
+    asked = machine / "wrapper-was-run"
+    wrapper = machine / "usr/share/postgresql-common/pg_wrapper"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f"#!/bin/sh\ntouch '{asked}'\necho 'pg_dump (PostgreSQL) 16.4'\n")
+    wrapper.chmod(0o755)
+    (machine / "usr-bin").mkdir()
+    (machine / "usr-bin" / "pg_dump").symlink_to(wrapper)
+    real = fake_tool(machine / "usr/lib/postgresql/16/bin", "pg_dump", "16.4")
+    assert [t.path for t in pgtools.found_tools("pg_dump")] == [real]
+    assert pgtools.find_tool("pg_dump", at_least=16).path == real
+    assert not asked.exists()
