@@ -1,4 +1,5 @@
-"""HTTP entry points: one thin functions-framework target per job.
+"""HTTP entry points: one thin functions-framework target per entry of
+``registry.py`` (a module-level function named for the target).
 
 Deploy with ``--source functions/main.py --target <name>`` (or
 ``FUNCTION_TARGET``). Each target only wires auth and body parsing
@@ -18,8 +19,22 @@ from safesync.shared.http import Call, google_channel_principal, serve
 TARGETS = registry.TARGETS
 
 
+def _for_a_person(request) -> bool:
+    """A browser without API credentials: the login form, its POST, a
+    one-time link, or the page with a session cookie."""
+    if request.headers.get("Authorization") or request.headers.get("Upstash-Signature"):
+        return False
+    if request.method == "POST":
+        return request.mimetype == "application/x-www-form-urlencoded"
+    return request.method == "GET" and ("link" in request.args or "text/html" in request.headers.get("Accept", ""))
+
+
 def _dispatch(target: str, request):
     entry = registry.ROUTES[target]
+    if target == "status" and _for_a_person(request):
+        from safesync.functions.status.browser import handle
+
+        return handle(request)
 
     def handler(call: Call):
         module = importlib.import_module(f"safesync.functions.{entry.module}")
@@ -31,63 +46,16 @@ def _dispatch(target: str, request):
     return serve(request, target, handler, methods=entry.methods, allow_vercel=entry.vercel, authenticate_with=auth)
 
 
-@functions_framework.http
-def backup(request):
-    """Backups: create (manual/predeploy, Vercel webhook), list, verify, restore, prune."""
-    return _dispatch("backup", request)
+def _target(entry: registry.Entry):
+    """The module-level function functions-framework finds by the target's name."""
+
+    def function(request):
+        return _dispatch(entry.target, request)
+
+    function.__name__ = function.__qualname__ = entry.target
+    function.__doc__ = entry.summary
+    return functions_framework.http(function)
 
 
-@functions_framework.http
-def content_sync(request):
-    """Content sync dev → prod: compare, dry-run, sync."""
-    return _dispatch("content_sync", request)
-
-
-@functions_framework.http
-def staging_clone(request):
-    """Exact, atomic clone of dev into staging."""
-    return _dispatch("staging_clone", request)
-
-
-@functions_framework.http
-def validate(request):
-    """Integrity checks on one database or between two."""
-    return _dispatch("validate", request)
-
-
-@functions_framework.http
-def calendar_sync(request):
-    """Two-way Google Calendar sync, events read API, push notifications."""
-    return _dispatch("calendar_sync", request)
-
-
-def _for_a_person(request) -> bool:
-    """A browser without API credentials: the login form, its POST, a
-    one-time link, or the page with a session cookie."""
-    if request.headers.get("Authorization") or request.headers.get("Upstash-Signature"):
-        return False
-    if request.method == "POST":
-        return request.mimetype == "application/x-www-form-urlencoded"
-    return request.method == "GET" and ("link" in request.args or "text/html" in request.headers.get("Accept", ""))
-
-
-@functions_framework.http
-def status(request):
-    """Health of everything at a glance: JSON, or a page a person logs in to."""
-    if _for_a_person(request):
-        from safesync.functions.status.browser import handle
-
-        return handle(request)
-    return _dispatch("status", request)
-
-
-@functions_framework.http
-def migrate(request):
-    """Safe migrations: plan, rehearse on a clone, apply with backup and rollback (admin token)."""
-    return _dispatch("migrate", request)
-
-
-@functions_framework.http
-def calendar_notify(request):
-    """Google Calendar push notifications (``events.watch`` channels)."""
-    return _dispatch("calendar_notify", request)
+for _entry in registry.ROUTES.values():
+    globals()[_entry.target] = _target(_entry)

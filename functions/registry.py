@@ -19,7 +19,8 @@ class Entry:
     ``module`` is the package under ``safesync.functions``; ``target`` the
     HTTP target (also the Cloud Run service name) and ``handler`` the module
     function that answers it; ``cli`` the command word; ``runs`` the folder
-    under ``runs/`` its stored reports go to (the report's ``job``).
+    under ``runs/`` its stored reports go to (the report's ``job``);
+    ``summary`` the target's one-line description.
     """
 
     module: str
@@ -29,17 +30,26 @@ class Entry:
     vercel: bool = False  # Vercel deploy webhooks accepted
     cli: str | None = None
     runs: str | None = None
+    summary: str = ""
 
 
 ENTRIES: tuple[Entry, ...] = (
-    Entry("backup", target="backup", vercel=True, cli="backup", runs="backup"),
-    Entry("content_sync", target="content_sync", cli="content", runs="content_sync"),
-    Entry("staging_clone", target="staging_clone", cli="staging", runs="staging_clone"),
-    Entry("validate", target="validate", cli="validate", runs="validate"),
-    Entry("calendar", target="calendar_sync", methods=("GET", "POST"), cli="calendar", runs="calendar"),
-    Entry("status", target="status", methods=("GET", "POST"), cli="status"),
-    Entry("migrate", target="migrate", cli="migrate", runs="migrate"),
-    Entry("calendar", target="calendar_notify", handler="handle_notify_call"),
+    Entry("backup", target="backup", vercel=True, cli="backup", runs="backup",
+          summary="Backups: create (manual/predeploy, Vercel webhook), list, verify, restore, prune."),
+    Entry("content_sync", target="content_sync", cli="content", runs="content_sync",
+          summary="Content sync dev → prod: compare, dry-run, sync."),
+    Entry("staging_clone", target="staging_clone", cli="staging", runs="staging_clone",
+          summary="Exact, atomic clone of dev into staging."),
+    Entry("validate", target="validate", cli="validate", runs="validate",
+          summary="Integrity checks on one database or between two."),
+    Entry("calendar", target="calendar_sync", methods=("GET", "POST"), cli="calendar", runs="calendar",
+          summary="Two-way Google Calendar sync, events read API, push notifications."),
+    Entry("status", target="status", methods=("GET", "POST"), cli="status",
+          summary="Health of everything at a glance: JSON, or a page a person logs in to."),
+    Entry("migrate", target="migrate", cli="migrate", runs="migrate",
+          summary="Safe migrations: plan, rehearse on a clone, apply with backup and rollback (admin token)."),
+    Entry("calendar", target="calendar_notify", handler="handle_notify_call",
+          summary="Google Calendar push notifications (events.watch channels)."),
     Entry("doctor", cli="doctor", runs="doctor"),
     Entry("schedules", cli="schedules"),
     Entry("roles", cli="roles"),
