@@ -122,8 +122,14 @@ class ContentSyncSection(_Section):
     delete_missing: bool = False
     on_conflict: Literal["source", "target", "fail"] = "fail"
     options: dict[str, TableOptions] = Field(default_factory=dict)
+    # a target role that could write a protected table: a warning, or (true) a refusal
+    require_least_privilege: bool = False
+    # tables (content tables, the ledger, tables FK actions reach) and event triggers whose
+    # side channels were reviewed: reported, not refused — dry-run and sync run that code
+    acknowledge_side_channels: list[str] = Field(default_factory=list)
+    acknowledge_event_triggers: list[str] = Field(default_factory=list)
 
-    _tables = field_validator("tables", "protected")(classmethod(lambda cls, v: _check_tables(v)))
+    _tables = field_validator("tables", "protected", "acknowledge_side_channels")(classmethod(lambda cls, v: _check_tables(v)))
 
     @model_validator(mode="after")
     def _disjoint(self) -> "ContentSyncSection":

@@ -304,6 +304,29 @@ def fk_order(tables: Iterable[TableRef], fks: Iterable[ForeignKey]) -> list[Tabl
     return order
 
 
+def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> list[TableRef]:
+    """Tables, views and foreign tables outside ``content`` (and its
+    partitions) that the connected role could write: INSERT, UPDATE,
+    DELETE, TRUNCATE or TRIGGER on it, INSERT or UPDATE on any of its
+    columns, or ownership (an owner may ALTER or DROP it). safesync's own
+    schema and the system schemas are not counted."""
+    rows = conn.execute(
+        """
+        select n.nspname, c.relname, rn.nspname, r.relname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        join pg_class r on r.oid = coalesce(pg_partition_root(c.oid), c.oid) join pg_namespace rn on rn.oid = r.relnamespace
+        where c.relkind in ('r', 'p', 'v', 'm', 'f') and c.relpersistence <> 't'
+          and n.nspname <> all(%(system)s) and n.nspname not like 'pg\\_%%'
+          and (has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')
+               or has_any_column_privilege(c.oid, 'INSERT, UPDATE') or pg_has_role(c.relowner, 'USAGE'))
+        order by 1, 2
+        """,
+        {"system": list(SYSTEM_SCHEMAS)},
+    ).fetchall()
+    skip = set(content)
+    return [TableRef(s, n) for s, n, rs, rn in rows if TableRef(s, n) not in skip and TableRef(rs, rn) not in skip]
+
+
 def row_count(conn: psycopg.Connection, table: TableRef) -> int:
     return conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]
 

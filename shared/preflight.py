@@ -20,8 +20,9 @@ import psycopg
 
 from .auth import QSTASH_LEEWAY_S
 from .config import Settings
-from .db import relation_kind, TableRef, connect, foreign_keys, list_tables, primary_key
+from .db import relation_kind, TableRef, connect, foreign_keys, list_tables, primary_key, writable_tables
 from .errors import ConfigError, DatabaseError, SafesyncError
+from .identity import Identity, identify
 from .log import redact
 from .pgtools import find_tool, supports_compression
 
@@ -47,6 +48,7 @@ class DbFacts:
     url: str
     version: int
     user: str
+    identity: Identity | None = None
 
 
 # --- environment and secrets -------------------------------------------------
@@ -118,7 +120,7 @@ def probe_database(settings: Settings, name: str) -> tuple[Check, DbFacts | None
         with connect(url, connect_timeout=5) as conn:
             user, now = conn.execute("select current_user, now()").fetchone()
             local = datetime.now(timezone.utc)
-            facts = DbFacts(name, url, conn.info.server_version, user)
+            facts = DbFacts(name, url, conn.info.server_version, user, identify(conn, url))
     except SafesyncError as exc:
         return Check("databases", name, FAIL, exc.message, "check the URL, network access and that the server is up"), None
     skew = abs((now - local).total_seconds())
@@ -126,6 +128,45 @@ def probe_database(settings: Settings, name: str) -> tuple[Check, DbFacts | None
     if skew > QSTASH_LEEWAY_S:
         return Check("databases", name, FAIL, f"PostgreSQL {version} as {user}; clock differs by {skew:.0f}s", "fix NTP: signature checks allow only a few seconds of skew"), facts
     return Check("databases", name, OK, f"PostgreSQL {version} as {user}; clock skew {skew:.1f}s"), facts
+
+
+def _kept_apart(settings: Settings) -> list[tuple[str, str, str]]:
+    """Pairs of names a job refuses to see as one database, and which job."""
+    config = settings.config
+    cs, sc, mg = config.content_sync, config.staging_clone, config.migrate
+    protected = list(dict.fromkeys([*config.backup.databases, cs.target, "prod"]))
+    pairs = [(cs.source, cs.target, "content sync source and target")]
+    pairs += [(sc.target, n, "staging clone target and its source" if n == sc.source else f"staging clone target and protected {n}") for n in [sc.source, *protected] if n != sc.target]
+    pairs += [(mg.rehearse_on, n, f"migrate.rehearse_on and {n}") for n in [mg.database, *protected] if n != mg.rehearse_on]
+    return pairs
+
+
+def check_aliases(settings: Settings, facts: dict[str, DbFacts]) -> Iterator[Check]:
+    """Config names that reach the same database (``shared.identity``): a
+    failure when a job keeps those two apart (it would refuse to run), a
+    warning otherwise."""
+    groups: list[list[str]] = []
+    facts = {name: fact for name, fact in facts.items() if fact.identity is not None}
+    for name, fact in facts.items():
+        group = next((g for g in groups if facts[g[0]].identity.same_database(fact.identity)), None)
+        if group is None:
+            groups.append([name])
+        else:
+            group.append(name)
+    shared = [g for g in groups if len(g) > 1]
+    if not shared:
+        if len(facts) > 1:
+            yield Check("databases", "distinct", OK, f"the {len(facts)} reachable names are {len(facts)} different databases")
+        return
+    apart = _kept_apart(settings)
+    for group in shared:
+        clashes = [why for a, b, why in apart if a in group and b in group]
+        label = " = ".join(group)
+        where = facts[group[0]].identity.describe()
+        if clashes:
+            yield Check("databases", f"same database: {label}", FAIL, f"{where}; refused by: {'; '.join(clashes)}", "point each name at its own database URL")
+        else:
+            yield Check("databases", f"same database: {label}", WARN, where, "two names for one database: guards treat both as that database")
 
 
 def check_tools(servers: Iterable[DbFacts]) -> Iterator[Check]:
@@ -216,10 +257,10 @@ def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterato
             if side != "target":
                 continue
             content_set = set(content)
-            writable = [t.short for t in sorted(present - content_set) if t.schema != "safesync" and _privileges(conn, t, ["INSERT", "UPDATE", "DELETE"])]
+            writable = [t.short for t in writable_tables(conn, content)]
             if writable:
                 shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
-                yield Check("content sync", "role least privilege", WARN, f"{facts[name].user} could write protected tables: {shown}", "use a role that can only write content tables (`safesync roles sql`); the sync still proves it wrote none")
+                yield Check("content sync", "role least privilege", FAIL, f"{facts[name].user} could write protected tables: {shown}", "connect as a role that can only write content tables: apply `safesync roles sql`")
             else:
                 yield Check("content sync", "role least privilege", OK, f"{facts[name].user} can write only content tables")
             for fk in foreign_keys(conn):
@@ -241,6 +282,7 @@ def run_all(settings: Settings) -> list[Check]:
         checks.append(check)
         if fact:
             facts[name] = fact
+    checks += check_aliases(settings, facts)
     checks += check_tools(facts.values())
     checks += check_storage(settings)
     checks += check_content_sync(settings, facts)

@@ -84,14 +84,14 @@ def test_each_problem_is_its_own_failure(healthy, make_db, write_settings, pg_se
         assert "pw@" not in check.detail and "sentinel" not in check.detail
 
 
-def test_warns_when_sync_role_could_write_protected_tables(make_db, write_settings) -> None:
+def test_fails_when_sync_role_could_write_protected_tables(make_db, write_settings) -> None:
     dev, prod = make_db(), make_db()
     for url in (dev, prod):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SCHEMA + "alter table progress drop constraint progress_lesson_id_fkey, add foreign key (lesson_id) references lessons on delete cascade;")
     checks = by_name(run_all(write_settings({"dev": dev, "prod": prod}, CONTENT)))
     privilege = checks[("content sync", "role least privilege")]
-    assert privilege.status == "warn" and "users" in privilege.detail
+    assert privilege.status == FAIL and "users" in privilege.detail and "safesync roles sql" in privilege.advice
     assert checks[("content sync", "progress → lessons")].detail.startswith("ON DELETE CASCADE")
 
 

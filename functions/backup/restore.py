@@ -1,10 +1,12 @@
 """Restoring a backup into a database — guarded, with a safety net.
 
 1. Refusal first, before anything is touched: a target that is one of
-   ``backup.databases`` or is named ``prod`` needs ``confirm`` equal to the
-   target's name; and the dump's table of contents is planned against the
-   target (``restore_plan``): an object the restoring role cannot create, or
-   an owner it may not assign, refuses the restore naming the object and the
+   ``backup.databases``, is named ``prod``, or is the same database as one
+   of them, as the content-sync target or as the backup's source (by
+   identity, whatever it is called) needs ``confirm`` equal to the target's
+   name; and the dump's table of contents is planned against the target
+   (``restore_plan``): an object the restoring role cannot create, or an
+   owner it may not assign, refuses the restore naming the object and the
    privilege (Refused → HTTP 422 / exit 1). ``no_owner`` (``--no-owner``)
    explicitly accepts that the restoring role owns everything instead.
 2. A ``safety`` backup of the target as it is now (so a wrong restore can be
@@ -29,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from safesync.shared import identity
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import Refused
@@ -75,19 +78,30 @@ class RestoreResult:
         }
 
 
-def is_protected(settings: Settings, target: str) -> bool:
-    return target == "prod" or target in settings.config.backup.databases
+def protection(settings: Settings, target: str, source: str | None = None) -> str | None:
+    """Why ``target`` may not be overwritten without ``confirm``, or None.
+    By name (``prod``, ``backup.databases``) and by identity: a target that
+    is the same database as a protected one, or as the backup's own source,
+    is protected whatever it is called (``shared.identity``)."""
+    if target == "prod" or target in settings.config.backup.databases:
+        return "it is a protected database (named prod or listed in backup.databases)"
+    found = identity.protected_aliases(settings, target, identity.protected_names(settings, source))
+    if found.same:
+        return f"it is the same database as {', '.join(map(repr, found.same))} ({found.identity.describe()})"
+    if found.unknown:
+        return "safesync cannot tell whether it is " + ", ".join(f"{n!r} ({why})" for n, why in found.unknown.items())
+    return None
 
 
-def check_target(settings: Settings, target: str, confirm: str | None) -> None:
+def check_target(settings: Settings, target: str, confirm: str | None, source: str | None = None) -> None:
     """Refuse (nothing touched) unless the target may be overwritten."""
     settings.check_database(target)
-    if not is_protected(settings, target):
+    reason = protection(settings, target, source)
+    if reason is None:
         return
     if confirm is None:
         raise Refused(
-            f"refusing to restore into {target!r}: it is a protected database "
-            f"(named prod or listed in backup.databases); repeat with --confirm {target} "
+            f"refusing to restore into {target!r}: {reason}; repeat with --confirm {target} "
             f"(HTTP: \"confirm\": \"{target}\") if you really mean to overwrite it",
             {"target": target},
         )
@@ -126,8 +140,8 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore backup ``backup_id`` (or ``"latest"`` of ``db``) into the
     configured database ``target_db``. See the module doc for the guards."""
-    check_target(settings, target_db, confirm)
     info = resolve(settings, backup_id, db)
+    check_target(settings, target_db, confirm, source=info.db)
     tool = pg_restore_for(info)
     target_url = settings.database_url(target_db)
     entries = read_toc(settings, info)

@@ -290,7 +290,7 @@ def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> No
     handed out again."""
     for move in moves:
         if move.moves:
-            query = sql.SQL("select setval({name}::regclass, greatest({max_id}, " + _HIGH_WATER + "))").format(
+            query = sql.SQL("select pg_catalog.setval({name}::regclass, greatest({max_id}, " + _HIGH_WATER + "))").format(
                 name=sql.Literal(move.sequence), max_id=sql.Literal(move.max_id), seq=sql.SQL(move.sequence)
             )
             tgt.execute(query)

@@ -1,22 +1,26 @@
 """compare, dry-run and sync: one code path.
 
-All three read the source in one REPEATABLE READ, read-only snapshot,
-compare every content table by range checksums and classify each differing
-row three-way against the ledger (``conflicts``). ``compare`` stops there
-(its target transaction is read-only too). ``dry-run`` and ``sync`` go on
-in ONE REPEATABLE READ transaction on the target: refuse on schema drift,
-key collisions, unresolved conflicts (``on_conflict = "fail"``), rows
-without history on a first run (unless ``adopt``), a changed plan
-(``expect_plan``) or deletes that would reach protected rows; (sync only)
-take the safety backup; stage and upsert the rows to write, parents first;
-delete rows children first (``delete_missing``); fire deferred constraint
-triggers; check every written row's hash on the target against the
-source's; record the ledger; run the protection proof (the ledger table is
-allowed by OID); check that no content row other than those written was
-touched (transaction counters; a table where a trigger or cascade touched
-more is compared again in full); then dry-run rolls back and sync moves
-sequences forward and commits. Any failure rolls back: the target — and
-its ledger — is as it was.
+All three first audit the target statically (``audit``: side channels the
+proof cannot see — refused unless acknowledged, before anything runs there;
+compare reports them) and check the target role's privileges. They read
+the source in one REPEATABLE READ, read-only snapshot, compare every
+content table by range checksums and classify each differing row three-way
+against the ledger (``conflicts``). ``compare`` stops there (its target
+transaction is read-only too). ``dry-run`` and ``sync`` go on in ONE
+REPEATABLE READ transaction on the target: take the proof's first snapshot
+(refusing when ``track_counts`` is off); refuse on schema drift, key
+collisions, unresolved conflicts (``on_conflict = "fail"``), rows without
+history on a first run (unless ``adopt``), a changed plan (``expect_plan``)
+or deletes that would reach protected rows; (sync only) take the safety
+backup; stage and upsert the rows to write, parents first; delete rows
+children first (``delete_missing``); fire deferred constraint triggers;
+check every written row's hash on the target against the source's; record
+the ledger; check that no content row other than those written was touched
+(transaction counters; a table where a trigger or cascade touched more is
+compared again in full); ``SET CONSTRAINTS ALL IMMEDIATE`` and the
+protection proof, the last statement that reads or writes; then dry-run
+rolls back and sync moves content sequences forward and commits. Any
+failure rolls back: the target — and its ledger — is as it was.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from typing import Any, Callable
 import psycopg
 
 from safesync.shared.config import Settings
-from safesync.shared.db import connect
+from safesync.shared import db
+from safesync.shared.db import TableRef, connect
+from safesync.shared.identity import identify
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import get_logger, redact
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
-from . import apply, ledger, proof, triggers
+from . import apply, audit, ledger, proof, triggers
 from .conflicts import TableDecisions, classify
 from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
@@ -69,8 +75,6 @@ def run(
         raise ConfigError(f"unknown content sync mode {mode!r}; use one of {', '.join(MODES)}")
     section = settings.config.content_sync
     source_url, target_url = settings.database_url(section.source), settings.database_url(section.target)
-    if source_url == target_url:
-        raise ConfigError(f"content_sync: source {section.source!r} and target {section.target!r} are the same database")
     report.details.update(source=section.source, target=section.target, mode=mode, adopt=adopt)
     src = connect(source_url, application_name=f"safesync-source-{report.run_id}")
     try:
@@ -86,6 +90,8 @@ def run(
         tgt.read_only = mode == "compare"
         for conn in (src, tgt):  # session level; takes no snapshot yet
             conn.execute("set idle_in_transaction_session_timeout = 0")  # a long backup may sit in between
+        with report.timed("identity"):
+            _check_distinct(report, section, src, tgt, source_url, target_url)
         meter = progress or (lambda **_: None)
         _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None), meter)
     except psycopg.Error as exc:
@@ -98,6 +104,17 @@ def run(
         sides.close()
         _close(tgt)
         _close(src)
+
+
+def _check_distinct(report: Report, section, src, tgt, source_url: str, target_url: str) -> None:
+    """Source and target must be two databases, by identity (two names, two
+    URL spellings, a pooler: ``shared.identity``), before anything is read."""
+    ours, theirs = identify(src, source_url), identify(tgt, target_url)
+    report.details["identity"] = {"source": ours.as_dict(), "target": theirs.as_dict()}
+    if ours.same_database(theirs):
+        raise ConfigError(
+            f"content_sync: source {section.source!r} and target {section.target!r} are the same database ({theirs.describe()})"
+        )
 
 
 def _close(conn: psycopg.Connection) -> None:
@@ -115,7 +132,25 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     writing = mode != "compare"
     if writing:
         tgt.execute(f"set local lock_timeout = '{LOCK_TIMEOUT}'")
-        before = proof.take(tgt)
+    with report.timed("audit"):
+        trees, sequences = proof.content_relids(tgt, plan.content)
+        allowed = set().union(sequences, *trees.values())
+        unsafe, on_read = _preconditions(settings.config.content_sync, report, plan, tgt, trees, allowed)
+    if unsafe and (writing or on_read):
+        if writing:
+            report.refuse("nothing run on the target — " + "; ".join(unsafe))
+        else:
+            report.problems("compare stopped before reading the target — " + "; ".join(unsafe))
+        return
+    if writing:
+        with report.timed("proof_start"):
+            before = proof.start(tgt)
+        if not before.counting:
+            report.refuse(
+                "track_counts is off for this session (postgresql.conf, ALTER DATABASE or ALTER ROLE … SET): "
+                "the protection proof could not count writes, so nothing was synced; turn track_counts on"
+            )
+            return
     with report.timed("compare"):
         diffs = []
         for spec in plan.tables:
@@ -128,7 +163,7 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     _describe(report, plan, decisions, digest, src, tgt)
     drifted = [d.spec for d in decisions if d.spec.drift.any]
     drift_text = "; ".join(f"{s.name}: {s.drift.describe()}" for s in drifted)
-    blockers = _blockers(decisions)
+    blockers = unsafe + _blockers(decisions)
     if not writing:
         _summarise_compare(report, plan, decisions, digest, drift_text, blockers)
         return
@@ -160,7 +195,7 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     if written is None:
         tgt.rollback()
         return
-    tgt.execute("set constraints all immediate")  # deferred constraint triggers fire now, inside the proof
+    tgt.execute("set constraints all immediate")  # deferred constraint triggers fire now, before the rows are checked
     with report.timed("verify"):
         problem = _verify_written(tgt, decisions)
     if problem:
@@ -173,23 +208,32 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     with report.timed("ledger"):
         _record(report, tgt, decisions)
     hook("after_write", tgt)
-    after = proof.take(tgt)
-    result = proof.verify(before, after, proof.allowed_relids(tgt, plan.content) | {ledger_oid})
+    with report.timed("verify_rest"):
+        left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
+    moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
+    report.details["sequences"] = [m.as_row() for m in moves if m.moves]
+    # The proof is the last thing that reads or writes: deferred triggers queued since (on the ledger, say)
+    # fire now, inside what it sees; after it only the sequence moves (pg_catalog.setval: no user code) and COMMIT.
+    tgt.execute("set constraints all immediate")
+    with report.timed("proof"):
+        after = proof.finish(tgt)
+        past = proof.Past(settings.database_url(plan.target), before.snapshot)
+        try:
+            result = proof.verify(before, after, allowed, ledger=ledger_oid, past=past, conn=tgt, cascaded=_cascaded(plan, written, after))
+        finally:
+            past.close()
     report.tables["protection proof"] = result.rows
     report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
     if not result.ok:
         tgt.rollback()
-        report.refuse(f"rolled back, nothing changed: the sync wrote protected table(s) {result.describe()} (a trigger or cascade?)")
+        undone = " (except sequence values, which are not transactional)" if any("nextval" in c for v in result.violations for c in v["changes"]) else ", nothing changed"
+        report.refuse(f"rolled back{undone}: the sync changed protected object(s) {result.describe()} (a trigger, rule or cascade?)")
         return
-    with report.timed("verify_rest"):
-        left = _verify_untouched(sides, tgt, decisions, written, before, after)
     report.details["verified"] = not left
     if left:
         tgt.rollback()
         report.fail(f"rolled back, nothing changed: after writing, source and target still differ in {', '.join(left)}")
         return
-    moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
-    report.details["sequences"] = [m.as_row() for m in moves if m.moves]
     hook("before_commit", tgt)
     rows = sum(u + d for u, d in written.values())
     tables = len([1 for u, d in written.values() if u or d])
@@ -200,13 +244,60 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         tgt.rollback()
         report.summary = f"dry-run, rolled back: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         return
-    apply.move_sequences(tgt, moves)  # not transactional: only now that nothing can fail before COMMIT
+    with proof.catalog_path(tgt):  # nothing a trigger put on search_path can run here
+        apply.move_sequences(tgt, moves)  # not transactional: only after the proof, when nothing can fail before COMMIT
     tgt.commit()
     report.summary = (
         f"synced {rows} row(s) into {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         if rows
         else f"already in sync: nothing written{kept_text}; {proof_text}"
     )
+
+
+def _preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connection, trees: dict, allowed: set[int]) -> tuple[list[str], bool]:
+    """Why this target may not be synced at all, found before anything runs
+    there (reported by compare, refused by dry-run and sync), and whether
+    one of them would run on a mere read (then compare stops too): side
+    channels the proof cannot see (``audit``), unless acknowledged; a role
+    that could write protected tables when ``require_least_privilege``
+    (otherwise a warning)."""
+    out = []
+    ledger_oid = tgt.execute("select to_regclass('safesync.content_ledger')::oid").fetchone()[0]
+    findings = audit.run(
+        tgt,
+        trees,
+        ledger=ledger_oid,
+        fks=plan.target_fks,
+        allowed_sequences=allowed,
+        acknowledged_tables=section.acknowledge_side_channels,
+        acknowledged_event_triggers=section.acknowledge_event_triggers,
+    )
+    report.details["side_channels"] = [f.row() for f in findings]
+    if findings:
+        report.tables["side channels"] = [f.row() for f in findings][:REPORT_ROWS]
+    blocking = [f for f in findings if not f.acknowledged]
+    if blocking:
+        shown = "; ".join(f.describe() for f in blocking[:5]) + (f"; and {len(blocking) - 5} more" if len(blocking) > 5 else "")
+        out.append(
+            f"{len(blocking)} side channel(s) the protection proof cannot see: {shown} — remove them, or after review list the table "
+            "in content_sync.acknowledge_side_channels (event triggers: acknowledge_event_triggers)"
+        )
+    for f in findings:
+        if f.acknowledged:
+            report.warnings.append(f"acknowledged side channel, run by dry-run and sync: {f.describe()}")
+    writable = [t.short for t in db.writable_tables(tgt, plan.content)]
+    report.details["least_privilege"] = {"ok": not writable, "writable_protected": writable[:REPORT_ROWS]}
+    if writable:
+        shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
+        text = (
+            f"the target role {tgt.info.user} can write protected table(s) {shown}: connect as a role that can only write "
+            "content tables (`safesync roles sql`)"
+        )
+        if section.require_least_privilege:
+            out.append(text + " — content_sync.require_least_privilege is on")
+        else:
+            report.warnings.append(text + "; the protection proof still checks every write")
+    return out, any(f.read for f in blocking)
 
 
 def _keys(keys: list[Key]) -> str:
@@ -300,7 +391,23 @@ def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisi
     report.details["ledger"] = summary
 
 
-def _verify_untouched(sides: Sides, tgt, decisions: list[TableDecisions], written: dict[str, tuple[int, int]], before, after) -> list[str]:
+def _cascaded(plan: SyncPlan, written: dict[str, tuple[int, int]], end: proof.End) -> set[int]:
+    """Protected tables an FK action may have locked for writing: they
+    reference a content table the sync deleted rows of (ON DELETE CASCADE /
+    SET NULL / SET DEFAULT) or updated (ON UPDATE …)."""
+    actions = ("CASCADE", "SET NULL", "SET DEFAULT")
+    oids = {TableRef(r.schema, r.name): oid for oid, r in end.relations.items()}
+    out = set()
+    for fk in plan.target_fks:
+        upserted, deleted = written.get(fk.ref_table.short, (0, 0))
+        if fk.ref_table in plan.content and fk.table not in plan.content and (
+            (deleted and fk.on_delete in actions) or (upserted and fk.on_update in actions)
+        ):
+            out.add(oids.get(fk.table))
+    return out - {None}
+
+
+def _verify_untouched(sides: Sides, decisions: list[TableDecisions], written: dict[str, tuple[int, int]], trees: dict, before, after) -> list[str]:
     """Rows the sync did not write must be as the compare found them. The
     transaction's counters show whether anything but our own statements
     touched a content table; where something did (a trigger, a rule, a
@@ -309,8 +416,8 @@ def _verify_untouched(sides: Sides, tgt, decisions: list[TableDecisions], writte
     left = []
     for d in decisions:
         upserted, deleted = written.get(d.spec.name, (0, 0))
-        touched = proof.writes(before, after, proof.tree_relids(tgt, d.spec.table))
-        if touched == (upserted, deleted, False):
+        touched = proof.writes(before, after, trees[d.spec.table])
+        if touched == (upserted, deleted):
             continue
         post = diff_table(sides, d.spec)
         expected = {k: d.diff.changed[k][1] if k in d.diff.changed else d.diff.extra.get(k) for k in d.unresolved()}

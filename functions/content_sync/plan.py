@@ -382,16 +382,58 @@ def _translations(specs: dict[TableRef, TableSpec], fks: list[ForeignKey]) -> di
     return out
 
 
-def same_database(src: psycopg.Connection, tgt: psycopg.Connection) -> bool:
-    """True when both connections reach the same database of the same
-    server (two config names pointing at one database)."""
-    pid = src.execute("select pg_backend_pid()").fetchone()[0]
-    marker = src.info.parameter_status("application_name")
-    row = tgt.execute(
-        "select count(*) from pg_stat_activity where pid = %s and application_name = %s and datname = current_database()",
-        [pid, marker],
-    ).fetchone()
-    return bool(row[0])
+_LINEAGE = """
+with recursive rel as (
+  select c.oid, n.nspname, c.relname, c.relkind::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+), up(start, node, partition) as (
+  select i.inhrelid, i.inhparent, c.relispartition from pg_inherits i join pg_class c on c.oid = i.inhrelid
+  union
+  select up.start, i.inhparent, up.partition and c.relispartition from up join pg_inherits i on i.inhrelid = up.node join pg_class c on c.oid = i.inhrelid
+)
+select s.nspname, s.relname, s.relkind, a.nspname, a.relname, a.relkind, up.partition
+from up join rel s on s.oid = up.start join rel a on a.oid = up.node
+"""
+
+
+def check_relations(conn: psycopg.Connection, content: list[TableRef], listed: list[TableRef], target: str) -> None:
+    """ConfigError unless every listed protected table is a real table of
+    the target, and no content table shares rows with a protected one
+    through partitioning or inheritance, in either direction (content
+    tables' own kinds are ``table_spec``'s to check).
+
+    A content table's own partitions are content (its rows are routed to
+    them); listing one as protected, a content table that is a partition or
+    child of a non-content table, a non-content table inheriting from a
+    content table (its rows appear in the parent's), or a foreign-table
+    partition (its rows live on another server) are errors naming both.
+    Views and foreign tables are never protected-table stand-ins: the proof
+    watches the tables that hold the rows."""
+    for table in listed:
+        kind = db.relation_kind(conn, table)
+        if kind not in ("table", "partitioned table") and not (kind or "").startswith("partition of"):
+            raise ConfigError(
+                f"content_sync.protected: {table} is a {kind} in database {target!r}, not a table: views and foreign tables "
+                "are never protected-table stand-ins — list the table(s) that hold the rows"
+            )
+    content_set, listed_set = set(content), set(listed)
+    for cs, cr, ck, ps, pr, _, partition in conn.execute(_LINEAGE):
+        child, parent = TableRef(cs, cr), TableRef(ps, pr)
+        how = "a partition of" if partition else "an inheritance child of"
+        if child in content_set and parent not in content_set:
+            raise ConfigError(
+                f"content_sync: content table {child} is {how} {parent}, which is protected: the sync would write {parent}'s rows; "
+                f"list {parent} in content_sync.tables or sync another table"
+            )
+        if parent in content_set and child not in content_set:
+            if child in listed_set:
+                raise ConfigError(f"content_sync: protected table {child} is {how} content table {parent}: a sync of {parent} writes its rows")
+            if not partition:
+                raise ConfigError(
+                    f"content_sync: {child} inherits from content table {parent} but is not content: its rows appear in {parent} "
+                    "and a sync would overwrite them; list it in content_sync.tables, or stop the inheritance"
+                )
+            if ck == "f":
+                raise ConfigError(f"content_sync: partition {child} of content table {parent} is a foreign table: its rows live on another server")
 
 
 def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycopg.Connection) -> SyncPlan:
@@ -404,13 +446,10 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
         raise ConfigError(f"content_sync: {', '.join(map(str, both))} listed as both content and protected")
     if len(set(content)) != len(content):
         raise ConfigError("content_sync.tables lists a table twice")
-    if same_database(src, tgt):
-        raise ConfigError(
-            f"content_sync: source {section.source!r} and target {section.target!r} are the same database"
-        )
     for table in listed:
         if not db.table_exists(tgt, table):
             raise ConfigError(f"content_sync.protected: {table} does not exist in database {section.target!r}")
+    check_relations(tgt, content, listed, section.target)
     native = min(db.server_version(src), db.server_version(tgt)) >= 140000  # hash_record_extended
     options = {TableRef.parse(name): opts for name, opts in section.options.items()}
     specs = {

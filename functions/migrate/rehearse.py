@@ -1,8 +1,9 @@
 """``safesync migrate rehearse``: the migration on a fresh clone of the target.
 
 1. Guard the scratch database: never the target, never a protected database
-   (``prod`` or one of ``backup.databases``), never the same physical
-   database under another name — it is overwritten.
+   (``prod``, one of ``backup.databases``, the content-sync target), never
+   the same database as one of them under another name or URL (by
+   identity) — it is overwritten.
 2. Clone the target into it with the staging-clone machinery (one
    transaction, masks of ``[staging_clone]`` applied). Every user schema of
    the target is cloned, ``safesync`` included (so the clone knows which
@@ -27,9 +28,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import conninfo, sql
+from psycopg import sql
 
-from safesync.shared import preflight, runs
+from safesync.shared import identity, preflight, runs
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, list_tables
 from safesync.shared.errors import ConfigError, Refused
@@ -50,27 +51,25 @@ def user_schemas(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in conn.execute(USER_SCHEMAS_SQL).fetchall()]
 
 
-def _where(url: str) -> tuple[str, str, str]:
-    info = conninfo.conninfo_to_dict(url)
-    return str(info.get("host", "")), str(info.get("port", "5432")), str(info.get("dbname", ""))
-
-
 def check_scratch(settings: Settings) -> str:
     """The scratch database's URL, or Refused/ConfigError when rehearsing
-    there could overwrite something that matters."""
+    there could overwrite something that matters: the target or a protected
+    database, by name or by identity (``shared.identity``)."""
     cfg = settings.config.migrate
     scratch = settings.check_database(cfg.rehearse_on)
     if scratch == cfg.database:
         raise ConfigError(f"migrate.rehearse_on must differ from migrate.database ({scratch!r}): it is overwritten")
-    if scratch == "prod" or scratch in settings.config.backup.databases:
+    if scratch in identity.protected_names(settings):
         raise Refused(
-            f"refusing to rehearse on {scratch!r}: it is a protected database (named prod or listed in "
-            "backup.databases) and a rehearsal overwrites it; point migrate.rehearse_on at a scratch database"
+            f"refusing to rehearse on {scratch!r}: it is a protected database (named prod, listed in "
+            "backup.databases or the content-sync target) and a rehearsal overwrites it; point migrate.rehearse_on at a scratch database"
         )
-    url = settings.database_url(scratch)
-    if _where(url) == _where(settings.database_url(cfg.database)):
-        raise Refused(f"refusing to rehearse: {scratch!r} and {cfg.database!r} are the same database")
-    return url
+    found = identity.protected_aliases(settings, scratch, identity.protected_names(settings, cfg.database))
+    if found.same:
+        raise Refused(f"refusing to rehearse: {scratch!r} is the same database as {', '.join(map(repr, found.same))} ({found.identity.describe()})")
+    if found.unknown:
+        raise Refused(f"refusing to rehearse on {scratch!r}: cannot tell whether it is " + ", ".join(f"{n!r} ({why})" for n, why in found.unknown.items()))
+    return settings.database_url(scratch)
 
 
 def clone_into_scratch(settings: Settings, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from psycopg.pq import TransactionStatus
 
 from safesync.shared.errors import ConfigError
 from safesync.shared.log import redact
+from safesync.shared.sqltokens import tokens
 
 RECORD_TABLE = sql.Identifier("safesync", "migrations")
 RECORD_SQL = """
@@ -167,51 +167,13 @@ def _error(file: SqlFile, exc: psycopg.Error) -> SqlError:
 
 # --- finding transaction control --------------------------------------------------
 
-_TOKEN = re.compile(
-    r"""
-      (?P<ws>\s+)
-    | (?P<line_comment>--[^\n]*)
-    | (?P<block_comment>/\*)
-    | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
-    | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
-    | (?P<string>'(?:[^']|'')*')
-    | (?P<ident>"(?:[^"]|"")*")
-    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
-    | (?P<semi>;)
-    | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-
-
 def _words(text: str):
     """(line, WORD or ';') of the code outside comments, strings and dollar quotes."""
-    pos, n = 0, len(text)
-    while pos < n:
-        m = _TOKEN.match(text, pos)
-        if m is None:  # an unterminated string: the server will say so
-            return
-        kind = m.lastgroup
-        if kind == "block_comment":
-            depth, i = 1, m.end()
-            while depth and i < n:
-                if text.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif text.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            pos = i
-            continue
-        if kind == "dollar":
-            end = text.find(m.group(), m.end())
-            pos = n if end < 0 else end + len(m.group())
-            continue
-        if kind == "word":
-            yield text.count("\n", 0, m.start()) + 1, m.group().upper()
-        elif kind == "semi":
+    for token in tokens(text):
+        if token.kind == "word":
+            yield token.line, token.text.upper()
+        elif token.kind == "semi":
             yield 0, ";"
-        pos = m.end()
 
 
 def transaction_control(text: str) -> list[str]:

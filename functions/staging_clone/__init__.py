@@ -27,7 +27,9 @@ from typing import Any, Callable
 import psycopg
 from pydantic import BaseModel, ConfigDict, StrictBool
 
+from safesync.shared import identity
 from safesync.shared.config import Settings
+from safesync.shared.errors import Refused
 from safesync.shared.db import TableRef, connect
 from safesync.shared.delivery import Delivery
 from safesync.shared.http import Call, validate_body
@@ -149,8 +151,32 @@ def clone_database(
         return result
 
 
+def check_target(settings: Settings, report: Report) -> None:
+    """Refuse (nothing touched) a target that is the source or a protected
+    database under another name (``shared.identity``): a clone replaces its
+    schemas. The target's own ``backup.databases`` entry does not count —
+    a staging that is backed up too may still be cloned into (after its
+    safety backup)."""
+    cfg = settings.config.staging_clone
+    if cfg.target == "prod" or cfg.target == settings.config.content_sync.target:
+        raise Refused(f"refusing to clone into {cfg.target!r}: it is the content-sync target / named prod, a protected database")
+    found = identity.protected_aliases(settings, cfg.target, identity.protected_names(settings, cfg.source))
+    report.details["target_identity"] = found.as_dict()
+    if found.same:
+        raise Refused(
+            f"refusing to clone into {cfg.target!r}: it is the same database as {', '.join(map(repr, found.same))} "
+            f"({found.identity.describe()}); point staging_clone.target at the staging database"
+        )
+    if found.unknown:
+        raise Refused(
+            f"refusing to clone into {cfg.target!r}: cannot tell whether it is "
+            + ", ".join(f"{n!r} ({why})" for n, why in found.unknown.items())
+        )
+
+
 def _run(settings: Settings, report: Report, dry_run: bool, progress: Meter | None = None) -> None:
     cfg = settings.config.staging_clone
+    check_target(settings, report)
     options = options_from_config(settings)
     source_url, target_url = settings.database_url(cfg.source), settings.database_url(cfg.target)
     backup: dict[str, Any] = {}
