@@ -364,3 +364,25 @@ def test_a_role_that_could_write_protected_tables_is_reported(least_privileged, 
                 assert "safety_backup" not in answer.body["details"]
         with psycopg.connect(prod, autocommit=True) as conn:  # back to least privilege for the next case
             conn.execute(undo)
+
+
+def test_a_change_the_past_cannot_name_is_still_refused(least_privileged, write_settings):
+    """The second session that reads the catalog as it was cannot connect
+    (the database's connection limit): the change is refused all the same,
+    unnamed."""
+    role, url, dev, prod = least_privileged
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(f"grant create on schema public to {role}")
+    trigger(prod, "create table leaked (id int)")
+    settings = write_settings({"dev": dev, "prod": url}, lms_config_toml(extra=ACK))
+    with psycopg.connect(prod, autocommit=True) as conn:  # the job's own connections to prod: its lock and the sync's
+        conn.execute(f'alter database "{dbname}" connection limit 2')
+    try:
+        body = refused(settings, "dry-run")
+    finally:
+        with psycopg.connect(prod, autocommit=True) as conn:
+            conn.execute(f'alter database "{dbname}" connection limit -1')
+    assert any("could not be named" in c for c in violation(body, "(catalog)")["changes"]), body["details"]["protection_proof"]
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select to_regclass('public.leaked')").fetchone()[0] is None

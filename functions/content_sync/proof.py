@@ -66,6 +66,7 @@ import psycopg
 from psycopg import sql
 
 from safesync.shared.db import TableRef, connect
+from safesync.shared.errors import SafesyncError
 
 FIRST_NORMAL_OID = 16384  # objects below it were created by initdb
 ALLOWED_CATALOGS = frozenset(
@@ -462,10 +463,17 @@ def verify(start: Start, end: End, allowed: set[int], *, ledger: int, past: Past
             violation("(session)")["changes"].append(f"{name} changed from {start.settings.get(name)} to {end.settings.get(name)}")
     if not end.counting:
         violation("(session)")["changes"].append("track_counts is off: the row counters counted nothing")
-    catalog = _catalog_changes(end, past, conn, {ledger})
     relations = dict(end.relations)
-    if catalog.keys() - relations.keys():
-        relations = {**past.relations(), **relations}  # dropped ones
+    try:
+        catalog = _catalog_changes(end, past, conn, {ledger})
+        if catalog.keys() - relations.keys():
+            relations = {**past.relations(), **relations}  # dropped ones
+    except (psycopg.Error, SafesyncError) as exc:  # the past could not be read: still a violation, unnamed
+        catalog = {}
+        touched = sorted({end.relations[row[2]].label for row in end.mine if row[2] != ledger and row[2] in end.relations} | end.deleted)
+        violation("(catalog)")["changes"].append(
+            f"this transaction changed definitions ({', '.join(map(str, touched))}) that could not be named: {getattr(exc, 'message', None) or type(exc).__name__}"
+        )
     for relid, texts in catalog.items():
         violation(relations[relid].label)["changes"].extend(texts)
     counted: set[int] = set()
