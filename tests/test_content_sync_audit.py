@@ -194,7 +194,7 @@ def test_copy_to_program_is_found_and_the_dry_run_never_runs_it(lms):
     folder.chmod(0o777)  # the server may run as another OS user
     marker = folder / "ran"
     try:
-        trigger(prod, f"begin copy (select 1) to program 'touch {marker}'; return null; end")
+        trigger(prod, f"begin copy (select 1) to program 'cat > {marker}'; return null; end")
         expect_refused(make(), prod, reason="COPY")
         assert not marker.exists()
         answer = content_sync(make('acknowledge_side_channels = ["lessons"]'), "dry-run", adopt=True)
