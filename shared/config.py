@@ -88,6 +88,32 @@ class BackupSection(_Section):
     compress: str | None = None
     compress_level: int | None = Field(None, ge=0, le=9)  # the old key: gzip level N (0: none)
     prune_after_create: bool = True
+    # client-side encryption: "age" encrypts every new backup to these public
+    # keys; restoring needs a matching identity from the environment
+    encrypt: Literal["none", "age"] = "none"
+    age_recipients: list[str] = Field(default_factory=list)
+
+    @field_validator("age_recipients")
+    @classmethod
+    def _recipients(cls, v: list[str]) -> list[str]:
+        from .agefile import parse_recipient  # pyrage only when recipients are configured
+
+        for i, text in enumerate(v):
+            try:
+                parse_recipient(text)
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}") from None
+        if len(set(v)) != len(v):
+            raise ValueError("age_recipients lists a key twice")
+        return v
+
+    @model_validator(mode="after")
+    def _encryption(self) -> "BackupSection":
+        if self.encrypt == "age" and not self.age_recipients:
+            raise ValueError('encrypt = "age" needs age_recipients (public keys: age1… or ssh-ed25519/ssh-rsa)')
+        if self.encrypt == "none" and self.age_recipients:
+            raise ValueError('age_recipients are set but encrypt is not "age": set encrypt = "age" (or remove them)')
+        return self
 
     _compress = field_validator("compress")(classmethod(lambda cls, v: None if v is None else normalize_compress(v)))
 

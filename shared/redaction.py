@@ -13,7 +13,10 @@ the secret environment variables (``*_TOKEN``, ``*_KEY``, ``*_SECRET``,
   a piece of it, in its errors (``invalid percent-encoded token:
   "Sup3r%Secret_77"``, ``could not translate host name "…"``);
 - the secret fields of Google credentials (inline JSON or the file
-  ``GOOGLE_APPLICATION_CREDENTIALS`` names), each line of a PEM key.
+  ``GOOGLE_APPLICATION_CREDENTIALS`` names), each line of a PEM key;
+- age identities (``SAFESYNC_AGE_IDENTITY``, inline, or the file
+  ``SAFESYNC_AGE_IDENTITY_FILE`` names): the whole text and each of its key
+  lines (``AGE-SECRET-KEY-1…``, the lines of an OpenSSH private key).
 
 Each secret is redacted in every form a message may spell it: as given,
 percent-decoded and -encoded, JSON- and repr-escaped, SQL-quoted, and each
@@ -39,12 +42,14 @@ from urllib.parse import quote, unquote
 
 REDACTED = "[redacted]"
 SECRET_ENV_SUFFIXES = ("_URL", "_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
-SECRET_ENV_NAMES = ("PGPASSWORD",)
+SECRET_ENV_NAMES = ("PGPASSWORD", "SAFESYNC_AGE_IDENTITY")
+# variables naming a file of secrets, and how to find the secrets in it
+SECRET_FILE_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "SAFESYNC_AGE_IDENTITY_FILE")
 NOT_SECRET = frozenset({"SAFESYNC_GOOGLE_API_ROOT", "STORAGE_EMULATOR_HOST", "QSTASH_URL"})
 MIN_VALUE = 6  # a whole secret value shorter than this would redact common words
 MIN_PASSWORD = 4
 MIN_PIECE = 5  # a piece of a password between delimiters
-MAX_CREDENTIALS_FILE = 64_000
+MAX_SECRET_FILE = 64_000
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _DB_SCHEME = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
@@ -124,6 +129,13 @@ def credential_secrets(text: str) -> set[str]:
     return {s for s in found if len(s) >= MIN_VALUE}
 
 
+def key_lines(text: str) -> set[str]:
+    """The secret lines of a key text: every line that is not blank, a ``#``
+    comment (``age-keygen`` writes the public key in one) or PEM armour."""
+    lines = (line.strip() for line in text.splitlines())
+    return {line for line in lines if line and not line.startswith("#") and "-----" not in line and len(line) >= MIN_VALUE}
+
+
 def forms(secret: str) -> set[str]:
     """The spellings of ``secret`` a message may carry."""
     decoded = unquote(secret)
@@ -150,17 +162,23 @@ def _env_secrets(name: str, value: str) -> tuple[set[str], set[str]]:
         whole.add(value.strip())
         if value.lstrip().startswith("{"):
             whole |= credential_secrets(value)
-        elif name == "GOOGLE_APPLICATION_CREDENTIALS":
-            whole |= _credentials_file(value.strip())
+        elif name in SECRET_FILE_ENV:
+            whole |= _secret_file(value.strip())
+        else:
+            whole |= key_lines(value)
+    elif name in SECRET_FILE_ENV:
+        whole |= _secret_file(value.strip())
     passwords = passwords_in(value) if is_secret_env(name) or "://" in value or "password" in value.lower() else set()
     return whole, passwords
 
 
-def _credentials_file(path: str) -> set[str]:
+def _secret_file(path: str) -> set[str]:
+    """The secrets in a credentials JSON or key file a variable names."""
     try:
         file = Path(path)
-        if file.is_file() and file.stat().st_size <= MAX_CREDENTIALS_FILE:
-            return credential_secrets(file.read_text(encoding="utf-8", errors="replace"))
+        if file.is_file() and file.stat().st_size <= MAX_SECRET_FILE:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            return credential_secrets(text) if text.lstrip().startswith("{") else {text.strip(), *key_lines(text)}
     except OSError:
         pass
     return set()

@@ -11,7 +11,10 @@ SECRETS = {
     "SAFESYNC_ENCRYPTION_KEY": "c2VudGluZWwtZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=",
     "QSTASH_TOKEN": "sentinel-qstash-token-8c2d",
     "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-key-6f0e",
+    # an age identity (age-keygen format); AGE_RECIPIENT is its public key
+    "SAFESYNC_AGE_IDENTITY": "AGE-SECRET-KEY-1H25PQKCG5RSDVKCZUJSN4TCX6DNG092ND3G2U8QQJNLPGQU5D7HQQEVNYS",
 }
+AGE_RECIPIENT = "age17dmgupy37zl3vqvpj8k326ryyp206h52qy4c2guqlnfj23w3x96q20qkz5"
 DB_PASSWORD = "sentinel-db-password-1a2b"
 PUBLIC_URL = "https://safesync.example.test"
 

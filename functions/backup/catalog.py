@@ -17,7 +17,7 @@ from safesync.shared.config import Settings
 from safesync.shared.errors import BadRequest, NotFoundError
 from safesync.shared.storage import ObjectInfo, Storage
 
-from .layout import BackupName, parse_key
+from .layout import DUMP_SUFFIXES, BackupName, parse_key
 from .manifest import BackupInfo, ManifestError, parse_manifest
 
 
@@ -59,7 +59,7 @@ def scan(storage: Storage, db: str) -> DbCatalog:
         except (ManifestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc)})
             continue
-        if "dump" not in objects:
+        if info.dump_suffix not in objects:
             catalog.leftovers.append(_leftover(name, objects, "manifest without its dump"))
             continue
         catalog.complete.append(info)
@@ -70,7 +70,7 @@ def scan(storage: Storage, db: str) -> DbCatalog:
 def _leftover(name: BackupName, objects: dict[str, ObjectInfo], reason: str) -> Leftover:
     # The manifest (if any) goes first when deleting, so a half-finished
     # cleanup never leaves something that looks complete.
-    order = {"json": 0, "sha256": 1, "dump": 2}
+    order = {"json": 0, "sha256": 1, "dump": 2, "dump.age": 2}
     keys = tuple(o.key for s, o in sorted(objects.items(), key=lambda item: order[item[0]]))
     return Leftover(name.id, keys, max(o.updated for o in objects.values()), reason)
 
@@ -99,7 +99,7 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
     try:
         data = storage.get_json(name.manifest_key)
     except NotFoundError:
-        if storage.exists(name.dump_key):
+        if any(storage.exists(name.key(suffix)) for suffix in DUMP_SUFFIXES):
             raise NotFoundError(f"backup {backup_id} is incomplete (no manifest): it cannot be used") from None
         raise NotFoundError(f"backup {backup_id} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -108,8 +108,8 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
         info = parse_manifest(data, name)
     except ManifestError as exc:
         raise NotFoundError(f"backup {backup_id} has an invalid manifest: {exc}") from None
-    if not storage.exists(name.dump_key):
-        raise NotFoundError(f"backup {backup_id} has a manifest but its dump is missing")
+    if not storage.exists(info.dump_key):
+        raise NotFoundError(f"backup {backup_id} has a manifest but its dump ({info.dump_key}) is missing")
     return info
 
 

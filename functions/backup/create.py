@@ -1,10 +1,12 @@
-"""Creating a backup: pg_dump → SHA-256 → storage, then sidecar, then manifest.
+"""Creating a backup: pg_dump → (age) → SHA-256 → storage, then sidecar, then
+manifest.
 
 The dump streams through this process in chunks of at most 1 MiB (constant
-memory, no temp file). Row counts come from the same snapshot as the dump: a
-REPEATABLE READ transaction exports its snapshot, ``pg_dump --snapshot``
-imports it, and the counts run in that transaction on a second thread while
-the dump streams. If pg_dump or the counting fails, the stream raises before
+memory, no temp file); with ``backup.encrypt = "age"`` it is encrypted on the
+way (``archive.seal``) and the checksum is that of the stored ciphertext.
+Row counts come from the same snapshot as the dump: a REPEATABLE READ
+transaction exports its snapshot, ``pg_dump --snapshot`` imports it, and the
+counts run in that transaction on a second thread while the dump streams. If pg_dump or the counting fails, the stream raises before
 its end, so storage aborts the upload and nothing of the backup is visible;
 the manifest is written only after the dump and its sidecar are stored.
 """
@@ -22,6 +24,7 @@ from typing import Any, Iterator
 
 import psycopg
 
+from safesync.shared.agefile import Recipient
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, row_count, server_version
 from safesync.shared.errors import JobFailed, Refused, StorageError
@@ -30,9 +33,10 @@ from safesync.shared.pgtools import libpq_target
 from safesync.shared.report import Report, utcnow
 from safesync.shared.storage import Storage
 
+from . import archive
 from .compression import choose
-from .layout import SUFFIXES, BackupName
-from .manifest import MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
+from .layout import DUMP_SUFFIXES, SUFFIXES, BackupName
+from .manifest import MANIFEST_VERSION, PLAIN_MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
 from .pgproc import CHUNK, PgProcess, Progress, dbname_of
 
 log = get_logger("backup")
@@ -145,24 +149,37 @@ class _Counter(threading.Thread):
 
 
 class _DumpStream:
-    """pg_dump's stdout as chunks, hashed on the way. Raises (so storage
-    aborts the upload) unless pg_dump exits 0 and the counts succeeded."""
+    """pg_dump's stdout as stored (sealed for ``recipients``), hashed on the
+    way. Raises (so storage aborts the upload) unless pg_dump exits 0 and
+    the counts succeeded."""
 
-    def __init__(self, proc: PgProcess, counter: _Counter, progress: Progress | None) -> None:
-        self.proc, self.counter, self.progress = proc, counter, progress
+    def __init__(
+        self, proc: PgProcess, counter: _Counter, progress: Progress | None, recipients: list[Recipient]
+    ) -> None:
+        self.proc, self.counter, self.progress, self.recipients = proc, counter, progress, recipients
         self.hasher = hashlib.sha256()
-        self.size = 0
+        self.size = 0  # stored bytes
+        self.archive_size = 0  # pg_dump's bytes
         self.counts: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[bytes]:
-        assert self.proc.proc.stdout is not None
-        fd = self.proc.proc.stdout.fileno()
+        sealed = archive.seal(self._archive(), self.recipients)
         try:
-            while chunk := os.read(fd, CHUNK):
+            for chunk in sealed:
                 self.hasher.update(chunk)
                 self.size += len(chunk)
                 if self.progress:
                     self.progress(self.size)
+                yield chunk
+        finally:
+            sealed.close()  # storage failed: stop the encryption now, not when collected
+
+    def _archive(self) -> Iterator[bytes]:
+        assert self.proc.proc.stdout is not None
+        fd = self.proc.proc.stdout.fileno()
+        try:
+            while chunk := os.read(fd, CHUNK):
+                self.archive_size += len(chunk)
                 yield chunk
             code = self.proc.wait()
             if code != 0:
@@ -170,7 +187,7 @@ class _DumpStream:
                 if self.counter.error is not None:  # the exporting transaction failed first: that is the cause
                     raise JobFailed(f"backup aborted, nothing stored: {redact(str(self.counter.error)).strip()} ({self.proc.failure(code)})")
                 raise JobFailed(f"backup aborted, nothing stored: {self.proc.failure(code)}")
-            if self.size == 0:
+            if self.archive_size == 0:
                 raise JobFailed("backup aborted, nothing stored: pg_dump wrote nothing")
             self.counts = self.counter.result()
         finally:
@@ -196,6 +213,7 @@ def create_backup(
     url = settings.database_url(db)
     storage = settings.storage
     asked = settings.config.backup.compression
+    recipients = archive.recipients(settings)
     conn = connect(url, autocommit=True, application_name="safesync-backup")
     try:
         server_num = server_version(conn)
@@ -221,30 +239,32 @@ def create_backup(
         proc = PgProcess(argv, env, stdout=subprocess.PIPE)
         counter = _Counter(conn)
         counter.start()
-        stream = _DumpStream(proc, counter, progress)
+        stream = _DumpStream(proc, counter, progress, recipients)
+        dump_key = name.key(DUMP_SUFFIXES[bool(recipients)])
         try:
             with report.timed("dump") if report is not None else nullcontext():
                 # Create-only: a backup of the same name made meanwhile by
                 # another process (its manifest names its own checksum) wins.
-                stored = storage.put(name.dump_key, stream, overwrite=False)
+                stored = storage.put(dump_key, stream, overwrite=False)
         finally:
             proc.kill()
             if counter.is_alive():  # the dump failed: stop counting a big table for nothing
                 conn.cancel_safe()
             counter.join()
         if stored.size != stream.size:
-            storage.delete(name.dump_key)
-            raise StorageError(f"storage kept {stored.size} of {stream.size} bytes of {name.dump_key}")
+            storage.delete(dump_key)
+            raise StorageError(f"storage kept {stored.size} of {stream.size} bytes of {dump_key}")
     except psycopg.Error as exc:
         raise JobFailed(f"backup of {db} failed: {redact(str(exc)).strip()}") from None
     finally:
         _close_quietly(conn)
     finished = utcnow()
     digest = stream.hasher.hexdigest()
-    storage.put(name.sha256_key, sidecar_text(digest, name), content_type="text/plain", overwrite=False)
+    storage.put(name.sha256_key, sidecar_text(digest, dump_key), content_type="text/plain", overwrite=False)
     counts = stream.counts
+    encryption = archive.encryption_record(recipients)
     manifest = {
-        "manifest_version": MANIFEST_VERSION,
+        "manifest_version": MANIFEST_VERSION if encryption else PLAIN_MANIFEST_VERSION,
         "id": name.id,
         "database": db,
         "database_name": dbname_of(url),
@@ -256,6 +276,7 @@ def create_backup(
         "sha256": digest,
         "format": "custom",
         "compression": choice.spec,
+        **({"encryption": encryption} if encryption else {}),
         "pg_dump_version": ".".join(map(str, pg_dump.version)),
         "server_version": server_text,
         "server_version_num": server_num,
@@ -263,7 +284,7 @@ def create_backup(
         "table_count": len(counts),
         "rows_total": sum(counts.values()),
         "trigger": trigger or {"via": "library"},
-        "keys": {"dump": name.dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},
+        "keys": {"dump": dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},
         "created_by": f"safesync {_version()}",
     }
     info = write_manifest(storage, name, manifest, overwrite=False)

@@ -26,7 +26,7 @@ from .manifest import human_bytes
 from .pgproc import Progress
 from .prune import PruneResult, cleanup_temp, prune_database
 from .restore import restore_backup
-from .verify import verify_backup
+from .verify import require_identity, verify_backup
 
 JOB = "backup"
 
@@ -122,6 +122,8 @@ def run_verify(
                     missing.append(db)
                 else:
                     targets.append(latest)
+        for info in targets:  # every identity problem before any result is recorded
+            require_identity(settings, info)
         results = [verify_backup(settings, info, restore_drill_too=restore_drill) for info in targets]
         report.tables["verified"] = [r.row() for r in results]
         report.details["results"] = [

@@ -2,12 +2,18 @@
 
 A backup id is ``<db>-<YYYYMMDDTHHMMSSZ>-<kind>`` (e.g.
 ``prod-20260101T020000Z-daily``). Database names are identifiers (no ``-``),
-so an id parses back unambiguously, and the three object keys follow from it
+so an id parses back unambiguously, and the object keys follow from it
 without listing anything::
 
-    <db>/<YYYY>/<MM>/<id>.dump     pg_dump custom format
-    <db>/<YYYY>/<MM>/<id>.sha256   "<hex>  <id>.dump" (sha256sum -c compatible)
-    <db>/<YYYY>/<MM>/<id>.json     manifest, written last
+    <db>/<YYYY>/<MM>/<id>.dump       pg_dump custom format
+    <db>/<YYYY>/<MM>/<id>.dump.age   … or that archive encrypted with age
+    <db>/<YYYY>/<MM>/<id>.sha256     "<hex>  <id>.dump[.age]" (sha256sum -c compatible)
+    <db>/<YYYY>/<MM>/<id>.json       manifest, written last
+
+A backup has one dump object: its manifest says whether it is encrypted,
+so which of the two names it has. The name says what the bytes are, so no
+tool is ever fed ciphertext as a pg_dump archive, and ``age -d`` knows its
+input.
 
 The timestamp in a name only makes ids unique and sortable; ages used for
 retention come from the manifest.
@@ -24,7 +30,8 @@ from safesync.shared.errors import BadRequest
 # Scheduled and asked-for backups, then the "undo points" other jobs take.
 KINDS = ("manual", "daily", "predeploy", "presync", "premigrate", "safety")
 EVENT_KINDS = ("presync", "premigrate", "safety")
-SUFFIXES = ("dump", "sha256", "json")
+DUMP_SUFFIXES = ("dump", "dump.age")  # plain, encrypted
+SUFFIXES = (*DUMP_SUFFIXES, "sha256", "json")
 
 _STAMP = r"\d{8}T\d{6}Z"
 _KIND = "|".join(KINDS)
@@ -32,7 +39,7 @@ _KIND = "|".join(KINDS)
 ID_RE = re.compile(rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND})")
 KEY_RE = re.compile(
     rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)/(?P<year>\d{{4}})/(?P<month>\d{{2}})/"
-    rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump|sha256|json)"
+    rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump\.age|dump|sha256|json)"
 )
 
 
@@ -57,6 +64,7 @@ class BackupName:
 
     @property
     def dump_key(self) -> str:
+        """The plain dump's key (an encrypted one: ``BackupInfo.dump_key``)."""
         return self.key("dump")
 
     @property

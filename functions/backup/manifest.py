@@ -15,9 +15,15 @@ from typing import Any
 
 from safesync.shared.storage import Storage
 
-from .layout import BackupName
+from .layout import DUMP_SUFFIXES, BackupName
 
-MANIFEST_VERSION = 1
+# 2: the dump may be encrypted (``encryption``). Plain backups still write 1,
+# so an older safesync reads them; it refuses a 2 ("newer than this safesync
+# understands"): never listed, never restored, and never pruned as a
+# leftover, since it could not see the ``.dump.age`` beside it.
+MANIFEST_VERSION = 2
+PLAIN_MANIFEST_VERSION = 1
+ENCRYPTION_SCHEMES = ("age",)
 _REQUIRED = {
     "manifest_version": int,
     "id": str,
@@ -52,6 +58,7 @@ class BackupInfo:
     pg_dump_version: str = ""
     server_version: str = ""
     compression: str = ""
+    encryption: dict[str, Any] | None = None  # {"scheme": "age", "recipients": [{"type", "fingerprint"}]}
     verification: dict[str, Any] | None = None
     drill: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -61,8 +68,16 @@ class BackupInfo:
         return BackupName.parse(self.id)
 
     @property
+    def encrypted(self) -> bool:
+        return self.encryption is not None
+
+    @property
+    def dump_suffix(self) -> str:
+        return DUMP_SUFFIXES[self.encrypted]
+
+    @property
     def dump_key(self) -> str:
-        return self.name.dump_key
+        return self.name.key(self.dump_suffix)
 
     @property
     def sha256_key(self) -> str:
@@ -91,6 +106,7 @@ class BackupInfo:
             "rows": self.rows_total,
             "verified": _outcome(verified),
             "drill": _outcome(drill),
+            "encrypted": (self.encryption or {}).get("scheme", ""),
             "trigger": _trigger_text(self.trigger),
         }
 
@@ -155,6 +171,9 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
         raise ManifestError(f"manifest describes {data['id']!r}, but is stored as {name.id!r}")
     if len(data["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in data["sha256"]):
         raise ManifestError("manifest sha256 is not 64 lowercase hex digits")
+    encryption = data.get("encryption")
+    if encryption is not None:
+        _check_encryption(encryption)
     tables = data["tables"]
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in tables.items()):
         raise ManifestError("manifest tables must map table names to row counts")
@@ -171,10 +190,23 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
         pg_dump_version=str(data.get("pg_dump_version", "")),
         server_version=str(data.get("server_version", "")),
         compression=str(data.get("compression", "")),
+        encryption=encryption,
         verification=data.get("verification"),
         drill=data.get("drill"),
         manifest=data,
     )
+
+
+def _check_encryption(encryption: Any) -> None:
+    """An encrypted backup must say how and for whom: a manifest that does
+    not is not trusted (a reader would feed ciphertext to pg_restore)."""
+    if not isinstance(encryption, dict) or encryption.get("scheme") not in ENCRYPTION_SCHEMES:
+        raise ManifestError(f"manifest encryption must be an object with scheme one of {', '.join(ENCRYPTION_SCHEMES)}")
+    recipients = encryption.get("recipients")
+    if not isinstance(recipients, list) or not recipients or not all(
+        isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("fingerprint"), str) for r in recipients
+    ):
+        raise ManifestError("manifest encryption.recipients must list each recipient's type and fingerprint")
 
 
 def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any], *, overwrite: bool = True) -> BackupInfo:
@@ -185,9 +217,10 @@ def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any], *, 
     return info
 
 
-def sidecar_text(sha256: str, name: BackupName) -> bytes:
-    """``sha256sum`` format, so ``sha256sum -c`` works on a downloaded pair."""
-    return f"{sha256}  {name.id}.dump\n".encode("ascii")
+def sidecar_text(sha256: str, dump_key: str) -> bytes:
+    """``sha256sum`` format, so ``sha256sum -c`` works on a downloaded pair
+    (the digest of the stored object: ciphertext when encrypted)."""
+    return f"{sha256}  {dump_key.rsplit('/', 1)[-1]}\n".encode("ascii")
 
 
 def parse_sidecar(data: bytes) -> str | None:

@@ -5,22 +5,21 @@
   through ``shared.pgtools.spawn_client``, so it dies with the job.
 - stderr is drained by a thread (a full stderr pipe would freeze the child)
   and only its tail is kept, redacted, for error messages.
-- Restores stream from storage into pg_restore's stdin while hashing, and
-  hold back the last chunk until the SHA-256 of everything read matches the
-  manifest. A dump written through a pipe ends with the end of its last data
+- Restores stream the archive (``archive.Archive``: checksummed, decrypted
+  when encrypted) into pg_restore's stdin, and hold back the last chunk
+  until the SHA-256 of every stored byte matches the manifest. A dump written through a pipe ends with the end of its last data
   block, so pg_restore cannot reach its COMMIT before that chunk: a corrupt
   or tampered backup is never committed into the target.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import threading
 from collections import deque
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from psycopg import conninfo as pg_conninfo
 
@@ -28,7 +27,9 @@ from safesync.shared.errors import JobFailed, Refused
 from safesync.shared.log import redact
 from safesync.shared.pgerrors import failure
 from safesync.shared.pgtools import spawn_client
-from safesync.shared.storage import Storage
+
+if TYPE_CHECKING:
+    from .archive import Archive
 
 CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
@@ -113,42 +114,28 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-def restore_stream(
-    storage: Storage,
-    *,
-    key: str,
-    size: int,
-    sha256: str,
-    backup_id: str,
-    argv: Sequence[str],
-    env: dict[str, str],
-    progress: Progress | None = None,
-) -> str:
-    """Stream the dump at ``key`` into ``pg_restore`` (``argv``), committing
-    only if every byte matches ``sha256``/``size``. Returns pg_restore's
-    stderr tail (warnings). Raises Refused on a checksum mismatch (nothing
-    restored) and JobFailed when pg_restore fails (its transaction rolled back)."""
+def restore_stream(source: "Archive", *, argv: Sequence[str], env: dict[str, str]) -> str:
+    """Stream the archive ``source`` reads into ``pg_restore`` (``argv``),
+    committing only if every stored byte matches the manifest. Returns
+    pg_restore's stderr tail (warnings). Raises Refused on a checksum
+    mismatch or a damaged encrypted dump (nothing restored) and JobFailed
+    when pg_restore fails (its transaction rolled back)."""
+    backup_id = source.info.id
     proc = PgProcess(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    hasher = hashlib.sha256()
-    seen = 0
     held: bytes | None = None
     alive = True
+    chunks = iter(source)
     try:
-        with storage.open(key) as stream:
-            while alive and (chunk := stream.read(CHUNK)):
-                hasher.update(chunk)
-                seen += len(chunk)
-                if held is not None:
-                    alive = proc.feed(held)
-                held = chunk
-                if progress:
-                    progress(seen)
+        for chunk in chunks:
+            if held is not None and not (alive := proc.feed(held)):
+                break
+            held = chunk
         if not alive:
             raise JobFailed(f"restore of {backup_id} failed: {proc.failure(proc.wait())}")
-        if seen != size or hasher.hexdigest() != sha256:
+        if not source.as_written():
             raise Refused(
-                f"backup {backup_id} does not match its manifest (read {seen} of {size} bytes, "
-                f"sha256 {hasher.hexdigest()[:12]}… vs {sha256[:12]}…): nothing was restored",
+                f"backup {backup_id} does not match its manifest (read {source.size} of {source.info.size} bytes, "
+                f"sha256 {source.sha256[:12]}… vs {source.info.sha256[:12]}…): nothing was restored",
                 {"backup": backup_id},
             )
         if held is not None and not proc.feed(held):
@@ -160,4 +147,5 @@ def restore_stream(
             raise failure(f"restore of {backup_id} failed and was rolled back", proc.stderr_text(40), proc.failure(code))
         return proc.stderr_text(20)
     finally:
+        chunks.close()  # type: ignore[attr-defined]
         proc.kill()  # any exit before the final chunk: pg_restore never reaches COMMIT

@@ -9,6 +9,9 @@
    owner it may not assign, refuses the restore naming the object and the
    privilege (Refused → HTTP 422 / exit 1). ``no_owner`` (``--no-owner``)
    explicitly accepts that the restoring role owns everything instead.
+   Reading that table of contents decrypts an encrypted backup's header
+   and first chunk: a missing or wrong age identity is a ConfigError
+   (HTTP 400 / exit 2) here, before the safety backup.
 2. A ``safety`` backup of the target as it is now (so a wrong restore can be
    undone with another restore).
 3. ``pg_restore --clean --if-exists --single-transaction --exit-on-error
@@ -39,6 +42,7 @@ from safesync.shared.pgtools import libpq_target
 from safesync.shared.log import get_logger
 from safesync.shared.report import Report
 
+from .archive import Archive
 from .catalog import resolve
 from .create import count_rows, create_backup
 from .manifest import BackupInfo
@@ -159,14 +163,9 @@ def restore_backup(
         listing.write(use_list(entries, plan.left_out))
         listing.flush()
         pg_warnings = restore_stream(
-            settings.storage,
-            key=info.dump_key,
-            size=info.size,
-            sha256=info.sha256,
-            backup_id=info.id,
+            Archive(settings, info, progress=progress),
             argv=[str(tool.path), *options, "--use-list", listing.name, "--dbname", conninfo],
             env=env,
-            progress=progress,
         )
     result = RestoreResult(info, target_db, safety, no_owner=no_owner, kept=plan.kept_rows(), duration_s=round(time.perf_counter() - started, 3))
     if pg_warnings:

@@ -13,7 +13,6 @@ and the status page show when each backup was last proven good.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import tempfile
 import threading
@@ -33,11 +32,12 @@ from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import PgTool, child_env, find_tool, found_tools, libpq_target, supports_compression
 from safesync.shared.report import utcnow
 
+from .archive import Archive, DamagedArchive, probe
 from .catalog import get_backup
 from .compression import method_of
 from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
-from .pgproc import CHUNK, PgProcess, restore_stream
+from .pgproc import PgProcess, restore_stream
 from .restore_plan import plan_restore, unreadable_by_owner
 from .toc import TocEntry, parse_toc, tables as toc_tables, use_list
 
@@ -110,19 +110,23 @@ class _ListReader(threading.Thread):
 
 def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
     """The dump's table of contents (it is at the head of the archive: only
-    that much is read from storage)."""
+    that much is read from storage). For an encrypted backup this is also
+    the proof that the identity opens it: a missing or wrong one raises
+    ConfigError here, before a restore has touched anything."""
     tool = pg_restore_for(info)
+    chunks = iter(Archive(settings, info))
     proc = PgProcess([str(tool.path), "--list", "--verbose"], child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     reader = _ListReader(proc)
     reader.start()
     try:
-        with settings.storage.open(info.dump_key) as stream:
-            while (chunk := stream.read(CHUNK)) and proc.feed(chunk):
-                pass
+        for chunk in chunks:
+            if not proc.feed(chunk):
+                break
         proc.close_stdin()
         code = proc.wait()
         reader.join(timeout=30)
     finally:
+        chunks.close()  # type: ignore[attr-defined]
         proc.kill()
     if code != 0:
         raise JobFailed(f"pg_restore --list cannot read {info.id}: {proc.failure(code)}")
@@ -130,8 +134,10 @@ def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
 
 
 def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], dict[str, Any]]:
-    """One pass over the dump: SHA-256 + size vs manifest and sidecar, and
-    ``pg_restore --list`` parses it. Returns (problems, checks)."""
+    """One pass over the dump: SHA-256 + size of the stored bytes vs
+    manifest and sidecar, every chunk of an encrypted dump decrypted and
+    authenticated, and ``pg_restore --list`` parses the archive. Returns
+    (problems, checks); a missing or wrong identity raises ConfigError."""
     storage = settings.storage
     problems: list[str] = []
     checks: dict[str, Any] = {}
@@ -147,19 +153,15 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
             problems.append("sidecar and manifest disagree on the SHA-256")
 
     tool = pg_restore_for(info)
+    source = Archive(settings, info)
     proc = PgProcess([str(tool.path), "--list", "--verbose"], child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     toc = _ListReader(proc)
     toc.start()
-    hasher = hashlib.sha256()
-    size = 0
     feeding = True
     try:
-        with storage.open(info.dump_key) as stream:
-            while chunk := stream.read(CHUNK):
-                hasher.update(chunk)
-                size += len(chunk)
-                # pg_restore --list stops reading after the table of contents.
-                feeding = feeding and proc.feed(chunk)
+        for chunk in source:
+            # pg_restore --list stops reading after the table of contents.
+            feeding = feeding and proc.feed(chunk)
         if feeding:
             proc.close_stdin()
         code = proc.wait()
@@ -167,16 +169,23 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     except StorageError as exc:  # e.g. the GCS CRC32C check failed at the end of the read
         problems.append(f"reading the dump failed: {exc.message}")
         return problems, checks
+    except DamagedArchive as exc:  # the whole object was read: its checksum is compared below too
+        problems.append(exc.message)
+        code = None
     finally:
         proc.kill()
-    digest = hasher.hexdigest()
-    entries = parse_toc(toc.text)
+    size, digest = source.size, source.sha256
+    entries = parse_toc(toc.text) if code is not None else []
     checks.update(size=size, sha256=digest, sha256_ok=digest == info.sha256, toc_entries=len(entries))
+    if info.encrypted:
+        checks["decrypted"] = code is not None  # every chunk authenticated with the identity
     if size != info.size:
         problems.append(f"dump is {size} bytes, the manifest says {info.size}")
     if digest != info.sha256:
         problems.append(f"SHA-256 of the dump is {digest[:16]}…, the manifest says {info.sha256[:16]}…")
-    if code != 0:
+    if code is None:
+        pass  # damaged: said above
+    elif code != 0:
         problems.append(f"pg_restore --list cannot read it: {proc.failure(code)}")
     else:
         # Every table the manifest counted must be in the archive (an empty
@@ -227,11 +236,7 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
             listing.write(use_list(entries, plan.left_out))
             listing.flush()
             restore_stream(
-                settings.storage,
-                key=info.dump_key,
-                size=info.size,
-                sha256=info.sha256,
-                backup_id=info.id,
+                Archive(settings, info),
                 argv=[str(tool.path), "--single-transaction", "--exit-on-error", *(["--no-owner"] if no_owner else []),
                       "--use-list", listing.name, "--dbname", conninfo],
                 env=env,
@@ -276,6 +281,7 @@ def verify_backup(
     restore it into a scratch database. The result is recorded in the
     manifest unless ``record`` is False."""
     info = get_backup(settings, backup) if isinstance(backup, str) else backup
+    require_identity(settings, info)
     problems, checks = check_integrity(settings, info)
     result = VerifyResult(info.id, problems, checks)
     if restore_drill_too:
@@ -287,6 +293,16 @@ def verify_backup(
         _record(settings, info, result)
     log.info("backup verified", backup=info.id, ok=result.ok, problems=len(result.all_problems))
     return result
+
+
+def require_identity(settings: Settings, info: BackupInfo) -> None:
+    """A missing or wrong identity is the caller's error (ConfigError), never
+    a failed verification recorded against a sound backup; damage found
+    here is left for the integrity check to record."""
+    try:
+        probe(settings, info)
+    except DamagedArchive:
+        pass
 
 
 def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:

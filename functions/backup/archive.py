@@ -1,0 +1,128 @@
+"""A backup's dump object: the pg_dump archive as stored — plain, or
+encrypted with age for ``backup.age_recipients`` — and read back.
+
+Writing needs only the public keys (``seal``); reading an encrypted backup
+needs an identity from the environment (``Archive``). Whatever reads a dump
+— verify, the restore drill, restore, the table-of-contents read that plans
+a restore — reads it through ``Archive``, which checksums the stored bytes
+(what the manifest's ``size`` and ``sha256`` describe) and yields the
+archive, so no reader can forget the decryption or the checksum.
+
+A missing or wrong identity is a ConfigError (exit 2 / HTTP 400) raised at
+the first chunk, before a caller has done anything with the dump. An X25519
+header that does not open looks the same whether the key is wrong or the
+header damaged, so then the rest of the object is read and its SHA-256
+decides: as written → the identity is wrong; changed → the backup is
+damaged (``DamagedArchive``, a refusal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Generator, Iterable, Iterator
+
+from safesync.shared import agefile
+from safesync.shared.config import Settings
+from safesync.shared.errors import ConfigError, Refused
+
+from .manifest import BackupInfo
+from .pgproc import CHUNK, Progress
+
+
+class DamagedArchive(Refused):
+    """The stored object is not the age file that was written (a header or
+    chunk fails its authentication, or it is truncated)."""
+
+
+def recipients(settings: Settings) -> list[agefile.Recipient]:
+    """Who new backups are encrypted for (none: stored plain)."""
+    cfg = settings.config.backup
+    return agefile.parse_recipients(cfg.age_recipients) if cfg.encrypt == "age" else []
+
+
+def encryption_record(keys: list[agefile.Recipient]) -> dict[str, Any] | None:
+    """The manifest's ``encryption``: public facts only."""
+    return {"scheme": "age", "recipients": [key.describe() for key in keys]} if keys else None
+
+
+def seal(chunks: Iterable[bytes], keys: list[agefile.Recipient]) -> Generator[bytes, None, None]:
+    """The stored form of the archive ``chunks``."""
+    yield from agefile.encrypt(chunks, keys) if keys else chunks
+
+
+def _fingerprints(info: BackupInfo) -> str:
+    return ", ".join(r["fingerprint"] for r in (info.encryption or {}).get("recipients", []))
+
+
+def identities_for(settings: Settings, info: BackupInfo) -> list[Any]:
+    return agefile.load_identities(
+        settings.env, purpose=f"backup {info.id} is encrypted with age (for {_fingerprints(info)}); reading it"
+    )
+
+
+class Archive:
+    """One read of ``info``'s dump object. Iterating yields the pg_dump
+    archive; ``size`` and ``sha256`` are those of the stored bytes read so
+    far (all of them once the iteration ended)."""
+
+    def __init__(self, settings: Settings, info: BackupInfo, *, progress: Progress | None = None) -> None:
+        self.settings, self.info, self.progress = settings, info, progress
+        self.identities = identities_for(settings, info) if info.encrypted else None
+        self.size = 0
+        self._hasher = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
+
+    def as_written(self) -> bool:
+        return self.size == self.info.size and self.sha256 == self.info.sha256
+
+    def _stored(self, stream: Any) -> Iterator[bytes]:
+        while chunk := stream.read(CHUNK):
+            self._hasher.update(chunk)
+            self.size += len(chunk)
+            if self.progress:
+                self.progress(self.size)
+            yield chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.settings.storage.open(self.info.dump_key) as stream:
+            stored = self._stored(stream)
+            if self.identities is None:
+                yield from stored
+                return
+            try:
+                yield from agefile.decrypt(stored, self.identities)
+            except agefile.AgeError as exc:
+                for _ in stored:  # the rest of the object: its checksum tells a wrong key from damage
+                    pass
+                if isinstance(exc, agefile.NoMatchingIdentity) and self.as_written():
+                    raise self._wrong_identity() from None
+                written = "" if self.as_written() else (
+                    f"; its stored bytes are not the ones written (sha256 {self.sha256[:12]}… vs {self.info.sha256[:12]}…)"
+                )
+                reason = "no identity opens its header" if isinstance(exc, agefile.NoMatchingIdentity) else str(exc)
+                raise DamagedArchive(f"backup {self.info.id} is damaged: {reason}{written}", {"backup": self.info.id}) from None
+
+    def _wrong_identity(self) -> ConfigError:
+        have = agefile.public_keys(self.identities or [])
+        shown = f" (the identity given is for {', '.join(have)})" if have else ""
+        return ConfigError(
+            f"the age identity does not open backup {self.info.id}: it is encrypted for {_fingerprints(self.info)}{shown}; "
+            f"set {agefile.IDENTITY_ENV} or {agefile.IDENTITY_FILE_ENV} to the matching private key",
+            {"backup": self.info.id, "recipients": (self.info.encryption or {}).get("recipients", [])},
+        )
+
+
+def probe(settings: Settings, info: BackupInfo) -> None:
+    """Prove the identity opens ``info`` — its header and first chunk —
+    before anything acts on it. ConfigError if not; a damaged backup raises
+    DamagedArchive."""
+    if not info.encrypted:
+        return
+    reader = iter(Archive(settings, info))
+    try:
+        next(reader, None)
+    finally:
+        reader.close()  # type: ignore[attr-defined]
