@@ -96,7 +96,7 @@ class BackupSection(_Section):
     @field_validator("age_recipients")
     @classmethod
     def _recipients(cls, v: list[str]) -> list[str]:
-        from .agefile import parse_recipient  # pyrage only when recipients are configured
+        from .agefile import parse_recipient  # imports cryptography: only when recipients are configured (cold start)
 
         for i, text in enumerate(v):
             try:
@@ -110,7 +110,7 @@ class BackupSection(_Section):
     @model_validator(mode="after")
     def _encryption(self) -> "BackupSection":
         if self.encrypt == "age" and not self.age_recipients:
-            raise ValueError('encrypt = "age" needs age_recipients (public keys: age1… or ssh-ed25519/ssh-rsa)')
+            raise ValueError('encrypt = "age" needs age_recipients (public keys: age1…, as age-keygen prints them)')
         if self.encrypt == "none" and self.age_recipients:
             raise ValueError('age_recipients are set but encrypt is not "age": set encrypt = "age" (or remove them)')
         return self

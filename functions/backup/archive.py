@@ -8,12 +8,12 @@ a restore — reads it through ``Archive``, which checksums the stored bytes
 (what the manifest's ``size`` and ``sha256`` describe) and yields the
 archive, so no reader can forget the decryption or the checksum.
 
-A missing or wrong identity is a ConfigError (exit 2 / HTTP 400) raised at
-the first chunk, before a caller has done anything with the dump. An X25519
-header that does not open looks the same whether the key is wrong or the
-header damaged, so then the rest of the object is read and its SHA-256
-decides: as written → the identity is wrong; changed → the backup is
-damaged (``DamagedArchive``, a refusal).
+A missing identity, or one for none of the recipients the manifest names,
+is a ConfigError (exit 2 / HTTP 400) raised before anything is read. An
+identity of a recipient whose header still does not open, or a chunk that
+fails its authentication, means the stored object was changed:
+``DamagedArchive`` (a refusal), after the rest of the object is read so the
+message can say whether its SHA-256 still matches.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ def seal(chunks: Iterable[bytes], keys: list[agefile.Recipient]) -> Generator[by
 
 
 def _fingerprints(info: BackupInfo) -> str:
-    return ", ".join(r["fingerprint"] for r in (info.encryption or {}).get("recipients", []))
+    return ", ".join(_recipients_of(info))
 
 
-def identities_for(settings: Settings, info: BackupInfo) -> list[Any]:
+def identities_for(settings: Settings, info: BackupInfo) -> list[agefile.Identity]:
     return agefile.load_identities(
         settings.env, purpose=f"backup {info.id} is encrypted with age (for {_fingerprints(info)}); reading it"
     )
@@ -63,11 +63,14 @@ def identities_for(settings: Settings, info: BackupInfo) -> list[Any]:
 class Archive:
     """One read of ``info``'s dump object. Iterating yields the pg_dump
     archive; ``size`` and ``sha256`` are those of the stored bytes read so
-    far (all of them once the iteration ended)."""
+    far (all of them once the iteration ended). An identity for none of the
+    manifest's recipients is refused here, before anything is read."""
 
     def __init__(self, settings: Settings, info: BackupInfo, *, progress: Progress | None = None) -> None:
         self.settings, self.info, self.progress = settings, info, progress
         self.identities = identities_for(settings, info) if info.encrypted else None
+        if self.identities is not None and not {i.recipient for i in self.identities} & set(_recipients_of(info)):
+            raise self._wrong_identity()
         self.size = 0
         self._hasher = hashlib.sha256()
 
@@ -95,24 +98,27 @@ class Archive:
             try:
                 yield from agefile.decrypt(stored, self.identities)
             except agefile.AgeError as exc:
-                for _ in stored:  # the rest of the object: its checksum tells a wrong key from damage
+                for _ in stored:  # the rest of the object: its checksum says whether it changed
                     pass
-                if isinstance(exc, agefile.NoMatchingIdentity) and self.as_written():
-                    raise self._wrong_identity() from None
                 written = "" if self.as_written() else (
                     f"; its stored bytes are not the ones written (sha256 {self.sha256[:12]}… vs {self.info.sha256[:12]}…)"
                 )
-                reason = "no identity opens its header" if isinstance(exc, agefile.NoMatchingIdentity) else str(exc)
+                # The identity is one the backup was written for, so a header
+                # it cannot open was changed (or its manifest was).
+                reason = "the header does not open with the identity of its recipient" if isinstance(exc, agefile.NoMatchingIdentity) else str(exc)
                 raise DamagedArchive(f"backup {self.info.id} is damaged: {reason}{written}", {"backup": self.info.id}) from None
 
     def _wrong_identity(self) -> ConfigError:
-        have = agefile.public_keys(self.identities or [])
-        shown = f" (the identity given is for {', '.join(have)})" if have else ""
+        have = ", ".join(i.recipient for i in self.identities or [])
         return ConfigError(
-            f"the age identity does not open backup {self.info.id}: it is encrypted for {_fingerprints(self.info)}{shown}; "
-            f"set {agefile.IDENTITY_ENV} or {agefile.IDENTITY_FILE_ENV} to the matching private key",
+            f"the age identity does not open backup {self.info.id}: it is encrypted for {_fingerprints(self.info)}, "
+            f"the identity given is for {have}; set {agefile.IDENTITY_ENV} or {agefile.IDENTITY_FILE_ENV} to the matching private key",
             {"backup": self.info.id, "recipients": (self.info.encryption or {}).get("recipients", [])},
         )
+
+
+def _recipients_of(info: BackupInfo) -> list[str]:
+    return [r["fingerprint"] for r in (info.encryption or {}).get("recipients", [])]
 
 
 def probe(settings: Settings, info: BackupInfo) -> None:
