@@ -98,12 +98,13 @@ class BackupSection(_Section):
     def _recipients(cls, v: list[str]) -> list[str]:
         from .agefile import parse_recipient  # imports cryptography: only when recipients are configured (cold start)
 
+        keys = []
         for i, text in enumerate(v):
             try:
-                parse_recipient(text)
+                keys.append(parse_recipient(text))
             except ValueError as exc:
                 raise ValueError(f"item {i}: {exc}") from None
-        if len(set(v)) != len(v):
+        if len(set(keys)) != len(keys):
             raise ValueError("age_recipients lists a key twice")
         return v
 
