@@ -106,6 +106,33 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
             yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not a base64 AES key of 16, 24 or 32 bytes", "generate one: `openssl rand -base64 32`")
     elif "calendar" in settings.config.model_fields_set:
         yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not set but [calendar] is configured", "conference data is encrypted at rest: `openssl rand -base64 32`")
+    yield from check_backup_identity(settings)
+
+
+def check_backup_identity(settings: Settings) -> Iterator[Check]:
+    """With ``backup.encrypt = "age"``: whether this environment can read
+    the backups it makes (creating them needs only the public keys)."""
+    cfg = settings.config.backup
+    if cfg.encrypt != "age":
+        return
+    from . import agefile  # cryptography only when backups are encrypted
+
+    recipients = [r.fingerprint for r in agefile.parse_recipients(cfg.age_recipients)]
+    if not (settings.env.get(agefile.IDENTITY_ENV, "").strip() or settings.env.get(agefile.IDENTITY_FILE_ENV, "").strip()):
+        yield Check("secrets", "backup identity", WARN, f"backups are encrypted with age; neither {agefile.IDENTITY_ENV} nor {agefile.IDENTITY_FILE_ENV} is set here",
+                    "creating backups works; verify, restore drill and restore need the private key in this environment")
+        return
+    try:
+        identities = agefile.load_identities(settings.env, purpose="reading encrypted backups")
+    except ConfigError as exc:
+        yield Check("secrets", "backup identity", FAIL, exc.message, "fix the identity: verify and restore would refuse")
+        return
+    opens = [i.recipient for i in identities if i.recipient in recipients]
+    if opens:
+        yield Check("secrets", "backup identity", OK, f"opens backups encrypted for {', '.join(opens)}")
+    else:
+        yield Check("secrets", "backup identity", FAIL, f"the identity is for {', '.join(i.recipient for i in identities)}, none of backup.age_recipients",
+                    "set the private key of one of backup.age_recipients: new backups could not be verified or restored")
 
 
 # --- databases ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from tests.fixtures.supabase import supabase_dev, supabase_staging, supabase_tem
 from tests.system_tools import ensure_tool
 
 IDENTITY = sentinels.SECRETS["SAFESYNC_AGE_IDENTITY"]
+PASTED_PRIVATE_KEY = "AGE-SECRET-KEY-1" + "QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2  # not a sentinel: it lands in a file
 ADMIN = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_ADMIN_TOKEN']}"}
 
 
@@ -218,7 +219,7 @@ def test_a_changed_or_cut_encrypted_backup_fails_verify_and_is_never_restored(wo
         ('encrypt = "age"', 'encrypt = "age" needs age_recipients'),
         (f'age_recipients = ["{sentinels.AGE_RECIPIENT}"]', 'age_recipients are set but encrypt is not "age"'),
         ('encrypt = "age"\nage_recipients = ["age1nope"]', "item 0: 'age1nope' is not an age1… X25519 recipient"),
-        (f'encrypt = "age"\nage_recipients = ["{IDENTITY}"]', "only age1… keys"),
+        (f'encrypt = "age"\nage_recipients = ["{PASTED_PRIVATE_KEY}"]', "only age1… keys"),  # refused, not echoed
         (f'encrypt = "age"\nage_recipients = ["{sentinels.AGE_RECIPIENT}", "{sentinels.AGE_RECIPIENT.upper()}"]', "lists a key twice"),
         ('encrypt = "gpg"', "backup.encrypt"),
     ],
@@ -227,7 +228,7 @@ def test_bad_encryption_settings_are_one_line_config_errors(write_settings, extr
     with pytest.raises(ConfigError) as caught:
         write_settings({"prod": "postgresql://localhost/prod"}, f'[backup]\ndatabases = ["prod"]\n{extra}\n')
     assert message in caught.value.message and "\n" not in caught.value.message
-    assert IDENTITY not in caught.value.message
+    assert PASTED_PRIVATE_KEY[16:] not in caught.value.message
 
 
 def test_the_staging_clone_safety_backup_is_encrypted(write_settings, supabase_dev, supabase_staging) -> None:
@@ -242,3 +243,25 @@ def test_the_staging_clone_safety_backup_is_encrypted(write_settings, supabase_d
     safety = get_backup(settings, answer.body["details"]["safety_backup"]["id"])
     assert safety.encrypted and safety.dump_key.endswith(".dump.age")
     assert verify_backup(settings, safety.id).ok
+
+
+def test_doctor_says_whether_this_environment_can_read_the_encrypted_backups(write_settings, keygen_key, monkeypatch) -> None:
+    from safesync.shared.preflight import check_backup_identity
+
+    key_file, other = keygen_key
+    settings = write_settings({"prod": "postgresql://localhost/prod"}, toml(other))
+
+    def check() -> tuple[str, str]:
+        (found,) = check_backup_identity(settings)
+        return found.status, found.detail
+
+    assert check() == ("fail", f"the identity is for {sentinels.AGE_RECIPIENT}, none of backup.age_recipients")
+    monkeypatch.setenv(agefile.IDENTITY_FILE_ENV, str(key_file))
+    assert check() == ("ok", f"opens backups encrypted for {other}")
+    monkeypatch.delenv(agefile.IDENTITY_ENV)
+    monkeypatch.setenv(agefile.IDENTITY_FILE_ENV, str(key_file) + ".missing")
+    status, detail = check()
+    assert status == "fail" and "cannot read" in detail
+    monkeypatch.delenv(agefile.IDENTITY_FILE_ENV)
+    assert check()[0] == "warn"
+    assert list(check_backup_identity(write_settings({"prod": "postgresql://localhost/prod"}))) == []  # not encrypted: nothing to say

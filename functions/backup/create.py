@@ -1,12 +1,13 @@
-"""Creating a backup: pg_dump → (age) → SHA-256 → storage, then sidecar, then
-manifest.
+"""Creating a backup: pg_dump → (age) → SHA-256 → storage, then sidecar,
+then manifest.
 
 The dump streams through this process in chunks of at most 1 MiB (constant
-memory, no temp file); with ``backup.encrypt = "age"`` it is encrypted on the
-way (``archive.seal``) and the checksum is that of the stored ciphertext.
-Row counts come from the same snapshot as the dump: a REPEATABLE READ
-transaction exports its snapshot, ``pg_dump --snapshot`` imports it, and the
-counts run in that transaction on a second thread while the dump streams. If pg_dump or the counting fails, the stream raises before
+memory, no temp file); with ``backup.encrypt = "age"`` it is encrypted on
+the way (``archive.seal``) and the checksum is that of the stored
+ciphertext. Row counts come from the same snapshot as the dump: a
+REPEATABLE READ transaction exports its snapshot, ``pg_dump --snapshot``
+imports it, and the counts run in that transaction on a second thread while
+the dump streams. If pg_dump or the counting fails, the stream raises before
 its end, so storage aborts the upload and nothing of the backup is visible;
 the manifest is written only after the dump and its sidecar are stored.
 """

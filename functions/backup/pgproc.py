@@ -7,9 +7,10 @@
   and only its tail is kept, redacted, for error messages.
 - Restores stream the archive (``archive.Archive``: checksummed, decrypted
   when encrypted) into pg_restore's stdin, and hold back the last chunk
-  until the SHA-256 of every stored byte matches the manifest. A dump written through a pipe ends with the end of its last data
-  block, so pg_restore cannot reach its COMMIT before that chunk: a corrupt
-  or tampered backup is never committed into the target.
+  until the SHA-256 of every stored byte matches the manifest. A dump
+  written through a pipe ends with the end of its last data block, so
+  pg_restore cannot reach its COMMIT before that chunk: a corrupt or
+  tampered backup is never committed into the target.
 """
 
 from __future__ import annotations

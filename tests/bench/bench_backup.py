@@ -6,6 +6,8 @@
   compression (target ≤ 1.05×), and vs bare ``pg_dump -Fc`` with pg_dump's
   default gzip (target ≤ 0.6×); the size ratio is printed. Peak RSS of the
   whole process tree (Python and pg_dump) ≤ 150 MB.
+- The same backup encrypted (``backup.encrypt = "age"``, pg_dump → age →
+  SHA-256 → storage) vs the same bare pg_dump (target ≤ 1.05×, ≤ 150 MB).
 - The fixed overhead of a backup job on a small database (imports, catalog
   queries, row counts, manifest, run report): safesync minus the bare
   pg_dump of that database, medians of interleaved runs (target ≤ 0.3 s);
@@ -46,6 +48,8 @@ SAME_TARGET, GZIP_TARGET, RSS_TARGET_MB, OVERHEAD_TARGET_S = 1.05, 0.6, 150, 0.3
 # What a backup job imports before it does anything (the CLI, the job, the
 # config and the database driver).
 IMPORTS = "import safesync.functions.cli, safesync.functions.backup, safesync.shared.config, psycopg"
+# an X25519 recipient (the age spec's example): creating needs only the public key
+AGE_RECIPIENT = "age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj"
 
 SCHEMA = """
 create table events_log (
@@ -153,6 +157,9 @@ def run() -> list[dict]:
             env = {k: v for k, v in os.environ.items() if k not in ("PG_BIN", "PYTHONDONTWRITEBYTECODE")}
             env.update({"SAFESYNC_CONFIG": str(config), "BENCH_DATABASE_URL": url, "SMALL_DATABASE_URL": small,
                         "RESTORE_A_DATABASE_URL": pg.url("restore_a"), "SAFESYNC_LOG_LEVEL": "WARNING"})
+            age_config = work / "safesync-age.toml"
+            age_config.write_text(config.read_text() + f'encrypt = "age"\nage_recipients = ["{AGE_RECIPIENT}"]\n')
+            age_env = {**env, "SAFESYNC_CONFIG": str(age_config)}
             saved = os.environ.pop("PG_BIN", None)
             try:
                 pg_dump = find_tool("pg_dump", at_least=16, prefer="zstd")
@@ -161,7 +168,7 @@ def run() -> list[dict]:
                 if saved is not None:
                     os.environ["PG_BIN"] = saved
             ours_argv = [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "bench", "--json"]
-            our_runs, same_runs, gzip_runs = [], [], []
+            our_runs, same_runs, gzip_runs, age_runs = [], [], [], []
             spec = ""
             for _ in range(ROUNDS):
                 our_runs.append(measure(ours_argv, env))
@@ -171,8 +178,10 @@ def run() -> list[dict]:
                 same_arg = f"--compress={spec.split(':')[1]}" if spec.startswith("gzip") else f"--compress={spec}"
                 same_runs.append(measure([str(pg_dump.path), "-Fc", same_arg, "-f", str(same_file), "--dbname", url], env))
                 gzip_runs.append(measure([str(pg_dump.path), "-Fc", "-f", str(gzip_file), "--dbname", url], env))
+                age_runs.append(measure(ours_argv, age_env))
             backup_id, dump_bytes = backup["id"], backup["size"]
-            ours, same, gzip = _best(our_runs), _best(same_runs), _best(gzip_runs)
+            ours, same, gzip, aged = _best(our_runs), _best(same_runs), _best(gzip_runs), _best(age_runs)
+            age_bytes = json.loads(age_runs[-1][3])["details"]["backup"]["size"]
             rows.append({"name": f"bare pg_dump -Fc --compress={spec} -f FILE ({pg_dump.label})", "wall_s": round(same[0], 2),
                          "cpu_s": round(same[1], 2), "peak_rss_mb": round(same[2], 1), "bytes": same_file.stat().st_size,
                          "note": _runs(same_runs)})
@@ -183,6 +192,12 @@ def run() -> list[dict]:
                          "ratio": f"{ours[0] / same[0]:.3f} wall / {ours[1] / same[1]:.3f} cpu",
                          "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
                          "met": ours[0] / same[0] <= SAME_TARGET and ours[2] <= RSS_TARGET_MB, "note": _runs(our_runs)})
+            rows.append({"name": f"safesync backup create ({spec}, encrypted with age) / bare, same compression",
+                         "wall_s": round(aged[0], 2), "cpu_s": round(aged[1], 2), "peak_rss_mb": round(aged[2], 1), "bytes": age_bytes,
+                         "ratio": f"{aged[0] / same[0]:.3f} wall / {aged[1] / same[1]:.3f} cpu",
+                         "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
+                         "met": aged[0] / same[0] <= SAME_TARGET and aged[2] <= RSS_TARGET_MB,
+                         "note": f"{aged[0] / ours[0]:.3f}× the plain backup's wall; " + _runs(age_runs)})
             rows.append({"name": f"safesync backup create ({spec}) / bare pg_dump -Fc default gzip",
                          "ratio": f"{ours[0] / gzip[0]:.3f} wall / {ours[1] / gzip[1]:.3f} cpu",
                          "size_ratio": round(dump_bytes / gzip_file.stat().st_size, 3),
