@@ -55,9 +55,28 @@ def _fingerprints(info: BackupInfo) -> str:
 
 
 def identities_for(settings: Settings, info: BackupInfo) -> list[agefile.Identity]:
-    return agefile.load_identities(
+    """The environment's identities for reading ``info``. ConfigError when
+    there are none, or none is for a recipient the manifest names — decided
+    from public keys, before anything is read."""
+    identities = agefile.load_identities(
         settings.env, purpose=f"backup {info.id} is encrypted with age (for {_fingerprints(info)}); reading it"
     )
+    if not {i.recipient for i in identities} & set(_recipients_of(info)):
+        raise ConfigError(
+            f"the age identity does not open backup {info.id}: it is encrypted for {_fingerprints(info)}, "
+            f"the identity given is for {', '.join(i.recipient for i in identities)}; "
+            f"set {agefile.IDENTITY_ENV} or {agefile.IDENTITY_FILE_ENV} to the matching private key",
+            {"backup": info.id, "recipients": (info.encryption or {}).get("recipients", [])},
+        )
+    return identities
+
+
+def require_identity(settings: Settings, info: BackupInfo) -> None:
+    """Refuse now if this environment cannot read ``info``: a missing or
+    wrong identity is the caller's error (ConfigError), never a failed
+    verification recorded against a sound backup, nor a restore begun."""
+    if info.encrypted:
+        identities_for(settings, info)
 
 
 class Archive:
@@ -69,8 +88,6 @@ class Archive:
     def __init__(self, settings: Settings, info: BackupInfo, *, progress: Progress | None = None) -> None:
         self.settings, self.info, self.progress = settings, info, progress
         self.identities = identities_for(settings, info) if info.encrypted else None
-        if self.identities is not None and not {i.recipient for i in self.identities} & set(_recipients_of(info)):
-            raise self._wrong_identity()
         self.size = 0
         self._hasher = hashlib.sha256()
 
@@ -108,27 +125,6 @@ class Archive:
                 reason = "the header does not open with the identity of its recipient" if isinstance(exc, agefile.NoMatchingIdentity) else str(exc)
                 raise DamagedArchive(f"backup {self.info.id} is damaged: {reason}{written}", {"backup": self.info.id}) from None
 
-    def _wrong_identity(self) -> ConfigError:
-        have = ", ".join(i.recipient for i in self.identities or [])
-        return ConfigError(
-            f"the age identity does not open backup {self.info.id}: it is encrypted for {_fingerprints(self.info)}, "
-            f"the identity given is for {have}; set {agefile.IDENTITY_ENV} or {agefile.IDENTITY_FILE_ENV} to the matching private key",
-            {"backup": self.info.id, "recipients": (self.info.encryption or {}).get("recipients", [])},
-        )
-
 
 def _recipients_of(info: BackupInfo) -> list[str]:
     return [r["fingerprint"] for r in (info.encryption or {}).get("recipients", [])]
-
-
-def probe(settings: Settings, info: BackupInfo) -> None:
-    """Prove the identity opens ``info`` — its header and first chunk —
-    before anything acts on it. ConfigError if not; a damaged backup raises
-    DamagedArchive."""
-    if not info.encrypted:
-        return
-    reader = iter(Archive(settings, info))
-    try:
-        next(reader, None)
-    finally:
-        reader.close()  # type: ignore[attr-defined]

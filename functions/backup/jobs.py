@@ -19,6 +19,7 @@ from safesync.shared.locks import JobLock
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
+from .archive import require_identity
 from .catalog import databases, get_backup, latest_backup, list_backups, scan
 from .create import create_backup
 from .layout import BackupName
@@ -26,7 +27,7 @@ from .manifest import human_bytes
 from .pgproc import Progress
 from .prune import PruneResult, cleanup_temp, prune_database
 from .restore import restore_backup
-from .verify import require_identity, verify_backup
+from .verify import verify_backup
 
 JOB = "backup"
 

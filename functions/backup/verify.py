@@ -32,7 +32,7 @@ from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import PgTool, child_env, find_tool, found_tools, libpq_target, supports_compression
 from safesync.shared.report import utcnow
 
-from .archive import Archive, DamagedArchive, probe
+from .archive import Archive, DamagedArchive, require_identity
 from .catalog import get_backup
 from .compression import method_of
 from .create import count_rows
@@ -293,16 +293,6 @@ def verify_backup(
         _record(settings, info, result)
     log.info("backup verified", backup=info.id, ok=result.ok, problems=len(result.all_problems))
     return result
-
-
-def require_identity(settings: Settings, info: BackupInfo) -> None:
-    """A missing or wrong identity is the caller's error (ConfigError), never
-    a failed verification recorded against a sound backup; damage found
-    here is left for the integrity check to record."""
-    try:
-        probe(settings, info)
-    except DamagedArchive:
-        pass
 
 
 def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:
