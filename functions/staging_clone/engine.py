@@ -100,6 +100,23 @@ EMPTY_SCHEMA = """DO $safesync_empty$ DECLARE o record; left_over text; BEGIN
 END $safesync_empty$;"""
 
 
+# After the data, the swap builds every primary key, index and FK (pg_dump's
+# order); those sorts are most of its time past the COPYs. With the stock
+# 64MB each one spills to disk, and PostgreSQL gives a build one parallel
+# worker at most (it wants 32MB per participant). So the swap's session asks
+# for MAINTENANCE_WORK_MEM — raised, never lowered, and never above the
+# server's shared_buffers (a server that gives its buffer cache that much can
+# afford one sort that size; a parallel build shares the budget among its
+# workers, so it is the session's total).
+MAINTENANCE_WORK_MEM = "256MB"
+MAINTENANCE_MEMORY = (
+    "SELECT pg_catalog.set_config('maintenance_work_mem', (GREATEST(m.have, LEAST(m.wanted, m.buffers)) / 1024)::text || 'kB', false)"
+    " FROM (SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) AS have,"
+    f" pg_catalog.pg_size_bytes('{MAINTENANCE_WORK_MEM}') AS wanted,"
+    " pg_catalog.pg_size_bytes(pg_catalog.current_setting('shared_buffers')) AS buffers) m;"
+)
+
+
 def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan) -> str:
     """BEGIN, the guard against cascading outside the schemas, the schemas
     emptied (or created) and given dev's owner and comment."""
@@ -108,6 +125,7 @@ def pre_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan)
         "BEGIN;",
         _q(conn, sql.SQL("SET lock_timeout = {};").format(sql.Literal(options.lock_timeout))),
         "SET client_connection_check_interval = '1s';",
+        MAINTENANCE_MEMORY,
         "DO $safesync_guard$ DECLARE found text; BEGIN",
         f"  SELECT string_agg(dependent || ' (depends on ' || depends_on || ')', ', ') INTO found FROM ({guard_sql}) g;",
         "  IF found IS NOT NULL THEN RAISE EXCEPTION 'objects outside the cloned schemas depend on them: %', found; END IF;",
