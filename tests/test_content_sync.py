@@ -70,8 +70,12 @@ def test_sync_moves_content_and_leaves_user_tables_untouched(lms):
 
     again = content_sync(settings, "compare").body
     assert all(r["new"] == r["changed"] == r["extra"] == 0 for r in again["tables"]["tables"])
-    stored = settings.storage.list("runs/content_sync/")
-    assert sorted(settings.storage.get_json(o.key)["action"] for o in stored) == ["compare", "sync"]
+    stored = [o.key for o in settings.storage.list("runs/content_sync/")]
+    reports = [k for k in stored if k.endswith(".json")]
+    assert sorted(settings.storage.get_json(k)["action"] for k in reports) == ["compare", "sync"]
+    sync_report = next(settings.storage.get_json(k) for k in reports if settings.storage.get_json(k)["action"] == "sync")
+    assert set(stored) - set(reports) == {sync_report["details"]["undo_log"]["key"]}  # the undo log beside its report
+    assert sync_report["details"]["undo_log"]["key"] == reports[[settings.storage.get_json(k)["action"] for k in reports].index("sync")].removesuffix(".json") + ".undo.gz"
 
 
 def test_second_sync_writes_nothing_and_fires_no_update(lms):

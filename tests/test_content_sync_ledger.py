@@ -400,7 +400,7 @@ create table safesync.content_ledger_v1 (
 );
 insert into safesync.content_ledger_v1 (table_name, row_key, state, rows, hash_sum, signature)
 select summary->>'table', '{}', 'summary', (summary->>'rows')::bigint, (summary->>'hash_sum')::numeric, summary->>'signature'
-from safesync.content_ledger where entry < 0;
+from safesync.content_ledger where entry between -512 and -1;  -- summaries (the first release had no run records)
 insert into safesync.content_ledger_v1 (table_name, row_key, state, row_hash, declined_hash)
 select s.summary->>'table', array[(l.entry & ((1::bigint << 54) - 1))::text], case when l.kept then 'kept' else 'synced' end, l.row_hash, l.declined_hash
 from safesync.content_ledger as l join safesync.content_ledger as s on s.entry = -1 - (l.entry >> 54) where l.entry >= 0;

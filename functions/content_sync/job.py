@@ -25,6 +25,7 @@ failure rolls back: the target — and its ledger — is as it was.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import psycopg
@@ -33,12 +34,12 @@ from safesync.shared.config import Settings
 from safesync.shared import db
 from safesync.shared.db import TableRef, connect
 from safesync.shared.identity import identify
-from safesync.shared.errors import ConfigError, JobFailed, Refused
+from safesync.shared.errors import ConfigError, JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
-from . import apply, audit, ledger, proof, triggers
+from . import apply, audit, ledger, proof, triggers, undolog
 from .conflicts import TableDecisions, classify
 from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
@@ -191,7 +192,17 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         with report.timed("safety_backup"):
             report.details["safety_backup"] = take_safety_backup(settings, plan.target, report, trigger)
     ledger_oid = ledger.ensure(tgt)
-    written = _write(report, plan, decisions, src, tgt, progress)
+    with undo_log(report, plan, "sync") as log:
+        _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, hook, progress)
+
+
+def undo_log(report: Report, plan: SyncPlan, action: str, **header: Any) -> contextlib.closing[undolog.Writer]:
+    """The run's undo log, spooled while it writes (closed whatever happens)."""
+    return contextlib.closing(undolog.Writer({"run": report.run_id, "action": action, "target": plan.target, **header}))
+
+
+def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, hook, progress) -> None:
+    written = _write(report, plan, decisions, src, tgt, log, progress)
     if written is None:
         tgt.rollback()
         return
@@ -206,12 +217,15 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         report.refuse(f"rolled back, nothing changed: after writing, {problem}" + (f" — {why}" if why else ""))
         return
     with report.timed("ledger"):
-        _record(report, tgt, decisions)
+        _record(report, tgt, decisions, log)
     hook("after_write", tgt)
     with report.timed("verify_rest"):
         left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
+    logged = log.records > 0
+    if logged:
+        ledger.record_run(tgt, {"run": report.run_id, "action": "sync", "log": undolog.log_key(report), "sha256": log.finish(), "at": report.started_at.isoformat()})
     # The proof is the last thing that reads or writes: deferred triggers queued since (on the ledger, say)
     # fire now, inside what it sees; after it only the sequence moves (pg_catalog.setval: no user code) and COMMIT.
     tgt.execute("set constraints all immediate")
@@ -234,6 +248,9 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
         tgt.rollback()
         report.fail(f"rolled back, nothing changed: after writing, source and target still differ in {', '.join(left)}")
         return
+    if logged and mode == "sync":
+        with report.timed("undo_log"):
+            report.details["undo_log"] = store_log(settings, log, undolog.log_key(report), "sync")
     hook("before_commit", tgt)
     rows = sum(u + d for u, d in written.values())
     tables = len([1 for u, d in written.values() if u or d])
@@ -330,10 +347,11 @@ def _blockers(decisions: list[TableDecisions]) -> list[str]:
     return out
 
 
-def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt, progress: Meter) -> dict[str, tuple[int, int]] | None:
-    """Upserts parents first, then deletes children first; fills the
-    per-table ``written``/``deleted`` columns of the report. Returns per
-    table (rows upserted, rows deleted), or None after refusing."""
+def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt, log: undolog.Writer, progress: Meter) -> dict[str, tuple[int, int]] | None:
+    """Upserts parents first, then deletes children first, each after its
+    rows' before-images went to the undo log; fills the per-table
+    ``written``/``deleted`` columns of the report. Returns per table (rows
+    upserted, rows deleted), or None after refusing."""
     written: dict[str, tuple[int, int]] = {}
     rows = {r["table"]: r for r in report.tables["tables"]}
     moved = 0
@@ -352,17 +370,36 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                         + "; ".join(f"{m['table']} {m['key']}: {m['column']} → {m['references']}" for m in missing)
                     )
                     return None
+                log_images(log, tgt, d.spec, d.writes)
                 count = apply.upsert(tgt, d.spec, temp)
             written[d.spec.name] = (count, 0)
             rows[d.spec.name]["written"] = count
             progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
         for d in reversed(decisions):
             if d.deletes:
+                log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
                 n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
                 written[d.spec.name] = (written[d.spec.name][0], n)
                 rows[d.spec.name]["deleted"] = n
     report.details["bytes_copied"] = moved
     return written
+
+
+def store_log(settings: Settings, log: undolog.Writer, key: str, what: str) -> dict:
+    """Store the finished undo log; a run whose log cannot be stored does not commit."""
+    try:
+        return log.store(settings.storage, key).as_dict()
+    except Exception as exc:  # noqa: BLE001 — any failure: the transaction is still open and rolls back
+        raise StorageError(f"{what} rolled back, nothing changed: its undo log could not be stored: {redact(str(exc))}") from None
+
+
+def log_images(log: undolog.Writer, tgt: psycopg.Connection, spec: TableSpec, after: dict[Key, int | None]) -> None:
+    """Before-images of the rows with these keys, and the hash each will
+    have once written (None: deleted), into the undo log."""
+    stored = [c.name for c in db.columns(tgt, spec.table) if not c.generated]
+    keys = sorted(after)
+    chunks = (undolog.row_images(spec, stored, keys[i : i + apply.CHUNK_KEYS], [after[k] for k in keys[i : i + apply.CHUNK_KEYS]]) for i in range(0, len(keys), apply.CHUNK_KEYS))
+    log.section(tgt, {"section": "rows", "table": str(spec.table), "columns": stored, "signature": ledger.signature(spec)}, chunks)
 
 
 def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) -> str | None:
@@ -378,17 +415,36 @@ def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) ->
     return ("source and target still differ in " + ", ".join(wrong)) if wrong else None
 
 
-def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisions]) -> None:
+def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisions], log: undolog.Writer) -> None:
     """Write the ledger: written rows as synced (their verified hash),
     target-kept conflicts as kept, deleted rows removed; re-seed the
     entries of equal rows where the ledger is new or not current. A table
-    with nothing to record is not touched."""
+    with nothing to record is not touched. The entries of the rows decided
+    about go to the undo log as they were and as they are now (re-seeded
+    entries of rows nobody wrote stay after an undo: both sides had them)."""
     summary = {}
     for d in decisions:
         d.records.synced.update(d.writes)  # verified equal to the source hashes
         if d.records.reseed or d.records.touched:
-            summary[d.spec.name] = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved())
+            summary[d.spec.name] = done = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved())
+            changes = _ledger_changes(d)
+            chunks = (undolog.ledger_images(d.spec, changes[i : i + ledger.CHUNK]) for i in range(0, len(changes), ledger.CHUNK))
+            log.section(tgt, {"section": "ledger", "table": str(d.spec.table), "table_id": done["table_id"]}, chunks)
     report.details["ledger"] = summary
+
+
+def _ledger_changes(d: TableDecisions) -> list[tuple[Key, tuple, tuple]]:
+    """(key, entry before, entry after) of every key the sync recorded,
+    each entry as (present, kept, row hash, declined hash)."""
+    known = d.ledger.entries if d.ledger.usable else {}
+
+    def entry(e: ledger.Entry | None) -> tuple:
+        return (False, None, None, None) if e is None else (True, e.state == "kept", e.row_hash, e.declined_hash)
+
+    out = [(k, entry(known.get(k)), (True, False, h, None)) for k, h in d.records.synced.items()]
+    out += [(k, entry(known.get(k)), (True, True, t, s)) for k, (t, s) in d.records.kept.items()]
+    out += [(k, entry(known.get(k)), entry(None)) for k in d.records.removed]
+    return sorted(out, key=lambda row: row[0])
 
 
 def _cascaded(plan: SyncPlan, written: dict[str, tuple[int, int]], end: proof.End) -> set[int]:

@@ -21,7 +21,11 @@ copy of any key or value:
 - a **summary** per table (``entry`` = -1 - table id, ``summary`` jsonb):
   the table's name, number of entries, exact sum of their hashes, and the
   signature (compared columns, key, translations, hash scheme) the hashes
-  were computed under.
+  were computed under;
+- a **run record** per committed writing run (``entry`` = ``RUNS`` - n,
+  ``summary`` jsonb: run id, action, the undo log's key and SHA-256),
+  written in the run's own transaction: the target's word that the run
+  committed, in commit order (``undo`` trusts no stored log without it).
 
 Two keys of one table that hash alike share an entry (about one table in
 36,000 at a million hashed keys): the summary then never matches, so that
@@ -70,6 +74,8 @@ CHUNK = 10_000
 KEY_BITS = 54
 MASK = (1 << KEY_BITS) - 1
 MAX_TABLES = 1 << (63 - KEY_BITS)  # table ids 0..511
+RUNS = -(1 << 40)  # run records: RUNS - 0, RUNS - 1, ... (below every summary)
+_SUMMARIES = sql.SQL("entry between {} and -1").format(sql.Literal(-MAX_TABLES))
 _CANONICAL = "^(0|[1-9][0-9]{0,16})$"  # a non-negative integer as PostgreSQL prints it
 
 LEDGER_SQL = """
@@ -254,7 +260,8 @@ def _summaries(conn: psycopg.Connection) -> dict[str, tuple[int, dict]]:
             ).format(_FIRST_FORMAT_IDS)
         ).fetchall()
         return {name: (i, {"table": name, "rows": n, "hash_sum": int(total), "signature": sig}) for name, i, n, total, sig in rows}
-    return {row[1]["table"]: (-1 - row[0], row[1]) for row in conn.execute("select entry, summary from safesync.content_ledger where entry < 0")}
+    query = sql.SQL("select entry, summary from safesync.content_ledger where {}").format(_SUMMARIES)
+    return {row[1]["table"]: (-1 - row[0], row[1]) for row in conn.execute(query)}
 
 
 def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef, TableLedger]:
@@ -380,11 +387,12 @@ def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes
         "insert into safesync.content_ledger (entry, summary) values (%s, %s) on conflict (entry) do update set summary = excluded.summary",
         [-1 - table_id, psycopg.types.json.Jsonb(summary)],
     )
+    done["table_id"] = table_id
     return done
 
 
 def _new_table_id(conn: psycopg.Connection) -> int:
-    used = conn.execute("select coalesce(max(-1 - entry), -1) from safesync.content_ledger where entry < 0").fetchone()[0]
+    used = conn.execute(sql.SQL("select coalesce(max(-1 - entry), -1) from safesync.content_ledger where {}").format(_SUMMARIES)).fetchone()[0]
     if used + 1 >= MAX_TABLES:
         raise ConfigError(f"the content ledger tracks at most {MAX_TABLES} tables")
     return used + 1
@@ -446,3 +454,41 @@ def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequ
             conn.execute(insert, params)
     except psycopg.errors.UniqueViolation:  # two keys whose hashes share an entry: keep one
         conn.execute(insert + sql.SQL(" on conflict (entry) do nothing"), params)
+
+
+# -- what undo needs --------------------------------------------------------------
+
+
+def entry_of(table_id: int, texts: Sequence[sql.Composable]) -> sql.Composable:
+    """The entry of a key given as its columns' text forms."""
+    return _entry(table_id, _key_value(texts))
+
+
+def table_id_of(conn: psycopg.Connection, spec: TableSpec) -> int | None:
+    """The table's id in the ledger (None: never recorded)."""
+    found = _summaries(conn).get(str(spec.table)) if exists(conn) else None
+    return found[0] if found else None
+
+
+def record_run(conn: psycopg.Connection, record: dict) -> None:
+    """Record a committing run (inside its transaction, after its writes)."""
+    n = conn.execute("select count(*) from safesync.content_ledger where entry <= %s", [RUNS]).fetchone()[0]
+    conn.execute("insert into safesync.content_ledger (entry, summary) values (%s, %s)", [RUNS - n, psycopg.types.json.Jsonb(record)])
+
+
+def runs(conn: psycopg.Connection) -> list[dict]:
+    """Every recorded run, oldest first."""
+    if not exists(conn) or _first_format(conn):
+        return []
+    return [r[0] for r in conn.execute("select summary from safesync.content_ledger where entry <= %s order by entry desc", [RUNS])]
+
+
+def resummarise(conn: psycopg.Connection, table_id: int) -> None:
+    """Set a table's summary to what its entries add up to (after an undo
+    put some back), keeping its name and signature."""
+    low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
+    conn.execute(
+        "update safesync.content_ledger set summary = summary || (select jsonb_build_object('rows', count(*), 'hash_sum', coalesce(sum(row_hash), 0)) "
+        "from safesync.content_ledger where entry between %s and %s) where entry = %s",
+        [low, high, -1 - table_id],
+    )
