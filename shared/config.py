@@ -139,6 +139,7 @@ class TableOptions(_Section):
     match_on: list[str] | None = None
     on_conflict: Literal["source", "target", "fail"] | None = None
     ignore_columns: list[str] | None = None  # neither compared nor written (e.g. stamped by a BEFORE trigger)
+    undo_conflict: Literal["keep", "restore", "fail"] | None = None
 
 
 class ContentSyncSection(_Section):
@@ -148,6 +149,9 @@ class ContentSyncSection(_Section):
     protected: list[str] = Field(default_factory=list)
     delete_missing: bool = False
     on_conflict: Literal["source", "target", "fail"] = "fail"
+    # a row changed in the target since the sync being undone: keep it as it is now, restore the
+    # sync's before-image over it, or refuse the undo (naming the row)
+    undo_conflict: Literal["keep", "restore", "fail"] = "fail"
     options: dict[str, TableOptions] = Field(default_factory=dict)
     # a target role that could write a protected table: a warning, or (true) a refusal
     require_least_privilege: bool = False

@@ -96,15 +96,12 @@ def run(
         meter = progress or (lambda **_: None)
         _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None), meter)
     except psycopg.Error as exc:
-        _close(tgt)
-        message = f"{mode} rolled back, target unchanged: {redact(str(exc)).strip()}"
-        if isinstance(exc, (psycopg.errors.IntegrityError, psycopg.errors.DataError)):
-            raise Refused(message) from None  # the target's constraints reject these rows: retrying will not help
-        raise JobFailed(message) from None
+        close_quietly(tgt)
+        raise database_error(mode, exc) from None
     finally:
         sides.close()
-        _close(tgt)
-        _close(src)
+        close_quietly(tgt)
+        close_quietly(src)
 
 
 def _check_distinct(report: Report, section, src, tgt, source_url: str, target_url: str) -> None:
@@ -118,7 +115,7 @@ def _check_distinct(report: Report, section, src, tgt, source_url: str, target_u
         )
 
 
-def _close(conn: psycopg.Connection) -> None:
+def close_quietly(conn: psycopg.Connection) -> None:
     """Close (rolling back anything open); errors of a dead connection are moot."""
     try:
         conn.close()
@@ -136,7 +133,7 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
     with report.timed("audit"):
         trees, sequences = proof.content_relids(tgt, plan.content)
         allowed = set().union(sequences, *trees.values())
-        unsafe, on_read = _preconditions(settings.config.content_sync, report, plan, tgt, trees, allowed)
+        unsafe, on_read = preconditions(settings.config.content_sync, report, plan, tgt, trees, allowed)
     if unsafe and (writing or on_read):
         if writing:
             report.refuse("nothing run on the target — " + "; ".join(unsafe))
@@ -144,13 +141,8 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
             report.problems("compare stopped before reading the target — " + "; ".join(unsafe))
         return
     if writing:
-        with report.timed("proof_start"):
-            before = proof.start(tgt)
-        if not before.counting:
-            report.refuse(
-                "track_counts is off for this session (postgresql.conf, ALTER DATABASE or ALTER ROLE … SET): "
-                "the protection proof could not count writes, so nothing was synced; turn track_counts on"
-            )
+        before = start_proof(report, tgt)
+        if before is None:
             return
     with report.timed("compare"):
         diffs = []
@@ -228,20 +220,8 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         ledger.record_run(tgt, {"run": report.run_id, "action": "sync", "log": undolog.log_key(report), "sha256": log.finish(), "at": report.started_at.isoformat()})
     # The proof is the last thing that reads or writes: deferred triggers queued since (on the ledger, say)
     # fire now, inside what it sees; after it only the sequence moves (pg_catalog.setval: no user code) and COMMIT.
-    tgt.execute("set constraints all immediate")
-    with report.timed("proof"):
-        after = proof.finish(tgt)
-        past = proof.Past(settings.database_url(plan.target), before.snapshot)
-        try:
-            result = proof.verify(before, after, allowed, ledger=ledger_oid, past=past, conn=tgt, cascaded=_cascaded(plan, written, after))
-        finally:
-            past.close()
-    report.tables["protection proof"] = result.rows
-    report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
+    result = prove(settings, report, plan, tgt, before, allowed, ledger_oid, written, "sync")
     if not result.ok:
-        tgt.rollback()
-        undone = " (except sequence values, which are not transactional)" if any("nextval" in c for v in result.violations for c in v["changes"]) else ", nothing changed"
-        report.refuse(f"rolled back{undone}: the sync changed protected object(s) {result.describe()} (a trigger, rule or cascade?)")
         return
     report.details["verified"] = not left
     if left:
@@ -271,7 +251,51 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     )
 
 
-def _preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connection, trees: dict, allowed: set[int]) -> tuple[list[str], bool]:
+def prove(settings: Settings, report: Report, plan: SyncPlan, tgt, before: proof.Start, allowed: set[int], ledger_oid: int, written: dict[str, tuple[int, int]], what: str) -> proof.ProofResult:
+    """The protection proof, the last statement that reads or writes:
+    deferred triggers queued since the last check (on the ledger, say) fire
+    first, inside what it sees; after it only the sequence moves
+    (pg_catalog.setval: no user code) and COMMIT. Fills the report; rolls
+    back and refuses when it fails."""
+    tgt.execute("set constraints all immediate")
+    with report.timed("proof"):
+        after = proof.finish(tgt)
+        past = proof.Past(settings.database_url(plan.target), before.snapshot)
+        try:
+            result = proof.verify(before, after, allowed, ledger=ledger_oid, past=past, conn=tgt, cascaded=_cascaded(plan, written, after))
+        finally:
+            past.close()
+    report.tables["protection proof"] = result.rows
+    report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
+    if not result.ok:
+        tgt.rollback()
+        undone = " (except sequence values, which are not transactional)" if any("nextval" in c for v in result.violations for c in v["changes"]) else ", nothing changed"
+        report.refuse(f"rolled back{undone}: the {what} changed protected object(s) {result.describe()} (a trigger, rule or cascade?)")
+    return result
+
+
+def database_error(what: str, exc: psycopg.Error) -> JobFailed | Refused:
+    """A database error inside the write transaction, as the run reports it."""
+    message = f"{what} rolled back, target unchanged: {redact(str(exc)).strip()}"
+    if isinstance(exc, (psycopg.errors.IntegrityError, psycopg.errors.DataError)):
+        return Refused(message)  # the target's constraints reject these rows: retrying will not help
+    return JobFailed(message)
+
+
+def start_proof(report: Report, tgt) -> proof.Start | None:
+    """The proof's first snapshot, before the first write (None: refused)."""
+    with report.timed("proof_start"):
+        before = proof.start(tgt)
+    if not before.counting:
+        report.refuse(
+            "track_counts is off for this session (postgresql.conf, ALTER DATABASE or ALTER ROLE … SET): "
+            "the protection proof could not count writes, so nothing was changed; turn track_counts on"
+        )
+        return None
+    return before
+
+
+def preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connection, trees: dict, allowed: set[int]) -> tuple[list[str], bool]:
     """Why this target may not be synced at all, found before anything runs
     there (reported by compare, refused by dry-run and sync), and whether
     one of them would run on a mere read (then compare stops too): side
@@ -317,7 +341,7 @@ def _preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connect
     return out, any(f.read for f in blocking)
 
 
-def _keys(keys: list[Key]) -> str:
+def keys_text(keys: list[Key]) -> str:
     shown = ", ".join("(" + ", ".join(k) + ")" if len(k) > 1 else k[0] for k in keys[:5])
     return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
@@ -329,20 +353,20 @@ def _blockers(decisions: list[TableDecisions]) -> list[str]:
         key = ", ".join(d.spec.key)
         if d.collisions:
             out.append(
-                f"{d.spec.name}: key collision on {key} {_keys(d.collisions)} — the target has a different row under the same key "
+                f"{d.spec.name}: key collision on {key} {keys_text(d.collisions)} — the target has a different row under the same key "
                 f"that safesync never wrote (created in {d.spec.name} on the target); re-key the row in the source, "
                 f"or match {d.spec.name} on a natural key ([content_sync.options.{d.spec.name}] match_on = [...])"
             )
         if d.failing:
             out.append(
-                f"{d.spec.name}: {len(d.failing)} conflict(s) on {key} {_keys([c.key for c in d.failing])} — changed in the target since "
+                f"{d.spec.name}: {len(d.failing)} conflict(s) on {key} {keys_text([c.key for c in d.failing])} — changed in the target since "
                 f"the last sync and different from the source; choose with [content_sync.options.{d.spec.name}] "
                 'on_conflict = "source" (overwrite) or "target" (keep), or make both sides agree'
             )
         if d.unconfirmed:
             out.append(
                 f"{d.spec.name}: {len(d.unconfirmed)} row(s) differ with no ledger history yet ({d.ledger.status}) on {key} "
-                f"{_keys([k for k, _ in d.unconfirmed])} — review them, then run with --adopt (HTTP \"adopt\": true) to take the source's version"
+                f"{keys_text([k for k, _ in d.unconfirmed])} — review them, then run with --adopt (HTTP \"adopt\": true) to take the source's version"
             )
     return out
 
@@ -411,7 +435,7 @@ def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) ->
         bad = [k for k, h in d.writes.items() if now.get(k) != h]
         gone = hashes_by_key(tgt, d.spec, sorted(d.deletes)) if d.deletes else {}
         if bad or gone:
-            wrong.append(f"{d.spec.name} ({len(bad)} written row(s) differ from the source, e.g. {_keys(sorted(bad))}; {len(gone)} deleted row(s) still there)")
+            wrong.append(f"{d.spec.name} ({len(bad)} written row(s) differ from the source, e.g. {keys_text(sorted(bad))}; {len(gone)} deleted row(s) still there)")
     return ("source and target still differ in " + ", ".join(wrong)) if wrong else None
 
 
@@ -426,10 +450,11 @@ def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisi
     for d in decisions:
         d.records.synced.update(d.writes)  # verified equal to the source hashes
         if d.records.reseed or d.records.touched:
+            was = ledger.summary_of(tgt, d.ledger.table_id)
             summary[d.spec.name] = done = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved())
             changes = _ledger_changes(d)
             chunks = (undolog.ledger_images(d.spec, changes[i : i + ledger.CHUNK]) for i in range(0, len(changes), ledger.CHUNK))
-            log.section(tgt, {"section": "ledger", "table": str(d.spec.table), "table_id": done["table_id"]}, chunks)
+            log.section(tgt, {"section": "ledger", "table": str(d.spec.table), "table_id": done["table_id"], "summary": was}, chunks)
     report.details["ledger"] = summary
 
 
@@ -481,14 +506,14 @@ def _verify_untouched(sides: Sides, decisions: list[TableDecisions], written: di
         odd += [k for k, (_, t) in post.changed.items() if k not in expected or expected[k] != t]
         odd += [k for k, t in post.extra.items() if k not in expected or expected[k] != t]
         if odd:
-            left.append(f"{d.spec.name} ({len(odd)} row(s), e.g. {_keys(sorted(odd))}; a trigger or cascade changed content rows)")
+            left.append(f"{d.spec.name} ({len(odd)} row(s), e.g. {keys_text(sorted(odd))}; a trigger or cascade changed content rows)")
     return left
 
 
 # -- the report ------------------------------------------------------------------
 
 
-def _cut(value: str | None) -> str | None:
+def cut(value: str | None) -> str | None:
     if value is None or len(value) <= VALUE_CHARS:
         return value
     return value[: VALUE_CHARS - 1] + "…"
@@ -555,17 +580,17 @@ def _describe(report: Report, plan: SyncPlan, decisions: list[TableDecisions], d
                 cols = texts.get(c.key, {})
                 what = f"source {c.source_change}, target {c.target_change} since the last sync"
                 conflicts[spec.name].append(
-                    {"key": list(c.key), "what": what, "resolution": c.resolution, "columns": {n: {"source": _cut(a), "target": _cut(b)} for n, (a, b) in cols.items()}}
+                    {"key": list(c.key), "what": what, "resolution": c.resolution, "columns": {n: {"source": cut(a), "target": cut(b)} for n, (a, b) in cols.items()}}
                 )
                 base = {"table": spec.name, "key": ", ".join(c.key), "what": what, "resolution": c.resolution}
                 if not cols:
                     conflict_rows.append({**base, "column": "(whole row)", "source": "absent" if c.source_hash is None else "present", "target": "absent" if c.target_hash is None else "present"})
                 for n, (a, b) in cols.items():
-                    conflict_rows.append({**base, "column": n, "source": _cut(a), "target": _cut(b)})
+                    conflict_rows.append({**base, "column": n, "source": cut(a), "target": cut(b)})
         for k in listed_collisions:
             cols = texts.get(k, {})
             collisions.append(
-                {"table": spec.name, "key": ", ".join(k), "differing columns": ", ".join(cols), "source": _cut(_row_text(cols, 0)), "target": _cut(_row_text(cols, 1)),
+                {"table": spec.name, "key": ", ".join(k), "differing columns": ", ".join(cols), "source": cut(_row_text(cols, 0)), "target": cut(_row_text(cols, 1)),
                  "fix": f"re-key the row in {plan.source}, or match {spec.name} on a natural key (match_on)"}
             )
         for k, kind in d.unconfirmed[:REPORT_ROWS]:

@@ -483,10 +483,28 @@ def runs(conn: psycopg.Connection) -> list[dict]:
     return [r[0] for r in conn.execute("select summary from safesync.content_ledger where entry <= %s order by entry desc", [RUNS])]
 
 
-def resummarise(conn: psycopg.Connection, table_id: int) -> None:
-    """Set a table's summary to what its entries add up to (after an undo
-    put some back), keeping its name and signature."""
+def summary_of(conn: psycopg.Connection, table_id: int | None) -> dict | None:
+    """A table's summary as stored (None: the table has none)."""
+    if table_id is None:
+        return None
+    row = conn.execute("select summary from safesync.content_ledger where entry = %s", [-1 - table_id]).fetchone()
+    return row[0] if row else None
+
+
+def resummarise(conn: psycopg.Connection, table_id: int, summary: dict | None) -> None:
+    """After an undo put entries back: a table that had no summary before
+    the run being undone has no ledger again (entries and summary gone: the
+    next sync seeds it, asking for --adopt where rows differ, as before);
+    otherwise its summary (``summary`` if it is missing) becomes what its
+    entries add up to, keeping its name and signature."""
     low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
+    if summary is None:
+        conn.execute("delete from safesync.content_ledger where entry between %s and %s or entry = %s", [low, high, -1 - table_id])
+        return
+    conn.execute(
+        "insert into safesync.content_ledger (entry, summary) values (%s, %s) on conflict (entry) do nothing",
+        [-1 - table_id, psycopg.types.json.Jsonb(summary)],
+    )
     conn.execute(
         "update safesync.content_ledger set summary = summary || (select jsonb_build_object('rows', count(*), 'hash_sum', coalesce(sum(row_hash), 0)) "
         "from safesync.content_ledger where entry between %s and %s) where entry = %s",
