@@ -11,7 +11,9 @@ import pytest
 
 from safesync.functions.cli import main as cli_main
 from safesync.functions.content_sync import content_sync, content_undo
+from safesync.functions.serve import create_app
 from safesync.shared import db
+from tests import sentinels
 from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED, lms_config_toml, lms_database
 
 
@@ -198,17 +200,26 @@ def test_a_sync_whose_undo_log_cannot_be_stored_does_not_commit(lms, monkeypatch
     assert fingerprints(prod) == before
 
 
-def test_bad_run_ids(lms, capsys, monkeypatch):
+def test_undo_over_http_needs_the_admin_token_and_bad_run_ids_are_400_or_exit_2(lms, capsys):
     make, dev, prod = lms
     settings = make()
-    monkeypatch.setenv("SAFESYNC_CONFIG", str(settings.config_path)) if hasattr(settings, "config_path") else None
-    from safesync.shared.errors import BadRequest
+    body = synced(settings)
+    client = create_app().test_client()
+    run = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_API_TOKEN']}"}
+    admin = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_ADMIN_TOKEN']}"}
+    undo = {"mode": "undo", "run": body["run_id"], "dry_run": True}
+    assert client.post("/content_sync", json=undo, headers=run).status_code == 403
+    for bad in ({"mode": "undo"}, {"mode": "undo", "run": "../../etc/passwd"}, {"mode": "undo", "run": body["run_id"], "adopt": True}, {"mode": "sync", "run": body["run_id"]}):
+        response = client.post("/content_sync", json=bad, headers=admin)
+        assert response.status_code == 400 and isinstance(response.get_json()["error"], str), bad
+    missing = client.post("/content_sync", json={"mode": "undo", "run": "0123456789ab"}, headers=admin)
+    assert missing.status_code == 404 and "no committed content sync" in missing.get_json()["error"]
+    dry = client.post("/content_sync", json=undo, headers=admin)
+    assert dry.status_code == 200 and "rolled back" in dry.get_json()["summary"]
 
-    with pytest.raises(BadRequest):
-        content_undo(settings, "../../etc")
-    synced(settings)
-    missing = content_undo(settings, "0123456789ab")
-    assert missing.status == 404 and "no committed content sync" in missing.body["error"]
+    assert cli_main(["content", "undo", "not-a-run-id"]) == 2
+    assert "12-hex run id" in capsys.readouterr().err
+    assert cli_main(["content", "undo", body["run_id"], "--dry-run"]) == 0
 
 
 def test_undo_of_a_later_sync_keeps_the_ledger_current(lms):
