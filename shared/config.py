@@ -152,6 +152,10 @@ class ContentSyncSection(_Section):
     # a row changed in the target since the sync being undone: keep it as it is now, restore the
     # sync's before-image over it, or refuse the undo (naming the row)
     undo_conflict: Literal["keep", "restore", "fail"] = "fail"
+    # the undo point beside the undo log: the whole target (concurrently with the sync), only the
+    # content tables and the ledger, or none (then the undo log is the only way back)
+    presync_backup: Literal["full", "content", "none"] = "full"
+    undo_log: bool = True
     options: dict[str, TableOptions] = Field(default_factory=dict)
     # a target role that could write a protected table: a warning, or (true) a refusal
     require_least_privilege: bool = False
@@ -169,6 +173,8 @@ class ContentSyncSection(_Section):
             raise ValueError(f"table(s) {', '.join(both)} are both content and protected")
         if self.source == self.target:
             raise ValueError(f"source and target are the same database ({self.source!r})")
+        if self.presync_backup == "none" and not self.undo_log:
+            raise ValueError('presync_backup = "none" needs the undo log (undo_log = true): a sync would leave no way back')
         unknown = sorted(set(self.options) - set(self.tables))
         if unknown:
             raise ValueError(f"options given for non-content table(s) {', '.join(unknown)}")

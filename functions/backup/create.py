@@ -21,7 +21,7 @@ import threading
 from contextlib import nullcontext
 from datetime import timedelta
 from importlib import metadata
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import psycopg
 
@@ -104,9 +104,22 @@ def snapshot_tables(conn: psycopg.Connection) -> list[TableRef]:
     return [TableRef(s, n) for s, n in conn.execute(SNAPSHOT_TABLES_SQL).fetchall()]
 
 
-def count_rows(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row count of every dumped table, in the connection's snapshot."""
-    return {str(table): row_count(conn, table) for table in snapshot_tables(conn)}
+def count_rows(conn: psycopg.Connection, tables: Sequence[TableRef] | None = None) -> dict[str, int]:
+    """Exact row count of every dumped table (``tables``, else all), in the connection's snapshot."""
+    return {str(table): row_count(conn, table) for table in (snapshot_tables(conn) if tables is None else tables)}
+
+
+def _table_arguments(conn: psycopg.Connection, tables: Sequence[TableRef]) -> list[str]:
+    """pg_dump ``--table`` arguments for exactly these tables and their
+    partitions (names quoted: a pattern character in a name is literal)."""
+    names = [t.ident.as_string(conn) for t in tables]
+    rows = conn.execute(
+        "select distinct n.nspname, c.relname from unnest(%s::regclass[]) as t(relid), pg_partition_tree(t.relid) p "
+        "join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace order by 1, 2",
+        [names],
+    ).fetchall()
+    quoted = ['"' + part.replace('"', '""') + '"' for row in rows for part in row]
+    return [f"--table={quoted[i]}.{quoted[i + 1]}" for i in range(0, len(quoted), 2)]
 
 
 def _version() -> str:
@@ -130,15 +143,15 @@ def free_name(storage: Storage, db: str, kind: str) -> BackupName:
 class _Counter(threading.Thread):
     """Counts rows in the exporting transaction while the dump streams."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, tables: Sequence[TableRef] | None) -> None:
         super().__init__(name="backup-row-counts", daemon=True)
-        self.conn = conn
+        self.conn, self.tables = conn, tables
         self.counts: dict[str, int] | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.counts = count_rows(self.conn)
+            self.counts = count_rows(self.conn, self.tables)
         except BaseException as exc:  # noqa: BLE001 - reported by the stream
             self.error = exc
 
@@ -202,8 +215,11 @@ def create_backup(
     trigger: dict[str, Any] | None = None,
     report: Report | None = None,
     progress: Progress | None = None,
+    tables: Sequence[TableRef] | None = None,
 ) -> BackupInfo:
-    """Back up database ``db`` (a configured name) as a ``kind`` backup.
+    """Back up database ``db`` (a configured name) as a ``kind`` backup —
+    only ``tables`` (and their partitions) when given: content sync's
+    ``presync_backup = "content"``; the manifest lists what was dumped.
 
     Other jobs call this for their undo points (``presync``, ``premigrate``,
     ``safety``). It takes no lock itself: callers run it inside their own
@@ -235,10 +251,11 @@ def create_backup(
         argv = [
             str(pg_dump.path), "--format=custom", choice.argument, f"--snapshot={snapshot}",
             f"--lock-wait-timeout={LOCK_WAIT}", "--no-password", "--dbname", conninfo,
+            *(_table_arguments(conn, tables) if tables is not None else []),
         ]
         log.info("backup started", db=db, kind=kind, backup=name.id)
         proc = PgProcess(argv, env, stdout=subprocess.PIPE)
-        counter = _Counter(conn)
+        counter = _Counter(conn, tables)
         counter.start()
         stream = _DumpStream(proc, counter, progress, recipients)
         dump_key = name.key(DUMP_SUFFIXES[bool(recipients)])

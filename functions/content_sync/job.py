@@ -11,16 +11,18 @@ REPEATABLE READ transaction on the target: take the proof's first snapshot
 (refusing when ``track_counts`` is off); refuse on schema drift, key
 collisions, unresolved conflicts (``on_conflict = "fail"``), rows without
 history on a first run (unless ``adopt``), a changed plan (``expect_plan``)
-or deletes that would reach protected rows; (sync only) take the safety
-backup; stage and upsert the rows to write, parents first; delete rows
-children first (``delete_missing``); fire deferred constraint triggers;
+or deletes that would reach protected rows; stage and upsert the rows to
+write, parents first, and delete rows children first (``delete_missing``),
+each table's before-images going to the undo log first; fire deferred constraint triggers;
 check every written row's hash on the target against the source's; record
 the ledger; check that no content row other than those written was touched
 (transaction counters; a table where a trigger or cascade touched more is
 compared again in full); ``SET CONSTRAINTS ALL IMMEDIATE`` and the
 protection proof, the last statement that reads or writes; then dry-run
-rolls back and sync moves content sequences forward and commits. Any
-failure rolls back: the target — and its ledger — is as it was.
+rolls back, and sync waits for its presync backup (started with the run,
+``safety``), stores its undo log (recorded in the ledger before the
+proof), moves content sequences forward and commits. Any failure rolls
+back: the target — and its ledger — is as it was.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from .conflicts import TableDecisions, classify
 from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
 from .plan import SyncPlan, TableSpec, build_plan
-from .safety import take_safety_backup
+from .safety import PresyncBackup
 
 log = get_logger("content_sync")
 
@@ -94,7 +96,13 @@ def run(
         with report.timed("identity"):
             _check_distinct(report, section, src, tgt, source_url, target_url)
         meter = progress or (lambda **_: None)
-        _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook or (lambda step, conn: None), meter)
+        backup = PresyncBackup(settings, section.target, report, trigger, [TableRef.parse(t) for t in section.tables])
+        if mode == "sync":
+            backup.start()  # beside the plan, compare and writes; waited for before COMMIT
+        try:
+            _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, backup, hook or (lambda step, conn: None), meter)
+        finally:
+            backup.cancel()  # a run that did not commit does not need it (a finished one stays)
     except psycopg.Error as exc:
         close_quietly(tgt)
         raise database_error(mode, exc) from None
@@ -123,7 +131,7 @@ def close_quietly(conn: psycopg.Connection) -> None:
         pass
 
 
-def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, hook: Hook, progress: Meter) -> None:
+def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, backup: PresyncBackup, hook: Hook, progress: Meter) -> None:
     sides.both(tune)  # the transactions' first statements: no JIT, work_mem for hash aggregates
     with report.timed("plan"):
         plan = build_plan(settings.config.content_sync, src, tgt)
@@ -178,22 +186,27 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, trigger, h
             + "; ".join(f"{b['table']} has {b['rows']} row(s) referencing {b['references']} rows to delete ({b['on_delete']})" for b in blocked)
         )
         return
-    pending = sum(len(d.writes) + len(d.deletes) for d in decisions)
-    if mode == "sync" and pending:
-        progress(phase="safety backup of the target")
-        with report.timed("safety_backup"):
-            report.details["safety_backup"] = take_safety_backup(settings, plan.target, report, trigger)
+    if mode == "sync" and ledger.needs_migration(tgt):
+        _wait_for_backup(report, backup, progress)  # the migration's ALTER TABLE would queue behind the dump's lock
     ledger_oid = ledger.ensure(tgt)
-    with undo_log(report, plan, "sync") as log:
-        _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, hook, progress)
+    with undo_log(settings, report, plan, "sync") as log:
+        _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress)
 
 
-def undo_log(report: Report, plan: SyncPlan, action: str, **header: Any) -> contextlib.closing[undolog.Writer]:
+def undo_log(settings: Settings, report: Report, plan: SyncPlan, action: str, **header: Any) -> contextlib.closing[undolog.Writer]:
     """The run's undo log, spooled while it writes (closed whatever happens)."""
-    return contextlib.closing(undolog.Writer({"run": report.run_id, "action": action, "target": plan.target, **header}))
+    header = {"run": report.run_id, "action": action, "target": plan.target, **header}
+    return contextlib.closing(undolog.Writer(header, enabled=settings.config.content_sync.undo_log))
 
 
-def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, hook, progress) -> None:
+def _wait_for_backup(report: Report, backup: PresyncBackup, progress: Meter) -> None:
+    if "safety_backup" not in report.details:
+        progress(phase="waiting for the presync backup")
+        with report.timed("safety_backup_wait"):
+            report.details["safety_backup"] = backup.wait()
+
+
+def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress) -> None:
     written = _write(report, plan, decisions, src, tgt, log, progress)
     if written is None:
         tgt.rollback()
@@ -228,6 +241,8 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         tgt.rollback()
         report.fail(f"rolled back, nothing changed: after writing, source and target still differ in {', '.join(left)}")
         return
+    if mode == "sync" and any(d.writes or d.deletes for d in decisions):
+        _wait_for_backup(report, backup, progress)  # no commit without it
     if logged and mode == "sync":
         with report.timed("undo_log"):
             report.details["undo_log"] = store_log(settings, log, undolog.log_key(report), "sync")

@@ -157,6 +157,11 @@ def _first_format(conn: psycopg.Connection) -> bool:
     ).fetchone()[0]
 
 
+def needs_migration(conn: psycopg.Connection) -> bool:
+    """A ledger of the first format, which the next writing sync migrates."""
+    return exists(conn) and _first_format(conn)
+
+
 def ensure(conn: psycopg.Connection) -> int:
     """Create the ledger table if it is missing, or migrate a ledger of the
     first format (inside the caller's transaction, so a rollback undoes

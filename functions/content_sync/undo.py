@@ -351,7 +351,7 @@ def _undo_logged(settings, report, tgt, plan, newer, log, run_id, trees, allowed
         )
         return
     ledger_oid = ledger.ensure(tgt)
-    with job.undo_log(report, plan, "undo", undoes=run_id) as out:
+    with job.undo_log(settings, report, plan, "undo", undoes=run_id) as out:
         _write_and_commit(settings, report, tgt, plan, tables, log, out, run_id, digest, trees, allowed, before, ledger_oid, dry_run, hook)
 
 

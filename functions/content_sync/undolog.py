@@ -79,7 +79,8 @@ def _json_line(obj: Any) -> bytes:
 class Writer:
     """Builds one log in a temporary file; ``store`` uploads it."""
 
-    def __init__(self, header: dict[str, Any]) -> None:
+    def __init__(self, header: dict[str, Any], *, enabled: bool = True) -> None:
+        self.enabled = enabled  # off (content_sync.undo_log = false): nothing is captured, nothing stored
         self._file = tempfile.TemporaryFile()
         self._gz = gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=1, mtime=0)
         self.records = 0
@@ -88,6 +89,8 @@ class Writer:
     def section(self, conn: psycopg.Connection, meta: dict[str, Any], queries: Iterable[tuple[sql.Composable, list]]) -> int:
         """One section: ``meta`` and the rows each ``COPY (query) TO STDOUT``
         prints on ``conn``, in order. Returns the rows written."""
+        if not self.enabled:
+            return 0
         self._gz.write(_json_line(meta))
         rows = sum(self._rows(conn, query, params) for query, params in queries)
         self._gz.write(END)
