@@ -236,3 +236,18 @@ def test_undo_of_a_later_sync_keeps_the_ledger_current(lms):
     assert {r["table"]: r["changed"] for r in again["tables"]["tables"]}["lessons"] == 2
     assert again["details"]["ledger_status"]["lessons"]["current"] is True  # no re-seed needed
 
+
+
+def test_undo_of_a_table_matched_on_a_natural_key_with_translated_references(lms):
+    """courses matched on slug (ids differ between environments), lessons'
+    course_id translated: the undo deletes by natural key, restores
+    updated rows in place (prod's ids kept) and re-checks hashes in the
+    compared form."""
+    make, dev, prod = lms
+    settings = make(tail='[content_sync.options.courses]\nmatch_on = ["slug"]\n')
+    before = fingerprints(prod, LMS_CONTENT)
+    body = synced(settings)
+    assert body["details"]["matching"]["lessons"]["translated"] == ["course_id"]
+    answer = content_undo(settings, body["run_id"])
+    assert answer.status == 200, answer.body
+    assert fingerprints(prod, LMS_CONTENT) == before

@@ -41,7 +41,7 @@ from psycopg import sql
 
 from safesync.shared import db
 from safesync.shared.config import Settings
-from safesync.shared.db import connect
+from safesync.shared.db import TableRef, connect
 from safesync.shared.errors import BadRequest, NotFoundError, Refused
 from safesync.shared.report import Report
 
@@ -290,6 +290,12 @@ def _in_the_way(settings: Settings, newer: list[dict], tables: list[Table]) -> d
     return found
 
 
+def _resolution(section, spec: TableSpec) -> str:
+    """``undo_conflict`` of the table (its options, else the section's)."""
+    options = {TableRef.parse(name): o for name, o in section.options.items()}.get(spec.table)
+    return (options.undo_conflict if options else None) or section.undo_conflict
+
+
 def _digest(run_id: str, sha256: str, tables: list[Table], resolutions: dict[str, str]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"undo": run_id, "log": sha256}, sort_keys=True).encode() + b"\n")
@@ -317,8 +323,7 @@ def _undo_logged(settings, report, tgt, plan, newer, log, run_id, trees, allowed
             + " — undo those first, newest first"
         )
         return
-    resolutions = {t.spec.name: (section.options.get(t.spec.name) or section.options.get(str(t.spec.table)) or None) for t in tables}
-    resolutions = {name: (o.undo_conflict if o and o.undo_conflict else section.undo_conflict) for name, o in resolutions.items()}
+    resolutions = {t.spec.name: _resolution(section, t.spec) for t in tables}
     conflict_rows, failing = [], []
     for t in tables:
         if not t.conflicts:
