@@ -79,7 +79,7 @@ def test_a_terminal_sees_clone_and_sync_progress(setup) -> None:
         assert seen in screen, seen
     code, screen = _run(["content", "sync", "--adopt"], tty=True)
     assert code == 0, screen[-2000:]
-    for seen in ("content sync: comparing courses", "content sync: safety backup", "content sync: writing courses", "1/1 tables", "20,000 rows"):
+    for seen in ("content sync: comparing courses", "content sync: waiting for the presync backup", "content sync: writing courses", "1/1 tables", "20,000 rows"):
         assert seen in screen, seen
 
 
