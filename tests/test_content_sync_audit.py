@@ -199,6 +199,7 @@ def test_copy_to_program_is_found_and_the_dry_run_never_runs_it(lms):
         assert not marker.exists()
         answer = content_sync(make('acknowledge_side_channels = ["lessons"]'), "dry-run", adopt=True)
         assert answer.status == 200 and marker.exists()  # the program ran although the dry-run rolled back
+        assert "it cannot see what the 1 acknowledged side channel(s) did" in answer.body["summary"]  # "ok" is not the whole truth
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

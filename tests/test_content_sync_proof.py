@@ -106,6 +106,34 @@ def test_ddl_by_a_trigger_is_a_write(lms, attack):
     assert state(prod) == before
 
 
+OTHER_ATTACKS = {
+    "ALTER DOMAIN DROP CONSTRAINT": ("alter domain email_t drop constraint email_at", "constraint email_at of type public.email_t", "dropped"),
+    "ALTER DOMAIN DROP NOT NULL": ("alter domain email_t drop not null", "type public.email_t", "changed"),
+    "REVOKE on a schema": ("revoke all on schema public from public", "schema public", "changed"),
+    "CREATE DOMAIN": ("create domain loose as text", "type public.loose", "created"),
+    "DROP SCHEMA": ("drop schema reports", "schema reports", "dropped"),
+}
+
+
+@pytest.mark.parametrize("attack", OTHER_ATTACKS, ids=list(OTHER_ATTACKS))
+def test_ddl_on_what_protected_tables_depend_on_is_a_write(lms, attack):
+    """Schemas, domains and their constraints describe no relation, yet a
+    protected column's rules live there: DDL on them is a write too."""
+    make, dev, prod = lms
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            "create domain email_t as text not null constraint email_at check (value like '%@%');"
+            "alter table users add column contact email_t not null default 'a@b'; create schema reports"
+        )
+    statement, label, change = OTHER_ATTACKS[attack]
+    trigger(prod, statement)
+    before = state(prod)
+    body = refused(make(), "dry-run")
+    assert any(change in c for c in violation(body, label)["changes"]), body["details"]["protection_proof"]
+    assert label in body["summary"]
+    assert state(prod) == before
+
+
 def test_row_writes_through_every_path_are_counted(lms):
     """Rows written in odd places: a user table in information_schema, a
     table behind a view, another safesync table, a materialized view."""
@@ -184,6 +212,133 @@ def test_a_deferred_trigger_on_the_ledger_fires_inside_the_proof(lms):
     body = refused(make())
     assert violation(body, "users")["updated"] > 0
     assert state(prod) == before
+
+
+def ledger_state(url: str) -> tuple:
+    """The ledger's entries and its privileges, owner, RLS flags and file node."""
+    with psycopg.connect(url) as conn:
+        return (
+            sorted(conn.execute("select * from safesync.content_ledger").fetchall(), key=repr),
+            conn.execute(
+                "select relacl::text, relowner, relrowsecurity, relfilenode, "
+                "array(select tgname from pg_trigger where tgrelid = c.oid) from pg_class c where oid = 'safesync.content_ledger'::regclass"
+            ).fetchone(),
+        )
+
+
+LEDGER_ATTACKS = {
+    "GRANT": ("grant all on safesync.content_ledger to public", "privileges changed after the ledger was opened"),
+    "TRUNCATE": ("truncate safesync.content_ledger", "file node changed after the ledger was opened"),
+    "RLS": ("alter table safesync.content_ledger enable row level security", "row level security changed after"),
+    "new trigger": (
+        "create trigger quiet before delete on safesync.content_ledger for each row execute function noop()",
+        "triggers changed after the ledger was opened",
+    ),
+    "entries rewritten": ("update safesync.content_ledger set row_hash = 0 where entry >= 0", "rows written while the content tables were written ("),
+    "entries deleted": ("delete from safesync.content_ledger where entry >= 0", "rows written while the content tables were written"),
+}
+
+
+@pytest.mark.parametrize("attack", LEDGER_ATTACKS, ids=list(LEDGER_ATTACKS))
+def test_the_ledger_changed_by_anything_but_the_sync_is_a_violation(lms, attack):
+    """The proof lets the sync write its ledger; a trigger on a content table
+    that re-grants, truncates or rewrites it (an entry that says production
+    has not changed a row lets the next sync overwrite a production edit) is
+    still caught, and rolled back."""
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200  # the ledger exists, seeded
+    statement, change = LEDGER_ATTACKS[attack]
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("create function noop() returns trigger language plpgsql as $$ begin return old; end $$")
+    trigger(prod, statement)
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' v2' where id <= 3")
+    before, ledger_before = state(prod), ledger_state(prod)
+    body = refused(make())
+    changes = violation(body, "safesync.content_ledger")["changes"]
+    assert any(change in c for c in changes), changes
+    assert "safesync.content_ledger" in body["summary"]
+    assert state(prod) == before and ledger_state(prod) == ledger_before
+
+
+def test_code_on_the_ledger_is_refused_and_a_deferred_rewrite_of_it_is_caught(lms):
+    """Any trigger on the ledger is refused by the audit (it runs inside the
+    sync's own ledger writes); acknowledged, a BEFORE trigger that defers
+    every constraint lets a constraint trigger rewrite entries at the
+    proof's SET CONSTRAINTS ALL IMMEDIATE, after the sync recorded its own:
+    caught."""
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            """
+            create function defer_all() returns trigger language plpgsql as $$ begin set constraints all deferred; return new; end $$;
+            create trigger a_defer before insert or update on safesync.content_ledger for each row execute function defer_all();
+            create function forge() returns trigger language plpgsql as $$
+            begin update safesync.content_ledger set declined_hash = 1 where entry >= 0 and declined_hash is null; return null; end $$;
+            create constraint trigger z_forge after insert or update on safesync.content_ledger
+              deferrable initially deferred for each row execute function forge();
+            """
+        )
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' v2' where id <= 3")
+    ledger_before = ledger_state(prod)
+    answer = content_sync(make('acknowledge_side_channels = ["lessons"]'), "sync")
+    assert answer.status == 422 and "nothing run on the target" in answer.body["summary"], answer.body
+    vias = {f["via"] for f in answer.body["details"]["side_channels"] if "safesync's own ledger" in f["reason"]}
+    assert vias == {"trigger a_defer", "trigger z_forge"}, answer.body["details"]["side_channels"]
+    body = refused(make())
+    assert any("rows written after the sync recorded its own" in c for c in violation(body, "safesync.content_ledger")["changes"])
+    assert ledger_state(prod) == ledger_before
+
+
+def test_the_ledger_migration_is_the_syncs_own_change_and_nothing_more(lms):
+    """Migrating a first-format ledger changes its columns, constraints and
+    file node in the sync's transaction: allowed. A trigger on the old
+    ledger that grants it away while the migration updates its rows is not."""
+    from tests.test_content_sync_ledger import FIRST_FORMAT
+
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(FIRST_FORMAT)
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' v2' where id <= 3")
+    first = ledger_state(prod)
+    answer = content_sync(make(), "dry-run")  # migrates, syncs and rolls back: the proof accepts the migration
+    assert answer.status == 200 and answer.body["details"]["protection_proof"]["ok"], answer.body
+    assert ledger_state(prod) == first
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            "create function give_away() returns trigger language plpgsql as $$ begin grant all on safesync.content_ledger to public; return null; end $$;"
+            "create trigger give_away after update on safesync.content_ledger for each statement execute function give_away()"
+        )
+    first = ledger_state(prod)
+    body = refused(make())
+    assert any("privileges changed while safesync migrated it" in c for c in violation(body, "safesync.content_ledger")["changes"])
+    assert ledger_state(prod) == first
+
+
+def test_an_event_trigger_on_the_ledger_migration_is_audited(lms):
+    """The migration runs ALTER TABLE: an event trigger on that tag fires
+    inside the sync — audited then, and only then."""
+    from tests.test_content_sync_ledger import FIRST_FORMAT
+
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            "create function tell() returns event_trigger language plpgsql as $$ begin perform pg_notify('ddl', 'migrated'); end $$;"
+            "create event trigger tell_alter on sql_drop when tag in ('ALTER TABLE') execute function tell()"
+        )
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' v2' where id <= 3")
+    assert content_sync(make(), "dry-run").status == 200  # the ledger is current: the event trigger does not fire
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(FIRST_FORMAT)
+    answer = content_sync(make(), "dry-run")
+    assert answer.status == 422, answer.body
+    assert any(f["table"] == "event trigger tell_alter" and "pg_notify" in f["reason"] for f in answer.body["details"]["side_channels"])
 
 
 def test_large_object_written_by_a_trigger(lms):

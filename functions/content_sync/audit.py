@@ -8,7 +8,8 @@ defaults, CHECK and domain constraints, index expressions and RLS policies;
 the same of tables an FK action from them reaches (reported under the
 content table); event triggers that fire on the DDL the sync itself runs
 (``CREATE TABLE AS`` of its staging tables; ``CREATE SCHEMA``/``CREATE
-TABLE`` of the ledger). From each, the audit follows every function it
+TABLE`` of the ledger; ``ALTER TABLE``/``CLUSTER`` when it migrates a
+first-format ledger). From each, the audit follows every function it
 calls — transitively through SQL and PL/pgSQL bodies (``sqltext``), stored
 expressions (``pg_node_tree``), operators and casts — and the same of every
 table those bodies and expressions name.
@@ -34,6 +35,9 @@ A finding is code whose effect escapes the transaction or the proof:
   privilege); ``nextval``/``setval`` called on a sequence that is not a
   content table's (sequence values survive ROLLBACK; a column default's own
   sequence is left to the proof, which sees its use);
+- any trigger or rule on the ledger itself: it runs inside the sync's own
+  ledger writes, where neither the proof nor ``ledger_watch`` can tell its
+  rows from the sync's;
 - what cannot be read: dynamic SQL (``EXECUTE``), ``DO`` blocks, ``LOAD``,
   code created at run time (``CREATE FUNCTION/TRIGGER/RULE/POLICY …``,
   ``ALTER … ENABLE TRIGGER``), and every function in a language other than
@@ -116,8 +120,10 @@ SIDE_CHANNEL_BUILTINS = {
 SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
 AUDITED_LANGUAGES = frozenset({"sql", "plpgsql"})
 TRUSTED_LANGUAGES = frozenset({"internal", "c"})  # the server's own code and installed C extensions
-# what the sync's own DDL fires: staging tables, and the ledger on a first run
-SYNC_DDL_TAGS = ("CREATE TABLE AS", "CREATE TABLE", "CREATE SCHEMA")
+# what the sync's own DDL fires, as (event, command tag): staging tables, the ledger on a first run ...
+SYNC_DDL = [(event, tag) for event in ("ddl_command_start", "ddl_command_end") for tag in ("CREATE TABLE AS", "CREATE TABLE", "CREATE SCHEMA")]
+# ... and the in-place migration of a first-format ledger (ALTER TABLE … DROP COLUMN fires sql_drop too)
+MIGRATION_DDL = [(event, tag) for event in ("ddl_command_start", "ddl_command_end", "sql_drop", "table_rewrite") for tag in ("ALTER TABLE", "CLUSTER")]
 
 
 _ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
@@ -181,9 +187,19 @@ select p.oid, n.nspname || '.' || p.proname || '(' || pg_get_function_identity_a
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
 where p.oid = any(%(f)s)
 """
+# Code on the ledger runs inside the sync's own ledger statements, where the proof cannot tell its rows
+# from the sync's: whatever it is, it could rewrite the history the next sync trusts.
+_LEDGER_CODE = """
+select 'trigger ' || t.tgname from pg_trigger t where t.tgrelid = %(ledger)s and not t.tgisinternal and t.tgenabled <> 'D'
+union all select 'rule ' || r.rulename from pg_rewrite r where r.ev_class = %(ledger)s
+"""
+LEDGER_CODE_REASON = (
+    "code on safesync's own ledger runs inside the sync's ledger writes, where the proof cannot tell its rows from the sync's "
+    "(it could rewrite the history the next sync trusts)"
+)
 _EVENT_TRIGGERS = """
-select e.evtname, e.evtfoid from pg_event_trigger e where e.evtenabled <> 'D'
-and e.evtevent in ('ddl_command_start', 'ddl_command_end') and (e.evttags is null or e.evttags && %s::text[])
+select e.evtname, e.evtfoid from pg_event_trigger e where e.evtenabled <> 'D' and exists (
+  select from unnest(%(events)s::text[], %(tags)s::text[]) as f(event, tag) where f.event = e.evtevent and (e.evttags is null or f.tag = any(e.evttags)))
 """
 
 
@@ -219,7 +235,7 @@ class Audit:
     """One audit of one target database: ``load`` the code reachable from
     the entry points, then ``walk`` each entry to its findings."""
 
-    def __init__(self, conn: psycopg.Connection, allowed_sequences: set[int]) -> None:
+    def __init__(self, conn: psycopg.Connection, allowed_sequences: set[int], ddl: list[tuple[str, str]]) -> None:
         self.conn = conn
         self.allowed_sequences = allowed_sequences
         names = sorted({*SIDE_CHANNEL_BUILTINS, *SEQUENCE_FUNCTIONS})
@@ -235,7 +251,7 @@ class Audit:
                 "join pg_foreign_data_wrapper w on w.oid = s.srvfdw"
             )
             operators = conn.execute("select o.oid, o.oprname::text, o.oprcode::oid from pg_operator o where o.oid >= %s and o.oprcode <> 0", [FIRST_NORMAL_OID])
-            events = conn.execute(_EVENT_TRIGGERS, [list(SYNC_DDL_TAGS)])
+            events = conn.execute(_EVENT_TRIGGERS, {"events": [e for e, _ in ddl], "tags": [t for _, t in ddl]})
         self.builtins: dict[int, str] = dict(builtins.fetchall())
         self.relations: dict[int, tuple[str, str, str]] = {oid: (schema, name, kind) for oid, schema, name, kind in relations.fetchall()}
         self.foreign: dict[int, str] = {oid: f"server {server}, foreign data wrapper {wrapper}" for oid, server, wrapper in foreign.fetchall()}
@@ -473,13 +489,15 @@ def run(
     allowed_sequences: set[int],
     acknowledged_tables: Iterable[str],
     acknowledged_event_triggers: Iterable[str],
+    migrating: bool = False,
 ) -> list[Finding]:
     """Every side channel a sync of ``content`` (each table with its
     partitions' relids) could run on ``conn``'s database; ``fks``: the
-    target's foreign keys."""
+    target's foreign keys; ``migrating``: the sync will migrate a
+    first-format ledger (ALTER TABLE, CLUSTER: more event triggers fire)."""
     fks = list(fks)
     with catalog_path(conn):
-        audit = Audit(conn, allowed_sequences)
+        audit = Audit(conn, allowed_sequences, SYNC_DDL + (MIGRATION_DDL if migrating else []))
         oids = {TableRef(s, n): oid for oid, (s, n, _) in audit.relations.items()}
         entries: dict[str, list[tuple[str, int, str]]] = {}
         scopes: dict[int, str] = {}
@@ -495,8 +513,10 @@ def run(
         if ledger is not None:
             entries["safesync.content_ledger"] = [("relation", ledger, "")]
             scopes[ledger] = "all"
+            for (via,) in conn.execute(_LEDGER_CODE, {"ledger": ledger}):
+                audit._add("safesync.content_ledger", via, "", LEDGER_CODE_REASON, False)
         for name, func in audit.event_triggers:
-            entries[f"event trigger {name}"] = [("function", func, "fires on the sync's own CREATE TABLE")]
+            entries[f"event trigger {name}"] = [("function", func, "fires on the sync's own DDL")]
         audit.load(scopes, {oid for group in entries.values() for kind, oid, _ in group if kind == "function"})
         for entry, first in entries.items():
             audit.walk(entry, first)

@@ -15,7 +15,7 @@ or deletes that would reach protected rows; stage and upsert the rows to
 write, parents first, and delete rows children first (``delete_missing``),
 each table's before-images going to the undo log first; fire deferred constraint triggers;
 check every written row's hash on the target against the source's; record
-the ledger; check that no content row other than those written was touched
+the ledger (``ledger_watch``: only the sync's own statements may change it); check that no content row other than those written was touched
 (transaction counters; a table where a trigger or cascade touched more is
 compared again in full); ``SET CONSTRAINTS ALL IMMEDIATE`` and the
 protection proof, the last statement that reads or writes; then dry-run
@@ -41,7 +41,7 @@ from safesync.shared.log import get_logger, redact
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
-from . import apply, audit, ledger, proof, triggers, undolog
+from . import apply, audit, ledger, ledger_watch, proof, triggers, undolog
 from .conflicts import TableDecisions, classify
 from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
@@ -188,9 +188,11 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, backup: Pr
         return
     if mode == "sync" and ledger.needs_migration(tgt):
         _wait_for_backup(report, backup, progress)  # the migration's ALTER TABLE would queue behind the dump's lock
+    watch = ledger_watch.LedgerWatch.before_ensure(tgt)
     ledger_oid = ledger.ensure(tgt)
+    watch.after_ensure(tgt)
     with undo_log(settings, report, plan, "sync") as log:
-        _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress)
+        _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress, watch)
 
 
 def undo_log(settings: Settings, report: Report, plan: SyncPlan, action: str, **header: Any) -> contextlib.closing[undolog.Writer]:
@@ -206,7 +208,7 @@ def _wait_for_backup(report: Report, backup: PresyncBackup, progress: Meter) -> 
             report.details["safety_backup"] = backup.wait()
 
 
-def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress) -> None:
+def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt, sides, trees, allowed, before, ledger_oid, log, backup, hook, progress, watch: ledger_watch.LedgerWatch) -> None:
     written = _write(report, plan, decisions, src, tgt, log, progress)
     if written is None:
         tgt.rollback()
@@ -222,6 +224,7 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         report.refuse(f"rolled back, nothing changed: after writing, {problem}" + (f" — {why}" if why else ""))
         return
     with report.timed("ledger"):
+        watch.before_record(tgt)
         _record(report, tgt, decisions, log)
     hook("after_write", tgt)
     with report.timed("verify_rest"):
@@ -231,9 +234,10 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     logged = log.records > 0
     if logged:
         ledger.record_run(tgt, {"run": report.run_id, "action": "sync", "log": undolog.log_key(report), "sha256": log.finish(), "at": report.started_at.isoformat()})
+    watch.after_record(tgt)  # the sync's own ledger writes end here: entries, summaries, the run record
     # The proof is the last thing that reads or writes: deferred triggers queued since (on the ledger, say)
     # fire now, inside what it sees; after it only the sequence moves (pg_catalog.setval: no user code) and COMMIT.
-    result = prove(settings, report, plan, tgt, before, allowed, ledger_oid, written, "sync")
+    result = prove(settings, report, plan, tgt, before, allowed, ledger_oid, written, "sync", watch)
     if not result.ok:
         return
     report.details["verified"] = not left
@@ -249,7 +253,10 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     hook("before_commit", tgt)
     rows = sum(u + d for u, d in written.values())
     tables = len([1 for u, d in written.values() if u or d])
-    proof_text = f"protection proof ok ({result.checked} other tables untouched)"
+    unseen = sum(1 for f in report.details["side_channels"] if f["acknowledged"])  # ran, and the proof cannot see what they did
+    proof_text = f"protection proof ok ({result.checked} other tables untouched" + (
+        f"; it cannot see what the {unseen} acknowledged side channel(s) did)" if unseen else ")"
+    )
     kept = sum(len(d.kept) + len(d.records.kept) for d in decisions)
     kept_text = f"; {kept} row(s) kept as production has them" if kept else ""
     if mode == "dry-run":
@@ -266,18 +273,25 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     )
 
 
-def prove(settings: Settings, report: Report, plan: SyncPlan, tgt, before: proof.Start, allowed: set[int], ledger_oid: int, written: dict[str, tuple[int, int]], what: str) -> proof.ProofResult:
+def prove(
+    settings: Settings, report: Report, plan: SyncPlan, tgt, before: proof.Start, allowed: set[int], ledger_oid: int, written: dict[str, tuple[int, int]], what: str,
+    watch: ledger_watch.LedgerWatch | None = None,
+) -> proof.ProofResult:
     """The protection proof, the last statement that reads or writes:
     deferred triggers queued since the last check (on the ledger, say) fire
     first, inside what it sees; after it only the sequence moves
     (pg_catalog.setval: no user code) and COMMIT. Fills the report; rolls
-    back and refuses when it fails."""
+    back and refuses when it fails. ``watch``: what the sync itself did to
+    its ledger (``ledger_watch``)."""
     tgt.execute("set constraints all immediate")
     with report.timed("proof"):
         after = proof.finish(tgt)
         past = proof.Past(settings.database_url(plan.target), before.snapshot)
         try:
-            result = proof.verify(before, after, allowed, ledger=ledger_oid, past=past, conn=tgt, cascaded=_cascaded(plan, written, after))
+            result = proof.verify(
+                before, after, allowed, ledger=ledger_oid, past=past, conn=tgt, cascaded=_cascaded(plan, written, after),
+                ledger_changes=watch.changes(tgt) if watch else (), own_schema=watch.own_schema if watch else None,
+            )
         finally:
             past.close()
     report.tables["protection proof"] = result.rows
@@ -327,6 +341,7 @@ def preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connecti
         allowed_sequences=allowed,
         acknowledged_tables=section.acknowledge_side_channels,
         acknowledged_event_triggers=section.acknowledge_event_triggers,
+        migrating=ledger_oid is not None and ledger.first_format(tgt),
     )
     report.details["side_channels"] = [f.row() for f in findings]
     if findings:

@@ -150,7 +150,7 @@ def exists(conn: psycopg.Connection) -> bool:
     return conn.execute("select to_regclass('safesync.content_ledger') is not null").fetchone()[0]
 
 
-def _first_format(conn: psycopg.Connection) -> bool:
+def first_format(conn: psycopg.Connection) -> bool:
     """The ledger of the first format: one row per key as text[]."""
     return conn.execute(
         "select exists (select from pg_attribute where attrelid = 'safesync.content_ledger'::regclass and attname = 'row_key' and not attisdropped)"
@@ -159,7 +159,7 @@ def _first_format(conn: psycopg.Connection) -> bool:
 
 def needs_migration(conn: psycopg.Connection) -> bool:
     """A ledger of the first format, which the next writing sync migrates."""
-    return exists(conn) and _first_format(conn)
+    return exists(conn) and first_format(conn)
 
 
 def ensure(conn: psycopg.Connection) -> int:
@@ -174,7 +174,7 @@ def ensure(conn: psycopg.Connection) -> int:
         if not conn.execute("select to_regnamespace('safesync') is not null").fetchone()[0]:
             conn.execute("create schema safesync")
         conn.execute(LEDGER_SQL)
-    elif _first_format(conn):
+    elif first_format(conn):
         try:
             _migrate(conn)
         except psycopg.errors.InsufficientPrivilege:
@@ -257,7 +257,7 @@ def _chunks(keys: Sequence[Key]) -> Iterable[Sequence[Key]]:
 
 def _summaries(conn: psycopg.Connection) -> dict[str, tuple[int, dict]]:
     """table name -> (table id, summary)."""
-    if _first_format(conn):
+    if first_format(conn):
         rows = conn.execute(
             sql.SQL(
                 "select l.table_name, n.id, l.rows, l.hash_sum, l.signature from safesync.content_ledger as l "
@@ -275,7 +275,7 @@ def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef,
     if not exists(conn):
         return {d.spec.table: TableLedger("none") for d in diffs}
     summaries = _summaries(conn)
-    first = _first_format(conn)
+    first = first_format(conn)
     out = {}
     for diff in diffs:
         spec = diff.spec
@@ -483,7 +483,7 @@ def record_run(conn: psycopg.Connection, record: dict) -> None:
 
 def runs(conn: psycopg.Connection) -> list[dict]:
     """Every recorded run, oldest first."""
-    if not exists(conn) or _first_format(conn):
+    if not exists(conn) or first_format(conn):
         return []
     return [r[0] for r in conn.execute("select summary from safesync.content_ledger where entry <= %s order by entry desc", [RUNS])]
 

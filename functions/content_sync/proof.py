@@ -137,6 +137,26 @@ _MINE = {
     "pg_rewrite": "select 'rule', r.oid, r.ev_class, r.rulename from pg_rewrite r where age(r.xmin) <= 0",
     "pg_sequence": "select 'sequence', s.seqrelid, s.seqrelid, '' from pg_sequence s where age(s.xmin) <= 0",
 }
+# Catalog rows that describe no relation — schemas, types that are no relation's row type (domains,
+# enums, ranges, base types, and their arrays), domain constraints — by (kind, oid) -> name: written by
+# this transaction (``_OTHER_MINE``; the temporary schemas excepted), and as they are (``_OTHER_ITEMS``,
+# compared with the past to find what was dropped). Protected tables' columns depend on them: ALTER
+# DOMAIN … DROP CONSTRAINT, REVOKE USAGE ON SCHEMA are writes too.
+_OTHER = {
+    "pg_namespace": ("select 'schema', n.oid, n.nspname::text from pg_namespace n where n.nspname !~ '^pg_(toast_)?temp_[0-9]+$'", "n"),
+    "pg_type": (
+        "select 'type', t.oid, format_type(t.oid, null) from pg_type t left join pg_type e on e.oid = t.typelem "
+        "where t.typrelid = 0 and coalesce(e.typrelid, 0) = 0",
+        "t",
+    ),
+    "pg_constraint": (
+        "select 'constraint', k.oid, k.conname || ' of type ' || format_type(k.contypid, null) from pg_constraint k where k.conrelid = 0",
+        "k",
+    ),
+}
+_OTHER_MINE = {catalog: f"{q} and age({alias}.xmin) <= 0" for catalog, (q, alias) in _OTHER.items()}
+# every schema (public's OID is initdb's), and the types and domain constraints created after initdb
+_OTHER_ITEMS = {catalog: q if catalog == "pg_namespace" else f"{q} and {alias}.oid >= {FIRST_NORMAL_OID}" for catalog, (q, alias) in _OTHER.items()}
 _COUNTERS = """
 select b.oid, n.nspname, b.relname, b.relpersistence = 't', b.oid < {first} and n.nspname = 'pg_catalog',
        sum(s.ins)::bigint, sum(s.upd)::bigint, sum(s.del)::bigint
@@ -206,6 +226,7 @@ class End:
     locks: dict[int, str] = field(default_factory=dict)  # relid -> strongest mode held
     mine: list[tuple[str, int, int, str | None]] = field(default_factory=list)  # catalog rows this transaction wrote
     deleted: set[str] = field(default_factory=set)  # catalogs it deleted rows of
+    others: dict[tuple[str, int], str] = field(default_factory=dict)  # schemas, types, domain constraints it wrote
 
     @property
     def counting(self) -> bool:
@@ -288,9 +309,12 @@ def finish(conn: psycopg.Connection) -> End:
                 end.locks[relid] = mode
         catalogs = {c.name: c for c in end.counters.values() if c.catalog}
         end.deleted = {name for name, c in catalogs.items() if c.deleted}
+        written = [name for name, c in catalogs.items() if c.inserted or c.updated]
         with conn.pipeline():
-            mine = [conn.execute(_MINE[name]) for name, c in catalogs.items() if name in _MINE and (c.inserted or c.updated)]
+            mine = [conn.execute(_MINE[name]) for name in written if name in _MINE]
+            others = [conn.execute(_OTHER_MINE[name]) for name in written if name in _OTHER_MINE]
         end.mine = [row for cursor in mine for row in cursor.fetchall()]
+        end.others = {(kind, oid): name for cursor in others for kind, oid, name in cursor.fetchall()}
     return end
 
 
@@ -315,6 +339,10 @@ class Past:
 
     def relations(self) -> dict[int, Relation]:
         return {r[0]: Relation(r[1], r[2], r[3], r[4], r[5], r[6], (r[7], r[8])) for r in self._session().execute(_RELATIONS)}
+
+    def others(self, catalogs: Iterable[str]) -> dict[tuple[str, int], str]:
+        """(kind, oid) -> name of the schemas, types and domain constraints (``_OTHER``) of the given catalogs."""
+        return {(kind, oid): name for catalog in catalogs for kind, oid, name in self._session().execute(_OTHER_ITEMS[catalog])}
 
     def items(self, catalogs: Iterable[str]) -> dict[tuple[str, int, int], str]:
         """(kind, relid, oid or attnum) -> name, of the given catalogs."""
@@ -425,6 +453,25 @@ def _catalog_changes(end: End, past: Past, conn: psycopg.Connection, skip: set[i
     return {relid: texts for relid, texts in changes.items() if texts}
 
 
+def _other_changes(end: End, past: Past, conn: psycopg.Connection, own_schema: str | None) -> dict[str, list[str]]:
+    """label ("schema public", "type public.email") -> what this transaction
+    did to the schemas, types and domain constraints (``_OTHER``);
+    ``own_schema``: the schema the sync created for its ledger."""
+    written = {key: name for key, name in end.others.items() if not (key[0] == "schema" and name == own_schema)}
+    deleted = end.deleted & set(_OTHER)
+    if not written and not deleted:
+        return {}
+    old = past.others(set(_OTHER))
+    out = {f"{kind} {name}": [f"{'changed' if (kind, oid) in old else 'created'} by this transaction"] for (kind, oid), name in written.items()}
+    if deleted:
+        with catalog_path(conn):
+            now = {(kind, oid) for catalog in deleted for kind, oid, _ in conn.execute(_OTHER_ITEMS[catalog])}
+        for (kind, oid), name in old.items():
+            if (kind, oid) not in now and {"schema": "pg_namespace", "type": "pg_type", "constraint": "pg_constraint"}[kind] in deleted:
+                out[f"{kind} {name}"] = ["dropped"]
+    return out
+
+
 def _current_items(conn: psycopg.Connection, catalog: str) -> set[tuple[str, int, int]]:
     with catalog_path(conn):
         return {(kind, relid, oid) for kind, oid, relid, _ in conn.execute(_ITEMS[catalog])}
@@ -444,10 +491,16 @@ def _relation_change(old: Relation, new: Relation) -> str:
     return "definition changed (ALTER)"
 
 
-def verify(start: Start, end: End, allowed: set[int], *, ledger: int, past: Past, conn: psycopg.Connection, cascaded: set[int] = frozenset()) -> ProofResult:
+def verify(
+    start: Start, end: End, allowed: set[int], *, ledger: int, past: Past, conn: psycopg.Connection, cascaded: set[int] = frozenset(),
+    ledger_changes: Iterable[str] = (), own_schema: str | None = None,
+) -> ProofResult:
     """Compare the two looks. Rows may have been written only in ``allowed``
     (content tables, their partitions and sequences) and the ledger; no
-    definition may have changed but the ledger's (created on a first run).
+    definition may have changed but the ledger's (created or migrated by
+    ``ledger.ensure``). ``ledger_changes``: what changed in the ledger that
+    the sync's own statements did not (``ledger_watch``); ``own_schema``: the
+    schema ``ensure`` created for the ledger, if it did.
     ``cascaded``: protected tables an FK action from a content table the
     sync deleted or updated may have locked for writing (RI runs its
     DELETE/UPDATE even when no row references the content row)."""
@@ -463,14 +516,22 @@ def verify(start: Start, end: End, allowed: set[int], *, ledger: int, past: Past
             violation("(session)")["changes"].append(f"{name} changed from {start.settings.get(name)} to {end.settings.get(name)}")
     if not end.counting:
         violation("(session)")["changes"].append("track_counts is off: the row counters counted nothing")
+    for text in ledger_changes:
+        violation("safesync.content_ledger")["changes"].append(text)
     relations = dict(end.relations)
     try:
         catalog = _catalog_changes(end, past, conn, {ledger})
         if catalog.keys() - relations.keys():
             relations = {**past.relations(), **relations}  # dropped ones
+        for label, texts in _other_changes(end, past, conn, own_schema).items():
+            violation(label)["changes"].extend(texts)
     except (psycopg.Error, SafesyncError) as exc:  # the past could not be read: still a violation, unnamed
         catalog = {}
-        touched = sorted({end.relations[row[2]].label for row in end.mine if row[2] != ledger and row[2] in end.relations} | end.deleted)
+        touched = sorted(
+            {end.relations[row[2]].label for row in end.mine if row[2] != ledger and row[2] in end.relations}
+            | {f"{kind} {name}" for (kind, _), name in end.others.items() if not (kind == "schema" and name == own_schema)}
+            | end.deleted
+        )
         violation("(catalog)")["changes"].append(
             f"this transaction changed definitions ({', '.join(map(str, touched))}) that could not be named: {getattr(exc, 'message', None) or type(exc).__name__}"
         )
