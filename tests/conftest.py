@@ -148,6 +148,22 @@ def write_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return factory
 
 
+@pytest.fixture
+def lms(pg_server, make_db, write_settings):
+    """(settings factory, dev_url, prod_url) for a dev/prod pair of the LMS
+    fixture; the factory takes the extra TOML of [content_sync], TOML to put
+    after it (per-table options), other URLs, and lms_config_toml's options."""
+    from tests.fixtures.lms import lms_config_toml, lms_database
+
+    dev = lms_database(pg_server, make_db, variant="dev")
+    prod = lms_database(pg_server, make_db, variant="prod")
+
+    def settings(extra: str = "", tail: str = "", urls: dict | None = None, **kw):
+        return write_settings(urls or {"dev": dev, "prod": prod}, lms_config_toml(extra=extra, **kw) + tail)
+
+    return settings, dev, prod
+
+
 # --- the secrets proof ----------------------------------------------------------
 # Every log line the project writes during the suite goes to a file; at the
 # very end the controller greps those logs and every file the tests left in

@@ -15,18 +15,6 @@ from safesync.shared.errors import ConfigError
 from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED, lms_config_toml, lms_database
 
 
-@pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    """(settings factory, dev_url, prod_url) for a dev/prod pair of the LMS fixture."""
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(**kw):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(**kw))
-
-    return settings, dev, prod
-
-
 def fingerprints(url: str, tables=None) -> dict:
     with psycopg.connect(url) as conn:
         prints = db.database_fingerprint(conn)

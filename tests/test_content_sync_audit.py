@@ -22,7 +22,7 @@ from safesync.functions.content_sync import content_sync
 from safesync.shared.embedded import EmbeddedPostgres
 from tests import contrib
 from tests.conftest import PgServer
-from tests.fixtures.lms import lms_config_toml, lms_database
+from tests.fixtures.lms import lms_config_toml
 
 
 def owned(url: str) -> int:
@@ -175,17 +175,6 @@ def test_an_event_trigger_fired_by_the_syncs_own_ddl(contrib_lms):
 
 
 # --- the suite's own server ---------------------------------------------------------
-
-
-@pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(extra: str = ""):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(extra=extra))
-
-    return settings, dev, prod
 
 
 def test_copy_to_program_is_found_and_the_dry_run_never_runs_it(lms):

@@ -10,20 +10,7 @@ import pytest
 
 from safesync.functions.content_sync import content_sync
 from safesync.shared import db
-from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED, lms_config_toml, lms_database
-
-
-@pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    """(settings factory, dev_url, prod_url); the factory takes the extra
-    TOML of [content_sync] (per-table options go after it)."""
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(extra: str = "", tail: str = "", urls: dict | None = None, **kw):
-        return write_settings(urls or {"dev": dev, "prod": prod}, lms_config_toml(extra=extra, **kw) + tail)
-
-    return settings, dev, prod
+from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED
 
 
 def fingerprints(url: str, tables=None) -> dict:

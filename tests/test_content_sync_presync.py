@@ -9,18 +9,7 @@ from safesync.functions.backup.catalog import get_backup, list_backups
 from safesync.functions.backup.verify import verify_backup
 from safesync.functions.content_sync import content_sync, content_undo
 from safesync.shared.errors import ConfigError
-from tests.fixtures.lms import LMS_CONTENT, lms_config_toml, lms_database
-
-
-@pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(extra: str = ""):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(extra=extra))
-
-    return settings, dev, prod
+from tests.fixtures.lms import LMS_CONTENT
 
 
 def lessons(url: str) -> int:

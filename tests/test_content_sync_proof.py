@@ -12,7 +12,7 @@ import pytest
 
 from safesync.functions.content_sync import content_sync
 from safesync.shared import db
-from tests.fixtures.lms import lms_config_toml, lms_database
+from tests.fixtures.lms import lms_config_toml
 
 # Tables whose triggers the tests install: acknowledged side channels (SET,
 # lo_*, nextval …) so that the proof itself — not the static audit — is what
@@ -21,14 +21,10 @@ ACK = 'acknowledge_side_channels = ["lessons", "safesync.content_ledger"]'
 
 
 @pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(extra: str = ACK):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(extra=extra))
-
-    return settings, dev, prod
+def lms(lms):
+    """The suite's LMS pair, its config acknowledging ACK unless told otherwise."""
+    settings, dev, prod = lms
+    return (lambda extra=ACK: settings(extra)), dev, prod
 
 
 def state(url: str) -> tuple[dict, dict]:

@@ -14,18 +14,7 @@ from safesync.functions.content_sync import content_sync, content_undo
 from safesync.functions.serve import create_app
 from safesync.shared import db
 from tests import sentinels
-from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED, lms_config_toml, lms_database
-
-
-@pytest.fixture
-def lms(pg_server, make_db, write_settings):
-    dev = lms_database(pg_server, make_db, variant="dev")
-    prod = lms_database(pg_server, make_db, variant="prod")
-
-    def settings(extra: str = "", tail: str = ""):
-        return write_settings({"dev": dev, "prod": prod}, lms_config_toml(extra=extra) + tail)
-
-    return settings, dev, prod
+from tests.fixtures.lms import LMS_CONTENT, LMS_PROTECTED
 
 
 def fingerprints(url: str, tables=None) -> dict:
