@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import psutil
+
 from safesync.shared.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +53,23 @@ class LiveServer:
         self.log_path = folder / f"server-{uuid.uuid4().hex[:8]}.jsonl"
 
     def start(self) -> "LiveServer":
+        """Start the server and wait until it answers on its port. The port
+        comes from ``free_port()``, which frees it again before the child binds
+        it: in that gap another process of a parallel suite (a fake Google, an
+        emulator, another server) may take it, and a readiness check that only
+        asks "does something answer?" would then send the whole test to that
+        stranger. So the answer counts only once our own process tree holds the
+        listening socket; a stolen port is retried on a new one."""
+        for _attempt in range(5):
+            if self._start_on_port():
+                return self
+            self.stop()
+            self.port = free_port()
+        raise AssertionError("no free port could be kept for the server")
+
+    def _start_on_port(self) -> bool:
+        """True when the child serves ``self.port``; False when another
+        process holds it."""
         bin_dir = Path(sys.executable).parent
         if self.target is None:
             argv = [str(bin_dir / "safesync"), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -63,13 +82,33 @@ class LiveServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._listener() == "other":
+                    return False
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                self.request("OPTIONS", self.path("status"))
-                return self
-            except OSError:
-                time.sleep(0.05)
+            owner = self._listener()
+            if owner is not None and owner != "ours":
+                return False
+            if owner == "ours":
+                try:
+                    self.request("OPTIONS", self.path("status"))
+                    return True
+                except OSError:
+                    pass
+            time.sleep(0.05)
         raise AssertionError("server never answered")
+
+    def _listener(self) -> str | None:
+        """Who listens on our port: "ours" (the child or a descendant),
+        "other", or None (nobody yet)."""
+        ours = {self.proc.pid} if self.proc is not None else set()
+        try:
+            ours |= {child.pid for child in psutil.Process(self.proc.pid).children(recursive=True)}
+        except (psutil.NoSuchProcess, AttributeError):
+            pass
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port:
+                return "ours" if conn.pid in ours else "other"
+        return None
 
     def stop(self) -> None:
         if self.proc is not None:
