@@ -7,19 +7,16 @@ temp folder (``status.png``, ``login.png``)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import sentinels
+from tests.live_server import LiveServer
 from tests.status_world import status_world  # noqa: F401  (fixture)
 from tests.system_tools import ensure_tool
 
@@ -44,38 +41,12 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(status_world, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def server(status_world) -> Iterator[tuple[str, Path]]:
     """``safesync serve`` on localhost (a secure context, as HTTPS would be
     in production), its access log in a file; yields (page URL, log)."""
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "safesync.functions.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://localhost:{port}/status"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-            except urllib.error.HTTPError:
-                break  # 401: it answers
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-        yield url, log
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with LiveServer(env=os.environ.copy()) as serve:
+        yield f"http://localhost:{serve.port}/status", serve.log_path
 
 
 def test_a_person_logs_in_reads_the_page_and_logs_out(chromium, server, tmp_path: Path) -> None:
