@@ -166,15 +166,17 @@ def columns(conn: psycopg.Connection, table: TableRef) -> list[Column]:
     return [Column(n, t, nn, d, i or "", g) for n, t, nn, d, i, g in rows]
 
 
-def table_shapes(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[TableRef, tuple[list[str], list[str]]]:
-    """(column names in order, primary-key columns in key order) of every
-    table, partitioned table and materialized view of ``schemas`` — one
-    catalog query for all of them instead of two per table (a comparison of
-    a few hundred tables paid seconds in round trips)."""
+def table_shapes(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[TableRef, tuple[list[tuple[str, str, bool]], list[str]]]:
+    """(columns in order as (name, format_type, collatable), primary-key
+    columns in key order) of every table, partitioned table and materialized
+    view of ``schemas`` — one catalog query for all of them instead of two
+    per table (a comparison of a few hundred tables paid seconds in round
+    trips)."""
     rows = conn.execute(
         """
         select n.nspname, c.relname,
-               array(select a.attname::text from pg_attribute a
+               array(select array[a.attname::text, format_type(a.atttypid, a.atttypmod), (a.attcollation <> 0)::text]
+                     from pg_attribute a
                      where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum),
                coalesce((select array(select a.attname::text from unnest(k.conkey) with ordinality u(attnum, ord)
                                       join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.attnum order by u.ord)
@@ -184,7 +186,7 @@ def table_shapes(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[Table
         """,
         [list(schemas)],
     ).fetchall()
-    return {TableRef(s, n): (list(cols), list(pk)) for s, n, cols, pk in rows}
+    return {TableRef(s, n): ([(a, t, c == "true") for a, t, c in cols], list(pk)) for s, n, cols, pk in rows}
 
 
 def primary_key(conn: psycopg.Connection, table: TableRef) -> list[str]:

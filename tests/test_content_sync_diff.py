@@ -8,8 +8,8 @@ import uuid
 import psycopg
 import pytest
 
-from safesync.functions.content_sync import diff as diffmod
-from safesync.functions.content_sync.diff import Sides, diff_table
+from safesync.shared import rowdiff as diffmod
+from safesync.shared.rowdiff import Sides, diff_table
 from safesync.functions.content_sync.plan import table_spec
 from safesync.shared.db import TableRef, connect
 

@@ -247,3 +247,15 @@ def test_validate_against_cli_and_http(write_settings, dev_pair, capsys):
     assert client.post("/validate", json={"db": "nope"}, headers=auth).status_code == 400
     assert client.post("/validate", json={"database": "prod"}, headers=auth).status_code == 400
     assert client.post("/validate", json={}, headers=auth).get_json()["ok"] is True  # prod = a: healthy
+
+
+def test_differing_keys_are_named_as_the_server_prints_them(make_db):
+    """Keys reach the report as the engine's text tuples; their label must be
+    ``row(key)::text`` exactly as PostgreSQL prints it (quoting included)."""
+    from safesync.functions.validate.data_diff import _record_text
+
+    values = [("7",), ("a b", "1"), ("", "x,y"), ('say "hi"', "back\\slash"), ("(paren)", "tab\there")]
+    with connect(make_db()) as conn:
+        for key in values:
+            placeholders = ", ".join(["%s::text"] * len(key))
+            assert _record_text(key) == conn.execute(f"select row({placeholders})::text", list(key)).fetchone()[0], key

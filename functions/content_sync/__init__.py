@@ -8,13 +8,16 @@ HTTP target ``content_sync``: ``{"mode": "compare" | "dry-run" | "sync",
 compare | dry-run | sync [--adopt] [--expect-plan DIGEST]``, ``safesync
 content undo RUN_ID [--dry-run] [--expect-plan DIGEST]``. Modules:
 ``plan`` (config → tables, keys, match_on and FK translations, drift, FK
-order, protected set), ``rowhash`` (SQL row hashes, key expressions, the
-rows as compared), ``diff`` (key-range checksum descent), ``ledger`` (the
+order, protected set; ``TableSpec`` is the shared engine's ``TableShape``
+plus what the writer needs, translated FKs read as the parent's natural
+key), ``ledger`` (the
 three-way ancestor kept in the target), ``conflicts`` (three-way
 classification), ``apply`` (staging, upsert, deletes, sequences), ``proof``
 (protection proof), ``digest`` (plan digest), ``safety`` (undo point),
 ``undolog`` (the undo log's format), ``undo`` (putting a run back),
-``job`` (the flow).
+``job`` (the flow). Rows are compared by the one engine all jobs share:
+``shared.rowhash`` (SQL row hashes, key expressions) and ``shared.rowdiff``
+(key-range checksum descent, both sides at once).
 """
 
 from __future__ import annotations

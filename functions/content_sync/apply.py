@@ -32,9 +32,10 @@ from typing import Iterator, Sequence
 import psycopg
 from psycopg import sql
 
-from . import rowhash
-from .diff import Key
-from .plan import SyncPlan, TableSpec, Translation
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import Key
+
+from .plan import SyncPlan, TableSpec, Translation, parent_key_text
 
 CHUNK_KEYS = 10_000  # keys per COPY statement (the key list is sent inline)
 
@@ -47,7 +48,7 @@ def _chunks(keys: Sequence[Key], size: int = CHUNK_KEYS) -> Iterator[Sequence[Ke
 def _select_by_keys(spec: TableSpec, keys: Sequence[Key], columns: sql.Composable) -> tuple[sql.Composable, list]:
     relation, params = rowhash.keys_relation(spec, keys)
     query = sql.SQL("select {cols} from {table} join {rel} on {match}").format(
-        cols=columns, table=rowhash.relation(spec), rel=relation, match=rowhash.keys_match(spec)
+        cols=columns, table=spec.from_item(), rel=relation, match=rowhash.keys_match(spec)
     )
     return query, params
 
@@ -63,7 +64,7 @@ def stage_rows(src: psycopg.Connection, tgt: psycopg.Connection, spec: TableSpec
     cols = sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.columns)
     names = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
     tgt.execute(
-        sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(temp, cols, rowhash.relation(spec))
+        sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(temp, cols, spec.from_item())
     )
     moved = 0
     for chunk in _chunks(list(keys)):
@@ -83,7 +84,7 @@ def _parent_match(tr: Translation, parent: str, staged: sql.Composable) -> sql.C
     text names."""
     if len(tr.parent_key) == 1:
         return sql.SQL("{} = {}::{}").format(sql.Identifier(parent, tr.parent_key[0]), staged, sql.SQL(tr.parent_key_types[0]))
-    return sql.SQL("{} = {}").format(rowhash.parent_key_text(tr, parent), staged)
+    return sql.SQL("{} = {}").format(parent_key_text(tr, parent), staged)
 
 
 def _staged_select(spec: TableSpec, temp: sql.Identifier) -> sql.Composable:

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .diff import Key, TableDiff
+from safesync.shared.rowdiff import Key, TableDiff
+
 from .ledger import Entry, LedgerWrites, TableLedger
 from .plan import TableSpec
 

@@ -40,10 +40,10 @@ from safesync.shared.errors import ConfigError, JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
+from safesync.shared.rowdiff import Key, Sides, diff_table, hashes_by_key, tune
 
 from . import apply, audit, ledger, ledger_watch, proof, triggers, undolog
 from .conflicts import TableDecisions, classify
-from .diff import Key, Sides, diff_table, hashes_by_key, tune
 from .digest import plan_digest
 from .plan import SyncPlan, TableSpec, build_plan
 from .safety import PresyncBackup

@@ -64,9 +64,9 @@ from psycopg import sql
 
 from safesync.shared.db import TableRef
 from safesync.shared.errors import ConfigError, Refused
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import Key, TableDiff
 
-from . import rowhash
-from .diff import Key, TableDiff
 from .plan import TableSpec
 
 LEDGER = TableRef("safesync", "content_ledger")
@@ -451,7 +451,7 @@ def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequ
     if keep:  # entries kept above: not inserted again
         exclude.append(sql.SQL("not exists (select from safesync.content_ledger as l where l.entry = {})").format(entry))
     insert = sql.SQL("insert into safesync.content_ledger (entry, row_hash) select {entry}, {h} from {rel} {where}").format(
-        entry=entry, h=rowhash.row_hash(spec), rel=rowhash.relation(spec),
+        entry=entry, h=rowhash.row_hash(spec), rel=spec.from_item(),
         where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
     try:

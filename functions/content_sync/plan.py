@@ -24,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import psycopg
+from psycopg import sql
 
 from safesync.shared import db
 from safesync.shared.config import ContentSyncSection
 from safesync.shared.db import Column, ForeignKey, TableRef
 from safesync.shared.errors import ConfigError
-
-INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+from safesync.shared.rowhash import TableShape
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,18 @@ class Translation:
     parent_key_types: tuple[str, ...]
 
 
+def parent_key_text(tr: Translation, alias: str) -> sql.Composable:
+    """The parent's natural key as one text value (NULL when no row matched)."""
+    cols = [sql.Identifier(alias, k) for k in tr.parent_key]
+    if len(cols) == 1:
+        return sql.SQL("{}::text").format(cols[0])
+    return sql.SQL("case when {} is null then null else row({})::text end").format(cols[0], sql.SQL(", ").join(cols))
+
+
 @dataclass(frozen=True)
-class TableSpec:
-    """One content table as the diff and the writer see it.
+class TableSpec(TableShape):
+    """One content table as the diff and the writer see it: the engine's
+    ``TableShape`` (``shared.rowhash``) plus what the writer needs.
 
     ``key`` is what rows are matched on: the primary key, or the natural
     key ``match_on`` names. ``columns`` are compared and written: the
@@ -87,14 +96,7 @@ class TableSpec:
     ranges.
     """
 
-    table: TableRef
-    key: tuple[str, ...]
-    key_types: tuple[str, ...]
-    key_collatable: tuple[bool, ...]
-    columns: tuple[str, ...]
-    column_types: tuple[str, ...]  # format_type of each of ``columns``
-    primary_key: tuple[str, ...]
-    native_hash: bool = True  # both servers >= 14: hash_record_extended (see rowhash)
+    primary_key: tuple[str, ...] = ()
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
     sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) each column draws from in the target
     drift: Drift = field(default_factory=Drift)
@@ -120,17 +122,30 @@ class TableSpec:
             "native_hash": self.native_hash,
         }
 
-    @property
-    def arithmetic(self) -> str | None:
-        """'int' or 'uuid' when key ranges can be split by arithmetic on the
-        key value (one integer or uuid column); None: split by quantiles."""
-        if len(self.key) != 1:
-            return None
-        if self.key_types[0] in INTEGER_TYPES:
-            return "int"
-        if self.key_types[0] == "uuid":
-            return "uuid"
-        return None
+    def from_item(self, alias: str = "t") -> sql.Composable:
+        """The table's rows as compared: the table aliased ``alias``, or a
+        subquery (flattened by the planner, so key-range predicates still use
+        the table's indexes) whose translated FK columns hold the parent's
+        natural key."""
+        if not self.translations:
+            return super().from_item(alias)
+        needed = list(dict.fromkeys([*self.key, *self.columns]))
+        select, joins = [], []
+        for col in needed:
+            tr = self.translation(col)
+            if tr is None:
+                select.append(sql.Identifier("r", col))
+                continue
+            p = f"p{len(joins)}"
+            joins.append(
+                sql.SQL(" left join {} as {} on {} = {}").format(
+                    tr.parent.ident, sql.Identifier(p), sql.Identifier(p, tr.parent_column), sql.Identifier("r", col)
+                )
+            )
+            select.append(sql.SQL("{} as {}").format(parent_key_text(tr, p), sql.Identifier(col)))
+        return sql.SQL("(select {} from {} as r{}) as {}").format(
+            sql.SQL(", ").join(select), self.table.ident, sql.Composed(joins), sql.Identifier(alias)
+        )
 
     @property
     def update_columns(self) -> tuple[str, ...]:

@@ -20,7 +20,9 @@ from typing import Sequence
 import psycopg
 from psycopg import sql
 
-from . import rowhash
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import hashes_by_key
+
 from .plan import TableSpec
 
 SAMPLE = 20
@@ -70,7 +72,7 @@ def differing_columns(src: psycopg.Connection, tgt: psycopg.Connection, spec: Ta
     query = sql.SQL("select {}, {} from {} join {} on {}").format(
         rowhash.key_text(spec),
         sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in spec.columns),
-        rowhash.relation(spec),
+        spec.from_item(),
         relation,
         rowhash.keys_match(spec),
     )
@@ -114,8 +116,6 @@ def explain(src: psycopg.Connection, tgt: psycopg.Connection, spec: TableSpec, k
 def explain_all(src: psycopg.Connection, tgt: psycopg.Connection, decisions) -> str:
     """``explain`` for every table whose written rows differ (decisions:
     conflicts.TableDecisions, with the source hash of each written key)."""
-    from .diff import hashes_by_key
-
     parts = []
     for d in decisions:
         if not d.writes:

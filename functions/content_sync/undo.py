@@ -44,9 +44,11 @@ from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
 from safesync.shared.errors import BadRequest, NotFoundError, Refused
 from safesync.shared.report import Report
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import Key, tune
 
-from . import apply, job, ledger, proof, rowhash, undolog
-from .diff import Key, tune
+
+from . import apply, job, ledger, proof, undolog
 from .plan import SyncPlan, TableSpec, build_plan
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
@@ -158,7 +160,7 @@ class Table:
                     copy.write(data)
         tgt.execute(
             sql.SQL("update {u} as u set here = true, cur = {h} from {rel} where {match}").format(
-                u=self.temp, h=rowhash.row_hash(self.spec, "t"), rel=rowhash.relation(self.spec, "t"), match=self.match("t")
+                u=self.temp, h=rowhash.row_hash(self.spec, "t"), rel=self.spec.from_item("t"), match=self.match("t")
             )
         )
         self.conflicts = self.keys(sql.SQL("u.cur is distinct from u.after"))
@@ -221,7 +223,7 @@ class Table:
         """Rows not as their before-image after the undo wrote (absent where they were)."""
         return self.keys(
             sql.SQL("not u.skip and u.before is distinct from (select {h} from {rel} where {match})").format(
-                h=rowhash.row_hash(self.spec, "t"), rel=rowhash.relation(self.spec, "t"), match=self.match("t")
+                h=rowhash.row_hash(self.spec, "t"), rel=self.spec.from_item("t"), match=self.match("t")
             )
         )
 

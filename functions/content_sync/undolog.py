@@ -46,9 +46,9 @@ from safesync.shared.errors import NotFoundError, StorageError
 from safesync.shared.report import Report
 from safesync.shared import runs
 from safesync.shared.storage import Storage
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import Key
 
-from . import rowhash
-from .diff import Key
 from .plan import TableSpec
 
 FORMAT = "safesync-undo/1"
@@ -237,7 +237,7 @@ def row_images(spec: TableSpec, stored: Sequence[str], keys: Sequence[Key], afte
     ``after``, the hash it will have once written (None: deleted)."""
     relation, params = _keys_with(spec, keys, {"after": ("bigint", list(after))})
     if spec.translations:  # the hash is of the compared form: translated references as the parent's natural key
-        hashed = sql.SQL(" left join {} on {}").format(rowhash.relation(spec), rowhash.keys_match(spec))
+        hashed = sql.SQL(" left join {} on {}").format(spec.from_item(), rowhash.keys_match(spec))
         row_hash = rowhash.row_hash(spec, "t")
     else:
         hashed, row_hash = sql.SQL(""), rowhash.row_hash(spec, "r")

@@ -1,33 +1,39 @@
-"""Data diff of two databases, data-diff style: hashes computed in SQL.
+"""Data diff of two databases on the one comparison engine
+(``shared.rowdiff``, row hashes of ``shared.rowhash``): what content sync's
+compare does, for every table of the schemas.
 
-For every table: one pass on each side gives (row count, order-independent
-sum of 64-bit row hashes). Tables whose pair matches are identical. For a
-table that differs, each side groups its row hashes into buckets chosen by a
-hash of the key (the primary key, or the whole row when there is none), so
-both sides bucket the same rows the same way without agreeing on key ranges;
-only the rows of the first differing buckets travel to Python, where the
-first differing keys are named. Both sides are scanned at the same time (one
-thread per database).
+A table whose primary key is the same on both sides (and compared) is
+compared by key-range checksums: identical tables cost one checksum pass
+per side and no rows travel; for one that differs, the descent stops once
+``MAX_KEYS`` differing keys are known, and those found are named. A table
+without one — no primary key, keys that differ between the sides, a
+materialized view — takes the engine's documented fallback
+(``rowdiff.multiset_diff``): (count, sum of row hashes) per side, then the
+rows of the first differing hash buckets, named by their whole text form.
+Both sides always run at once (``rowdiff.Sides``).
 
 Columns can be left out (masked columns: their values differ on purpose) and
 tables can be compared by count only (structure-only copies); both are
-reported as such, never silently skipped.
+reported as such, never silently skipped. A column whose type differs
+between the sides is compared by its text form.
 """
 
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
 
-from safesync.shared.db import TableRef, list_tables, table_shapes
+from safesync.shared import rowdiff
+from safesync.shared.db import TableRef, list_tables, server_version, table_shapes
+from safesync.shared.rowdiff import Sides
+from safesync.shared.rowhash import RETYPED, TableShape
 
 MAX_KEYS = 10
-MAX_BUCKETS_FETCHED = 8
 
 
 @dataclass
@@ -72,55 +78,17 @@ class DataDiff:
         return [t.row(a_name, b_name) for t in chosen]
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """What is hashed for one table: the same expressions on both sides."""
+def _record_text(values: Sequence[str]) -> str:
+    """``row(v1, v2, ...)::text`` of text values, as PostgreSQL prints it
+    (record_out: quoted when empty or holding a quote, backslash, comma,
+    parenthesis or white space; quotes and backslashes doubled)."""
 
-    table: TableRef
-    columns: tuple[str, ...]
-    key: tuple[str, ...]  # empty: the whole row is the key
+    def field(v: str) -> str:
+        if v and not any(ch in '"\\(),' or ch in " \t\n\r\f\v" for ch in v):
+            return v
+        return '"' + v.replace("\\", "\\\\").replace('"', '""') + '"'
 
-    def row_text(self) -> sql.Composable:
-        return sql.SQL("row({})::text").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in self.columns))
-
-    def key_text(self) -> sql.Composable:
-        if not self.key:
-            return self.row_text()
-        return sql.SQL("row({})::text").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in self.key))
-
-
-def _h64(text: sql.Composable) -> sql.Composable:
-    return sql.SQL("('x' || left(md5({}), 16))::bit(64)::bigint").format(text)
-
-
-def _bucket(text: sql.Composable, buckets: int) -> sql.Composable:
-    return sql.SQL("(('x' || left(md5({}), 8))::bit(32)::int & {})").format(text, sql.Literal(buckets - 1))
-
-
-def _totals(conn: psycopg.Connection, shape: _Shape) -> tuple[int, str]:
-    query = sql.SQL("select count(*), coalesce(sum({}::numeric), 0)::text from {} as t").format(
-        _h64(shape.row_text()), shape.table.ident
-    )
-    count, total = conn.execute(query).fetchone()
-    return count, total
-
-
-def _bucket_sums(conn: psycopg.Connection, shape: _Shape, buckets: int) -> dict[int, tuple[int, str]]:
-    query = sql.SQL(
-        "select b, count(*), sum(h::numeric)::text from (select {} as b, {} as h from {} as t) s group by b"
-    ).format(_bucket(shape.key_text(), buckets), _h64(shape.row_text()), shape.table.ident)
-    return {b: (n, s) for b, n, s in conn.execute(query)}
-
-
-def _bucket_rows(conn: psycopg.Connection, shape: _Shape, buckets: int, chosen: list[int]) -> dict[str, list[int]]:
-    """key text → row hashes (a list: without a primary key, duplicates count)."""
-    query = sql.SQL("select {} as k, {} as h from {} as t where {} = any(%s)").format(
-        shape.key_text(), _h64(shape.row_text()), shape.table.ident, _bucket(shape.key_text(), buckets)
-    )
-    out: dict[str, list[int]] = {}
-    for key, h in conn.execute(query, [chosen]):
-        out.setdefault(key, []).append(h)
-    return out
+    return "(" + ",".join(field(v) for v in values) + ")"
 
 
 def _natural(key: str) -> list:
@@ -128,50 +96,50 @@ def _natural(key: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
 
 
-def _bucket_count(rows: int) -> int:
-    n = 16
-    while n < 65536 and n * 1000 < rows:
-        n *= 2
-    return n
+def _label(key: tuple[str, ...], text: str) -> str:
+    text = text if len(text) <= 200 else text[:199] + "…"
+    return f"({', '.join(key)})={text}" if key else f"row {text}"
 
 
-def _label(shape: _Shape, key: str) -> str:
-    text = key if len(key) <= 200 else key[:199] + "…"
-    return f"({', '.join(shape.key)})={text}" if shape.key else f"row {text}"
+def _keyed_first_keys(sides: Sides, shape: TableShape) -> tuple[int, int, list[str]]:
+    diff = rowdiff.diff_table(sides, shape, limit=MAX_KEYS)
+    found = [(_record_text(k), "only in A") for k in diff.new] + [(_record_text(k), "differs") for k in diff.changed]
+    found += [(_record_text(k), "only in B") for k in diff.extra]
+    found.sort(key=lambda f: _natural(f[0]))
+    return diff.source_rows, diff.target_rows, [f"{what}: {_label(shape.key, text)}" for text, what in found[:MAX_KEYS]]
 
 
-def _first_keys(shape: _Shape, a: psycopg.Connection, b: psycopg.Connection, rows: int, pool: ThreadPoolExecutor) -> list[str]:
-    buckets = _bucket_count(rows)
-    fa, fb = pool.submit(_bucket_sums, a, shape, buckets), pool.submit(_bucket_sums, b, shape, buckets)
-    sa, sb = fa.result(), fb.result()
-    differing = sorted(k for k in sa.keys() | sb.keys() if sa.get(k) != sb.get(k))[:MAX_BUCKETS_FETCHED]
-    if not differing:
-        return []
-    fa, fb = pool.submit(_bucket_rows, a, shape, buckets, differing), pool.submit(_bucket_rows, b, shape, buckets, differing)
-    ra, rb = fa.result(), fb.result()
+def _keyless_first_keys(sides: Sides, shape: TableShape) -> tuple[int, int, list[str]]:
+    diff = rowdiff.multiset_diff(sides, shape)
     found = []
-    for key in sorted(ra.keys() | rb.keys(), key=_natural):
-        ha, hb = sorted(ra.get(key, [])), sorted(rb.get(key, []))
-        if ha == hb:
-            continue
-        if not hb:
-            found.append(f"only in A: {_label(shape, key)}")
-        elif not ha:
-            found.append(f"only in B: {_label(shape, key)}")
-        else:
-            found.append(f"differs: {_label(shape, key)}")
-        if len(found) >= MAX_KEYS:
-            break
-    return found
+    for text in sorted(diff.rows, key=_natural)[:MAX_KEYS]:
+        ha, hb = diff.rows[text]
+        what = "only in A" if not hb else "only in B" if not ha else "differs"
+        found.append(f"{what}: {_label((), text)}")
+    return diff.source_rows, diff.target_rows, found
 
 
-def _shape(shapes_a: dict, shapes_b: dict, table: TableRef, excluded: set[str]) -> tuple[_Shape, list[str], str]:
+def _shape(shapes_a: dict, shapes_b: dict, table: TableRef, excluded: set[str], native: bool) -> tuple[TableShape, list[str], str]:
+    """The same description of ``table`` for both sides: the columns both
+    have (less ``excluded``), the primary key when both sides agree on it."""
     cols_a, key_a = shapes_a[table]
     cols_b, key_b = shapes_b[table]
-    common = tuple(c for c in cols_a if c in set(cols_b) and c not in excluded)
-    note = "" if set(cols_a) == set(cols_b) else "columns differ (see schema diff): compared on the common columns"
-    key = tuple(key_a) if key_a == key_b and set(key_a) <= set(common) else ()
-    return _Shape(table, common, key), sorted(set(cols_a) & excluded), note
+    types_b = {name: type_ for name, type_, _ in cols_b}
+    common = [(name, type_, coll) for name, type_, coll in cols_a if name in types_b and name not in excluded]
+    note = "" if {c[0] for c in cols_a} == set(types_b) else "columns differ (see schema diff): compared on the common columns"
+    by_name = {name: (type_, coll) for name, type_, coll in common}
+    same_type = {name for name, type_, _ in common if types_b[name] == type_}
+    key = tuple(key_a) if key_a == key_b and set(key_a) <= same_type else ()
+    shape = TableShape(
+        table=table,
+        key=key,
+        key_types=tuple(by_name[k][0] for k in key),
+        key_collatable=tuple(by_name[k][1] for k in key),
+        columns=tuple(name for name, _, _ in common),
+        column_types=tuple(type_ if name in same_type else RETYPED for name, type_, _ in common),
+        native_hash=native,
+    )
+    return shape, sorted({c[0] for c in cols_a} & excluded), note
 
 
 def data_diff(
@@ -194,43 +162,53 @@ def data_diff(
     tables_a, tables_b = set(list_tables(conn_a, schemas)), set(list_tables(conn_b, schemas))
     views_a, views_b = _matviews(conn_a, schemas), _matviews(conn_b, schemas)
     shapes_a, shapes_b = table_shapes(conn_a, schemas), table_shapes(conn_b, schemas)
+    native = min(server_version(conn_a), server_version(conn_b)) >= 140000  # hash_record_extended
     result = DataDiff()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="data-diff") as pool:
-        shapes: list[tuple[_Shape, list[str], str]] = []
-        for table in sorted(tables_a | tables_b):
-            if table not in tables_b:
-                result.tables.append(TableDiff(str(table), "only in A"))
-            elif table not in tables_a:
-                result.tables.append(TableDiff(str(table), "only in B"))
-            else:
-                shapes.append(_shape(shapes_a, shapes_b, table, exclude_columns.get(table, set())))
-        # Materialized views hold data too: compared like tables when both
-        # are populated (whether each is populated is part of the schema diff).
-        for view in sorted(views_a.keys() & views_b.keys()):
-            if views_a[view] and views_b[view]:
-                shapes.append(_shape(shapes_a, shapes_b, view, set()))
-            else:
-                result.tables.append(TableDiff(str(view), "not compared", note="materialized view not populated on both sides"))
-
-        def totals(conn: psycopg.Connection) -> list[tuple[int, str]]:
-            out = []
-            for shape, _, _ in shapes:
-                if progress and conn is conn_a:
+    shapes: list[tuple[TableShape, list[str], str]] = []
+    for table in sorted(tables_a | tables_b):
+        if table not in tables_b:
+            result.tables.append(TableDiff(str(table), "only in A"))
+        elif table not in tables_a:
+            result.tables.append(TableDiff(str(table), "only in B"))
+        else:
+            shapes.append(_shape(shapes_a, shapes_b, table, exclude_columns.get(table, set()), native))
+    # Materialized views hold data too: compared like tables when both
+    # are populated (whether each is populated is part of the schema diff).
+    for view in sorted(views_a.keys() & views_b.keys()):
+        if views_a[view] and views_b[view]:
+            shapes.append(_shape(shapes_a, shapes_b, view, set(), native))
+        else:
+            result.tables.append(TableDiff(str(view), "not compared", note="materialized view not populated on both sides"))
+    sides = Sides(conn_a, conn_b)
+    try:
+        with _transactions(conn_a, conn_b):
+            sides.both(rowdiff.tune)  # no JIT, work_mem for the range checksums (this transaction only)
+            for shape, excluded, note in shapes:
+                if progress:
                     progress(f"hashing {shape.table}")
-                out.append(_totals(conn, shape) if shape.table not in count_only else (_count(conn, shape.table), ""))
-            return out
-
-        fa, fb = pool.submit(totals, conn_a), pool.submit(totals, conn_b)
-        for (shape, excluded, note), ta, tb in zip(shapes, fa.result(), fb.result()):
-            diff = TableDiff(str(shape.table), "identical", ta[0], tb[0], excluded, note=note)
-            if shape.table in count_only:
-                diff.status, diff.note = "not compared", "structure only: data not copied"
-            elif ta != tb:
-                diff.status = "differs"
-                diff.first_keys = _first_keys(shape, conn_a, conn_b, max(ta[0], tb[0]), pool)
-            result.tables.append(diff)
+                if shape.table in count_only:
+                    ca, cb = sides.both(lambda c: _count(c, shape.table))
+                    result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note="structure only: data not copied"))
+                    continue
+                rows_a, rows_b, first = (_keyed_first_keys if shape.key else _keyless_first_keys)(sides, shape)
+                status = "differs" if first or rows_a != rows_b else "identical"
+                result.tables.append(TableDiff(str(shape.table), status, rows_a, rows_b, excluded, first, note=note))
+    finally:
+        sides.close()
     result.tables.sort(key=lambda t: t.table)
     return result
+
+
+@contextmanager
+def _transactions(*conns: psycopg.Connection) -> Iterator[None]:
+    """One transaction per connection for the comparison, so the engine's
+    transaction-local settings hold across its queries: a savepoint inside
+    the caller's transaction (a REPEATABLE READ snapshot stays the same), a
+    transaction of its own on an autocommit connection."""
+    with ExitStack() as stack:
+        for conn in conns:
+            stack.enter_context(conn.transaction())
+        yield
 
 
 def _count(conn: psycopg.Connection, table: TableRef) -> int:

@@ -1,5 +1,13 @@
-"""Row hashing and key expressions, computed in SQL so rows never travel to
-be compared.
+"""The one row hash, and key expressions, computed in SQL so rows never
+travel to be compared — shared by content sync, validate's data diff, the
+staging-clone proof and migrate's rehearsal (``shared.rowdiff`` is the
+comparison built on it) and by ``shared.db.table_fingerprint``.
+
+A table is described to the engine by a ``TableShape``: its qualified name,
+the key rows are matched on (with the key columns' types and whether they
+collate), and the compared columns (with their types). Content sync's
+``TableSpec`` is one (it adds what the writer needs, and reads translated
+FK columns through a subquery: ``from_item``).
 
 A row's hash is ``hash_record_extended(row(e1, e2, ...), 0)`` (PostgreSQL
 14+, else ``hashtextextended(row(...)::text, 0)``), 64 bits, where each
@@ -16,12 +24,8 @@ name so both sides hash the same columns in the same order. Skipping the
 text conversion where it adds nothing makes hashing about twice as fast as
 hashing the whole row's text, and faster than ``COPY`` can print the table.
 Both hash functions back hash partitioning, hence are stable across
-PostgreSQL versions.
-
-Rows are read through ``relation``: the table itself, or — when an FK
-column points at the ids of a table matched on a natural key — a subquery
-exposing that column as the parent's natural key (text), so both sides hash
-the reference, not the environment-specific id.
+PostgreSQL versions. A column whose type differs between the two sides is
+hashed as its text form on both (``RETYPED``).
 
 A range checksum is ``count(*)`` and ``sum(hash)`` (order independent,
 summed exactly as numeric). Keys travel as their text form: canonical under
@@ -32,11 +36,13 @@ on the server.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from psycopg import sql
 
-from .plan import TableSpec, Translation
+if TYPE_CHECKING:
+    from safesync.shared.db import TableRef
 
 HASH_SEED = 0
 C_COLLATION = sql.SQL(' collate "C"')
@@ -48,6 +54,41 @@ NATIVE_TYPES = frozenset(
      "timestamp without time zone", "timestamp with time zone"}
 )
 _TEXT_TYPE = re.compile(r"^(text|character varying(\(\d+\))?)$")
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+RETYPED = "(types differ)"  # a column type for "hash the text form": not native, not text
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """One table as the engine compares it: rows matched on ``key`` (text-like
+    key columns ordered in "C" byte order so servers with different locales
+    agree on ranges; empty: no key, see ``rowdiff.multiset_diff``), hashed
+    over ``columns`` in this order, ``column_types`` saying how each enters
+    the hash (``format_type`` names)."""
+
+    table: TableRef
+    key: tuple[str, ...]
+    key_types: tuple[str, ...]
+    key_collatable: tuple[bool, ...]
+    columns: tuple[str, ...]
+    column_types: tuple[str, ...]
+    native_hash: bool = True  # both servers >= 14: hash_record_extended
+
+    def from_item(self, alias: str = "t") -> sql.Composable:
+        """``FROM`` item for the rows as compared, aliased ``alias``."""
+        return sql.SQL("{} as {}").format(self.table.ident, sql.Identifier(alias))
+
+    @property
+    def arithmetic(self) -> str | None:
+        """'int' or 'uuid' when key ranges can be split by arithmetic on the
+        key value (one integer or uuid column); None: split by quantiles."""
+        if len(self.key) != 1:
+            return None
+        if self.key_types[0] in INTEGER_TYPES:
+            return "int"
+        if self.key_types[0] == "uuid":
+            return "uuid"
+        return None
 
 
 def _field(alias: str, column: str, type_: str) -> sql.Composable:
@@ -59,7 +100,7 @@ def _field(alias: str, column: str, type_: str) -> sql.Composable:
     return sql.Composed([sql.SQL("{}::text").format(ident), C_COLLATION])
 
 
-def row_hash(spec: TableSpec, alias: str = "t") -> sql.Composable:
+def row_hash(spec: TableShape, alias: str = "t") -> sql.Composable:
     """bigint hash of the compared columns of ``alias``."""
     if not spec.native_hash:
         fields = sql.SQL(", ").join(sql.Identifier(alias, c) for c in spec.columns)
@@ -68,7 +109,7 @@ def row_hash(spec: TableSpec, alias: str = "t") -> sql.Composable:
     return sql.SQL("hash_record_extended(row({}), {})").format(fields, sql.Literal(HASH_SEED))
 
 
-def key_columns(spec: TableSpec, alias: str = "t") -> list[sql.Composable]:
+def key_columns(spec: TableShape, alias: str = "t") -> list[sql.Composable]:
     """Key columns as ordered by the diff: text-like ones in "C" order."""
     return [
         sql.Composed([sql.Identifier(alias, k), C_COLLATION]) if collatable else sql.Identifier(alias, k)
@@ -76,18 +117,18 @@ def key_columns(spec: TableSpec, alias: str = "t") -> list[sql.Composable]:
     ]
 
 
-def key_row(spec: TableSpec, alias: str = "t") -> sql.Composable:
+def key_row(spec: TableShape, alias: str = "t") -> sql.Composable:
     """The key as one comparable value: ``t.id`` or a row ``(t.a, t.b)``."""
     cols = key_columns(spec, alias)
     return cols[0] if len(cols) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(cols))
 
 
-def key_text(spec: TableSpec, alias: str = "t") -> sql.Composable:
+def key_text(spec: TableShape, alias: str = "t") -> sql.Composable:
     """The key columns' text forms, comma separated (a select list)."""
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, k)) for k in spec.key)
 
 
-def keys_relation(spec: TableSpec, keys: Sequence[tuple[str, ...]]) -> tuple[sql.Composable, list[list[str]]]:
+def keys_relation(spec: TableShape, keys: Sequence[tuple[str, ...]]) -> tuple[sql.Composable, list[list[str]]]:
     """A relation ``k(c0, c1, ...)`` of typed key values from text keys, for
     joins (``unnest`` of one text array per key column) and its params."""
     n = len(spec.key)
@@ -104,42 +145,8 @@ def keys_relation(spec: TableSpec, keys: Sequence[tuple[str, ...]]) -> tuple[sql
     return relation, arrays
 
 
-def keys_match(spec: TableSpec, alias: str = "t") -> sql.Composable:
+def keys_match(spec: TableShape, alias: str = "t") -> sql.Composable:
     """Join condition between ``alias`` and ``keys_relation``'s ``k``."""
     return sql.SQL(" and ").join(
         sql.SQL("{} = {}").format(sql.Identifier(alias, c), sql.Identifier("k", f"c{i}")) for i, c in enumerate(spec.key)
-    )
-
-
-def parent_key_text(tr: Translation, alias: str) -> sql.Composable:
-    """The parent's natural key as one text value (NULL when no row matched)."""
-    cols = [sql.Identifier(alias, k) for k in tr.parent_key]
-    if len(cols) == 1:
-        return sql.SQL("{}::text").format(cols[0])
-    return sql.SQL("case when {} is null then null else row({})::text end").format(cols[0], sql.SQL(", ").join(cols))
-
-
-def relation(spec: TableSpec, alias: str = "t") -> sql.Composable:
-    """``FROM`` item for the table's rows as compared: the table aliased
-    ``alias``, or a subquery (flattened by the planner, so key-range
-    predicates still use the table's indexes) whose translated FK columns
-    hold the parent's natural key."""
-    if not spec.translations:
-        return sql.SQL("{} as {}").format(spec.table.ident, sql.Identifier(alias))
-    needed = list(dict.fromkeys([*spec.key, *spec.columns]))
-    select, joins = [], []
-    for col in needed:
-        tr = spec.translation(col)
-        if tr is None:
-            select.append(sql.Identifier("r", col))
-            continue
-        p = f"p{len(joins)}"
-        joins.append(
-            sql.SQL(" left join {} as {} on {} = {}").format(
-                tr.parent.ident, sql.Identifier(p), sql.Identifier(p, tr.parent_column), sql.Identifier("r", col)
-            )
-        )
-        select.append(sql.SQL("{} as {}").format(parent_key_text(tr, p), sql.Identifier(col)))
-    return sql.SQL("(select {} from {} as r{}) as {}").format(
-        sql.SQL(", ").join(select), spec.table.ident, sql.Composed(joins), sql.Identifier(alias)
     )

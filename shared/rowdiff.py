@@ -1,4 +1,10 @@
-"""Table comparison by key-range checksums, data-diff style.
+"""The one row-comparison engine: which rows of a table differ between two
+databases — content sync's compare, validate's data diff, the staging-clone
+proof and migrate's rehearsal all ask it. Tables are described by
+``shared.rowhash.TableShape`` and rows hashed by ``shared.rowhash.row_hash``.
+
+Tables with a key: comparison by key-range checksums, data-diff style
+(``diff_table``).
 
 Both sides compute ``count(*)`` and ``sum(row hash)`` per key range in SQL;
 only ranges whose checksums differ are split further, and only small
@@ -34,9 +40,18 @@ wide row of the table on disk instead of hashing a few thousand groups in
 memory. The transaction's settings (``aggregate_settings``) keep JIT off and
 ``work_mem`` sane for these scans.
 
-Source and target queries of each step run concurrently (one thread per
-side). The source connection is expected to be inside one REPEATABLE READ
-transaction so every query sees the same snapshot.
+Source and target queries of each step run concurrently (``Sides``: one
+thread per side, the one way both sides run at once). The source connection
+is expected to be inside one REPEATABLE READ transaction so every query sees
+the same snapshot. ``limit`` stops the descent once that many differing rows
+are known (a report naming the first few needs no more).
+
+Tables without a key (no primary key, or keys that differ between the
+sides; materialized views) cannot be split into key ranges: the fallback
+``multiset_diff`` compares (count, sum of row hashes) per side, and when
+they differ groups the row hashes into buckets by the hash itself (so both
+sides bucket equal rows alike without agreeing on ranges) and fetches the
+rows of the first few differing buckets — duplicates count.
 """
 
 from __future__ import annotations
@@ -48,17 +63,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from . import rowhash
-from .plan import TableSpec
+from .rowhash import TableShape
 
 Key = tuple[str, ...]
 Bound = Key | None  # key values as text; None = unbounded
 T = TypeVar("T")
+S = TypeVar("S", bound=TableShape)
 
 LEAF_ROWS = 32  # a differing range this small is fetched as (key, hash) pairs
 FIRST_BRANCH = 32  # ranges per split while differences look sparse
@@ -86,10 +102,11 @@ class Segment:
 
 
 @dataclass
-class TableDiff:
-    """How one table differs; hashes are the 64-bit row hashes."""
+class TableDiff(Generic[S]):
+    """How one table differs; hashes are the 64-bit row hashes. With a
+    ``limit``, ``complete`` says whether every difference was found."""
 
-    spec: TableSpec
+    spec: S
     source_rows: int
     target_rows: int
     new: dict[Key, int] = field(default_factory=dict)  # key -> source hash
@@ -99,6 +116,7 @@ class TableDiff:
     target_sum: int = 0
     queries: int = 0  # queries per side
     rows_fetched: int = 0  # (key, hash) pairs fetched, both sides
+    complete: bool = True
 
     @property
     def unchanged(self) -> int:
@@ -108,6 +126,10 @@ class TableDiff:
     def differs(self) -> bool:
         return bool(self.new or self.changed or self.extra)
 
+    def enough(self, limit: int | None) -> bool:
+        """True once ``limit`` differences are known."""
+        return limit is not None and len(self.new) + len(self.changed) + len(self.extra) >= limit
+
 
 class Sides:
     """Runs one function per side concurrently: the source in the calling
@@ -115,7 +137,7 @@ class Sides:
 
     def __init__(self, source: psycopg.Connection, target: psycopg.Connection) -> None:
         self.source, self.target = source, target
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-sync-target")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rowdiff-target")
 
     def both(self, on_source: Callable[[psycopg.Connection], T], on_target: Callable[[psycopg.Connection], T] | None = None) -> tuple[T, T]:
         future = self._pool.submit(on_target or on_source, self.target)
@@ -134,13 +156,13 @@ class Sides:
 # -- SQL builders ----------------------------------------------------------
 
 
-def _bound_type(spec: TableSpec, index: int) -> str:
+def _bound_type(spec: TableShape, index: int) -> str:
     """Type bounds are cast to: bigint for integer keys (a range end may be
     max + 1, beyond the column's own type), else the key column's type."""
     return "bigint" if spec.arithmetic == "int" else spec.key_types[index]
 
 
-def _bound_row(spec: TableSpec, values: Sequence[sql.Composable]) -> sql.Composable:
+def _bound_row(spec: TableShape, values: Sequence[sql.Composable]) -> sql.Composable:
     cols = []
     for i, value in enumerate(values):
         cast = sql.SQL("{}::{}").format(value, sql.SQL(_bound_type(spec, i)))
@@ -148,7 +170,7 @@ def _bound_row(spec: TableSpec, values: Sequence[sql.Composable]) -> sql.Composa
     return cols[0] if len(cols) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(cols))
 
 
-def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Composable) -> tuple[sql.Composable, list]:
+def segment_rows(spec: TableShape, segments: Sequence[Segment], select: sql.Composable) -> tuple[sql.Composable, list]:
     """``select seg, <select>`` over the rows of every segment (``seg`` is the
     segment's index in ``segments``; ``t`` is the table alias)."""
     n = len(spec.key)
@@ -168,7 +190,7 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
                 select=select,
                 arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in range(2 * n)),
                 names=sql.SQL(", ").join(names),
-                table=rowhash.relation(spec),
+                table=spec.from_item(),
                 key=key,
                 lo=lo,
                 hi=hi,
@@ -191,14 +213,14 @@ def segment_rows(spec: TableSpec, segments: Sequence[Segment], select: sql.Compo
             sql.SQL("select {seg}::int as seg, {select} from {table} where {conds}").format(
                 seg=sql.Literal(i),
                 select=select,
-                table=rowhash.relation(spec),
+                table=spec.from_item(),
                 conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"),
             )
         )
     return sql.SQL(" union all ").join(parts), params
 
 
-def checksums(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
+def checksums(conn: psycopg.Connection, spec: TableShape, segments: Sequence[Segment]) -> dict[int, tuple[int, Decimal]]:
     """segment index -> (count, sum of row hashes); empty segments absent."""
     if not segments:
         return {}
@@ -247,7 +269,7 @@ class Grid:
         return {b: (n, fp) for b, n, fp in _PACKED.iter_unpack(self.packed)}
 
 
-def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> Grid:
+def grid(conn: psycopg.Connection, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> Grid:
     """Checksums of the ranges [lo + i*step, lo + (i+1)*step) covering
     [lo, hi) of an arithmetic key, in one pass, as one packed ``bytea``.
     ``only`` (integer keys): hash just the rows of these equal-width ranges
@@ -271,13 +293,13 @@ def grid(conn: psycopg.Connection, spec: TableSpec, lo: int, hi: int, step: int,
         "with g as materialized (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) "
         "select coalesce(string_agg(int4send(g.b) || int4send(g.n::int) || int8send(hash_numeric_extended(g.s, g.n)), ''::bytea order by g.b), ''::bytea), "
         "coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) from g"
-    ).format(b=bucket, h=h, t=rowhash.relation(spec), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
+    ).format(b=bucket, h=h, t=spec.from_item(), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
     with _hash_aggregate(conn):
         packed, rows, total = conn.execute(query, params, binary=True).fetchone()
     return Grid(bytes(packed), rows, int(total))
 
 
-def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
+def row_hashes(conn: psycopg.Connection, spec: TableShape, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
     """(key, row hash) of every row in the segments."""
     if not segments:
         return []
@@ -287,7 +309,7 @@ def row_hashes(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Seg
     return [(tuple(r[1 : 1 + n]), r[1 + n]) for r in conn.execute(rows, params, binary=True).fetchall()]
 
 
-def quantiles(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segment], parts: Sequence[int]) -> dict[int, list[Key]]:
+def quantiles(conn: psycopg.Connection, spec: TableShape, segments: Sequence[Segment], parts: Sequence[int]) -> dict[int, list[Key]]:
     """Up to ``parts[i] - 1`` inner boundaries of segment i, from its keys."""
     if not segments:
         return {}
@@ -315,26 +337,26 @@ def quantiles(conn: psycopg.Connection, spec: TableSpec, segments: Sequence[Segm
     return found
 
 
-def hashes_by_key(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> dict[Key, int]:
+def hashes_by_key(conn: psycopg.Connection, spec: TableShape, keys: Sequence[Key]) -> dict[Key, int]:
     """Row hash of each of ``keys`` present (one join, chunked)."""
     out: dict[Key, int] = {}
     n = len(spec.key)
     for i in range(0, len(keys), KEYS_PER_QUERY):
         relation, params = rowhash.keys_relation(spec, keys[i : i + KEYS_PER_QUERY])
         query = sql.SQL("select {}, {} from {} join {} on {}").format(
-            rowhash.key_text(spec), rowhash.row_hash(spec), rowhash.relation(spec), relation, rowhash.keys_match(spec)
+            rowhash.key_text(spec), rowhash.row_hash(spec), spec.from_item(), relation, rowhash.keys_match(spec)
         )
         out.update((tuple(r[:n]), r[n]) for r in conn.execute(query, params, binary=True).fetchall())
     return out
 
 
-def _top(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, Decimal]:
+def _top(conn: psycopg.Connection, spec: TableShape) -> tuple[int, Decimal]:
     """Whole-table checksum."""
-    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=rowhash.row_hash(spec), t=rowhash.relation(spec))
+    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=rowhash.row_hash(spec), t=spec.from_item())
     return conn.execute(query).fetchone()
 
 
-def _key_bounds(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, str | None, int]:
+def _key_bounds(conn: psycopg.Connection, spec: TableShape) -> tuple[str | None, str | None, int]:
     """Smallest and largest key (two index lookups) of an arithmetic key, and
     the catalog's row estimate (0 when the table was never analysed)."""
     k = sql.Identifier("t", spec.key[0])
@@ -348,23 +370,23 @@ def _key_bounds(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, 
 # -- arithmetic ranges -----------------------------------------------------
 
 
-def _to_int(spec: TableSpec, text: str) -> int:
+def _to_int(spec: TableShape, text: str) -> int:
     return int(text) if spec.arithmetic == "int" else uuid.UUID(text).int
 
 
-def _to_text(spec: TableSpec, value: int) -> Bound:
+def _to_text(spec: TableShape, value: int) -> Bound:
     if spec.arithmetic == "int":
         return None if value > _INT8_MAX else (str(value),)
     return None if value > _UUID_MAX else (str(uuid.UUID(int=value)),)
 
 
-def _span(spec: TableSpec, seg: Segment) -> tuple[int, int]:
+def _span(spec: TableShape, seg: Segment) -> tuple[int, int]:
     lo = _to_int(spec, seg.lo[0]) if seg.lo is not None else 0
     hi = _to_int(spec, seg.hi[0]) if seg.hi is not None else (_INT8_MAX + 1 if spec.arithmetic == "int" else _UUID_MAX + 1)
     return lo, hi
 
 
-def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment]:
+def _split_arithmetic(spec: TableShape, seg: Segment, parts: int) -> list[Segment]:
     lo, hi = _span(spec, seg)
     parts = max(1, min(parts, hi - lo))
     step = math.ceil((hi - lo) / parts)
@@ -376,24 +398,29 @@ def _split_arithmetic(spec: TableSpec, seg: Segment, parts: int) -> list[Segment
 # -- the descent -----------------------------------------------------------
 
 
-def diff_table(sides: Sides, spec: TableSpec) -> TableDiff:
-    """Compare one content table between source and target."""
+def diff_table(sides: Sides, spec: S, limit: int | None = None) -> TableDiff[S]:
+    """Compare one keyed table between source and target; with ``limit``,
+    stop once at least that many differing rows are known (``complete``
+    False when some ranges were left unexamined)."""
     if spec.arithmetic:
-        return _arithmetic(sides, spec)
+        return _arithmetic(sides, spec, limit)
     (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
     result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=1)
-    _descend(sides, spec, [] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)], result)
+    _descend(sides, spec, [] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)], result, limit)
     return result
 
 
 Pending = list[tuple[Segment, int, int]]  # differing ranges with their row counts per side
 
 
-def _descend(sides: Sides, spec: TableSpec, pending: Pending, result: TableDiff) -> None:
+def _descend(sides: Sides, spec: TableShape, pending: Pending, result: TableDiff, limit: int | None = None) -> None:
     """Split differing ranges until they are small, then fetch their rows'
     (key, hash) pairs into ``result``."""
     branch = FIRST_BRANCH
     while pending:
+        if result.enough(limit):
+            result.complete = False
+            return
         leaves, splits = [], []
         for item in pending:
             seg, a, b = item
@@ -409,7 +436,7 @@ def _descend(sides: Sides, spec: TableSpec, pending: Pending, result: TableDiff)
         branch = MAX_BRANCH if len(pending) >= 0.9 * len(children) else FIRST_BRANCH
 
 
-def _grid_level(sides: Sides, spec: TableSpec, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> tuple[Pending, Grid, Grid]:
+def _grid_level(sides: Sides, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> tuple[Pending, Grid, Grid]:
     """The differing ranges of one grid pass, and each side's grid."""
     src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step, only))
     if src.packed == tgt.packed:  # the usual case: nothing to unpack
@@ -428,7 +455,7 @@ def _coarse_buckets(rows: int) -> int:
     return max(1, min(COARSE_BUCKETS, rows // COARSE_ROWS))
 
 
-def _arithmetic(sides: Sides, spec: TableSpec) -> TableDiff:
+def _arithmetic(sides: Sides, spec: TableShape, limit: int | None = None) -> TableDiff:
     """Integer and uuid keys: the key span of both sides (index lookups),
     then the coarse grid — identical tables stop there. Runs of differing
     ranges get a fine grid over their key span (one range scan per chunk);
@@ -455,16 +482,19 @@ def _arithmetic(sides: Sides, spec: TableSpec) -> TableDiff:
         if len(run) < RUN_RANGES:
             isolated += run
             continue
+        if result.enough(limit):
+            result.complete = False
+            return result
         a, b = _span(spec, run[0][0])[0], _span(spec, run[-1][0])[1]
         found, _, _ = _grid_level(sides, spec, a, b, fine, only=[r[0] for r in run] if filtered else None)
         result.queries += 1
-        _descend(sides, spec, found, result)
+        _descend(sides, spec, found, result, limit)
     for i in range(0, len(isolated), BATCH):
-        _descend(sides, spec, isolated[i : i + BATCH], result)
+        _descend(sides, spec, isolated[i : i + BATCH], result, limit)
     return result
 
 
-def _runs(spec: TableSpec, pending: Pending, step: int, fine: int) -> Iterator[Pending]:
+def _runs(spec: TableShape, pending: Pending, step: int, fine: int) -> Iterator[Pending]:
     """Differing coarse ranges grouped into runs: consecutive ones, with at
     most ``GAP`` equal ranges between two of them, and a key span of at most
     ``CHUNK_BUCKETS`` fine ranges."""
@@ -482,7 +512,7 @@ def _runs(spec: TableSpec, pending: Pending, step: int, fine: int) -> Iterator[P
         yield run
 
 
-def _differing(sides: Sides, spec: TableSpec, segments: list[Segment]) -> list[tuple[Segment, int, int]]:
+def _differing(sides: Sides, spec: TableShape, segments: list[Segment]) -> list[tuple[Segment, int, int]]:
     """The segments whose checksums differ, with their row counts per side."""
     src_sums, tgt_sums = sides.both(lambda c: checksums(c, spec, segments))
     out = []
@@ -493,7 +523,7 @@ def _differing(sides: Sides, spec: TableSpec, segments: list[Segment]) -> list[t
     return out
 
 
-def _splittable(spec: TableSpec, seg: Segment) -> bool:
+def _splittable(spec: TableShape, seg: Segment) -> bool:
     if spec.arithmetic:
         lo, hi = _span(spec, seg)
         return hi - lo > 1
@@ -504,7 +534,7 @@ def _parts(rows: int, branch: int) -> int:
     return max(2, min(branch, rows // MIN_CHILD_ROWS))
 
 
-def _children(sides: Sides, spec: TableSpec, splits: list[tuple[Segment, int, int]], branch: int, result: TableDiff) -> list[Segment]:
+def _children(sides: Sides, spec: TableShape, splits: list[tuple[Segment, int, int]], branch: int, result: TableDiff) -> list[Segment]:
     if spec.arithmetic:
         out: list[Segment] = []
         for seg, a, b in splits:
@@ -526,7 +556,7 @@ def _children(sides: Sides, spec: TableSpec, splits: list[tuple[Segment, int, in
     return out
 
 
-def _fetch_leaves(sides: Sides, spec: TableSpec, leaves: list[tuple[Segment, int, int]], result: TableDiff) -> None:
+def _fetch_leaves(sides: Sides, spec: TableShape, leaves: list[tuple[Segment, int, int]], result: TableDiff) -> None:
     if not leaves:
         return
     on_src = [s for s, a, _ in leaves if a > 0]
@@ -542,3 +572,67 @@ def _fetch_leaves(sides: Sides, spec: TableSpec, leaves: list[tuple[Segment, int
         elif other != h:
             result.changed[key] = (h, other)
     result.extra.update(target)
+
+
+# -- tables without a key ---------------------------------------------------
+
+MULTISET_BUCKETS_FETCHED = 8  # differing buckets whose rows are fetched
+
+
+@dataclass
+class MultisetDiff:
+    """How a keyless table differs: its row counts, and for the rows of the
+    first differing hash buckets, each row's text form → its hashes per
+    side (a list: duplicates count)."""
+
+    source_rows: int
+    target_rows: int
+    rows: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.rows) or self.source_rows != self.target_rows
+
+
+def _multiset_buckets(rows: int) -> int:
+    n = 16
+    while n < 65536 and n * 1000 < rows:
+        n *= 2
+    return n
+
+
+def multiset_diff(sides: Sides, spec: TableShape) -> MultisetDiff:
+    """Compare a table as a multiset of rows (``spec.key`` is ignored): one
+    checksum pass per side; when they differ, one bucketed pass per side
+    (bucket = the low bits of the row hash, grouped in memory) and the rows
+    of the first ``MULTISET_BUCKETS_FETCHED`` differing buckets."""
+    (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
+    result = MultisetDiff(sc, tc)
+    if (sc, ss) == (tc, ts):
+        return result
+    buckets = _multiset_buckets(max(sc, tc))
+    h = rowhash.row_hash(spec)
+    bucket = sql.SQL("({} & {})").format(h, sql.Literal(buckets - 1))
+    sums = sql.SQL("select {} as b, count(*), sum({}) from {} group by 1").format(bucket, h, spec.from_item())
+
+    def bucket_sums(conn: psycopg.Connection) -> dict[int, tuple[int, Decimal]]:
+        with _hash_aggregate(conn):
+            return {b: (n, total) for b, n, total in conn.execute(sums)}
+
+    a, b = sides.both(bucket_sums)
+    chosen = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[:MULTISET_BUCKETS_FETCHED]
+    text = sql.SQL("row({})::text").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.columns))
+    fetch = sql.SQL("select {}, {} from {} where {} = any(%s::bigint[])").format(text, h, spec.from_item(), bucket)
+
+    def bucket_rows(conn: psycopg.Connection) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for row_text, row_h in conn.execute(fetch, [chosen]):
+            out.setdefault(row_text, []).append(row_h)
+        return out
+
+    ra, rb = sides.both(bucket_rows)
+    for row_text in ra.keys() | rb.keys():
+        ha, hb = sorted(ra.get(row_text, [])), sorted(rb.get(row_text, []))
+        if ha != hb:
+            result.rows[row_text] = (ha, hb)
+    return result
