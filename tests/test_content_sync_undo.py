@@ -240,3 +240,24 @@ def test_undo_of_a_table_matched_on_a_natural_key_with_translated_references(lms
     answer = content_undo(settings, body["run_id"])
     assert answer.status == 200, answer.body
     assert fingerprints(prod, LMS_CONTENT) == before
+
+
+@pytest.mark.parametrize("attack", ["GRANT", "TRUNCATE", "entries rewritten", "entries deleted"])
+def test_the_ledger_changed_during_an_undo_by_anything_but_the_undo_is_a_violation(lms, attack):
+    """An undo writes the ledger too (entries put back, its run record): the
+    same watch as a sync's holds, so a trigger on a content table that
+    rewrites or re-grants the ledger while the undo writes is caught and
+    rolled back."""
+    from tests.test_content_sync_proof import LEDGER_ATTACKS, ledger_state, state, trigger, violation
+
+    make, dev, prod = lms
+    settings = make()
+    body = synced(settings)
+    statement, change = LEDGER_ATTACKS[attack]
+    trigger(prod, statement)  # fires when the undo puts lessons back
+    before, ledger_before = state(prod), ledger_state(prod)
+    answer = content_undo(settings, body["run_id"])
+    assert answer.status == 422 and "rolled back" in answer.body["summary"], answer.body
+    changes = violation(answer.body, "safesync.content_ledger")["changes"]
+    assert any(change in c for c in changes), changes
+    assert state(prod) == before and ledger_state(prod) == ledger_before

@@ -24,7 +24,8 @@ Then every put-back row is checked (hash equals the before-image's, deleted
 rows gone), the transaction's counters must show no content row touched
 beyond those (no trigger or cascade), ledger entries are restored where
 they still hold what the run recorded (compare-and-set), the protection
-proof runs, the undo's own log is stored (an undo is undoable) and it
+proof runs (with the sync's ledger watch: only the undo's own statements may
+change the ledger), the undo's own log is stored (an undo is undoable) and it
 commits. Sequences stay where they are. ``--dry-run`` does all of it and
 rolls back, printing a plan digest that ``--expect-plan`` pins.
 """
@@ -48,7 +49,7 @@ from safesync.shared import rowhash
 from safesync.shared.rowdiff import Key, tune
 
 
-from . import apply, job, ledger, proof, undolog
+from . import apply, job, ledger, ledger_watch, proof, undolog
 from .plan import SyncPlan, TableSpec, build_plan
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
@@ -357,16 +358,21 @@ def _undo_logged(settings, report, tgt, plan, newer, log, run_id, trees, allowed
             + "; ".join(f"{b['table']} has {b['rows']} row(s) referencing {b['references']} ({b['constraint']}, on delete {b['on_delete']})" for b in blocked)
         )
         return
+    watch = ledger_watch.LedgerWatch.before_ensure(tgt)
     ledger_oid = ledger.ensure(tgt)
+    watch.after_ensure(tgt)
     with job.undo_log(settings, report, plan, "undo", undoes=run_id) as out:
-        _write_and_commit(settings, report, tgt, plan, tables, log, out, run_id, digest, trees, allowed, before, ledger_oid, dry_run, hook)
+        _write_and_commit(settings, report, tgt, plan, tables, log, out, run_id, digest, trees, allowed, before, ledger_oid, dry_run, hook, watch)
 
 
 def log_sha(report: Report) -> str:
     return report.details["log"]["sha256"]
 
 
-def _write_and_commit(settings, report, tgt, plan, tables: list[Table], log, out: undolog.Writer, run_id, digest, trees, allowed, before, ledger_oid, dry_run, hook) -> None:
+def _write_and_commit(
+    settings, report, tgt, plan, tables: list[Table], log, out: undolog.Writer, run_id, digest, trees, allowed, before, ledger_oid, dry_run, hook,
+    watch: ledger_watch.LedgerWatch,
+) -> None:
     written: dict[str, tuple[int, int]] = {}
     with report.timed("write"):
         tgt.execute("set constraints all deferred")
@@ -391,10 +397,12 @@ def _write_and_commit(settings, report, tgt, plan, tables: list[Table], log, out
         return
     report.details["verified"] = True
     with report.timed("ledger"):
+        watch.before_record(tgt)
         report.details["ledger"] = {t.spec.name: _restore_ledger(tgt, t, log, out) for t in tables}
     hook("after_write", tgt)
     ledger.record_run(tgt, {"run": report.run_id, "action": "undo", "undoes": run_id, "log": undolog.log_key(report), "sha256": out.finish(), "at": report.started_at.isoformat()})
-    result = job.prove(settings, report, plan, tgt, before, allowed, ledger_oid, written, "undo")
+    watch.after_record(tgt)  # the undo's own ledger writes end here, as a sync's do
+    result = job.prove(settings, report, plan, tgt, before, allowed, ledger_oid, written, "undo", watch)
     if not result.ok:
         return
     rows = sum(a + b for a, b in written.values())
