@@ -4,6 +4,7 @@ sync's changes go back, users' progress since stays."""
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 
 import psycopg
@@ -261,3 +262,19 @@ def test_the_ledger_changed_during_an_undo_by_anything_but_the_undo_is_a_violati
     changes = violation(answer.body, "safesync.content_ledger")["changes"]
     assert any(change in c for c in changes), changes
     assert state(prod) == before and ledger_state(prod) == ledger_before
+
+
+def test_fetch_log_times_the_fetch_of_the_log_not_the_whole_undo(lms):
+    """``fetch_log_s`` is the download, checksum and index of the log: an
+    undo that spends a second after writing does not show it there."""
+    make, dev, prod = lms
+    settings = make()
+    body = synced(settings)
+
+    def slow(point, conn):
+        if point == "after_write":
+            time.sleep(1.0)
+
+    answer = content_undo(settings, body["run_id"], hook=slow)
+    assert answer.status == 200, answer.body
+    assert answer.body["timings"]["fetch_log_s"] < 1.0, answer.body["timings"]
