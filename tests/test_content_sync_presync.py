@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 
@@ -76,3 +78,30 @@ def test_a_failed_backup_means_no_commit(lms, monkeypatch):
     answer = content_sync(settings, "sync", adopt=True)
     assert answer.status >= 500 and "presync backup failed" in answer.body["error"]
     assert lessons(prod) == before
+
+
+def test_the_full_backup_overlaps_the_compare_and_writes(lms, monkeypatch):
+    """Deterministic overlap: the backup's upload is held until the sync has
+    compared and written (its ``after_write`` point). A backup taken before
+    the compare — or one the compare waited for — would never be released:
+    the sync would never reach that point."""
+    make, dev, prod = lms
+    settings = make()
+    written = threading.Event()
+    released_by_the_sync = []
+    put = type(settings.storage).put
+
+    def held(self, key, data, **kw):
+        if key.endswith(".dump"):
+            released_by_the_sync.append(written.wait(30))
+        return put(self, key, data, **kw)
+
+    def at(step, conn):
+        if step == "after_write":
+            written.set()
+
+    monkeypatch.setattr(type(settings.storage), "put", held)
+    answer = content_sync(settings, "sync", adopt=True, hook=at)
+    assert answer.status == 200, answer.body
+    assert released_by_the_sync == [True]  # the upload was still running when the sync had written
+    assert "safety_backup_wait_s" in answer.body["timings"]  # and the sync waited for it only at commit
