@@ -86,7 +86,11 @@ COARSE_BUCKETS = 16_384  # ... and at most this many ranges (256 kB per side, wh
 BATCH = 2048  # isolated differing ranges descended at a time (the process holds one batch)
 RUN_RANGES = 8  # differing coarse ranges (with at most GAP equal ones between) that get a fine grid
 GAP = 4
-CHUNK_BUCKETS = 16_384  # fine ranges of one fine-grid query
+# fine ranges of one fine-grid query: 1 MB per side, a hash aggregate of at
+# most this many groups (~13 MB: within WORK_MEM, no temp files). Scattered
+# changes (1 % of a 1M-row table: 64 % of the coarse ranges differ) take one
+# such query per ~0.5M keys instead of eight of 16,384: 16 % faster (#18).
+CHUNK_BUCKETS = 65_536
 WORK_MEM = "32MB"  # at least this much work_mem for our hash aggregates (raised, never lowered)
 _PACKED = struct.Struct(">iiq")  # one grid range: bucket, rows, fingerprint of its hash sum
 _INT8_MAX = 2**63 - 1
