@@ -3,6 +3,9 @@ rotated, verified and restorable; the pre-deploy backup.
 
 Library API for other jobs (they take no lock; call them inside your run):
 
+- ``undo_point(settings, db, kind, *, trigger, report=None, progress=None, tables=None) -> UndoPoint``
+  — the backup a job takes before it writes (kinds presync, premigrate,
+  safety): ``id``, ``kind``, ``dump_key``, ``size``
 - ``create_backup(settings, db, kind, trigger=None, report=None) -> BackupInfo``
   (kinds: manual, daily, predeploy, presync, premigrate, safety)
 - ``list_backups(settings, db=None) -> list[BackupInfo]`` (complete only, newest first)
@@ -25,6 +28,7 @@ from .manifest import BackupInfo, human_bytes
 from .prune import PruneResult, prune_database
 from .restore import RestoreResult, restore_backup
 from .timeline import backup_timeline
+from .undo_point import UndoPoint, undo_point
 from .verify import VerifyResult, verify_backup
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "BackupInfo",
     "PruneResult",
     "RestoreResult",
+    "UndoPoint",
     "VerifyResult",
     "backup_timeline",
     "create_backup",
@@ -43,5 +48,6 @@ __all__ = [
     "prune_database",
     "register_cli",
     "restore_backup",
+    "undo_point",
     "verify_backup",
 ]

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from safesync.functions.backup import create_backup
+from safesync.functions.backup import undo_point
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
 from safesync.shared.errors import JobFailed, SafesyncError
@@ -64,8 +64,8 @@ class PresyncBackup:
             tables = None
             if self.mode == "content":
                 tables = [*self.content, *([LEDGER] if self._ledger_exists() else [])]
-            info = create_backup(self.settings, self.db, "presync", trigger=self.trigger, report=self.report, progress=progress, tables=tables)
-            self._result = {"id": info.id, "kind": "presync", "scope": self.mode, "bytes": info.size}
+            point = undo_point(self.settings, self.db, "presync", trigger=self.trigger, report=self.report, progress=progress, tables=tables)
+            self._result = {"id": point.id, "kind": point.kind, "scope": self.mode, "bytes": point.size}
         except BaseException as exc:  # noqa: BLE001 — reported by wait()
             self._error = exc
         finally:

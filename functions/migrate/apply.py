@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from safesync.shared import preflight
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
@@ -65,22 +63,17 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
         before = rollback.snapshot(conn)
         with report.timed("validation_before"):
             baseline = validation.baseline(settings, conn)
+    from safesync.functions.backup import undo_point
+
     with report.timed("backup"):
-        backup = create_backup_for(settings, db, plan.digest, report)
-    report.details["backup"] = backup
+        backup = undo_point(settings, db, "premigrate", trigger={"via": "migrate", "run_id": report.run_id, "plan_digest": plan.digest}, report=report)
+    report.details["backup"] = backup.ref()
     outcome = _migrate(settings, plan, url, report, baseline)
     describe_outcome(report, outcome)
     if outcome.ok:
-        report.summary = f"migrated {db}: {_done(plan)}; premigrate backup {backup['id']}"
+        report.summary = f"migrated {db}: {_done(plan)}; premigrate backup {backup.id}"
         return
-    _roll_back(settings, report, outcome, before, backup["id"])
-
-
-def create_backup_for(settings: Settings, db: str, digest: str, report: Report) -> dict[str, Any]:
-    from safesync.functions.backup import create_backup
-
-    info = create_backup(settings, db, "premigrate", trigger={"via": "migrate", "run_id": report.run_id, "plan_digest": digest}, report=report)
-    return {"id": info.id, "dump_key": info.dump_key}
+    _roll_back(settings, report, outcome, before, backup.id)
 
 
 def _done(plan) -> str:

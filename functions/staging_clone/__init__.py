@@ -182,16 +182,16 @@ def _run(settings: Settings, report: Report, dry_run: bool, progress: Meter | No
     backup: dict[str, Any] = {}
 
     def safety_backup() -> None:
-        from safesync.functions.backup import create_backup
+        from safesync.functions.backup import undo_point
 
         if progress is not None:
             progress(phase=f"safety backup of {cfg.target}")
         with report.timed("safety_backup"):
-            info = create_backup(
+            point = undo_point(
                 settings, cfg.target, "safety", trigger={"via": "staging_clone", "run_id": report.run_id}, report=report,
                 progress=(lambda done: progress(bytes=done)) if progress is not None else None,
             )
-        backup.update({"id": info.id, "dump_key": info.dump_key})
+        backup.update(point.ref())
         report.details["safety_backup"] = backup
 
     report.details.update(
