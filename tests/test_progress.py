@@ -14,7 +14,7 @@ import sys
 import psycopg
 import pytest
 
-from safesync.functions.staging_clone import _Streamed
+from safesync.functions.staging_clone.database import _Streamed
 
 TOML = """
 [staging_clone]

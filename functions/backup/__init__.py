@@ -16,13 +16,19 @@ Library API for other jobs (they take no lock; call them inside your run):
 - ``prune_database(settings, db, dry_run=False) -> PruneResult``
 - ``backup_timeline(settings, db) -> dict`` (kept by which rule, sizes, last verify/drill)
 
-HTTP (``handle_http``) and CLI (``register_cli``) wrap the same functions.
+Runs (``jobs.py``: lock, QStash de-duplication, stored report — what HTTP
+and the CLI answer with; the demo calls them too): ``run_create``,
+``run_list``, ``run_verify``, ``run_restore``, ``run_prune`` (each ``-> Answer``).
+
+HTTP (``handle_http``, ``http.py``) and CLI (``register_cli``, ``cli.py``)
+wrap the runs.
 """
 
 from .catalog import get_backup, latest_backup, list_backups
 from .cli import register_cli
 from .create import create_backup
 from .http import handle_http
+from .jobs import run_create, run_list, run_prune, run_restore, run_verify
 from .layout import KINDS
 from .manifest import BackupInfo, human_bytes
 from .prune import PruneResult, prune_database
@@ -48,6 +54,11 @@ __all__ = [
     "prune_database",
     "register_cli",
     "restore_backup",
+    "run_create",
+    "run_list",
+    "run_prune",
+    "run_restore",
+    "run_verify",
     "undo_point",
     "verify_backup",
 ]

@@ -83,7 +83,7 @@ class Narrator:
 
 def run_demo(as_json: bool = False, keep: bool = False) -> Answer:
     from safesync.functions import content_sync, validate
-    from safesync.functions.backup.jobs import run_create, run_verify
+    from safesync.functions.backup import run_create, run_verify
     from safesync.shared.config import load_settings
     from safesync.shared.db import connect, database_fingerprint
     from safesync.shared.embedded import EmbeddedPostgres

@@ -1,0 +1,76 @@
+"""``compare``: schema diff + data diff of two databases as one
+``Comparison`` — what ``validate --against``, the staging clone's proof and
+migrate's rehearsal report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import psycopg
+
+from safesync.shared.db import TableRef
+from safesync.shared.report import Report
+
+from .data_diff import DataDiff, data_diff
+from .schema_diff import SchemaDiff, schema_diff
+
+
+@dataclass
+class Comparison:
+    """Schema diff + data diff of two databases."""
+
+    schema: SchemaDiff
+    data: DataDiff
+
+    @property
+    def identical(self) -> bool:
+        return self.schema.identical and self.data.identical
+
+    def into_report(self, report: Report, a_name: str, b_name: str) -> None:
+        """Tables and details for a report (the caller sets the status)."""
+        report.tables["schema differences"] = self.schema.rows(a_name, b_name)
+        report.tables["data differences"] = self.data.rows(a_name, b_name)
+        report.tables["not compared"] = self.schema.not_compared_rows(a_name, b_name) + [
+            {"kind": f"columns of {t.table}", "columns": ", ".join(t.excluded_columns), "compared": "no (masked)"}
+            for t in self.data.tables
+            if t.excluded_columns
+        ] + [
+            {"kind": f"data of {t.table}", "compared": f"no ({t.note.split(':')[0]})"} for t in self.data.tables if t.status == "not compared"
+        ]
+        report.details["comparison"] = {
+            "identical": self.identical,
+            "schema_identical": self.schema.identical,
+            "data_identical": self.data.identical,
+            "schema_differences": len(self.schema.differences),
+            "tables_differing": len(self.data.differing),
+            "compared_kinds": {k: {a_name: a, b_name: b} for k, (a, b) in self.schema.compared.items()},
+            "tables_compared": len(self.data.tables),
+        }
+
+    def summary(self, a_name: str, b_name: str) -> str:
+        if self.identical:
+            return f"{a_name} and {b_name} are identical ({len(self.data.tables)} tables, schema and data)"
+        parts = []
+        if not self.schema.identical:
+            parts.append(f"{len(self.schema.differences)} schema difference(s)")
+        if not self.data.identical:
+            parts.append(f"{len(self.data.differing)} table(s) with different data")
+        return f"{a_name} and {b_name} differ: " + ", ".join(parts)
+
+
+def compare(
+    conn_a: psycopg.Connection,
+    conn_b: psycopg.Connection,
+    schemas: Sequence[str],
+    *,
+    exclude_columns: dict[TableRef, Iterable[str]] | None = None,
+    count_only: Iterable[TableRef] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Schema and data diff of ``schemas`` (connections from ``shared.db.connect``:
+    pinned settings make the row hashes comparable)."""
+    schema = schema_diff(conn_a, conn_b, schemas)
+    data = data_diff(conn_a, conn_b, schemas, exclude_columns=exclude_columns, count_only=count_only, progress=progress)
+    return Comparison(schema, data)
