@@ -44,13 +44,13 @@ ENTRIES: tuple[Entry, ...] = (
           summary="Integrity checks on one database or between two."),
     Entry("calendar", target="calendar_sync", methods=("GET", "POST"), cli="calendar", runs="calendar",
           summary="Two-way Google Calendar sync, events read API, push notifications."),
-    Entry("status", target="status", methods=("GET", "POST"), cli="status",
-          summary="Health of everything at a glance: JSON, or a page a person logs in to."),
     Entry("migrate", target="migrate", cli="migrate", runs="migrate",
           summary="Safe migrations: plan, rehearse on a clone, apply with backup and rollback (admin token)."),
     Entry("calendar", target="calendar_notify", handler="handle_notify_call",
           summary="Google Calendar push notifications (events.watch channels)."),
     Entry("doctor", cli="doctor", runs="doctor"),
+    Entry("status", target="status", methods=("GET", "POST"), cli="status",
+          summary="Health of everything at a glance: JSON, or a page a person logs in to."),
     Entry("schedules", cli="schedules"),
     Entry("roles", cli="roles"),
     Entry("serve", cli="serve"),
@@ -59,5 +59,5 @@ ENTRIES: tuple[Entry, ...] = (
 
 ROUTES: dict[str, Entry] = {e.target: e for e in ENTRIES if e.target}
 TARGETS: tuple[str, ...] = tuple(ROUTES)
-COMMANDS: dict[str, str] = {e.cli: e.module for e in ENTRIES if e.cli}  # command -> module, help order
+COMMANDS: dict[str, str] = {e.cli: e.module for e in ENTRIES if e.cli}  # command -> module, in the README's order (--help)
 RUN_FOLDERS: tuple[str, ...] = tuple(e.runs for e in ENTRIES if e.runs)
