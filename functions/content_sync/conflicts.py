@@ -122,6 +122,7 @@ def classify(diff: TableDiff, ledger: TableLedger, *, adopt: bool, delete_missin
         elif resolution == "target":
             out.records.kept[key] = (t, s)
     out.records.reseed = not (ledger.usable and ledger.consistent)
+    out.records.target_rows = diff.target_rows
     return out
 
 

@@ -67,6 +67,7 @@ from safesync.shared.errors import ConfigError, Refused
 from safesync.shared import rowhash
 from safesync.shared.rowdiff import Key, TableDiff
 
+from . import seed
 from .plan import TableSpec
 
 LEDGER = TableRef("safesync", "content_ledger")
@@ -347,6 +348,7 @@ class LedgerWrites:
     kept: dict[Key, tuple[int | None, int | None]] = field(default_factory=dict)  # key -> (target hash, declined source hash)
     removed: list[Key] = field(default_factory=list)  # rows deleted by the sync
     reseed: bool = False  # re-seed the entries of equal rows from the target
+    target_rows: int = 0  # rows the target has (what a re-seed writes, about): chooses how to seed
 
     @property
     def touched(self) -> int:
@@ -363,7 +365,7 @@ def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes
     done = {"entries_written": len(writes.synced) + len(writes.kept), "entries_removed": len(writes.removed), "reseeded": 0}
     if writes.reseed:
         keep = list(ledger.entries) if ledger.usable else []
-        _reseed(conn, spec, table_id, keep, sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed}))
+        done["bulk"] = _reseed(conn, spec, table_id, keep, sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed}), writes.target_rows)
     entries = dict(ledger.entries) if ledger.usable else {}
     for key in writes.removed:
         entries.pop(key, None)
@@ -426,10 +428,12 @@ def _index_lookups(conn: psycopg.Connection) -> Iterator[None]:
         conn.execute("reset enable_hashjoin; reset enable_mergejoin")
 
 
-def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequence[Key], skip: Sequence[Key]) -> None:
+def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequence[Key], skip: Sequence[Key], rows: int) -> bool:
     """Replace the table's entries by one entry per target row (hashed in
     SQL on the target) except the ``skip`` keys, keeping the entries of
-    ``keep`` (rows decided about individually)."""
+    ``keep`` (rows decided about individually). ``rows``: about how many
+    that is. Returns whether the entries went in in bulk (``seed``: the
+    key built once after them)."""
     low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
     if keep:
         rel, params = _keys_join(spec, keep)
@@ -454,11 +458,20 @@ def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequ
         entry=entry, h=rowhash.row_hash(spec), rel=spec.from_item(),
         where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
+    if not keep and seed.worth_it(rows, _entries_of_others(conn, table_id)) and seed.in_bulk(conn, insert, params, low, high):
+        return True
     try:
         with conn.transaction():  # a plain insert: twice as fast as ON CONFLICT's speculative insertion of every row
             conn.execute(insert, params)
     except psycopg.errors.UniqueViolation:  # two keys whose hashes share an entry: keep one
         conn.execute(insert + sql.SQL(" on conflict (entry) do nothing"), params)
+    return False
+
+
+def _entries_of_others(conn: psycopg.Connection, table_id: int) -> int:
+    """Entries of every other table, as their summaries count them."""
+    query = sql.SQL("select coalesce(sum((summary->>'rows')::bigint), 0) from safesync.content_ledger where {} and entry <> %s").format(_SUMMARIES)
+    return conn.execute(query, [-1 - table_id]).fetchone()[0]
 
 
 # -- what undo needs --------------------------------------------------------------

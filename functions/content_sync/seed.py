@@ -1,0 +1,86 @@
+"""Seeding many ledger entries at once: build the ledger's key after the
+rows, not row by row.
+
+A first sync of a big table writes one ledger entry per target row. Kept
+up row by row, the primary key costs as much as the heap inserts and the
+hashing together; built once afterwards (a sort, parallel workers where
+the server has them) it costs a fraction. So when the entries to seed are
+many and outnumber those already in the ledger, the sync drops the key,
+inserts the entries and adds the same key back — in its own transaction:
+a rollback brings the old index back, and no other session sees the ledger
+without its key (the ALTER TABLE holds ACCESS EXCLUSIVE until commit; a
+compare starting meanwhile waits for the commit).
+
+Taken only when nobody can tell, so ``ledger_watch`` sees the definition
+it opened and the proof sees only the ledger written; otherwise the rows
+go in one by one as before:
+
+- the role owns the ledger (ALTER TABLE needs it; a least-privilege sync
+  role does not own it);
+- the key is the one safesync creates — ``PRIMARY KEY (entry)``, the only
+  index, in the default tablespace, nothing referencing it, default
+  replica identity — so adding it back gives the same definition;
+- no enabled event trigger fires on ALTER TABLE (its code would run inside
+  the sync, unaudited: the audit reads only those on the sync's usual DDL);
+- the ledger can be locked at once (``NOWAIT``): a compare reading it just
+  then must not make the sync wait out its lock timeout and fail.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from .audit import MIGRATION_DDL
+from .proof import catalog_path
+
+MIN_ROWS = 50_000  # below this, the index kept row by row costs less than the DDL around it
+
+# the ledger's key as ``ensure`` creates it, when adding it back is invisible; else no row
+_STANDARD_KEY = """
+select k.conname from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_class x on x.oid = k.conindid
+where c.oid = to_regclass('safesync.content_ledger') and k.contype = 'p' and pg_get_constraintdef(k.oid) = 'PRIMARY KEY (entry)'
+  and pg_get_indexdef(k.conindid) = format('CREATE UNIQUE INDEX %%I ON safesync.content_ledger USING btree (entry)', k.conname)
+  and x.reltablespace = 0 and c.relreplident = 'd' and pg_has_role(c.relowner, 'USAGE')
+  and (select count(*) from pg_index i where i.indrelid = c.oid) = 1
+  and not exists (select from pg_constraint f where f.confrelid = c.oid)
+  and not exists (select from pg_event_trigger e where e.evtenabled <> 'D' and e.evtevent = any(%(events)s)
+                  and (e.evttags is null or 'ALTER TABLE' = any(e.evttags)))
+"""
+_EVENTS = sorted({event for event, tag in MIGRATION_DDL if tag == "ALTER TABLE"})
+
+
+def worth_it(rows: int, others: int) -> bool:
+    """Seed ``rows`` entries in bulk into a ledger holding ``others`` entries
+    (the whole key is rebuilt: worth it while the new entries dominate)?"""
+    return rows >= MIN_ROWS and others <= rows
+
+
+def in_bulk(conn: psycopg.Connection, insert: sql.Composable, params: list, low: int, high: int) -> bool:
+    """Run ``insert`` (entries between ``low`` and ``high`` only) with the
+    ledger's key dropped, then add the key back; False (nothing done) when
+    that would show (see the module doc): the caller inserts as usual."""
+    with catalog_path(conn):
+        found = conn.execute(_STANDARD_KEY, {"events": _EVENTS}).fetchone()
+    if found is None:
+        return False
+    try:
+        with conn.transaction():  # released, the savepoint's lock stays with the transaction
+            conn.execute("lock table safesync.content_ledger in access exclusive mode nowait")
+    except psycopg.errors.LockNotAvailable:
+        return False
+    key = sql.Identifier(found[0])
+    conn.execute(sql.SQL("alter table safesync.content_ledger drop constraint {}").format(key))
+    conn.execute(insert, params)
+    add = sql.SQL("alter table safesync.content_ledger add constraint {} primary key (entry)").format(key)
+    try:
+        with conn.transaction():
+            conn.execute(add)
+    except psycopg.errors.UniqueViolation:  # two keys whose hashes share an entry: keep the first, as ON CONFLICT DO NOTHING would
+        conn.execute(
+            "delete from safesync.content_ledger as l using safesync.content_ledger as o "
+            "where l.entry between %(low)s and %(high)s and o.entry between %(low)s and %(high)s and o.entry = l.entry and o.ctid < l.ctid",
+            {"low": low, "high": high},
+        )
+        conn.execute(add)
+    return True

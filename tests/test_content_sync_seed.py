@@ -1,0 +1,102 @@
+"""Seeding the ledger in bulk (``content_sync.seed``): the key dropped,
+the entries inserted, the same key added back — only where nobody can tell,
+and the proof holds either way (real PostgreSQL, the LMS fixture)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from safesync.functions.content_sync import content_sync, seed
+from tests.fixtures.lms import LMS_CONTENT
+from tests.test_content_sync_ledger import execute, table_entries
+
+KEY = "CREATE UNIQUE INDEX content_ledger_pkey ON safesync.content_ledger USING btree (entry)"
+
+
+@pytest.fixture
+def always(monkeypatch):
+    """Bulk seeding worth it whatever the size (the fixture's tables are small)."""
+    monkeypatch.setattr(seed, "worth_it", lambda rows, others: True)
+
+
+def key_of(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        conn.execute("set search_path = pg_catalog")
+        return [r[0] for r in conn.execute("select pg_get_indexdef(indexrelid) from pg_index where indrelid = 'safesync.content_ledger'::regclass")]
+
+
+def bulk(body: dict) -> dict[str, bool]:
+    return {name: done.get("bulk", False) for name, done in body["details"]["ledger"].items()}
+
+
+def stale(url: str, table: str) -> None:
+    """Make a table's summary of another signature: the next sync re-seeds it from nothing kept."""
+    execute(url, f"update safesync.content_ledger set summary = jsonb_set(summary, '{{signature}}', '\"other\"') where summary->>'table' = 'public.{table}'")
+
+
+def test_worth_it_only_for_many_entries_that_outnumber_the_rest():
+    assert not seed.worth_it(seed.MIN_ROWS - 1, 0)
+    assert seed.worth_it(seed.MIN_ROWS, seed.MIN_ROWS)
+    assert not seed.worth_it(seed.MIN_ROWS, seed.MIN_ROWS + 1)
+
+
+def test_a_bulk_seed_leaves_the_ledger_as_a_row_by_row_one(lms, always):
+    make, dev, prod = lms
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert answer.body["details"]["protection_proof"]["ok"] and all(bulk(answer.body).values()), answer.body["details"]["ledger"]
+    assert key_of(prod) == [KEY]
+    with psycopg.connect(prod) as conn:
+        for table in LMS_CONTENT:
+            assert table_entries(conn, table) == conn.execute(f"select count(*) from {table}").fetchone()[0]
+    again = content_sync(make(), "sync").body
+    assert "already in sync" in again["summary"] and again["details"]["ledger"] == {}  # the summaries match the entries
+    execute(prod, "update lessons set title = 'Prod hotfix' where id = 3")
+    execute(dev, "update lessons set title = 'Dev edit' where id = 3")
+    refused = content_sync(make(), "sync")  # the seeded ancestor tells a production edit from a dev one
+    assert refused.status == 422 and "conflict" in refused.body["summary"]
+
+
+def test_keys_sharing_an_entry_keep_one_in_a_bulk_seed(lms, always, monkeypatch):
+    from safesync.functions.content_sync import ledger
+
+    monkeypatch.setattr(ledger, "KEY_BITS", 4)
+    monkeypatch.setattr(ledger, "MASK", 15)
+    make, dev, prod = lms
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 200 and all(bulk(answer.body).values()), answer.body
+    assert key_of(prod) == [KEY]
+    with psycopg.connect(prod) as conn:
+        assert table_entries(conn, "lessons") <= 16 < conn.execute("select count(*) from lessons").fetchone()[0]
+
+
+def test_an_event_trigger_on_alter_table_keeps_the_seed_row_by_row(lms, always):
+    """Its code would run inside the sync, unaudited: the DDL is not run."""
+    make, dev, prod = lms
+    execute(
+        prod,
+        "create function refuse() returns event_trigger language plpgsql as $$ begin raise exception 'ALTER TABLE ran'; end $$",
+        "create event trigger no_alter on ddl_command_end when tag in ('ALTER TABLE') execute function refuse()",
+    )
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert not any(bulk(answer.body).values()) and key_of(prod) == [KEY]
+
+
+def test_a_reader_holding_the_ledger_keeps_the_seed_row_by_row(lms, always):
+    """A compare reading the ledger meanwhile: the sync neither waits for it nor fails."""
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200
+    stale(prod, "lessons")
+    with psycopg.connect(prod) as reader:
+        reader.execute("select count(*) from safesync.content_ledger")  # holds ACCESS SHARE until it ends
+        answer = content_sync(make(), "sync")
+    assert answer.status == 200, answer.body
+    assert bulk(answer.body) == {"lessons": False} and answer.body["details"]["ledger"]["lessons"]["reseeded"] > 0
+    stale(prod, "lessons")
+    answer = content_sync(make(), "sync")  # nobody reading: in bulk, into a ledger holding the other tables
+    assert answer.status == 200 and bulk(answer.body) == {"lessons": True}, answer.body
+    with psycopg.connect(prod) as conn:
+        assert table_entries(conn, "lessons") == conn.execute("select count(*) from lessons").fetchone()[0]
+    assert key_of(prod) == [KEY]
