@@ -454,12 +454,13 @@ def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequ
     entry = _entry(table_id, _row_key_value(spec))
     if keep:  # entries kept above: not inserted again
         exclude.append(sql.SQL("not exists (select from safesync.content_ledger as l where l.entry = {})").format(entry))
-    insert = sql.SQL("insert into safesync.content_ledger (entry, row_hash) select {entry}, {h} from {rel} {where}").format(
+    entries = sql.SQL("select {entry} as entry, {h} as row_hash from {rel} {where}").format(
         entry=entry, h=rowhash.row_hash(spec), rel=spec.from_item(),
         where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
-    if not keep and seed.worth_it(rows, _entries_of_others(conn, table_id)) and seed.in_bulk(conn, insert, params, low, high):
+    if not keep and seed.worth_it(rows, _entries_of_others(conn, table_id)) and seed.in_bulk(conn, entries, params, low, high):
         return True
+    insert = sql.SQL("insert into safesync.content_ledger (entry, row_hash) ") + entries
     try:
         with conn.transaction():  # a plain insert: twice as fast as ON CONFLICT's speculative insertion of every row
             conn.execute(insert, params)
