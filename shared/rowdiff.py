@@ -93,6 +93,7 @@ GAP = 4
 CHUNK_BUCKETS = 65_536
 WORK_MEM = "32MB"  # at least this much work_mem for our hash aggregates (raised, never lowered)
 _PACKED = struct.Struct(">iiq")  # one grid range: bucket, rows, fingerprint of its hash sum
+_PACKED_ROW = struct.Struct(">qq")  # one row of an integer key: key, row hash
 _INT8_MAX = 2**63 - 1
 _UUID_MAX = 2**128 - 1
 
@@ -304,9 +305,17 @@ def grid(conn: psycopg.Connection, spec: TableShape, lo: int, hi: int, step: int
 
 
 def row_hashes(conn: psycopg.Connection, spec: TableShape, segments: Sequence[Segment]) -> list[tuple[Key, int]]:
-    """(key, row hash) of every row in the segments."""
+    """(key, row hash) of every row in the segments. An integer key's pairs
+    come packed in one ``bytea`` (16 bytes a row, no per-row message): less
+    than half the bytes of a row each, decoded at C speed (#18)."""
     if not segments:
         return []
+    if spec.arithmetic == "int":
+        select = sql.SQL("int8send({}::bigint) || int8send({}) as p").format(sql.Identifier("t", spec.key[0]), rowhash.row_hash(spec))
+        rows, params = segment_rows(spec, segments, select)
+        query = sql.SQL("select coalesce(string_agg(x.p, ''::bytea), ''::bytea) from ({}) as x").format(rows)
+        packed = conn.execute(query, params, binary=True).fetchone()[0]
+        return [((str(k),), h) for k, h in _PACKED_ROW.iter_unpack(packed)]
     select = sql.SQL("{}, {}").format(rowhash.key_text(spec), rowhash.row_hash(spec))
     rows, params = segment_rows(spec, segments, select)
     n = len(spec.key)
