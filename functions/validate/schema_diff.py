@@ -8,11 +8,12 @@ many such objects each side has.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import psycopg
+
+from safesync.shared.rowdiff import Sides
 
 from .catalog import ObjectMap, count_not_compared, describe_schema
 
@@ -94,10 +95,11 @@ def schema_diff(
     def read(conn: psycopg.Connection) -> tuple[ObjectMap, dict[str, int]]:
         return describe_schema(conn, schemas), count_not_compared(conn, schemas)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-diff") as pool:
-        other = pool.submit(read, conn_b)
-        a, na = read(conn_a)
-        b, nb = other.result()
+    sides = Sides(conn_a, conn_b)  # the one way both databases run at once (shared.rowdiff)
+    try:
+        (a, na), (b, nb) = sides.both(read)
+    finally:
+        sides.close()
     diff = SchemaDiff(differences=compare_maps(a, b))
     diff.compared = {k: (len(a.get(k, {})), len(b.get(k, {}))) for k in a}
     diff.not_compared = {k: (na[k], nb[k]) for k in na}
