@@ -58,3 +58,10 @@ def test_heavy_clients_are_not_imported_by_the_entry_point() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_the_backup_job_imports_cryptography_only_for_encrypted_backups() -> None:
+    """age (cryptography) is part of a job's start-up time: loaded by the first encrypted backup, not by the job."""
+    code = "import sys, safesync.functions.cli, safesync.functions.backup; print('cryptography' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

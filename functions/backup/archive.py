@@ -19,14 +19,16 @@ message can say whether its SHA-256 still matches.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterable, Iterator
 
-from safesync.shared import agefile
 from safesync.shared.config import Settings
 from safesync.shared.errors import ConfigError, Refused
 
 from .manifest import BackupInfo
 from .pgproc import CHUNK, Progress
+
+if TYPE_CHECKING:  # agefile imports cryptography: only for encrypted backups (a job's start-up time)
+    from safesync.shared import agefile
 
 
 class DamagedArchive(Refused):
@@ -37,7 +39,11 @@ class DamagedArchive(Refused):
 def recipients(settings: Settings) -> list[agefile.Recipient]:
     """Who new backups are encrypted for (none: stored plain)."""
     cfg = settings.config.backup
-    return agefile.parse_recipients(cfg.age_recipients) if cfg.encrypt == "age" else []
+    if cfg.encrypt != "age":
+        return []
+    from safesync.shared import agefile
+
+    return agefile.parse_recipients(cfg.age_recipients)
 
 
 def encryption_record(keys: list[agefile.Recipient]) -> dict[str, Any] | None:
@@ -47,7 +53,12 @@ def encryption_record(keys: list[agefile.Recipient]) -> dict[str, Any] | None:
 
 def seal(chunks: Iterable[bytes], keys: list[agefile.Recipient]) -> Generator[bytes, None, None]:
     """The stored form of the archive ``chunks``."""
-    yield from agefile.encrypt(chunks, keys) if keys else chunks
+    if not keys:
+        yield from chunks
+        return
+    from safesync.shared import agefile
+
+    yield from agefile.encrypt(chunks, keys)
 
 
 def _fingerprints(info: BackupInfo) -> str:
@@ -58,6 +69,8 @@ def identities_for(settings: Settings, info: BackupInfo) -> list[agefile.Identit
     """The environment's identities for reading ``info``. ConfigError when
     there are none, or none is for a recipient the manifest names — decided
     from public keys, before anything is read."""
+    from safesync.shared import agefile
+
     identities = agefile.load_identities(
         settings.env, purpose=f"backup {info.id} is encrypted with age (for {_fingerprints(info)}); reading it"
     )
@@ -112,6 +125,8 @@ class Archive:
             if self.identities is None:
                 yield from stored
                 return
+            from safesync.shared import agefile
+
             try:
                 yield from agefile.decrypt(stored, self.identities)
             except agefile.AgeError as exc:

@@ -21,11 +21,10 @@ import threading
 from contextlib import nullcontext
 from datetime import timedelta
 from importlib import metadata
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import psycopg
 
-from safesync.shared.agefile import Recipient
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, row_count, server_version
 from safesync.shared.errors import JobFailed, Refused, StorageError
@@ -39,6 +38,9 @@ from .compression import choose
 from .layout import DUMP_SUFFIXES, SUFFIXES, BackupName
 from .manifest import MANIFEST_VERSION, PLAIN_MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
 from .pgproc import CHUNK, PgProcess, Progress, dbname_of
+
+if TYPE_CHECKING:
+    from safesync.shared.agefile import Recipient
 
 log = get_logger("backup")
 
