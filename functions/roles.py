@@ -39,7 +39,7 @@ from typing import Iterable
 from psycopg import sql
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef
+from safesync.shared.db import TableRef, user_schema
 from safesync.shared.errors import ConfigError
 from safesync.shared.locks import SCHEMA_SQL
 from safesync.shared.runner import Answer
@@ -50,7 +50,6 @@ CALENDAR_ROLE = "safesync_calendar"
 CALENDAR_SCHEMA = "calendar"
 BOOKKEEPING_SCHEMA = "safesync"
 
-_SYSTEM_SCHEMAS = "n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\\_%'"
 _TAG = "$roles$"
 
 
@@ -89,7 +88,7 @@ def _revoke_everywhere(role: str) -> str:
 DECLARE s text;
 BEGIN
   FOR s IN SELECT n.nspname FROM pg_namespace n
-           WHERE {_SYSTEM_SCHEMAS} AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
+           WHERE {user_schema(ours=True)} AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
   LOOP
     EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM {role}', s);
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM {role}', s);
@@ -128,7 +127,7 @@ DECLARE bad text;
 BEGIN
   SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {_SYSTEM_SCHEMAS}
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
     AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
     AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
     AND has_table_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
@@ -150,7 +149,7 @@ BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
     GRANT pg_read_all_data TO {role};
   ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {_SYSTEM_SCHEMAS} LOOP
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {user_schema(ours=True)} LOOP
       EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', s);
       EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}', s);
       EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {role}', s);

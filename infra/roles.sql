@@ -52,7 +52,7 @@ DO $roles$
 DECLARE s text;
 BEGIN
   FOR s IN SELECT n.nspname FROM pg_namespace n
-           WHERE n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%' AND n.nspname NOT IN ('safesync', 'calendar')
+           WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' AND n.nspname NOT IN ('safesync', 'calendar')
   LOOP
     EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM safesync_content_sync', s);
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM safesync_content_sync', s);
@@ -64,7 +64,7 @@ DO $roles$
 DECLARE s text;
 BEGIN
   FOR s IN SELECT n.nspname FROM pg_namespace n
-           WHERE n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%' AND n.nspname NOT IN ('safesync', 'calendar')
+           WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' AND n.nspname NOT IN ('safesync', 'calendar')
   LOOP
     EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM safesync_backup', s);
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM safesync_backup', s);
@@ -125,7 +125,7 @@ BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
     GRANT pg_read_all_data TO safesync_content_sync;
   ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%' LOOP
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
       EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_content_sync', s);
       EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_content_sync', s);
       EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_content_sync', s);
@@ -143,7 +143,7 @@ DECLARE bad text;
 BEGIN
   SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
     AND has_table_privilege('safesync_content_sync', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
@@ -160,7 +160,7 @@ BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
     GRANT pg_read_all_data TO safesync_backup;
   ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%' LOOP
+    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
       EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_backup', s);
       EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_backup', s);
       EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_backup', s);
@@ -180,7 +180,7 @@ DECLARE bad text;
 BEGIN
   SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
     AND has_table_privilege('safesync_backup', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
@@ -208,7 +208,7 @@ DECLARE bad text;
 BEGIN
   SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg\_%'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
     AND has_table_privilege('safesync_calendar', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');

@@ -8,8 +8,9 @@ from it in SQL — is identical on both sides of a comparison.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -31,7 +32,18 @@ PINNED_SETTINGS: dict[str, str] = {
 # without). Our queries are catalog look-ups and hash scans that gain
 # nothing from JIT.
 SESSION_OPTIONS = "-c jit=off"
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "safesync")
+OUR_SCHEMA = "safesync"  # safesync's bookkeeping in a target (ledger, deliveries, run records)
+
+
+def user_schema(column: str = "n.nspname", *, ours: bool = False) -> str:
+    """The one SQL condition "``column`` names a user's schema": not
+    ``information_schema`` and no ``pg_*`` schema (catalog, toast, temp);
+    safesync's own schema only with ``ours`` (a backup dumps it, a catalog
+    listing of the user's tables does not count it). Plain SQL without "%",
+    so it fits queries with and without parameters; ``column`` is our
+    code's text, never user input."""
+    condition = f"{column} <> 'information_schema' and {column} !~ '^pg_'"
+    return condition if ours else f"{condition} and {column} <> '{OUR_SCHEMA}'"
 
 
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
@@ -54,6 +66,18 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "safe
         raise DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
     except psycopg.ProgrammingError as exc:  # malformed URL
         raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+
+
+@contextmanager
+def read_only(conn: psycopg.Connection, timeout: str | None = None) -> Iterator[None]:
+    """A READ ONLY transaction, always rolled back, where RLS raises rather
+    than filters, and an optional statement timeout."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("set transaction read only")
+        conn.execute("select set_config('row_security', 'off', true)")
+        if timeout:
+            conn.execute("select set_config('statement_timeout', %s, true)", [timeout])
+        yield
 
 
 @dataclass(frozen=True, order=True)
@@ -112,15 +136,15 @@ def server_version(conn: psycopg.Connection) -> int:
 def list_tables(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[TableRef]:
     """Ordinary and partitioned tables (not partitions' children twice)."""
     rows = conn.execute(
-        """
+        f"""
         select n.nspname, c.relname
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
         where c.relkind in ('r', 'p') and not c.relispartition
-          and (%(schemas)s::text[] is null and n.nspname <> all(%(system)s) and n.nspname not like 'pg\\_%%'
+          and (%(schemas)s::text[] is null and {user_schema()}
                or n.nspname = any(%(schemas)s::text[]))
         order by 1, 2
         """,
-        {"schemas": list(schemas) if schemas is not None else None, "system": list(SYSTEM_SCHEMAS)},
+        {"schemas": list(schemas) if schemas is not None else None},
     ).fetchall()
     return [TableRef(s, n) for s, n in rows]
 
@@ -209,7 +233,7 @@ def primary_key(conn: psycopg.Connection, table: TableRef) -> list[str]:
 def foreign_keys(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[ForeignKey]:
     """Every FK whose referencing table is in ``schemas`` (all user schemas if None)."""
     rows = conn.execute(
-        """
+        f"""
         select k.conname, n.nspname, c.relname,
                array(select a.attname from unnest(k.conkey) with ordinality u(n, o)
                      join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.n order by u.o),
@@ -221,10 +245,10 @@ def foreign_keys(conn: psycopg.Connection, schemas: Sequence[str] | None = None)
         join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
         join pg_class rc on rc.oid = k.confrelid join pg_namespace rn on rn.oid = rc.relnamespace
         where k.contype = 'f' and k.conparentid = 0  -- each FK once: declared on a partition counts, inherited copies do not
-          and (%(schemas)s::text[] is null and n.nspname <> all(%(system)s) or n.nspname = any(%(schemas)s::text[]))
+          and (%(schemas)s::text[] is null and {user_schema()} or n.nspname = any(%(schemas)s::text[]))
         order by 2, 3, 1
         """,
-        {"schemas": list(schemas) if schemas is not None else None, "system": list(SYSTEM_SCHEMAS)},
+        {"schemas": list(schemas) if schemas is not None else None},
     ).fetchall()
     return [
         ForeignKey(
@@ -313,17 +337,16 @@ def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> li
     columns, or ownership (an owner may ALTER or DROP it). safesync's own
     schema and the system schemas are not counted."""
     rows = conn.execute(
-        """
+        f"""
         select n.nspname, c.relname, rn.nspname, r.relname
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
         join pg_class r on r.oid = coalesce(pg_partition_root(c.oid), c.oid) join pg_namespace rn on rn.oid = r.relnamespace
         where c.relkind in ('r', 'p', 'v', 'm', 'f') and c.relpersistence <> 't'
-          and n.nspname <> all(%(system)s) and n.nspname not like 'pg\\_%%'
+          and {user_schema()}
           and (has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')
                or has_any_column_privilege(c.oid, 'INSERT, UPDATE') or pg_has_role(c.relowner, 'USAGE'))
         order by 1, 2
-        """,
-        {"system": list(SYSTEM_SCHEMAS)},
+        """
     ).fetchall()
     skip = set(content)
     return [TableRef(s, n) for s, n, rs, rn in rows if TableRef(s, n) not in skip and TableRef(rs, rn) not in skip]

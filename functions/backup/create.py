@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import psycopg
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, row_count, server_version
+from safesync.shared.db import TableRef, connect, row_count, server_version, user_schema
 from safesync.shared.errors import JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import libpq_target
@@ -49,11 +49,11 @@ LOCK_WAIT = "300s"  # pg_dump and the counts give up rather than queue forever b
 # Every table whose rows pg_dump writes: user schemas (ours included), not
 # partitions twice (the parent's count covers them), not extension members
 # (their contents belong to the extension, not to the dump).
-SNAPSHOT_TABLES_SQL = """
+SNAPSHOT_TABLES_SQL = f"""
 select n.nspname, c.relname
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.relkind in ('r', 'p') and not c.relispartition and c.relpersistence <> 't'
-  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and {user_schema(ours=True)}
   and not exists (select 1 from pg_depend d
                   where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
 order by 1, 2
@@ -66,17 +66,17 @@ order by 1, 2
 # before the dump, so the user reads PostgreSQL's own words for the cause —
 # not pg_dump's "could not import the requested snapshot", which is what is
 # left once the exporting transaction has failed.
-UNREADABLE_SQL = """
+UNREADABLE_SQL = f"""
 select format('permission denied for schema %I', n.nspname)
 from pg_namespace n
-where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+where {user_schema(ours=True)}
   and not has_schema_privilege(n.oid, 'USAGE')
 union all
 select format('permission denied for %s %s', case c.relkind when 'S' then 'sequence' else 'table' end,
               format('%I.%I', n.nspname, c.relname))
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.relkind in ('r', 'p', 'S') and c.relpersistence <> 't'
-  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and {user_schema(ours=True)}
   and has_schema_privilege(n.oid, 'USAGE') and not has_table_privilege(c.oid, 'SELECT')
 union all
 select format('row-level security would filter table %I.%I (the role needs BYPASSRLS)', n.nspname, c.relname)
@@ -84,7 +84,7 @@ from pg_class c join pg_namespace n on n.oid = c.relnamespace
 join pg_roles r on r.rolname = current_user
 where c.relkind in ('r', 'p') and c.relrowsecurity
   and not (r.rolbypassrls or r.rolsuper or (pg_has_role(c.relowner, 'USAGE') and not c.relforcerowsecurity))
-  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and {user_schema(ours=True)}
 order by 1
 """
 

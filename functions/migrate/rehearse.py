@@ -32,16 +32,16 @@ from psycopg import sql
 
 from safesync.shared import identity, preflight, runs
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, list_tables
+from safesync.shared.db import TableRef, connect, list_tables, user_schema
 from safesync.shared.errors import ConfigError, Refused
 from safesync.shared.report import Report, utcnow
 
 from . import migration, validation
 from .plan import Plan, build_plan
 
-USER_SCHEMAS_SQL = r"""
+USER_SCHEMAS_SQL = f"""
 select n.nspname from pg_namespace n
-where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\_%'
+where {user_schema(ours=True)}
   and not exists (select 1 from pg_depend d where d.classid = 'pg_namespace'::regclass and d.objid = n.oid and d.deptype = 'e')
 order by 1
 """

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from safesync.shared.config import Settings
-from safesync.shared.db import connect
+from safesync.shared.db import connect, user_schema
 from safesync.shared.log import get_logger
 
 log = get_logger("migrate")
@@ -41,10 +41,10 @@ log = get_logger("migrate")
 # arguments, a foreign key's table.
 Snapshot = dict[tuple[str, int], tuple[str, str, str, str]]
 
-SNAPSHOT_SQL = r"""
+SNAPSHOT_SQL = f"""
 with ns as (
     select n.oid, n.nspname from pg_namespace n
-    where n.nspname not in ('pg_catalog', 'information_schema', 'safesync') and n.nspname not like 'pg\_%'
+    where {user_schema()}
 ), ext as (
     select classid, objid from pg_depend where deptype = 'e'
 )

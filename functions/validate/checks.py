@@ -9,14 +9,13 @@ SQL rules and returns a ``CheckReport``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import psycopg
 from psycopg import sql
 
-from safesync.shared.db import TableRef, foreign_keys, list_tables, row_count
+from safesync.shared.db import TableRef, foreign_keys, list_tables, read_only, row_count
 
 from .rules import RuleSpec, run_rule
 
@@ -77,18 +76,6 @@ class CheckReport:
                 }
             )
         return rows
-
-
-@contextmanager
-def read_only(conn: psycopg.Connection, timeout: str | None = None) -> Iterator[None]:
-    """A READ ONLY transaction, always rolled back, where RLS raises rather
-    than filters, and an optional statement timeout."""
-    with conn.transaction(force_rollback=True):
-        conn.execute("set transaction read only")
-        conn.execute("select set_config('row_security', 'off', true)")
-        if timeout:
-            conn.execute("select set_config('statement_timeout', %s, true)", [timeout])
-        yield
 
 
 def _pairs(cols: Sequence[str], refs: Sequence[str]) -> sql.Composable:

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from safesync.shared.db import read_only
 from safesync.shared.log import redact
 
 
@@ -38,8 +39,6 @@ def _jsonable(value: Any) -> Any:
 
 def run_rule(conn: psycopg.Connection, rule: RuleSpec, timeout: str) -> RuleResult:
     """Run one rule read-only; a failing query is a failed rule, not a crash."""
-    from .checks import read_only
-
     text = rule.sql.strip().rstrip(";").strip()
     try:
         with read_only(conn, timeout):
