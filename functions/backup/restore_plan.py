@@ -188,17 +188,8 @@ def plan_restore(conn: psycopg.Connection, entries: list[TocEntry], *, no_owner:
             if e.depends and not set(e.depends) & set(plan.entries):
                 _unlisted_object(plan, t, e, entries, may, missing)
             continue  # otherwise decided with the object it is about, below
-        if e.type == "SCHEMA":
-            if e.tag in t.schemas:
-                plan.kept[e.id] = f"exists on the target (owner {t.schemas[e.tag]}); its contents are restored"
-            elif not t.may_create:
-                plan.blocked[e.id] = f"{t.role} lacks CREATE on the database"
-            elif e.owner and not may(e.owner) and not no_owner:
-                if drill:
-                    plan.precreate_schemas.append(e.tag)
-                    plan.kept[e.id] = f"created owned by {t.role} ({missing(e.owner)})"
-                else:
-                    plan.owners.setdefault(e.owner, []).append(str(e))
+        if e.type in _CONTAINED:
+            _container(plan, t, e, drill, no_owner, may, missing)
             continue
         if e.type == "EXTENSION":
             if e.tag in t.extensions:
@@ -219,14 +210,6 @@ def plan_restore(conn: psycopg.Connection, entries: list[TocEntry], *, no_owner:
                     plan.kept[e.id] = f"the target has its own (not compared): ALTER DEFAULT PRIVILEGES FOR ROLE {e.owner} needs membership ({missing(e.owner)})"
                 else:
                     plan.blocked[e.id] = f"ALTER DEFAULT PRIVILEGES FOR ROLE {e.owner} needs membership ({missing(e.owner)})"
-            continue
-        if e.type == "PUBLICATION":
-            if e.tag in t.publications:
-                plan.kept[e.id] = f"exists on the target (owner {t.publications[e.tag]}); memberships are restored"
-            elif not t.may_create:
-                plan.blocked[e.id] = f"{t.role} lacks CREATE on the database"
-            elif e.owner and not may(e.owner) and not no_owner:
-                _owner_problem(plan, e, drill, missing(e.owner))
             continue
         if e.type in ("PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA"):
             publication = e.tag.split(" ", 1)[0]
@@ -268,6 +251,29 @@ def _unlisted_object(plan: RestorePlan, t: _Target, e: TocEntry, entries: list[T
     blocked = next((x for x in extensions if x.id in plan.blocked), None)
     if blocked is not None or not extensions:
         plan.blocked[e.id] = f"about a member of {blocked or 'an extension'} in schema {e.schema}, which is not restored"
+
+
+# Objects of the database itself (CREATE on the database), kept when the
+# target has one by that name: what of them is restored then.
+_CONTAINED = {"SCHEMA": "its contents are restored", "PUBLICATION": "memberships are restored"}
+
+
+def _container(plan: RestorePlan, t: _Target, e: TocEntry, drill: bool, no_owner: bool, may, missing) -> None:
+    """A schema or a publication: kept if the target has it, else created —
+    which needs CREATE on the database and, unless ``no_owner``, its owner.
+    A drill creates a schema whose owner cannot be assigned owned by the
+    role instead, so its contents are still restored."""
+    existing = t.schemas if e.type == "SCHEMA" else t.publications
+    if e.tag in existing:
+        plan.kept[e.id] = f"exists on the target (owner {existing[e.tag]}); {_CONTAINED[e.type]}"
+    elif not t.may_create:
+        plan.blocked[e.id] = f"{t.role} lacks CREATE on the database"
+    elif e.owner and not may(e.owner) and not no_owner:
+        if drill and e.type == "SCHEMA":
+            plan.precreate_schemas.append(e.tag)
+            plan.kept[e.id] = f"created owned by {t.role} ({missing(e.owner)})"
+        else:
+            _owner_problem(plan, e, drill, missing(e.owner))
 
 
 def _owner_problem(plan: RestorePlan, e: TocEntry, drill: bool, why: str) -> None:
