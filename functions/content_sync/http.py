@@ -6,24 +6,25 @@ it rewrites production content, like a restore) ``{"mode": "undo", "run":
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from safesync.shared.errors import BadRequest
 from safesync.shared.http import Call, validate_body
 from safesync.shared.report import Answer
 
-from .jobs import DIGEST, content_sync, content_undo
+from .jobs import content_sync, content_undo
 
 
 class Body(BaseModel):
+    """Fields and their types only: what the values may be (mode, digest,
+    run id) the runs check, once, for HTTP, the CLI and library callers."""
+
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["compare", "dry-run", "sync", "undo"]
-    expect_plan: str | None = Field(None, pattern=DIGEST)
+    mode: str
+    expect_plan: str | None = None
     adopt: StrictBool = False
-    run: str | None = Field(None, pattern=r"^[0-9a-f]{12}$")  # undo: the run to undo
+    run: str | None = None  # undo: the run to undo
     dry_run: StrictBool = False  # undo: do it and roll back
 
 

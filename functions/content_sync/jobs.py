@@ -20,7 +20,7 @@ from safesync.shared.runner import execute
 from . import undo
 from .job import MODES, Hook, run
 
-DIGEST = r"^[0-9a-f]{64}$"  # pydantic (Rust regex): "$" is the end of the text only
+DIGEST = r"[0-9a-f]{64}"  # matched whole (re.fullmatch): "…\n" is not a digest
 
 
 def content_undo(
@@ -63,8 +63,8 @@ def content_sync(
     ``compare`` is read-only and takes no lock. ``adopt``: on a table's
     first run with the ledger, take the source's version of rows that differ
     without history (otherwise they are reported and a sync is refused)."""
-    if mode not in MODES:
-        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    if mode not in MODES:  # the one check of the mode (HTTP's body model takes any text)
+        raise BadRequest(f"mode must be one of {', '.join(MODES)} or undo")
     if expect_plan is not None and mode != "sync":
         raise BadRequest("expect_plan only applies to mode sync")
     if expect_plan is not None and not re.fullmatch(DIGEST, expect_plan):
