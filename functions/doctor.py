@@ -10,9 +10,18 @@ from __future__ import annotations
 import argparse
 
 from safesync.shared.config import Settings
-from safesync.shared.preflight import FAIL, WARN, run_all
+from safesync.shared import preflight
+from safesync.shared.preflight import FAIL, WARN, Check
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
+
+
+def run_all(settings: Settings) -> list[Check]:
+    """Every check doctor shows: the generic ones (``shared.preflight``) and
+    each job's own, reached through its face."""
+    from safesync.functions.content_sync import check_content_sync
+
+    return preflight.run_all(settings, check_content_sync)
 
 
 def doctor(settings: Settings) -> Answer:

@@ -1,7 +1,9 @@
 """Preflight checks: will this setup work, and is it safe?
 
-``safesync doctor`` runs all of them; jobs run a fast subset
-(``quick``) before they write anything. Each check yields ``Check`` rows —
+The generic checks (config, secrets, databases, tools, storage):
+``safesync doctor`` runs all of them plus each job's own (content sync's
+tables and privileges live with that job and are passed to ``run_all``);
+jobs run a fast subset (``quick``) before they write anything. Each check yields ``Check`` rows —
 ok / warn / fail with one line of detail and one of advice — and never
 prints a secret (only whether it is present and well-formed).
 """
@@ -14,13 +16,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
-
-import psycopg
+from typing import Callable, Iterable, Iterator
 
 from .auth import QSTASH_LEEWAY_S
 from .config import Settings
-from .db import relation_kind, TableRef, connect, foreign_keys, list_tables, primary_key, writable_tables
+from .db import connect
 from .errors import ConfigError, DatabaseError, SafesyncError
 from .identity import Identity, identify
 from .log import redact
@@ -243,64 +243,15 @@ def check_storage(settings: Settings) -> Iterator[Check]:
             yield Check("storage", "lifecycle", OK, f"{facts['lifecycle_rules']} rule(s)")
 
 
-# --- content sync sanity and privileges ----------------------------------------
-
-
-def _privileges(conn: psycopg.Connection, table: TableRef, kinds: Iterable[str]) -> set[str]:
-    return {
-        kind
-        for kind in kinds
-        if conn.execute("select has_table_privilege(format('%%I.%%I', %s::text, %s::text), %s)", [table.schema, table.name, kind]).fetchone()[0]
-    }
-
-
-def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterator[Check]:
-    section = settings.config.content_sync
-    if not section.tables:
-        return
-    content = [TableRef.parse(t) for t in section.tables]
-    for side, name in (("source", section.source), ("target", section.target)):
-        if name not in facts:
-            yield Check("content sync", f"{side} {name}", FAIL, "database not reachable: tables and privileges not checked")
-            continue
-        with connect(facts[name].url) as conn:
-            present = set(list_tables(conn))
-            for table in content:
-                if table not in present:
-                    kind = relation_kind(conn, table)
-                    if kind is None:
-                        yield Check("content sync", f"{side} {table.short}", FAIL, f"table missing in {name}", "create it (migrate) or remove it from content_sync.tables")
-                    else:
-                        yield Check("content sync", f"{side} {table.short}", FAIL, f"is a {kind} in {name}, not a table",
-                                    "list the partitioned table itself" if kind.startswith("partition of") else "content sync writes tables: list the table(s) behind it")
-                elif not primary_key(conn, table):
-                    yield Check("content sync", f"{side} {table.short}", FAIL, "no primary key", "content sync matches rows by primary key: add one")
-                elif side == "source" and not _privileges(conn, table, ["SELECT"]):
-                    yield Check("content sync", f"{side} {table.short}", FAIL, f"{facts[name].user} cannot SELECT", "grant SELECT to the sync role")
-                elif side == "target":
-                    missing = {"SELECT", "INSERT", "UPDATE"} - _privileges(conn, table, ["SELECT", "INSERT", "UPDATE"])
-                    if missing:
-                        yield Check("content sync", f"target {table.short}", FAIL, f"{facts[name].user} lacks {', '.join(sorted(missing))}", "run `safesync roles sql` and apply it")
-            if side != "target":
-                continue
-            content_set = set(content)
-            writable = [t.short for t in writable_tables(conn, content)]
-            if writable:
-                shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
-                yield Check("content sync", "role least privilege", FAIL, f"{facts[name].user} could write protected tables: {shown}", "connect as a role that can only write content tables: apply `safesync roles sql`")
-            else:
-                yield Check("content sync", "role least privilege", OK, f"{facts[name].user} can write only content tables")
-            for fk in foreign_keys(conn):
-                if fk.table in content_set and fk.ref_table not in content_set:
-                    yield Check("content sync", f"{fk.table.short} → {fk.ref_table.short}", WARN, f"content table references non-content table ({fk.name})", "a synced row may point at a row that exists only in dev: the sync fails and rolls back")
-                elif fk.ref_table in content_set and fk.table not in content_set and fk.on_delete in ("CASCADE", "SET NULL", "SET DEFAULT"):
-                    yield Check("content sync", f"{fk.table.short} → {fk.ref_table.short}", WARN, f"ON DELETE {fk.on_delete} from a content table into a protected one ({fk.name})", "deleting content would change user data: keep delete_missing off or change the FK")
-
-
 # --- entry points ----------------------------------------------------------------
 
 
-def run_all(settings: Settings) -> list[Check]:
+JobChecks = Callable[[Settings, dict[str, DbFacts]], Iterable[Check]]
+
+
+def run_all(settings: Settings, *job_checks: JobChecks) -> list[Check]:
+    """Every generic check, then each job's own (``job_checks``: given the
+    databases reached; doctor passes content sync's privilege checks)."""
     checks: list[Check] = [Check("config", "file", OK, settings.source)]
     checks += check_secrets(settings)
     facts: dict[str, DbFacts] = {}
@@ -312,7 +263,8 @@ def run_all(settings: Settings) -> list[Check]:
     checks += check_aliases(settings, facts)
     checks += check_tools(facts.values())
     checks += check_storage(settings)
-    checks += check_content_sync(settings, facts)
+    for more in job_checks:
+        checks += more(settings, facts)
     return checks
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from safesync.shared.errors import ConfigError, DatabaseError
-from safesync.shared.preflight import FAIL, OK, quick, run_all
+from safesync.functions.doctor import run_all
+from safesync.shared.preflight import FAIL, OK, quick
 
 from tests.fsutil import read_only
 

@@ -13,7 +13,8 @@ from safesync.functions.content_sync import content_sync
 from safesync.functions.staging_clone import clone
 from safesync.functions.validate import validate
 from safesync.shared.db import connect, database_fingerprint
-from safesync.shared.preflight import FAIL, run_all
+from safesync.functions.doctor import run_all
+from safesync.shared.preflight import FAIL
 from tests.fixtures.pagila import pagila_template
 
 CONTENT = ["language", "category", "actor", "film", "film_actor", "film_category"]

@@ -10,7 +10,9 @@ This module is the job's face, the only part other modules may import:
   trigger=None, delivery=None, hook=None) -> Answer``
 
 both runs (``jobs.py``: the target's lock, QStash de-duplication, the run
-report), and ``handle_http`` (``http.py``) and ``register_cli``
+report); ``check_content_sync(settings, facts)`` (``preflight.py``: what
+doctor checks for the sync — tables, keys, the role's privileges); and
+``handle_http`` (``http.py``) and ``register_cli``
 (``cli.py``), which wrap them. Engines: ``plan`` (config → tables, keys,
 match_on and FK translations, drift, FK order, protected set;
 ``TableSpec`` is the shared engine's ``TableShape`` plus what the writer
@@ -27,5 +29,6 @@ share: ``shared.rowhash`` (SQL row hashes, key expressions) and
 from .cli import register_cli
 from .http import handle_http
 from .jobs import content_sync, content_undo
+from .preflight import check_content_sync
 
-__all__ = ["content_sync", "content_undo", "handle_http", "register_cli"]
+__all__ = ["check_content_sync", "content_sync", "content_undo", "handle_http", "register_cli"]
