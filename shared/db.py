@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import psycopg
 from psycopg import sql
 
+from . import rowhash
 from .errors import ConfigError, DatabaseError
 from .log import redact
 
@@ -356,18 +357,22 @@ def row_count(conn: psycopg.Connection, table: TableRef) -> int:
     return conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()[0]
 
 
-def table_fingerprint(conn: psycopg.Connection, table: TableRef) -> tuple[int, str]:
+def table_fingerprint(conn: psycopg.Connection, table: TableRef, layout: Sequence[tuple[str, str]] | None = None) -> tuple[int, str]:
     """(row count, order-independent content hash) computed in SQL.
 
-    The hash is the sum of a 64-bit hash of each row's text form, so it needs
-    constant memory and no ORDER BY; with pinned session settings it is
-    comparable across databases and servers.
+    The hash is the sum of the one row hash every comparison uses
+    (``shared.rowhash.row_hash`` over every column, ``layout``'s (name,
+    type) pairs or the catalog's), so it needs constant memory and no ORDER
+    BY, and is comparable across databases and servers (14+ on both sides,
+    or older on both).
     """
+    cols = list(layout) if layout is not None else [(c.name, c.type) for c in columns(conn, table)]
+    shape = rowhash.TableShape(
+        table, (), (), (), tuple(n for n, _ in cols), tuple(t for _, t in cols), native_hash=server_version(conn) >= 140000
+    )
+    hashed = rowhash.row_hash(shape) if cols else sql.SQL("0")
     count, total = conn.execute(
-        sql.SQL(
-            "select count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text "
-            "from {} as t"
-        ).format(table.ident)
+        sql.SQL("select count(*), coalesce(sum({}), 0)::text from {}").format(hashed, shape.from_item())
     ).fetchone()
     return count, total
 
@@ -375,5 +380,6 @@ def table_fingerprint(conn: psycopg.Connection, table: TableRef) -> tuple[int, s
 def database_fingerprint(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> dict[str, tuple[int, str]]:
     """Fingerprint of every table: what tests and reports use to prove that
     nothing changed."""
-    return {str(t): table_fingerprint(conn, t) for t in list_tables(conn, schemas)}
-
+    tables = list_tables(conn, schemas)
+    shapes = table_shapes(conn, sorted({t.schema for t in tables}))
+    return {str(t): table_fingerprint(conn, t, [(n, ty) for n, ty, _ in shapes[t][0]]) for t in tables}
