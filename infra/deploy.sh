@@ -50,7 +50,7 @@ REPOSITORY="${REPOSITORY:-safesync}"
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-safesync-runner@${PROJECT}.iam.gserviceaccount.com}"
 MAX_INSTANCES="${MAX_INSTANCES:-3}"
 CONFIG_MOUNT="/etc/safesync/safesync.toml"
-ALL_TARGETS=(backup content_sync staging_clone validate calendar_sync status migrate calendar_notify)
+ALL_TARGETS=(backup content_sync staging_clone validate calendar_sync migrate calendar_notify status)
 
 cd "$(dirname "$0")/.."
 

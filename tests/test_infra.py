@@ -19,7 +19,7 @@ from safesync.functions import schedules
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
-TARGETS = ["backup", "content_sync", "staging_clone", "validate", "calendar_sync", "status", "migrate", "calendar_notify"]  # as deploy.sh lists them
+TARGETS = ["backup", "content_sync", "staging_clone", "validate", "calendar_sync", "migrate", "calendar_notify", "status"]  # as deploy.sh lists them
 
 # Secrets that exist in the fake project: every required one, a few optional.
 SECRETS = [
