@@ -76,14 +76,15 @@ def test_a_malformed_url_never_shows_its_password(hostile_env, name: str) -> Non
     env = dict(os.environ)
 
     # the CLI: JSON error, human error line, doctor (checklist + its log line)
+    printed = {}
     for argv in (["backup", "create", "--db", "prod", "--json"], ["backup", "create", "--db", "prod"],
                  ["content", "dry-run", "--json"], ["doctor", "--json"], ["doctor"], ["status", "--json"]):
-        result = cli(*argv, env=env)
+        result = printed[" ".join(argv)] = cli(*argv, env=env)
         # (the embedded server trusts loopback: a URL libpq can read still connects)
         assert result.returncode in (0, 1, 2), (argv, result.returncode, result.stderr[-800:])
         assert "Traceback" not in result.stderr
         assert_clean(result.stdout + result.stderr, password, f"safesync {' '.join(argv)}")
-    doctor = json.loads(cli("doctor", "--json", env=env).stdout)
+    doctor = json.loads(printed["doctor --json"].stdout)
     assert [c for c in doctor["tables"]["checks"] if c["name"] == "prod"], doctor["tables"]["checks"]
 
     # stored runs (doctor's among them), as files
