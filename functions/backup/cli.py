@@ -45,8 +45,6 @@ def _create(args: argparse.Namespace, settings: Settings) -> Answer:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> Answer:
-    if args.id and args.all:
-        raise BadRequest("give a backup ID or --all, not both")
     return run_verify(settings, args.id, all_backups=args.all, restore_drill=args.restore_drill, trigger=_trigger(args))
 
 

@@ -101,8 +101,6 @@ def handle_http(call: Call) -> Answer:
     if isinstance(body, ListBody):
         return run_list(settings, body.db)
     if isinstance(body, VerifyBody):
-        if body.id and body.all:
-            raise BadRequest("give either id or all, not both")
         return run_verify(settings, body.id, all_backups=body.all, restore_drill=body.restore_drill, trigger=trigger)
     if isinstance(body, RestoreBody):
         call.require_admin()

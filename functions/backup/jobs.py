@@ -105,6 +105,8 @@ def run_verify(
 ) -> Answer:
     """One backup by id; every backup (``all_backups``); or, with neither,
     the newest backup of each of ``backup.databases``."""
+    if backup_id and all_backups:
+        raise BadRequest("give either one backup id or all (--all), not both")
     if backup_id:
         BackupName.parse(backup_id)
     report = Report(JOB, "verify", trigger=trigger or {})
