@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from safesync.shared.config import Settings
-from safesync.shared.errors import BadRequest
 from safesync.shared.progress import terminal
 from safesync.shared.report import Answer
 
@@ -35,13 +34,8 @@ def _progress(args: argparse.Namespace, label: str) -> Iterator[Progress | None]
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> Answer:
-    trigger = _trigger(args)
-    if args.deployment:
-        if args.kind != "predeploy":
-            raise BadRequest("--deployment tags a predeploy backup: add --kind predeploy")
-        trigger["deployment"] = args.deployment
     with _progress(args, f"backing up {args.db}") as progress:
-        return run_create(settings, args.db, args.kind, trigger=trigger, progress=progress)
+        return run_create(settings, args.db, args.kind, trigger=_trigger(args), deployment=args.deployment, progress=progress)
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> Answer:

@@ -93,11 +93,7 @@ def handle_http(call: Call) -> Answer:
     delivery = call.delivery
     if isinstance(body, CreateBody):
         kind = body.kind or ("daily" if call.principal.is_qstash else "manual")
-        if body.deployment:
-            if kind != "predeploy":
-                raise BadRequest("deployment: only a predeploy backup is tagged with a deployment")
-            trigger["deployment"] = body.deployment
-        return run_create(settings, body.db, kind, trigger=trigger, delivery=delivery)
+        return run_create(settings, body.db, kind, trigger=trigger, deployment=body.deployment, delivery=delivery)
     if isinstance(body, ListBody):
         return run_list(settings, body.db)
     if isinstance(body, VerifyBody):

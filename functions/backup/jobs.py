@@ -38,10 +38,17 @@ def run_create(
     kind: str,
     *,
     trigger: dict[str, Any],
+    deployment: str | None = None,
     delivery: Delivery | None = None,
     progress: Progress | None = None,
 ) -> Answer:
+    """One backup of ``db``; ``deployment`` tags a predeploy backup with the
+    deployment it precedes (any other kind with one is a bad request)."""
     settings.check_database(db)
+    if deployment:
+        if kind != "predeploy":
+            raise BadRequest("deployment: only a predeploy backup is tagged with a deployment (--kind predeploy)")
+        trigger = {**trigger, "deployment": deployment}
     report = Report(JOB, "create", trigger=trigger)
 
     def job(report: Report) -> None:
