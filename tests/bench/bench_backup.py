@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 
 ROWS = int(os.environ.get("BENCH_BACKUP_ROWS", "2000000"))
@@ -136,76 +137,64 @@ def run() -> list[dict]:
     from safesync.shared.pgtools import find_tool
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
-        work = Path(tmp)
-        work.chmod(0o755)
-        pg = EmbeddedPostgres(work / "pg").start()
-        try:
-            url, small = pg.url("bench"), pg.url("small")
-            t = time.perf_counter()
-            size = _generate(pg.url(), url, small)
-            rows.append({"name": f"generated database ({ROWS:,} + 100,000 rows)", "bytes": size,
-                         "wall_s": round(time.perf_counter() - t, 1), "target": "≥ 1M rows", "met": ROWS >= 1_000_000})
-            config = work / "safesync.toml"
-            config.write_text(
-                '[databases]\nbench = "BENCH_DATABASE_URL"\nsmall = "SMALL_DATABASE_URL"\nrestore_a = "RESTORE_A_DATABASE_URL"\n'
-                f'[storage]\nurl = "file://{work / "store"}"\n[backup]\ndatabases = ["bench", "small"]\nprune_after_create = false\n'
-            )
-            # Tool discovery as a user gets it (no PG_BIN); bytecode cached as
-            # in an installed package (pip compiles it; an editable checkout
-            # under PYTHONDONTWRITEBYTECODE would compile every module per run).
-            env = {k: v for k, v in os.environ.items() if k not in ("PG_BIN", "PYTHONDONTWRITEBYTECODE")}
-            env.update({"SAFESYNC_CONFIG": str(config), "BENCH_DATABASE_URL": url, "SMALL_DATABASE_URL": small,
-                        "RESTORE_A_DATABASE_URL": pg.url("restore_a"), "SAFESYNC_LOG_LEVEL": "WARNING"})
-            age_config = work / "safesync-age.toml"
-            age_config.write_text(config.read_text() + f'encrypt = "age"\nage_recipients = ["{AGE_RECIPIENT}"]\n')
-            age_env = {**env, "SAFESYNC_CONFIG": str(age_config)}
-            saved = os.environ.pop("PG_BIN", None)
-            try:
-                pg_dump = find_tool("pg_dump", at_least=16, prefer="zstd")
-                pg_restore = find_tool("pg_restore", at_least=16, prefer="zstd")
-            finally:
-                if saved is not None:
-                    os.environ["PG_BIN"] = saved
-            ours_argv = [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "bench", "--json"]
-            our_runs, same_runs, gzip_runs, age_runs = [], [], [], []
-            spec = ""
-            for _ in range(ROUNDS):
-                our_runs.append(measure(ours_argv, env))
-                backup = json.loads(our_runs[-1][3])["details"]["backup"]
-                spec = backup["compression"]
-                same_file, gzip_file = work / "same.dump", work / "gzip.dump"
-                same_arg = f"--compress={spec.split(':')[1]}" if spec.startswith("gzip") else f"--compress={spec}"
-                same_runs.append(measure([str(pg_dump.path), "-Fc", same_arg, "-f", str(same_file), "--dbname", url], env))
-                gzip_runs.append(measure([str(pg_dump.path), "-Fc", "-f", str(gzip_file), "--dbname", url], env))
-                age_runs.append(measure(ours_argv, age_env))
-            backup_id, dump_bytes = backup["id"], backup["size"]
-            ours, same, gzip, aged = _best(our_runs), _best(same_runs), _best(gzip_runs), _best(age_runs)
-            age_bytes = json.loads(age_runs[-1][3])["details"]["backup"]["size"]
-            rows.append({"name": f"bare pg_dump -Fc --compress={spec} -f FILE ({pg_dump.label})", "wall_s": round(same[0], 2),
-                         "cpu_s": round(same[1], 2), "peak_rss_mb": round(same[2], 1), "bytes": same_file.stat().st_size,
-                         "note": _runs(same_runs)})
-            rows.append({"name": "bare pg_dump -Fc (its default gzip:6) -f FILE", "wall_s": round(gzip[0], 2),
-                         "cpu_s": round(gzip[1], 2), "bytes": gzip_file.stat().st_size, "note": _runs(gzip_runs)})
-            rows.append({"name": f"safesync backup create ({spec}) / bare, same compression", "wall_s": round(ours[0], 2),
-                         "cpu_s": round(ours[1], 2), "peak_rss_mb": round(ours[2], 1), "bytes": dump_bytes,
-                         "ratio": f"{ours[0] / same[0]:.3f} wall / {ours[1] / same[1]:.3f} cpu",
-                         "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
-                         "met": ours[0] / same[0] <= SAME_TARGET and ours[2] <= RSS_TARGET_MB, "note": _runs(our_runs)})
-            rows.append({"name": f"safesync backup create ({spec}, encrypted with age) / bare, same compression",
-                         "wall_s": round(aged[0], 2), "cpu_s": round(aged[1], 2), "peak_rss_mb": round(aged[2], 1), "bytes": age_bytes,
-                         "ratio": f"{aged[0] / same[0]:.3f} wall / {aged[1] / same[1]:.3f} cpu",
-                         "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
-                         "met": aged[0] / same[0] <= SAME_TARGET and aged[2] <= RSS_TARGET_MB,
-                         "note": f"{aged[0] / ours[0]:.3f}× the plain backup's wall; " + _runs(age_runs)})
-            rows.append({"name": f"safesync backup create ({spec}) / bare pg_dump -Fc default gzip",
-                         "ratio": f"{ours[0] / gzip[0]:.3f} wall / {ours[1] / gzip[1]:.3f} cpu",
-                         "size_ratio": round(dump_bytes / gzip_file.stat().st_size, 3),
-                         "target": f"≤ {GZIP_TARGET}× wall", "met": ours[0] / gzip[0] <= GZIP_TARGET})
-            rows.append(_overhead_row(pg_dump.path, small, env))
-            rows += _restore_rows(pg, pg_restore.path, backup_id, work / "same.dump", env)
-        finally:
-            pg.destroy()
+    with embedded_server("bench-backup-", tools="discovered") as (pg, work):  # tools found as a user gets them
+        url, small = pg.url("bench"), pg.url("small")
+        t = time.perf_counter()
+        size = _generate(pg.url(), url, small)
+        rows.append({"name": f"generated database ({ROWS:,} + 100,000 rows)", "bytes": size,
+                     "wall_s": round(time.perf_counter() - t, 1), "target": "≥ 1M rows", "met": ROWS >= 1_000_000})
+        config = work / "safesync.toml"
+        config.write_text(
+            '[databases]\nbench = "BENCH_DATABASE_URL"\nsmall = "SMALL_DATABASE_URL"\nrestore_a = "RESTORE_A_DATABASE_URL"\n'
+            f'[storage]\nurl = "file://{work / "store"}"\n[backup]\ndatabases = ["bench", "small"]\nprune_after_create = false\n'
+        )
+        # Bytecode cached as in an installed package (pip compiles it; an editable
+        # checkout under PYTHONDONTWRITEBYTECODE would compile every module per run).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update({"SAFESYNC_CONFIG": str(config), "BENCH_DATABASE_URL": url, "SMALL_DATABASE_URL": small,
+                    "RESTORE_A_DATABASE_URL": pg.url("restore_a"), "SAFESYNC_LOG_LEVEL": "WARNING"})
+        age_config = work / "safesync-age.toml"
+        age_config.write_text(config.read_text() + f'encrypt = "age"\nage_recipients = ["{AGE_RECIPIENT}"]\n')
+        age_env = {**env, "SAFESYNC_CONFIG": str(age_config)}
+        pg_dump = find_tool("pg_dump", at_least=16, prefer="zstd")
+        pg_restore = find_tool("pg_restore", at_least=16, prefer="zstd")
+        ours_argv = [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "bench", "--json"]
+        our_runs, same_runs, gzip_runs, age_runs = [], [], [], []
+        spec = ""
+        for _ in range(ROUNDS):
+            our_runs.append(measure(ours_argv, env))
+            backup = json.loads(our_runs[-1][3])["details"]["backup"]
+            spec = backup["compression"]
+            same_file, gzip_file = work / "same.dump", work / "gzip.dump"
+            same_arg = f"--compress={spec.split(':')[1]}" if spec.startswith("gzip") else f"--compress={spec}"
+            same_runs.append(measure([str(pg_dump.path), "-Fc", same_arg, "-f", str(same_file), "--dbname", url], env))
+            gzip_runs.append(measure([str(pg_dump.path), "-Fc", "-f", str(gzip_file), "--dbname", url], env))
+            age_runs.append(measure(ours_argv, age_env))
+        backup_id, dump_bytes = backup["id"], backup["size"]
+        ours, same, gzip, aged = _best(our_runs), _best(same_runs), _best(gzip_runs), _best(age_runs)
+        age_bytes = json.loads(age_runs[-1][3])["details"]["backup"]["size"]
+        rows.append({"name": f"bare pg_dump -Fc --compress={spec} -f FILE ({pg_dump.label})", "wall_s": round(same[0], 2),
+                     "cpu_s": round(same[1], 2), "peak_rss_mb": round(same[2], 1), "bytes": same_file.stat().st_size,
+                     "note": _runs(same_runs)})
+        rows.append({"name": "bare pg_dump -Fc (its default gzip:6) -f FILE", "wall_s": round(gzip[0], 2),
+                     "cpu_s": round(gzip[1], 2), "bytes": gzip_file.stat().st_size, "note": _runs(gzip_runs)})
+        rows.append({"name": f"safesync backup create ({spec}) / bare, same compression", "wall_s": round(ours[0], 2),
+                     "cpu_s": round(ours[1], 2), "peak_rss_mb": round(ours[2], 1), "bytes": dump_bytes,
+                     "ratio": f"{ours[0] / same[0]:.3f} wall / {ours[1] / same[1]:.3f} cpu",
+                     "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
+                     "met": ours[0] / same[0] <= SAME_TARGET and ours[2] <= RSS_TARGET_MB, "note": _runs(our_runs)})
+        rows.append({"name": f"safesync backup create ({spec}, encrypted with age) / bare, same compression",
+                     "wall_s": round(aged[0], 2), "cpu_s": round(aged[1], 2), "peak_rss_mb": round(aged[2], 1), "bytes": age_bytes,
+                     "ratio": f"{aged[0] / same[0]:.3f} wall / {aged[1] / same[1]:.3f} cpu",
+                     "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
+                     "met": aged[0] / same[0] <= SAME_TARGET and aged[2] <= RSS_TARGET_MB,
+                     "note": f"{aged[0] / ours[0]:.3f}× the plain backup's wall; " + _runs(age_runs)})
+        rows.append({"name": f"safesync backup create ({spec}) / bare pg_dump -Fc default gzip",
+                     "ratio": f"{ours[0] / gzip[0]:.3f} wall / {ours[1] / gzip[1]:.3f} cpu",
+                     "size_ratio": round(dump_bytes / gzip_file.stat().st_size, 3),
+                     "target": f"≤ {GZIP_TARGET}× wall", "met": ours[0] / gzip[0] <= GZIP_TARGET})
+        rows.append(_overhead_row(pg_dump.path, small, env))
+        rows += _restore_rows(pg, pg_restore.path, backup_id, work / "same.dump", env)
     return rows
 
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 import base64
 import os
 import resource
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import psycopg
 
+from tests.bench import embedded_server
 from safesync.functions.calendar.sync import run_sync
 from safesync.shared.config import load_settings
-from safesync.shared.embedded import EmbeddedPostgres
 from tests.fake_calendar import FakeCalendar
 from tests.fake_calendar.helpers import timed
 
@@ -66,14 +64,13 @@ def _timed_sync(fake: FakeCalendar, settings, mode: str) -> tuple[float, dict]:
 
 def run() -> list[dict]:
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg").start()
+    with embedded_server("bench-calendar-") as (pg, tmp):
         fake = FakeCalendar().start()
         saved = dict(os.environ)
         try:
             with psycopg.connect(pg.url(), autocommit=True) as conn:
                 conn.execute("create database bench_calendar")
-            config = Path(tmp) / "safesync.toml"
+            config = tmp / "safesync.toml"
             config.write_text('[databases]\nprod = "PROD_DATABASE_URL"\n[storage]\nurl = "file://./runs"\n[calendar]\ndatabase = "prod"\n')
             os.environ.update(
                 PROD_DATABASE_URL=pg.url("bench_calendar"),
@@ -113,7 +110,6 @@ def run() -> list[dict]:
             os.environ.clear()
             os.environ.update(saved)
             fake.stop()
-            pg.destroy()
     return rows
 
 

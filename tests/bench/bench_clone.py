@@ -26,12 +26,12 @@ import re
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
+from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 
 TARGET_BYTES = int(float(os.environ.get("BENCH_CLONE_BYTES", 1.05e9)))
@@ -112,17 +112,9 @@ def run() -> list[dict]:
     bin_dir, why = _stock_postgres()
     if bin_dir is None:
         return [{"name": "clone benchmarks", "note": f"could not run: {why}"}]
-    with tempfile.TemporaryDirectory(prefix="bench-clone-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "data")
-        pg.bin = bin_dir  # the stock server, JIT on as shipped
-        pg.start()
-        saved = os.environ.pop("PG_BIN", None)  # our tools found as a user's machine finds them
-        try:
-            return _measure(pg, Path(tmp), pgcopydb_missing=why)
-        finally:
-            if saved is not None:
-                os.environ["PG_BIN"] = saved
-            pg.destroy()
+    # the stock server, JIT on as shipped; our tools found as a user's machine finds them
+    with embedded_server("bench-clone-", tools="discovered", bin_dir=bin_dir) as (pg, tmp):
+        return _measure(pg, tmp, pgcopydb_missing=why)
 
 
 def _create(pg: EmbeddedPostgres, name: str) -> str:

@@ -43,7 +43,6 @@ import os
 import resource
 import shutil
 import subprocess
-import tempfile
 import textwrap
 import threading
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 from tests.bench.throttle_proxy import ThrottleProxy
 from tests.fixtures.lms import LMS_CONTENT, create_lms, lms_config_toml
@@ -247,14 +247,8 @@ def _bare_dump(url: str) -> None:
 
 
 def run() -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="bench-content-sync-") as tmp_name:
-        tmp = Path(tmp_name)
-        pg = EmbeddedPostgres(tmp / "data").start()
-        os.environ["PG_BIN"] = str(pg.bin)
-        try:
-            return _measure(pg, tmp)
-        finally:
-            pg.destroy()
+    with embedded_server("bench-content-sync-") as (pg, tmp):
+        return _measure(pg, tmp)
 
 
 def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import resource
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 
+from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 
 TARGET_BYTES = int(float(os.environ.get("BENCH_MIGRATE_BYTES", 3e8)))
@@ -63,18 +63,8 @@ def _build(url: str) -> int:
 
 
 def run() -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "data").start()
-        saved = os.environ.get("PG_BIN")
-        os.environ["PG_BIN"] = str(pg.bin)
-        try:
-            return _measure(pg, Path(tmp))
-        finally:
-            if saved is None:
-                os.environ.pop("PG_BIN", None)
-            else:
-                os.environ["PG_BIN"] = saved
-            pg.destroy()
+    with embedded_server("bench-migrate-") as (pg, tmp):
+        return _measure(pg, tmp)
 
 
 def _row(name: str, wall: float, size: int, **extra) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench import embedded_server
 
 TABLES = 300
 CONTENT = 10
@@ -124,40 +123,35 @@ def _run(settings, mode: str) -> tuple[float, float]:
 
 
 def run() -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="safesync-bench-proof-") as tmp:
-        root = Path(tmp)
-        pg = EmbeddedPostgres(root / "pg").start()
-        try:
-            urls = []
-            for name in ("dev", "prod"):
-                with psycopg.connect(pg.url(), autocommit=True) as conn:
-                    conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-                _build(pg.url(name))
-                urls.append(pg.url(name))
-            settings = _settings(root, *urls)
-            _run(settings, "sync")  # seeds the ledger: the steady state is measured
-            rows = []
-            for mode in ("compare", "dry-run", "sync"):
-                walls, parts = [], []
-                for r in range(RUNS):
-                    _change(urls[0], r + 1 + (100 if mode == "sync" else 0))
-                    wall, new = _run(settings, mode)
-                    walls.append(wall)
-                    parts.append(new)
-                wall, new = statistics.median(walls), statistics.median(parts)
-                base = wall - new
-                ratio = wall / base if base > 0 else None
-                rows.append(
-                    {
-                        "name": f"content {mode}, {TABLES} tables ({CONTENT} content, 1% changed)",
-                        "wall_s": round(wall, 3),
-                        "ratio": round(ratio, 3) if ratio else None,
-                        "proof_audit_s": round(new, 3),
-                        "without_s": round(base, 3),
-                        "target": "≤ 1.10× or ≤ +0.3 s",
-                        "met": bool(ratio and (ratio <= 1.10 or new <= 0.3)),
-                    }
-                )
-            return rows
-        finally:
-            pg.destroy()
+    with embedded_server("safesync-bench-proof-") as (pg, root):
+        urls = []
+        for name in ("dev", "prod"):
+            with psycopg.connect(pg.url(), autocommit=True) as conn:
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+            _build(pg.url(name))
+            urls.append(pg.url(name))
+        settings = _settings(root, *urls)
+        _run(settings, "sync")  # seeds the ledger: the steady state is measured
+        rows = []
+        for mode in ("compare", "dry-run", "sync"):
+            walls, parts = [], []
+            for r in range(RUNS):
+                _change(urls[0], r + 1 + (100 if mode == "sync" else 0))
+                wall, new = _run(settings, mode)
+                walls.append(wall)
+                parts.append(new)
+            wall, new = statistics.median(walls), statistics.median(parts)
+            base = wall - new
+            ratio = wall / base if base > 0 else None
+            rows.append(
+                {
+                    "name": f"content {mode}, {TABLES} tables ({CONTENT} content, 1% changed)",
+                    "wall_s": round(wall, 3),
+                    "ratio": round(ratio, 3) if ratio else None,
+                    "proof_audit_s": round(new, 3),
+                    "without_s": round(base, 3),
+                    "target": "≤ 1.10× or ≤ +0.3 s",
+                    "met": bool(ratio and (ratio <= 1.10 or new <= 0.3)),
+                }
+            )
+        return rows

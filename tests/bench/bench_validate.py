@@ -21,12 +21,11 @@ shrinks the table for a quick look.
 from __future__ import annotations
 
 import os
-import tempfile
-import time
 from pathlib import Path
 
 import psycopg
 
+from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 from tests.bench import bench_content_sync as cs
 
@@ -63,14 +62,8 @@ def _clone_proof(src: str, tgt: str) -> None:
 
 def run() -> list[dict]:
     cs.ROWS = ROWS
-    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp_name:
-        tmp = Path(tmp_name)
-        pg = EmbeddedPostgres(tmp / "data").start()
-        os.environ["PG_BIN"] = str(pg.bin)
-        try:
-            return _measure(pg, tmp)
-        finally:
-            pg.destroy()
+    with embedded_server("bench-validate-") as (pg, tmp):
+        return _measure(pg, tmp)
 
 
 def _row(name: str, wall: float, naive: float, reference: float | None, note: str = "") -> dict:
