@@ -90,18 +90,8 @@ def _parent_match(tr: Translation, parent: str, staged: sql.Composable) -> sql.C
 def _staged_select(spec: TableSpec, temp: sql.Identifier) -> sql.Composable:
     """The staged rows as the target stores them: translated FK columns
     become the target parent's id."""
-    exprs, joins = [], []
-    for col in spec.columns:
-        tr = spec.translation(col)
-        if tr is None:
-            exprs.append(sql.Identifier("s", col))
-            continue
-        parent = f"p{len(joins)}"
-        joins.append(
-            sql.SQL(" left join {} as {} on {}").format(tr.parent.ident, sql.Identifier(parent), _parent_match(tr, parent, sql.Identifier("s", col)))
-        )
-        exprs.append(sql.SQL("{} as {}").format(sql.Identifier(parent, tr.parent_column), sql.Identifier(col)))
-    return sql.SQL("select {} from {} as s{}").format(sql.SQL(", ").join(exprs), temp, sql.Composed(joins))
+    exprs, joins = spec.translated(spec.columns, "s", on=_parent_match, value=lambda tr, parent: sql.Identifier(parent, tr.parent_column))
+    return sql.SQL("select {} from {} as s{}").format(sql.SQL(", ").join(exprs), temp, joins)
 
 
 def unmapped(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier, limit: int = 10) -> list[dict]:

@@ -22,6 +22,7 @@ unique index on both sides, so rows match one to one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -130,22 +131,36 @@ class TableSpec(TableShape):
         if not self.translations:
             return super().from_item(alias)
         needed = list(dict.fromkeys([*self.key, *self.columns]))
-        select, joins = [], []
-        for col in needed:
+        select, joins = self.translated(
+            needed, "r", on=lambda tr, p, col: sql.SQL("{} = {}").format(sql.Identifier(p, tr.parent_column), col), value=parent_key_text
+        )
+        return sql.SQL("(select {} from {} as r{}) as {}").format(sql.SQL(", ").join(select), self.table.ident, joins, sql.Identifier(alias))
+
+    def translated(
+        self,
+        columns: Sequence[str],
+        row: str,
+        on: Callable[[Translation, str, sql.Identifier], sql.Composable],
+        value: Callable[[Translation, str], sql.Composable],
+    ) -> tuple[list[sql.Composable], sql.Composable]:
+        """A select list of ``columns`` of the rows aliased ``row`` and the
+        LEFT JOINs it needs, each translated FK column replaced by ``value``
+        read from its parent row (aliased ``p0``, ``p1``…, joined ``on``
+        the column): the one shape both directions of a translation take —
+        id to natural key when comparing, natural key to id when writing."""
+        select: list[sql.Composable] = []
+        joins: list[sql.Composable] = []
+        for col in columns:
             tr = self.translation(col)
             if tr is None:
-                select.append(sql.Identifier("r", col))
+                select.append(sql.Identifier(row, col))
                 continue
-            p = f"p{len(joins)}"
+            parent = f"p{len(joins)}"
             joins.append(
-                sql.SQL(" left join {} as {} on {} = {}").format(
-                    tr.parent.ident, sql.Identifier(p), sql.Identifier(p, tr.parent_column), sql.Identifier("r", col)
-                )
+                sql.SQL(" left join {} as {} on {}").format(tr.parent.ident, sql.Identifier(parent), on(tr, parent, sql.Identifier(row, col)))
             )
-            select.append(sql.SQL("{} as {}").format(parent_key_text(tr, p), sql.Identifier(col)))
-        return sql.SQL("(select {} from {} as r{}) as {}").format(
-            sql.SQL(", ").join(select), self.table.ident, sql.Composed(joins), sql.Identifier(alias)
-        )
+            select.append(sql.SQL("{} as {}").format(value(tr, parent), sql.Identifier(col)))
+        return select, sql.Composed(joins)
 
     @property
     def update_columns(self) -> tuple[str, ...]:
