@@ -247,7 +247,8 @@ def _bare_dump(url: str) -> None:
 
 
 def run() -> list[dict]:
-    with embedded_server("bench-content-sync-") as (pg, tmp):
+    # pg_dump found as a user gets it (zstd where it has it), for the presync backups and the bare dump alike
+    with embedded_server("bench-content-sync-", tools="discovered") as (pg, tmp):
         return _measure(pg, tmp)
 
 
