@@ -26,7 +26,8 @@ target (``pg_stat_database.temp_bytes`` before/after; the target is 0),
 bytes on the wire per table row, and the ledger's size per content row and
 against the table it tracks. Then the table grows to ``BENCH_CS_BIG_ROWS``
 rows (default 3M; 0 skips) and compare runs again, identical and 1 %
-changed: temp bytes, bytes per row and the process's peak memory must not
+changed: temp bytes, bytes per row and the peak memory of the compare (each
+row's peak RSS is its own run's: the high-water mark is reset before it) must not
 grow with it.
 
 data-diff (``data-diff``, or the path in ``BENCH_DATA_DIFF``) runs beside
@@ -40,7 +41,6 @@ look.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import textwrap
@@ -106,8 +106,25 @@ def _ledger_size(tgt: str) -> dict:
     return {"ledger_bytes": ledger, "ledger_bytes_per_row": round(ledger / rows, 1), "ledger_vs_table": round(ledger / table, 3)}
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+_last_peak_mb: float | None = None
+
+
+def _reset_peak_rss() -> None:
+    """Start a new high-water mark of this process's RSS (Linux: writing 5
+    to clear_refs resets VmHWM), so a row shows what its own run held, not
+    the most any earlier row held — else memory could never look flat in
+    table size."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_since_reset_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024, 1)
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak RSS of the bench process during the last ``_timed`` run."""
+    return _last_peak_mb
 
 
 def _build(pg: EmbeddedPostgres) -> tuple[str, str]:
@@ -197,9 +214,14 @@ def _settings(tmp: Path, src: str, tgt: str, presync: str = "none"):
 
 
 def _timed(fn) -> float:
+    """Wall seconds of ``fn()``; its peak RSS is kept for ``_peak_rss_mb``."""
+    global _last_peak_mb
+    _reset_peak_rss()
     start = time.perf_counter()
     fn()
-    return round(time.perf_counter() - start, 3)
+    wall = round(time.perf_counter() - start, 3)
+    _last_peak_mb = _peak_rss_since_reset_mb()
+    return wall
 
 
 def _vacuum(pg: EmbeddedPostgres) -> None:
