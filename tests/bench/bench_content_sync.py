@@ -27,7 +27,8 @@ bytes on the wire per table row, and the ledger's size per content row and
 against the table it tracks. Then the table grows to ``BENCH_CS_BIG_ROWS``
 rows (default 3M; 0 skips) and compare runs again, identical and 1 %
 changed: temp bytes, bytes per row and the peak memory of the compare (each
-row's peak RSS is its own run's: the high-water mark is reset before it) must not
+row's peak RSS is its own run's: the high-water mark is reset before it, and
+``rss_growth_mb`` is how far it rose above where the run started) must not
 grow with it.
 
 data-diff (``data-diff``, or the path in ``BENCH_DATA_DIFF``) runs beside
@@ -107,6 +108,7 @@ def _ledger_size(tgt: str) -> dict:
 
 
 _last_peak_mb: float | None = None
+_last_growth_mb: float | None = None
 
 
 def _reset_peak_rss() -> None:
@@ -117,14 +119,20 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _peak_rss_since_reset_mb() -> float:
+def _status_mb(field: str) -> float:
     status = Path("/proc/self/status").read_text()
-    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024, 1)
+    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024, 1)
 
 
 def _peak_rss_mb() -> float | None:
     """Peak RSS of the bench process during the last ``_timed`` run."""
     return _last_peak_mb
+
+
+def _rss_growth_mb() -> float | None:
+    """How far the last ``_timed`` run's peak rose above the RSS it started
+    from: what the run itself held, without what earlier rows left behind."""
+    return _last_growth_mb
 
 
 def _build(pg: EmbeddedPostgres) -> tuple[str, str]:
@@ -215,12 +223,14 @@ def _settings(tmp: Path, src: str, tgt: str, presync: str = "none"):
 
 def _timed(fn) -> float:
     """Wall seconds of ``fn()``; its peak RSS is kept for ``_peak_rss_mb``."""
-    global _last_peak_mb
+    global _last_peak_mb, _last_growth_mb
     _reset_peak_rss()
+    before = _status_mb("VmRSS")
     start = time.perf_counter()
     fn()
     wall = round(time.perf_counter() - start, 3)
-    _last_peak_mb = _peak_rss_since_reset_mb()
+    _last_peak_mb = _status_mb("VmHWM")
+    _last_growth_mb = round(_last_peak_mb - before, 1)
     return wall
 
 
@@ -322,6 +332,7 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
                     "target": target,
                     "met": speedup >= (10 if capped else 1),
                     "peak_rss_mb": _peak_rss_mb(),
+                    "rss_growth_mb": _rss_growth_mb(),
                     "temp_bytes": temp,
                     "wire_bytes_per_row": round(ours_bytes / ROWS, 3) if capped else None,
                     "data_diff_s": data_diff_s,
@@ -420,6 +431,7 @@ def _grown(pg: EmbeddedPostgres, tmp: Path, src: str, tgt: str) -> list[dict]:
                     "name": f"compare {label}, {BIG_ROWS:,} lessons, loopback",
                     "wall_s": wall,
                     "peak_rss_mb": _peak_rss_mb(),
+                    "rss_growth_mb": _rss_growth_mb(),
                     "temp_bytes": _temp_delta(temp_before, _temp_bytes(pg)),
                     "wire_bytes_per_row": round(proxy.bytes_total / BIG_ROWS, 3),
                     "target": "no temp files; identical ≤ 1 byte/row",
