@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -44,3 +45,34 @@ def embedded_server(prefix: str, *, tools: Tools = "server", bin_dir: Path | Non
             else:
                 os.environ["PG_BIN"] = saved
             pg.destroy()
+
+
+@dataclass
+class Memory:
+    """This process's memory during one measured run: the peak RSS, and how
+    far it rose above the RSS the run started from (what the run itself
+    held, without what earlier runs left behind)."""
+
+    peak_rss_mb: float | None = None
+    rss_growth_mb: float | None = None
+
+
+def _status_mb(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024, 1)
+
+
+@contextmanager
+def memory_of_run() -> Iterator[Memory]:
+    """Measure the block's ``Memory``. The high-water mark is reset first
+    (Linux: writing 5 to clear_refs resets VmHWM); getrusage's ru_maxrss
+    would show the most any earlier run held, so memory could never look
+    flat in table size."""
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_mb("VmRSS")
+    memory = Memory()
+    try:
+        yield memory
+    finally:
+        memory.peak_rss_mb = _status_mb("VmHWM")
+        memory.rss_growth_mb = round(memory.peak_rss_mb - before, 1)

@@ -39,8 +39,8 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench import embedded_server
 
 ROWS = int(os.environ.get("BENCH_BACKUP_ROWS", "2000000"))
 ROUNDS = int(os.environ.get("BENCH_BACKUP_ROUNDS", "2"))

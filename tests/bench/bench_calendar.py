@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import base64
 import os
-import resource
 import time
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 
-from tests.bench import embedded_server
 from safesync.functions.calendar.sync import run_sync
 from safesync.shared.config import load_settings
+from tests.bench import Memory, embedded_server, memory_of_run
 from tests.fake_calendar import FakeCalendar
 from tests.fake_calendar.helpers import timed
 
@@ -48,18 +48,15 @@ def _seed(fake: FakeCalendar, now: datetime) -> int:
     return SINGLES + SERIES * (1 + EXCEPTIONS_PER_SERIES)
 
 
-def _rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _timed_sync(fake: FakeCalendar, settings, mode: str) -> tuple[float, dict]:
+def _timed_sync(fake: FakeCalendar, settings, mode: str) -> tuple[float, dict, Memory]:
     fake.reset_counts()
-    start = time.perf_counter()
-    answer = run_sync(settings, mode)
-    wall = time.perf_counter() - start
+    with memory_of_run() as memory:
+        start = time.perf_counter()
+        answer = run_sync(settings, mode)
+        wall = time.perf_counter() - start
     if answer.status != 200:
         raise RuntimeError(f"{mode} sync failed: {answer.body.get('error')}")
-    return wall, answer.body
+    return wall, answer.body, memory
 
 
 def run() -> list[dict]:
@@ -83,16 +80,16 @@ def run() -> list[dict]:
             total = _seed(fake, now)
             fake.latency = LATENCY_S
 
-            wall, body = _timed_sync(fake, settings, "full")
+            wall, body, memory = _timed_sync(fake, settings, "full")
             lists = fake.calls["list"]
-            rows.append({"name": f"full sync, {total} events", "wall_s": round(wall, 2), "peak_rss_mb": _rss_mb(),
+            rows.append({"name": f"full sync, {total} events", "wall_s": round(wall, 2), **asdict(memory),
                          "api_calls": dict(fake.calls), "rows": body["details"]["counts"].get("inserted"),
                          "target": "≤ 5 list calls", "met": lists <= 5})
 
             for i in range(10):
                 fake.store.edit("primary", f"s{i * 700:07d}", {"summary": f"changed {i}"})
-            wall, body = _timed_sync(fake, settings, "incremental")
-            rows.append({"name": "incremental, 10 upstream changes", "wall_s": round(wall, 2), "peak_rss_mb": _rss_mb(),
+            wall, body, memory = _timed_sync(fake, settings, "incremental")
+            rows.append({"name": "incremental, 10 upstream changes", "wall_s": round(wall, 2), **asdict(memory),
                          "api_calls": dict(fake.calls), "rows": body["details"]["counts"].get("updated"),
                          "target": "1 list call", "met": fake.calls["list"] == 1})
 
@@ -102,8 +99,8 @@ def run() -> list[dict]:
                         where id in (select id from calendar.events where recurrence is null and recurring_event_id is null
                                      order by google_event_id limit 500)"""
                 )
-            wall, body = _timed_sync(fake, settings, "incremental")
-            rows.append({"name": "push, 500 local changes", "wall_s": round(wall, 2), "peak_rss_mb": _rss_mb(),
+            wall, body, memory = _timed_sync(fake, settings, "incremental")
+            rows.append({"name": "push, 500 local changes", "wall_s": round(wall, 2), **asdict(memory),
                          "api_calls": dict(fake.calls), "rows": body["details"]["counts"].get("pushed"),
                          "target": "≤ 10 batch calls", "met": fake.calls["batch"] <= 10 and body["details"]["counts"].get("pushed") == 500})
         finally:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import psycopg
 
-from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench import embedded_server
 
 TARGET_BYTES = int(float(os.environ.get("BENCH_CLONE_BYTES", 1.05e9)))
 SMALL_ROUNDS = int(os.environ.get("BENCH_CLONE_SMALL_ROUNDS", "3"))

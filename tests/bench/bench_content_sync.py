@@ -47,13 +47,14 @@ import subprocess
 import textwrap
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench import Memory, embedded_server, memory_of_run
 from tests.bench.throttle_proxy import ThrottleProxy
 from tests.fixtures.lms import LMS_CONTENT, create_lms, lms_config_toml
 
@@ -107,32 +108,7 @@ def _ledger_size(tgt: str) -> dict:
     return {"ledger_bytes": ledger, "ledger_bytes_per_row": round(ledger / rows, 1), "ledger_vs_table": round(ledger / table, 3)}
 
 
-_last_peak_mb: float | None = None
-_last_growth_mb: float | None = None
-
-
-def _reset_peak_rss() -> None:
-    """Start a new high-water mark of this process's RSS (Linux: writing 5
-    to clear_refs resets VmHWM), so a row shows what its own run held, not
-    the most any earlier row held — else memory could never look flat in
-    table size."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _status_mb(field: str) -> float:
-    status = Path("/proc/self/status").read_text()
-    return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024, 1)
-
-
-def _peak_rss_mb() -> float | None:
-    """Peak RSS of the bench process during the last ``_timed`` run."""
-    return _last_peak_mb
-
-
-def _rss_growth_mb() -> float | None:
-    """How far the last ``_timed`` run's peak rose above the RSS it started
-    from: what the run itself held, without what earlier rows left behind."""
-    return _last_growth_mb
+_last_memory = Memory()  # of the last ``_timed`` run
 
 
 def _build(pg: EmbeddedPostgres) -> tuple[str, str]:
@@ -222,15 +198,12 @@ def _settings(tmp: Path, src: str, tgt: str, presync: str = "none"):
 
 
 def _timed(fn) -> float:
-    """Wall seconds of ``fn()``; its peak RSS is kept for ``_peak_rss_mb``."""
-    global _last_peak_mb, _last_growth_mb
-    _reset_peak_rss()
-    before = _status_mb("VmRSS")
-    start = time.perf_counter()
-    fn()
-    wall = round(time.perf_counter() - start, 3)
-    _last_peak_mb = _status_mb("VmHWM")
-    _last_growth_mb = round(_last_peak_mb - before, 1)
+    """Wall seconds of ``fn()``; its memory is kept in ``_last_memory``."""
+    global _last_memory
+    with memory_of_run() as _last_memory:
+        start = time.perf_counter()
+        fn()
+        wall = round(time.perf_counter() - start, 3)
     return wall
 
 
@@ -294,7 +267,7 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
         {
             "name": f"first sync: ledger seeded ({first['details']['ledger']['lessons']['reseeded']:,} lessons), loopback",
             "wall_s": wall,
-            "peak_rss_mb": _peak_rss_mb(),
+            **asdict(_last_memory),
             "seeding_s": first["timings"].get("ledger_s"),
             "target": "ledger ≤ 0.25× the table, seeding ≤ 2 s",
             **_ledger_size(tgt),
@@ -331,8 +304,7 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
                     "ratio": f"{speedup}× faster",
                     "target": target,
                     "met": speedup >= (10 if capped else 1),
-                    "peak_rss_mb": _peak_rss_mb(),
-                    "rss_growth_mb": _rss_growth_mb(),
+                    **asdict(_last_memory),
                     "temp_bytes": temp,
                     "wire_bytes_per_row": round(ours_bytes / ROWS, 3) if capped else None,
                     "data_diff_s": data_diff_s,
@@ -371,7 +343,7 @@ def _measure(pg: EmbeddedPostgres, tmp: Path) -> list[dict]:
                     "ratio": f"{share}× naive",
                     "target": f"≤ {0.2 if capped else 0.25}× naive",
                     "met": share <= (0.2 if capped else 0.25),
-                    "peak_rss_mb": _peak_rss_mb(),
+                    **asdict(_last_memory),
                     "compare_only_s": compare_s,
                     "compare_temp_bytes": temp,
                     "data_diff_s": data_diff_s,
@@ -430,8 +402,7 @@ def _grown(pg: EmbeddedPostgres, tmp: Path, src: str, tgt: str) -> list[dict]:
                 {
                     "name": f"compare {label}, {BIG_ROWS:,} lessons, loopback",
                     "wall_s": wall,
-                    "peak_rss_mb": _peak_rss_mb(),
-                    "rss_growth_mb": _rss_growth_mb(),
+                    **asdict(_last_memory),
                     "temp_bytes": _temp_delta(temp_before, _temp_bytes(pg)),
                     "wire_bytes_per_row": round(proxy.bytes_total / BIG_ROWS, 3),
                     "target": "no temp files; identical ≤ 1 byte/row",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psycopg
 
-from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
+from tests.bench import embedded_server
 
 TARGET_BYTES = int(float(os.environ.get("BENCH_MIGRATE_BYTES", 3e8)))
 

@@ -21,13 +21,14 @@ shrinks the table for a quick look.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
 
-from tests.bench import embedded_server
 from safesync.shared.embedded import EmbeddedPostgres
 from tests.bench import bench_content_sync as cs
+from tests.bench import embedded_server
 
 ROWS = int(os.environ.get("BENCH_V_ROWS", 1_000_000))
 ROUNDS = int(os.environ.get("BENCH_V_ROUNDS", 2))
@@ -74,7 +75,7 @@ def _row(name: str, wall: float, naive: float, reference: float | None, note: st
         "ratio": f"{round(wall / naive, 2)}× streaming both",
         "content_compare_s": reference,
         "vs_content_compare": round(wall / reference, 2) if reference else None,
-        "peak_rss_mb": cs._peak_rss_mb(),
+        **asdict(cs._last_memory),
         "target": "≈ content compare (≤ 1.25×)" if reference else "",
         "met": wall <= 1.25 * reference if reference else None,
         "note": note,
