@@ -46,6 +46,10 @@ is expected to be inside one REPEATABLE READ transaction so every query sees
 the same snapshot. ``limit`` stops the descent once that many differing rows
 are known (a report naming the first few needs no more).
 
+A caller that will need every target row's hash anyway (content sync
+seeding its ledger on a first sync) may hash them once into a relation
+(``Prehashed``): the target's first pass then sums those.
+
 Tables without a key (no primary key, or keys that differ between the
 sides; materialized views) cannot be split into key ranges: the fallback
 ``multiset_diff`` compares (count, sum of row hashes) per side, and when
@@ -106,6 +110,23 @@ class Segment:
     hi: Bound
 
 
+@dataclass(frozen=True)
+class Prehashed:
+    """A table's key columns and each row's hash (column ``hash``), made
+    in the snapshot a compare reads (a temporary table, say): its first
+    pass on that side sums these instead of hashing every row again — for a
+    caller that needs every row's hash anyway (seeding a ledger)."""
+
+    relation: sql.Composable
+    hash: str
+
+    def from_item(self, alias: str = "t") -> sql.Composable:
+        return sql.SQL("{} as {}").format(self.relation, sql.Identifier(alias))
+
+    def hash_of(self, alias: str = "t") -> sql.Composable:
+        return sql.Identifier(alias, self.hash)
+
+
 @dataclass
 class TableDiff(Generic[S]):
     """How one table differs; hashes are the 64-bit row hashes. With a
@@ -122,6 +143,7 @@ class TableDiff(Generic[S]):
     queries: int = 0  # queries per side
     rows_fetched: int = 0  # (key, hash) pairs fetched, both sides
     complete: bool = True
+    target_hashes: Prehashed | None = None  # what the target's first pass read instead of the table
 
     @property
     def unchanged(self) -> int:
@@ -274,13 +296,16 @@ class Grid:
         return {b: (n, fp) for b, n, fp in _PACKED.iter_unpack(self.packed)}
 
 
-def grid(conn: psycopg.Connection, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> Grid:
+def grid(
+    conn: psycopg.Connection, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None, hashed: Prehashed | None = None
+) -> Grid:
     """Checksums of the ranges [lo + i*step, lo + (i+1)*step) covering
     [lo, hi) of an arithmetic key, in one pass, as one packed ``bytea``.
     ``only`` (integer keys): hash just the rows of these equal-width ranges
-    (the others of the span are read, not hashed)."""
+    (the others of the span are read, not hashed). ``hashed``: sum these
+    row hashes instead of hashing the table's rows."""
     key = sql.Identifier("t", spec.key[0])
-    h = rowhash.row_hash(spec)
+    h = hashed.hash_of() if hashed else rowhash.row_hash(spec)
     if spec.arithmetic == "int" and hi - lo <= _INT8_MAX:
         bucket, params = sql.SQL("(({} - %s::bigint) / %s::bigint)::int").format(key), [lo, step]
     else:  # uuid (or a span beyond bigint): binary search over the range starts (1-based, hence - 1)
@@ -298,7 +323,7 @@ def grid(conn: psycopg.Connection, spec: TableShape, lo: int, hi: int, step: int
         "with g as materialized (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) "
         "select coalesce(string_agg(int4send(g.b) || int4send(g.n::int) || int8send(hash_numeric_extended(g.s, g.n)), ''::bytea order by g.b), ''::bytea), "
         "coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) from g"
-    ).format(b=bucket, h=h, t=spec.from_item(), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
+    ).format(b=bucket, h=h, t=(hashed or spec).from_item(), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
     with _hash_aggregate(conn):
         packed, rows, total = conn.execute(query, params, binary=True).fetchone()
     return Grid(bytes(packed), rows, int(total))
@@ -363,9 +388,10 @@ def hashes_by_key(conn: psycopg.Connection, spec: TableShape, keys: Sequence[Key
     return out
 
 
-def _top(conn: psycopg.Connection, spec: TableShape) -> tuple[int, Decimal]:
-    """Whole-table checksum."""
-    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=rowhash.row_hash(spec), t=spec.from_item())
+def _top(conn: psycopg.Connection, spec: TableShape, hashed: Prehashed | None = None) -> tuple[int, Decimal]:
+    """Whole-table checksum (of the ``hashed`` row hashes, if given)."""
+    h = hashed.hash_of() if hashed else rowhash.row_hash(spec)
+    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=h, t=(hashed or spec).from_item())
     return conn.execute(query).fetchone()
 
 
@@ -411,14 +437,15 @@ def _split_arithmetic(spec: TableShape, seg: Segment, parts: int) -> list[Segmen
 # -- the descent -----------------------------------------------------------
 
 
-def diff_table(sides: Sides, spec: S, limit: int | None = None) -> TableDiff[S]:
+def diff_table(sides: Sides, spec: S, limit: int | None = None, *, target_hashes: Prehashed | None = None) -> TableDiff[S]:
     """Compare one keyed table between source and target; with ``limit``,
     stop once at least that many differing rows are known (``complete``
-    False when some ranges were left unexamined)."""
+    False when some ranges were left unexamined). ``target_hashes``: the
+    target's rows already hashed, for the first pass on that side."""
     if spec.arithmetic:
-        return _arithmetic(sides, spec, limit)
-    (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
-    result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=1)
+        return _arithmetic(sides, spec, limit, target_hashes)
+    (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec), lambda c: _top(c, spec, target_hashes))
+    result = TableDiff(spec, sc, tc, source_sum=int(ss), target_sum=int(ts), queries=1, target_hashes=target_hashes)
     _descend(sides, spec, [] if (sc, ss) == (tc, ts) else [(Segment(None, None), sc, tc)], result, limit)
     return result
 
@@ -449,9 +476,11 @@ def _descend(sides: Sides, spec: TableShape, pending: Pending, result: TableDiff
         branch = MAX_BRANCH if len(pending) >= 0.9 * len(children) else FIRST_BRANCH
 
 
-def _grid_level(sides: Sides, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None) -> tuple[Pending, Grid, Grid]:
+def _grid_level(
+    sides: Sides, spec: TableShape, lo: int, hi: int, step: int, only: Sequence[Segment] | None = None, target_hashes: Prehashed | None = None
+) -> tuple[Pending, Grid, Grid]:
     """The differing ranges of one grid pass, and each side's grid."""
-    src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step, only))
+    src, tgt = sides.both(lambda c: grid(c, spec, lo, hi, step, only), lambda c: grid(c, spec, lo, hi, step, only, target_hashes))
     if src.packed == tgt.packed:  # the usual case: nothing to unpack
         return [], src, tgt
     ours, theirs = src.buckets, tgt.buckets
@@ -468,7 +497,7 @@ def _coarse_buckets(rows: int) -> int:
     return max(1, min(COARSE_BUCKETS, rows // COARSE_ROWS))
 
 
-def _arithmetic(sides: Sides, spec: TableShape, limit: int | None = None) -> TableDiff:
+def _arithmetic(sides: Sides, spec: TableShape, limit: int | None = None, target_hashes: Prehashed | None = None) -> TableDiff:
     """Integer and uuid keys: the key span of both sides (index lookups),
     then the coarse grid — identical tables stop there. Runs of differing
     ranges get a fine grid over their key span (one range scan per chunk);
@@ -477,16 +506,16 @@ def _arithmetic(sides: Sides, spec: TableShape, limit: int | None = None) -> Tab
     lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
     highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
     if not lows:
-        return TableDiff(spec, 0, 0, queries=1)
+        return TableDiff(spec, 0, 0, queries=1, target_hashes=target_hashes)
     lo, hi = min(lows), max(highs) + 1
     buckets = _coarse_buckets(max(sest or 0, test or 0))
     step = math.ceil((hi - lo) / buckets)
-    pending, src, tgt = _grid_level(sides, spec, lo, hi, step)
-    result = TableDiff(spec, src.rows, tgt.rows, source_sum=src.total, target_sum=tgt.total, queries=2)
+    pending, src, tgt = _grid_level(sides, spec, lo, hi, step, target_hashes=target_hashes)
+    result = TableDiff(spec, src.rows, tgt.rows, source_sum=src.total, target_sum=tgt.total, queries=2, target_hashes=target_hashes)
     rows = max(src.rows, tgt.rows)
     if pending and _coarse_buckets(rows) > 4 * buckets:  # the catalog's estimate was far too low (never analysed)
         step = math.ceil((hi - lo) / _coarse_buckets(rows))
-        pending, _, _ = _grid_level(sides, spec, lo, hi, step)
+        pending, _, _ = _grid_level(sides, spec, lo, hi, step, target_hashes=target_hashes)
         result.queries += 1
     fine = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows)) if rows else 1
     filtered = spec.arithmetic == "int" and hi - lo <= _INT8_MAX  # every key minus a range start fits a bigint

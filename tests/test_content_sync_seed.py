@@ -9,7 +9,7 @@ import pytest
 
 from safesync.functions.content_sync import content_sync, seed
 from tests.fixtures.lms import LMS_CONTENT
-from tests.test_content_sync_ledger import execute, table_entries
+from tests.test_content_sync_ledger import execute, fingerprints, table_entries
 
 KEY = "CREATE UNIQUE INDEX content_ledger_pkey ON safesync.content_ledger USING btree (entry)"
 
@@ -56,6 +56,62 @@ def test_a_bulk_seed_leaves_the_ledger_as_a_row_by_row_one(lms, always):
     execute(dev, "update lessons set title = 'Dev edit' where id = 3")
     refused = content_sync(make(), "sync")  # the seeded ancestor tells a production edit from a dev one
     assert refused.status == 422 and "conflict" in refused.body["summary"]
+
+
+def ledger_rows(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("select entry, row_hash, kept, declined_hash from safesync.content_ledger where entry >= 0 order by entry").fetchall()
+
+
+def test_a_first_sync_hashes_the_target_once_and_seeds_what_hashing_after_the_writes_gives(lms, always, monkeypatch):
+    """The compare's first pass on the target and the seed read one staged
+    hash per row; the sync's own writes are not taken from it: the ledger
+    is the one hashing the target after the writes gives."""
+    make, dev, prod = lms
+    execute(dev, "update lessons set title = title || ' (dev)' where id % 3 = 0", "delete from resources where ctid in (select ctid from resources limit 2)")
+    execute(prod, "update courses set description = 'prod only' where id = 1")  # a row the sync adopts from dev
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    details = answer.body["details"]
+    assert all(c["target_hashed_once"] for c in details["compare"].values()) and answer.body["timings"]["stage_s"] > 0
+    assert details["ledger"]["lessons"]["entries_written"] > 0  # written rows are recorded from the writes, not the stage
+    staged = ledger_rows(prod)
+    for table in LMS_CONTENT:
+        stale(prod, table)
+    monkeypatch.setattr(seed, "stage", lambda conn, spec, index: None)
+    again = content_sync(make(), "sync")
+    assert again.status == 200 and not any(c["target_hashed_once"] for c in again.body["details"]["compare"].values()), again.body
+    assert all(done["reseeded"] > 0 for done in again.body["details"]["ledger"].values())
+    assert ledger_rows(prod) == staged
+
+
+def test_a_trigger_rewriting_other_rows_in_a_staged_first_sync_is_caught(lms, always):
+    """The staged hashes are those of the rows before the writes: a trigger
+    that changes a row the sync did not write makes the sync roll back, so
+    no ledger entry is ever taken from a stale hash."""
+    make, dev, prod = lms
+    execute(dev, "update lessons set title = 'edited' where id = 9")
+    rows = []
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            rows.append(set(conn.execute("select id, l::text from lessons as l").fetchall()))
+    other = min(i for i, _ in rows[0] & rows[1])  # a lesson equal on both sides: the sync leaves it alone
+    execute(
+        prod,
+        f"""
+        create function touch_other() returns trigger language plpgsql as $$
+        begin
+          if pg_trigger_depth() = 1 then update lessons set duration_minutes = duration_minutes + 1 where id = {other}; end if;
+          return new;
+        end $$;
+        create trigger lessons_touch after update on lessons for each row execute function touch_other();
+        """,
+    )
+    before = fingerprints(prod)
+    answer = content_sync(make(), "sync", adopt=True)
+    assert answer.status == 503 and "trigger or cascade" in answer.body["summary"], answer.body
+    assert answer.body["details"]["compare"]["lessons"]["target_hashed_once"]
+    assert fingerprints(prod) == before
 
 
 def test_keys_sharing_an_entry_keep_one_in_a_bulk_seed(lms, always, monkeypatch):

@@ -42,7 +42,7 @@ from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 from safesync.shared.rowdiff import Key, Sides, diff_table, hashes_by_key, tune
 
-from . import apply, audit, ledger, ledger_watch, proof, triggers, undolog
+from . import apply, audit, ledger, ledger_watch, proof, seed, triggers, undolog
 from .conflicts import TableDecisions, classify
 from .digest import plan_digest
 from .plan import SyncPlan, TableSpec, build_plan
@@ -150,11 +150,16 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, backup: Pr
         before = start_proof(report, tgt)
         if before is None:
             return
+    hashes = {}
+    if writing:  # a table the sync will seed: its rows hashed once, for the compare and the seed
+        with report.timed("stage"):
+            for i, spec in enumerate(ledger.unseeded(tgt, plan.tables)):
+                hashes[spec.table] = seed.stage(tgt, spec, i)
     with report.timed("compare"):
         diffs = []
         for spec in plan.tables:
             progress(phase=f"comparing {spec.name}", tables=(len(diffs), len(plan.tables)))
-            diffs.append(diff_table(sides, spec))
+            diffs.append(diff_table(sides, spec, target_hashes=hashes.get(spec.table)))
         progress(tables=(len(diffs), len(plan.tables)))
         ledgers = ledger.load(tgt, diffs)
         decisions = [classify(d, ledgers[d.spec.table], adopt=adopt, delete_missing=plan.delete_missing) for d in diffs]
@@ -479,7 +484,7 @@ def _record(report: Report, tgt: psycopg.Connection, decisions: list[TableDecisi
         d.records.synced.update(d.writes)  # verified equal to the source hashes
         if d.records.reseed or d.records.touched:
             was = ledger.summary_of(tgt, d.ledger.table_id)
-            summary[d.spec.name] = done = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved())
+            summary[d.spec.name] = done = ledger.apply(tgt, d.spec, d.ledger, d.records, d.unresolved(), d.diff.target_hashes)
             changes = _ledger_changes(d)
             chunks = (undolog.ledger_images(d.spec, changes[i : i + ledger.CHUNK]) for i in range(0, len(changes), ledger.CHUNK))
             log.section(tgt, {"section": "ledger", "table": str(d.spec.table), "table_id": done["table_id"], "summary": was}, chunks)
@@ -580,7 +585,10 @@ def _describe(report: Report, plan: SyncPlan, decisions: list[TableDecisions], d
         }
         for d in decisions
     ]
-    report.details["compare"] = {d.spec.name: {"queries_per_side": d.diff.queries, "hashes_fetched": d.diff.rows_fetched} for d in decisions}
+    report.details["compare"] = {
+        d.spec.name: {"queries_per_side": d.diff.queries, "hashes_fetched": d.diff.rows_fetched, "target_hashed_once": d.diff.target_hashes is not None}
+        for d in decisions
+    }
     report.details["ledger_status"] = {
         d.spec.name: {"status": d.ledger.status, "current": d.ledger.usable and d.ledger.consistent, "kept": len(d.kept), "target_only": len(d.target_only), "adopted": len(d.adopted)}
         for d in decisions

@@ -65,7 +65,7 @@ from psycopg import sql
 from safesync.shared.db import TableRef
 from safesync.shared.errors import ConfigError, Refused
 from safesync.shared import rowhash
-from safesync.shared.rowdiff import Key, TableDiff
+from safesync.shared.rowdiff import Key, Prehashed, TableDiff
 
 from . import seed
 from .plan import TableSpec
@@ -270,6 +270,15 @@ def _summaries(conn: psycopg.Connection) -> dict[str, tuple[int, dict]]:
     return {row[1]["table"]: (-1 - row[0], row[1]) for row in conn.execute(query)}
 
 
+def unseeded(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> list[TableSpec]:
+    """The tables a writing sync re-seeds whatever the compare finds: no
+    summary yet, or one of another signature (``load``: none, stale)."""
+    if not exists(conn):
+        return list(specs)
+    summaries = _summaries(conn)
+    return [s for s in specs if (found := summaries.get(str(s.table))) is None or found[1]["signature"] != signature(s)]
+
+
 def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef, TableLedger]:
     """The ledger's view of every table: status, the entries of the rows
     that differ, and whether the entries of the equal rows are current."""
@@ -355,17 +364,21 @@ class LedgerWrites:
         return len(self.synced) + len(self.kept) + len(self.removed)
 
 
-def apply(conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes: LedgerWrites, unresolved: Sequence[Key]) -> dict:
+def apply(
+    conn: psycopg.Connection, spec: TableSpec, ledger: TableLedger, writes: LedgerWrites, unresolved: Sequence[Key], hashes: Prehashed | None = None
+) -> dict:
     """Record one table's decisions (the ledger exists in today's format:
     ``ensure`` ran). ``unresolved``: keys whose rows still differ after the
-    sync (never recorded as synced by a re-seed). Returns what was done,
-    for the report."""
+    sync (never recorded as synced by a re-seed). ``hashes``: the target
+    rows hashed before the compare (``seed.stage``), what a re-seed reads.
+    Returns what was done, for the report."""
     name = str(spec.table)
     table_id = ledger.table_id if ledger.table_id is not None else _new_table_id(conn)
     done = {"entries_written": len(writes.synced) + len(writes.kept), "entries_removed": len(writes.removed), "reseeded": 0}
     if writes.reseed:
         keep = list(ledger.entries) if ledger.usable else []
-        done["bulk"] = _reseed(conn, spec, table_id, keep, sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed}), writes.target_rows)
+        skip = sorted({*unresolved, *writes.synced, *writes.kept, *writes.removed})
+        done["bulk"] = _reseed(conn, spec, table_id, keep, skip, writes.target_rows, hashes)
     entries = dict(ledger.entries) if ledger.usable else {}
     for key in writes.removed:
         entries.pop(key, None)
@@ -428,12 +441,14 @@ def _index_lookups(conn: psycopg.Connection) -> Iterator[None]:
         conn.execute("reset enable_hashjoin; reset enable_mergejoin")
 
 
-def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequence[Key], skip: Sequence[Key], rows: int) -> bool:
+def _reseed(
+    conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequence[Key], skip: Sequence[Key], rows: int, hashes: Prehashed | None
+) -> bool:
     """Replace the table's entries by one entry per target row (hashed in
-    SQL on the target) except the ``skip`` keys, keeping the entries of
-    ``keep`` (rows decided about individually). ``rows``: about how many
-    that is. Returns whether the entries went in in bulk (``seed``: the
-    key built once after them)."""
+    SQL on the target, or read from ``hashes``) except the ``skip`` keys,
+    keeping the entries of ``keep`` (rows decided about individually).
+    ``rows``: about how many that is. Returns whether the entries went in
+    in bulk (``seed``: the key built once after them)."""
     low, high = table_id << KEY_BITS, ((table_id + 1) << KEY_BITS) - 1
     if keep:
         rel, params = _keys_join(spec, keep)
@@ -455,10 +470,11 @@ def _reseed(conn: psycopg.Connection, spec: TableSpec, table_id: int, keep: Sequ
     if keep:  # entries kept above: not inserted again
         exclude.append(sql.SQL("not exists (select from safesync.content_ledger as l where l.entry = {})").format(entry))
     entries = sql.SQL("select {entry} as entry, {h} as row_hash from {rel} {where}").format(
-        entry=entry, h=rowhash.row_hash(spec), rel=spec.from_item(),
+        entry=entry, h=hashes.hash_of() if hashes else rowhash.row_hash(spec), rel=(hashes or spec).from_item(),
         where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
-    if not keep and seed.worth_it(rows, _entries_of_others(conn, table_id)) and seed.in_bulk(conn, entries, params, low, high):
+    bulk = not keep and seed.worth_it(rows, _entries_of_others(conn, table_id))
+    if bulk and seed.in_bulk(conn, entries, params, low, high, hashed=hashes is not None):
         return True
     insert = sql.SQL("insert into safesync.content_ledger (entry, row_hash) ") + entries
     try:

@@ -15,6 +15,15 @@ sees the ledger without its key (the ALTER TABLE holds ACCESS EXCLUSIVE
 until commit; a compare starting meanwhile waits for the commit). On 1M
 rows this costs about half the row-by-row seeding's server CPU.
 
+A first sync of a big table also hashes every target row twice: once for
+the compare's first pass, once for the entries. So it hashes them once,
+before the compare, into a temporary table (``stage``, in parallel) that
+both read: the compare's first pass on the target sums it, and the seed
+inserts from it. The hashes stay those of the rows the seed would hash
+after the writes: the target reads one snapshot (REPEATABLE READ), the
+rows the sync writes are never taken from it, and a sync in which anything
+else changed a content row does not commit (``job._verify_untouched``).
+
 Taken only when nobody can tell, so ``ledger_watch`` sees the definition
 it opened and the proof sees only the ledger written; otherwise the rows
 go in one by one as before:
@@ -38,7 +47,11 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
+from safesync.shared import rowhash
+from safesync.shared.rowdiff import Prehashed
+
 from .audit import MIGRATION_DDL
+from .plan import TableSpec
 from .proof import catalog_path
 
 MIN_ROWS = 50_000  # below this, the index kept row by row costs less than the DDL around it
@@ -69,17 +82,44 @@ def _parallel_hashing(conn: psycopg.Connection) -> Iterator[None]:
         conn.execute("select set_config('parallel_tuple_cost', %s, true)", [previous])
 
 
+def stage(conn: psycopg.Connection, spec: TableSpec, index: int) -> Prehashed | None:
+    """Hash the target rows of a table the sync will seed into a temporary
+    table (dropped at commit) of its key columns and row hash, when the
+    table is big enough to be worth it and the role may create temporary
+    tables; None otherwise (the compare and the seed hash the table)."""
+    estimate, may = conn.execute(
+        "select (select greatest(reltuples, 0)::bigint from pg_class where oid = %s::regclass), "
+        "has_database_privilege(current_database(), 'TEMPORARY')",
+        [spec.table.ident.as_string(conn)],
+    ).fetchone()
+    if not may or not worth_it(estimate or 0, 0):
+        return None
+    column = "row_hash"
+    while column in spec.key:  # a key column of that name keeps its own
+        column += "_"
+    relation = sql.Identifier("pg_temp", f"safesync_hashes_{index}")
+    keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in spec.key)
+    with _parallel_hashing(conn):
+        conn.execute(
+            sql.SQL("create temporary table {} on commit drop as select {}, {} as {} from {}").format(
+                relation, keys, rowhash.row_hash(spec), sql.Identifier(column), spec.from_item()
+            )
+        )
+    return Prehashed(relation, column)
+
+
 def worth_it(rows: int, others: int) -> bool:
     """Seed ``rows`` entries in bulk into a ledger holding ``others`` entries
     (the whole key is rebuilt: worth it while the new entries dominate)?"""
     return rows >= MIN_ROWS and others <= rows
 
 
-def in_bulk(conn: psycopg.Connection, entries: sql.Composable, params: list, low: int, high: int) -> bool:
+def in_bulk(conn: psycopg.Connection, entries: sql.Composable, params: list, low: int, high: int, *, hashed: bool = False) -> bool:
     """Insert the ``entries`` query's rows (columns ``entry``, ``row_hash``;
     entries between ``low`` and ``high`` only) with the ledger's key
     dropped, then add the key back; False (nothing done) when that would
-    show (see the module doc): the caller inserts as usual."""
+    show (see the module doc): the caller inserts as usual. ``hashed``:
+    the query reads staged hashes (nothing to run in parallel first)."""
     with catalog_path(conn):
         found = conn.execute(_STANDARD_KEY, {"events": _EVENTS}).fetchone()
     if found is None:
@@ -89,11 +129,14 @@ def in_bulk(conn: psycopg.Connection, entries: sql.Composable, params: list, low
             conn.execute("lock table safesync.content_ledger in access exclusive mode nowait")
     except psycopg.errors.LockNotAvailable:
         return False
-    key, staged = sql.Identifier(found[0]), sql.Identifier("pg_temp", f"safesync_seed_{low}")  # one per table seeded
-    with _parallel_hashing(conn):
-        conn.execute(sql.SQL("create temporary table {} on commit drop as ").format(staged) + entries, params)
+    key = sql.Identifier(found[0])
+    if not hashed:
+        staged = sql.Identifier("pg_temp", f"safesync_seed_{low}")  # one per table seeded
+        with _parallel_hashing(conn):
+            conn.execute(sql.SQL("create temporary table {} on commit drop as ").format(staged) + entries, params)
+        entries, params = sql.SQL("select entry, row_hash from {}").format(staged), []
     conn.execute(sql.SQL("alter table safesync.content_ledger drop constraint {}").format(key))
-    conn.execute(sql.SQL("insert into safesync.content_ledger (entry, row_hash) select entry, row_hash from {}").format(staged))
+    conn.execute(sql.SQL("insert into safesync.content_ledger (entry, row_hash) ") + entries, params)
     add = sql.SQL("alter table safesync.content_ledger add constraint {} primary key (entry)").format(key)
     try:
         with conn.transaction():
