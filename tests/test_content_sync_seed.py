@@ -4,6 +4,8 @@ and the proof holds either way (real PostgreSQL, the LMS fixture)."""
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -112,6 +114,38 @@ def test_a_trigger_rewriting_other_rows_in_a_staged_first_sync_is_caught(lms, al
     assert answer.status == 503 and "trigger or cascade" in answer.body["summary"], answer.body
     assert answer.body["details"]["compare"]["lessons"]["target_hashed_once"]
     assert fingerprints(prod) == before
+
+
+def test_a_role_that_may_not_create_temporary_tables_hashes_the_table_again(lms, always, pg_server):
+    """No TEMPORARY privilege: nothing is staged, the compare and the seed
+    each hash the table, and the sync runs as before."""
+    make, dev, prod = lms
+    assert content_sync(make(), "sync", adopt=True).status == 200  # as the owner: the ledger exists now
+    stale(prod, "lessons")
+    role = f"cs_notemp_{uuid.uuid4().hex[:8]}"
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    execute(
+        prod,
+        f"revoke temporary on database {dbname} from public",
+        f"create role {role} login",
+        f"grant connect on database {dbname} to {role}",
+        f"grant pg_read_all_data to {role}",
+        f"grant usage on schema public, safesync to {role}",
+        f"grant insert, update on {', '.join(LMS_CONTENT)} to {role}",
+        f"grant usage, select, update on all sequences in schema public to {role}",
+        f"grant select, insert, update, delete on safesync.content_ledger to {role}",
+    )
+    try:
+        limited = make(urls={"dev": dev, "prod": pg_server.url(dbname, user=role, password=None)})
+        answer = content_sync(limited, "sync")
+        assert answer.status == 200, answer.body
+        assert not answer.body["details"]["compare"]["lessons"]["target_hashed_once"]
+        assert answer.body["details"]["ledger"]["lessons"]["reseeded"] > 0
+        assert "already in sync" in content_sync(make(), "sync").body["summary"]  # the re-seeded summary matches
+    finally:
+        execute(prod, f"drop owned by {role}", f"grant temporary on database {dbname} to public")
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute(f"drop role {role}")
 
 
 def test_keys_sharing_an_entry_keep_one_in_a_bulk_seed(lms, always, monkeypatch):
