@@ -112,10 +112,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class Prehashed:
-    """A table's key columns and each row's hash (column ``hash``), made
-    in the snapshot a compare reads (a temporary table, say): its first
-    pass on that side sums these instead of hashing every row again — for a
-    caller that needs every row's hash anyway (seeding a ledger)."""
+    """A relation of a table's key columns (same names) and each row's hash
+    (in the column named ``hash``), made in the snapshot a compare reads (a
+    temporary table, say): the first pass on that side sums these instead
+    of hashing every row again — for a caller that needs every row's hash
+    anyway (seeding a ledger)."""
 
     relation: sql.Composable
     hash: str

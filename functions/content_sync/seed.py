@@ -92,7 +92,7 @@ def stage(conn: psycopg.Connection, spec: TableSpec, index: int) -> Prehashed | 
         "has_database_privilege(current_database(), 'TEMPORARY')",
         [spec.table.ident.as_string(conn)],
     ).fetchone()
-    if not may or not worth_it(estimate or 0, 0):
+    if not spec.key or not may or not worth_it(estimate or 0, 0):
         return None
     column = "row_hash"
     while column in spec.key:  # a key column of that name keeps its own
