@@ -91,6 +91,35 @@ def test_hash_tells_apart_what_text_tools_confuse(make_db, native_hash):
     assert result.unchanged == result.source_rows - len(expected)
 
 
+@pytest.mark.parametrize("native_hash", [True, False], ids=["hash_record", "text-hash (PostgreSQL < 14)"])
+def test_hash_tells_apart_swapped_and_null_columns(make_db, native_hash):
+    """Values moved between columns of one type, a NULL moved, bool, date,
+    uuid and timestamps (infinity too): what differs and what does not."""
+    src, tgt = make_pair(make_db, "create table t (id int primary key, a int, b int, c text, d text, f boolean, g date, u uuid, ts timestamp, z timestamptz)")
+    u1, u2 = str(uuid.uuid4()), str(uuid.uuid4())
+    rows = [  # id, source (a, b, c, d, f, g, u, ts, z), target, differs
+        (1, (1, 2, None, None, None, None, None, None, None), (2, 1, None, None, None, None, None, None, None), True),
+        (2, (None, 1, None, None, None, None, None, None, None), (1, None, None, None, None, None, None, None, None), True),
+        (3, (None, None, "x", "y", None, None, None, None, None), (None, None, "y", "x", None, None, None, None, None), True),
+        (4, (None, None, "x", "x", None, None, None, None, None), (None, None, "x", "x", None, None, None, None, None), False),
+        (5, (None, None, None, None, True, None, None, None, None), (None, None, None, None, False, None, None, None, None), True),
+        (6, (None, None, None, None, False, None, None, None, None), (None, None, None, None, None, None, None, None, None), True),
+        (7, (None, None, None, None, None, "infinity", None, None, None), (None, None, None, None, None, "infinity", None, None, None), False),
+        (8, (None, None, None, None, None, "2024-01-01", None, None, None), (None, None, None, None, None, "2024-01-02", None, None, None), True),
+        (9, (None, None, None, None, None, None, u1, None, None), (None, None, None, None, None, None, u2, None, None), True),
+        (10, (None, None, None, None, None, None, u1, "2024-05-01 09:00", "infinity"), (None, None, None, None, None, None, u1, "2024-05-01 09:00", "infinity"), False),
+        (11, (None, None, None, None, None, None, None, "2024-05-01 09:00", None), (None, None, None, None, None, None, None, "2024-05-01 09:00:00.000001", None), True),
+        (12, (0, 0, "", "", None, None, None, None, None), (None, None, None, None, None, None, None, None, None), True),
+    ]
+    insert = "insert into t (id, a, b, c, d, f, g, u, ts, z) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    with psycopg.connect(src) as s, psycopg.connect(tgt) as t:
+        for id_, a, b, _ in rows:
+            s.execute(insert, [id_, *a])
+            t.execute(insert, [id_, *b])
+    _, result = run_diff(src, tgt, native_hash=native_hash)
+    assert set(result.changed) == {(str(r[0]),) for r in rows if r[3]}
+
+
 def test_identical_tables_cost_one_pass_per_side(make_db):
     # autovacuum off: the row estimate is ours to set (an autoanalyze landing
     # at a random moment under load would change which plan is counted)
