@@ -192,3 +192,26 @@ def test_a_reader_holding_the_ledger_keeps_the_seed_row_by_row(lms, always):
     with psycopg.connect(prod) as conn:
         assert table_entries(conn, "lessons") == conn.execute("select count(*) from lessons").fetchone()[0]
     assert key_of(prod) == [KEY]
+
+
+@pytest.mark.parametrize("ddl", [
+    "create table t (id int primary key, body text)",
+    "create table t (id int primary key, body text) partition by range (id); "
+    "create table t_a partition of t for values from (minvalue) to (500); create table t_b partition of t for values from (500) to (maxvalue)",
+], ids=["table", "partitioned"])
+def test_stage_counts_a_partitioned_tables_rows_by_its_partitions(make_db, monkeypatch, ddl):
+    """The size that decides staging is the catalog's row estimate: of the
+    leaf partitions for a partitioned table (its own is none)."""
+    from safesync.functions.content_sync.plan import table_spec
+    from safesync.shared.db import TableRef, connect
+
+    url = make_db()
+    execute(url, ddl, "insert into t select g, md5(g::text) from generate_series(1, 1000) g", "analyze t")
+    monkeypatch.setattr(seed, "MIN_ROWS", 1000)
+    with connect(url) as conn:
+        spec = table_spec(conn, conn, TableRef("public", "t"), "dev", "prod")
+        staged = seed.stage(conn, spec, 0)
+        assert staged is not None
+        assert conn.execute(psycopg.sql.SQL("select count(*) from {}").format(staged.relation)).fetchone()[0] == 1000
+        monkeypatch.setattr(seed, "MIN_ROWS", 1001)
+        assert seed.stage(conn, spec, 1) is None

@@ -87,10 +87,11 @@ def stage(conn: psycopg.Connection, spec: TableSpec, index: int) -> Prehashed | 
     table (dropped at commit) of its key columns and row hash, when the
     table is big enough to be worth it and the role may create temporary
     tables; None otherwise (the compare and the seed hash the table)."""
-    estimate, may = conn.execute(
-        "select (select greatest(reltuples, 0)::bigint from pg_class where oid = %s::regclass), "
+    estimate, may = conn.execute(  # a partitioned table's rows are its leaf partitions' (a plain table has no tree)
+        "select coalesce((select sum(greatest(c.reltuples, 0)) from pg_partition_tree(%(t)s::regclass) as p "
+        "join pg_class as c on c.oid = p.relid where p.isleaf), (select greatest(reltuples, 0) from pg_class where oid = %(t)s::regclass))::bigint, "
         "has_database_privilege(current_database(), 'TEMPORARY')",
-        [spec.table.ident.as_string(conn)],
+        {"t": spec.table.ident.as_string(conn)},
     ).fetchone()
     if not spec.key or not may or not worth_it(estimate or 0, 0):
         return None
