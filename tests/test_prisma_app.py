@@ -76,3 +76,21 @@ def test_prisma_app_as_postgres_clone_backup_restore_sync_validate(app):
 
     checked = validate(settings, "prod").body
     assert checked["status"] == "ok", checked["tables"]["failures"]
+
+
+def test_a_first_sync_as_postgres_hashes_the_target_once(app, monkeypatch):
+    """Staging the target's row hashes (a temporary table) works as the
+    hosted, non-superuser ``postgres`` user, on a uuid key; the seeded
+    ledger matches the table (the next sync finds nothing to do)."""
+    from safesync.functions.content_sync import seed
+
+    monkeypatch.setattr(seed, "worth_it", lambda rows, others: True)  # the fixture's table is small
+    settings, urls = app
+    with psycopg.connect(urls["dev"], autocommit=True) as conn:
+        conn.execute("update website set name = name || ' (renamed)' where name = 'Site 1'")
+    synced = content_sync(settings, "sync", adopt=True)
+    assert synced.status == 200, synced.body.get("summary")
+    assert synced.body["details"]["compare"]["website"]["target_hashed_once"]
+    assert synced.body["details"]["ledger"]["website"]["reseeded"] > 0 and synced.body["details"]["protection_proof"]["ok"]
+    again = content_sync(settings, "sync")
+    assert again.status == 200 and "already in sync" in again.body["summary"], again.body.get("summary")
