@@ -121,11 +121,13 @@ class Prehashed:
     relation: sql.Composable
     hash: str
 
-    def from_item(self, alias: str = "t") -> sql.Composable:
-        return sql.SQL("{} as {}").format(self.relation, sql.Identifier(alias))
 
-    def hash_of(self, alias: str = "t") -> sql.Composable:
-        return sql.Identifier(alias, self.hash)
+def hashed_rows(spec: TableShape, hashed: Prehashed | None = None) -> tuple[sql.Composable, sql.Composable]:
+    """The ``FROM`` item (aliased ``t``) and row-hash expression of a
+    table's rows: the table hashed as it is read, or ``hashed``'s hashes."""
+    if hashed is None:
+        return spec.from_item(), rowhash.row_hash(spec)
+    return sql.SQL("{} as t").format(hashed.relation), sql.Identifier("t", hashed.hash)
 
 
 @dataclass
@@ -306,7 +308,7 @@ def grid(
     (the others of the span are read, not hashed). ``hashed``: sum these
     row hashes instead of hashing the table's rows."""
     key = sql.Identifier("t", spec.key[0])
-    h = hashed.hash_of() if hashed else rowhash.row_hash(spec)
+    rows, h = hashed_rows(spec, hashed)
     if spec.arithmetic == "int" and hi - lo <= _INT8_MAX:
         bucket, params = sql.SQL("(({} - %s::bigint) / %s::bigint)::int").format(key), [lo, step]
     else:  # uuid (or a span beyond bigint): binary search over the range starts (1-based, hence - 1)
@@ -324,7 +326,7 @@ def grid(
         "with g as materialized (select {b} as b, count(*) as n, sum({h}) as s from {t} where {conds} group by 1) "
         "select coalesce(string_agg(int4send(g.b) || int4send(g.n::int) || int8send(hash_numeric_extended(g.s, g.n)), ''::bytea order by g.b), ''::bytea), "
         "coalesce(sum(g.n), 0)::bigint, coalesce(sum(g.s), 0) from g"
-    ).format(b=bucket, h=h, t=(hashed or spec).from_item(), conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
+    ).format(b=bucket, h=h, t=rows, conds=sql.SQL(" and ").join(conds) if conds else sql.SQL("true"))
     with _hash_aggregate(conn):
         packed, rows, total = conn.execute(query, params, binary=True).fetchone()
     return Grid(bytes(packed), rows, int(total))
@@ -391,8 +393,8 @@ def hashes_by_key(conn: psycopg.Connection, spec: TableShape, keys: Sequence[Key
 
 def _top(conn: psycopg.Connection, spec: TableShape, hashed: Prehashed | None = None) -> tuple[int, Decimal]:
     """Whole-table checksum (of the ``hashed`` row hashes, if given)."""
-    h = hashed.hash_of() if hashed else rowhash.row_hash(spec)
-    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=h, t=(hashed or spec).from_item())
+    rows, h = hashed_rows(spec, hashed)
+    query = sql.SQL("select count(*), coalesce(sum({h}), 0) from {t}").format(h=h, t=rows)
     return conn.execute(query).fetchone()
 
 

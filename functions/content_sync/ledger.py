@@ -65,7 +65,7 @@ from psycopg import sql
 from safesync.shared.db import TableRef
 from safesync.shared.errors import ConfigError, Refused
 from safesync.shared import rowhash
-from safesync.shared.rowdiff import Key, Prehashed, TableDiff
+from safesync.shared.rowdiff import Key, Prehashed, TableDiff, hashed_rows
 
 from . import seed
 from .plan import TableSpec
@@ -270,13 +270,19 @@ def _summaries(conn: psycopg.Connection) -> dict[str, tuple[int, dict]]:
     return {row[1]["table"]: (-1 - row[0], row[1]) for row in conn.execute(query)}
 
 
+def _standing(found: tuple[int, dict] | None, spec: TableSpec) -> str:
+    """What a table's summary (``_summaries``) says of its entries: none
+    recorded, recorded under another signature (stale), or ok."""
+    if found is None:
+        return "none"
+    return "ok" if found[1]["signature"] == signature(spec) else "stale"
+
+
 def unseeded(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> list[TableSpec]:
-    """The tables a writing sync re-seeds whatever the compare finds: no
-    summary yet, or one of another signature (``load``: none, stale)."""
-    if not exists(conn):
-        return list(specs)
-    summaries = _summaries(conn)
-    return [s for s in specs if (found := summaries.get(str(s.table))) is None or found[1]["signature"] != signature(s)]
+    """The tables a writing sync re-seeds whatever the compare finds: their
+    entries none or stale (``load`` says so too)."""
+    summaries = _summaries(conn) if exists(conn) else {}
+    return [s for s in specs if _standing(summaries.get(str(s.table)), s) != "ok"]
 
 
 def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef, TableLedger]:
@@ -290,13 +296,11 @@ def load(conn: psycopg.Connection, diffs: Sequence[TableDiff]) -> dict[TableRef,
     for diff in diffs:
         spec = diff.spec
         found = summaries.get(str(spec.table))
-        if found is None:
-            out[spec.table] = TableLedger("none")
+        standing = _standing(found, spec)
+        if standing != "ok":
+            out[spec.table] = TableLedger(standing, table_id=found[0] if found else None)
             continue
         table_id, summary = found
-        if summary["signature"] != signature(spec):
-            out[spec.table] = TableLedger("stale", table_id=table_id)
-            continue
         keys = sorted({*diff.new, *diff.changed, *diff.extra})
         entries = _entries_first_format(conn, spec, keys) if first else _entries(conn, spec, table_id, keys)
         ledger = TableLedger("ok", entries, summary["rows"], int(summary["hash_sum"]), table_id=table_id)
@@ -469,8 +473,9 @@ def _reseed(
     entry = _entry(table_id, _row_key_value(spec))
     if keep:  # entries kept above: not inserted again
         exclude.append(sql.SQL("not exists (select from safesync.content_ledger as l where l.entry = {})").format(entry))
+    rel, h = hashed_rows(spec, hashes)
     entries = sql.SQL("select {entry} as entry, {h} as row_hash from {rel} {where}").format(
-        entry=entry, h=hashes.hash_of() if hashes else rowhash.row_hash(spec), rel=(hashes or spec).from_item(),
+        entry=entry, h=h, rel=rel,
         where=sql.SQL("where ") + sql.SQL(" and ").join(exclude) if exclude else sql.SQL(""),
     )
     bulk = not keep and seed.worth_it(rows, _entries_of_others(conn, table_id))

@@ -38,6 +38,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+from unittest import mock
 
 import psutil
 import psycopg
@@ -210,12 +211,13 @@ def _overhead_rows(pg_dump: Path, small: str, env: dict[str, str]) -> list[dict]
     work of the job's own can shrink; and as an HTTP call to a warm
     function instance (its imports paid once, at the cold start)."""
     ours, bare, imports, libraries, python, warm = [], [], [], [], [], []
+    argv = [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "small", "--json"]
     with tempfile.TemporaryDirectory() as tmp, _warm_function(env) as call:
-        measure([sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "small", "--json"], env)  # warm-up
+        measure(argv, env)  # warm-up
         call()
         for _ in range(SMALL_ROUNDS):
             bare.append(measure([str(pg_dump), "-Fc", "--compress=zstd:1", "-f", f"{tmp}/small.dump", "--dbname", small], env))
-            ours.append(measure([sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "small", "--json"], env))
+            ours.append(measure(argv, env))
             warm.append(call())
             imports.append(measure([sys.executable, "-c", IMPORTS], env))
             libraries.append(measure([sys.executable, "-c", LIBRARIES], env))
@@ -238,22 +240,17 @@ def _warm_function(env: dict[str, str]) -> Iterator[Callable[[], float]]:
     from safesync.functions.serve import create_app
 
     token = secrets.token_urlsafe(24)
-    saved = dict(os.environ)
-    os.environ.update({**env, "SAFESYNC_API_TOKEN": token})
-    client = create_app().test_client()
+    with mock.patch.dict(os.environ, {**env, "SAFESYNC_API_TOKEN": token}, clear=True):
+        client = create_app().test_client()
 
-    def call() -> float:
-        start = time.perf_counter()
-        response = client.post("/backup", json={"action": "create", "db": "small"}, headers={"Authorization": f"Bearer {token}"})
-        wall = time.perf_counter() - start
-        assert response.status_code == 200, response.get_json()
-        return wall
+        def call() -> float:
+            start = time.perf_counter()
+            response = client.post("/backup", json={"action": "create", "db": "small"}, headers={"Authorization": f"Bearer {token}"})
+            wall = time.perf_counter() - start
+            assert response.status_code == 200, response.get_json()
+            return wall
 
-    try:
         yield call
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _cli_overhead_row(wall: float, cpu: float, median: dict) -> dict:

@@ -51,6 +51,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from unittest import mock
 
 import psycopg
 from psycopg import sql
@@ -229,14 +230,9 @@ def _first_sync(tmp: Path, src: str, tgt: str, staged: bool) -> dict:
     ledger is dropped afterwards, so the next run is a first sync too)."""
     from safesync.functions.content_sync import seed
 
-    stage = seed.stage
-    if not staged:
-        seed.stage = lambda conn, spec, index: None
-    try:
-        first: dict = {}
+    first: dict = {}
+    with mock.patch.object(seed, "stage", seed.stage if staged else lambda conn, spec, index: None):
         wall = _timed(lambda: first.update(_ours(_settings(tmp, src, tgt), "sync")))
-    finally:
-        seed.stage = stage
     first["ledger_size"] = _ledger_size(tgt)
     if not staged:
         with psycopg.connect(tgt, autocommit=True) as conn:
