@@ -14,12 +14,12 @@ from safesync.functions.content_sync.plan import table_spec
 from safesync.shared.db import TableRef, connect
 
 
-def run_diff(src_url: str, tgt_url: str, table: str = "t", native_hash: bool = True):
+def run_diff(src_url: str, tgt_url: str, table: str = "t", native_hash: bool = True, expect_changes: bool = False):
     with connect(src_url, application_name="test-src") as src, connect(tgt_url) as tgt:
         spec = table_spec(src, tgt, TableRef("public", table), "dev", "prod", native_hash=native_hash)
         sides = Sides(src, tgt)
         try:
-            return spec, diff_table(sides, spec)
+            return spec, diff_table(sides, spec, expect_changes=expect_changes)
         finally:
             sides.close()
 
@@ -157,6 +157,12 @@ def test_identical_tables_cost_one_pass_per_side(make_db):
         assert found.rows_fetched < 20000
     # key span, coarse grid, the small ranges' checksums, the differing small ranges' rows
     assert dense.queries == 4 and unanalysed.queries == 5
+    # a sync's compare expects changes: a sample of ranges shows them scattered, so the coarse
+    # grid carries fine checks pointing at the differing rows (and, where a check byte
+    # collided, the rest of that range's rows are fetched): key span, sample, grid, rows
+    _, expected = run_diff(src, tgt, expect_changes=True)
+    assert (expected.new, expected.changed, expected.extra) == (dense.new, dense.changed, dense.extra)
+    assert expected.queries in (4, 5)
 
 
 def test_runs_get_a_fine_grid_and_isolated_ranges_are_batched(make_db, monkeypatch):
@@ -180,6 +186,59 @@ def test_runs_get_a_fine_grid_and_isolated_ranges_are_batched(make_db, monkeypat
     assert result.queries >= 2 + 1 + 2 * (isolated // 16)
 
 
+def test_fine_checks_that_collide_still_find_every_row(make_db, monkeypatch):
+    """A fine check byte only says which fine ranges to fetch. With every
+    check forced equal (as if all collided), no differing range points at
+    any of its fine ranges, the fetched rows (none) do not balance the
+    range's difference, and its other fine ranges are fetched: every
+    difference is still found, deletions and insertions included."""
+    src, tgt = make_pair(make_db, "create table t (id int primary key, body text)")
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("insert into t select g, md5(g::text) from generate_series(1, 30000) g")
+    with psycopg.connect(tgt, autocommit=True) as conn:
+        conn.execute("update t set body = 'x' where id % 97 = 0")
+        conn.execute("delete from t where id % 1013 = 5")
+        conn.execute("insert into t values (30001, 'only in prod')")
+        conn.execute("analyze t")
+    spec, honest = run_diff(src, tgt, expect_changes=True)
+    monkeypatch.setattr(diffmod, "_fine_check", lambda total, rows: psycopg.sql.SQL("1"))
+    _, collided = run_diff(src, tgt, expect_changes=True)
+    expected = brute_force(src, tgt, spec)
+    for result in (honest, collided):
+        assert (set(result.new), set(result.changed), set(result.extra)) == expected
+    # the collided run fetched whole ranges: more rows, one more query per batch
+    assert collided.rows_fetched > 2 * honest.rows_fetched and collided.queries > honest.queries
+
+
+def test_fine_checks_only_where_a_sample_shows_scattered_changes(make_db, monkeypatch):
+    """Fine checks make the first pass dearer; a sync's compare pays for
+    them only when a sample of coarse ranges shows many differing (changes
+    scattered over the table). Identical tables and one clustered edit keep
+    the plain grid. Every mode finds exactly the differing rows."""
+    resolved = []
+    real = diffmod._resolve_checked
+    monkeypatch.setattr(diffmod, "_resolve_checked", lambda *a: resolved.append(len(a[2])) or real(*a))
+    src, tgt = make_pair(make_db, "create table t (id bigint primary key, body text)")
+    for url in (src, tgt):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("insert into t select g, md5(g::text) from generate_series(1, 40000) g")
+            conn.execute("analyze t")
+    found = {}
+    for name, edit in (("identical", None), ("clustered", "id between 20000 and 20300"), ("scattered", "id % 40 = 9")):
+        if edit:
+            with psycopg.connect(tgt, autocommit=True) as conn:
+                conn.execute("update t set body = md5(body) where " + edit)
+        resolved.clear()
+        spec, result = run_diff(src, tgt, expect_changes=True)
+        assert (set(result.new), set(result.changed), set(result.extra)) == brute_force(src, tgt, spec)
+        found[name] = (len(result.changed), sum(resolved))
+    assert found["identical"] == (0, 0)
+    assert found["clustered"] == (301, 0)  # the plain grid and fine grids through the index
+    changed, ranges = found["scattered"]
+    assert changed == 301 + 1000 - 8 and ranges > 500  # resolved from the first pass's fine checks
+
+
 def test_columns_are_matched_by_name_not_position(make_db):
     a, b = make_db(), make_db()
     with psycopg.connect(a) as conn:
@@ -193,6 +252,8 @@ def test_columns_are_matched_by_name_not_position(make_db):
 def _random_key(kind: str, rnd: random.Random):
     if kind == "int":
         return (rnd.choice([rnd.randint(-10**6, 10**6), rnd.randint(-(2**63), 2**63 - 1), rnd.randint(0, 3000)]),)
+    if kind == "int-span":  # a span within bigint: the grid carries fine checks; dense and sparse ranges
+        return (rnd.choice([rnd.randint(-10**6, 10**6), rnd.randint(0, 3000), rnd.randint(0, 3000)]),)
     if kind == "uuid":
         return (uuid.UUID(int=rnd.getrandbits(128)),)
     if kind == "text":
@@ -204,12 +265,14 @@ def _random_key(kind: str, rnd: random.Random):
     "kind, ddl",
     [
         ("int", "create table t (id bigint primary key, v text)"),
+        ("int-span", "create table t (id bigint primary key, v text)"),
         ("uuid", "create table t (id uuid primary key, v text)"),
         ("text", "create table t (id text primary key, v text)"),
         ("composite", "create table t (region text, n int, v text, primary key (region, n))"),
     ],
 )
-def test_descent_matches_brute_force_for_every_key_kind(make_db, monkeypatch, kind, ddl):
+@pytest.mark.parametrize("expect_changes", [False, True], ids=["proof", "sync"])
+def test_descent_matches_brute_force_for_every_key_kind(make_db, monkeypatch, kind, ddl, expect_changes):
     # tiny leaves and branches so a few thousand rows need several levels
     monkeypatch.setattr(diffmod, "LEAF_ROWS", 4)
     monkeypatch.setattr(diffmod, "FIRST_BRANCH", 4)
@@ -235,7 +298,7 @@ def test_descent_matches_brute_force_for_every_key_kind(make_db, monkeypatch, ki
     for url, rows in ((src, source_rows), (tgt, target_rows)):
         with psycopg.connect(url) as conn, conn.cursor() as cur:
             cur.executemany(f"insert into t ({cols}, v) values ({marks})", rows)
-    spec, result = run_diff(src, tgt)
+    spec, result = run_diff(src, tgt, expect_changes=expect_changes)
     new, changed, extra = brute_force(src, tgt, spec)
     assert (set(result.new), set(result.changed), set(result.extra)) == (new, changed, extra)
     assert new and changed and extra

@@ -159,7 +159,7 @@ def _run(settings, report, mode, src, tgt, sides, expect_plan, adopt, backup: Pr
         diffs = []
         for spec in plan.tables:
             progress(phase=f"comparing {spec.name}", tables=(len(diffs), len(plan.tables)))
-            diffs.append(diff_table(sides, spec, target_hashes=hashes.get(spec.table)))
+            diffs.append(diff_table(sides, spec, target_hashes=hashes.get(spec.table), expect_changes=True))
         progress(tables=(len(diffs), len(plan.tables)))
         ledgers = ledger.load(tgt, diffs)
         decisions = [classify(d, ledgers[d.spec.table], adopt=adopt, delete_missing=plan.delete_missing) for d in diffs]
