@@ -577,10 +577,10 @@ def _arithmetic(
     then the coarse grid — identical tables stop there. Where changes are
     expected and a sample shows them scattered, the grid carries fine
     checks, and its small differing ranges are resolved from them
-    (``_resolve_checked``): every row is hashed once. Runs of
-    other differing ranges get a fine grid over their key span (one range
-    scan per chunk); isolated ones are descended through the index,
-    ``BATCH`` at a time."""
+    (``_resolve_checked``): every row is hashed once. Runs of other
+    differing ranges get a fine grid over their key span (one range scan
+    per chunk); isolated ones are descended through the index, ``BATCH`` at
+    a time."""
     (smin, smax, sest), (tmin, tmax, test) = sides.both(lambda c: _key_bounds(c, spec))
     lows = [_to_int(spec, v) for v in (smin, tmin) if v is not None]
     highs = [_to_int(spec, v) for v in (smax, tmax) if v is not None]
@@ -601,13 +601,15 @@ def _arithmetic(
         step = parts * math.ceil((hi - lo) / (_coarse_buckets(rows) * parts))
         differ, _, _ = _grid_level(sides, spec, lo, hi, step, target_hashes=target_hashes, parts=parts)
         result.queries += 1
-    checked = [d for d in differ if parts > 1 and max(d[1][0], d[2][0]) <= parts * LEAF_ROWS]
+    checked, others = [], []
+    for d in differ:  # small ranges with fine checks are resolved from them, the others descended
+        (checked if parts > 1 and max(d[1][0], d[2][0]) <= parts * LEAF_ROWS else others).append(d)
     for i in range(0, len(checked), BATCH):
         if result.enough(limit):
             result.complete = False
             return result
         _resolve_checked(sides, spec, checked[i : i + BATCH], (lo, hi, step, parts), result)
-    pending = _pending(spec, [d for d in differ if not (parts > 1 and max(d[1][0], d[2][0]) <= parts * LEAF_ROWS)], lo, hi, step)
+    pending = _pending(spec, others, lo, hi, step)
     fine = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows)) if rows else 1
     isolated: Pending = []
     for run in _runs(spec, pending, step, fine):
