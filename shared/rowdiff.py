@@ -562,8 +562,13 @@ def _grid_level(
     return [d for d in differ if d[1] != d[2]], src, tgt
 
 
+def _segment(spec: TableShape, start: int, width: int, hi: int) -> Segment:
+    """The key range [start, start + width) of an arithmetic key, cut at ``hi``."""
+    return Segment(_to_text(spec, start), _to_text(spec, min(start + width, hi)))
+
+
 def _pending(spec: TableShape, differ: Differ, lo: int, hi: int, step: int) -> Pending:
-    return [(Segment(_to_text(spec, lo + i * step), _to_text(spec, min(lo + (i + 1) * step, hi))), a[0], b[0]) for i, a, b in differ]
+    return [(_segment(spec, lo + i * step, step, hi), a[0], b[0]) for i, a, b in differ]
 
 
 def _coarse_buckets(rows: int) -> int:
@@ -636,7 +641,7 @@ def _scattered(sides: Sides, spec: TableShape, lo: int, hi: int, step: int, buck
     tables and clustered changes keep the plain grid."""
     stride = buckets // FINE_SAMPLE
     starts = [lo + (stride // 2 + k * stride) * step for k in range(FINE_SAMPLE)]
-    sample = [Segment(_to_text(spec, a), _to_text(spec, min(a + step, hi))) for a in starts if a < hi]
+    sample = [_segment(spec, a, step, hi) for a in starts if a < hi]
     return len(_differing(sides, spec, sample)) >= FINE_SHARE * len(sample)
 
 
@@ -652,16 +657,9 @@ def _resolve_checked(sides: Sides, spec: TableShape, checked: Differ, layout: tu
     lo, hi, step, parts = layout
     width = step // parts
 
-    def segments(i: int, which: Sequence[int]) -> list[Segment]:
-        starts = [lo + i * step + j * width for j in which]
-        return [Segment(_to_text(spec, a), _to_text(spec, min(a + width, hi))) for a in starts if a < hi]
-
     def fetch(wanted: dict[int, list[int]]) -> tuple[list[tuple[Key, int]], list[tuple[Key, int]]]:
-        on_src = [seg for i, a, b in checked if a[0] and wanted.get(i) for seg in segments(i, wanted[i])]
-        on_tgt = [seg for i, a, b in checked if b[0] and wanted.get(i) for seg in segments(i, wanted[i])]
-        got = sides.both(lambda c: row_hashes(c, spec, on_src), lambda c: row_hashes(c, spec, on_tgt))
-        result.queries += 1
-        return got
+        starts = ((lo + i * step + j * width, a[0], b[0]) for i, a, b in checked for j in wanted.get(i, ()))
+        return _pairs(sides, spec, [(_segment(spec, x, width, hi), na, nb) for x, na, nb in starts if x < hi], result)
 
     wanted = {i: [j for j in range(parts) if (a[2] >> 8 * j) & 255 != (b[2] >> 8 * j) & 255] for i, a, b in checked}
     src_rows, tgt_rows = fetch(wanted)
@@ -741,13 +739,19 @@ def _children(sides: Sides, spec: TableShape, splits: list[tuple[Segment, int, i
 
 
 def _fetch_leaves(sides: Sides, spec: TableShape, leaves: list[tuple[Segment, int, int]], result: TableDiff) -> None:
-    if not leaves:
-        return
+    if leaves:
+        _merge(result, *_pairs(sides, spec, leaves, result))
+
+
+def _pairs(
+    sides: Sides, spec: TableShape, leaves: list[tuple[Segment, int, int]], result: TableDiff
+) -> tuple[list[tuple[Key, int]], list[tuple[Key, int]]]:
+    """(key, hash) pairs of the ranges' rows, each side asked only for the
+    ranges where it has rows (one query per side)."""
     on_src = [s for s, a, _ in leaves if a > 0]
     on_tgt = [s for s, _, b in leaves if b > 0]
-    src_rows, tgt_rows = sides.both(lambda c: row_hashes(c, spec, on_src), lambda c: row_hashes(c, spec, on_tgt))
     result.queries += 1
-    _merge(result, src_rows, tgt_rows)
+    return sides.both(lambda c: row_hashes(c, spec, on_src), lambda c: row_hashes(c, spec, on_tgt))
 
 
 def _merge(result: TableDiff, src_rows: list[tuple[Key, int]], tgt_rows: list[tuple[Key, int]]) -> None:
