@@ -82,7 +82,7 @@ from typing import Callable, Generic, Iterator, Sequence, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import rowhash
+from . import pgarray, rowhash
 from .rowhash import TableShape
 
 Key = tuple[str, ...]
@@ -240,9 +240,9 @@ def segment_rows(spec: TableShape, segments: Sequence[Segment], select: sql.Comp
                 hi=hi,
             )
         )
-        params.append([i for i, _ in bounded])
-        params += [[s.lo[j] for _, s in bounded] for j in range(n)]
-        params += [[s.hi[j] for _, s in bounded] for j in range(n)]
+        params.append(pgarray.array([i for i, _ in bounded]))
+        params += pgarray.columns([s.lo for _, s in bounded], n)
+        params += pgarray.columns([s.hi for _, s in bounded], n)
     for i, s in enumerate(segments):
         if s.lo is not None and s.hi is not None:
             continue
@@ -364,7 +364,7 @@ def grid(
     if only:
         first, width = int(only[0].lo[0]), _span(spec, only[0])[1] - int(only[0].lo[0])
         conds.append(sql.SQL("({} - %s::bigint) / %s::bigint = any(%s::bigint[])").format(key))
-        params += [first, width, [(int(s.lo[0]) - first) // width for s in only]]
+        params += [first, width, pgarray.array([(int(s.lo[0]) - first) // width for s in only])]
     ranges = sql.SQL("select f.b as b, f.n as n, f.s as s, 0::bigint as c from f")
     if parts > 1:  # fine ranges grouped first, then folded into their range with one check byte each
         ranges = sql.SQL(
@@ -423,7 +423,7 @@ def quantiles(conn: psycopg.Connection, spec: TableShape, segments: Sequence[Seg
         order=order,
         rows=rows,
     )
-    params += [list(range(len(segments))), list(parts)]
+    params += [pgarray.array(list(range(len(segments)))), pgarray.array(list(parts))]
     found: dict[int, list[Key]] = {}
     for row in conn.execute(query, params):
         found.setdefault(row[0], []).append(tuple(row[1:]))
@@ -819,7 +819,7 @@ def multiset_diff(sides: Sides, spec: TableShape) -> MultisetDiff:
 
     def bucket_rows(conn: psycopg.Connection) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
-        for row_text, row_h in conn.execute(fetch, [chosen]):
+        for row_text, row_h in conn.execute(fetch, [pgarray.array(chosen)]):
             out.setdefault(row_text, []).append(row_h)
         return out
 

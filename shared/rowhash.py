@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from psycopg import sql
 
+from safesync.shared import pgarray
+
 if TYPE_CHECKING:
     from safesync.shared.db import TableRef
 
@@ -133,7 +135,7 @@ def keys_relation(spec: TableShape, keys: Sequence[tuple[str, ...]]) -> tuple[sq
     joins (``unnest`` of one text array per key column) and its params."""
     n = len(spec.key)
     names = [f"c{i}" for i in range(n)]
-    arrays = [[k[i] for k in keys] for i in range(n)]
+    arrays = pgarray.columns(keys, n)
     select = sql.SQL(", ").join(
         sql.SQL("{}::{} as {}").format(sql.Identifier("u", names[i]), sql.SQL(spec.key_types[i]), sql.Identifier(names[i]))
         for i in range(n)

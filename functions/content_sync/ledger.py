@@ -64,7 +64,7 @@ from psycopg import sql
 
 from safesync.shared.db import TableRef
 from safesync.shared.errors import ConfigError, Refused
-from safesync.shared import rowhash
+from safesync.shared import pgarray, rowhash
 from safesync.shared.rowdiff import Key, Prehashed, TableDiff, hashed_rows
 
 from . import seed
@@ -241,7 +241,7 @@ def _keys_join(spec: TableSpec, keys: Sequence[Key], extra: dict[str, list] | No
     n = len(spec.key)
     names = [f"c{i}" for i in range(n)] + list(extra or {})
     casts = ["text"] * n + ["boolean" if name == "kept" else "bigint" for name in (extra or {})]
-    arrays = [[k[i] for k in keys] for i in range(n)] + list((extra or {}).values())
+    arrays = pgarray.columns(keys, n) + [pgarray.array(v) for v in (extra or {}).values()]
     rel = sql.SQL("(select {} as v, x.i{} from unnest({}) with ordinality as x({}, i)) as u").format(
         _key_value([sql.Identifier("x", f"c{i}") for i in range(n)]),
         sql.Composed([sql.SQL(", {}").format(sql.Identifier("x", name)) for name in (extra or {})]),
@@ -327,7 +327,7 @@ def _entries_first_format(conn: psycopg.Connection, spec: TableSpec, keys: Seque
     a sync migrates the ledger before it writes)."""
     entries: dict[Key, Entry] = {}
     for chunk in _chunks(keys):
-        arrays = [[k[i] for k in chunk] for i in range(len(spec.key))]
+        arrays = pgarray.columns(chunk, len(spec.key))
         rel = sql.SQL("(select array[{}]::text[] as k from unnest({}) as x({})) as u").format(
             sql.SQL(", ").join(sql.Identifier("x", f"c{i}") for i in range(len(spec.key))),
             sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in spec.key),

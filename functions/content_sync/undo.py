@@ -40,7 +40,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from safesync.shared import db, rowhash
+from safesync.shared import db, pgarray, rowhash
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
 from safesync.shared.errors import BadRequest, NotFoundError, Refused
@@ -243,7 +243,7 @@ class Table:
                     undolog.key_texts(spec, "u"),
                     sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in spec.key),
                 ),
-                [[k[i] for k in keys] for i in range(len(spec.key))],
+                pgarray.columns(keys, len(spec.key)),
             )
         }
         rows = []

@@ -46,7 +46,7 @@ from safesync.shared.errors import NotFoundError, StorageError
 from safesync.shared.report import Report
 from safesync.shared import runs
 from safesync.shared.storage import Storage
-from safesync.shared import rowhash
+from safesync.shared import pgarray, rowhash
 from safesync.shared.rowdiff import Key
 
 from .plan import TableSpec
@@ -224,7 +224,7 @@ def _keys_with(spec: TableSpec, keys: Sequence[Key], extra: dict[str, tuple[str,
         sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(c)) for c in casts),
         sql.SQL(", ").join(map(sql.Identifier, names)),
     )
-    return relation, [[k[i] for k in keys] for i in range(n)] + [v for _, v in extra.values()]
+    return relation, pgarray.columns(keys, n) + [pgarray.array(v) for _, v in extra.values()]
 
 
 def key_texts(spec: TableSpec, alias: str) -> sql.Composable:
