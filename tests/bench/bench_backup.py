@@ -5,7 +5,9 @@
   compression vs bare ``pg_dump -Fc`` of the *same* binary with the *same*
   compression (target ≤ 1.05×), and vs bare ``pg_dump -Fc`` with pg_dump's
   default gzip (target ≤ 0.6×); the size ratio is printed. Peak RSS of the
-  whole process tree (Python and pg_dump) ≤ 150 MB.
+  whole process tree (Python and pg_dump) ≤ 150 MB. Beside it, the same
+  backup as a POST to a warm function (Python started and imported once):
+  the part of the gap that is not the command line's fixed start-up cost.
 - The same backup encrypted (``backup.encrypt = "age"``, pg_dump → age →
   SHA-256 → storage) vs the same bare pg_dump (target ≤ 1.05×, ≤ 150 MB).
 - The fixed overhead of a backup job on a small database (imports, catalog
@@ -165,17 +167,20 @@ def run() -> list[dict]:
         pg_dump = find_tool("pg_dump", at_least=16, prefer="zstd")
         pg_restore = find_tool("pg_restore", at_least=16, prefer="zstd")
         ours_argv = [sys.executable, "-m", "safesync.functions.cli", "backup", "create", "--db", "bench", "--json"]
-        our_runs, same_runs, gzip_runs, age_runs = [], [], [], []
+        our_runs, same_runs, gzip_runs, age_runs, warm_runs = [], [], [], [], []
         spec = ""
-        for _ in range(ROUNDS):
-            our_runs.append(measure(ours_argv, env))
-            backup = json.loads(our_runs[-1][3])["details"]["backup"]
-            spec = backup["compression"]
-            same_file, gzip_file = work / "same.dump", work / "gzip.dump"
-            same_arg = f"--compress={spec.split(':')[1]}" if spec.startswith("gzip") else f"--compress={spec}"
-            same_runs.append(measure([str(pg_dump.path), "-Fc", same_arg, "-f", str(same_file), "--dbname", url], env))
-            gzip_runs.append(measure([str(pg_dump.path), "-Fc", "-f", str(gzip_file), "--dbname", url], env))
-            age_runs.append(measure(ours_argv, age_env))
+        with _warm_function(env) as call:
+            call()  # warm-up: the job's modules imported, as after a cold start
+            for _ in range(ROUNDS):
+                our_runs.append(measure(ours_argv, env))
+                warm_runs.append(call("bench"))
+                backup = json.loads(our_runs[-1][3])["details"]["backup"]
+                spec = backup["compression"]
+                same_file, gzip_file = work / "same.dump", work / "gzip.dump"
+                same_arg = f"--compress={spec.split(':')[1]}" if spec.startswith("gzip") else f"--compress={spec}"
+                same_runs.append(measure([str(pg_dump.path), "-Fc", same_arg, "-f", str(same_file), "--dbname", url], env))
+                gzip_runs.append(measure([str(pg_dump.path), "-Fc", "-f", str(gzip_file), "--dbname", url], env))
+                age_runs.append(measure(ours_argv, age_env))
         backup_id, dump_bytes = backup["id"], backup["size"]
         ours, same, gzip, aged = _best(our_runs), _best(same_runs), _best(gzip_runs), _best(age_runs)
         age_bytes = json.loads(age_runs[-1][3])["details"]["backup"]["size"]
@@ -189,6 +194,12 @@ def run() -> list[dict]:
                      "ratio": f"{ours[0] / same[0]:.3f} wall / {ours[1] / same[1]:.3f} cpu",
                      "target": f"≤ {SAME_TARGET}× wall, ≤ {RSS_TARGET_MB} MB",
                      "met": ours[0] / same[0] <= SAME_TARGET and ours[2] <= RSS_TARGET_MB, "note": _runs(our_runs)})
+        warm = min(warm_runs)
+        rows.append({"name": f"POST /backup create ({spec}) to a warm function / bare, same compression",
+                     "wall_s": round(warm, 2), "ratio": f"{warm / same[0]:.3f} wall",
+                     "target": f"≤ {SAME_TARGET}× wall", "met": warm / same[0] <= SAME_TARGET,
+                     "note": "the same job with Python started and imported once, as a deployed function "
+                             "serves every call after its cold start; runs: " + ", ".join(f"{w:.2f}s" for w in warm_runs)})
         rows.append({"name": f"safesync backup create ({spec}, encrypted with age) / bare, same compression",
                      "wall_s": round(aged[0], 2), "cpu_s": round(aged[1], 2), "peak_rss_mb": round(aged[2], 1), "bytes": age_bytes,
                      "ratio": f"{aged[0] / same[0]:.3f} wall / {aged[1] / same[1]:.3f} cpu",
@@ -234,18 +245,18 @@ def _overhead_rows(pg_dump: Path, small: str, env: dict[str, str]) -> list[dict]
 
 
 @contextmanager
-def _warm_function(env: dict[str, str]) -> Iterator[Callable[[], float]]:
+def _warm_function(env: dict[str, str]) -> Iterator[Callable[..., float]]:
     """The functions-framework app, imported and warmed in this process,
-    and a call that POSTs one backup to it: wall seconds."""
+    and a call that POSTs one backup of a database to it: wall seconds."""
     from safesync.functions.serve import create_app
 
     token = secrets.token_urlsafe(24)
     with mock.patch.dict(os.environ, {**env, "SAFESYNC_API_TOKEN": token}, clear=True):
         client = create_app().test_client()
 
-        def call() -> float:
+        def call(db: str = "small") -> float:
             start = time.perf_counter()
-            response = client.post("/backup", json={"action": "create", "db": "small"}, headers={"Authorization": f"Bearer {token}"})
+            response = client.post("/backup", json={"action": "create", "db": db}, headers={"Authorization": f"Bearer {token}"})
             wall = time.perf_counter() - start
             assert response.status_code == 200, response.get_json()
             return wall
