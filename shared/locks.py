@@ -76,14 +76,24 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         # that privilege before it checks existence.
         return
     try:
-        with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
-            conn.execute(SCHEMA_SQL)
+        try:
+            _create(conn)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+            # A first content sync created schema safesync for its ledger (in
+            # its own transaction, which the advisory lock does not cover) and
+            # committed while we waited on it: the schema is there now.
+            _create(conn)
     except psycopg.errors.InsufficientPrivilege:
         raise ConfigError(
             "safesync.deliveries needs creating or upgrading, and this role may not: "
             "run `safesync roles sql` as the database owner (see the README, Roles)"
         ) from None
+
+
+def _create(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
+        conn.execute(SCHEMA_SQL)
 
 
 def _lock_key(job: str, target: str) -> str:

@@ -172,8 +172,7 @@ def ensure(conn: psycopg.Connection) -> int:
     the database (``CREATE SCHEMA IF NOT EXISTS`` checks the privilege before
     existence), and needs CREATE on schema ``safesync`` only the first time."""
     if not exists(conn):
-        if not conn.execute("select to_regnamespace('safesync') is not null").fetchone()[0]:
-            conn.execute("create schema safesync")
+        _ensure_schema(conn)
         conn.execute(LEDGER_SQL)
     elif first_format(conn):
         try:
@@ -184,6 +183,20 @@ def ensure(conn: psycopg.Connection) -> int:
                 "(run one sync as the role that created safesync.content_ledger)"
             ) from None
     return conn.execute("select 'safesync.content_ledger'::regclass::oid").fetchone()[0]
+
+
+def _ensure_schema(conn: psycopg.Connection) -> None:
+    """Schema ``safesync``, unless it exists. Another request's runner may be
+    creating it at this moment for its delivery log (``shared.locks``): our
+    CREATE then waits for that transaction and fails on the catalog's unique
+    name once it commits, and the schema it made is the one we wanted."""
+    if conn.execute("select to_regnamespace('safesync') is not null").fetchone()[0]:
+        return
+    try:
+        with conn.transaction():  # a savepoint: the sync's transaction goes on
+            conn.execute("create schema safesync")
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+        pass
 
 
 # table ids of a first-format ledger: its summaries in name order (load and the migration agree)

@@ -34,8 +34,12 @@ LEDGER = "safesync.content_ledger"
 LAYOUT = ("columns", "constraints", "indexes", "file node")
 GUARD = ("name", "owner", "privileges", "row level security", "options", "triggers", "policies", "rules")
 
+# The schema's name through regnamespace (the catalog cache), not a join on
+# pg_namespace (the sync's snapshot): another request's runner may create
+# schema safesync for its delivery log after that snapshot was taken, and
+# the join would then lose the ledger ``ensure`` just created in it.
 _DEFINITION = """
-select n.nspname || '.' || c.relname || ' (' || c.relkind::text || c.relpersistence::text || ')', pg_get_userbyid(c.relowner), coalesce(c.relacl::text, ''),
+select c.relnamespace::regnamespace::text || '.' || c.relname || ' (' || c.relkind::text || c.relpersistence::text || ')', pg_get_userbyid(c.relowner), coalesce(c.relacl::text, ''),
        c.relrowsecurity::text || ' ' || c.relforcerowsecurity::text, coalesce(c.reloptions::text, '') || ' ' || c.relreplident::text,
        array(select t.tgname || ' ' || t.tgenabled::text || ' ' || pg_get_triggerdef(t.oid) from pg_trigger t
              where t.tgrelid = c.oid and not t.tgisinternal order by 1)::text,
@@ -50,7 +54,7 @@ select n.nspname || '.' || c.relname || ' (' || c.relkind::text || c.relpersiste
        array(select k.conname || ' ' || pg_get_constraintdef(k.oid) from pg_constraint k where k.conrelid = c.oid order by 1)::text,
        array(select pg_get_indexdef(i.indexrelid) from pg_index i where i.indrelid = c.oid order by 1)::text,
        c.relfilenode::text
-from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass(%s)
+from pg_class c where c.oid = to_regclass(%s)
 """
 _ROWS = """
 select coalesce(sum(pg_stat_get_xact_tuples_inserted(c.oid)), 0)::bigint, coalesce(sum(pg_stat_get_xact_tuples_updated(c.oid)), 0)::bigint,
