@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from safesync.shared import rowdiff as diffmod
-from safesync.shared.rowdiff import Sides, diff_table
+from safesync.shared.rowdiff import Sides, diff_table, tune
 from safesync.functions.content_sync.plan import table_spec
 from safesync.shared.db import TableRef, connect
 
@@ -18,6 +18,7 @@ def run_diff(src_url: str, tgt_url: str, table: str = "t", native_hash: bool = T
     with connect(src_url, application_name="test-src") as src, connect(tgt_url) as tgt:
         spec = table_spec(src, tgt, TableRef("public", table), "dev", "prod", native_hash=native_hash)
         sides = Sides(src, tgt)
+        sides.both(tune)  # as content sync and validate open their transactions
         try:
             return spec, diff_table(sides, spec, expect_changes=expect_changes)
         finally:
