@@ -91,6 +91,7 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 
 def _create(conn: psycopg.Connection) -> None:
+    """SCHEMA_SQL in one transaction, serialised against other runners."""
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtextextended('safesync:schema', 0))")
         conn.execute(SCHEMA_SQL)
