@@ -143,7 +143,9 @@ def test_vercel_webhook_with_a_bad_signature_or_bad_payload(env, client) -> None
 def test_list_verify_prune_actions(env, client) -> None:
     nothing = client.post("/backup", json={"action": "verify"}, headers=BEARER)
     assert nothing.status_code == 200 and nothing.get_json()["ok"] is False
-    assert "prod: no complete backup" in nothing.get_json()["summary"]
+    assert nothing.get_json()["summary"] == "prod: no complete backup"  # not "0 of 0 FAILED"
+    empty = client.post("/backup", json={"action": "verify", "id": ""}, headers=BEARER)
+    assert empty.status_code == 400 and "is not a backup id" in empty.get_json()["error"]  # not "the newest of each"
     first = create_backup(env, "prod", "predeploy")
     second = create_backup(env, "prod", "predeploy")
     third = create_backup(env, "prod", "predeploy")

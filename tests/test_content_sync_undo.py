@@ -162,7 +162,7 @@ def test_a_killed_sync_leaves_no_usable_undo_log_and_a_killed_undo_changes_nothi
     run_id = killed.body["report"]["run_id"]
     assert any(o.key.endswith(f"-{run_id}.undo.gz") for o in settings.storage.list("runs/content_sync/"))  # stored, then killed
     answer = content_undo(settings, run_id)
-    assert answer.status == 422 and "did not commit" in answer.body["error"]
+    assert answer.status == 422 and "it did not commit" in answer.body["error"]
 
     body = synced(settings)
     progress(prod)

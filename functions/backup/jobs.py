@@ -112,15 +112,15 @@ def run_verify(
 ) -> Answer:
     """One backup by id; every backup (``all_backups``); or, with neither,
     the newest backup of each of ``backup.databases``."""
-    if backup_id and all_backups:
+    if backup_id is not None and all_backups:
         raise BadRequest("give either one backup id or all (--all), not both")
-    if backup_id:
+    if backup_id is not None:  # "" is a bad id, not "the newest of each"
         BackupName.parse(backup_id)
     report = Report(JOB, "verify", trigger=trigger or {})
 
     def job(report: Report) -> None:
         missing: list[str] = []
-        if backup_id:
+        if backup_id is not None:
             targets = [get_backup(settings, backup_id)]
         elif all_backups:
             targets = list_backups(settings)
@@ -147,8 +147,11 @@ def run_verify(
         troubles += [f"{db}: no complete backup" for db in missing]
         if not results and not missing:
             troubles.append("no complete backups to verify")
-        if troubles:
+        if failed:
             report.problems(f"{len(failed)} of {len(results)} backup(s) FAILED verification; " + "; ".join(troubles))
+        elif troubles:  # nothing failed: say what there was nothing of
+            verified = f"; {len(results)} other backup(s) {what}: all good" if results else ""
+            report.problems("; ".join(troubles) + verified)
         else:
             report.summary = f"{len(results)} backup(s) {what}: all good"
 

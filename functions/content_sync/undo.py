@@ -82,8 +82,9 @@ def _find(settings: Settings, records: list[dict], run_id: str) -> int:
             return i
     if any(o.key.endswith(f"-{run_id}{undolog.SUFFIX}") for o in settings.storage.list("runs/content_sync/")):
         raise Refused(
-            f"run {run_id} did not commit: its undo log is stored but the target has no record of it "
-            "(killed or rolled back before COMMIT); there is nothing to undo"
+            f"run {run_id} has an undo log but the target has no record of it: it did not commit (killed or rolled "
+            "back before COMMIT), or the target is no longer the database it synced (restored from an earlier "
+            "backup, or another database); there is nothing to undo here"
         )
     raise NotFoundError(f"no committed content sync or undo with run id {run_id} on the target")
 
