@@ -294,7 +294,7 @@ END
 
 
 def roles_sql(args: argparse.Namespace, settings: Settings) -> Answer | None:
-    database = args.db or settings.config.content_sync.target
+    database = args.db if args.db is not None else settings.config.content_sync.target
     text = generate(settings, database)
     if args.json:
         return Answer(200, {"database": database, "sql": text})

@@ -300,6 +300,23 @@ def test_process_killed_mid_backup_then_next_create_and_prune(make_db, write_set
     assert [b.id for b in list_backups(settings)] == [info.id]
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("argv", [
+    ["backup", "prune", "--db", ""],  # `--db "$DB"` with DB unset: never "prune every database"
+    ["backup", "list", "--db", ""],
+    ["backup", "verify", ""],
+    ["backup", "restore", "latest", "--db", "", "--to", "scratch"],
+    ["backup", "restore", "latest", "--db", "prod", "--to", ""],
+], ids=lambda argv: " ".join(argv[1:3]))
+def test_an_empty_name_is_a_usage_error_never_every_database(env, argv, capsys) -> None:
+    info = create_backup(env.settings, "prod", "manual")
+    before = backup_objects(env.settings)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("unknown database ''" in err or "'' is not a backup id" in err), err
+    assert backup_objects(env.settings) == before and [b.id for b in list_backups(env.settings)] == [info.id]
+
+
 # --------------------------------------------------------------------------
 # Corruption
 # --------------------------------------------------------------------------

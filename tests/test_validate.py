@@ -245,6 +245,8 @@ def test_validate_against_cli_and_http(write_settings, dev_pair, capsys):
     response = client.post("/validate", json={"db": "prod", "against": "staging"}, headers=auth)
     assert response.status_code == 200 and response.get_json()["ok"] is False
     assert client.post("/validate", json={"db": "nope"}, headers=auth).status_code == 400
+    assert client.post("/validate", json={"db": ""}, headers=auth).status_code == 400  # not the default database
+    assert cli.main(["validate", "--db", ""]) == 2 and "unknown database ''" in capsys.readouterr().err
     assert client.post("/validate", json={"database": "prod"}, headers=auth).status_code == 400
     assert client.post("/validate", json={}, headers=auth).get_json()["ok"] is True  # prod = a: healthy
 

@@ -77,7 +77,7 @@ def _leftover(name: BackupName, objects: dict[str, ObjectInfo], reason: str) -> 
 
 def databases(settings: Settings, db: str | None = None) -> list[str]:
     """The database given (checked against the config), else every configured one."""
-    return [settings.check_database(db)] if db else settings.database_names()
+    return [settings.check_database(db)] if db is not None else settings.database_names()  # "" is a bad name, not "all"
 
 
 def list_backups(settings: Settings, db: str | None = None) -> list[BackupInfo]:
@@ -116,13 +116,13 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
 def resolve(settings: Settings, ref: str, db: str | None) -> BackupInfo:
     """``latest`` (of ``db``) or an id; ``db``, when given, must match the id."""
     if ref == "latest":
-        if not db:
+        if db is None:
             raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
         info = latest_backup(settings, db)
         if info is None:
             raise NotFoundError(f"no complete backup of {db} in {settings.storage.describe()}")
         return info
     info = get_backup(settings, ref)
-    if db and info.db != db:
+    if db is not None and info.db != db:
         raise BadRequest(f"backup {ref} is of database {info.db!r}, not {db!r}")
     return info

@@ -171,9 +171,9 @@ def run_restore(
     no_owner: bool = False,
 ) -> Answer:
     settings.check_database(to)
-    if db:
+    if db is not None:
         settings.check_database(db)
-    if ref == "latest" and not db:
+    if ref == "latest" and db is None:
         raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
     if ref != "latest":
         BackupName.parse(ref)
@@ -234,5 +234,5 @@ def run_prune(
         report.warnings += total.warnings
         report.summary = total.summary()
 
-    target = db if (db and not dry_run) else None
+    target = db if (db is not None and not dry_run) else None
     return execute(settings, report, job, target=target, delivery=delivery if target else None)

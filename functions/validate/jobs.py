@@ -86,7 +86,7 @@ def _compare(settings: Settings, db: str, against: str, report: Report) -> None:
 
 def validate(settings: Settings, db: str | None = None, against: str | None = None, *, trigger: dict[str, Any] | None = None) -> Answer:
     """Run validation as a job (report stored under ``runs/validate/``)."""
-    db = settings.check_database(db or default_database(settings))
+    db = settings.check_database(db if db is not None else default_database(settings))
     if against is not None:
         settings.check_database(against)
     report = Report("validate", "compare" if against else "check", trigger=trigger or {"via": "cli"})
