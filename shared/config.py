@@ -39,6 +39,25 @@ def _check_tables(names: list[str]) -> list[str]:
     return names
 
 
+def _qualified(name: str) -> str:
+    """``schema.name`` of a configured table name: ``lessons`` and
+    ``public.lessons`` are one table (as ``db.TableRef.parse`` reads them)."""
+    return name if "." in name else f"public.{name}"
+
+
+def _twice(names: list[str]) -> list[str]:
+    """The names that denote a table listed before them (as written)."""
+    first: dict[str, str] = {}
+    repeated = []
+    for name in names:
+        key = _qualified(name)
+        if key in first:
+            repeated.append(name if first[key] == name else f"{first[key]} and {name}")
+        else:
+            first[key] = name
+    return repeated
+
+
 class StorageSection(_Section):
     url: str = "file://./backups"
 
@@ -92,6 +111,14 @@ class BackupSection(_Section):
     # keys; restoring needs a matching identity from the environment
     encrypt: Literal["none", "age"] = "none"
     age_recipients: list[str] = Field(default_factory=list)
+
+    @field_validator("databases")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        twice = sorted({name for name in v if v.count(name) > 1})
+        if twice:  # a scheduled run would back each one up twice
+            raise ValueError(f"lists {', '.join(twice)} twice")
+        return v
 
     @field_validator("age_recipients")
     @classmethod
@@ -168,14 +195,21 @@ class ContentSyncSection(_Section):
 
     @model_validator(mode="after")
     def _disjoint(self) -> "ContentSyncSection":
-        both = sorted(set(self.tables) & set(self.protected))
+        for field in ("tables", "protected"):
+            if twice := _twice(getattr(self, field)):
+                raise ValueError(f"{field} lists a table twice: {', '.join(twice)}")
+        protected = {_qualified(t) for t in self.protected}
+        both = sorted(t for t in self.tables if _qualified(t) in protected)
         if both:
             raise ValueError(f"table(s) {', '.join(both)} are both content and protected")
         if self.source == self.target:
             raise ValueError(f"source and target are the same database ({self.source!r})")
         if self.presync_backup == "none" and not self.undo_log:
             raise ValueError('presync_backup = "none" needs the undo log (undo_log = true): a sync would leave no way back')
-        unknown = sorted(set(self.options) - set(self.tables))
+        if twice := _twice(list(self.options)):
+            raise ValueError(f"options given twice for one table: {', '.join(twice)}")
+        content = {_qualified(t) for t in self.tables}
+        unknown = sorted(t for t in self.options if _qualified(t) not in content)
         if unknown:
             raise ValueError(f"options given for non-content table(s) {', '.join(unknown)}")
         return self

@@ -16,6 +16,12 @@ from safesync.shared.errors import ConfigError
     [
         ('[databases]\ndev = "postgres://u:p@h/db"', "must name an environment variable"),
         ('[content_sync]\ntables = ["users"]\nprotected = ["users"]', "users are both content and protected"),
+        ('[content_sync]\ntables = ["users"]\nprotected = ["public.users"]', "users are both content and protected"),
+        ('[content_sync]\ntables = ["lessons", "public.lessons"]', "tables lists a table twice: lessons and public.lessons"),
+        ('[content_sync]\ntables = ["a"]\nprotected = ["users", "users"]', "protected lists a table twice: users"),
+        ('[content_sync]\ntables = ["a"]\n[content_sync.options.b]\nmatch_on = ["slug"]', "options given for non-content table(s) b"),
+        ('[content_sync]\ntables = ["a"]\n[content_sync.options.a]\nmatch_on = ["x"]\n[content_sync.options."public.a"]\nmatch_on = ["y"]', "options given twice for one table: a and public.a"),
+        ('[databases]\nprod = "P"\n[backup]\ndatabases = ["prod", "prod"]', "backup.databases: lists prod twice"),
         ("[backup]\nkeep_dayly = 3", "backup.keep_dayly: unknown key"),
         ("[nonsense]\nx = 1", "nonsense: unknown key"),
         ('[content_sync]\ntables = ["a; drop table users"]', "is not a table name"),
@@ -32,6 +38,11 @@ def test_invalid_config_is_one_clear_line(toml: str, expected: str) -> None:
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_options_name_a_content_table_with_or_without_its_schema() -> None:
+    config = parse_config('[content_sync]\ntables = ["public.lessons"]\n[content_sync.options.lessons]\nmatch_on = ["slug"]')
+    assert config.content_sync.options["lessons"].match_on == ["slug"]
 
 
 def test_defaults_when_no_file(tmp_path, monkeypatch) -> None:

@@ -470,12 +470,7 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
     if not section.tables:
         raise ConfigError("content_sync.tables is empty: name the content tables a sync may write")
     content = [TableRef.parse(t) for t in section.tables]
-    listed = [TableRef.parse(t) for t in section.protected]
-    both = sorted(set(content) & set(listed))
-    if both:
-        raise ConfigError(f"content_sync: {', '.join(map(str, both))} listed as both content and protected")
-    if len(set(content)) != len(content):
-        raise ConfigError("content_sync.tables lists a table twice")
+    listed = [TableRef.parse(t) for t in section.protected]  # twice, or both: the config refuses that
     for table in listed:
         if not db.table_exists(tgt, table):
             raise ConfigError(f"content_sync.protected: {table} does not exist in database {section.target!r}")
