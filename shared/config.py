@@ -223,18 +223,35 @@ class MaskRule(_Section):
 
     _tables = field_validator("table")(classmethod(lambda cls, v: _check_tables([v])[0]))
 
+    @model_validator(mode="after")
+    def _value_fits(self) -> "MaskRule":
+        if self.strategy == "fixed" and self.value is None:
+            raise ValueError(f"{self.table}.{self.column}: strategy \"fixed\" needs the value to write")
+        if self.strategy == "null" and self.value is not None:
+            raise ValueError(f"{self.table}.{self.column}: strategy \"null\" takes no value (\"fixed\" writes one)")
+        return self
+
 
 class StagingCloneSection(_Section):
     source: str = "dev"
     target: str = "staging"
-    schemas: list[str] = Field(default_factory=lambda: ["public"])
+    schemas: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
     exclude_table_data: list[str] = Field(default_factory=list)
     mask: list[MaskRule] = Field(default_factory=list)
+
+    _tables = field_validator("exclude_table_data")(classmethod(lambda cls, v: _check_tables(v)))
 
     @model_validator(mode="after")
     def _distinct(self) -> "StagingCloneSection":
         if self.source == self.target:
             raise ValueError(f"source and target are the same database ({self.source!r})")
+        if "" in self.schemas or len(set(self.schemas)) != len(self.schemas):
+            raise ValueError(f"schemas must be distinct names, not {self.schemas}")
+        if twice := _twice(self.exclude_table_data):
+            raise ValueError(f"exclude_table_data lists a table twice: {', '.join(twice)}")
+        columns = [f"{_qualified(m.table)}.{m.column}" for m in self.mask]
+        if twice := sorted({c for c in columns if columns.count(c) > 1}):
+            raise ValueError(f"mask: column(s) {', '.join(twice)} masked twice (one rule per column)")
         return self
 
 
