@@ -26,6 +26,7 @@ DEFAULT_CONFIG_FILE = "safesync.toml"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _TABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*")
+_OBJECT = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*\.){0,2}[A-Za-z_][A-Za-z0-9_$]*")
 
 
 class _Section(BaseModel):
@@ -323,6 +324,17 @@ class MigrateSection(_Section):
     command_timeout_minutes: int = Field(30, ge=1)  # a `command` migration is killed after this
     command_inputs: list[str] = Field(default_factory=list)  # globs whose files a rehearsal of `command` covers
     rules: list[Rule] = Field(default_factory=list)
+    # tables ("users", "public.users") or columns ("users.legacy_flag") whose existing data the
+    # migration may delete or overwrite; any other loss the rehearsal shows fails it
+    allow_data_loss: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_data_loss")
+    @classmethod
+    def _objects(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _OBJECT.fullmatch(name):
+                raise ValueError(f"{name!r} is not a table or column (table, schema.table, table.column or schema.table.column)")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> "MigrateSection":

@@ -292,10 +292,8 @@ def _hash_aggregate(conn: psycopg.Connection) -> Iterator[None]:
     and would sort every (wide) row first; group in a hash table instead.
     The caller's setting is put back afterwards."""
     previous = conn.execute("select current_setting('enable_sort'), set_config('enable_sort', 'off', true)").fetchone()[0]
-    try:
-        yield
-    finally:
-        conn.execute("select set_config('enable_sort', %s, true)", [previous])
+    yield  # on an error the transaction is aborted and its rollback puts the setting back: no cleanup query to mask it
+    conn.execute("select set_config('enable_sort', %s, true)", [previous])
 
 
 @dataclass(frozen=True)
@@ -781,6 +779,7 @@ class MultisetDiff:
     source_rows: int
     target_rows: int
     rows: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    complete: bool = True  # every differing bucket was read: ``rows`` is the whole difference
 
     @property
     def differs(self) -> bool:
@@ -794,11 +793,12 @@ def _multiset_buckets(rows: int) -> int:
     return n
 
 
-def multiset_diff(sides: Sides, spec: TableShape) -> MultisetDiff:
+def multiset_diff(sides: Sides, spec: TableShape, rows_up_to: int = 0) -> MultisetDiff:
     """Compare a table as a multiset of rows (``spec.key`` is ignored): one
     checksum pass per side; when they differ, one bucketed pass per side
     (bucket = the low bits of the row hash, grouped in memory) and the rows
-    of the first ``MULTISET_BUCKETS_FETCHED`` differing buckets."""
+    of every differing bucket when together they hold at most ``rows_up_to``
+    rows (both sides), else of the first ``MULTISET_BUCKETS_FETCHED``."""
     (sc, ss), (tc, ts) = sides.both(lambda c: _top(c, spec))
     result = MultisetDiff(sc, tc)
     if (sc, ss) == (tc, ts):
@@ -813,7 +813,10 @@ def multiset_diff(sides: Sides, spec: TableShape) -> MultisetDiff:
             return {b: (n, total) for b, n, total in conn.execute(sums)}
 
     a, b = sides.both(bucket_sums)
-    chosen = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[:MULTISET_BUCKETS_FETCHED]
+    differing = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    held = sum(a.get(k, (0, 0))[0] + b.get(k, (0, 0))[0] for k in differing)
+    chosen = differing if held <= rows_up_to else differing[:MULTISET_BUCKETS_FETCHED]
+    result.complete = len(differing) == len(chosen)
     text = sql.SQL("row({})::text").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.columns))
     fetch = sql.SQL("select {}, {} from {} where {} = any(%s::bigint[])").format(text, h, spec.from_item(), bucket)
 

@@ -311,3 +311,110 @@ def test_transaction_control_in_a_file_is_refused(setup):
     answer = migrate.plan(settings)
     assert answer.status == 422
     assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
+
+
+# --- a migration that loses existing data does not pass its rehearsal ---------------
+
+LOSSES = {
+    "drop column": ("alter table users drop column name;\n", {"public.users.name": "column dropped with 40 value(s)"}),
+    "drop table": ("drop table posts;\n", {"public.posts": "table dropped with its 120 row(s)"}),
+    "rename table": ("alter table posts rename to articles;\n", {"public.posts": "table dropped with its 120 row(s)"}),
+    "delete rows": ("delete from posts where id > 100;\n", {"public.posts": "20 row(s) deleted"}),
+    "overwrite values": ("update users set name = upper(name) where id <= 3;\n", {"public.users": "3 row(s) with existing values changed"}),
+    "lossy type change": ("alter table posts alter column title type varchar(4) using left(title, 4);\n", {"public.posts": "row(s) with existing values changed"}),
+    "keyless delete": ("delete from audit where n > 3;\n", {"public.audit": "7 row(s) deleted or changed (no primary key)"}),
+}
+KEPT = {
+    "add column and backfill it": "alter table users add column bio text;\nupdate users set bio = 'hi';\n",
+    "new rows only": "insert into posts (user_id, title) select 1, 'more ' || g from generate_series(1, 50) g;\n",
+    "keyless rows added": "insert into audit select g from generate_series(100, 140) g;\n",
+    "widening types": "alter table users alter column name type varchar(200);\nalter table posts alter column id type bigint;\n",
+    "drop an empty column": "alter table users drop column spare;\n",
+    "drop an empty table": "drop table empty_log;\n",
+}
+
+
+@pytest.fixture
+def more_tables(dbs):
+    """A table without a primary key, an empty column and an empty table."""
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute("create table audit (n int); insert into audit select g from generate_series(1, 10) g")
+        conn.execute("alter table users add column spare text; create table empty_log (id int primary key)")
+
+
+@pytest.mark.parametrize("case", LOSSES, ids=list(LOSSES))
+def test_a_migration_losing_existing_data_fails_its_rehearsal_and_cannot_be_applied(setup, dbs, more_tables, case):
+    text, expected = LOSSES[case]
+    settings = setup({"0001_change.sql": text})
+    untouched = _fingerprint(dbs["prod"])
+    rehearsal = migrate.rehearse(settings)
+    body = rehearsal.body
+    assert rehearsal.exit_code == 1 and body["status"] == "problems" and body["details"]["passed"] is False, body["summary"]
+    assert "deletes or overwrites existing data" in body["summary"] and "allow_data_loss" in body["summary"]
+    found = {r["object"]: r["loss"] for r in body["tables"]["existing data lost"]}
+    assert found.keys() == expected.keys(), found
+    assert all(what in found[name] for name, what in expected.items()), found
+    refused = migrate.apply(settings)
+    assert refused.status == 422 and "no passing rehearsal" in refused.body["summary"]
+    assert _fingerprint(dbs["prod"]) == untouched
+
+
+@pytest.mark.parametrize("case", KEPT, ids=list(KEPT))
+def test_a_migration_keeping_existing_data_passes(setup, dbs, more_tables, case):
+    rehearsal = migrate.rehearse(setup({"0001_change.sql": KEPT[case]}))
+    assert rehearsal.exit_code == 0, rehearsal.body["summary"]
+    assert rehearsal.body["tables"]["existing data lost"] == []
+
+
+def test_allow_data_loss_accepts_exactly_what_it_names(setup, dbs, more_tables):
+    files = {"0001_cleanup.sql": "alter table users drop column name;\ndelete from posts where id > 100;\n"}
+    only_column = migrate.rehearse(setup(files, migrate_extra='allow_data_loss = ["users.name"]\n'))
+    assert only_column.exit_code == 1 and "public.posts: 20 row(s) deleted" in only_column.body["summary"]
+    assert "users.name" not in only_column.body["summary"].split("existing data — ")[1]
+    settings = setup(files, migrate_extra='allow_data_loss = ["users.name", "public.posts"]\n')
+    both = migrate.rehearse(settings)
+    assert both.exit_code == 0, both.body["summary"]
+    assert [r["accepted"] for r in both.body["tables"]["existing data lost"]] == ["yes (allow_data_loss)"] * 2
+    assert sum("accepted by allow_data_loss" in w for w in both.body["warnings"]) == 2
+    assert migrate.apply(settings).exit_code == 0
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select count(*) from posts").fetchone()[0] == 100
+
+
+def test_what_the_application_writes_meanwhile_is_not_the_migrations_loss(setup, dbs, more_tables, monkeypatch):
+    """The rehearsal compares with the target as it was cloned (a held
+    snapshot), not as the live application has changed it since."""
+    from safesync.functions.migrate import migration
+
+    real_run = migration.run
+
+    def app_writes_then_migrate(*args, **kwargs):
+        with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+            conn.execute("delete from posts where id > 110")  # users delete their posts
+            conn.execute("update users set name = 'renamed' where id = 1")
+            conn.execute("insert into audit values (99)")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(migration, "run", app_writes_then_migrate)
+    kept = migrate.rehearse(setup({"0001_bio.sql": "alter table users add column bio text;\n"}))
+    assert kept.exit_code == 0, kept.body
+    assert kept.body["tables"]["data differences"] == []  # the rehearsal is the clone plus the migration, nothing else
+    lost = migrate.rehearse(setup({"0002_trim.sql": "delete from posts where id <= 5;\n"}))
+    assert {r["object"]: r["loss"] for r in lost.body["tables"]["existing data lost"]} == {"public.posts": lost.body["tables"]["existing data lost"][0]["loss"]}
+    assert lost.body["tables"]["existing data lost"][0]["loss"].startswith("5 row(s) deleted")
+
+
+def test_ddl_on_the_target_while_rehearsing_is_a_clear_failure_not_a_crash(setup, dbs, more_tables, monkeypatch):
+    from safesync.functions.migrate import migration
+
+    real_run = migration.run
+
+    def ddl_then_migrate(*args, **kwargs):
+        with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+            conn.execute("alter table users drop column spare")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(migration, "run", ddl_then_migrate)
+    answer = migrate.rehearse(setup({"0001_bio.sql": "alter table users add column bio text;\n"}))
+    assert answer.status == 503 and "schema changed while rehearsing" in answer.body["error"] and "spare" in answer.body["error"]
+    assert migrate.apply(setup()).status == 422  # no passing rehearsal

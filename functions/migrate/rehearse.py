@@ -13,6 +13,9 @@
    timeouts and transaction mode as ``apply``, then validation again.
 4. Schema + data diff of target vs rehearsal: exactly what the migration
    changes. Nothing touches the target (it is only read).
+5. The rehearsal passes only if the migration and validation succeeded and
+   it loses none of the target's existing data (``loss``) beyond what
+   ``[migrate] allow_data_loss`` accepts.
 
 The report is stored under ``runs/migrate/`` like every run, with the
 plan's digest: that stored report *is* the rehearsal record ``apply`` looks
@@ -33,10 +36,11 @@ from psycopg import sql
 from safesync.shared import identity, preflight, runs
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, list_tables, user_schema
-from safesync.shared.errors import ConfigError, Refused
+from safesync.shared.errors import ConfigError, JobFailed, Refused
+from safesync.shared.log import redact
 from safesync.shared.report import Report, utcnow
 
-from . import migration, validation
+from . import loss, migration, validation
 from .plan import Plan, build_plan
 
 USER_SCHEMAS_SQL = f"""
@@ -72,15 +76,26 @@ def check_scratch(settings: Settings) -> str:
     return settings.database_url(scratch)
 
 
-def clone_into_scratch(settings: Settings, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:
-    """Clone the target into the scratch database; returns (clone options,
-    user schemas compared afterwards)."""
+def hold_snapshot(url: str) -> tuple[psycopg.Connection, str]:
+    """A read-only REPEATABLE READ transaction on the target and its
+    exported snapshot: the state the rehearsal clones, and later compares
+    the rehearsal with — so what the application writes to the target
+    meanwhile is not mistaken for something the migration did."""
+    conn = connect(url, application_name="safesync-migrate")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.execute("set idle_in_transaction_session_timeout = 0")  # held open while the migration runs on the scratch
+    return conn, conn.execute("select pg_export_snapshot()").fetchone()[0]
+
+
+def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: str, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:
+    """Clone the target as ``held`` sees it (its exported ``snapshot``) into
+    the scratch database; returns (clone options, user schemas compared
+    afterwards)."""
     from safesync.functions.staging_clone import clone_database, options_from_config
 
-    with connect(url, application_name="safesync-migrate") as conn:
-        conn.read_only = True
-        schemas = user_schemas(conn)
-        tables = set(list_tables(conn, schemas))
+    schemas = user_schemas(held)
+    tables = set(list_tables(held, schemas))
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
         stale = [s for s in user_schemas(conn) if s not in schemas]
         with conn.transaction():
@@ -96,22 +111,31 @@ def clone_into_scratch(settings: Settings, url: str, scratch_url: str, report: R
     options = dataclasses.replace(
         base, schemas=tuple(schemas), masks=masks, exclude_table_data=tuple(t for t in base.exclude_table_data if t in tables)
     )
-    clone_database(url, scratch_url, options, report=report, compare_after=False)
+    clone_database(url, scratch_url, options, report=report, compare_after=False, snapshot=snapshot)
     return options, [s for s in schemas if s != "safesync"]
 
 
-def _compare(url: str, scratch_url: str, schemas: list[str], options: Any) -> Any:
-    """Target vs rehearsal over every user schema either side has (a
-    migration may add one); masked columns and data-less tables excluded."""
+def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any) -> tuple[Any, list[loss.Loss]]:
+    """The target as cloned (``held``) vs the rehearsal, over every user
+    schema either side has (a migration may add one), masked columns and
+    data-less tables excluded; and what of the target's data the migration
+    loses."""
     from safesync.functions.validate import compare
 
     masked: dict[TableRef, list[str]] = {}
     for m in options.masks:
         masked.setdefault(m.table, []).append(m.column)
-    with connect(url, application_name="safesync-migrate") as a, connect(scratch_url, application_name="safesync-migrate-scratch") as b:
-        a.read_only = b.read_only = True
+    with connect(scratch_url, application_name="safesync-migrate-scratch") as b:
+        b.read_only = True
         compared = sorted(set(schemas) | {s for s in user_schemas(b) if s != "safesync"})
-        return compare(a, b, compared, exclude_columns=masked, count_only=options.exclude_table_data)
+        try:
+            comparison = compare(held, b, compared, exclude_columns=masked, count_only=options.exclude_table_data, limit=loss.LIMIT)
+            return comparison, loss.find(comparison, held, b, compared)
+        except psycopg.Error as exc:  # the snapshot keeps the target's rows, not its table definitions
+            raise JobFailed(
+                f"comparing the target with the rehearsal failed: {redact(str(exc)).strip()} — if the target's schema "
+                "changed while rehearsing (DDL by another session), rehearse again"
+            ) from None
 
 
 def run_rehearse(settings: Settings, report: Report) -> None:
@@ -127,8 +151,18 @@ def run_rehearse(settings: Settings, report: Report) -> None:
         report.summary = f"nothing to rehearse: {plan.describe()}"
         return
     preflight.quick(settings, [db, scratch], tools=True)
+    held, snapshot = hold_snapshot(url)
+    try:
+        _rehearse(settings, report, plan, held, snapshot, url, scratch_url)
+    finally:
+        held.close()
+
+
+def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Connection, snapshot: str, url: str, scratch_url: str) -> None:
+    cfg = settings.config.migrate
+    db, scratch = cfg.database, cfg.rehearse_on
     with report.timed("clone"):
-        options, schemas = clone_into_scratch(settings, url, scratch_url, report)
+        options, schemas = clone_into_scratch(settings, held, snapshot, url, scratch_url, report)
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
         with report.timed("validation_before"):
             before = validation.baseline(settings, conn)
@@ -143,17 +177,33 @@ def run_rehearse(settings: Settings, report: Report) -> None:
                 outcome.validation = validation.validate(settings, conn, before)
     describe_outcome(report, outcome)
     with report.timed("compare"):
-        comparison = _compare(url, scratch_url, schemas, options)
+        comparison, losses = _compare(held, scratch_url, schemas, options)
     comparison.into_report(report, db, "rehearsal")
+    refused = _losses_into_report(report, losses, cfg.allow_data_loss)
     changes = (
         f"{len(comparison.schema.differences)} schema change(s), {len(comparison.data.differing)} table(s) with data changes"
     )
     seconds = report.timings.get("migration_s", 0)
-    if outcome.ok:
+    if not outcome.ok:
+        report.problems(f"rehearsal on {scratch} failed: {outcome.problem()}; {changes} (the target was not touched)")
+    elif refused:
+        shown = "; ".join(f"{l.object}: {l.what}" for l in refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+        report.problems(
+            f"rehearsal on {scratch} failed: the migration deletes or overwrites existing data — {shown} "
+            f"(the target was not touched; if this is intended, list the table or column in [migrate] allow_data_loss)"
+        )
+    else:
         report.details["passed"] = True
         report.summary = f"rehearsal on {scratch} passed: {plan.describe()} took {seconds:.1f}s; {changes}"
-    else:
-        report.problems(f"rehearsal on {scratch} failed: {outcome.problem()}; {changes} (the target was not touched)")
+
+
+def _losses_into_report(report: Report, losses: list[loss.Loss], allowed: list[str]) -> list[loss.Loss]:
+    """The losses table, a warning for each accepted one; returns the rest."""
+    accepted = [l.accepted_by(allowed) for l in losses]
+    report.tables["existing data lost"] = [l.row(ok) for l, ok in zip(losses, accepted, strict=True)]
+    report.details["data_loss"] = {"found": len(losses), "accepted": sum(accepted), "allow_data_loss": allowed}
+    report.warnings += [f"accepted by allow_data_loss: {l.object}: {l.what}" for l, ok in zip(losses, accepted, strict=True) if ok]
+    return [l for l, ok in zip(losses, accepted, strict=True) if not ok]
 
 
 def describe_outcome(report: Report, outcome: migration.Outcome) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg
+from psycopg import sql
 
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
@@ -77,9 +78,12 @@ def clone_database(
     before_swap: Callable[[], Any] | None = None,
     compare_after: bool = True,
     progress: Meter | None = None,
+    snapshot: str | None = None,
 ) -> CloneResult:
     """Replace ``options.schemas`` of the target with the source's, in one
     transaction; then compare both (unless ``compare_after`` is False).
+    ``snapshot``: one the caller exported on the source and holds open —
+    the clone copies exactly that state (else it exports its own).
 
     ``before_swap`` runs after planning, before anything is written (the
     safety backup). Raises Refused (nothing done), JobFailed (target rolled
@@ -94,7 +98,10 @@ def clone_database(
     ) as dst:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
-        snapshot = src.execute("select pg_export_snapshot()").fetchone()[0]
+        if snapshot is None:
+            snapshot = src.execute("select pg_export_snapshot()").fetchone()[0]
+        else:
+            src.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
         meter(phase="planning")
         with timed("plan"):
             plan = plan_clone(src, dst, options)

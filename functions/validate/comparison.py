@@ -13,7 +13,7 @@ import psycopg
 from safesync.shared.db import TableRef
 from safesync.shared.report import Report
 
-from .data_diff import DataDiff, data_diff
+from .data_diff import MAX_KEYS, DataDiff, data_diff
 from .schema_diff import SchemaDiff, schema_diff
 
 
@@ -68,9 +68,10 @@ def compare(
     exclude_columns: dict[TableRef, Iterable[str]] | None = None,
     count_only: Iterable[TableRef] = (),
     progress: Callable[[str], None] | None = None,
+    limit: int = MAX_KEYS,
 ) -> Comparison:
     """Schema and data diff of ``schemas`` (connections from ``shared.db.connect``:
-    pinned settings make the row hashes comparable)."""
+    pinned settings make the row hashes comparable); ``limit`` as ``data_diff``'s."""
     schema = schema_diff(conn_a, conn_b, schemas)
-    data = data_diff(conn_a, conn_b, schemas, exclude_columns=exclude_columns, count_only=count_only, progress=progress)
+    data = data_diff(conn_a, conn_b, schemas, exclude_columns=exclude_columns, count_only=count_only, progress=progress, limit=limit)
     return Comparison(schema, data)

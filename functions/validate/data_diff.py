@@ -45,6 +45,11 @@ class TableDiff:
     excluded_columns: list[str] = field(default_factory=list)
     first_keys: list[str] = field(default_factory=list)
     note: str = ""
+    # rows found per kind of difference ("only in A", "differs", "only in B"):
+    # every one when ``complete``, else at least these (the search stopped)
+    found: dict[str, int] = field(default_factory=dict)
+    complete: bool = True
+    keyed: bool = True  # rows matched on a primary key (else as a multiset)
 
     def row(self, a_name: str, b_name: str) -> dict[str, Any]:
         return {
@@ -101,22 +106,34 @@ def _label(key: tuple[str, ...], text: str) -> str:
     return f"({', '.join(key)})={text}" if key else f"row {text}"
 
 
-def _keyed_first_keys(sides: Sides, shape: TableShape) -> tuple[int, int, list[str]]:
-    diff = rowdiff.diff_table(sides, shape, limit=MAX_KEYS)
+def _keyed(sides: Sides, shape: TableShape, table: str, excluded: list[str], note: str, limit: int) -> TableDiff:
+    diff = rowdiff.diff_table(sides, shape, limit=limit)
     found = [(_record_text(k), "only in A") for k in diff.new] + [(_record_text(k), "differs") for k in diff.changed]
     found += [(_record_text(k), "only in B") for k in diff.extra]
     found.sort(key=lambda f: _natural(f[0]))
-    return diff.source_rows, diff.target_rows, [f"{what}: {_label(shape.key, text)}" for text, what in found[:MAX_KEYS]]
+    first = [f"{what}: {_label(shape.key, text)}" for text, what in found[:MAX_KEYS]]
+    status = "differs" if first or diff.source_rows != diff.target_rows else "identical"
+    counts = {"only in A": len(diff.new), "differs": len(diff.changed), "only in B": len(diff.extra)}
+    return TableDiff(table, status, diff.source_rows, diff.target_rows, excluded, first, note,
+                     {k: n for k, n in counts.items() if n}, diff.complete)
 
 
-def _keyless_first_keys(sides: Sides, shape: TableShape) -> tuple[int, int, list[str]]:
-    diff = rowdiff.multiset_diff(sides, shape)
-    found = []
-    for text in sorted(diff.rows, key=_natural)[:MAX_KEYS]:
+def _keyless(sides: Sides, shape: TableShape, table: str, excluded: list[str], note: str, limit: int) -> TableDiff:
+    """Rows without a key, compared as a multiset: a row "differs" when
+    its text is on both sides a different number of times; complete when
+    every differing hash bucket was read."""
+    diff = rowdiff.multiset_diff(sides, shape, rows_up_to=limit)
+    first, counts = [], {"only in A": 0, "only in B": 0}
+    for text in sorted(diff.rows, key=_natural):
         ha, hb = diff.rows[text]
-        what = "only in A" if not hb else "only in B" if not ha else "differs"
-        found.append(f"{what}: {_label((), text)}")
-    return diff.source_rows, diff.target_rows, found
+        counts["only in A"] += max(len(ha) - len(hb), 0)
+        counts["only in B"] += max(len(hb) - len(ha), 0)
+        if len(first) < MAX_KEYS:
+            what = "only in A" if not hb else "only in B" if not ha else "differs"
+            first.append(f"{what}: {_label((), text)}")
+    status = "differs" if diff.differs else "identical"
+    return TableDiff(table, status, diff.source_rows, diff.target_rows, excluded, first, note,
+                     {k: n for k, n in counts.items() if n}, complete=diff.complete, keyed=False)
 
 
 def _shape(shapes_a: dict, shapes_b: dict, table: TableRef, excluded: set[str], native: bool) -> tuple[TableShape, list[str], str]:
@@ -150,12 +167,15 @@ def data_diff(
     exclude_columns: dict[TableRef, Iterable[str]] | None = None,
     count_only: Iterable[TableRef] = (),
     progress: Callable[[str], None] | None = None,
+    limit: int = MAX_KEYS,
 ) -> DataDiff:
     """Compare the rows of every table of ``schemas``.
 
     ``exclude_columns``: columns left out of the hashes (reported per table).
     ``count_only``: tables reported as "not compared" with both row counts
-    (e.g. tables cloned without data).
+    (e.g. tables cloned without data). ``limit``: how many differing rows of
+    a keyed table to find before the search stops, and how many rows a keyless
+    table's differing buckets may hold to be read whole (``TableDiff.complete``).
     """
     exclude_columns = {t: set(c) for t, c in (exclude_columns or {}).items()}
     count_only = set(count_only)
@@ -190,9 +210,10 @@ def data_diff(
                     ca, cb = sides.both(lambda c: _count(c, shape.table))
                     result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note="structure only: data not copied"))
                     continue
-                rows_a, rows_b, first = (_keyed_first_keys if shape.key else _keyless_first_keys)(sides, shape)
-                status = "differs" if first or rows_a != rows_b else "identical"
-                result.tables.append(TableDiff(str(shape.table), status, rows_a, rows_b, excluded, first, note=note))
+                if shape.key:
+                    result.tables.append(_keyed(sides, shape, str(shape.table), excluded, note, limit))
+                else:
+                    result.tables.append(_keyless(sides, shape, str(shape.table), excluded, note, limit))
     finally:
         sides.close()
     result.tables.sort(key=lambda t: t.table)
