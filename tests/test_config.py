@@ -29,6 +29,8 @@ from safesync.shared.errors import ConfigError
         ('[staging_clone]\nexclude_table_data = ["a; drop table users"]', "is not a table name"),
         ('[staging_clone]\nexclude_table_data = ["logs", "public.logs"]', "exclude_table_data lists a table twice: logs and public.logs"),
         ('[staging_clone]\nschemas = ["public", "public"]', "schemas must be distinct names"),
+        ('[migrate]\nallow_data_loss = ["users; drop table users"]', "is not a table or column"),
+        ('[migrate]\nallow_data_loss = ["a.b.c.d"]', "is not a table or column"),
         ("[backup]\nkeep_dayly = 3", "backup.keep_dayly: unknown key"),
         ("[nonsense]\nx = 1", "nonsense: unknown key"),
         ('[content_sync]\ntables = ["a; drop table users"]', "is not a table name"),
