@@ -292,6 +292,26 @@ def test_refuses_masks_that_cannot_apply(write_settings, supabase_dev, supabase_
     assert "NOT NULL" in answer.body["error"] and "chat_messages.nope does not exist" in answer.body["error"]
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ('exclude_table_data = ["tenant_registry"]\n',
+     "rows of hotels.accommodation_units (accommodation_units_tenant_id_fkey)"),
+    ('[[staging_clone.mask]]\ntable = "hotels.accommodation_units"\ncolumn = "tenant_id"\nstrategy = "hash"\n',
+     "hotels.accommodation_units.tenant_id is part of foreign key(s) accommodation_units_tenant_id_fkey"),
+    ('[[staging_clone.mask]]\ntable = "tenant_registry"\ncolumn = "tenant_id"\nstrategy = "hash"\n',
+     "public.tenant_registry.tenant_id is part of foreign key(s)"),
+    ('[[staging_clone.mask]]\ntable = "tenant_registry"\ncolumn = "slug"\nstrategy = "fixed"\nvalue = "demo"\n',
+     "public.tenant_registry.slug is in unique index"),
+], ids=["excluded parent", "masked reference", "masked referenced key", "fixed unique"])
+def test_what_would_break_a_key_is_refused_while_planning(write_settings, supabase_dev, supabase_staging, extra, expected):
+    """Not after copying, as the FK or unique check's error: nothing is written, not even the safety backup."""
+    settings = write_settings({"dev": supabase_dev, "staging": supabase_staging, "prod": supabase_dev}, CLONE_TOML + extra)
+    before = state(supabase_staging)
+    answer = clone(settings)
+    assert answer.status == 422 and answer.body["error"].startswith("staging clone refused:") and expected in answer.body["error"], answer.body["error"]
+    assert "safety_backup_s" not in answer.body["report"]["timings"]
+    assert state(supabase_staging) == before
+
+
 def test_http_staging_clone(settings, supabase_staging):
     from safesync.functions.serve import create_app
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from safesync.shared.db import TableRef, columns, list_tables
 from safesync.shared.errors import Refused
@@ -171,8 +172,6 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             problems.append(f"mask: {mask.table}.{mask.column} is a generated column")
         elif mask.strategy == "null" and col.not_null:
             problems.append(f"mask: {mask.table}.{mask.column} is NOT NULL; use strategy fixed or hash")
-        elif mask.strategy == "fixed" and mask.value is None:
-            problems.append(f"mask: {mask.table}.{mask.column} strategy fixed needs a value")
         elif mask.strategy == "hash" and not (col.type.startswith(TEXT_TYPES) or col.type == "uuid"):
             problems.append(f"mask: {mask.table}.{mask.column} is {col.type}; hash works on text and uuid columns")
         elif derived := _generated_from(source, mask.table, mask.column):
@@ -181,11 +180,77 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
                 f"{mask.table}.{mask.column}: masking it would change them too (and leave dev's value derivable); "
                 "mask a column no generated column reads, or drop the generated column in staging's schema"
             )
+        elif keys := _foreign_keys_using(source, mask.table, mask.column):
+            problems.append(
+                f"mask: {mask.table}.{mask.column} is part of foreign key(s) {', '.join(keys)}: masking it would break "
+                "the references (mask a column no foreign key uses)"
+            )
+        elif mask.strategy == "fixed" and (unique := _unique_over(source, mask.table, mask.column)):
+            problems.append(
+                f"mask: {mask.table}.{mask.column} is in unique index {unique}: one fixed value in every row would "
+                "violate it (use strategy hash, which keeps distinct values distinct)"
+            )
         else:
             plan.mask_types[(mask.table, mask.column)] = col.type
         if mask.table in options.exclude_table_data:
             plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
     return problems
+
+
+def _foreign_keys_using(conn: psycopg.Connection, table: TableRef, column: str) -> list[str]:
+    """Foreign keys that ``column`` is a referencing or a referenced column of."""
+    rows = conn.execute(
+        """select k.conname || ' (' || k.conrelid::regclass::text || ' → ' || k.confrelid::regclass::text || ')'
+           from pg_constraint k join pg_attribute a on a.attrelid = %(t)s::regclass and a.attname = %(c)s
+           where k.contype = 'f' and (k.conrelid = a.attrelid and a.attnum = any(k.conkey)
+                                      or k.confrelid = a.attrelid and a.attnum = any(k.confkey))
+           order by 1""",
+        {"t": table.ident.as_string(conn), "c": column},
+    )
+    return [r[0] for r in rows]
+
+
+def _unique_over(conn: psycopg.Connection, table: TableRef, column: str) -> str | None:
+    """A unique index covering ``column``, when the table has two rows or more
+    (one value in every row would violate it)."""
+    row = conn.execute(
+        """select i.indexrelid::regclass::text from pg_index i join pg_attribute a on a.attrelid = i.indrelid
+           where i.indrelid = %(t)s::regclass and i.indisunique and a.attname = %(c)s and a.attnum = any(i.indkey)
+           order by 1 limit 1""",
+        {"t": table.ident.as_string(conn), "c": column},
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(sql.SQL("select count(*) from (select from {} limit 2) s").format(table.ident)).fetchone()[0]
+    return row[0] if rows > 1 else None
+
+
+def _rows_pointing_into_excluded(conn: psycopg.Connection, options: CloneOptions, tables: set[TableRef]) -> list[str]:
+    """Foreign keys from tables cloned with data to a table cloned without:
+    their rows would reference rows that are not copied (the clone's FK
+    check fails them). Only keys some row actually uses count."""
+    excluded = [t for t in options.exclude_table_data if t in tables]
+    found = conn.execute(
+        """select k.conname, n.nspname, c.relname, k.confrelid::regclass::text,
+                  array(select a.attname::text from unnest(k.conkey) u(attnum) join pg_attribute a
+                        on a.attrelid = k.conrelid and a.attnum = u.attnum)
+           from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+           where k.contype = 'f' and k.confrelid = any(%s::regclass[]) order by 2, 3, 1""",
+        [[t.ident.as_string(conn) for t in excluded]],
+    ).fetchall()
+    referencing: dict[str, list[str]] = {}
+    for name, schema, relname, parent, cols in found:
+        child = TableRef(schema, relname)
+        if child not in tables or child in options.exclude_table_data:
+            continue
+        used = sql.SQL(" and ").join(sql.SQL("{} is not null").format(sql.Identifier(c)) for c in cols)
+        if conn.execute(sql.SQL("select exists (select from {} where {})").format(child.ident, used)).fetchone()[0]:
+            referencing.setdefault(parent, []).append(f"{child} ({name})")
+    return [
+        f"exclude_table_data: rows of {', '.join(children)} reference {parent}, whose rows are not copied "
+        f"(exclude their data too, or copy {parent}'s)"
+        for parent, children in referencing.items()
+    ]
 
 
 def _generated_from(conn: psycopg.Connection, table: TableRef, column: str) -> list[str]:
@@ -235,6 +300,7 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
     problems += _check_masks(source, options, tables, plan)
+    problems += _rows_pointing_into_excluded(source, options, tables)
 
     roles = [r[0] for r in source.execute(ROLES_REFERENCED, args)]
     have = {r[0] for r in target.execute("select rolname from pg_roles where rolname = any(%s)", [roles])}
