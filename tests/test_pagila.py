@@ -132,3 +132,27 @@ def test_partitions_and_views_are_named_as_such(pair, write_settings):
     assert checks[("content sync", "target film_list")].detail == "is a view in prod, not a table"
     answer = content_sync(settings, "compare")
     assert answer.status == 400 and "payment_p2022_01 is a partition of public.payment" in answer.body["error"]
+
+
+@pytest.mark.parametrize("statements, expected", [
+    # pagila's own kinds of change: a new column with a default, a refreshed matview, a new index
+    ("alter table film add column subtitle text default '';\nrefresh materialized view rental_by_category;\n"
+     "create index film_subtitle on film (subtitle);\n", {}),
+    # a month of payments dropped with its partition: its rows are gone from public.payment
+    ("alter table payment detach partition payment_p2022_01;\ndrop table payment_p2022_01;\n",
+     {"public.payment": "row(s) deleted"}),
+    # updates stamped by pagila's last_updated() trigger overwrite existing values
+    ("update actor set first_name = upper(first_name) where actor_id <= 3;\n", {"public.actor": "3 row(s) with existing values changed"}),
+], ids=["harmless", "partition dropped", "rows overwritten"])
+def test_migrate_rehearsal_on_pagila_names_only_real_losses(make_db, pagila, write_settings, statements, expected, tmp_path):
+    from safesync.functions import migrate
+
+    prod, scratch = make_db(template=pagila), make_db()
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_change.sql").write_text(statements)
+    toml = '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    rehearsal = migrate.rehearse(write_settings({"prod": prod, "scratch": scratch}, toml))
+    lost = {r["object"]: r["loss"] for r in rehearsal.body["tables"]["existing data lost"]}
+    assert lost.keys() == expected.keys(), lost
+    assert all(what in lost[name] for name, what in expected.items()), lost
+    assert rehearsal.exit_code == (1 if expected else 0), rehearsal.body["summary"]
