@@ -327,6 +327,9 @@ class MigrateSection(_Section):
     # tables ("users", "public.users") or columns ("users.legacy_flag") whose existing data the
     # migration may delete or overwrite; any other loss the rehearsal shows fails it
     allow_data_loss: list[str] = Field(default_factory=list)
+    # the schemas a rehearsal clones and compares (None: every user schema of the target); on a
+    # hosted platform, those the migrations change and reference (Supabase: public, auth, storage)
+    schemas: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("allow_data_loss")
     @classmethod

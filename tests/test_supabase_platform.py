@@ -222,3 +222,34 @@ def test_restore_refuses_what_postgres_cannot_create_naming_it(backups, supabase
     assert "supabase_admin" in message and "--no-owner" in message
     with psycopg.connect(empty) as conn:
         assert conn.execute("select count(*) from pg_class where relnamespace = 'public'::regnamespace").fetchone()[0] == before
+
+
+def test_migrate_rehearses_the_schemas_it_is_told_to_as_postgres(supabase, write_settings, tmp_path):
+    """On the platform the rehearsal cannot clone every schema (the
+    platform's own belong to supabase_admin): the refusal says which to
+    list; with [migrate] schemas it rehearses, finds a loss in public and
+    nothing in auth, and apply migrates."""
+    from safesync.functions import migrate
+
+    prod, scratch = supabase.create_database(), supabase.create_database()
+    run(prod,
+        "create table public.notes (id uuid primary key references auth.users on delete cascade, body text)",
+        "insert into auth.users (id, email) select gen_random_uuid(), 'u' || g || '@example.test' from generate_series(1, 5) g",
+        "insert into public.notes select id, email from auth.users")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_bio.sql").write_text("alter table public.notes add column bio text;\n")
+    toml = '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    every = migrate.rehearse(write_settings({"prod": prod, "scratch": scratch}, toml))
+    assert every.status == 422 and 'set [migrate] schemas' in every.body["error"] and "supabase_admin" in every.body["error"]
+
+    settings = write_settings({"prod": prod, "scratch": scratch}, toml + 'schemas = ["public", "auth", "storage"]\n')
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 0, rehearsal.body["summary"]
+    assert rehearsal.body["tables"]["existing data lost"] == [] and rehearsal.body["tables"]["data differences"] == []
+    assert migrate.apply(settings).exit_code == 0
+
+    (tmp_path / "migrations" / "0002_trim.sql").write_text("delete from public.notes where body like 'u1@%';\n")
+    lost = migrate.rehearse(settings)
+    assert lost.exit_code == 1 and [r["object"] for r in lost.body["tables"]["existing data lost"]] == ["public.notes"]
+    bad = write_settings({"prod": prod, "scratch": scratch}, toml + 'schemas = ["public", "nope"]\n')
+    assert migrate.rehearse(bad).status == 400

@@ -88,16 +88,30 @@ def hold_snapshot(url: str) -> tuple[psycopg.Connection, str]:
     return conn, conn.execute("select pg_export_snapshot()").fetchone()[0]
 
 
+def rehearsed_schemas(settings: Settings, held: psycopg.Connection) -> tuple[list[str], list[str]]:
+    """(the schemas the rehearsal clones — ``[migrate] schemas``, else every
+    user schema — with ``safesync`` when the target has it, so the clone
+    knows which files were applied; every user schema of the target)."""
+    everything = user_schemas(held)
+    wanted = settings.config.migrate.schemas
+    if wanted is None:
+        return everything, everything
+    missing = [s for s in wanted if s not in everything]
+    if missing:
+        raise ConfigError(f"migrate.schemas: {', '.join(missing)} not in the target {settings.config.migrate.database!r}")
+    return [s for s in everything if s in wanted or s == "safesync"], everything
+
+
 def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: str, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:
     """Clone the target as ``held`` sees it (its exported ``snapshot``) into
-    the scratch database; returns (clone options, user schemas compared
-    afterwards)."""
+    the scratch database; returns (clone options, the rehearsed schemas
+    compared afterwards)."""
     from safesync.functions.staging_clone import clone_database, options_from_config
 
-    schemas = user_schemas(held)
+    schemas, everything = rehearsed_schemas(settings, held)
     tables = set(list_tables(held, schemas))
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
-        stale = [s for s in user_schemas(conn) if s not in schemas]
+        stale = [s for s in user_schemas(conn) if s not in everything]
         with conn.transaction():
             for schema in stale:
                 conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
@@ -111,13 +125,22 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
     options = dataclasses.replace(
         base, schemas=tuple(schemas), masks=masks, exclude_table_data=tuple(t for t in base.exclude_table_data if t in tables)
     )
-    clone_database(url, scratch_url, options, report=report, compare_after=False, snapshot=snapshot)
+    try:
+        clone_database(url, scratch_url, options, report=report, compare_after=False, snapshot=snapshot)
+    except Refused as exc:
+        if settings.config.migrate.schemas is not None:
+            raise
+        raise Refused(
+            f"{exc.message} — the rehearsal clones every user schema of the target; set [migrate] schemas to those "
+            'your migrations change and reference (on Supabase: ["public", "auth", "storage"])',
+            exc.detail,
+        ) from None
     return options, [s for s in schemas if s != "safesync"]
 
 
 def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any) -> tuple[Any, list[loss.Loss]]:
-    """The target as cloned (``held``) vs the rehearsal, over every user
-    schema either side has (a migration may add one), masked columns and
+    """The target as cloned (``held``) vs the rehearsal, over the rehearsed
+    schemas and any the migration created, masked columns and
     data-less tables excluded; and what of the target's data the migration
     loses."""
     from safesync.functions.validate import compare
@@ -127,7 +150,9 @@ def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], opt
         masked.setdefault(m.table, []).append(m.column)
     with connect(scratch_url, application_name="safesync-migrate-scratch") as b:
         b.read_only = True
-        compared = sorted(set(schemas) | {s for s in user_schemas(b) if s != "safesync"})
+        # the rehearsed schemas, and those the migration created (not the scratch's own others)
+        created = set(user_schemas(b)) - set(user_schemas(held))
+        compared = sorted((set(schemas) | created) - {"safesync"})
         try:
             comparison = compare(held, b, compared, exclude_columns=masked, count_only=options.exclude_table_data, limit=loss.LIMIT)
             return comparison, loss.find(comparison, held, b, compared)
