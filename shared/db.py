@@ -32,7 +32,15 @@ PINNED_SETTINGS: dict[str, str] = {
 # (11 s for the clone's dependency guard on a Supabase database; 0.07 s
 # without). Our queries are catalog look-ups and hash scans that gain
 # nothing from JIT.
-SESSION_OPTIONS = "-c jit=off"
+# The rest is pinned as pg_dump pins it, whatever the database or role sets
+# for the application (ALTER DATABASE / ROLE … SET, common on hosted
+# Postgres): row_security off, so a role subject to a policy gets an error
+# instead of silently reading (and comparing, hashing, syncing) fewer rows;
+# no statement_timeout or idle_in_transaction_session_timeout, which would
+# cancel a compare over a big table or end the session that holds a
+# clone's source snapshot while pg_dump reads it. Where a job must not wait
+# long it sets its own transaction-local lock_timeout / statement_timeout.
+SESSION_OPTIONS = "-c jit=off -c row_security=off -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 OUR_SCHEMA = "safesync"  # safesync's bookkeeping in a target (ledger, deliveries, run records)
 
 

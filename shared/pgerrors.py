@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import psycopg
+
 from .errors import JobFailed, Refused, SafesyncError
+from .log import redact
 
 _ERROR = re.compile(r"ERROR:\s+(?:([0-9A-Z]{5}):\s+)?(.*)")
 # SQLSTATE classes a retry can cure: transaction rollback (40), resources
@@ -66,6 +69,19 @@ def failure(what: str, stderr: str, fallback: str, detail: dict | None = None) -
     error = first_error(stderr)
     if error is None:
         return JobFailed(f"{what}: {fallback}", detail)
+    return _classified(what, error, detail)
+
+
+def database_failure(what: str, exc: psycopg.Error, detail: dict | None = None) -> SafesyncError:
+    """The same judgement for an error our own session got (psycopg knows
+    the SQLSTATE): a run the database stopped is reported with the server's
+    words, as a refusal or a retryable failure — not as our crash."""
+    # with the server's DETAIL and HINT (the key a constraint rejected), on one line
+    message = "; ".join(line.strip() for line in redact(str(exc)).splitlines() if line.strip())
+    return _classified(what, ServerError(exc.sqlstate, message, ""), detail)
+
+
+def _classified(what: str, error: ServerError, detail: dict | None) -> SafesyncError:
     text = error.message + (f" ({error.context})" if error.context else "")
     if error.privilege:
         return Refused(f"{what}: the role lacks a privilege: {text}", detail)

@@ -5,14 +5,17 @@ per-target advisory lock, de-duplication of deliveries (``shared.delivery``),
 a storage check before any
 database is touched, the report stored under ``runs/``, and a notification
 when the run fails or is refused. Errors we understand become the report's
-``error``; anything else is our bug: logged with its traceback, answered 500
-without one.
+``error``; so does an error the database stopped a run with (its SQLSTATE
+says whether retrying can help: ``shared.pgerrors``); anything else is our
+bug: logged with its traceback, answered 500 without one.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
 from typing import Any, Callable
+
+import psycopg
 
 from . import notify, runs
 from .config import Settings
@@ -21,6 +24,7 @@ from .errors import SafesyncError, StorageError
 from .delivery import Delivery
 from .locks import JobLock, begin_delivery, ensure_schema, finish_delivery, stored_delivery
 from .log import get_logger, redact, run_id_var
+from .pgerrors import database_failure
 from .report import Answer, Report
 
 log = get_logger("runner")
@@ -120,15 +124,10 @@ def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> 
                 raise
         fn(report)
     except SafesyncError as exc:
-        report.status = "refused" if exc.status in (400, 403, 404, 422) else "failed"
-        report.summary = report.summary or exc.message
-        report.error = {
-            "error": exc.message,
-            "detail": exc.detail,
-            "status": exc.status,
-            "permanent": exc.permanent,
-            "exit_code": exc.exit_code,
-        }
+        _failed(report, exc)
+    except psycopg.Error as exc:  # the database stopped the run: its words, not "internal error"
+        log.exception("run stopped by a database error", job=report.job, action=report.action)
+        _failed(report, database_failure(f"{report.job} {report.action} stopped by the database", exc))
     except Exception:
         log.exception("run crashed", job=report.job, action=report.action)
         report.status = "failed"
@@ -144,3 +143,15 @@ def _run(settings: Settings, report: Report, fn: JobFn, needs_storage: bool) -> 
         report.finish()
     log.info("run finished", job=report.job, action=report.action, status=report.status, summary=report.summary)
     return storage_ok
+
+
+def _failed(report: Report, exc: SafesyncError) -> None:
+    report.status = "refused" if exc.status in (400, 403, 404, 422) else "failed"
+    report.summary = report.summary or exc.message
+    report.error = {
+        "error": exc.message,
+        "detail": exc.detail,
+        "status": exc.status,
+        "permanent": exc.permanent,
+        "exit_code": exc.exit_code,
+    }

@@ -36,8 +36,9 @@ from safesync.shared.config import Settings
 from safesync.shared import db
 from safesync.shared.db import TableRef, connect
 from safesync.shared.identity import identify
-from safesync.shared.errors import ConfigError, JobFailed, Refused, StorageError
+from safesync.shared.errors import ConfigError, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
+from safesync.shared.pgerrors import database_failure
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 from safesync.shared.rowdiff import Key, Sides, diff_table, hashes_by_key, tune
@@ -306,12 +307,11 @@ def prove(
     return result
 
 
-def database_error(what: str, exc: psycopg.Error) -> JobFailed | Refused:
-    """A database error inside the write transaction, as the run reports it."""
-    message = f"{what} rolled back, target unchanged: {redact(str(exc)).strip()}"
-    if isinstance(exc, (psycopg.errors.IntegrityError, psycopg.errors.DataError)):
-        return Refused(message)  # the target's constraints reject these rows: retrying will not help
-    return JobFailed(message)
+def database_error(what: str, exc: psycopg.Error) -> SafesyncError:
+    """A database error inside the write transaction, as the run reports it:
+    a refusal when retrying cannot help (the target's constraints reject the
+    rows, a privilege or a policy is missing), else a retryable failure."""
+    return database_failure(f"{what} rolled back, target unchanged", exc)
 
 
 def start_proof(report: Report, tgt) -> proof.Start | None:

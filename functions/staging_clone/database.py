@@ -15,6 +15,7 @@ from psycopg import sql
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
 from safesync.shared.log import get_logger
+from safesync.shared.pgerrors import database_failure
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
@@ -131,5 +132,8 @@ def clone_database(
                 masked: dict[TableRef, list[str]] = {}
                 for m in options.masks:
                     masked.setdefault(m.table, []).append(m.column)
-                result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=options.exclude_table_data)
+                try:
+                    result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=options.exclude_table_data)
+                except psycopg.Error as exc:  # the swap is committed: the report must not read as "nothing happened"
+                    raise database_failure("clone committed, but comparing it with the source failed, so it is not proven identical", exc) from None
         return result
