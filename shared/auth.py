@@ -100,11 +100,15 @@ def _signed_with(token: str, key: str) -> bool:
 
 
 def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
-    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body."""
+    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body.
+
+    Compared as bytes: ``hmac.compare_digest`` raises TypeError on a ``str``
+    with non-ASCII characters, and a header's bytes arrive as Latin-1 text,
+    so a forged ``x-vercel-signature: café`` must be a 401, not a 500."""
     if not secret:
         raise AuthError("Vercel signature present but VERCEL_WEBHOOK_SECRET is not configured")
     expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode("utf-8", errors="surrogateescape")):
         raise AuthError("Vercel signature does not match the body")
 
 
