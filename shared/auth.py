@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .errors import AuthError
+from .errors import AuthError, BadRequest
 
 QSTASH_LEEWAY_S = 10
 QSTASH_KEYS = ("QSTASH_CURRENT_SIGNING_KEY", "QSTASH_NEXT_SIGNING_KEY")
@@ -112,6 +112,23 @@ def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
         raise AuthError("Vercel signature does not match the body")
 
 
+MAX_QSTASH_ID = 256
+
+
+def _qstash_id_header(headers: Mapping[str, str], name: str) -> str | None:
+    """A QStash id header (``msg_…``, ``scd_…``), or None when absent.
+
+    These headers are not signed, and their value goes into the run's report
+    and into the delivery row in the target database: a control character
+    (U+0000 above all, which PostgreSQL cannot store) failed that write after
+    the job had run. QStash's ids are short printable text, so anything else
+    is a 400 before anything runs."""
+    value = headers.get(name) or None
+    if value is not None and (len(value) > MAX_QSTASH_ID or not value.isprintable()):
+        raise BadRequest(f"{name} must be printable text of at most {MAX_QSTASH_ID} characters")
+    return value
+
+
 def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -161,8 +178,8 @@ def authenticate(
                     "qstash",
                     "qstash",
                     frozenset({"run"}),
-                    message_id=headers.get("Upstash-Message-Id") or None,
-                    schedule_id=headers.get("Upstash-Schedule-Id") or None,
+                    message_id=_qstash_id_header(headers, "Upstash-Message-Id"),
+                    schedule_id=_qstash_id_header(headers, "Upstash-Schedule-Id"),
                     # every token is unique; one without a jti is identified by itself
                     token_id=jti if isinstance(jti, str) and jti else "sha256:" + hashlib.sha256(signature.encode()).hexdigest(),
                 )

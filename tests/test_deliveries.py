@@ -164,6 +164,43 @@ def test_a_malformed_idempotency_key_is_400(world, headers, needle) -> None:
     assert backups(settings) == 0
 
 
+def delivery_rows(settings) -> list[tuple]:
+    with psycopg.connect(settings.database_url("prod")) as conn:
+        if conn.execute("select to_regclass('safesync.deliveries')").fetchone()[0] is None:
+            return []
+        return conn.execute("select state, status from safesync.deliveries").fetchall()
+
+
+def test_u0000_in_a_body_is_400_before_anything_runs(world) -> None:
+    """PostgreSQL cannot store U+0000: a body echoing one into the run's
+    answer made the backup, then failed recording the delivery (500, row
+    left 'running', so each retry made another backup)."""
+    settings, server = world
+    body = json.dumps({"action": "create", "db": "prod", "kind": "predeploy", "deployment": "dpl\u0000x"}).encode()
+    reply = server.post("backup", body, {**API, "Idempotency-Key": "nul-1"})
+    assert reply.status == 400 and "U+0000" in reply.json()["error"], reply.text[:300]
+    event = json.dumps({"id": "evt_nul", "type": "deployment.created",
+                        "payload": {"target": "production", "deployment": {"id": "dpl\u0000"}}}).encode()
+    signature = hmac.new(sentinels.SECRETS["VERCEL_WEBHOOK_SECRET"].encode(), event, hashlib.sha1).hexdigest()
+    reply = server.post("backup", event, {"x-vercel-signature": signature, "Content-Type": "application/json"})
+    assert reply.status == 400 and "U+0000" in reply.json()["error"], reply.text[:300]
+    assert backups(settings) == 0 and delivery_rows(settings) == []
+
+
+@pytest.mark.parametrize("header", ["Upstash-Message-Id", "Upstash-Schedule-Id"])
+@pytest.mark.parametrize("value", ["msg_\x00x", "msg_\x01", "m" * 257], ids=["nul", "control", "long"])
+def test_a_malformed_qstash_id_header_is_400_before_anything_runs(world, header: str, value: str) -> None:
+    """Those headers are unsigned and end up in the report and the delivery
+    row; a NUL in one failed that write after the backup was made."""
+    settings, server = world
+    reply = server.post("backup", CREATE, {**qstash_headers(CURRENT, url_of("backup"), CREATE), header: value})
+    assert reply.status == 400 and header in reply.json()["error"], reply.text[:300]
+    assert backups(settings) == 0 and delivery_rows(settings) == []
+    # QStash's own ids, Latin-1 text included, are taken as they come
+    ok = server.post("backup", CREATE, {**qstash_headers(CURRENT, url_of("backup"), CREATE), header: "msg_\u00e9" + "x" * 200})
+    assert ok.status == 200, ok.text[:300]
+
+
 def test_vercel_events_are_keyed_by_their_signed_event_id(world) -> None:
     settings, server = world
 
