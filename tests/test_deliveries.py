@@ -130,6 +130,30 @@ def test_a_retry_after_a_busy_answer_runs_once(world) -> None:
     assert replayed.json()["replayed"] is True and backups(settings) == 1
 
 
+def test_a_retry_after_a_retryable_failure_runs_again(make_db, write_settings, tmp_path) -> None:
+    """The first attempt finds storage unwritable (503, retryable); once it
+    is back, QStash's retry — and a re-sent Idempotency-Key — makes the
+    backup instead of replaying the 503; the next retry replays that."""
+    dev, prod = make_db(), make_db()
+    create_lms(dev, variant="dev")
+    create_lms(prod, variant="prod")
+    blocker = tmp_path / "blocked"  # a file where storage wants a folder: unwritable, even for root
+    settings = write_settings({"dev": dev, "prod": prod}, TOML, storage_url=f"file://{blocker}/store")
+    keyed = {**API, "Idempotency-Key": "deploy-retry"}
+    with LiveServer() as server:
+        message = QStashMessage(CURRENT, url_of("backup"), CREATE)
+        blocker.write_text("")
+        failed = [server.post("backup", CREATE, message.attempt()), server.post("backup", CREATE, keyed)]
+        assert [r.status for r in failed] == [503, 503], failed[0].text[:300]
+        blocker.unlink()
+        for headers in (message.attempt(), keyed):
+            ran = server.post("backup", CREATE, headers)
+            assert ran.status == 200 and "replayed" not in ran.json(), ran.text[:300]
+        replayed = [server.post("backup", CREATE, message.attempt()), server.post("backup", CREATE, keyed)]
+        assert all(r.status == 200 and r.json()["replayed"] is True for r in replayed), replayed[0].text[:300]
+        assert len(list_backups(settings, "prod")) == 2
+
+
 def test_idempotency_key_for_bearer_callers(world) -> None:
     settings, server = world
     keyed = {**API, "Idempotency-Key": "deploy-2026-01-01-abc"}
