@@ -79,6 +79,18 @@ def test_wrong_method_is_405(client) -> None:
     assert response.headers["Allow"] == "POST"
 
 
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nope", 404), ("POST", "/backup/", 404), ("GET", "/", 404),
+    ("TRACE", "/backup", 405), ("PROPFIND", "/status", 405),
+])
+def test_what_reaches_no_target_is_json_too(client, method: str, path: str, status: int) -> None:
+    """``safesync serve`` answered an unknown path or a method no route
+    lists (TRACE) with Flask's HTML page; every answer is JSON."""
+    response = client.open(path, method=method, headers=BEARER)
+    assert response.status_code == status and response.is_json, response.get_data()[:200]
+    assert isinstance(response.get_json()["error"], str)
+
+
 def _app(handler) -> flask.Flask:
     app = flask.Flask(__name__)
     app.add_url_rule("/job", view_func=lambda: serve(flask.request, "job", handler), methods=["POST"])
