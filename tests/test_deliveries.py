@@ -5,7 +5,10 @@ body: on a real ``safesync serve`` against the real PostgreSQL.
   whatever ``Upstash-Message-Id`` (new, missing, another delivery's);
 - a message id never fetches another target's or another body's answer;
 - QStash's own retries of one message (same id, freshly signed token) replay
-  the first answer — and so does each retry's token afterwards;
+  the first answer — and so does each retry's token afterwards — unless that
+  answer was a retryable failure (409, 5xx): then the retry runs the job;
+- U+0000 in a body, or a malformed QStash id header, is a 400 before
+  anything runs (PostgreSQL could not record the delivery);
 - bearer callers de-duplicate with ``Idempotency-Key`` (per target, caller
   and body); Vercel events by their signed event id;
 - an install's old ``safesync.deliveries`` (keyed by the bare message id) is
