@@ -165,7 +165,10 @@ def authenticate(
 
     signature = headers.get("Upstash-Signature")
     if signature:
-        public = env.get("SAFESYNC_PUBLIC_URL", "").rstrip("/")
+        # stripped as schedules, status links and the calendar read it: with a
+        # trailing newline (a secret file), QStash was pointed at the clean URL
+        # and every delivery then failed "for another URL"
+        public = env.get("SAFESYNC_PUBLIC_URL", "").strip().rstrip("/")
         if not public:
             failures.append("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
         else:
