@@ -11,10 +11,27 @@ import argparse
 
 def create_app():
     import flask
+    from werkzeug.exceptions import HTTPException
 
     from safesync.functions import main
+    from safesync.shared.http import json_response
 
     app = flask.Flask(__name__)
+
+    # What never reaches a target — a path that is none (404), a method no
+    # route lists such as TRACE (405) — is answered in JSON too, not with
+    # Flask's HTML page: every answer of this server is {"error": ...}.
+    def http_error(exc: HTTPException):
+        if exc.code == 404:
+            message = f"no target at this path; targets: {', '.join('/' + t for t in main.TARGETS)}"
+        elif exc.code == 405:
+            message = "method not allowed"
+        else:
+            message = (exc.name or "error").lower()
+        allow = dict(exc.get_headers()).get("Allow")
+        return json_response(exc.code or 500, {"error": message}, {"Allow": allow} if allow else None)
+
+    app.register_error_handler(HTTPException, http_error)
     for target in main.TARGETS:
         function = getattr(main, target)
         app.add_url_rule(

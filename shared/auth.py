@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .errors import AuthError
+from .errors import AuthError, BadRequest
 
 QSTASH_LEEWAY_S = 10
 QSTASH_KEYS = ("QSTASH_CURRENT_SIGNING_KEY", "QSTASH_NEXT_SIGNING_KEY")
@@ -100,12 +100,33 @@ def _signed_with(token: str, key: str) -> bool:
 
 
 def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
-    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body."""
+    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body.
+
+    Compared as bytes: ``hmac.compare_digest`` raises TypeError on a ``str``
+    with non-ASCII characters, and a header's bytes arrive as Latin-1 text,
+    so a forged ``x-vercel-signature: café`` must be a 401, not a 500."""
     if not secret:
         raise AuthError("Vercel signature present but VERCEL_WEBHOOK_SECRET is not configured")
     expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode("utf-8", errors="surrogateescape")):
         raise AuthError("Vercel signature does not match the body")
+
+
+MAX_QSTASH_ID = 256
+
+
+def _qstash_id_header(headers: Mapping[str, str], name: str) -> str | None:
+    """A QStash id header (``msg_…``, ``scd_…``), or None when absent.
+
+    These headers are not signed, and their value goes into the run's report
+    and into the delivery row in the target database: a control character
+    (U+0000 above all, which PostgreSQL cannot store) failed that write after
+    the job had run. QStash's ids are short printable text, so anything else
+    is a 400 before anything runs."""
+    value = headers.get(name) or None
+    if value is not None and (len(value) > MAX_QSTASH_ID or not value.isprintable()):
+        raise BadRequest(f"{name} must be printable text of at most {MAX_QSTASH_ID} characters")
+    return value
 
 
 def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
@@ -144,7 +165,10 @@ def authenticate(
 
     signature = headers.get("Upstash-Signature")
     if signature:
-        public = env.get("SAFESYNC_PUBLIC_URL", "").rstrip("/")
+        # stripped as schedules, status links and the calendar read it: with a
+        # trailing newline (a secret file), QStash was pointed at the clean URL
+        # and every delivery then failed "for another URL"
+        public = env.get("SAFESYNC_PUBLIC_URL", "").strip().rstrip("/")
         if not public:
             failures.append("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
         else:
@@ -157,8 +181,8 @@ def authenticate(
                     "qstash",
                     "qstash",
                     frozenset({"run"}),
-                    message_id=headers.get("Upstash-Message-Id") or None,
-                    schedule_id=headers.get("Upstash-Schedule-Id") or None,
+                    message_id=_qstash_id_header(headers, "Upstash-Message-Id"),
+                    schedule_id=_qstash_id_header(headers, "Upstash-Schedule-Id"),
                     # every token is unique; one without a jti is identified by itself
                     token_id=jti if isinstance(jti, str) and jti else "sha256:" + hashlib.sha256(signature.encode()).hexdigest(),
                 )

@@ -145,15 +145,21 @@ def job_lock(url: str, job: str, target: str) -> Iterator[JobLock]:
 
 
 def stored_delivery(conn: psycopg.Connection, delivery: Delivery, job: str, target: str) -> tuple[int, dict[str, Any]] | None:
-    """The (status, result) of this delivery's finished run, found by its
+    """The (status, result) of this delivery's final answer, found by its
     signed key or by its QStash message key (a retry, re-signed); else None.
     A retry found by its message key is recorded under its own key too, so
-    its token replays the same answer whatever headers come with it."""
+    its token replays the same answer whatever headers come with it.
+
+    Only a final answer is replayed: a success, or a permanent failure. A
+    retryable one (409, 5xx: storage or the database was down, the job failed
+    and rolled back) is what QStash's retries and a re-sent Idempotency-Key
+    are for; replaying it turned one outage into a day without a backup."""
     key, message = delivery.record_key(job, target), delivery.message_key(job, target)
     row = conn.execute(
         """
         select delivery_key, status, result from safesync.deliveries
         where state = 'done' and (delivery_key = %s or (%s::text is not null and message_key = %s))
+          and (status < 400 or coalesce(result->>'_permanent', 'false') = 'true')
         order by delivery_key = %s desc, finished_at
         limit 1
         """,

@@ -9,7 +9,11 @@ scan of the brackets outside strings) and checked again on the result. A
 JSON body must also be exactly one unambiguous object: duplicate keys (two
 parsers may keep different ones), numbers beyond what a field can mean
 (a 10⁶-digit integer, ``1e999`` → infinity, ``NaN``) and strings that are not
-Unicode (lone surrogates: ``"\\ud800"``) are 400s that name the limit.
+Unicode (lone surrogates: ``"\\ud800"``) are 400s that name the limit, and so
+is U+0000 in a string: PostgreSQL text and jsonb cannot hold it, and what a
+body says reaches the target database (a delivery's recorded answer echoes
+the trigger), where it failed *after* the job had run, leaving the delivery
+``running`` for the next retry to run again.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def _no_constant(name: str) -> Any:
 
 
 def _check_text(value: Any, depth: int = 0) -> None:
-    """Every string and key must be encodable (no lone surrogates), and the
+    """Every string and key must be encodable (no lone surrogates) and free
+    of U+0000 (which PostgreSQL cannot store), and the
     parsed value no deeper than the limit (the scan above already made sure)."""
     if depth > MAX_DEPTH:
         raise BadRequest(f"body nests deeper than {MAX_DEPTH} levels")
@@ -78,6 +83,8 @@ def _check_text(value: Any, depth: int = 0) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise BadRequest("body is not valid JSON: a string holds a lone surrogate (\\ud800-\\udfff) that is not Unicode text") from None
+        if "\x00" in value:
+            raise BadRequest("body: a string holds U+0000 (\\u0000), which PostgreSQL cannot store")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, depth)

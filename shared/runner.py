@@ -65,8 +65,9 @@ def execute(
     ``target`` (None: no lock, e.g. read-only actions).
 
     Returns the HTTP status and JSON body. A ``delivery`` already answered
-    (the same signed request, or a QStash retry of the same message) returns
-    the stored answer without running anything; its record lives in the
+    for good — a success or a permanent failure — (the same signed request,
+    or a QStash retry of the same message) returns the stored answer without
+    running anything, while one that failed retryably runs again; its record lives in the
     target database, so read-only actions without one are answered afresh.
     Raises AlreadyRunning (409) when another run holds the lock.
     """

@@ -70,14 +70,18 @@ def issue(purpose: str, kind: str, *, env: Mapping[str, str] | None = None, now:
 
 
 def verify(purpose: str, value: str, *, env: Mapping[str, str] | None = None, now: float | None = None) -> Grant:
-    """The grant ``value`` carries, or AuthError saying why not."""
+    """The grant ``value`` carries, or AuthError saying why not.
+
+    The signatures are compared as bytes: ``hmac.compare_digest`` raises
+    TypeError on a ``str`` with non-ASCII characters, and a cookie or a
+    ``?link=`` is whatever the browser sent, so ``….café`` must be a 401."""
     env = env if env is not None else os.environ
     parts = value.split(".")
     if len(parts) != 5 or parts[0] != VERSION or parts[1] not in TOKENS or not parts[2].isdigit():
         raise AuthError(f"not a status {purpose}")
     _, kind, expires, nonce, mac = parts
     token = _token(kind, env)
-    if token is None or not hmac.compare_digest(_mac(purpose, token, ".".join(parts[:4])), mac):
+    if token is None or not hmac.compare_digest(_mac(purpose, token, ".".join(parts[:4])).encode(), mac.encode("utf-8", errors="surrogateescape")):
         raise AuthError(f"status {purpose} not valid (signed with another token?)")
     if int(expires) <= (now if now is not None else time.time()):
         raise AuthError(f"status {purpose} expired")

@@ -47,6 +47,22 @@ def test_trailing_slash_on_public_url_is_tolerated(monkeypatch) -> None:
     assert auth(qstash_headers(CURRENT, URL, BODY)).kind == "qstash"
 
 
+@pytest.mark.parametrize("public", [sentinels.PUBLIC_URL + "\n", " " + sentinels.PUBLIC_URL + "/ \n"], ids=["newline", "spaces"])
+def test_whitespace_around_the_public_url_is_read_as_schedules_read_it(monkeypatch, public: str) -> None:
+    """``safesync schedules`` strips SAFESYNC_PUBLIC_URL to build QStash's
+    destinations; auth compared the token's sub with the unstripped value,
+    so a trailing newline made every scheduled delivery a 401."""
+    from pathlib import Path
+
+    from safesync.functions.schedules import load_schedules
+
+    monkeypatch.setenv("SAFESYNC_PUBLIC_URL", public)
+    shipped = Path(__file__).resolve().parent.parent / "infra" / "schedules.toml"
+    backup = next(d for d in load_schedules(shipped, os.environ).schedules if d.target == "backup")
+    assert backup.destination == URL  # what QStash signs as sub
+    assert auth(qstash_headers(CURRENT, backup.destination, BODY)).kind == "qstash"
+
+
 def _token_alg_none() -> str:
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
     now = int(time.time())

@@ -239,3 +239,25 @@ def test_notifications_through_the_calendar_notify_route(fake, qstash, cal_setti
     forged = {**handshake["headers"], "X-Goog-Channel-Token": "forged"}
     assert client.post("/calendar_notify", headers=forged).status_code == 401
     assert client.post("/calendar_notify", headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}).status_code == 401
+
+
+@pytest.mark.parametrize("header, value", [
+    ("X-Goog-Resource-ID", "caf\u00e9"),
+    ("X-Goog-Resource-State", "exists\x00"),
+    ("X-Goog-Resource-State", "x" * 257),
+], ids=["non-ascii-resource-id", "nul-state", "long-state"])
+def test_a_notification_with_malformed_resource_headers_is_401_not_500(fake, qstash, cal_settings, client, header, value):
+    """With a valid channel token, a non-ASCII resource id (compare_digest
+    raised TypeError) or a NUL in the state (PostgreSQL refused the insert)
+    was a 500; now it is refused before anything is recorded."""
+    settings = cal_settings()
+    seed(fake, 2)
+    assert post(client, {"action": "watch"}).status_code == 200
+    fake.store.notifications.pop()  # the handshake
+    fake.store.edit("primary", "e0000000", {"summary": "pushed"})
+    headers = {**fake.store.notifications.pop()["headers"], header: value}
+    r = client.post("/calendar_notify", headers=headers)
+    assert r.status_code == 401 and r.is_json and "error" in r.get_json(), r.get_data()[:200]
+    with connect(settings) as conn:
+        assert conn.execute("select count(*) as n from calendar.notifications").fetchone()["n"] == 0
+    assert qstash.published == []

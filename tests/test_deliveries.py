@@ -5,7 +5,10 @@ body: on a real ``safesync serve`` against the real PostgreSQL.
   whatever ``Upstash-Message-Id`` (new, missing, another delivery's);
 - a message id never fetches another target's or another body's answer;
 - QStash's own retries of one message (same id, freshly signed token) replay
-  the first answer — and so does each retry's token afterwards;
+  the first answer — and so does each retry's token afterwards — unless that
+  answer was a retryable failure (409, 5xx): then the retry runs the job;
+- U+0000 in a body, or a malformed QStash id header, is a 400 before
+  anything runs (PostgreSQL could not record the delivery);
 - bearer callers de-duplicate with ``Idempotency-Key`` (per target, caller
   and body); Vercel events by their signed event id;
 - an install's old ``safesync.deliveries`` (keyed by the bare message id) is
@@ -130,6 +133,30 @@ def test_a_retry_after_a_busy_answer_runs_once(world) -> None:
     assert replayed.json()["replayed"] is True and backups(settings) == 1
 
 
+def test_a_retry_after_a_retryable_failure_runs_again(make_db, write_settings, tmp_path) -> None:
+    """The first attempt finds storage unwritable (503, retryable); once it
+    is back, QStash's retry — and a re-sent Idempotency-Key — makes the
+    backup instead of replaying the 503; the next retry replays that."""
+    dev, prod = make_db(), make_db()
+    create_lms(dev, variant="dev")
+    create_lms(prod, variant="prod")
+    blocker = tmp_path / "blocked"  # a file where storage wants a folder: unwritable, even for root
+    settings = write_settings({"dev": dev, "prod": prod}, TOML, storage_url=f"file://{blocker}/store")
+    keyed = {**API, "Idempotency-Key": "deploy-retry"}
+    with LiveServer() as server:
+        message = QStashMessage(CURRENT, url_of("backup"), CREATE)
+        blocker.write_text("")
+        failed = [server.post("backup", CREATE, message.attempt()), server.post("backup", CREATE, keyed)]
+        assert [r.status for r in failed] == [503, 503], failed[0].text[:300]
+        blocker.unlink()
+        for headers in (message.attempt(), keyed):
+            ran = server.post("backup", CREATE, headers)
+            assert ran.status == 200 and "replayed" not in ran.json(), ran.text[:300]
+        replayed = [server.post("backup", CREATE, message.attempt()), server.post("backup", CREATE, keyed)]
+        assert all(r.status == 200 and r.json()["replayed"] is True for r in replayed), replayed[0].text[:300]
+        assert len(list_backups(settings, "prod")) == 2
+
+
 def test_idempotency_key_for_bearer_callers(world) -> None:
     settings, server = world
     keyed = {**API, "Idempotency-Key": "deploy-2026-01-01-abc"}
@@ -162,6 +189,43 @@ def test_a_malformed_idempotency_key_is_400(world, headers, needle) -> None:
     reply = server.post("backup", CREATE, [*API.items(), *headers])
     assert reply.status == 400 and needle in reply.json()["error"], reply.text[:300]
     assert backups(settings) == 0
+
+
+def delivery_rows(settings) -> list[tuple]:
+    with psycopg.connect(settings.database_url("prod")) as conn:
+        if conn.execute("select to_regclass('safesync.deliveries')").fetchone()[0] is None:
+            return []
+        return conn.execute("select state, status from safesync.deliveries").fetchall()
+
+
+def test_u0000_in_a_body_is_400_before_anything_runs(world) -> None:
+    """PostgreSQL cannot store U+0000: a body echoing one into the run's
+    answer made the backup, then failed recording the delivery (500, row
+    left 'running', so each retry made another backup)."""
+    settings, server = world
+    body = json.dumps({"action": "create", "db": "prod", "kind": "predeploy", "deployment": "dpl\u0000x"}).encode()
+    reply = server.post("backup", body, {**API, "Idempotency-Key": "nul-1"})
+    assert reply.status == 400 and "U+0000" in reply.json()["error"], reply.text[:300]
+    event = json.dumps({"id": "evt_nul", "type": "deployment.created",
+                        "payload": {"target": "production", "deployment": {"id": "dpl\u0000"}}}).encode()
+    signature = hmac.new(sentinels.SECRETS["VERCEL_WEBHOOK_SECRET"].encode(), event, hashlib.sha1).hexdigest()
+    reply = server.post("backup", event, {"x-vercel-signature": signature, "Content-Type": "application/json"})
+    assert reply.status == 400 and "U+0000" in reply.json()["error"], reply.text[:300]
+    assert backups(settings) == 0 and delivery_rows(settings) == []
+
+
+@pytest.mark.parametrize("header", ["Upstash-Message-Id", "Upstash-Schedule-Id"])
+@pytest.mark.parametrize("value", ["msg_\x00x", "msg_\x01", "m" * 257], ids=["nul", "control", "long"])
+def test_a_malformed_qstash_id_header_is_400_before_anything_runs(world, header: str, value: str) -> None:
+    """Those headers are unsigned and end up in the report and the delivery
+    row; a NUL in one failed that write after the backup was made."""
+    settings, server = world
+    reply = server.post("backup", CREATE, {**qstash_headers(CURRENT, url_of("backup"), CREATE), header: value})
+    assert reply.status == 400 and header in reply.json()["error"], reply.text[:300]
+    assert backups(settings) == 0 and delivery_rows(settings) == []
+    # QStash's own ids, Latin-1 text included, are taken as they come
+    ok = server.post("backup", CREATE, {**qstash_headers(CURRENT, url_of("backup"), CREATE), header: "msg_\u00e9" + "x" * 200})
+    assert ok.status == 200, ok.text[:300]
 
 
 def test_vercel_events_are_keyed_by_their_signed_event_id(world) -> None:

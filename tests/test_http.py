@@ -54,6 +54,20 @@ def test_every_target_rejects_bad_bodies_with_4xx_json(client, target: str) -> N
         assert isinstance(payload["error"], str) and "Traceback" not in payload["error"]
 
 
+@pytest.mark.parametrize("header, value", [
+    ("x-vercel-signature", "caf\u00e9"),
+    ("x-vercel-signature", "\u00ff" * 40),
+    ("Authorization", "Bearer caf\u00e9"),
+    ("Upstash-Signature", "caf\u00e9.\u00e9.\u00e9"),
+], ids=["vercel", "vercel-hex-length", "bearer", "qstash"])
+def test_a_credential_with_non_ascii_bytes_is_401_not_500(client, header: str, value: str) -> None:
+    """A header's bytes reach us as Latin-1 text; hmac.compare_digest raises
+    TypeError on non-ASCII str, which was a 500 for a forged Vercel signature."""
+    response = client.post("/backup", data=b'{"action":"list"}', headers={header: value, "Content-Type": "application/json"})
+    assert response.status_code == 401, response.get_data()[:200]
+    assert response.is_json and isinstance(response.get_json()["error"], str)
+
+
 def test_oversized_body_is_rejected_before_auth(client) -> None:
     response = client.post("/backup", data=b"x" * 2_000_000)
     assert response.status_code == 413
@@ -63,6 +77,18 @@ def test_wrong_method_is_405(client) -> None:
     response = client.put("/backup", headers=BEARER)
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nope", 404), ("POST", "/backup/", 404), ("GET", "/", 404),
+    ("TRACE", "/backup", 405), ("PROPFIND", "/status", 405),
+])
+def test_what_reaches_no_target_is_json_too(client, method: str, path: str, status: int) -> None:
+    """``safesync serve`` answered an unknown path or a method no route
+    lists (TRACE) with Flask's HTML page; every answer is JSON."""
+    response = client.open(path, method=method, headers=BEARER)
+    assert response.status_code == status and response.is_json, response.get_data()[:200]
+    assert isinstance(response.get_json()["error"], str)
 
 
 def _app(handler) -> flask.Flask:

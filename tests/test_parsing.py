@@ -37,6 +37,8 @@ HOSTILE_BODIES: dict[str, tuple[bytes, str]] = {
     "UTF-8 encoded surrogate": (b'{"action":"list","db":"\xed\xa0\x80"}', "not UTF-8"),
     "lone surrogate escape": (b'{"action":"list","db":"\\ud800"}', "lone surrogate"),
     "lone surrogate in a key": (b'{"action":"list","\\udfff":1}', "lone surrogate"),
+    "U+0000 in a string": (b'{"action":"create","db":"prod","deployment":"dpl\\u0000x"}', "U+0000"),
+    "U+0000 in a nested key": (b'{"payload":{"a\\u0000":1}}', "U+0000"),
 }
 
 

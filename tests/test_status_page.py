@@ -167,6 +167,21 @@ def test_expired_forged_or_misused_links_are_refused(status_world, capsys, monke
     assert client.get("/status?link=nonsense").status_code == 401
 
 
+def test_a_session_or_link_with_non_ascii_characters_is_401_not_500(status_world) -> None:
+    """hmac.compare_digest raises TypeError on non-ASCII str: a forged
+    cookie or ?link= ending in "café" was an HTML 500."""
+    for purpose in (sessions.SESSION, sessions.LINK):
+        *head, _mac = sessions.issue(purpose, "api").split(".")
+        with pytest.raises(AuthError, match="not valid"):
+            sessions.verify(purpose, ".".join([*head, "caf\u00e9"]))
+    client = create_app().test_client()
+    *head, _mac = sessions.issue(sessions.LINK, "api").split(".")
+    assert client.get("/status", query_string={"link": ".".join([*head, "caf\u00e9"])}).status_code == 401
+    *head, _mac = sessions.issue(sessions.SESSION, "api").split(".")
+    client.set_cookie("__Host-safesync-status", ".".join([*head, "caf\u00e9"]))
+    assert client.get("/status", headers=HTML).status_code == 401
+
+
 def test_link_url_comes_from_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fresh processes, as a person runs the command (a process that read a
     URL through Settings.secret treats it as a secret from then on)."""

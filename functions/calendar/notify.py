@@ -102,8 +102,9 @@ def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answe
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute("select * from calendar.channels where id = %s", [channel_id])
             channel = cur.fetchone()
-        valid = channel is not None and hmac.compare_digest(channel["token_sha256"], token_digest(token))
-        if not valid or (channel["resource_id"] and not hmac.compare_digest(channel["resource_id"], resource_id)):
+        # compared as bytes: compare_digest raises TypeError on non-ASCII str (a 500 for "X-Goog-Resource-ID: café")
+        valid = channel is not None and hmac.compare_digest(channel["token_sha256"].encode(), token_digest(token).encode())
+        if not valid or (channel["resource_id"] and not hmac.compare_digest(channel["resource_id"].encode(), resource_id.encode())):
             raise AuthError("unknown notification channel or wrong channel token")
         cal = channel["calendar_id"]
         base: dict[str, Any] = {"channel": channel_id, "calendar_id": cal, "state": resource_state}
