@@ -99,6 +99,14 @@ def _signed_with(token: str, key: str) -> bool:
         return False
 
 
+def configured_secret(env: Mapping[str, str], name: str) -> str:
+    """A secret from the environment without the whitespace around it (a
+    secret file's or a pasted value's trailing newline): with it no
+    credential could ever match, while status sessions, which strip it,
+    would still work — one reading for every secret ("" when unset)."""
+    return env.get(name, "").strip()
+
+
 def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
     """``x-vercel-signature``: hex HMAC-SHA1 of the raw body.
 
@@ -137,7 +145,7 @@ def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
     matched: Principal | None = None
     # Compare against every configured token (constant time each, no early exit).
     for var, scopes in (("SAFESYNC_API_TOKEN", {"run"}), ("SAFESYNC_ADMIN_TOKEN", {"run", "admin"})):
-        configured = env.get(var, "")
+        configured = configured_secret(env, var)
         if configured and hmac.compare_digest(configured.encode(), token.encode()):
             identity = "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:12]
             matched = matched or Principal("bearer", identity, frozenset(scopes))
@@ -173,7 +181,7 @@ def authenticate(
             failures.append("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
         else:
             url = public + (path if path != "/" else "") + (f"?{query}" if query else "")
-            keys = [env[k] for k in QSTASH_KEYS if env.get(k)]
+            keys = [key for key in (configured_secret(env, k) for k in QSTASH_KEYS) if key]
             try:
                 claims = verify_qstash(signature, body, url, keys)
                 jti = claims.get("jti")
@@ -192,7 +200,7 @@ def authenticate(
     vercel = headers.get("x-vercel-signature")
     if vercel and allow_vercel:
         try:
-            verify_vercel(vercel, body, env.get("VERCEL_WEBHOOK_SECRET"))
+            verify_vercel(vercel, body, configured_secret(env, "VERCEL_WEBHOOK_SECRET"))
             return Principal("vercel", "vercel", frozenset({"webhook"}))
         except AuthError as exc:
             failures.append(exc.message)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
-from .auth import QSTASH_LEEWAY_S
+from .auth import QSTASH_LEEWAY_S, configured_secret
 from .config import Settings
 from .db import connect
 from .errors import ConfigError, DatabaseError, SafesyncError
@@ -65,8 +65,8 @@ def _b64_key_length(value: str) -> int | None:
 
 def check_secrets(settings: Settings) -> Iterator[Check]:
     env = settings.env
-    current, following = env.get("QSTASH_CURRENT_SIGNING_KEY", ""), env.get("QSTASH_NEXT_SIGNING_KEY", "")
-    token = env.get("SAFESYNC_API_TOKEN", "")
+    current, following = configured_secret(env, "QSTASH_CURRENT_SIGNING_KEY"), configured_secret(env, "QSTASH_NEXT_SIGNING_KEY")
+    token = configured_secret(env, "SAFESYNC_API_TOKEN")
     if not (current or token):
         yield Check("secrets", "authentication", FAIL, "neither QStash signing keys nor SAFESYNC_API_TOKEN is set", "every request would be rejected (401): set at least one")
     if current or following:
@@ -76,7 +76,7 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
             yield Check("secrets", "QStash keys", FAIL, "a QStash signing key is shorter than 16 characters", "copy both keys from the QStash console")
         else:
             yield Check("secrets", "QStash keys", OK, "current and next signing keys present")
-        public = env.get("SAFESYNC_PUBLIC_URL", "")
+        public = env.get("SAFESYNC_PUBLIC_URL", "").strip()
         if not public:
             yield Check("secrets", "public URL", FAIL, "SAFESYNC_PUBLIC_URL is not set", "QStash signatures cannot be checked without the URL they were signed for")
         elif not public.startswith("https://"):
@@ -86,14 +86,14 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
     else:
         yield Check("secrets", "QStash keys", WARN, "not set: scheduled runs cannot be authenticated", "set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY to use schedules")
     for var, minimum, purpose in (("SAFESYNC_API_TOKEN", 24, "curl/CI callers"), ("SAFESYNC_ADMIN_TOKEN", 24, "admin actions")):
-        value = env.get(var, "")
+        value = configured_secret(env, var)
         if not value:
             yield Check("secrets", var, WARN, f"not set ({purpose} disabled)")
         elif len(value) < minimum:
             yield Check("secrets", var, FAIL, f"shorter than {minimum} characters", "use a long random value, e.g. `openssl rand -hex 32`")
         else:
             yield Check("secrets", var, OK, "present")
-    if env.get("VERCEL_WEBHOOK_SECRET"):
+    if configured_secret(env, "VERCEL_WEBHOOK_SECRET"):
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", OK, "present")
     else:
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", WARN, "not set (Vercel deploy webhooks will be rejected)")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from .auth import Principal
+from .auth import Principal, configured_secret
 from .errors import AuthError
 
 SESSION = "session"
@@ -54,8 +54,7 @@ def _mac(purpose: str, token: str, message: str) -> str:
 
 
 def _token(kind: str, env: Mapping[str, str]) -> str | None:
-    value = env.get(TOKENS[kind], "").strip()
-    return value or None
+    return configured_secret(env, TOKENS[kind]) or None
 
 
 def issue(purpose: str, kind: str, *, env: Mapping[str, str] | None = None, now: float | None = None) -> str:

@@ -167,3 +167,16 @@ def test_a_message_id_is_only_taken_from_a_verified_token() -> None:
     forged = {**qstash_headers("not-the-key", URL, BODY, message_id="msg_victim"), "Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}
     principal = auth(forged)
     assert principal.kind == "bearer" and principal.message_id is None and principal.token_id is None
+
+
+def test_secrets_with_a_trailing_newline_still_match(monkeypatch) -> None:
+    """A token, signing key or webhook secret pasted or read from a secret
+    file with a trailing newline: compared unstripped, nothing could ever
+    match it (status sessions, which strip, still worked)."""
+    for var in ("SAFESYNC_API_TOKEN", "SAFESYNC_ADMIN_TOKEN", "QSTASH_CURRENT_SIGNING_KEY", "VERCEL_WEBHOOK_SECRET"):
+        monkeypatch.setenv(var, sentinels.SECRETS[var] + "\n")
+    assert auth({"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_API_TOKEN']}"}).kind == "bearer"
+    assert auth({"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_ADMIN_TOKEN']}"}).is_admin
+    assert auth(qstash_headers(CURRENT, URL, BODY)).kind == "qstash"
+    good = hmac.new(sentinels.SECRETS["VERCEL_WEBHOOK_SECRET"].encode(), BODY, hashlib.sha1).hexdigest()
+    assert auth({"x-vercel-signature": good}, allow_vercel=True).kind == "vercel"
