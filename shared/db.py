@@ -38,9 +38,13 @@ PINNED_SETTINGS: dict[str, str] = {
 # instead of silently reading (and comparing, hashing, syncing) fewer rows;
 # no statement_timeout or idle_in_transaction_session_timeout, which would
 # cancel a compare over a big table or end the session that holds a
-# clone's source snapshot while pg_dump reads it. Where a job must not wait
+# clone's source snapshot while pg_dump reads it; UTF8 to the client, which
+# holds every character (a database-level client_encoding = LATIN1 made
+# every read of a "€" fail, pg_dump's too). Where a job must not wait
 # long it sets its own transaction-local lock_timeout / statement_timeout.
-SESSION_OPTIONS = "-c jit=off -c row_security=off -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+SESSION_OPTIONS = (
+    "-c jit=off -c row_security=off -c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c client_encoding=UTF8"
+)
 OUR_SCHEMA = "safesync"  # safesync's bookkeeping in a target (ledger, deliveries, run records)
 
 

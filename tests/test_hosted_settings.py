@@ -42,20 +42,21 @@ def _role(pg_server, name: str) -> None:
             conn.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
 
 
-def test_application_timeouts_on_the_databases_stop_no_job(pg_server, make_db, write_settings):
+def test_application_settings_on_the_databases_stop_no_job(pg_server, make_db, write_settings):
     """Before: compare and sync failed (statement timeout), the clone and
-    validate crashed with "internal error" (the clone after committing)."""
+    validate crashed with "internal error" (the clone after committing); with
+    client_encoding LATIN1 every job failed on the first "€" it read."""
     dev = lms_database(pg_server, make_db, variant="dev")
     prod = lms_database(pg_server, make_db, variant="prod")
     staging = make_db()
     for url in (dev, prod):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("create table notes (id int primary key, body text)")
-            conn.execute("insert into notes select g, md5(g::text) from generate_series(1, 50000) g")
+            conn.execute("insert into notes select g, md5(g::text) || ' ü € 日本 😀' from generate_series(1, 50000) g")
     with psycopg.connect(prod, autocommit=True) as conn:
         conn.execute("update notes set body = 'prod' where id % 100 = 0")
     for url in (dev, prod, staging):
-        _alter_database(url, statement_timeout="1ms", idle_in_transaction_session_timeout="20ms")
+        _alter_database(url, statement_timeout="1ms", idle_in_transaction_session_timeout="20ms", client_encoding="LATIN1")
     settings = write_settings(
         {"dev": dev, "prod": prod, "staging": staging},
         lms_config_toml().replace("tables = [", 'tables = ["notes", ')
@@ -74,6 +75,21 @@ def test_application_timeouts_on_the_databases_stop_no_job(pg_server, make_db, w
     assert backup.body["status"] == "ok", backup.body
     with connect(prod) as p, connect(dev) as d:  # our pinned sessions: a plain one times out here
         assert database_fingerprint(p, ["public"])["public.notes"] == database_fingerprint(d, ["public"])["public.notes"]
+
+
+def test_a_sync_with_triggers_and_foreign_keys_switched_off_is_refused(pg_server, make_db, write_settings):
+    """session_replication_role = replica (a superuser's ALTER DATABASE …
+    SET) silences FK checks and the target's triggers: before, the sync
+    wrote without them and its proof passed."""
+    dev = lms_database(pg_server, make_db, variant="dev")
+    prod = lms_database(pg_server, make_db, variant="prod")
+    _alter_database(prod, session_replication_role="replica")
+    with connect(prod) as conn:
+        before = database_fingerprint(conn)
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, lms_config_toml()), "sync", adopt=True)
+    assert answer.status == 422 and "session_replication_role is replica" in answer.body["summary"], answer.body
+    with connect(prod) as conn:
+        assert database_fingerprint(conn) == before
 
 
 @pytest.fixture

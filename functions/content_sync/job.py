@@ -324,6 +324,15 @@ def start_proof(report: Report, tgt) -> proof.Start | None:
             "the protection proof could not count writes, so nothing was changed; turn track_counts on"
         )
         return None
+    if before.settings.get("session_replication_role") == "replica":
+        # FK checks and actions are triggers: none fire in replica mode, and
+        # neither do the target's own triggers, so a write would skip the
+        # rules prod enforces while the proof, counting no trigger writes, passed
+        report.refuse(
+            "session_replication_role is replica for this session (ALTER DATABASE or ALTER ROLE … SET): the target's "
+            "triggers and foreign-key checks would not fire, so nothing was changed; set it back to origin"
+        )
+        return None
     return before
 
 
