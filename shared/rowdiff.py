@@ -70,7 +70,6 @@ rows of the first few differing buckets — duplicates count.
 
 from __future__ import annotations
 
-import math
 import struct
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -353,7 +352,7 @@ def grid(
         bucket, params = sql.SQL("(({} - %s::bigint) / %s::bigint)").format(key), [lo, step // parts]
     else:  # uuid (or a span beyond bigint): binary search over the range starts (1-based, hence - 1), sent in binary
         width = step // parts
-        starts = [lo + i * width for i in range(math.ceil((hi - lo) / width))]
+        starts = [lo + i * width for i in range(_ceil_div(hi - lo, width))]
         bucket = sql.SQL("width_bucket({}, %b::{}[]) - 1").format(key, sql.SQL(_bound_type(spec, 0)))
         params = [[uuid.UUID(int=v) for v in starts] if spec.arithmetic == "uuid" else starts]
     bounds = [_to_text(spec, lo), _to_text(spec, hi)]
@@ -472,6 +471,15 @@ def _to_text(spec: TableShape, value: int) -> Bound:
     return None if value > _UUID_MAX else (str(uuid.UUID(int=value)),)
 
 
+def _ceil_div(a: int, b: int) -> int:
+    """⌈a / b⌉ in integers. A uuid key span is about 2^128: ``math.ceil(a / b)``
+    goes through a float (53 bits) and could come out short, so the ranges
+    ended before the span did and the table's largest keys were never
+    descended into — a differing last row was missed and the table called
+    identical."""
+    return -(-a // b)
+
+
 def _span(spec: TableShape, seg: Segment) -> tuple[int, int]:
     lo = _to_int(spec, seg.lo[0]) if seg.lo is not None else 0
     hi = _to_int(spec, seg.hi[0]) if seg.hi is not None else (_INT8_MAX + 1 if spec.arithmetic == "int" else _UUID_MAX + 1)
@@ -481,7 +489,7 @@ def _span(spec: TableShape, seg: Segment) -> tuple[int, int]:
 def _split_arithmetic(spec: TableShape, seg: Segment, parts: int) -> list[Segment]:
     lo, hi = _span(spec, seg)
     parts = max(1, min(parts, hi - lo))
-    step = math.ceil((hi - lo) / parts)
+    step = _ceil_div(hi - lo, parts)
     cuts = list(range(lo + step, hi, step))
     bounds = [seg.lo] + [_to_text(spec, c) for c in cuts] + [seg.hi]
     return [Segment(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
@@ -593,7 +601,7 @@ def _arithmetic(
     filtered = spec.arithmetic == "int" and hi - lo <= _INT8_MAX  # every key minus a range start fits a bigint
     parts = FINE_PARTS if expect_changes else 1
     buckets = _coarse_buckets(max(sest or 0, test or 0))
-    step = parts * math.ceil((hi - lo) / (buckets * parts))
+    step = parts * _ceil_div(hi - lo, buckets * parts)
     probed = parts > 1 and buckets >= FINE_SAMPLE
     if probed and not _scattered(sides, spec, lo, hi, step, buckets):
         parts = 1  # few differing ranges: fine grids over them cost less than fine checks everywhere
@@ -601,7 +609,7 @@ def _arithmetic(
     result = TableDiff(spec, src.rows, tgt.rows, source_sum=src.total, target_sum=tgt.total, queries=2 + probed, target_hashes=target_hashes)
     rows = max(src.rows, tgt.rows)
     if differ and _coarse_buckets(rows) > 4 * buckets:  # the catalog's estimate was far too low (never analysed)
-        step = parts * math.ceil((hi - lo) / (_coarse_buckets(rows) * parts))
+        step = parts * _ceil_div(hi - lo, _coarse_buckets(rows) * parts)
         differ, _, _ = _grid_level(sides, spec, lo, hi, step, target_hashes=target_hashes, parts=parts)
         result.queries += 1
     checked, others = [], []
@@ -613,7 +621,7 @@ def _arithmetic(
             return result
         _resolve_checked(sides, spec, checked[i : i + BATCH], (lo, hi, step, parts), result)
     pending = _pending(spec, others, lo, hi, step)
-    fine = max(1, math.ceil((hi - lo) * MIN_CHILD_ROWS / rows)) if rows else 1
+    fine = max(1, _ceil_div((hi - lo) * MIN_CHILD_ROWS, rows)) if rows else 1
     isolated: Pending = []
     for run in _runs(spec, pending, step, fine):
         if len(run) < RUN_RANGES:

@@ -349,3 +349,29 @@ def test_compare_writes_no_temp_files(make_db, expect_changes):
     _, changed = run_diff(src, tgt, expect_changes=expect_changes)
     assert len(changed.changed) == 2000 and changed.rows_fetched < 2000 * 2 * 2 * diffmod.MIN_CHILD_ROWS
     assert _temp_bytes([src, tgt]) == before
+
+
+@pytest.mark.parametrize("rows", [40, 5000], ids=["one range", "many ranges"])
+@pytest.mark.parametrize("span", [2**127 + 2**60, 3 * 2**125 + 12345], ids=["2^127+2^60", "3*2^125+12345"])
+@pytest.mark.parametrize("change", ["updated", "deleted", "inserted"])
+@pytest.mark.parametrize("expect_changes", [False, True], ids=["proof", "sync"])
+def test_a_difference_in_the_largest_uuid_key_is_found(make_db, rows, span, change, expect_changes):
+    """A uuid key span is about 2^128 and its ranges were sized through a
+    float: they could end short of the span, and the row with the largest
+    key was never looked at — an update of it compared "identical"."""
+    lo = 0x0492_1DA3_DF19_467C_93DD_7AA6_3293_D79A
+    keys = [uuid.UUID(int=lo + i * (span // rows)) for i in range(rows - 1)] + [uuid.UUID(int=lo + span)]
+    src, tgt = make_pair(make_db, "create table t (id uuid primary key, v text)")
+    for url in (src, tgt):
+        with psycopg.connect(url) as conn, conn.cursor().copy("copy t (id, v) from stdin") as copy:
+            for key in keys[:-1]:
+                copy.write_row((key, "same"))
+            if change != "inserted" or url == src:
+                copy.write_row((keys[-1], "new" if change == "updated" and url == src else "same"))
+    if change == "deleted":
+        with psycopg.connect(src) as conn:
+            conn.execute("delete from t where id = %s", [keys[-1]])
+    _, result = run_diff(src, tgt, expect_changes=expect_changes)
+    last = (str(keys[-1]),)
+    found = {"updated": result.changed, "deleted": result.extra, "inserted": result.new}[change]
+    assert set(found) == {last} and result.differs and result.complete

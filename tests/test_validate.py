@@ -261,3 +261,19 @@ def test_differing_keys_are_named_as_the_server_prints_them(make_db):
         for key in values:
             placeholders = ", ".join(["%s::text"] * len(key))
             assert _record_text(key) == conn.execute(f"select row({placeholders})::text", list(key)).fetchone()[0], key
+
+
+def test_validate_against_sees_an_edit_of_the_row_with_the_largest_uuid_key(make_db, write_settings):
+    """Before: the key ranges of a uuid span were sized through a float and
+    ended short of the largest key, so an edit of that one row was
+    "identical" (and, on Supabase, a deleted row with no key named)."""
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        sql(url, "create table notes (id uuid primary key, body text)",
+            "insert into notes select ('00000000-0000-0000-0000-' || lpad(to_hex(g), 12, '0'))::uuid, 'n' from generate_series(1, 30) g",
+            "insert into notes values ('fbe6ebf2-5081-4200-a111-9dfdae0a7d68', 'kept')")
+    sql(b, "update notes set body = 'edited' where id = 'fbe6ebf2-5081-4200-a111-9dfdae0a7d68'")
+    answer = validate(write_settings({"a": a, "b": b}, '[validate]\nschemas = ["public"]\n'), "a", against="b")
+    assert answer.body["status"] == "problems", answer.body["summary"]
+    [row] = answer.body["tables"]["data differences"]
+    assert row["first differing keys"] == "differs: (id)=(fbe6ebf2-5081-4200-a111-9dfdae0a7d68)"
