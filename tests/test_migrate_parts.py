@@ -210,3 +210,21 @@ def test_command_inputs_are_part_of_the_plan(write_settings, make_db, tmp_path):
     missing = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nrehearse_on = "scratch"\ncommand = "true"\ncommand_inputs = ["nothing/*.sql"]\n')
     with pytest.raises(ConfigError, match="matches no file"):
         build_plan(missing)
+
+
+def test_rows_gone_that_the_diff_does_not_name_are_a_loss():
+    """A comparison that finds fewer deleted rows than the row counts say
+    went missing (complete or not) is never "no loss"."""
+    from safesync.functions.migrate.loss import _rows_lost
+    from safesync.functions.validate.data_diff import TableDiff
+    from safesync.shared.db import TableRef
+
+    table = TableRef("public", "notes")
+    unnamed = TableDiff("public.notes", "differs", rows_a=35, rows_b=34, found={}, complete=True)
+    [loss] = _rows_lost(table, unnamed)
+    assert "1 row(s) gone that the comparison could not name" in loss.what
+    named = TableDiff("public.notes", "differs", rows_a=35, rows_b=34, found={"only in A": 1}, complete=True)
+    [loss] = _rows_lost(table, named)
+    assert "could not name" not in loss.what and "1 row(s) deleted" in loss.what
+    grown = TableDiff("public.notes", "differs", rows_a=34, rows_b=35, found={"only in B": 1}, complete=True)
+    assert _rows_lost(table, grown) == []

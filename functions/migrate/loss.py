@@ -94,6 +94,12 @@ def _rows_lost(table: TableRef, diff: Any) -> list[Loss]:
         lost.append(f"{at_least}{diff.found['only in A']} row(s) deleted" + ("" if diff.keyed else " or changed (no primary key)"))
     if diff.found.get("differs"):
         lost.append(f"{at_least}{diff.found['differs']} row(s) with existing values changed")
+    # The rows named must account for the change in the row count: a
+    # comparison that found fewer deletions than rows went missing (as the
+    # uuid range bug once made it) must not pass as "no loss".
+    unaccounted = (diff.rows_a or 0) - (diff.rows_b or 0) - diff.found.get("only in A", 0) + diff.found.get("only in B", 0)
+    if diff.complete and unaccounted > 0:
+        lost.append(f"{unaccounted} row(s) gone that the comparison could not name: deletions are not ruled out")
     if not lost and not diff.complete:  # only new rows found so far: the rest was not examined
         lost.append(f"more than {LIMIT} rows differ: deletions are not ruled out" if diff.keyed
                     else "more rows differ than were examined (no primary key): deletions are not ruled out")
