@@ -347,6 +347,29 @@ def test_flipped_byte_fails_verify_names_the_backup_and_is_never_restored(env, c
     assert fingerprint(env.scratch) == before
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("damage", ["manifest truncated", "dump deleted"])
+def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage, capsys) -> None:
+    """verify with no id (the newest of each database) and --all used to
+    scan only the *complete* backups: a newest backup whose manifest was
+    cut short, or whose dump was deleted, just vanished, the one before it
+    was verified and the report said "all good" (exit 0)."""
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    bad = create_backup(settings, "prod", "manual")
+    if damage == "manifest truncated":
+        settings.storage.put(bad.manifest_key, settings.storage.get_bytes(bad.manifest_key)[:40])
+    else:
+        settings.storage.delete(bad.dump_key)
+
+    for argv in (["backup", "verify"], ["backup", "verify", "--all"]):
+        code, body = run_cli(capsys, *argv)
+        assert code == 1 and not body["ok"], (argv, body["summary"])
+        assert "FAILED" in body["summary"] and bad.id in body["summary"] and good.id not in body["summary"]
+        assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, bad.id: False}
+    assert get_backup(settings, good.id).verification["ok"]
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

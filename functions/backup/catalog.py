@@ -21,6 +21,9 @@ from .layout import DUMP_SUFFIXES, BackupName, parse_key
 from .manifest import BackupInfo, ManifestError, parse_manifest
 
 
+MANIFEST_WITHOUT_DUMP = "manifest without its dump"  # damage (prune deletes manifests first), not an interrupted write
+
+
 @dataclass(frozen=True)
 class Leftover:
     """Objects of a backup that never became complete (no manifest), or
@@ -60,7 +63,7 @@ def scan(storage: Storage, db: str) -> DbCatalog:
             catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc)})
             continue
         if info.dump_suffix not in objects:
-            catalog.leftovers.append(_leftover(name, objects, "manifest without its dump"))
+            catalog.leftovers.append(_leftover(name, objects, MANIFEST_WITHOUT_DUMP))
             continue
         catalog.complete.append(info)
     catalog.complete.sort(key=lambda info: (info.started_at, info.id), reverse=True)
