@@ -370,6 +370,41 @@ def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage,
     assert get_backup(settings, good.id).verification["ok"]
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("field,value", [("trigger", "cli"), ("pg_dump_version", "sixteen"), ("verification", "ok"), ("drill", [])])
+def test_a_manifest_with_a_wrong_shaped_field_is_untrusted_not_an_internal_error(env, field, value, capsys) -> None:
+    """Optional manifest fields were typed unchecked: a ``trigger`` that is
+    not an object made list and prune crash (every other backup hidden
+    behind "internal error"), a ``pg_dump_version`` that is no number
+    crashed verify and restore. Such a manifest is now untrusted like an
+    unparseable one: listed as unreadable, FAILED by verify, never restored."""
+    from safesync.functions.backup.manifest import write_manifest
+
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    bad = create_backup(settings, "prod", "manual")
+    manifest = dict(bad.manifest)
+    manifest[field] = value
+    settings.storage.put_json(bad.manifest_key, manifest)
+
+    code, body = run_cli(capsys, "backup", "list")
+    assert code == 0 and [b["id"] for b in body["details"]["backups"]] == [good.id]
+    assert any(bad.manifest_key in w and field in w for w in body["warnings"]), body["warnings"]
+    code, body = run_cli(capsys, "backup", "verify", bad.id)
+    assert code != 0 and "internal error" not in body["error"] and "invalid manifest" in body["error"], body
+    code, body = run_cli(capsys, "backup", "verify", "--all")
+    assert code == 1 and bad.id in body["summary"] and field in body["summary"], body["summary"]
+    before = fingerprint(env.scratch)
+    code, body = run_cli(capsys, "backup", "restore", bad.id, "--to", "scratch")
+    assert code != 0 and "invalid manifest" in body["error"], body
+    assert fingerprint(env.scratch) == before
+    code, body = run_cli(capsys, "backup", "prune", "--db", "prod")
+    assert code == 0, body
+    assert any(bad.manifest_key in w for w in body["warnings"]) and settings.storage.exists(bad.manifest_key)
+    with pytest.raises(ValueError, match=field):
+        write_manifest(settings.storage, bad.name, manifest)  # never written by us either
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ never from object names or upload times.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -177,6 +178,7 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
     tables = data["tables"]
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in tables.items()):
         raise ManifestError("manifest tables must map table names to row counts")
+    _check_optional(data)
     return BackupInfo(
         id=name.id,
         db=name.db,
@@ -195,6 +197,30 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
         drill=data.get("drill"),
         manifest=data,
     )
+
+
+# Optional fields whose readers assume a shape: ``list`` and ``prune`` type
+# every manifest, ``pg_restore_for`` reads the pg_dump major version. A
+# manifest that breaks one of them must be *untrusted* (reported, kept),
+# never an internal error that hides every other backup of the database.
+_OPTIONAL: dict[str, type] = {
+    "trigger": dict,
+    "verification": dict,
+    "drill": dict,
+    "pg_dump_version": str,
+    "server_version": str,
+    "compression": str,
+}
+_VERSION_RE = re.compile(r"(\d+(\.\d+)*)?")
+
+
+def _check_optional(data: dict[str, Any]) -> None:
+    """Optional fields are absent, null, or of the shape their readers need."""
+    for key, kind in _OPTIONAL.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ManifestError(f"manifest field {key!r} is not a {kind.__name__}")
+    if not _VERSION_RE.fullmatch(data.get("pg_dump_version") or ""):
+        raise ManifestError(f"manifest pg_dump_version is not a version number: {data['pg_dump_version']!r}")
 
 
 def _check_encryption(encryption: Any) -> None:
