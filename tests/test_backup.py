@@ -405,6 +405,29 @@ def test_a_manifest_with_a_wrong_shaped_field_is_untrusted_not_an_internal_error
         write_manifest(settings.storage, bad.name, manifest)  # never written by us either
 
 
+@pytest.mark.parametrize("storage_url", ["local", "gcs"], indirect=True)
+def test_a_dump_with_bytes_appended_is_refused_before_its_restore_commits(env) -> None:
+    """The restore holds back the last chunk until the checksum matches;
+    with a MiB or more appended to the stored dump, the chunk held back was
+    only the extra bytes: pg_restore had the whole archive, COMMITted into
+    the target, and then the restore said it failed. Now bytes past the
+    manifest's size are refused before the end of the archive is fed."""
+    settings = env.settings
+    add_bulk(env.prod, 20_000)  # a dump of more than one chunk
+    info = create_backup(settings, "prod", "manual")
+    dump = settings.storage.get_bytes(info.dump_key)
+    assert len(dump) > 1 << 20
+    settings.storage.put(info.dump_key, dump + b"\0" * (2 << 20))
+    before, objects = fingerprint(env.scratch), backup_objects(settings, "scratch")
+
+    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*longer.*nothing was restored"):
+        restore_backup(settings, info.id, "scratch")
+    assert fingerprint(env.scratch) == before
+    assert len(backup_objects(settings, "scratch")) == len(objects) + 3  # only the safety backup was written
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert not result.ok and any("bytes, the manifest says" in p for p in result.problems), result.problems
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

@@ -10,7 +10,9 @@
   until the SHA-256 of every stored byte matches the manifest. A dump
   written through a pipe ends with the end of its last data block, so
   pg_restore cannot reach its COMMIT before that chunk: a corrupt or
-  tampered backup is never committed into the target.
+  tampered backup is never committed into the target. A stored object
+  longer than the manifest says is refused as soon as a read passes that
+  size, before the chunk held back (then the archive's end) is fed.
 """
 
 from __future__ import annotations
@@ -128,6 +130,16 @@ def restore_stream(source: "Archive", *, argv: Sequence[str], env: dict[str, str
     chunks = iter(source)
     try:
         for chunk in chunks:
+            if source.size > source.info.size:
+                # Holding back the last chunk only works if pg_restore needs
+                # it: past the manifest's size, the chunk held is the end of
+                # a whole archive, and feeding it would let pg_restore COMMIT
+                # before the checksum is known. Refuse before that.
+                raise Refused(
+                    f"backup {backup_id} does not match its manifest (the stored dump is longer than the "
+                    f"{source.info.size} bytes written): nothing was restored",
+                    {"backup": backup_id},
+                )
             if held is not None and not (alive := proc.feed(held)):
                 break
             held = chunk
