@@ -428,6 +428,30 @@ def test_a_dump_with_bytes_appended_is_refused_before_its_restore_commits(env) -
     assert not result.ok and any("bytes, the manifest says" in p for p in result.problems), result.problems
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_content_only_backup_never_makes_prune_delete_the_full_backups(env, capsys) -> None:
+    """Content sync's ``presync_backup = "content"`` dumps only the content
+    tables, as a ``presync`` backup. Retention took it for the day's best
+    copy: the newest backup of the day, week and month, so the full daily
+    backup made before it was "outside the policy" and prune deleted it —
+    the database was left with no full backup at all. The manifest now
+    records the scope, and a partial backup counts only as an undo point."""
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    assert part.partial and not full.partial and part.manifest["scope"] == "tables" and full.manifest["scope"] == "full"
+    assert list(part.tables) == ["public.courses"]
+
+    plan = prune_database(settings, "prod", dry_run=True)
+    assert {row["id"]: row["action"] for row in plan.rows} == {full.id: "keep", part.id: "keep"}
+    assert "newest full" in plan.reasons[full.id] and "daily" in " ".join(plan.reasons[full.id])
+    code, body = run_cli(capsys, "backup", "prune", "--db", "prod")
+    assert code == 0 and body["details"]["deleted"] == []
+    assert sorted(b.id for b in list_backups(settings)) == sorted([full.id, part.id])
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

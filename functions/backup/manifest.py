@@ -25,6 +25,12 @@ from .layout import DUMP_SUFFIXES, BackupName
 MANIFEST_VERSION = 2
 PLAIN_MANIFEST_VERSION = 1
 ENCRYPTION_SCHEMES = ("age",)
+# ``scope``: what the dump holds. "tables": only some tables (content sync's
+# ``presync_backup = "content"``), an undo point for them, never a copy of
+# the database; retention must not let it stand in for a full backup.
+# Manifests written before the field existed are full backups.
+SCOPE_FULL, SCOPE_TABLES = "full", "tables"
+SCOPES = (SCOPE_FULL, SCOPE_TABLES)
 _REQUIRED = {
     "manifest_version": int,
     "id": str,
@@ -87,6 +93,11 @@ class BackupInfo:
     @property
     def manifest_key(self) -> str:
         return self.name.manifest_key
+
+    @property
+    def partial(self) -> bool:
+        """Only some tables were dumped (``scope = "tables"``)."""
+        return self.manifest.get("scope") == SCOPE_TABLES
 
     @property
     def rows_total(self) -> int:
@@ -210,6 +221,7 @@ _OPTIONAL: dict[str, type] = {
     "pg_dump_version": str,
     "server_version": str,
     "compression": str,
+    "scope": str,
 }
 _VERSION_RE = re.compile(r"(\d+(\.\d+)*)?")
 
@@ -221,6 +233,8 @@ def _check_optional(data: dict[str, Any]) -> None:
             raise ManifestError(f"manifest field {key!r} is not a {kind.__name__}")
     if not _VERSION_RE.fullmatch(data.get("pg_dump_version") or ""):
         raise ManifestError(f"manifest pg_dump_version is not a version number: {data['pg_dump_version']!r}")
+    if data.get("scope", SCOPE_FULL) not in SCOPES:
+        raise ManifestError(f"manifest scope must be one of {', '.join(SCOPES)}: {data['scope']!r}")
 
 
 def _check_encryption(encryption: Any) -> None:
