@@ -452,6 +452,34 @@ def test_a_content_only_backup_never_makes_prune_delete_the_full_backups(env, ca
     assert sorted(b.id for b in list_backups(settings)) == sorted([full.id, part.id])
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) -> None:
+    """``restore latest`` restored the content-only presync backup when it
+    was the newest ("restored …: 1 tables", exit 0), verify without an id
+    proved only it ("all good" while the full backup went unverified), and
+    the status page dated the database's last backup by it."""
+    from safesync.functions.status.collect import last_backups
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    assert latest_backup(settings, "prod").id == full.id
+    code, body = run_cli(capsys, "backup", "restore", "latest", "--db", "prod", "--to", "scratch")
+    assert code == 0 and body["details"]["restore"]["backup"] == full.id, body
+    assert fingerprint(env.scratch) == fingerprint(env.prod)
+    code, body = run_cli(capsys, "backup", "verify")
+    assert code == 0 and [r["id"] for r in body["details"]["results"]] == [full.id]
+    assert [row["id"] for row in last_backups(settings, [])] == [full.id]
+    assert restore_backup(settings, part.id, "scratch").backup.id == part.id  # by its id, as asked
+
+    settings.storage.delete(full.manifest_key)  # only the partial one is left: there is no latest
+    with pytest.raises(NotFoundError, match="no complete full backup of prod"):
+        restore_backup(settings, "latest", "scratch", db="prod")
+    code, body = run_cli(capsys, "backup", "verify")
+    assert code == 1 and "prod: no complete backup" in body["summary"]
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

@@ -90,9 +90,15 @@ def list_backups(settings: Settings, db: str | None = None) -> list[BackupInfo]:
 
 
 def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
-    """The newest complete backup of ``db``, or None."""
+    """The newest complete *full* backup of ``db``, or None.
+
+    What ``restore latest``, ``verify`` without an id and the status page
+    mean by "the latest backup" is a copy of the database: a partial one
+    (only some tables, content sync's ``presync_backup = "content"``) would
+    restore a fraction of it as if it were whole, and prove or date nothing
+    about the database. Partial backups are used by their id."""
     complete = scan(settings.storage, settings.check_database(db)).complete
-    return complete[0] if complete else None
+    return next((info for info in complete if not info.partial), None)
 
 
 def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
@@ -123,7 +129,7 @@ def resolve(settings: Settings, ref: str, db: str | None) -> BackupInfo:
             raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
         info = latest_backup(settings, db)
         if info is None:
-            raise NotFoundError(f"no complete backup of {db} in {settings.storage.describe()}")
+            raise NotFoundError(f"no complete full backup of {db} in {settings.storage.describe()}")
         return info
     info = get_backup(settings, ref)
     if db is not None and info.db != db:

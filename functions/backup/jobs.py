@@ -130,8 +130,8 @@ def run_verify(
                 damaged += damaged_backups(catalog)
                 if all_backups:
                     targets += catalog.complete
-                elif catalog.complete:
-                    targets.append(catalog.complete[0])
+                elif newest := next((info for info in catalog.complete if not info.partial), None):
+                    targets.append(newest)  # the newest full backup, as latest_backup
                 else:
                     missing.append(db)
             targets.sort(key=lambda info: (info.started_at, info.id), reverse=True)
