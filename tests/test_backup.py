@@ -480,6 +480,33 @@ def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) 
     assert code == 1 and "prod: no complete backup" in body["summary"]
 
 
+def test_a_sound_backup_of_tables_with_spaces_dots_or_line_breaks_in_their_names_verifies(make_db, write_settings) -> None:
+    """verify split each ``pg_restore --list`` line on spaces, so a schema
+    named ``my schema`` (or a table name with a line break, which the
+    listing prints as a space) looked absent from the dump: a sound backup
+    FAILED verification and its restore drill was skipped."""
+    prod = make_db()
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute('create schema "my schema"')
+        conn.execute('create table "my schema"."a b" (id int)')
+        conn.execute('insert into "my schema"."a b" values (1), (2)')
+        conn.execute('create table public."x\ny" (id int)')
+        conn.execute('insert into public."x\ny" values (1)')
+        conn.execute('create table public."a.b" (id int)')
+        conn.execute('create table "my schema"."q""t" (id int)')
+    settings = write_settings({"prod": prod}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "manual")
+    assert set(info.tables) == {"my schema.a b", "public.x\ny", "public.a.b", 'my schema.q"t'}
+
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert result.ok and result.drill["ok"] and result.drill["mismatches"] == [], result.all_problems
+    manifest = dict(info.manifest)
+    manifest["tables"] = {**info.tables, "my schema.a c": 1, "my schema.a": 2}  # near misses are still absent
+    settings.storage.put_json(info.manifest_key, manifest)
+    problems = verify_backup(settings, info.id, record=False).problems
+    assert any("2 table(s)" in p and "my schema.a c" in p and "my schema.a," in p for p in problems), problems
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
 from .pgproc import PgProcess, restore_stream
 from .restore_plan import plan_restore, unreadable_by_owner
-from .toc import TocEntry, parse_toc, tables as toc_tables, use_list
+from .toc import TocEntry, absent_tables, parse_toc, use_list
 
 log = get_logger("backup")
 
@@ -190,7 +190,7 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     else:
         # Every table the manifest counted must be in the archive (an empty
         # database's dump has none, and its manifest lists none).
-        absent = sorted(set(info.tables) - toc_tables(entries))
+        absent = absent_tables(info.tables, entries)
         if absent:
             problems.append(f"{len(absent)} table(s) of the manifest are not in the dump: {', '.join(absent[:5])}")
         if not entries:
