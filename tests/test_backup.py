@@ -25,6 +25,7 @@ from psycopg import sql
 from safesync.functions import cli
 from safesync.functions.backup import create as create_module
 from safesync.functions.backup import (
+    backup_timeline,
     create_backup,
     get_backup,
     latest_backup,
@@ -450,6 +451,9 @@ def test_a_content_only_backup_never_makes_prune_delete_the_full_backups(env, ca
     code, body = run_cli(capsys, "backup", "prune", "--db", "prod")
     assert code == 0 and body["details"]["deleted"] == []
     assert sorted(b.id for b in list_backups(settings)) == sorted([full.id, part.id])
+    # the status page's timeline applies the same policy
+    timeline = backup_timeline(settings, "prod")
+    assert timeline["to_prune"] == 0 and {b["id"]: b["kept_by"] for b in timeline["backups"]}[full.id][0] == "newest"
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
