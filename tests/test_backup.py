@@ -590,6 +590,75 @@ def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_it
         assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0
 
 
+def _drilling(proc: subprocess.Popen) -> bool:
+    """True once the CLI's drill has pg_restore reading the dump."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        return any(c.name() == "pg_restore" and c.io_counters().read_chars > (1 << 20) for c in children)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _drill_databases(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("select datname from pg_database where datname like 'safesync_drill_%%' order by 1")]
+
+
+def test_a_killed_drill_leaves_its_scratch_database_only_until_the_next_drill(make_db, write_settings) -> None:
+    """A drill whose process is killed (SIGKILL, a platform's request
+    timeout) never ran its ``drop database``: the scratch database, maybe a
+    whole copy of production, stayed on the server for good, one more per
+    killed drill. The next drill now drops abandoned ones (nobody connected,
+    marked by a drill over an hour ago) and never one in use."""
+    from safesync.functions.backup import verify as verify_module
+
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    add_bulk(prod, 300_000)
+    settings = write_settings({"prod": prod}, BACKUP_TOML.replace("compress_level = 1", "compress_level = 0"))
+    info = create_backup(settings, "prod", "manual")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safesync.functions.cli", "backup", "verify", info.id, "--restore-drill", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 60
+    while not _drilling(proc):
+        assert proc.poll() is None and time.monotonic() < deadline, "the drill ended before we could kill it"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    [abandoned] = _drill_databases(prod)
+
+    fresh = verify_backup(settings, info.id, restore_drill_too=True)  # marked within the hour: may be starting
+    assert fresh.ok and "dropped_abandoned" not in fresh.drill, fresh.all_problems
+    assert _drill_databases(prod) == [abandoned]
+
+    # An hour later. Another drill's database still in use (connected), and
+    # an unmarked one, are never touched.
+    hours_ago = sql.Literal(verify_module.DRILL_MARK + (utcnow() - timedelta(hours=2)).isoformat())
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("create database safesync_drill_prod_inuse template template0")
+        conn.execute("create database safesync_drill_prod_unmarked template template0")
+        for name in (abandoned, "safesync_drill_prod_inuse"):
+            conn.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), hours_ago))
+    busy = psycopg.connect(make_conninfo_for(prod, "safesync_drill_prod_inuse"))
+    try:
+        later = verify_backup(settings, info.id, restore_drill_too=True)
+        assert later.ok and later.drill["dropped_abandoned"] == [abandoned], later.drill
+        assert _drill_databases(prod) == ["safesync_drill_prod_inuse", "safesync_drill_prod_unmarked"]
+    finally:
+        busy.close()
+        with psycopg.connect(prod, autocommit=True) as conn:
+            conn.execute("drop database safesync_drill_prod_inuse")
+            conn.execute("drop database safesync_drill_prod_unmarked")
+
+
+def make_conninfo_for(url: str, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(url, dbname=dbname)
+
+
 def test_backup_of_an_empty_database_verifies_and_its_toc_is_checked_against_the_manifest(make_db, write_settings) -> None:
     from safesync.functions.backup.manifest import write_manifest
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -198,6 +199,48 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     return problems, checks
 
 
+DRILL_PREFIX = "safesync_drill_"
+DRILL_MARK = "safesync restore drill started "  # + ISO time: the scratch database's comment
+ABANDONED_AFTER = timedelta(hours=1)  # only for the moment between CREATE DATABASE and the keeper's connect
+
+
+def drop_abandoned_drills(admin: psycopg.Connection, now: datetime | None = None) -> list[str]:
+    """Drop the scratch databases of drills whose process died (SIGKILL, a
+    platform's request timeout, OOM): ``drop database`` in the drill's own
+    ``finally`` never ran, and each one may hold a full copy of production.
+
+    A running drill keeps a connection to its scratch database from just
+    after creating it to the end, so a drill database nobody is connected to
+    is abandoned, once its comment (written at creation) is older than
+    ``ABANDONED_AFTER``. Only databases this role owns and marked by a drill
+    are considered, and the drop is a plain DROP DATABASE, which fails
+    rather than disconnect a session that arrived meanwhile."""
+    now = now or utcnow()
+    rows = admin.execute(
+        "select d.datname, shobj_description(d.oid, 'pg_database') from pg_database d "
+        "where starts_with(d.datname, %s) and d.datdba = (select oid from pg_roles where rolname = current_user) "
+        "and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)",
+        [DRILL_PREFIX],
+    ).fetchall()
+    dropped = []
+    for name, comment in rows:
+        if not (comment or "").startswith(DRILL_MARK):
+            continue
+        try:
+            started = datetime.fromisoformat(comment.removeprefix(DRILL_MARK))
+        except ValueError:
+            continue
+        if started.tzinfo is None or now - started < ABANDONED_AFTER:
+            continue
+        try:
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            log.warning("abandoned drill database not dropped", database=name, error=redact(str(exc)).strip())
+            continue
+        dropped.append(name)
+    return dropped
+
+
 def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
     """Restore into a fresh scratch database beside the source, compare row
     counts with the manifest, drop the scratch database. Never raises for a
@@ -214,10 +257,20 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
         result["problems"] = [f"drill could not start: {exc.message}"]
         return result
     created = False
+    keeper: psycopg.Connection | None = None
     try:
+        try:
+            abandoned = drop_abandoned_drills(admin)
+        except psycopg.Error as exc:  # e.g. a platform hiding pg_stat_activity: the drill itself can still run
+            abandoned = []
+            log.warning("could not look for abandoned drill databases", error=redact(str(exc)).strip())
+        if abandoned:
+            result["dropped_abandoned"] = abandoned
         admin.execute(sql.SQL("create database {} template template0").format(sql.Identifier(scratch)))
         created = True
+        admin.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(scratch), sql.Literal(DRILL_MARK + utcnow().isoformat())))
         scratch_url = make_conninfo(source_url, dbname=scratch)
+        keeper = connect(scratch_url, autocommit=True, application_name="safesync-drill")  # "in use" to drop_abandoned_drills
         entries = read_toc(settings, info)
         with connect(scratch_url, application_name="safesync-drill") as conn:
             plan = plan_restore(conn, entries, drill=True)
@@ -262,6 +315,8 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
     except psycopg.Error as exc:
         problems.append(f"drill failed: {redact(str(exc)).strip()}")
     finally:
+        if keeper is not None:
+            keeper.close()
         if created:
             try:
                 admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(scratch)))
