@@ -371,6 +371,31 @@ def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage,
     assert get_backup(settings, good.id).verification["ok"]
 
 
+@pytest.mark.parametrize("storage_url", ["local", "gcs"], indirect=True)
+def test_an_oversized_sidecar_or_a_too_deeply_nested_manifest_is_a_failed_backup_not_an_aborted_run(env, capsys) -> None:
+    """A sidecar over 4 KiB made verify raise "larger than 4096 bytes; stream
+    it instead", ending the whole run (``--all``: no result for any backup);
+    a manifest nested deeper than the JSON parser's recursion limit made
+    list, prune and verify fail with "internal error"."""
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    big = create_backup(settings, "prod", "manual")
+    deep = create_backup(settings, "prod", "manual")
+    settings.storage.put(big.sha256_key, big.sha256.encode() + b" " * 8192)
+    settings.storage.put(deep.manifest_key, b"[" * 100_000 + b"]" * 100_000)
+
+    code, body = run_cli(capsys, "backup", "verify", "--all")
+    assert code == 1, body
+    assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, big.id: False, deep.id: False}
+    problems = {r["id"]: r["problems"][0] for r in body["details"]["results"] if not r["ok"]}
+    assert "sidecar" in problems[big.id] and "unreadable manifest" in problems[deep.id], problems
+    code, body = run_cli(capsys, "backup", "list")
+    assert code == 0 and {b["id"] for b in body["details"]["backups"]} == {good.id, big.id}
+    assert any(deep.manifest_key in w for w in body["warnings"])
+    code, body = run_cli(capsys, "backup", "verify", deep.id)
+    assert code == 1 and "unreadable manifest" in body["error"], body
+
+
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 @pytest.mark.parametrize("field,value", [("trigger", "cli"), ("pg_dump_version", "sixteen"), ("verification", "ok"), ("drill", [])])
 def test_a_manifest_with_a_wrong_shaped_field_is_untrusted_not_an_internal_error(env, field, value, capsys) -> None:

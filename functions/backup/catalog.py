@@ -59,8 +59,9 @@ def scan(storage: Storage, db: str) -> DbCatalog:
             info = parse_manifest(storage.get_json(name.manifest_key), name)
         except NotFoundError:  # deleted between list and read (a concurrent prune)
             continue
-        except (ManifestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc)})
+        except (ManifestError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested too deep to parse, also just unreadable
+            catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc) or type(exc).__name__})
             continue
         if info.dump_suffix not in objects:
             catalog.leftovers.append(_leftover(name, objects, MANIFEST_WITHOUT_DUMP))
@@ -111,7 +112,7 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
         if any(storage.exists(name.key(suffix)) for suffix in DUMP_SUFFIXES):
             raise NotFoundError(f"backup {backup_id} is incomplete (no manifest): it cannot be used") from None
         raise NotFoundError(f"backup {backup_id} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotFoundError(f"backup {backup_id} has an unreadable manifest: {exc}") from None
     try:
         info = parse_manifest(data, name)

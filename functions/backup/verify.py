@@ -134,6 +134,9 @@ def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
     return parse_toc(reader.text)
 
 
+SIDECAR_MAX = 4096  # "<64 hex>  <name>\n": far less
+
+
 def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], dict[str, Any]]:
     """One pass over the dump: SHA-256 + size of the stored bytes vs
     manifest and sidecar, every chunk of an encrypted dump decrypted and
@@ -143,11 +146,15 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     problems: list[str] = []
     checks: dict[str, Any] = {}
     try:
-        sidecar = parse_sidecar(storage.get_bytes(info.sha256_key, max_bytes=4096))
+        # Read, not get_bytes: an oversized sidecar is a damaged backup to
+        # report, not an error that ends the verification of every backup.
+        with storage.open(info.sha256_key) as stream:
+            raw = stream.read(SIDECAR_MAX + 1)
     except NotFoundError:
         sidecar = None
         problems.append(f"sidecar {info.sha256_key} is missing")
     else:
+        sidecar = parse_sidecar(raw) if len(raw) <= SIDECAR_MAX else None
         if sidecar is None:
             problems.append(f"sidecar {info.sha256_key} holds no SHA-256")
         elif sidecar != info.sha256:
