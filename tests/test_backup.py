@@ -368,6 +368,7 @@ def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage,
         assert code == 1 and not body["ok"], (argv, body["summary"])
         assert "FAILED" in body["summary"] and bad.id in body["summary"] and good.id not in body["summary"]
         assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, bad.id: False}
+        assert {r["id"]: r["sha256"] for r in body["tables"]["verified"]} == {good.id: "ok", bad.id: ""}  # not computed
     assert get_backup(settings, good.id).verification["ok"]
 
 

@@ -70,7 +70,8 @@ class VerifyResult:
         return {
             "id": self.id,
             "ok": self.ok,
-            "sha256": "ok" if self.checks.get("sha256_ok") else "MISMATCH",
+            # not computed (manifest unreadable, dump missing or unreadable): say nothing, not MISMATCH
+            "sha256": "" if "sha256_ok" not in self.checks else "ok" if self.checks["sha256_ok"] else "MISMATCH",
             "toc_entries": self.checks.get("toc_entries"),
             "drill": drill,
             "problems": "; ".join(self.all_problems),
