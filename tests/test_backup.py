@@ -349,6 +349,45 @@ def test_flipped_byte_fails_verify_names_the_backup_and_is_never_restored(env, c
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_another_smaller_dump_stored_under_a_backups_name_is_never_committed(env, make_db, write_settings) -> None:
+    """The held-back last chunk only stops pg_restore from committing a
+    damaged copy of the archive written. Another, smaller dump stored under
+    the backup's name (a mixed-up file, padded here to the manifest's size)
+    is complete long before that chunk: pg_restore committed it into the
+    target, and the restore then said "failed: pg_restore exited with 0" —
+    or, when the pipe took it all, "nothing was restored". Now a restore
+    proves the whole stored dump before it starts, and the stream, should
+    the object change after that check, says the target was changed."""
+    from safesync.functions.backup.archive import Archive
+    from safesync.functions.backup.pgproc import restore_stream
+    from safesync.functions.backup.verify import pg_restore_for
+    from safesync.shared.pgtools import libpq_target
+
+    add_bulk(env.prod, 100_000)  # several chunks: pg_restore stops reading long before the end
+    info = create_backup(env.settings, "prod", "manual")
+    other = make_db()
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("create table intruder as select 42 as x")
+    settings = write_settings({"prod": env.prod, "scratch": env.scratch, "other": other}, BACKUP_TOML, env.storage_url)
+    small = settings.storage.get_bytes(create_backup(settings, "other", "manual").dump_key)
+    settings.storage.put(info.dump_key, small + b"\0" * (info.size - len(small)))
+    before, objects = fingerprint(env.scratch), backup_objects(settings, "scratch")
+
+    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*nothing was restored"):
+        restore_backup(settings, info.id, "scratch")
+    assert fingerprint(env.scratch) == before and backup_objects(settings, "scratch") == objects
+
+    # The stream on its own (the object changed after the check): it cannot
+    # stop that COMMIT, but it never calls the target untouched.
+    conninfo, child = libpq_target(env.scratch)
+    with pytest.raises(JobFailed, match="pg_restore had already committed .*the target WAS changed"):
+        restore_stream(Archive(settings, info), argv=[str(pg_restore_for(info).path), "--single-transaction",
+                                                      "--exit-on-error", "--dbname", conninfo], env=child)
+    with psycopg.connect(env.scratch) as conn:
+        assert conn.execute("select to_regclass('public.intruder')").fetchone()[0] == "intruder"
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 @pytest.mark.parametrize("damage", ["manifest truncated", "dump deleted"])
 def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage, capsys) -> None:
     """verify with no id (the newest of each database) and --all used to
@@ -447,10 +486,20 @@ def test_a_dump_with_bytes_appended_is_refused_before_its_restore_commits(env) -
     settings.storage.put(info.dump_key, dump + b"\0" * (2 << 20))
     before, objects = fingerprint(env.scratch), backup_objects(settings, "scratch")
 
-    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*longer.*nothing was restored"):
+    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*nothing was restored"):
         restore_backup(settings, info.id, "scratch")
     assert fingerprint(env.scratch) == before
-    assert len(backup_objects(settings, "scratch")) == len(objects) + 3  # only the safety backup was written
+    assert backup_objects(settings, "scratch") == objects  # refused before the safety backup
+    from safesync.functions.backup.archive import Archive
+    from safesync.functions.backup.pgproc import restore_stream
+    from safesync.functions.backup.verify import pg_restore_for
+    from safesync.shared.pgtools import libpq_target
+
+    conninfo, child = libpq_target(env.scratch)  # the stream itself, past check_stored: still refused before COMMIT
+    with pytest.raises(Refused, match="nothing was restored"):
+        restore_stream(Archive(settings, info), argv=[str(pg_restore_for(info).path), "--single-transaction",
+                                                      "--exit-on-error", "--dbname", conninfo], env=child)
+    assert fingerprint(env.scratch) == before
     result = verify_backup(settings, info.id, restore_drill_too=True)
     assert not result.ok and any("bytes, the manifest says" in p for p in result.problems), result.problems
 
