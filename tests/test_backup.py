@@ -25,6 +25,7 @@ from psycopg import sql
 from safesync.functions import cli
 from safesync.functions.backup import create as create_module
 from safesync.functions.backup import (
+    backup_timeline,
     create_backup,
     get_backup,
     latest_backup,
@@ -347,6 +348,244 @@ def test_flipped_byte_fails_verify_names_the_backup_and_is_never_restored(env, c
     assert fingerprint(env.scratch) == before
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_another_smaller_dump_stored_under_a_backups_name_is_never_committed(env, make_db, write_settings) -> None:
+    """The held-back last chunk only stops pg_restore from committing a
+    damaged copy of the archive written. Another, smaller dump stored under
+    the backup's name (a mixed-up file, padded here to the manifest's size)
+    is complete long before that chunk: pg_restore committed it into the
+    target, and the restore then said "failed: pg_restore exited with 0" —
+    or, when the pipe took it all, "nothing was restored". Now a restore
+    proves the whole stored dump before it starts, and the stream, should
+    the object change after that check, says the target was changed."""
+    from safesync.functions.backup.archive import Archive
+    from safesync.functions.backup.pgproc import restore_stream
+    from safesync.functions.backup.verify import pg_restore_for
+    from safesync.shared.pgtools import libpq_target
+
+    add_bulk(env.prod, 100_000)  # several chunks: pg_restore stops reading long before the end
+    info = create_backup(env.settings, "prod", "manual")
+    other = make_db()
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("create table intruder as select 42 as x")
+    settings = write_settings({"prod": env.prod, "scratch": env.scratch, "other": other}, BACKUP_TOML, env.storage_url)
+    small = settings.storage.get_bytes(create_backup(settings, "other", "manual").dump_key)
+    settings.storage.put(info.dump_key, small + b"\0" * (info.size - len(small)))
+    before, objects = fingerprint(env.scratch), backup_objects(settings, "scratch")
+
+    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*nothing was restored"):
+        restore_backup(settings, info.id, "scratch")
+    assert fingerprint(env.scratch) == before and backup_objects(settings, "scratch") == objects
+
+    # The stream on its own (the object changed after the check): it cannot
+    # stop that COMMIT, but it never calls the target untouched.
+    conninfo, child = libpq_target(env.scratch)
+    with pytest.raises(JobFailed, match="pg_restore had already committed .*the target WAS changed"):
+        restore_stream(Archive(settings, info), argv=[str(pg_restore_for(info).path), "--single-transaction",
+                                                      "--exit-on-error", "--dbname", conninfo], env=child)
+    with psycopg.connect(env.scratch) as conn:
+        assert conn.execute("select to_regclass('public.intruder')").fetchone()[0] == "intruder"
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("damage", ["manifest truncated", "dump deleted"])
+def test_verify_never_skips_a_damaged_newest_backup_to_say_all_good(env, damage, capsys) -> None:
+    """verify with no id (the newest of each database) and --all used to
+    scan only the *complete* backups: a newest backup whose manifest was
+    cut short, or whose dump was deleted, just vanished, the one before it
+    was verified and the report said "all good" (exit 0)."""
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    bad = create_backup(settings, "prod", "manual")
+    if damage == "manifest truncated":
+        settings.storage.put(bad.manifest_key, settings.storage.get_bytes(bad.manifest_key)[:40])
+    else:
+        settings.storage.delete(bad.dump_key)
+
+    for argv in (["backup", "verify"], ["backup", "verify", "--all"]):
+        code, body = run_cli(capsys, *argv)
+        assert code == 1 and not body["ok"], (argv, body["summary"])
+        assert "FAILED" in body["summary"] and bad.id in body["summary"] and good.id not in body["summary"]
+        assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, bad.id: False}
+        assert {r["id"]: r["sha256"] for r in body["tables"]["verified"]} == {good.id: "ok", bad.id: ""}  # not computed
+    assert get_backup(settings, good.id).verification["ok"]
+
+
+@pytest.mark.parametrize("storage_url", ["local", "gcs"], indirect=True)
+def test_an_oversized_sidecar_or_a_too_deeply_nested_manifest_is_a_failed_backup_not_an_aborted_run(env, capsys) -> None:
+    """A sidecar over 4 KiB made verify raise "larger than 4096 bytes; stream
+    it instead", ending the whole run (``--all``: no result for any backup);
+    a manifest nested deeper than the JSON parser's recursion limit made
+    list, prune and verify fail with "internal error"."""
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    big = create_backup(settings, "prod", "manual")
+    deep = create_backup(settings, "prod", "manual")
+    settings.storage.put(big.sha256_key, big.sha256.encode() + b" " * 8192)
+    settings.storage.put(deep.manifest_key, b"[" * 100_000 + b"]" * 100_000)
+
+    code, body = run_cli(capsys, "backup", "verify", "--all")
+    assert code == 1, body
+    assert {r["id"]: r["ok"] for r in body["details"]["results"]} == {good.id: True, big.id: False, deep.id: False}
+    problems = {r["id"]: r["problems"][0] for r in body["details"]["results"] if not r["ok"]}
+    assert "sidecar" in problems[big.id] and "unreadable manifest" in problems[deep.id], problems
+    code, body = run_cli(capsys, "backup", "list")
+    assert code == 0 and {b["id"] for b in body["details"]["backups"]} == {good.id, big.id}
+    assert any(deep.manifest_key in w for w in body["warnings"])
+    code, body = run_cli(capsys, "backup", "verify", deep.id)
+    assert code == 1 and "unreadable manifest" in body["error"], body
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("field,value", [("trigger", "cli"), ("pg_dump_version", "sixteen"), ("verification", "ok"), ("drill", [])])
+def test_a_manifest_with_a_wrong_shaped_field_is_untrusted_not_an_internal_error(env, field, value, capsys) -> None:
+    """Optional manifest fields were typed unchecked: a ``trigger`` that is
+    not an object made list and prune crash (every other backup hidden
+    behind "internal error"), a ``pg_dump_version`` that is no number
+    crashed verify and restore. Such a manifest is now untrusted like an
+    unparseable one: listed as unreadable, FAILED by verify, never restored."""
+    from safesync.functions.backup.manifest import write_manifest
+
+    settings = env.settings
+    good = create_backup(settings, "prod", "manual")
+    bad = create_backup(settings, "prod", "manual")
+    manifest = dict(bad.manifest)
+    manifest[field] = value
+    settings.storage.put_json(bad.manifest_key, manifest)
+
+    code, body = run_cli(capsys, "backup", "list")
+    assert code == 0 and [b["id"] for b in body["details"]["backups"]] == [good.id]
+    assert any(bad.manifest_key in w and field in w for w in body["warnings"]), body["warnings"]
+    code, body = run_cli(capsys, "backup", "verify", bad.id)
+    assert code != 0 and "internal error" not in body["error"] and "invalid manifest" in body["error"], body
+    code, body = run_cli(capsys, "backup", "verify", "--all")
+    assert code == 1 and bad.id in body["summary"] and field in body["summary"], body["summary"]
+    before = fingerprint(env.scratch)
+    code, body = run_cli(capsys, "backup", "restore", bad.id, "--to", "scratch")
+    assert code != 0 and "invalid manifest" in body["error"], body
+    assert fingerprint(env.scratch) == before
+    code, body = run_cli(capsys, "backup", "prune", "--db", "prod")
+    assert code == 0, body
+    assert any(bad.manifest_key in w for w in body["warnings"]) and settings.storage.exists(bad.manifest_key)
+    with pytest.raises(ValueError, match=field):
+        write_manifest(settings.storage, bad.name, manifest)  # never written by us either
+
+
+@pytest.mark.parametrize("storage_url", ["local", "gcs"], indirect=True)
+def test_a_dump_with_bytes_appended_is_refused_before_its_restore_commits(env) -> None:
+    """The restore holds back the last chunk until the checksum matches;
+    with a MiB or more appended to the stored dump, the chunk held back was
+    only the extra bytes: pg_restore had the whole archive, COMMITted into
+    the target, and then the restore said it failed. Now bytes past the
+    manifest's size are refused before the end of the archive is fed."""
+    settings = env.settings
+    add_bulk(env.prod, 20_000)  # a dump of more than one chunk
+    info = create_backup(settings, "prod", "manual")
+    dump = settings.storage.get_bytes(info.dump_key)
+    assert len(dump) > 1 << 20
+    settings.storage.put(info.dump_key, dump + b"\0" * (2 << 20))
+    before, objects = fingerprint(env.scratch), backup_objects(settings, "scratch")
+
+    with pytest.raises(Refused, match=f"backup {info.id} does not match its manifest.*nothing was restored"):
+        restore_backup(settings, info.id, "scratch")
+    assert fingerprint(env.scratch) == before
+    assert backup_objects(settings, "scratch") == objects  # refused before the safety backup
+    from safesync.functions.backup.archive import Archive
+    from safesync.functions.backup.pgproc import restore_stream
+    from safesync.functions.backup.verify import pg_restore_for
+    from safesync.shared.pgtools import libpq_target
+
+    conninfo, child = libpq_target(env.scratch)  # the stream itself, past check_stored: still refused before COMMIT
+    with pytest.raises(Refused, match="nothing was restored"):
+        restore_stream(Archive(settings, info), argv=[str(pg_restore_for(info).path), "--single-transaction",
+                                                      "--exit-on-error", "--dbname", conninfo], env=child)
+    assert fingerprint(env.scratch) == before
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert not result.ok and any("bytes, the manifest says" in p for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_content_only_backup_never_makes_prune_delete_the_full_backups(env, capsys) -> None:
+    """Content sync's ``presync_backup = "content"`` dumps only the content
+    tables, as a ``presync`` backup. Retention took it for the day's best
+    copy: the newest backup of the day, week and month, so the full daily
+    backup made before it was "outside the policy" and prune deleted it —
+    the database was left with no full backup at all. The manifest now
+    records the scope, and a partial backup counts only as an undo point."""
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    assert part.partial and not full.partial and part.manifest["scope"] == "tables" and full.manifest["scope"] == "full"
+    assert list(part.tables) == ["public.courses"]
+
+    plan = prune_database(settings, "prod", dry_run=True)
+    assert {row["id"]: row["action"] for row in plan.rows} == {full.id: "keep", part.id: "keep"}
+    assert "newest full" in plan.reasons[full.id] and "daily" in " ".join(plan.reasons[full.id])
+    code, body = run_cli(capsys, "backup", "prune", "--db", "prod")
+    assert code == 0 and body["details"]["deleted"] == []
+    assert sorted(b.id for b in list_backups(settings)) == sorted([full.id, part.id])
+    # the status page's timeline applies the same policy
+    timeline = backup_timeline(settings, "prod")
+    assert timeline["to_prune"] == 0 and {b["id"]: b["kept_by"] for b in timeline["backups"]}[full.id][0] == "newest"
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) -> None:
+    """``restore latest`` restored the content-only presync backup when it
+    was the newest ("restored …: 1 tables", exit 0), verify without an id
+    proved only it ("all good" while the full backup went unverified), and
+    the status page dated the database's last backup by it."""
+    from safesync.functions.status.collect import last_backups
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    assert latest_backup(settings, "prod").id == full.id
+    code, body = run_cli(capsys, "backup", "restore", "latest", "--db", "prod", "--to", "scratch")
+    assert code == 0 and body["details"]["restore"]["backup"] == full.id, body
+    assert fingerprint(env.scratch) == fingerprint(env.prod)
+    code, body = run_cli(capsys, "backup", "verify")
+    assert code == 0 and [r["id"] for r in body["details"]["results"]] == [full.id]
+    assert [row["id"] for row in last_backups(settings, [])] == [full.id]
+    assert restore_backup(settings, part.id, "scratch").backup.id == part.id  # by its id, as asked
+
+    settings.storage.delete(full.manifest_key)  # only the partial one is left: there is no latest
+    with pytest.raises(NotFoundError, match="no complete full backup of prod"):
+        restore_backup(settings, "latest", "scratch", db="prod")
+    code, body = run_cli(capsys, "backup", "verify")
+    assert code == 1 and "prod: no complete backup" in body["summary"]
+
+
+def test_a_sound_backup_of_tables_with_spaces_dots_or_line_breaks_in_their_names_verifies(make_db, write_settings) -> None:
+    """verify split each ``pg_restore --list`` line on spaces, so a schema
+    named ``my schema`` (or a table name with a line break, which the
+    listing prints as a space) looked absent from the dump: a sound backup
+    FAILED verification and its restore drill was skipped."""
+    prod = make_db()
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute('create schema "my schema"')
+        conn.execute('create table "my schema"."a b" (id int)')
+        conn.execute('insert into "my schema"."a b" values (1), (2)')
+        conn.execute('create table public."x\ny" (id int)')
+        conn.execute('insert into public."x\ny" values (1)')
+        conn.execute('create table public."a.b" (id int)')
+        conn.execute('create table "my schema"."q""t" (id int)')
+    settings = write_settings({"prod": prod}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "manual")
+    assert set(info.tables) == {"my schema.a b", "public.x\ny", "public.a.b", 'my schema.q"t'}
+
+    result = verify_backup(settings, info.id, restore_drill_too=True)
+    assert result.ok and result.drill["ok"] and result.drill["mismatches"] == [], result.all_problems
+    manifest = dict(info.manifest)
+    manifest["tables"] = {**info.tables, "my schema.a c": 1, "my schema.a": 2}  # near misses are still absent
+    settings.storage.put_json(info.manifest_key, manifest)
+    problems = verify_backup(settings, info.id, record=False).problems
+    assert any("2 table(s)" in p and "my schema.a c" in p and "my schema.a," in p for p in problems), problems
+
+
 # --------------------------------------------------------------------------
 # Guarded restore
 # --------------------------------------------------------------------------
@@ -424,6 +663,75 @@ def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_it
     assert recorded["verification"]["ok"] is True and recorded["drill"]["ok"] is False
     with psycopg.connect(prod) as conn:
         assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0
+
+
+def _drilling(proc: subprocess.Popen) -> bool:
+    """True once the CLI's drill has pg_restore reading the dump."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        return any(c.name() == "pg_restore" and c.io_counters().read_chars > (1 << 20) for c in children)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _drill_databases(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("select datname from pg_database where datname like 'safesync_drill_%%' order by 1")]
+
+
+def test_a_killed_drill_leaves_its_scratch_database_only_until_the_next_drill(make_db, write_settings) -> None:
+    """A drill whose process is killed (SIGKILL, a platform's request
+    timeout) never ran its ``drop database``: the scratch database, maybe a
+    whole copy of production, stayed on the server for good, one more per
+    killed drill. The next drill now drops abandoned ones (nobody connected,
+    marked by a drill over an hour ago) and never one in use."""
+    from safesync.functions.backup import verify as verify_module
+
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    add_bulk(prod, 300_000)
+    settings = write_settings({"prod": prod}, BACKUP_TOML.replace("compress_level = 1", "compress_level = 0"))
+    info = create_backup(settings, "prod", "manual")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safesync.functions.cli", "backup", "verify", info.id, "--restore-drill", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 60
+    while not _drilling(proc):
+        assert proc.poll() is None and time.monotonic() < deadline, "the drill ended before we could kill it"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    [abandoned] = _drill_databases(prod)
+
+    fresh = verify_backup(settings, info.id, restore_drill_too=True)  # marked within the hour: may be starting
+    assert fresh.ok and "dropped_abandoned" not in fresh.drill, fresh.all_problems
+    assert _drill_databases(prod) == [abandoned]
+
+    # An hour later. Another drill's database still in use (connected), and
+    # an unmarked one, are never touched.
+    hours_ago = sql.Literal(verify_module.DRILL_MARK + (utcnow() - timedelta(hours=2)).isoformat())
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("create database safesync_drill_prod_inuse template template0")
+        conn.execute("create database safesync_drill_prod_unmarked template template0")
+        for name in (abandoned, "safesync_drill_prod_inuse"):
+            conn.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), hours_ago))
+    busy = psycopg.connect(make_conninfo_for(prod, "safesync_drill_prod_inuse"))
+    try:
+        later = verify_backup(settings, info.id, restore_drill_too=True)
+        assert later.ok and later.drill["dropped_abandoned"] == [abandoned], later.drill
+        assert _drill_databases(prod) == ["safesync_drill_prod_inuse", "safesync_drill_prod_unmarked"]
+    finally:
+        busy.close()
+        with psycopg.connect(prod, autocommit=True) as conn:
+            conn.execute("drop database safesync_drill_prod_inuse")
+            conn.execute("drop database safesync_drill_prod_unmarked")
+
+
+def make_conninfo_for(url: str, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(url, dbname=dbname)
 
 
 def test_backup_of_an_empty_database_verifies_and_its_toc_is_checked_against_the_manifest(make_db, write_settings) -> None:

@@ -125,3 +125,22 @@ def test_worked_example_90_days_of_dailies_plus_predeploys() -> None:
     assert rules["predeploy"] == {f"p{d:03d}" for d in range(70, 90)}
     assert set(plan.keep) == {f"p{d:03d}" for d in range(69, 90)} | {"d059", "d030"}
     assert len(plan.delete) == 115 - 23
+
+
+@given(backup_sets(), st.data(), policies)
+def test_partial_backups_never_cost_a_full_one_its_place(backups, data, policy) -> None:
+    """Marking some backups partial (only some tables dumped) keeps every
+    full backup the period rules keep without them, and the newest full
+    one (a partial undo point still counts among the N newest of its kind)."""
+    partial = data.draw(st.sets(st.sampled_from([b.id for b in backups]) if backups else st.nothing()))
+    marked = [Candidate(b.id, b.at, b.kind, b.id in partial) for b in backups]
+    full = [b for b in marked if not b.partial]
+    plan = plan_retention(marked, policy)
+    periodic = {
+        backup_id for backup_id, reasons in plan_retention(full, policy).keep.items()
+        if any(reason.split(" ")[0] in ("newest", "daily", "weekly", "monthly") for reason in reasons)
+    }
+    assert periodic <= set(plan.keep)
+    if full:
+        assert _newest(full).id in plan.keep
+    assert set(plan_retention([b for b in marked if b.id in plan.keep], policy).keep) == set(plan.keep)

@@ -141,5 +141,32 @@ class Archive:
                 raise DamagedArchive(f"backup {self.info.id} is damaged: {reason}{written}", {"backup": self.info.id}) from None
 
 
+def check_stored(settings: Settings, info: BackupInfo) -> None:
+    """Refuse (nothing touched) unless the stored dump object has exactly
+    the manifest's size and SHA-256: one read of the stored bytes, no
+    decryption.
+
+    The restore's held-back last chunk keeps pg_restore from committing a
+    *damaged* copy of the archive written, but not a *different* archive:
+    another, smaller dump stored under this backup's name (a mixed-up file
+    from cold storage) is complete long before the held-back chunk, and
+    pg_restore commits it. So a restore proves the whole object first."""
+    hasher = hashlib.sha256()
+    size = 0
+    with settings.storage.open(info.dump_key) as stream:
+        while chunk := stream.read(CHUNK):
+            size += len(chunk)
+            if size > info.size:
+                break  # longer than written: no need to read the rest
+            hasher.update(chunk)
+    if size != info.size or hasher.hexdigest() != info.sha256:
+        longer = " or more" if size > info.size else ""
+        raise Refused(
+            f"backup {info.id} does not match its manifest (stored: {size}{longer} bytes, sha256 "
+            f"{hasher.hexdigest()[:12]}…; manifest: {info.size} bytes, {info.sha256[:12]}…): nothing was restored",
+            {"backup": info.id},
+        )
+
+
 def _recipients_of(info: BackupInfo) -> list[str]:
     return [r["fingerprint"] for r in (info.encryption or {}).get("recipients", [])]

@@ -21,6 +21,9 @@ from .layout import DUMP_SUFFIXES, BackupName, parse_key
 from .manifest import BackupInfo, ManifestError, parse_manifest
 
 
+MANIFEST_WITHOUT_DUMP = "manifest without its dump"  # damage (prune deletes manifests first), not an interrupted write
+
+
 @dataclass(frozen=True)
 class Leftover:
     """Objects of a backup that never became complete (no manifest), or
@@ -56,11 +59,12 @@ def scan(storage: Storage, db: str) -> DbCatalog:
             info = parse_manifest(storage.get_json(name.manifest_key), name)
         except NotFoundError:  # deleted between list and read (a concurrent prune)
             continue
-        except (ManifestError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc)})
+        except (ManifestError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested too deep to parse, also just unreadable
+            catalog.unreadable.append({"id": name.id, "key": name.manifest_key, "problem": str(exc) or type(exc).__name__})
             continue
         if info.dump_suffix not in objects:
-            catalog.leftovers.append(_leftover(name, objects, "manifest without its dump"))
+            catalog.leftovers.append(_leftover(name, objects, MANIFEST_WITHOUT_DUMP))
             continue
         catalog.complete.append(info)
     catalog.complete.sort(key=lambda info: (info.started_at, info.id), reverse=True)
@@ -87,9 +91,15 @@ def list_backups(settings: Settings, db: str | None = None) -> list[BackupInfo]:
 
 
 def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
-    """The newest complete backup of ``db``, or None."""
+    """The newest complete *full* backup of ``db``, or None.
+
+    What ``restore latest``, ``verify`` without an id and the status page
+    mean by "the latest backup" is a copy of the database: a partial one
+    (only some tables, content sync's ``presync_backup = "content"``) would
+    restore a fraction of it as if it were whole, and prove or date nothing
+    about the database. Partial backups are used by their id."""
     complete = scan(settings.storage, settings.check_database(db)).complete
-    return complete[0] if complete else None
+    return next((info for info in complete if not info.partial), None)
 
 
 def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
@@ -102,7 +112,7 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
         if any(storage.exists(name.key(suffix)) for suffix in DUMP_SUFFIXES):
             raise NotFoundError(f"backup {backup_id} is incomplete (no manifest): it cannot be used") from None
         raise NotFoundError(f"backup {backup_id} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotFoundError(f"backup {backup_id} has an unreadable manifest: {exc}") from None
     try:
         info = parse_manifest(data, name)
@@ -120,7 +130,7 @@ def resolve(settings: Settings, ref: str, db: str | None) -> BackupInfo:
             raise BadRequest("'latest' needs the database: --db NAME (HTTP: \"db\")")
         info = latest_backup(settings, db)
         if info is None:
-            raise NotFoundError(f"no complete backup of {db} in {settings.storage.describe()}")
+            raise NotFoundError(f"no complete full backup of {db} in {settings.storage.describe()}")
         return info
     info = get_backup(settings, ref)
     if db is not None and info.db != db:

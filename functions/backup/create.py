@@ -36,7 +36,7 @@ from safesync.shared.storage import Storage
 from . import archive
 from .compression import choose
 from .layout import DUMP_SUFFIXES, SUFFIXES, BackupName
-from .manifest import MANIFEST_VERSION, PLAIN_MANIFEST_VERSION, BackupInfo, sidecar_text, write_manifest
+from .manifest import MANIFEST_VERSION, PLAIN_MANIFEST_VERSION, SCOPE_FULL, SCOPE_TABLES, BackupInfo, sidecar_text, write_manifest
 from .pgproc import CHUNK, PgProcess, Progress, dbname_of
 
 if TYPE_CHECKING:
@@ -302,6 +302,7 @@ def create_backup(
         "server_version_num": server_num,
         "tables": counts,
         "table_count": len(counts),
+        "scope": SCOPE_TABLES if tables is not None else SCOPE_FULL,
         "rows_total": sum(counts.values()),
         "trigger": trigger or {"via": "library"},
         "keys": {"dump": dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},

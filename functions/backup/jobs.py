@@ -20,14 +20,14 @@ from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
 from .archive import require_identity
-from .catalog import databases, get_backup, latest_backup, list_backups, scan
+from .catalog import MANIFEST_WITHOUT_DUMP, DbCatalog, databases, get_backup, scan
 from .create import create_backup
 from .layout import BackupName
 from .manifest import human_bytes
 from .pgproc import Progress
 from .prune import PruneResult, cleanup_temp, prune_database
 from .restore import restore_backup
-from .verify import verify_backup
+from .verify import VerifyResult, verify_backup
 
 JOB = "backup"
 
@@ -120,21 +120,24 @@ def run_verify(
 
     def job(report: Report) -> None:
         missing: list[str] = []
+        damaged: list[VerifyResult] = []
         if backup_id is not None:
             targets = [get_backup(settings, backup_id)]
-        elif all_backups:
-            targets = list_backups(settings)
         else:
             targets = []
-            for db in settings.config.backup.databases:
-                latest = latest_backup(settings, db)
-                if latest is None:
-                    missing.append(db)
+            for db in databases(settings) if all_backups else settings.config.backup.databases:
+                catalog = scan(settings.storage, db)
+                damaged += damaged_backups(catalog)
+                if all_backups:
+                    targets += catalog.complete
+                elif newest := next((info for info in catalog.complete if not info.partial), None):
+                    targets.append(newest)  # the newest full backup, as latest_backup
                 else:
-                    targets.append(latest)
+                    missing.append(db)
+            targets.sort(key=lambda info: (info.started_at, info.id), reverse=True)
         for info in targets:  # every identity problem before any result is recorded
             require_identity(settings, info)
-        results = [verify_backup(settings, info, restore_drill_too=restore_drill) for info in targets]
+        results = [verify_backup(settings, info, restore_drill_too=restore_drill) for info in targets] + damaged
         report.tables["verified"] = [r.row() for r in results]
         report.details["results"] = [
             {"id": r.id, "ok": r.ok, "problems": r.all_problems, "checks": r.checks, "drill": r.drill} for r in results
@@ -156,6 +159,22 @@ def run_verify(
             report.summary = f"{len(results)} backup(s) {what}: all good"
 
     return execute(settings, report, job)
+
+
+def damaged_backups(catalog: DbCatalog) -> list[VerifyResult]:
+    """Failed results for what scanning found broken: a manifest that
+    cannot be read or trusted, or one whose dump is gone. Verify never
+    skips them silently: a damaged newest backup must not let the one
+    before it answer "all good". (Objects without a manifest are
+    interrupted backups, not damage: ``list`` mentions them, prune removes
+    them.)"""
+    found = [VerifyResult(bad["id"], [f"unreadable manifest {bad['key']}: {bad['problem']}"]) for bad in catalog.unreadable]
+    found += [
+        VerifyResult(left.id, [f"its dump is missing ({left.reason}): it cannot be restored"])
+        for left in catalog.leftovers
+        if left.reason == MANIFEST_WITHOUT_DUMP
+    ]
+    return found
 
 
 def run_restore(

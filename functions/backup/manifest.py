@@ -9,6 +9,7 @@ never from object names or upload times.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +25,12 @@ from .layout import DUMP_SUFFIXES, BackupName
 MANIFEST_VERSION = 2
 PLAIN_MANIFEST_VERSION = 1
 ENCRYPTION_SCHEMES = ("age",)
+# ``scope``: what the dump holds. "tables": only some tables (content sync's
+# ``presync_backup = "content"``), an undo point for them, never a copy of
+# the database; retention must not let it stand in for a full backup.
+# Manifests written before the field existed are full backups.
+SCOPE_FULL, SCOPE_TABLES = "full", "tables"
+SCOPES = (SCOPE_FULL, SCOPE_TABLES)
 _REQUIRED = {
     "manifest_version": int,
     "id": str,
@@ -86,6 +93,11 @@ class BackupInfo:
     @property
     def manifest_key(self) -> str:
         return self.name.manifest_key
+
+    @property
+    def partial(self) -> bool:
+        """Only some tables were dumped (``scope = "tables"``)."""
+        return self.manifest.get("scope") == SCOPE_TABLES
 
     @property
     def rows_total(self) -> int:
@@ -177,6 +189,7 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
     tables = data["tables"]
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in tables.items()):
         raise ManifestError("manifest tables must map table names to row counts")
+    _check_optional(data)
     return BackupInfo(
         id=name.id,
         db=name.db,
@@ -195,6 +208,33 @@ def parse_manifest(data: Any, name: BackupName) -> BackupInfo:
         drill=data.get("drill"),
         manifest=data,
     )
+
+
+# Optional fields whose readers assume a shape: ``list`` and ``prune`` type
+# every manifest, ``pg_restore_for`` reads the pg_dump major version. A
+# manifest that breaks one of them must be *untrusted* (reported, kept),
+# never an internal error that hides every other backup of the database.
+_OPTIONAL: dict[str, type] = {
+    "trigger": dict,
+    "verification": dict,
+    "drill": dict,
+    "pg_dump_version": str,
+    "server_version": str,
+    "compression": str,
+    "scope": str,
+}
+_VERSION_RE = re.compile(r"(\d+(\.\d+)*)?")
+
+
+def _check_optional(data: dict[str, Any]) -> None:
+    """Optional fields are absent, null, or of the shape their readers need."""
+    for key, kind in _OPTIONAL.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ManifestError(f"manifest field {key!r} is not a {kind.__name__}")
+    if not _VERSION_RE.fullmatch(data.get("pg_dump_version") or ""):
+        raise ManifestError(f"manifest pg_dump_version is not a version number: {data['pg_dump_version']!r}")
+    if data.get("scope", SCOPE_FULL) not in SCOPES:
+        raise ManifestError(f"manifest scope must be one of {', '.join(SCOPES)}: {data['scope']!r}")
 
 
 def _check_encryption(encryption: Any) -> None:

@@ -10,7 +10,9 @@
   until the SHA-256 of every stored byte matches the manifest. A dump
   written through a pipe ends with the end of its last data block, so
   pg_restore cannot reach its COMMIT before that chunk: a corrupt or
-  tampered backup is never committed into the target.
+  tampered backup is never committed into the target. A stored object
+  longer than the manifest says is refused as soon as a read passes that
+  size, before the chunk held back (then the archive's end) is fed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from psycopg import conninfo as pg_conninfo
 
-from safesync.shared.errors import JobFailed, Refused
+from safesync.shared.errors import JobFailed, Refused, SafesyncError
 from safesync.shared.log import redact
 from safesync.shared.pgerrors import failure
 from safesync.shared.pgtools import spawn_client
@@ -115,12 +117,33 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
+def _mismatch(source: "Archive", *, committed: bool) -> None:
+    """Raise for a dump that does not match its manifest: Refused when
+    pg_restore is stopped before its COMMIT (nothing restored), JobFailed
+    saying so when it had already finished on its own — never claim the
+    target untouched when it was not."""
+    backup_id, info = source.info.id, source.info
+    facts = f"read {source.size} of {info.size} bytes, sha256 {source.sha256[:12]}… vs {info.sha256[:12]}…"
+    if committed:
+        raise JobFailed(
+            f"backup {backup_id} does not match its manifest ({facts}), and pg_restore had already committed "
+            "what it read before the end of the dump: the target WAS changed; restore the safety backup taken before to undo it",
+            {"backup": backup_id, "committed": True},
+        )
+    raise Refused(f"backup {backup_id} does not match its manifest ({facts}): nothing was restored", {"backup": backup_id})
+
+
 def restore_stream(source: "Archive", *, argv: Sequence[str], env: dict[str, str]) -> str:
     """Stream the archive ``source`` reads into ``pg_restore`` (``argv``),
     committing only if every stored byte matches the manifest. Returns
     pg_restore's stderr tail (warnings). Raises Refused on a checksum
     mismatch or a damaged encrypted dump (nothing restored) and JobFailed
-    when pg_restore fails (its transaction rolled back)."""
+    when pg_restore fails (its transaction rolled back) — or when it had
+    already committed a dump that then proved not to match (only another
+    archive under the backup's name can end early: ``archive.check_stored``
+    refuses that before a restore starts; the message then says the target
+    was changed). pg_restore exiting 0 before the end of a dump that
+    matches (entries left out of the list) is a success."""
     backup_id = source.info.id
     proc = PgProcess(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     held: bytes | None = None
@@ -128,19 +151,35 @@ def restore_stream(source: "Archive", *, argv: Sequence[str], env: dict[str, str
     chunks = iter(source)
     try:
         for chunk in chunks:
+            if source.size > source.info.size:
+                # Holding back the last chunk only works if pg_restore needs
+                # it: past the manifest's size, the chunk held is the end of
+                # a whole archive, and feeding it would let pg_restore COMMIT
+                # before the checksum is known. Refuse before that.
+                _mismatch(source, committed=proc.proc.poll() == 0)
             if held is not None and not (alive := proc.feed(held)):
                 break
             held = chunk
         if not alive:
-            raise JobFailed(f"restore of {backup_id} failed: {proc.failure(proc.wait())}")
+            code = proc.wait()
+            if code != 0:
+                raise JobFailed(f"restore of {backup_id} failed: {proc.failure(code)}")
+            # pg_restore had all it needed (entries left out of the list) and
+            # COMMITTED without the rest: read it anyway, to say truly below
+            # whether what was committed is the backup written.
+            try:
+                for _ in chunks:
+                    pass
+            except SafesyncError:  # damaged or unreadable after the commit: say that it committed
+                _mismatch(source, committed=True)
         if not source.as_written():
-            raise Refused(
-                f"backup {backup_id} does not match its manifest (read {source.size} of {source.info.size} bytes, "
-                f"sha256 {source.sha256[:12]}… vs {source.info.sha256[:12]}…): nothing was restored",
-                {"backup": backup_id},
-            )
-        if held is not None and not proc.feed(held):
-            raise JobFailed(f"restore of {backup_id} failed: {proc.failure(proc.wait())}")
+            _mismatch(source, committed=proc.proc.poll() == 0)
+        if held is not None and alive and not proc.feed(held):
+            if (code := proc.wait()) != 0:
+                raise JobFailed(f"restore of {backup_id} failed: {proc.failure(code)}")
+            held = None  # finished without it: checksum verified above
+        if not alive or held is None and proc.proc.poll() == 0:
+            return proc.stderr_text(20)
         proc.close_stdin()
         code = proc.wait()
         if code != 0:

@@ -65,7 +65,7 @@ def prune_database(
     storage = settings.storage
     grace = timedelta(hours=settings.config.backup.incomplete_grace_hours)
     catalog = scan(storage, settings.check_database(db))
-    plan = plan_retention([Candidate(i.id, i.started_at, i.kind) for i in catalog.complete], policy_of(settings))
+    plan = plan_retention([Candidate(i.id, i.started_at, i.kind, i.partial) for i in catalog.complete], policy_of(settings))
     if catalog.complete and catalog.complete[0].id not in plan.keep:  # pragma: no cover - retention guarantees it
         raise AssertionError("retention would delete the newest backup")
     result = PruneResult(dry_run)

@@ -42,7 +42,7 @@ from safesync.shared.pgtools import libpq_target
 from safesync.shared.log import get_logger
 from safesync.shared.report import Report
 
-from .archive import Archive
+from .archive import Archive, check_stored
 from .catalog import resolve
 from .create import count_rows, create_backup
 from .manifest import BackupInfo
@@ -152,6 +152,7 @@ def restore_backup(
     with connect(target_url, application_name="safesync-restore") as conn:
         plan = plan_restore(conn, entries, no_owner=no_owner)
     _refuse(info, target_db, plan)
+    check_stored(settings, info)  # the whole dump as written, before the safety backup and the restore
     safety = create_backup(
         settings, target_db, "safety", trigger={"via": "restore", "restore_of": info.id}, report=report
     )

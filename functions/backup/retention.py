@@ -5,13 +5,18 @@ Rules (all of them apply; a backup is kept if ANY rule keeps it):
 - ``keep_daily`` / ``keep_weekly`` / ``keep_monthly``: for the N most recent
   UTC days / ISO weeks / calendar months *that have backups*, keep the newest
   backup of that period (borg style: days without backups do not count, so
-  a week-long outage never makes the older backups expire). Every kind takes
-  part: the newest backup of a day is that day's best copy, whatever made it.
+  a week-long outage never makes the older backups expire). Every kind of
+  *full* backup takes part: the newest full backup of a day is that day's
+  best copy, whatever made it. A partial backup (only some tables: content
+  sync's ``presync_backup = "content"``) is no copy of the database, so it
+  never takes a period's place: were it the newest of a day, that day's
+  full backup would be deleted in its favour.
 - ``keep_predeploy``: the N newest ``predeploy`` backups.
 - ``keep_event``: the N newest of EACH event kind (``presync``,
   ``premigrate``, ``safety``) — the undo points of content syncs,
   migrations and restores.
-- The newest backup overall is always kept, whatever the policy.
+- The newest backup overall, and the newest full backup, are always kept,
+  whatever the policy.
 
 The result is idempotent: applying the policy to the kept set keeps all of
 it (each rule's chosen backups are still the newest of the same periods).
@@ -31,6 +36,7 @@ class Candidate:
     id: str
     at: datetime  # from the manifest (started_at), tz-aware
     kind: str
+    partial: bool = False  # only some tables were dumped: counted by its kind only
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,13 @@ def plan_retention(backups: Iterable[Candidate], policy: Policy) -> RetentionPla
         plan.keep.setdefault(candidate.id, []).append(reason)
 
     keep(newest_first[0], "newest")
+    full = [c for c in newest_first if not c.partial]
+    if full and full[0] is not newest_first[0]:
+        keep(full[0], "newest full")
     limits = {"daily": policy.keep_daily, "weekly": policy.keep_weekly, "monthly": policy.keep_monthly}
     for rule, period_of in PERIODS:
         seen: set[str] = set()
-        for candidate in newest_first:
+        for candidate in full:
             if len(seen) >= limits[rule]:
                 break
             period = period_of(candidate.at.astimezone(timezone.utc))

@@ -30,7 +30,7 @@ def backup_timeline(settings: Settings, db: str, *, limit: int = 60) -> dict[str
     with the rules that keep it (none: prune will delete it), how many
     backups each rule keeps, and the newest verify and drill results."""
     backups = list_backups(settings, db)
-    plan = plan_retention([Candidate(b.id, b.started_at, b.kind) for b in backups], policy_of(settings))
+    plan = plan_retention([Candidate(b.id, b.started_at, b.kind, b.partial) for b in backups], policy_of(settings))
     rules = {b.id: sorted({r.split(" ", 1)[0] for r in plan.keep.get(b.id, [])}, key=RULES.index) for b in backups}
     verified = next((b for b in backups if b.verification), None)
     drilled = next((b for b in backups if b.drill), None)

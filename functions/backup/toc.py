@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 KNOWN = sorted(
     {
@@ -86,6 +87,26 @@ def use_list(entries: list[TocEntry], left_out: set[int]) -> str:
     return "".join((";" if e.id in left_out else "") + e.line + "\n" for e in entries)
 
 
-def tables(entries: list[TocEntry]) -> set[str]:
-    """``schema.table`` of every TABLE entry (what the manifest's counts are checked against)."""
-    return {f"{e.schema}.{e.tag}" for e in entries if e.type == "TABLE"}
+def _listed(name: str) -> str:
+    """A name as ``pg_restore --list`` prints it (its ``sanitize_line``:
+    line breaks become spaces, so every entry stays on one line)."""
+    return name.replace("\r", " ").replace("\n", " ")
+
+
+def absent_tables(counted: Iterable[str], entries: list[TocEntry]) -> list[str]:
+    """The manifest's tables (``schema.table`` keys) without a TABLE entry.
+
+    An entry's schema, tag and owner are only separated by spaces, which a
+    name may hold too (a schema ``my schema``), and a key's ``.`` may be in
+    either name: so each way of splitting the key is tried against the
+    entry text itself (``<schema> <table>`` before the owner, the last
+    word) instead of trusting ``parse_entry``'s split, which would call a
+    sound backup incomplete."""
+    listed = {
+        e.line.split(" TABLE ", 1)[1].removesuffix(" " + e.owner) for e in entries if e.type == "TABLE" and " TABLE " in e.line
+    }
+
+    def present(key: str) -> bool:
+        return any(f"{_listed(key[:i])} {_listed(key[i + 1 :])}" in listed for i, c in enumerate(key) if c == ".")
+
+    return sorted(key for key in counted if not present(key))

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -39,7 +40,7 @@ from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
 from .pgproc import PgProcess, restore_stream
 from .restore_plan import plan_restore, unreadable_by_owner
-from .toc import TocEntry, parse_toc, tables as toc_tables, use_list
+from .toc import TocEntry, absent_tables, parse_toc, use_list
 
 log = get_logger("backup")
 
@@ -69,7 +70,8 @@ class VerifyResult:
         return {
             "id": self.id,
             "ok": self.ok,
-            "sha256": "ok" if self.checks.get("sha256_ok") else "MISMATCH",
+            # not computed (manifest unreadable, dump missing or unreadable): say nothing, not MISMATCH
+            "sha256": "" if "sha256_ok" not in self.checks else "ok" if self.checks["sha256_ok"] else "MISMATCH",
             "toc_entries": self.checks.get("toc_entries"),
             "drill": drill,
             "problems": "; ".join(self.all_problems),
@@ -133,6 +135,9 @@ def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
     return parse_toc(reader.text)
 
 
+SIDECAR_MAX = 4096  # "<64 hex>  <name>\n": far less
+
+
 def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], dict[str, Any]]:
     """One pass over the dump: SHA-256 + size of the stored bytes vs
     manifest and sidecar, every chunk of an encrypted dump decrypted and
@@ -142,11 +147,15 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     problems: list[str] = []
     checks: dict[str, Any] = {}
     try:
-        sidecar = parse_sidecar(storage.get_bytes(info.sha256_key, max_bytes=4096))
+        # Read, not get_bytes: an oversized sidecar is a damaged backup to
+        # report, not an error that ends the verification of every backup.
+        with storage.open(info.sha256_key) as stream:
+            raw = stream.read(SIDECAR_MAX + 1)
     except NotFoundError:
         sidecar = None
         problems.append(f"sidecar {info.sha256_key} is missing")
     else:
+        sidecar = parse_sidecar(raw) if len(raw) <= SIDECAR_MAX else None
         if sidecar is None:
             problems.append(f"sidecar {info.sha256_key} holds no SHA-256")
         elif sidecar != info.sha256:
@@ -190,12 +199,54 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
     else:
         # Every table the manifest counted must be in the archive (an empty
         # database's dump has none, and its manifest lists none).
-        absent = sorted(set(info.tables) - toc_tables(entries))
+        absent = absent_tables(info.tables, entries)
         if absent:
             problems.append(f"{len(absent)} table(s) of the manifest are not in the dump: {', '.join(absent[:5])}")
         if not entries:
             problems.append("pg_restore --list found no entries in it")
     return problems, checks
+
+
+DRILL_PREFIX = "safesync_drill_"
+DRILL_MARK = "safesync restore drill started "  # + ISO time: the scratch database's comment
+ABANDONED_AFTER = timedelta(hours=1)  # only for the moment between CREATE DATABASE and the keeper's connect
+
+
+def drop_abandoned_drills(admin: psycopg.Connection, now: datetime | None = None) -> list[str]:
+    """Drop the scratch databases of drills whose process died (SIGKILL, a
+    platform's request timeout, OOM): ``drop database`` in the drill's own
+    ``finally`` never ran, and each one may hold a full copy of production.
+
+    A running drill keeps a connection to its scratch database from just
+    after creating it to the end, so a drill database nobody is connected to
+    is abandoned, once its comment (written at creation) is older than
+    ``ABANDONED_AFTER``. Only databases this role owns and marked by a drill
+    are considered, and the drop is a plain DROP DATABASE, which fails
+    rather than disconnect a session that arrived meanwhile."""
+    now = now or utcnow()
+    rows = admin.execute(
+        "select d.datname, shobj_description(d.oid, 'pg_database') from pg_database d "
+        "where starts_with(d.datname, %s) and d.datdba = (select oid from pg_roles where rolname = current_user) "
+        "and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)",
+        [DRILL_PREFIX],
+    ).fetchall()
+    dropped = []
+    for name, comment in rows:
+        if not (comment or "").startswith(DRILL_MARK):
+            continue
+        try:
+            started = datetime.fromisoformat(comment.removeprefix(DRILL_MARK))
+        except ValueError:
+            continue
+        if started.tzinfo is None or now - started < ABANDONED_AFTER:
+            continue
+        try:
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            log.warning("abandoned drill database not dropped", database=name, error=redact(str(exc)).strip())
+            continue
+        dropped.append(name)
+    return dropped
 
 
 def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
@@ -214,10 +265,20 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
         result["problems"] = [f"drill could not start: {exc.message}"]
         return result
     created = False
+    keeper: psycopg.Connection | None = None
     try:
+        try:
+            abandoned = drop_abandoned_drills(admin)
+        except psycopg.Error as exc:  # e.g. a platform hiding pg_stat_activity: the drill itself can still run
+            abandoned = []
+            log.warning("could not look for abandoned drill databases", error=redact(str(exc)).strip())
+        if abandoned:
+            result["dropped_abandoned"] = abandoned
         admin.execute(sql.SQL("create database {} template template0").format(sql.Identifier(scratch)))
         created = True
+        admin.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(scratch), sql.Literal(DRILL_MARK + utcnow().isoformat())))
         scratch_url = make_conninfo(source_url, dbname=scratch)
+        keeper = connect(scratch_url, autocommit=True, application_name="safesync-drill")  # "in use" to drop_abandoned_drills
         entries = read_toc(settings, info)
         with connect(scratch_url, application_name="safesync-drill") as conn:
             plan = plan_restore(conn, entries, drill=True)
@@ -262,6 +323,8 @@ def restore_drill(settings: Settings, info: BackupInfo) -> dict[str, Any]:
     except psycopg.Error as exc:
         problems.append(f"drill failed: {redact(str(exc)).strip()}")
     finally:
+        if keeper is not None:
+            keeper.close()
         if created:
             try:
                 admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(scratch)))
