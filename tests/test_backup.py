@@ -751,3 +751,16 @@ def test_backup_of_an_empty_database_verifies_and_its_toc_is_checked_against_the
     write_manifest(settings.storage, info.name, manifest)
     problems = verify_backup(settings, info.id, record=False).problems
     assert any("public.ghost" in p and "not in the dump" in p for p in problems), problems
+
+
+def test_a_table_of_contents_not_read_to_its_end_is_an_error_not_a_short_plan(env, monkeypatch) -> None:
+    """``pg_restore --list`` is read by a thread; one that had not finished
+    (or whose pipe was closed under it) left a partial listing, which a
+    restore would have planned from as if it were the whole dump."""
+    from safesync.functions.backup import verify as verify_module
+
+    info = create_backup(env.settings, "prod", "manual")
+    assert verify_module.read_toc(env.settings, info)  # the real reader: a full listing
+    monkeypatch.setattr(verify_module._ListReader, "run", lambda self: None)  # finished without reading
+    with pytest.raises(JobFailed, match="was not read to its end"):
+        verify_module.read_toc(env.settings, info)

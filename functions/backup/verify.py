@@ -98,16 +98,23 @@ def pg_restore_for(info: BackupInfo) -> PgTool:
 
 
 class _ListReader(threading.Thread):
-    """Collects ``pg_restore --list --verbose`` output as it comes."""
+    """Collects ``pg_restore --list --verbose`` output as it comes;
+    ``complete`` once it read to the end (a TOC cut short would plan a
+    restore of part of the dump)."""
 
     def __init__(self, proc: PgProcess) -> None:
         super().__init__(name="backup-toc", daemon=True)
         self.proc = proc
         self.text = ""
+        self.complete = False
 
     def run(self) -> None:
         assert self.proc.proc.stdout is not None
-        self.text = self.proc.proc.stdout.read().decode("utf-8", errors="replace")
+        try:
+            self.text = self.proc.proc.stdout.read().decode("utf-8", errors="replace")
+            self.complete = True
+        except (ValueError, OSError):  # the pipe was closed under it: the read already failed
+            pass
 
 
 def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
@@ -132,6 +139,8 @@ def read_toc(settings: Settings, info: BackupInfo) -> list[TocEntry]:
         proc.kill()
     if code != 0:
         raise JobFailed(f"pg_restore --list cannot read {info.id}: {proc.failure(code)}")
+    if not reader.complete:
+        raise JobFailed(f"pg_restore --list of {info.id} was not read to its end in time: its table of contents is unknown")
     return parse_toc(reader.text)
 
 
