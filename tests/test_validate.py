@@ -277,3 +277,19 @@ def test_validate_against_sees_an_edit_of_the_row_with_the_largest_uuid_key(make
     assert answer.body["status"] == "problems", answer.body["summary"]
     [row] = answer.body["tables"]["data differences"]
     assert row["first differing keys"] == "differs: (id)=(fbe6ebf2-5081-4200-a111-9dfdae0a7d68)"
+
+
+def test_extended_statistics_are_compared_by_name_not_by_oid(make_db, write_settings):
+    """A statistics object is no relation: ``oid::regclass`` printed its OID,
+    so the same ``create statistics`` on both sides (and every staging
+    clone of one) was two differences, "only in" each side."""
+    a, b = make_db(), make_db()
+    sql(b, "create table filler (id int, n int)", "create statistics filler_st on id, n from filler", "drop table filler")  # other OIDs on b
+    for url in (a, b):
+        sql(url, "create table items (id int primary key, name text, qty int)", "create statistics items_st (ndistinct) on name, qty from items")
+    settings = write_settings({"a": a, "b": b}, '[validate]\nschemas = ["public"]\n')
+    answer = validate(settings, "a", against="b")
+    assert answer.body["status"] == "ok", answer.body["tables"]["schema differences"]
+    sql(b, "drop statistics items_st", "create statistics items_st (dependencies) on name, qty from items")
+    [difference] = validate(settings, "a", against="b").body["tables"]["schema differences"]
+    assert difference["kind"] == "statistics" and difference["object"] == "public.items_st", difference

@@ -147,7 +147,7 @@ QUERIES: dict[str, str] = {
         from pg_class c join pg_sequence s on s.seqrelid = c.oid join pg_namespace n on n.oid = c.relnamespace
         where n.nspname = any(%(schemas)s) and {_NOT_EXT.format(cls="'pg_class'", oid='c.oid')}""",
     "statistics": """
-        select s.oid::regclass::text, jsonb_build_object('definition', pg_get_statisticsobjdef(s.oid))
+        select quote_ident(n.nspname) || '.' || quote_ident(s.stxname), jsonb_build_object('definition', pg_get_statisticsobjdef(s.oid))
         from pg_statistic_ext s join pg_namespace n on n.oid = s.stxnamespace
         where n.nspname = any(%(schemas)s)""",
     "extensions": """
