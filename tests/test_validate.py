@@ -176,8 +176,10 @@ CHANGES = {
     "grants": "revoke select on hotels.policies from anon",
     "comments": "comment on column public.chat_messages.content is 'changed'",
     "schemas": "grant create on schema hotels to authenticated",
+    "column options": "alter table public.chat_messages alter column content set (n_distinct = 5)",
+    "statistics": "create statistics public.chat_st on conversation_id, content from public.chat_messages",
 }
-EXPECTED_KIND = {"rls": "tables", "extensions": "extensions", "grants": "tables"}
+EXPECTED_KIND = {"rls": "tables", "extensions": "extensions", "grants": "tables", "column options": "columns"}
 
 
 @pytest.fixture
