@@ -343,6 +343,32 @@ def fk_order(tables: Iterable[TableRef], fks: Iterable[ForeignKey]) -> list[Tabl
     return order
 
 
+# "Row-level security would filter this table for the connected role": on,
+# and the role neither bypasses it (superuser, BYPASSRLS) nor owns the table
+# without FORCE. With our sessions' row_security = off such a table is an
+# error to read, never a silently smaller one. ``c`` is pg_class, ``r`` the
+# role's pg_roles row.
+POLICY_FILTERED = "c.relrowsecurity and not (r.rolbypassrls or r.rolsuper or (pg_has_role(c.relowner, 'USAGE') and not c.relforcerowsecurity))"
+
+
+def policy_filtered(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[TableRef]:
+    """Those of ``tables`` (partitions included) row-level security would
+    filter for the connected role: every comparison of them is refused."""
+    wanted = [str(t) for t in tables]
+    rows = conn.execute(
+        f"""
+        select rn.nspname, rt.relname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        join pg_class rt on rt.oid = coalesce(pg_partition_root(c.oid), c.oid) join pg_namespace rn on rn.oid = rt.relnamespace
+        join pg_roles r on r.rolname = current_user
+        where format('%%s.%%s', rn.nspname, rt.relname) = any(%s) and {POLICY_FILTERED}
+        order by 1, 2
+        """,
+        [wanted],
+    ).fetchall()
+    return list(dict.fromkeys(TableRef(s, n) for s, n in rows))
+
+
 def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> list[TableRef]:
     """Tables, views and foreign tables outside ``content`` (and its
     partitions) that the connected role could write: INSERT, UPDATE,

@@ -96,6 +96,22 @@ def test_fails_when_sync_role_could_write_protected_tables(make_db, write_settin
     assert checks[("content sync", "progress → lessons")].detail.startswith("ON DELETE CASCADE")
 
 
+def test_a_policy_that_would_filter_content_and_replica_mode_are_failures(healthy, pg_server) -> None:
+    """What the sync refuses at run time (a role subject to row-level
+    security on a content table, triggers switched off), doctor says first."""
+    prod = healthy.database_url("prod")
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(pg_server.url(dbname), autocommit=True) as conn:
+        conn.execute("alter table lessons enable row level security")
+        conn.execute("create policy visible on lessons using (true)")
+        conn.execute(f"alter database {dbname} set session_replication_role = replica")
+    checks = by_name(run_all(healthy))
+    rls = checks[("content sync", "target row-level security")]
+    assert rls.status == FAIL and "lessons" in rls.detail and "doctor_sync" in rls.detail and "BYPASSRLS" in rls.advice
+    assert ("content sync", "source row-level security") not in checks  # dev's owner reads it whole
+    assert checks[("content sync", "target triggers")].status == FAIL
+
+
 def test_quick_preflight_raises_before_any_write(write_settings, make_db) -> None:
     settings = write_settings({"dev": make_db(), "prod": "postgresql://u:pw@127.0.0.1:1/x"})
     quick(settings, ["dev"], tools=True)

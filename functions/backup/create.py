@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import psycopg
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, row_count, server_version, user_schema
+from safesync.shared.db import POLICY_FILTERED, TableRef, connect, row_count, server_version, user_schema
 from safesync.shared.errors import JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import libpq_target
@@ -82,8 +82,7 @@ union all
 select format('row-level security would filter table %I.%I (the role needs BYPASSRLS)', n.nspname, c.relname)
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 join pg_roles r on r.rolname = current_user
-where c.relkind in ('r', 'p') and c.relrowsecurity
-  and not (r.rolbypassrls or r.rolsuper or (pg_has_role(c.relowner, 'USAGE') and not c.relforcerowsecurity))
+where c.relkind in ('r', 'p') and {POLICY_FILTERED}
   and {user_schema(ours=True)}
 order by 1
 """

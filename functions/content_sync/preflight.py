@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import psycopg
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, foreign_keys, list_tables, primary_key, relation_kind, writable_tables
+from safesync.shared.db import TableRef, connect, foreign_keys, list_tables, policy_filtered, primary_key, relation_kind, writable_tables
 from safesync.shared.preflight import FAIL, OK, WARN, Check, DbFacts
 
 
@@ -51,8 +51,16 @@ def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterato
                     missing = {"SELECT", "INSERT", "UPDATE"} - _privileges(conn, table, ["SELECT", "INSERT", "UPDATE"])
                     if missing:
                         yield Check("content sync", f"target {table.short}", FAIL, f"{facts[name].user} lacks {', '.join(sorted(missing))}", "run `safesync roles sql` and apply it")
+            filtered = policy_filtered(conn, content)
+            if filtered:
+                yield Check("content sync", f"{side} row-level security", FAIL,
+                            f"policies would filter {', '.join(t.short for t in filtered)} for {facts[name].user}: compare and sync are refused",
+                            "connect as a role with BYPASSRLS or the tables' owner (without FORCE ROW LEVEL SECURITY)")
             if side != "target":
                 continue
+            if conn.execute("select current_setting('session_replication_role')").fetchone()[0] == "replica":
+                yield Check("content sync", "target triggers", FAIL, f"session_replication_role is replica for {facts[name].user} in {name}: a sync is refused",
+                            "reset it (ALTER DATABASE / ROLE … RESET session_replication_role): triggers and foreign keys must fire")
             content_set = set(content)
             writable = [t.short for t in writable_tables(conn, content)]
             if writable:
