@@ -509,3 +509,60 @@ def test_start_and_end_zones_survive_a_round_trip(fake, cal_settings):
     assert (remote["start"]["timeZone"], remote["end"]["timeZone"]) == ("Europe/Berlin", "America/New_York")
     sync(settings, "incremental")
     assert_converged(fake, settings)
+
+
+def test_an_app_edit_made_while_a_pull_runs_is_not_overwritten(fake, cal_settings, monkeypatch):
+    """The pull plans from rows read before its Google calls and writes
+    later: an app edit in between used to be overwritten with Google's
+    version and marked synced, lost without a trace."""
+    from safesync.functions.calendar.pull import Puller
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    fake.store.edit("primary", gid(1), {"location": "Room 9"})
+    planned = Puller._guard
+
+    def app_edits_then_guard(self, *args, **kwargs):  # the app writes between planning and writing
+        app_update(settings, gid(1), title="edited during the sync")
+        return planned(self, *args, **kwargs)
+
+    monkeypatch.setattr(Puller, "_guard", app_edits_then_guard)
+    body = sync(settings, "incremental")
+    assert body["details"]["counts"]["edited_during_sync"] == 1
+    assert any("edited in the app during the sync" in w for w in body["warnings"])
+    remote = fake.store.live("primary")[gid(1)]
+    assert (remote["summary"], remote["location"]) == ("edited during the sync", "Room 9")  # both edits kept
+    assert any(a["action"].startswith("edited in the app during the sync") for a in audit(settings, "conflict"))
+    monkeypatch.setattr(Puller, "_guard", planned)
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+def test_an_app_edit_made_while_a_412_is_merged_is_not_overwritten(fake, cal_settings, monkeypatch):
+    """After a 412 the push merges the row it read at the start of the run;
+    writing that merge used to overwrite an app edit made since."""
+    from safesync.functions.calendar.pull import Puller
+    from safesync.functions.calendar.push import Pusher
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(1), title="first app edit")
+    fake.store.edit("primary", gid(1), {"location": "Room 9"})  # the push meets 412
+    resolve, incremental = Pusher._resolve, Puller.incremental
+
+    def app_edits_then_resolve(self, op, remote):
+        app_update(settings, gid(1), description="second app edit")
+        return resolve(self, op, remote)
+
+    monkeypatch.setattr(Pusher, "_resolve", app_edits_then_resolve)
+    monkeypatch.setattr(Puller, "incremental", lambda self: "incremental")  # this run only pushes
+    assert sync(settings, "incremental")["details"]["counts"]["edited_during_push"] == 1
+    assert rows(settings)[gid(1)]["description"] == "second app edit"
+    monkeypatch.setattr(Pusher, "_resolve", resolve)
+    monkeypatch.setattr(Puller, "incremental", incremental)
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")[gid(1)]
+    assert (remote["summary"], remote.get("description"), remote.get("location")) == ("first app edit", "second app edit", "Room 9")
+    assert_converged(fake, settings)

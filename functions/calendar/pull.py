@@ -46,8 +46,8 @@ from .context import SyncContext
 from .mapping import EventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text
 from .retry import classify
 from .store import (
-    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates, executemany,
-    rows_by_google_id, synced_values, unpushed_instances,
+    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates,
+    execute_unless_edited, executemany, rows_by_google_id, synced_values, unpushed_instances,
 )
 
 
@@ -340,9 +340,12 @@ class Puller:
         ctx, conn = self.ctx, self.ctx.conn
         strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
         executemany(conn, INSERT_SQL, strip(plan.inserts))
-        executemany(conn, UPDATE_SYNCED_SQL, strip(plan.updates))
-        executemany(conn, UPDATE_MERGED_SQL, strip(plan.merges))
-        executemany(conn, DELETE_SQL, strip(plan.deletes))
+        plan.updates = self._unless_edited(UPDATE_SYNCED_SQL, plan.updates)
+        plan.merges = self._unless_edited(UPDATE_MERGED_SQL, plan.merges)
+        kept = {e["_row"]["google_event_id"] for e in plan.deletes}
+        plan.deletes = self._unless_edited(DELETE_SQL, plan.deletes)
+        kept -= {e["_row"]["google_event_id"] for e in plan.deletes}  # series whose row the app edited meanwhile
+        plan.series_deleted = [s for s in plan.series_deleted if s["master"] not in kept]
         for entry in plan.series_deleted:
             cur = conn.execute(DELETE_EXCEPTIONS_SQL, entry)
             ctx.counts["deleted"] += cur.rowcount
@@ -366,6 +369,28 @@ class Puller:
                 conn, ctx.run_id, kind, action, calendar_id=self.cal,
                 event_id=row["id"] if row else None, google_event_id=row["google_event_id"] if row else None, detail=detail,
             )
+
+    def _unless_edited(self, sql: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``entries`` (each planned from its ``_row``) except to rows
+        the app edited after they were read — the plan was made before this
+        run's Google calls and would overwrite that edit. Those rows keep the
+        app's content, stay pending and are reconciled by the push (412 →
+        three-way merge); the skip is counted, warned and audited. Returns
+        the entries written."""
+        if not entries:
+            return entries
+        ctx = self.ctx
+        params = [{**{k: v for k, v in e.items() if not k.startswith("_")}, "seen_local": e["_row"]["local_updated_at"]} for e in entries]
+        written = execute_unless_edited(ctx.conn, sql, params)
+        for entry in entries:
+            if entry["id"] in written:
+                continue
+            row = entry["_row"]
+            ctx.counts["edited_during_sync"] += 1
+            ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: edited in the app during the sync; kept, pushed with a merge")
+            state.audit(ctx.conn, ctx.run_id, "conflict", "edited in the app during the sync: Google's change not applied, merged on push",
+                        calendar_id=self.cal, event_id=row["id"], google_event_id=row["google_event_id"], detail={})
+        return [e for e in entries if e["id"] in written]
 
     def _note(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, detail=detail)

@@ -271,9 +271,21 @@ class Pusher:
             return None
         base = synced_values(ctx, remote, remote_event)
         values = synced_values(ctx, result.data, remote_event)
-        values.update(synced_hash=base["synced_hash"], synced_field_hashes=base["synced_field_hashes"], id=row["id"])
-        cur = ctx.conn.execute(UPDATE_MERGED_SQL + " returning local_updated_at", values)
-        fresh = dict(row, local_updated_at=cur.fetchone()[0], synced_field_hashes=base["synced_field_hashes"].obj)
+        values.update(synced_hash=base["synced_hash"], synced_field_hashes=base["synced_field_hashes"], id=row["id"],
+                      seen_local=row["local_updated_at"])
+        # Only over the content this merge was made from: an app edit since
+        # the row was read would otherwise be overwritten by the merge.
+        written = ctx.conn.execute(
+            UPDATE_MERGED_SQL + " and local_updated_at = %(seen_local)s returning local_updated_at", values
+        ).fetchone()
+        if written is None:
+            # Edited again meanwhile: the row keeps the app's content, its old
+            # etag and base, and stays pending; the next run meets the 412 again
+            # and merges the newer edit.
+            ctx.counts["edited_during_push"] += 1
+            self._audit(row, "conflict", "edited in the app during the push: merge not applied, redone next run", {})
+            return None
+        fresh = dict(row, local_updated_at=written[0], synced_field_hashes=base["synced_field_hashes"].obj)
         return Op(fresh, "patch", result.data, remote_event.get("etag"))
 
     # -- outcomes -----------------------------------------------------------

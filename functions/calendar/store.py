@@ -145,6 +145,28 @@ DELETE_EXCEPTIONS_SQL = """
 """
 
 
+def execute_unless_edited(conn: psycopg.Connection, sql: str, params: list[dict[str, Any]]) -> set[Any]:
+    """Run a per-row write (``sql`` ends in ``where id = %(id)s``) only on
+    rows the app has not edited since they were read: each param carries the
+    ``seen_local`` (``local_updated_at``) it was planned from. The sync plans
+    from rows read before its Google calls and writes later; without this
+    check an app edit made in between was overwritten and marked synced —
+    lost without a trace. Returns the ids written; a skipped row keeps the
+    app's content and stays pending, so its push meets Google's newer etag
+    (412) and merges three-way."""
+    if not params:
+        return set()
+    written: set[Any] = set()
+    with conn.cursor() as cur:
+        cur.executemany(sql + " and local_updated_at = %(seen_local)s returning id", params, returning=True)
+        while True:
+            for (row_id,) in cur.fetchall():
+                written.add(row_id)
+            if not cur.nextset():
+                break
+    return written
+
+
 def executemany(conn: psycopg.Connection, sql: str, params: list[dict[str, Any]]) -> None:
     if params:
         with conn.cursor() as cur:
