@@ -239,3 +239,22 @@ def test_notifications_through_the_calendar_notify_route(fake, qstash, cal_setti
     forged = {**handshake["headers"], "X-Goog-Channel-Token": "forged"}
     assert client.post("/calendar_notify", headers=forged).status_code == 401
     assert client.post("/calendar_notify", headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"}).status_code == 401
+
+
+def test_malformed_notification_headers_are_4xx_never_500(fake, qstash, cal_settings, client):
+    """A notification with a valid channel token but odd headers: non-ASCII
+    digits in X-Goog-Message-Number ("²" made int() fail: 500; "١" read as 1,
+    a false duplicate) and a non-ASCII X-Goog-Resource-ID (compare_digest
+    raised TypeError: 500)."""
+    cal_settings()
+    seed(fake, 2)
+    assert post(client, {"action": "watch"}).status_code == 200
+    fake.store.notifications.clear()
+    fake.store.edit("primary", "e0000000", {"summary": "x"})
+    headers = fake.store.notifications.pop()["headers"]
+    for change, status in (({"X-Goog-Message-Number": "\u00b2"}, 400), ({"X-Goog-Message-Number": "\u0661"}, 400),
+                           ({"X-Goog-Message-Number": "0"}, 400), ({"X-Goog-Resource-ID": "r\u00e9s"}, 401)):
+        r = client.post("/calendar_notify", headers={**headers, **change})
+        assert (r.status_code, "error" in r.get_json()) == (status, True), (change, r.get_json())
+    r = client.post("/calendar_notify", headers=headers)
+    assert r.status_code == 200 and r.get_json()["queued"] is True  # the real message is still fresh

@@ -63,8 +63,11 @@ def sync_destination(settings: Settings) -> str:
 
 
 def _message_number(headers: Mapping[str, str]) -> int:
+    """The header as a number (ASCII digits only: ``str.isdigit`` also
+    accepts "²", which ``int`` then refuses with a 500, and "١", which ``int``
+    reads as 1 and so made a new message a "duplicate" of message 1)."""
     text = (headers.get("X-Goog-Message-Number") or "").strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
         raise BadRequest("X-Goog-Message-Number must be a positive integer")
     return int(text)
 
@@ -103,7 +106,10 @@ def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answe
             cur.execute("select * from calendar.channels where id = %s", [channel_id])
             channel = cur.fetchone()
         valid = channel is not None and hmac.compare_digest(channel["token_sha256"], token_digest(token))
-        if not valid or (channel["resource_id"] and not hmac.compare_digest(channel["resource_id"], resource_id)):
+        # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a 500).
+        wrong_resource = channel is not None and channel["resource_id"] and not hmac.compare_digest(
+            channel["resource_id"].encode(), resource_id.encode())
+        if not valid or wrong_resource:
             raise AuthError("unknown notification channel or wrong channel token")
         cal = channel["calendar_id"]
         base: dict[str, Any] = {"channel": channel_id, "calendar_id": cal, "state": resource_state}
