@@ -358,3 +358,38 @@ def test_start_and_end_time_zones_stay_apart():
     series = {**from_google(event("x0002", "Daily", NOW)), "recurrence": ["RRULE:FREQ=DAILY"]}
     assert to_google(series, calendar_zone="Asia/Tokyo")["start"]["timeZone"] == "Asia/Tokyo"
     assert "timeZone" not in to_google({**series, "recurrence": None}, calendar_zone="Asia/Tokyo")["start"]
+
+
+def test_fake_refuses_list_bounds_without_offset_or_empty_and_ordering_without_single_events(fake, api):
+    # events.list (https://developers.google.com/calendar/api/v3/reference/events/list):
+    # timeMin/timeMax "Must be an RFC3339 timestamp with mandatory time zone
+    # offset"; "If timeMax is set, timeMin must be smaller than timeMax";
+    # orderBy startTime "is only available when querying single events".
+    later = (NOW + timedelta(days=1)).isoformat()
+    for params in ({"timeMin": "2026-01-01T00:00:00"}, {"timeMax": "2026-01-01T00:00:00"},
+                   {"timeMin": later, "timeMax": NOW.isoformat()}, {"orderBy": "startTime"}):
+        with pytest.raises(HttpError) as exc:
+            api.list_events("primary", **params)
+        assert classify(exc.value).status == 400, params
+    assert api.list_events("primary", timeMin=NOW.isoformat(), timeMax=later, orderBy="startTime", singleEvents=True)["items"] == []
+
+
+def test_fake_refuses_times_without_a_zone_and_unknown_zones(fake, api):
+    # Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    # start.dateTime "A time zone offset is required unless a time zone is
+    # explicitly specified in timeZone"; timeZone is "an IANA Time Zone
+    # Database name, e.g. "Europe/Zurich"".
+    naive = {"start": {"dateTime": "2026-12-20T09:00:00"}, "end": {"dateTime": "2026-12-20T10:00:00"}}
+    unknown = {"start": {"dateTime": "2026-12-20T09:00:00Z", "timeZone": "Mars/Olympus_Mons"},
+               "end": {"dateTime": "2026-12-20T10:00:00Z", "timeZone": "Mars/Olympus_Mons"}}
+    zoned = {"start": {"dateTime": "2026-12-20T09:00:00", "timeZone": "Asia/Tokyo"},
+             "end": {"dateTime": "2026-12-20T10:00:00", "timeZone": "Asia/Tokyo"}}
+    results = api.execute_batch([
+        ("naive", api.insert_request("primary", {"summary": "n", **naive})),
+        ("unknown", api.insert_request("primary", {"summary": "u", **unknown})),
+        ("zoned", api.insert_request("primary", {"id": "local0001", "summary": "z", **zoned})),
+    ])
+    assert classify(results["naive"][1]).status == 400 and classify(results["unknown"][1]).status == 400
+    assert results["zoned"][1] is None  # wall time in its zone: 09:00 Tokyo is 00:00 UTC
+    listed = api.list_events("primary", timeMin="2026-12-20T00:00:00Z", timeMax="2026-12-20T00:30:00Z")
+    assert [i["id"] for i in listed["items"]] == ["local0001"]
