@@ -144,3 +144,38 @@ def test_cleanup_repairs_missing_extra_and_stale_rows_and_drops_obsolete(fake, c
     assert "old0000001" not in local
     fake.store.calendars["primary"].pop(gid(1), None)
     assert_converged(fake, settings)
+
+
+def test_a_malformed_app_row_fails_alone_and_never_stops_the_sync(fake, cal_settings):
+    """attendees the app wrote as something other than a list of objects with
+    string emails made every run answer 500 (mapping crashed on the row), so
+    no other row was ever pushed or pulled again."""
+    from psycopg.types.json import Jsonb
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_insert(settings, title="good", start=NOW + timedelta(days=2))
+    app_insert(settings, title="bad", start=NOW + timedelta(days=3), attendees={"email": "a@example.com"})
+    app_update(settings, gid(0), attendees=Jsonb([{"email": 5}]))  # a held row, then edited on Google
+    app_update(settings, gid(1), attendees=Jsonb(["x"]), deleted=True)  # a malformed row being deleted
+    fake.store.edit("primary", gid(0), {"summary": "edited on Google"})
+    fake.store.edit("primary", gid(2), {"summary": "also edited on Google"})
+    first = sync(settings, "incremental")
+    assert any("malformed" in w for w in first["warnings"])
+    for _ in range(2):
+        sync(settings, "incremental")
+    with connect(settings) as conn:
+        bad = conn.execute("select * from calendar.events where title = 'bad'").fetchone()
+        good = conn.execute("select * from calendar.events where title = 'good'").fetchone()
+    assert good["sync_status"] == "synced" and good["google_event_id"] in fake.store.live("primary")
+    assert (bad["sync_status"], bad["sync_error"]) == ("sync_failed", "invalidRow: attendees must be a JSON array of objects, not dict")
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "also edited on Google"
+    assert fake.store.live("primary")[gid(1)]["status"] == "cancelled" and local[gid(1)]["sync_status"] == "synced"
+    # The malformed held row keeps the app's content (Google's change is not applied over it), and says why.
+    assert local[gid(0)]["sync_status"] == "sync_failed" and "invalidRow" in local[gid(0)]["sync_error"]
+    app_update(settings, gid(0), attendees=Jsonb([]))  # the app repairs it: the push merges with Google's edit
+    sync(settings, "incremental")
+    assert fake.store.live("primary")[gid(0)]["summary"] == "edited on Google"
+    assert rows(settings)[gid(0)]["sync_status"] == "synced"

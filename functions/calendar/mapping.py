@@ -69,9 +69,26 @@ def zones(data: EventData) -> tuple[str | None, str | None]:
     return value, value
 
 
-def _attendees(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+class InvalidEventData(ValueError):
+    """A row whose content no event can have (the app wrote ``attendees``
+    that is not a list of objects with string emails). It fails that row
+    with this message; it must never stop the sync of the other rows."""
+
+
+def _attendees(items: Any, *, lenient: bool = False) -> list[dict[str, Any]]:
+    """Canonical attendees; a malformed list raises ``InvalidEventData``
+    (or, ``lenient``, loses only its malformed entries: for rows whose
+    content no longer matters, e.g. one being deleted)."""
+    if items is not None and not isinstance(items, list):
+        if lenient:
+            return []
+        raise InvalidEventData(f"attendees must be a JSON array of objects, not {type(items).__name__}")
     out = []
     for a in items or []:
+        if not isinstance(a, dict) or not isinstance(a.get("email"), (str, type(None))):
+            if lenient:
+                continue
+            raise InvalidEventData("attendees: each entry must be an object whose email is a string")
         if not a.get("email"):
             continue
         entry: dict[str, Any] = {"email": a["email"].strip().lower(), "responseStatus": a.get("responseStatus") or "needsAction"}
@@ -152,7 +169,9 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
     return body
 
 
-def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
+def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> EventData:
+    """Canonical data of a row; ``InvalidEventData`` if the app wrote a
+    malformed one (``lenient``: malformed attendee entries are left out)."""
     if row["all_day"]:
         when = {"all_day": True, "start": row["start_date"].isoformat(), "end": row["end_date"].isoformat()}
     else:
@@ -163,7 +182,7 @@ def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
         "location": _blank(row["location"]),
         "when": when,
         "time_zone": zone_value(_blank(row["time_zone"]), _blank(row["end_time_zone"])),
-        "attendees": _attendees(row["attendees"]),
+        "attendees": _attendees(row["attendees"], lenient=lenient),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
         "conference": cipher.decrypt(row["conference_data"]),

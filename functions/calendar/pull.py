@@ -43,7 +43,9 @@ from . import state
 from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
-from .mapping import EventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text
+from .mapping import (
+    EventData, InvalidEventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text,
+)
 from .retry import classify
 from .store import (
     DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates,
@@ -251,7 +253,16 @@ class Puller:
         if row["sync_status"] == "local_only":
             ctx.warnings.append(f"{self.cal}/{item['id']}: row is local_only but Google has it; left alone")
             return
-        local = from_row(row, ctx.cipher)
+        try:
+            local = from_row(row, ctx.cipher)
+        except InvalidEventData as exc:
+            # The app's row is malformed: Google's change is not applied over
+            # it (that would drop the app's other edits); its push fails with
+            # the reason, and once the app repairs it the push meets the 412
+            # and merges.
+            ctx.warnings.append(f"{self.cal}/{item['id']}: row is malformed ({exc}); Google's change not applied")
+            plan.audits.append(("error", "Google's change not applied: row malformed", {"row": row, "error": str(exc)}))
+            return
         locally_edited = row["sync_status"] in ("pending_sync", "sync_failed") or field_hashes(local) != (row["synced_field_hashes"] or {})
         if row["deleted"] and locally_edited:
             plan.audits.append(("conflict", "local deletion wins over remote edit", {"row": row, "remote_etag": item.get("etag")}))
@@ -358,7 +369,7 @@ class Puller:
         for entry in plan.updates + plan.merges:
             ctx.touched(self.cal, entry["_data"], from_row(entry["_row"], ctx.cipher))
         for entry in plan.deletes:
-            ctx.touched(self.cal, from_row(entry["_row"], ctx.cipher))
+            ctx.touched(self.cal, from_row(entry["_row"], ctx.cipher, lenient=True))
         if plan.series_deleted:
             ctx.spans.append((self.cal, *_everything()))
         for kind, action, detail in plan.audits:

@@ -38,7 +38,8 @@ from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
 from .mapping import (
-    EventData, content_hash, field_hashes, from_google, from_row, new_event_id, original_start, parse_instant, to_google,
+    EventData, InvalidEventData, content_hash, field_hashes, from_google, from_row, new_event_id, original_start,
+    parse_instant, to_google,
 )
 from .retry import Failure
 from .store import DELETE_EXCEPTIONS_SQL, DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, synced_values
@@ -163,7 +164,12 @@ class Pusher:
                     self._done(row, "never on Google")
                 return None
             return Op(row, "cancel_instance" if row["recurring_event_id"] else "delete", None)
-        data = from_row(row, self.ctx.cipher)
+        try:
+            data = from_row(row, self.ctx.cipher)
+        except InvalidEventData as exc:  # this row fails; the others still go
+            with self.ctx.conn.transaction():
+                self._failed(row, Failure(None, "invalidRow", str(exc), False))
+            return None
         if row["recurring_event_id"]:
             if data["event_status"] == "cancelled":
                 return Op(row, "cancel_instance", data)
@@ -302,7 +308,7 @@ class Pusher:
 
     def _done(self, row: dict[str, Any], why: str) -> None:
         ctx = self.ctx
-        data = from_row(row, ctx.cipher)
+        data = from_row(row, ctx.cipher, lenient=True)  # a deleted row: its content no longer matters
         hashes = field_hashes(data)
         ctx.conn.execute(
             """update calendar.events set sync_status = 'synced', sync_error = null, sync_retries = 0, last_sync_at = now(),
@@ -320,7 +326,7 @@ class Pusher:
         if not row["recurring_event_id"] and row["google_event_id"]:
             ctx.conn.execute(DELETE_EXCEPTIONS_SQL, {"calendar_id": self.cal, "master": row["google_event_id"]})
         ctx.counts["deleted"] += 1
-        ctx.touched(self.cal, from_row(row, ctx.cipher))
+        ctx.touched(self.cal, from_row(row, ctx.cipher, lenient=True))
 
     def _failed(self, row: dict[str, Any], failure: Failure) -> None:
         ctx = self.ctx
