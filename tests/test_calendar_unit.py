@@ -393,3 +393,20 @@ def test_fake_refuses_times_without_a_zone_and_unknown_zones(fake, api):
     assert results["zoned"][1] is None  # wall time in its zone: 09:00 Tokyo is 00:00 UTC
     listed = api.list_events("primary", timeMin="2026-12-20T00:00:00Z", timeMax="2026-12-20T00:30:00Z")
     assert [i["id"] for i in listed["items"]] == ["local0001"]
+
+
+def test_fake_refuses_bad_recurrence_lines_and_attendee_emails(fake, api):
+    # Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    # recurrence: "List of RRULE, EXRULE, RDATE and EXDATE lines ... DTSTART
+    # and DTEND lines are not allowed"; attendees[].email "must be present
+    # when adding an attendee. It must be a valid email address".
+    when = timed(NOW + timedelta(days=1), 1, "UTC")
+    bad = {
+        "garbage": {"recurrence": ["every day"]}, "dtstart": {"recurrence": ["DTSTART:20261201T090000Z", "RRULE:FREQ=DAILY"]},
+        "noemail": {"attendees": [{"displayName": "Bob"}]}, "bademail": {"attendees": [{"email": "not an email"}]},
+    }
+    results = api.execute_batch([(k, api.insert_request("primary", {"summary": k, **when, **v})) for k, v in bad.items()]
+                                + [("fine", api.insert_request("primary", {"summary": "ok", **when, "attendees": [{"email": "a@example.com"}],
+                                                                            "recurrence": ["RRULE:FREQ=DAILY;COUNT=2", "EXDATE:20261230T090000Z"]}))])
+    assert {k: classify(results[k][1]).status for k in bad} == dict.fromkeys(bad, 400)
+    assert results["fine"][1] is None

@@ -81,6 +81,25 @@ def _check_zones(event: dict) -> None:
             raise ApiError(400, "invalid", f"Missing time zone definition for {side} time.")
 
 
+RECURRENCE_LINE = re.compile(r"^(RRULE|EXRULE|RDATE|EXDATE)[:;]")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def _check_content(event: dict) -> None:
+    """Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    recurrence is a "List of RRULE, EXRULE, RDATE and EXDATE lines ... Note
+    that DTSTART and DTEND lines are not allowed in this field"; an
+    attendee's email "must be present when adding an attendee. It must be a
+    valid email address as per RFC5322"."""
+    for line in event.get("recurrence") or []:
+        if not isinstance(line, str) or not RECURRENCE_LINE.match(line):
+            raise ApiError(400, "invalid", "Invalid recurrence rule.")
+    for attendee in event.get("attendees") or []:
+        email = attendee.get("email") if isinstance(attendee, dict) else None
+        if not isinstance(email, str) or not EMAIL_RE.match(email):
+            raise ApiError(400, "invalid", "Invalid attendee email.")
+
+
 def _check_list_bounds(params: dict[str, str]) -> None:
     """events.list / events.instances (https://developers.google.com/calendar/api/v3/reference/events/list):
     timeMin and timeMax "Must be an RFC3339 timestamp with mandatory time
@@ -108,6 +127,7 @@ def _validate_times(event: dict) -> None:
     if not s or not e:
         raise ApiError(400, "required", "Missing end time." if s else "Missing start time.")
     _check_zones(event)
+    _check_content(event)
     if ("date" in s) != ("date" in e):
         raise ApiError(400, "invalid", "Start and end times must either both be date or both be dateTime.")
     start, end = _bounds(event)
