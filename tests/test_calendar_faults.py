@@ -179,3 +179,20 @@ def test_a_malformed_app_row_fails_alone_and_never_stops_the_sync(fake, cal_sett
     sync(settings, "incremental")
     assert fake.store.live("primary")[gid(0)]["summary"] == "edited on Google"
     assert rows(settings)[gid(0)]["sync_status"] == "synced"
+
+
+def test_an_app_attendee_without_email_fails_the_row_instead_of_vanishing(fake, cal_settings):
+    """An attendee the app wrote without an email was dropped by the mapping:
+    the push sent the others, wrote Google's list back over the row and
+    reported it synced — the app's entry gone, nothing said."""
+    from psycopg.types.json import Jsonb
+
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), attendees=Jsonb([{"displayName": "Bob"}, {"email": "a@example.com"}]))
+    body = sync(settings, "incremental")
+    row = rows(settings)[gid(0)]
+    assert row["attendees"] == [{"displayName": "Bob"}, {"email": "a@example.com"}]  # the app's content, untouched
+    assert row["sync_status"] == "pending_sync" and "has no email" in row["sync_error"]
+    assert body["details"]["counts"]["push_failed"] == 1

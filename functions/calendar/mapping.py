@@ -75,10 +75,12 @@ class InvalidEventData(ValueError):
     with this message; it must never stop the sync of the other rows."""
 
 
-def _attendees(items: Any, *, lenient: bool = False) -> list[dict[str, Any]]:
+def _attendees(items: Any, *, lenient: bool = False, strict: bool = False) -> list[dict[str, Any]]:
     """Canonical attendees; a malformed list raises ``InvalidEventData``
     (or, ``lenient``, loses only its malformed entries: for rows whose
-    content no longer matters, e.g. one being deleted)."""
+    content no longer matters, e.g. one being deleted). ``strict`` (a row's
+    content about to be compared or pushed) also refuses an entry without an
+    email; from Google such an entry is left out as before."""
     if items is not None and not isinstance(items, list):
         if lenient:
             return []
@@ -90,6 +92,8 @@ def _attendees(items: Any, *, lenient: bool = False) -> list[dict[str, Any]]:
                 continue
             raise InvalidEventData("attendees: each entry must be an object whose email is a string")
         if not a.get("email"):
+            if strict:  # Google requires an email: dropping it here would erase the app's entry, unreported
+                raise InvalidEventData("attendees: an entry has no email (Google requires one for every attendee)")
             continue
         entry: dict[str, Any] = {"email": a["email"].strip().lower(), "responseStatus": a.get("responseStatus") or "needsAction"}
         if a.get("displayName"):
@@ -182,7 +186,7 @@ def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> E
         "location": _blank(row["location"]),
         "when": when,
         "time_zone": zone_value(_blank(row["time_zone"]), _blank(row["end_time_zone"])),
-        "attendees": _attendees(row["attendees"], lenient=lenient),
+        "attendees": _attendees(row["attendees"], lenient=lenient, strict=not lenient),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
         "conference": cipher.decrypt(row["conference_data"]),
