@@ -258,3 +258,14 @@ def test_malformed_notification_headers_are_4xx_never_500(fake, qstash, cal_sett
         assert (r.status_code, "error" in r.get_json()) == (status, True), (change, r.get_json())
     r = client.post("/calendar_notify", headers=headers)
     assert r.status_code == 200 and r.get_json()["queued"] is True  # the real message is still fresh
+
+
+@pytest.mark.parametrize("bounds", [
+    {"from": "9999-12-31", "to": "9999-12-31T23:59:59+00:00"},
+    {"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-02"},
+])
+def test_events_window_at_the_ends_of_the_calendar_is_400_not_500(fake, cal_settings, client, bounds):
+    """Bounds in year 9999 or 1 overflowed the window's date arithmetic (500)."""
+    cal_settings()
+    r = post(client, {"action": "events", **bounds})
+    assert r.status_code == 400 and "out of range" in r.get_json()["error"], r.get_json()
