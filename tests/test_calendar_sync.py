@@ -566,3 +566,24 @@ def test_an_app_edit_made_while_a_412_is_merged_is_not_overwritten(fake, cal_set
     remote = fake.store.live("primary")[gid(1)]
     assert (remote["summary"], remote.get("description"), remote.get("location")) == ("first app edit", "second app edit", "Room 9")
     assert_converged(fake, settings)
+
+
+def test_a_series_deleted_on_google_says_which_local_occurrence_changes_it_dropped(fake, cal_settings):
+    """Deleting a series deletes its occurrences; an occurrence the app made
+    (not on Google yet) was deleted and marked synced without any audit."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    sync(settings, "full")
+    occ6 = (first + timedelta(days=6)).astimezone(timezone.utc)
+    made = app_insert(settings, title="Standup (app-made)", start=occ6, hours=0.5, tz="Europe/Berlin",
+                      recurring_event_id="series00001", original_start=utc_key(occ6))
+    fake.store.remove("primary", "series00001")
+    body = sync(settings, "incremental")
+    with connect(settings) as conn:
+        row = conn.execute("select * from calendar.events where id = %s", [made]).fetchone()
+    assert row["deleted"]  # the series is gone: so is its occurrence, as the rule says ...
+    [entry] = [a for a in audit(settings, "conflict") if str(a["event_id"]) == made]  # ... and it is said
+    assert entry["action"].startswith("remote deletion of the series") and entry["detail"]["lost_local_edit"] is True
+    assert body["details"]["counts"]["conflicts"] == 1

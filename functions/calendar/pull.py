@@ -48,8 +48,8 @@ from .mapping import (
 )
 from .retry import classify
 from .store import (
-    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates,
-    execute_unless_edited, executemany, rows_by_google_id, synced_values, unpushed_instances,
+    DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates,
+    delete_exceptions, execute_unless_edited, executemany, rows_by_google_id, synced_values, unpushed_instances,
 )
 
 
@@ -358,8 +358,13 @@ class Puller:
         kept -= {e["_row"]["google_event_id"] for e in plan.deletes}  # series whose row the app edited meanwhile
         plan.series_deleted = [s for s in plan.series_deleted if s["master"] not in kept]
         for entry in plan.series_deleted:
-            cur = conn.execute(DELETE_EXCEPTIONS_SQL, entry)
-            ctx.counts["deleted"] += cur.rowcount
+            count, lost = delete_exceptions(conn, self.cal, entry["master"])
+            ctx.counts["deleted"] += count
+            for row_id, google_id in lost:
+                ctx.counts["conflicts"] += 1
+                state.audit(conn, ctx.run_id, "conflict", "remote deletion of the series wins over a local change to its occurrence",
+                            calendar_id=self.cal, event_id=row_id, google_event_id=google_id,
+                            detail={"series": entry["master"], "lost_local_edit": True})
         ctx.counts["inserted"] += len(plan.inserts)
         ctx.counts["updated"] += len(plan.updates)
         ctx.counts["merged"] += len(plan.merges)

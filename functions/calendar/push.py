@@ -42,7 +42,7 @@ from .mapping import (
     parse_instant, to_google,
 )
 from .retry import Failure
-from .store import DELETE_EXCEPTIONS_SQL, DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, synced_values
+from .store import DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, delete_exceptions, synced_values
 
 WRITE_KINDS = ("insert", "patch", "force_patch")
 
@@ -324,7 +324,12 @@ class Pusher:
         ctx = self.ctx
         ctx.conn.execute(DELETE_SQL, {"id": row["id"], "etag": None})
         if not row["recurring_event_id"] and row["google_event_id"]:
-            ctx.conn.execute(DELETE_EXCEPTIONS_SQL, {"calendar_id": self.cal, "master": row["google_event_id"]})
+            _, lost = delete_exceptions(ctx.conn, self.cal, row["google_event_id"])
+            for row_id, google_id in lost:
+                ctx.counts["conflicts"] += 1
+                state.audit(ctx.conn, ctx.run_id, "conflict", "remote deletion of the series wins over a local change to its occurrence",
+                            calendar_id=self.cal, event_id=row_id, google_event_id=google_id,
+                            detail={"series": row["google_event_id"], "lost_local_edit": True})
         ctx.counts["deleted"] += 1
         ctx.touched(self.cal, from_row(row, ctx.cipher, lenient=True))
 
