@@ -69,7 +69,9 @@ def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal
     app_update(settings, gid(2), title="fine")
     for run in range(1, 4):
         fake.reset_counts()
-        sync(settings, "incremental")
+        body = sync(settings, "incremental")
+        # Rows whose changes did not reach Google: not "ok" (it was, with a warning).
+        assert (body["ok"], body["status"]) == (False, "problems") and "2 row(s) failed to push" in body["summary"]
         local = rows(settings)
         expected = "sync_failed" if run == 3 else "pending_sync"
         assert (local[gid(0)]["sync_status"], local[gid(0)]["sync_retries"]) == (expected, run)
@@ -87,7 +89,7 @@ def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal
     assert fake.batch_items["patch"] == 0
     fake.store.permanent_failures.clear()
     body = sync(settings, "cleanup")
-    assert body["details"]["counts"]["pushed"] == 2
+    assert body["details"]["counts"]["pushed"] == 2 and body["ok"] is True
     assert rows(settings)[gid(0)]["sync_status"] == "synced"
     assert fake.store.live("primary")[gid(1)]["summary"] == "never works"
 
