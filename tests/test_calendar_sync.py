@@ -587,3 +587,49 @@ def test_a_series_deleted_on_google_says_which_local_occurrence_changes_it_dropp
     [entry] = [a for a in audit(settings, "conflict") if str(a["event_id"]) == made]  # ... and it is said
     assert entry["action"].startswith("remote deletion of the series") and entry["detail"]["lost_local_edit"] is True
     assert body["details"]["counts"]["conflicts"] == 1
+
+
+def test_an_id_already_used_by_another_google_event_is_never_overwritten(fake, cal_settings):
+    """An app row whose chosen id another Google event already holds (here one
+    outside the synced window): the insert's 409 was taken for "our retried
+    insert landed" and that event was patched over with the row's content."""
+    settings = cal_settings()
+    fake.store.put_event("primary", event("abc00001", "Board meeting", NOW + timedelta(days=200), description="agenda"))
+    sync(settings, "full")
+    assert "abc00001" not in rows(settings)  # outside the window: not held
+    app_insert(settings, title="Dentist", start=NOW + timedelta(days=3), google_event_id="abc00001")
+    body = sync(settings, "incremental")
+    remote = fake.store.live("primary")["abc00001"]
+    assert (remote["summary"], remote["description"]) == ("Board meeting", "agenda")  # untouched
+    row = rows(settings)["abc00001"]
+    assert row["title"] == "Dentist" and row["sync_status"] == "pending_sync" and "idCollision" in row["sync_error"]
+    assert body["ok"] is False
+
+
+def test_a_retried_insert_answered_409_is_recognised_by_its_row_marker(fake, cal_settings, monkeypatch):
+    """Our insert landed, its answer was lost, and someone edited the event
+    on Google before the retry: the 409's event carries the row's id in its
+    private extended property, so it is merged (not failed, not overwritten)."""
+    from safesync.functions.calendar.pull import Puller
+    from safesync.functions.calendar.push import ROW_MARKER
+
+    settings = cal_settings()
+    sync(settings, "full")
+    row_id = app_insert(settings, title="planning", start=NOW + timedelta(days=1))
+    with connect(settings) as conn:  # the earlier attempt: id assigned, insert landed
+        conn.execute("update calendar.events set google_event_id = 'abc0000000002' where id = %s", [row_id])
+    fake.store.insert("primary", {"id": "abc0000000002", "summary": "planning", **timed(NOW + timedelta(days=1)),
+                                  "extendedProperties": {"private": {ROW_MARKER: row_id}}})
+    fake.store.edit("primary", "abc0000000002", {"location": "Room 2"})
+    monkeypatch.setattr(Puller, "incremental", lambda self: "incremental")  # the retry comes before any pull
+    body = sync(settings, "incremental")
+    assert body["ok"] is True
+    remote = fake.store.live("primary")["abc0000000002"]
+    assert (remote["summary"], remote["location"]) == ("planning", "Room 2")
+    assert rows(settings)["abc0000000002"]["sync_status"] == "synced"
+    assert any(a["action"].startswith("insert answered 409") for a in audit(settings, "state"))
+    # And a plain insert carries the marker for next time.
+    new_id = app_insert(settings, title="fresh", start=NOW + timedelta(days=2))
+    sync(settings, "incremental")
+    [fresh] = [e for e in fake.store.live("primary").values() if e.get("summary") == "fresh"]
+    assert fresh["extendedProperties"]["private"][ROW_MARKER] == new_id

@@ -2,8 +2,10 @@
 deletes, sent in batches of 50.
 
 - Insert uses our own id (assigned and stored before the first attempt), so
-  a retried insert answered 409 (duplicate) is "already done": it becomes an
-  unconditional patch of the same content.
+  a retried insert answered 409 (duplicate) is recognisable: the event is
+  fetched, and if it carries the row's id (a private extended property every
+  insert sets) it is ours and is merged like after a 412; another event
+  holding the id is never overwritten (the row fails ``idCollision``).
 - Patch carries ``If-Match: <etag>``; 412 means Google changed meanwhile: the
   event is fetched and merged three-way (conflicts.py), then patched again
   with the new etag when the merge differs from Google.
@@ -45,12 +47,16 @@ from .retry import Failure
 from .store import DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, delete_exceptions, synced_values
 
 WRITE_KINDS = ("insert", "patch", "force_patch")
+# Every insert carries the row's id in this private extended property (kept
+# by every later patch): after a 409 it tells our own landed insert from
+# another event that holds the id.
+ROW_MARKER = "safesyncRowId"
 
 
 @dataclass(frozen=True)
 class Op:
     row: dict[str, Any]
-    kind: str  # insert | patch | force_patch | delete | cancel_instance | get
+    kind: str  # insert | patch | force_patch | delete | cancel_instance | get | get_existing
     data: EventData | None
     etag: str | None = None
     tries: int = 0
@@ -184,7 +190,7 @@ class Pusher:
     def _request(self, op: Op):
         client = self.ctx.client
         if op.kind == "insert":
-            body = {"id": op.gid, **self._body(op)}
+            body = {"id": op.gid, **self._body(op), "extendedProperties": {"private": {ROW_MARKER: str(op.row["id"])}}}
             return lambda: client.insert_request(self.cal, body)
         if op.kind in ("patch", "force_patch"):
             etag, body = (op.etag if op.kind == "patch" else None), self._body(op)
@@ -225,6 +231,8 @@ class Pusher:
                 self._written(op, response)
             elif op.kind == "get":
                 return self._resolve(op, response)
+            elif op.kind == "get_existing":
+                return self._claim(op, response)
             else:
                 self._done(op.row, "deleted on Google")
             return None
@@ -239,21 +247,37 @@ class Pusher:
                 self._failed(op.row, failure)
             return None
         if op.kind == "insert" and status == 409:
-            self._audit(op.row, "state", "insert answered 409: already created, patching it", {})
-            return Op(op.row, "force_patch", op.data)
+            self._audit(op.row, "state", "insert answered 409: the id exists on Google, checking whose event it is", {})
+            return Op(op.row, "get_existing", op.data)
         if op.kind == "patch" and status == 412:
             ctx.counts["precondition_failed"] += 1
             return Op(op.row, "get", op.data)
         if op.kind in ("delete", "cancel_instance") and status in (404, 410):
             self._done(op.row, f"already gone ({status})")
             return None
-        if op.kind in WRITE_KINDS + ("get",) and status in (404, 410):
+        if op.kind in WRITE_KINDS + ("get", "get_existing") and status in (404, 410):
             self._audit(op.row, "conflict", "remote deletion wins over local edit", {"status": status})
             ctx.counts["conflicts"] += 1
             self._deleted(op.row)
             return None
         self._failed(op.row, failure)
         return None
+
+    def _claim(self, op: Op, remote_event: dict[str, Any]) -> Op | None:
+        """After a 409 on our insert: the id is taken on Google. It is our
+        own event when it carries this row's ``ROW_MARKER`` (an earlier
+        attempt landed, its answer lost): then it is merged like after a 412.
+        Any other event holding the id (one the app chose that another event
+        has, or one deleted there long ago) is never overwritten — the row
+        fails. Blindly patching it, as before, replaced that event's content
+        with the row's and reported it pushed."""
+        row = op.row
+        marker = ((remote_event.get("extendedProperties") or {}).get("private") or {}).get(ROW_MARKER)
+        if marker != str(row["id"]):
+            self._failed(row, Failure(409, "idCollision", f"event id {op.gid} is already used on Google by another event; "
+                                                          "it was not overwritten", False))
+            return None
+        return self._resolve(op, remote_event)
 
     def _resolve(self, op: Op, remote_event: dict[str, Any]) -> Op | None:
         """After a 412: merge our pending content with Google's current event."""
