@@ -633,3 +633,18 @@ def test_a_retried_insert_answered_409_is_recognised_by_its_row_marker(fake, cal
     sync(settings, "incremental")
     [fresh] = [e for e in fake.store.live("primary").values() if e.get("summary") == "fresh"]
     assert fresh["extendedProperties"]["private"][ROW_MARKER] == new_id
+
+
+def test_a_local_only_row_is_left_alone_when_google_deletes_its_event(fake, cal_settings):
+    """The app takes a synced row out of the sync (local_only): Google edits
+    to it were already left alone, but Google deleting the event marked the
+    row deleted and synced (so cleanup would later drop it for good)."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), sync_status="local_only", title="mine now")
+    fake.store.remove("primary", gid(0))
+    body = sync(settings, "incremental")
+    row = rows(settings)[gid(0)]
+    assert (row["title"], row["deleted"], row["sync_status"]) == ("mine now", False, "local_only")
+    assert any("local_only but Google deleted it" in w for w in body["warnings"])

@@ -230,6 +230,11 @@ class Puller:
             return
         if row is None or row["deleted"]:
             return
+        if row["sync_status"] == "local_only":
+            # The app took this row out of the sync: Google's deletion is not
+            # applied to it, as no Google edit is (it was deleted and marked synced).
+            self.ctx.warnings.append(f"{self.cal}/{item['id']}: row is local_only but Google deleted it; left alone")
+            return
         if row["sync_status"] in ("pending_sync", "sync_failed"):
             plan.audits.append(("conflict", "remote deletion wins over local edit", {"row": row, "lost_local_edit": True}))
         plan.deletes.append({"id": row["id"], "etag": item.get("etag"), "_row": row})

@@ -141,6 +141,7 @@ DELETE_EXCEPTIONS_SQL = """
     with old as (
         select id, sync_status from calendar.events
          where calendar_id = %(calendar_id)s and recurring_event_id = %(master)s and not deleted
+           and sync_status <> 'local_only'  -- out of the sync: never changed by it
            for update)
     update calendar.events e
        set deleted = true, deleted_at = coalesce(deleted_at, now()), sync_status = 'synced', sync_error = null,
