@@ -221,6 +221,8 @@ def test_both_sides_edited_merge_fields_and_log_conflicts(fake, cal_settings):
     assert set(by_event) == {gid(0), gid(1)}
     assert by_event[gid(0)]["detail"]["kind"] == "merged"
     assert by_event[gid(1)]["detail"]["overlapping"] == ["title"] and by_event[gid(1)]["detail"]["winner"] == "local"
+    # The overwritten value is in the audit, so the losing edit can be recovered.
+    assert by_event[gid(1)]["detail"]["lost"] == {"title": "google title"}
     assert_converged(fake, settings)
 
 

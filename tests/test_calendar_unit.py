@@ -81,6 +81,9 @@ def test_merge_rules():
     assert later_local.winner == "local" and later_local.data["title"] == "local"
     tie = merge(base, _data(title="local"), _data(title="remote"), local_time=NOW, remote_time=NOW)
     assert tie.winner == "google" and tie.data["title"] == "remote"
+    assert tie.describe()["lost"] == {"title": "local"}  # the overwritten edit stays recoverable
+    secret = merge(base, _data(conference={"conferenceId": "a"}), _data(conference={"conferenceId": "b"}), local_time=NOW, remote_time=NOW)
+    assert "conferenceId" not in json.dumps(secret.describe())  # never in clear in the audit log
     no_base = merge(None, _data(title="local"), _data(title="remote"), local_time=None, remote_time=NOW)
     assert no_base.overlapping == ["title"] and no_base.winner == "google"
 
