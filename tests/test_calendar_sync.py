@@ -650,3 +650,27 @@ def test_a_local_only_row_is_left_alone_when_google_deletes_its_event(fake, cal_
     row = rows(settings)[gid(0)]
     assert (row["title"], row["deleted"], row["sync_status"]) == ("mine now", False, "local_only")
     assert any("local_only but Google deleted it" in w for w in body["warnings"])
+
+
+def test_an_app_row_duplicating_a_held_occurrence_fails_alone(fake, cal_settings):
+    """An app-made occurrence whose series and original start are already a
+    held row: giving it that occurrence's id broke the unique key, and every
+    run of the calendar answered 500 from then on."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
+    fake.store.edit("primary", occ2, {"summary": "moved"})
+    seed(fake, 1)
+    sync(settings, "full")
+    dup = app_insert(settings, title="duplicate", start=first + timedelta(days=2, hours=1), hours=0.5, tz="Europe/Berlin",
+                     recurring_event_id="series00001", original_start=utc_key(first + timedelta(days=2)))
+    app_update(settings, gid(0), title="still pushed")
+    body = sync(settings, "incremental")
+    assert body["ok"] is False
+    assert fake.store.live("primary")[gid(0)]["summary"] == "still pushed"
+    with connect(settings) as conn:
+        row = conn.execute("select * from calendar.events where id = %s", [dup]).fetchone()
+    assert row["google_event_id"] is None and "duplicateOccurrence" in row["sync_error"]
+    assert fake.store.live("primary")[occ2]["summary"] == "moved"

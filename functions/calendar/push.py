@@ -137,6 +137,16 @@ class Pusher:
                     self._failed(row, Failure(failure.status if failure else None, "noSuchOccurrence",
                                               f"series {row['recurring_event_id']} has no occurrence starting {row['original_start']}", False))
                     continue
+                holder = self.ctx.conn.execute(
+                    "select id from calendar.events where calendar_id = %s and google_event_id = %s", [self.cal, match[0]]
+                ).fetchone()
+                if holder is not None:
+                    # Another row already is this occurrence: taking its id broke the
+                    # unique key and failed every run (500) — this row fails instead.
+                    self._failed(row, Failure(None, "duplicateOccurrence",
+                                              f"the occurrence of series {row['recurring_event_id']} starting {row['original_start']} "
+                                              f"is already row {holder[0]} ({match[0]}); edit that row instead", False))
+                    continue
                 self.ctx.conn.execute("update calendar.events set google_event_id = %s where id = %s", [match[0], row["id"]])
                 ready.append(dict(row, google_event_id=match[0]))
         return ready
