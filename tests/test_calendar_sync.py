@@ -674,3 +674,32 @@ def test_an_app_row_duplicating_a_held_occurrence_fails_alone(fake, cal_settings
         row = conn.execute("select * from calendar.events where id = %s", [dup]).fetchone()
     assert row["google_event_id"] is None and "duplicateOccurrence" in row["sync_error"]
     assert fake.store.live("primary")[occ2]["summary"] == "moved"
+
+
+def test_an_app_made_occurrence_is_merged_with_googles_edits_of_that_instance(fake, cal_settings):
+    """An occurrence the app makes for a day Google's organiser already edited
+    (outside the incremental window, so not held): it was force-patched over
+    the instance, erasing the organiser's edit without a conflict."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=40"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    sync(settings, "full")
+    edited, plain = first + timedelta(days=30), first + timedelta(days=31)
+    edited_id = fake.store.instance_id("primary", "series00001", utc_key(edited))
+    fake.store.edit("primary", edited_id, {"description": "agenda by the organiser"})
+    sync(settings, "incremental")
+    assert edited_id not in rows(settings)  # beyond incremental_days: not held
+    for moment in (edited, plain):
+        app_insert(settings, title="Standup (app)", start=moment, hours=0.5, tz="Europe/Berlin",
+                   recurring_event_id="series00001", original_start=utc_key(moment))
+    body = sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    assert (remote[edited_id]["summary"], remote[edited_id]["description"]) == ("Standup (app)", "agenda by the organiser")
+    plain_id = fake.store.instance_id("primary", "series00001", utc_key(plain))
+    assert remote[plain_id]["summary"] == "Standup (app)"
+    # Only the instance Google had edited is a (merged) conflict; the other is just the app's edit.
+    assert [c["google_event_id"] for c in audit(settings, "conflict")] == [edited_id]
+    assert body["details"]["counts"]["conflicts"] == 1
+    sync(settings, "incremental")
+    assert_converged(fake, settings)

@@ -14,8 +14,10 @@ deletes, sent in batches of 50.
 - Occurrence changes go after their series, in a second phase; an occurrence
   whose series is not on Google yet waits for the next run. An occurrence
   made in the app gets its id from ``events.instances`` (ids are opaque,
-  never built from the series id and a time); a series with no occurrence at
-  that original start is a failure of that row, never a deletion.
+  never built from the series id and a time) and is merged three-way with
+  that instance (base: the occurrence as the held series defines it), so
+  edits made to it on Google survive; a series with no occurrence at that
+  original start is a failure of that row, never a deletion.
 - A timed series without a zone is sent in the calendar's zone (Google
   refuses a recurring event without one), learnt from events.list.
 - Retryable failures are retried in later rounds with backoff; a row whose
@@ -28,6 +30,7 @@ deletes, sent in batches of 50.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import date
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -41,7 +44,7 @@ from .conflicts import merge
 from .context import SyncContext
 from .mapping import (
     EventData, InvalidEventData, content_hash, field_hashes, from_google, from_row, new_event_id, original_start,
-    parse_instant, to_google,
+    parse_instant, to_google, utc_text,
 )
 from .retry import Failure
 from .store import DELETE_SQL, UPDATE_BASE_SQL, UPDATE_MERGED_SQL, UPDATE_PUSHED_SQL, delete_exceptions, synced_values
@@ -132,7 +135,8 @@ class Pusher:
                 if failure is not None and failure.status not in (404, 410):
                     self._failed(row, failure)
                     continue
-                match = [i["id"] for i in (response or {}).get("items", []) if original_start(i) == row["original_start"]]
+                found = [i for i in (response or {}).get("items", []) if original_start(i) == row["original_start"]]
+                match = [i["id"] for i in found]
                 if not match:
                     self._failed(row, Failure(failure.status if failure else None, "noSuchOccurrence",
                                               f"series {row['recurring_event_id']} has no occurrence starting {row['original_start']}", False))
@@ -148,8 +152,35 @@ class Pusher:
                                               f"is already row {holder[0]} ({match[0]}); edit that row instead", False))
                     continue
                 self.ctx.conn.execute("update calendar.events set google_event_id = %s where id = %s", [match[0], row["id"]])
-                ready.append(dict(row, google_event_id=match[0]))
+                # Google's instance may already carry edits (an organiser's agenda on that
+                # day) the app never saw: the row is merged with it, not patched over it.
+                ready.append(dict(row, google_event_id=match[0], _instance=found[0]))
         return ready
+
+    def _occurrence_base(self, series_id: str, instance: dict[str, Any]) -> dict[str, str] | None:
+        """The merge base of an app-made occurrence: the occurrence as its
+        series (the held row) defines it at the instance's original slot.
+        Fields Google's instance differs in were edited on Google, fields the
+        row differs in by the app; a plain force-patch used to erase the
+        former without a word. None (no held series): every differing field
+        counts as changed on both sides and the later edit wins."""
+        with self.ctx.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("select * from calendar.events where calendar_id = %s and google_event_id = %s and not deleted",
+                        [self.cal, series_id])
+            master_row = cur.fetchone()
+        if master_row is None:
+            return None
+        master = from_row(master_row, self.ctx.cipher, lenient=True)
+        when, original = master["when"], original_start(instance)
+        if when["all_day"]:
+            first = date.fromisoformat(original)
+            days = date.fromisoformat(when["end"]) - date.fromisoformat(when["start"])
+            slot = {"all_day": True, "start": first.isoformat(), "end": (first + days).isoformat()}
+        else:
+            start = parse_instant(original)
+            length = parse_instant(when["end"]) - parse_instant(when["start"])
+            slot = {"all_day": False, "start": utc_text(start), "end": utc_text(start + length)}
+        return field_hashes(dict(master, when=slot, recurrence=None, event_status="confirmed"))
 
     def calendar_zone(self) -> str | None:
         """The calendar's time zone: stored from the last listing, else
@@ -189,6 +220,12 @@ class Pusher:
         if row["recurring_event_id"]:
             if data["event_status"] == "cancelled":
                 return Op(row, "cancel_instance", data)
+            if row.get("_instance") is not None:
+                instance = row["_instance"]
+                base = self._occurrence_base(row["recurring_event_id"], instance)
+                with self.ctx.conn.transaction():
+                    return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
+                                         "with Google's instance")
             return Op(row, "patch" if row["etag"] else "force_patch", data, row["etag"])
         return Op(row, "patch", data, row["etag"]) if row["etag"] else Op(row, "insert", data)
 
@@ -287,10 +324,12 @@ class Pusher:
             self._failed(row, Failure(409, "idCollision", f"event id {op.gid} is already used on Google by another event; "
                                                           "it was not overwritten", False))
             return None
-        return self._resolve(op, remote_event)
+        return self._resolve(op, remote_event, "after 409")
 
-    def _resolve(self, op: Op, remote_event: dict[str, Any]) -> Op | None:
-        """After a 412: merge our pending content with Google's current event."""
+    def _resolve(self, op: Op, remote_event: dict[str, Any], context: str = "after 412") -> Op | None:
+        """After a 412 (or a 409 on our own insert, or for an app-made
+        occurrence: ``context``): merge our pending content with Google's
+        current event."""
         ctx, row = self.ctx, op.row
         if remote_event.get("status") == "cancelled" and not row["recurring_event_id"]:
             self._audit(row, "conflict", "remote deletion wins over local edit", {"etag": remote_event.get("etag")})
@@ -303,9 +342,9 @@ class Pusher:
             local_time=row["local_updated_at"],
             remote_time=parse_instant(remote_event["updated"]) if remote_event.get("updated") else None,
         )
-        if result.conflict:
+        if result.conflict and result.remote_fields:  # nothing changed on Google: no conflict, only our edit
             ctx.counts["conflicts"] += 1
-            self._audit(row, "conflict", f"three-way merge after 412 ({result.kind})", result.describe())
+            self._audit(row, "conflict", f"three-way merge {context} ({result.kind})", result.describe())
         if field_hashes(result.data) == field_hashes(remote):
             self._written(op, remote_event)
             return None
