@@ -703,3 +703,34 @@ def test_an_app_made_occurrence_is_merged_with_googles_edits_of_that_instance(fa
     assert body["details"]["counts"]["conflicts"] == 1
     sync(settings, "incremental")
     assert_converged(fake, settings)
+
+
+def test_a_local_deletion_over_a_google_edit_is_always_a_logged_conflict(fake, cal_settings):
+    """A deletion beats an edit, and every conflict is audited: but a Google
+    edit made after the pull and before the push's DELETE (sent without
+    If-Match) was deleted away with no trace. The DELETE now carries the
+    row's etag; the 412 is audited, then the deletion goes through."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), deleted=True)  # edited on Google after our pull: the push's DELETE meets it
+    fake.store.edit("primary", gid(1), {"summary": "edited before the pull"})
+    app_update(settings, gid(1), deleted=True)  # the pull sees this one: audited there, not twice
+    original_list = fake.store.list
+
+    def list_then_edit(cal, params):
+        result = original_list(cal, params)
+        if "syncToken" in params:
+            fake.store.edit("primary", gid(0), {"description": "added by the organiser"})
+        return result
+
+    fake.store.list = list_then_edit
+    body = sync(settings, "incremental")
+    fake.store.list = original_list
+    remote = fake.store.live("primary")
+    assert remote[gid(0)]["status"] == "cancelled" and remote[gid(1)]["status"] == "cancelled"  # the deletions win
+    conflicts = [(c["google_event_id"], c["action"]) for c in audit(settings, "conflict")]
+    assert sorted(conflicts) == [(gid(0), "local deletion wins over a Google edit made since the last sync"),
+                                 (gid(1), "local deletion wins over remote edit")]
+    assert body["details"]["counts"]["conflicts"] == 2
+    assert all(rows(settings)[g]["sync_status"] == "synced" for g in (gid(0), gid(1)))

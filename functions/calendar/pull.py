@@ -75,6 +75,7 @@ class PagePlan:
     merges: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[dict[str, Any]] = field(default_factory=list)
     series_deleted: list[dict[str, Any]] = field(default_factory=list)
+    etags: list[dict[str, Any]] = field(default_factory=list)  # rows that only adopt Google's current etag
     audits: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -271,6 +272,9 @@ class Puller:
         locally_edited = row["sync_status"] in ("pending_sync", "sync_failed") or field_hashes(local) != (row["synced_field_hashes"] or {})
         if row["deleted"] and locally_edited:
             plan.audits.append(("conflict", "local deletion wins over remote edit", {"row": row, "remote_etag": item.get("etag")}))
+            # The push deletes with If-Match: with Google's current etag, so this
+            # conflict (audited here) is not met and audited again as a 412.
+            plan.etags.append({"id": row["id"], "etag": item.get("etag"), "_row": row})
             return
         if not locally_edited:
             plan.updates.append({"id": row["id"], **synced_values(ctx, data, item), "_data": data, "_row": row})
@@ -360,6 +364,7 @@ class Puller:
         plan.merges = self._unless_edited(UPDATE_MERGED_SQL, plan.merges)
         kept = {e["_row"]["google_event_id"] for e in plan.deletes}
         plan.deletes = self._unless_edited(DELETE_SQL, plan.deletes)
+        self._unless_edited("update calendar.events set etag = %(etag)s where id = %(id)s", plan.etags)
         kept -= {e["_row"]["google_event_id"] for e in plan.deletes}  # series whose row the app edited meanwhile
         plan.series_deleted = [s for s in plan.series_deleted if s["master"] not in kept]
         for entry in plan.series_deleted:

@@ -59,7 +59,7 @@ ROW_MARKER = "safesyncRowId"
 @dataclass(frozen=True)
 class Op:
     row: dict[str, Any]
-    kind: str  # insert | patch | force_patch | delete | cancel_instance | get | get_existing
+    kind: str  # insert | patch | force_patch | delete | force_delete | cancel_instance | get | get_existing
     data: EventData | None
     etag: str | None = None
     tries: int = 0
@@ -243,6 +243,9 @@ class Pusher:
             etag, body = (op.etag if op.kind == "patch" else None), self._body(op)
             return lambda: client.patch_request(self.cal, op.gid, body, etag)
         if op.kind in ("delete", "cancel_instance"):
+            etag = op.row["etag"]  # a Google edit since our last sync answers 412: the deletion still wins, but is audited
+            return lambda: client.delete_request(self.cal, op.gid, etag)
+        if op.kind == "force_delete":
             return lambda: client.delete_request(self.cal, op.gid)
         return lambda: client.get_request(self.cal, op.gid)
 
@@ -299,9 +302,15 @@ class Pusher:
         if op.kind == "patch" and status == 412:
             ctx.counts["precondition_failed"] += 1
             return Op(op.row, "get", op.data)
-        if op.kind in ("delete", "cancel_instance") and status in (404, 410):
+        if op.kind in ("delete", "cancel_instance", "force_delete") and status in (404, 410):
             self._done(op.row, f"already gone ({status})")
             return None
+        if op.kind in ("delete", "cancel_instance") and status == 412:
+            # Edited on Google since our last sync: a deletion beats an edit,
+            # but it is a conflict and is said (it was deleted unconditionally).
+            ctx.counts["conflicts"] += 1
+            self._audit(op.row, "conflict", "local deletion wins over a Google edit made since the last sync", {"status": 412})
+            return Op(op.row, "force_delete", None)
         if op.kind in WRITE_KINDS + ("get", "get_existing") and status in (404, 410):
             self._audit(op.row, "conflict", "remote deletion wins over local edit", {"status": status})
             ctx.counts["conflicts"] += 1
