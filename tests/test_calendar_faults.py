@@ -69,7 +69,9 @@ def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal
     app_update(settings, gid(2), title="fine")
     for run in range(1, 4):
         fake.reset_counts()
-        sync(settings, "incremental")
+        body = sync(settings, "incremental")
+        # Rows whose changes did not reach Google: not "ok" (it was, with a warning).
+        assert (body["ok"], body["status"]) == (False, "problems") and "2 row(s) failed to push" in body["summary"]
         local = rows(settings)
         expected = "sync_failed" if run == 3 else "pending_sync"
         assert (local[gid(0)]["sync_status"], local[gid(0)]["sync_retries"]) == (expected, run)
@@ -87,7 +89,7 @@ def test_a_permanently_failing_event_ends_sync_failed_after_three_runs(fake, cal
     assert fake.batch_items["patch"] == 0
     fake.store.permanent_failures.clear()
     body = sync(settings, "cleanup")
-    assert body["details"]["counts"]["pushed"] == 2
+    assert body["details"]["counts"]["pushed"] == 2 and body["ok"] is True
     assert rows(settings)[gid(0)]["sync_status"] == "synced"
     assert fake.store.live("primary")[gid(1)]["summary"] == "never works"
 
@@ -144,3 +146,55 @@ def test_cleanup_repairs_missing_extra_and_stale_rows_and_drops_obsolete(fake, c
     assert "old0000001" not in local
     fake.store.calendars["primary"].pop(gid(1), None)
     assert_converged(fake, settings)
+
+
+def test_a_malformed_app_row_fails_alone_and_never_stops_the_sync(fake, cal_settings):
+    """attendees the app wrote as something other than a list of objects with
+    string emails made every run answer 500 (mapping crashed on the row), so
+    no other row was ever pushed or pulled again."""
+    from psycopg.types.json import Jsonb
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_insert(settings, title="good", start=NOW + timedelta(days=2))
+    app_insert(settings, title="bad", start=NOW + timedelta(days=3), attendees={"email": "a@example.com"})
+    app_update(settings, gid(0), attendees=Jsonb([{"email": 5}]))  # a held row, then edited on Google
+    app_update(settings, gid(1), attendees=Jsonb(["x"]), deleted=True)  # a malformed row being deleted
+    fake.store.edit("primary", gid(0), {"summary": "edited on Google"})
+    fake.store.edit("primary", gid(2), {"summary": "also edited on Google"})
+    first = sync(settings, "incremental")
+    assert any("malformed" in w for w in first["warnings"])
+    for _ in range(2):
+        sync(settings, "incremental")
+    with connect(settings) as conn:
+        bad = conn.execute("select * from calendar.events where title = 'bad'").fetchone()
+        good = conn.execute("select * from calendar.events where title = 'good'").fetchone()
+    assert good["sync_status"] == "synced" and good["google_event_id"] in fake.store.live("primary")
+    assert (bad["sync_status"], bad["sync_error"]) == ("sync_failed", "invalidRow: attendees must be a JSON array of objects, not dict")
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "also edited on Google"
+    assert fake.store.live("primary")[gid(1)]["status"] == "cancelled" and local[gid(1)]["sync_status"] == "synced"
+    # The malformed held row keeps the app's content (Google's change is not applied over it), and says why.
+    assert local[gid(0)]["sync_status"] == "sync_failed" and "invalidRow" in local[gid(0)]["sync_error"]
+    app_update(settings, gid(0), attendees=Jsonb([]))  # the app repairs it: the push merges with Google's edit
+    sync(settings, "incremental")
+    assert fake.store.live("primary")[gid(0)]["summary"] == "edited on Google"
+    assert rows(settings)[gid(0)]["sync_status"] == "synced"
+
+
+def test_an_app_attendee_without_email_fails_the_row_instead_of_vanishing(fake, cal_settings):
+    """An attendee the app wrote without an email was dropped by the mapping:
+    the push sent the others, wrote Google's list back over the row and
+    reported it synced — the app's entry gone, nothing said."""
+    from psycopg.types.json import Jsonb
+
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), attendees=Jsonb([{"displayName": "Bob"}, {"email": "a@example.com"}]))
+    body = sync(settings, "incremental")
+    row = rows(settings)[gid(0)]
+    assert row["attendees"] == [{"displayName": "Bob"}, {"email": "a@example.com"}]  # the app's content, untouched
+    assert row["sync_status"] == "pending_sync" and "has no email" in row["sync_error"]
+    assert body["details"]["counts"]["push_failed"] == 1

@@ -261,3 +261,33 @@ def test_a_notification_with_malformed_resource_headers_is_401_not_500(fake, qst
     with connect(settings) as conn:
         assert conn.execute("select count(*) as n from calendar.notifications").fetchone()["n"] == 0
     assert qstash.published == []
+
+
+def test_malformed_notification_headers_are_4xx_never_500(fake, qstash, cal_settings, client):
+    """A notification with a valid channel token but odd headers: non-ASCII
+    digits in X-Goog-Message-Number ("²" made int() fail: 500; "١" read as 1,
+    a false duplicate) and a non-ASCII X-Goog-Resource-ID (compare_digest
+    raised TypeError: 500)."""
+    cal_settings()
+    seed(fake, 2)
+    assert post(client, {"action": "watch"}).status_code == 200
+    fake.store.notifications.clear()
+    fake.store.edit("primary", "e0000000", {"summary": "x"})
+    headers = fake.store.notifications.pop()["headers"]
+    for change, status in (({"X-Goog-Message-Number": "\u00b2"}, 400), ({"X-Goog-Message-Number": "\u0661"}, 400),
+                           ({"X-Goog-Message-Number": "0"}, 400), ({"X-Goog-Resource-ID": "r\u00e9s"}, 401)):
+        r = client.post("/calendar_notify", headers={**headers, **change})
+        assert (r.status_code, "error" in r.get_json()) == (status, True), (change, r.get_json())
+    r = client.post("/calendar_notify", headers=headers)
+    assert r.status_code == 200 and r.get_json()["queued"] is True  # the real message is still fresh
+
+
+@pytest.mark.parametrize("bounds", [
+    {"from": "9999-12-31", "to": "9999-12-31T23:59:59+00:00"},
+    {"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-02"},
+])
+def test_events_window_at_the_ends_of_the_calendar_is_400_not_500(fake, cal_settings, client, bounds):
+    """Bounds in year 9999 or 1 overflowed the window's date arithmetic (500)."""
+    cal_settings()
+    r = post(client, {"action": "events", **bounds})
+    assert r.status_code == 400 and "out of range" in r.get_json()["error"], r.get_json()

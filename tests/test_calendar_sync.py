@@ -221,6 +221,8 @@ def test_both_sides_edited_merge_fields_and_log_conflicts(fake, cal_settings):
     assert set(by_event) == {gid(0), gid(1)}
     assert by_event[gid(0)]["detail"]["kind"] == "merged"
     assert by_event[gid(1)]["detail"]["overlapping"] == ["title"] and by_event[gid(1)]["detail"]["winner"] == "local"
+    # The overwritten value is in the audit, so the losing edit can be recovered.
+    assert by_event[gid(1)]["detail"]["lost"] == {"title": "google title"}
     assert_converged(fake, settings)
 
 
@@ -509,3 +511,226 @@ def test_start_and_end_zones_survive_a_round_trip(fake, cal_settings):
     assert (remote["start"]["timeZone"], remote["end"]["timeZone"]) == ("Europe/Berlin", "America/New_York")
     sync(settings, "incremental")
     assert_converged(fake, settings)
+
+
+def test_an_app_edit_made_while_a_pull_runs_is_not_overwritten(fake, cal_settings, monkeypatch):
+    """The pull plans from rows read before its Google calls and writes
+    later: an app edit in between used to be overwritten with Google's
+    version and marked synced, lost without a trace."""
+    from safesync.functions.calendar.pull import Puller
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    fake.store.edit("primary", gid(1), {"location": "Room 9"})
+    planned = Puller._guard
+
+    def app_edits_then_guard(self, *args, **kwargs):  # the app writes between planning and writing
+        app_update(settings, gid(1), title="edited during the sync")
+        return planned(self, *args, **kwargs)
+
+    monkeypatch.setattr(Puller, "_guard", app_edits_then_guard)
+    body = sync(settings, "incremental")
+    assert body["details"]["counts"]["edited_during_sync"] == 1
+    assert any("edited in the app during the sync" in w for w in body["warnings"])
+    remote = fake.store.live("primary")[gid(1)]
+    assert (remote["summary"], remote["location"]) == ("edited during the sync", "Room 9")  # both edits kept
+    assert any(a["action"].startswith("edited in the app during the sync") for a in audit(settings, "conflict"))
+    monkeypatch.setattr(Puller, "_guard", planned)
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+def test_an_app_edit_made_while_a_412_is_merged_is_not_overwritten(fake, cal_settings, monkeypatch):
+    """After a 412 the push merges the row it read at the start of the run;
+    writing that merge used to overwrite an app edit made since."""
+    from safesync.functions.calendar.pull import Puller
+    from safesync.functions.calendar.push import Pusher
+
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(1), title="first app edit")
+    fake.store.edit("primary", gid(1), {"location": "Room 9"})  # the push meets 412
+    resolve, incremental = Pusher._resolve, Puller.incremental
+
+    def app_edits_then_resolve(self, op, remote):
+        app_update(settings, gid(1), description="second app edit")
+        return resolve(self, op, remote)
+
+    monkeypatch.setattr(Pusher, "_resolve", app_edits_then_resolve)
+    monkeypatch.setattr(Puller, "incremental", lambda self: "incremental")  # this run only pushes
+    assert sync(settings, "incremental")["details"]["counts"]["edited_during_push"] == 1
+    assert rows(settings)[gid(1)]["description"] == "second app edit"
+    monkeypatch.setattr(Pusher, "_resolve", resolve)
+    monkeypatch.setattr(Puller, "incremental", incremental)
+    sync(settings, "incremental")
+    remote = fake.store.live("primary")[gid(1)]
+    assert (remote["summary"], remote.get("description"), remote.get("location")) == ("first app edit", "second app edit", "Room 9")
+    assert_converged(fake, settings)
+
+
+def test_a_series_deleted_on_google_says_which_local_occurrence_changes_it_dropped(fake, cal_settings):
+    """Deleting a series deletes its occurrences; an occurrence the app made
+    (not on Google yet) was deleted and marked synced without any audit."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    sync(settings, "full")
+    occ6 = (first + timedelta(days=6)).astimezone(timezone.utc)
+    made = app_insert(settings, title="Standup (app-made)", start=occ6, hours=0.5, tz="Europe/Berlin",
+                      recurring_event_id="series00001", original_start=utc_key(occ6))
+    fake.store.remove("primary", "series00001")
+    body = sync(settings, "incremental")
+    with connect(settings) as conn:
+        row = conn.execute("select * from calendar.events where id = %s", [made]).fetchone()
+    assert row["deleted"]  # the series is gone: so is its occurrence, as the rule says ...
+    [entry] = [a for a in audit(settings, "conflict") if str(a["event_id"]) == made]  # ... and it is said
+    assert entry["action"].startswith("remote deletion of the series") and entry["detail"]["lost_local_edit"] is True
+    assert body["details"]["counts"]["conflicts"] == 1
+
+
+def test_an_id_already_used_by_another_google_event_is_never_overwritten(fake, cal_settings):
+    """An app row whose chosen id another Google event already holds (here one
+    outside the synced window): the insert's 409 was taken for "our retried
+    insert landed" and that event was patched over with the row's content."""
+    settings = cal_settings()
+    fake.store.put_event("primary", event("abc00001", "Board meeting", NOW + timedelta(days=200), description="agenda"))
+    sync(settings, "full")
+    assert "abc00001" not in rows(settings)  # outside the window: not held
+    app_insert(settings, title="Dentist", start=NOW + timedelta(days=3), google_event_id="abc00001")
+    body = sync(settings, "incremental")
+    remote = fake.store.live("primary")["abc00001"]
+    assert (remote["summary"], remote["description"]) == ("Board meeting", "agenda")  # untouched
+    row = rows(settings)["abc00001"]
+    assert row["title"] == "Dentist" and row["sync_status"] == "pending_sync" and "idCollision" in row["sync_error"]
+    assert body["ok"] is False
+
+
+def test_a_retried_insert_answered_409_is_recognised_by_its_row_marker(fake, cal_settings, monkeypatch):
+    """Our insert landed, its answer was lost, and someone edited the event
+    on Google before the retry: the 409's event carries the row's id in its
+    private extended property, so it is merged (not failed, not overwritten)."""
+    from safesync.functions.calendar.pull import Puller
+    from safesync.functions.calendar.push import ROW_MARKER
+
+    settings = cal_settings()
+    sync(settings, "full")
+    row_id = app_insert(settings, title="planning", start=NOW + timedelta(days=1))
+    with connect(settings) as conn:  # the earlier attempt: id assigned, insert landed
+        conn.execute("update calendar.events set google_event_id = 'abc0000000002' where id = %s", [row_id])
+    fake.store.insert("primary", {"id": "abc0000000002", "summary": "planning", **timed(NOW + timedelta(days=1)),
+                                  "extendedProperties": {"private": {ROW_MARKER: row_id}}})
+    fake.store.edit("primary", "abc0000000002", {"location": "Room 2"})
+    monkeypatch.setattr(Puller, "incremental", lambda self: "incremental")  # the retry comes before any pull
+    body = sync(settings, "incremental")
+    assert body["ok"] is True
+    remote = fake.store.live("primary")["abc0000000002"]
+    assert (remote["summary"], remote["location"]) == ("planning", "Room 2")
+    assert rows(settings)["abc0000000002"]["sync_status"] == "synced"
+    assert any(a["action"].startswith("insert answered 409") for a in audit(settings, "state"))
+    # And a plain insert carries the marker for next time.
+    new_id = app_insert(settings, title="fresh", start=NOW + timedelta(days=2))
+    sync(settings, "incremental")
+    [fresh] = [e for e in fake.store.live("primary").values() if e.get("summary") == "fresh"]
+    assert fresh["extendedProperties"]["private"][ROW_MARKER] == new_id
+
+
+def test_a_local_only_row_is_left_alone_when_google_deletes_its_event(fake, cal_settings):
+    """The app takes a synced row out of the sync (local_only): Google edits
+    to it were already left alone, but Google deleting the event marked the
+    row deleted and synced (so cleanup would later drop it for good)."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), sync_status="local_only", title="mine now")
+    fake.store.remove("primary", gid(0))
+    body = sync(settings, "incremental")
+    row = rows(settings)[gid(0)]
+    assert (row["title"], row["deleted"], row["sync_status"]) == ("mine now", False, "local_only")
+    assert any("local_only but Google deleted it" in w for w in body["warnings"])
+
+
+def test_an_app_row_duplicating_a_held_occurrence_fails_alone(fake, cal_settings):
+    """An app-made occurrence whose series and original start are already a
+    held row: giving it that occurrence's id broke the unique key, and every
+    run of the calendar answered 500 from then on."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
+    fake.store.edit("primary", occ2, {"summary": "moved"})
+    seed(fake, 1)
+    sync(settings, "full")
+    dup = app_insert(settings, title="duplicate", start=first + timedelta(days=2, hours=1), hours=0.5, tz="Europe/Berlin",
+                     recurring_event_id="series00001", original_start=utc_key(first + timedelta(days=2)))
+    app_update(settings, gid(0), title="still pushed")
+    body = sync(settings, "incremental")
+    assert body["ok"] is False
+    assert fake.store.live("primary")[gid(0)]["summary"] == "still pushed"
+    with connect(settings) as conn:
+        row = conn.execute("select * from calendar.events where id = %s", [dup]).fetchone()
+    assert row["google_event_id"] is None and "duplicateOccurrence" in row["sync_error"]
+    assert fake.store.live("primary")[occ2]["summary"] == "moved"
+
+
+def test_an_app_made_occurrence_is_merged_with_googles_edits_of_that_instance(fake, cal_settings):
+    """An occurrence the app makes for a day Google's organiser already edited
+    (outside the incremental window, so not held): it was force-patched over
+    the instance, erasing the organiser's edit without a conflict."""
+    settings = cal_settings()
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=40"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    sync(settings, "full")
+    edited, plain = first + timedelta(days=30), first + timedelta(days=31)
+    edited_id = fake.store.instance_id("primary", "series00001", utc_key(edited))
+    fake.store.edit("primary", edited_id, {"description": "agenda by the organiser"})
+    sync(settings, "incremental")
+    assert edited_id not in rows(settings)  # beyond incremental_days: not held
+    for moment in (edited, plain):
+        app_insert(settings, title="Standup (app)", start=moment, hours=0.5, tz="Europe/Berlin",
+                   recurring_event_id="series00001", original_start=utc_key(moment))
+    body = sync(settings, "incremental")
+    remote = fake.store.live("primary")
+    assert (remote[edited_id]["summary"], remote[edited_id]["description"]) == ("Standup (app)", "agenda by the organiser")
+    plain_id = fake.store.instance_id("primary", "series00001", utc_key(plain))
+    assert remote[plain_id]["summary"] == "Standup (app)"
+    # Only the instance Google had edited is a (merged) conflict; the other is just the app's edit.
+    assert [c["google_event_id"] for c in audit(settings, "conflict")] == [edited_id]
+    assert body["details"]["counts"]["conflicts"] == 1
+    sync(settings, "incremental")
+    assert_converged(fake, settings)
+
+
+def test_a_local_deletion_over_a_google_edit_is_always_a_logged_conflict(fake, cal_settings):
+    """A deletion beats an edit, and every conflict is audited: but a Google
+    edit made after the pull and before the push's DELETE (sent without
+    If-Match) was deleted away with no trace. The DELETE now carries the
+    row's etag; the 412 is audited, then the deletion goes through."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    app_update(settings, gid(0), deleted=True)  # edited on Google after our pull: the push's DELETE meets it
+    fake.store.edit("primary", gid(1), {"summary": "edited before the pull"})
+    app_update(settings, gid(1), deleted=True)  # the pull sees this one: audited there, not twice
+    original_list = fake.store.list
+
+    def list_then_edit(cal, params):
+        result = original_list(cal, params)
+        if "syncToken" in params:
+            fake.store.edit("primary", gid(0), {"description": "added by the organiser"})
+        return result
+
+    fake.store.list = list_then_edit
+    body = sync(settings, "incremental")
+    fake.store.list = original_list
+    remote = fake.store.live("primary")
+    assert remote[gid(0)]["status"] == "cancelled" and remote[gid(1)]["status"] == "cancelled"  # the deletions win
+    conflicts = [(c["google_event_id"], c["action"]) for c in audit(settings, "conflict")]
+    assert sorted(conflicts) == [(gid(0), "local deletion wins over a Google edit made since the last sync"),
+                                 (gid(1), "local deletion wins over remote edit")]
+    assert body["details"]["counts"]["conflicts"] == 2
+    assert all(rows(settings)[g]["sync_status"] == "synced" for g in (gid(0), gid(1)))

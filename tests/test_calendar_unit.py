@@ -81,6 +81,9 @@ def test_merge_rules():
     assert later_local.winner == "local" and later_local.data["title"] == "local"
     tie = merge(base, _data(title="local"), _data(title="remote"), local_time=NOW, remote_time=NOW)
     assert tie.winner == "google" and tie.data["title"] == "remote"
+    assert tie.describe()["lost"] == {"title": "local"}  # the overwritten edit stays recoverable
+    secret = merge(base, _data(conference={"conferenceId": "a"}), _data(conference={"conferenceId": "b"}), local_time=NOW, remote_time=NOW)
+    assert "conferenceId" not in json.dumps(secret.describe())  # never in clear in the audit log
     no_base = merge(None, _data(title="local"), _data(title="remote"), local_time=None, remote_time=NOW)
     assert no_base.overlapping == ["title"] and no_base.winner == "google"
 
@@ -358,3 +361,55 @@ def test_start_and_end_time_zones_stay_apart():
     series = {**from_google(event("x0002", "Daily", NOW)), "recurrence": ["RRULE:FREQ=DAILY"]}
     assert to_google(series, calendar_zone="Asia/Tokyo")["start"]["timeZone"] == "Asia/Tokyo"
     assert "timeZone" not in to_google({**series, "recurrence": None}, calendar_zone="Asia/Tokyo")["start"]
+
+
+def test_fake_refuses_list_bounds_without_offset_or_empty_and_ordering_without_single_events(fake, api):
+    # events.list (https://developers.google.com/calendar/api/v3/reference/events/list):
+    # timeMin/timeMax "Must be an RFC3339 timestamp with mandatory time zone
+    # offset"; "If timeMax is set, timeMin must be smaller than timeMax";
+    # orderBy startTime "is only available when querying single events".
+    later = (NOW + timedelta(days=1)).isoformat()
+    for params in ({"timeMin": "2026-01-01T00:00:00"}, {"timeMax": "2026-01-01T00:00:00"},
+                   {"timeMin": later, "timeMax": NOW.isoformat()}, {"orderBy": "startTime"}):
+        with pytest.raises(HttpError) as exc:
+            api.list_events("primary", **params)
+        assert classify(exc.value).status == 400, params
+    assert api.list_events("primary", timeMin=NOW.isoformat(), timeMax=later, orderBy="startTime", singleEvents=True)["items"] == []
+
+
+def test_fake_refuses_times_without_a_zone_and_unknown_zones(fake, api):
+    # Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    # start.dateTime "A time zone offset is required unless a time zone is
+    # explicitly specified in timeZone"; timeZone is "an IANA Time Zone
+    # Database name, e.g. "Europe/Zurich"".
+    naive = {"start": {"dateTime": "2026-12-20T09:00:00"}, "end": {"dateTime": "2026-12-20T10:00:00"}}
+    unknown = {"start": {"dateTime": "2026-12-20T09:00:00Z", "timeZone": "Mars/Olympus_Mons"},
+               "end": {"dateTime": "2026-12-20T10:00:00Z", "timeZone": "Mars/Olympus_Mons"}}
+    zoned = {"start": {"dateTime": "2026-12-20T09:00:00", "timeZone": "Asia/Tokyo"},
+             "end": {"dateTime": "2026-12-20T10:00:00", "timeZone": "Asia/Tokyo"}}
+    results = api.execute_batch([
+        ("naive", api.insert_request("primary", {"summary": "n", **naive})),
+        ("unknown", api.insert_request("primary", {"summary": "u", **unknown})),
+        ("zoned", api.insert_request("primary", {"id": "local0001", "summary": "z", **zoned})),
+    ])
+    assert classify(results["naive"][1]).status == 400 and classify(results["unknown"][1]).status == 400
+    assert results["zoned"][1] is None  # wall time in its zone: 09:00 Tokyo is 00:00 UTC
+    listed = api.list_events("primary", timeMin="2026-12-20T00:00:00Z", timeMax="2026-12-20T00:30:00Z")
+    assert [i["id"] for i in listed["items"]] == ["local0001"]
+
+
+def test_fake_refuses_bad_recurrence_lines_and_attendee_emails(fake, api):
+    # Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    # recurrence: "List of RRULE, EXRULE, RDATE and EXDATE lines ... DTSTART
+    # and DTEND lines are not allowed"; attendees[].email "must be present
+    # when adding an attendee. It must be a valid email address".
+    when = timed(NOW + timedelta(days=1), 1, "UTC")
+    bad = {
+        "garbage": {"recurrence": ["every day"]}, "dtstart": {"recurrence": ["DTSTART:20261201T090000Z", "RRULE:FREQ=DAILY"]},
+        "noemail": {"attendees": [{"displayName": "Bob"}]}, "bademail": {"attendees": [{"email": "not an email"}]},
+    }
+    results = api.execute_batch([(k, api.insert_request("primary", {"summary": k, **when, **v})) for k, v in bad.items()]
+                                + [("fine", api.insert_request("primary", {"summary": "ok", **when, "attendees": [{"email": "a@example.com"}],
+                                                                            "recurrence": ["RRULE:FREQ=DAILY;COUNT=2", "EXDATE:20261230T090000Z"]}))])
+    assert {k: classify(results[k][1]).status for k in bad} == dict.fromkeys(bad, 400)
+    assert results["fine"][1] is None

@@ -8,7 +8,8 @@ The base is the per-field hash stored at the last sync. Rules, in order:
    merge: a local title edit and a remote time move both survive);
 3. a field changed on both sides to different values goes to the side edited
    last — the local row's ``local_updated_at`` against Google's ``updated`` —
-   and on an exact tie to Google (the shared calendar is what attendees see).
+   and on an exact tie to Google (the shared calendar is what attendees see);
+   the losing values are kept in the conflict's audit entry (``lost``).
 
 Deletions are not merged: a deletion on either side wins over an edit on the
 other (the sync code applies that rule and logs it as a conflict too).
@@ -23,6 +24,8 @@ from datetime import datetime
 
 from .mapping import FIELDS, EventData, field_hashes
 
+ENCRYPTED = "(conference data: encrypted at rest, not logged)"
+
 
 @dataclass
 class Merge:
@@ -32,6 +35,10 @@ class Merge:
     remote_fields: list[str] = field(default_factory=list)
     overlapping: list[str] = field(default_factory=list)
     winner: str | None = None  # side that won the overlapping fields
+    # The losing side's values of the overlapping fields: without them the
+    # audit said a field was overwritten but not what it held, so a lost edit
+    # (a long description typed in the app) could not be recovered.
+    lost: dict = field(default_factory=dict)
 
     @property
     def conflict(self) -> bool:
@@ -44,6 +51,7 @@ class Merge:
             "remote_fields": self.remote_fields,
             "overlapping": self.overlapping,
             "winner": self.winner,
+            "lost": self.lost,
         }
 
 
@@ -71,6 +79,9 @@ def merge(
         if f in overlapping and winner == "google":
             continue
         merged[f] = local[f]
+    loser = local if winner == "google" else remote
+    # Conference data is kept encrypted at rest: the audit log never holds it in clear.
+    lost = {f: (ENCRYPTED if f == "conference" else loser[f]) for f in overlapping}
     return Merge(
         merged,
         "overlap" if overlapping else "merged",
@@ -78,4 +89,5 @@ def merge(
         remote_fields=remote_changed,
         overlapping=overlapping,
         winner=winner,
+        lost=lost,
     )

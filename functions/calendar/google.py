@@ -150,8 +150,13 @@ class CalendarClient:
             request.headers["If-Match"] = etag
         return request
 
-    def delete_request(self, calendar_id: str, event_id: str) -> HttpRequest:
-        return self.service.events().delete(calendarId=calendar_id, eventId=event_id, sendUpdates="none")
+    def delete_request(self, calendar_id: str, event_id: str, etag: str | None = None) -> HttpRequest:
+        """events.delete; with ``etag``, only if the event is still that
+        version (If-Match: 412 otherwise)."""
+        request = self.service.events().delete(calendarId=calendar_id, eventId=event_id, sendUpdates="none")
+        if etag:
+            request.headers["If-Match"] = etag
+        return request
 
     def get_request(self, calendar_id: str, event_id: str) -> HttpRequest:
         return self.service.events().get(calendarId=calendar_id, eventId=event_id)

@@ -69,10 +69,31 @@ def zones(data: EventData) -> tuple[str | None, str | None]:
     return value, value
 
 
-def _attendees(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+class InvalidEventData(ValueError):
+    """A row whose content no event can have (the app wrote ``attendees``
+    that is not a list of objects with string emails). It fails that row
+    with this message; it must never stop the sync of the other rows."""
+
+
+def _attendees(items: Any, *, lenient: bool = False, strict: bool = False) -> list[dict[str, Any]]:
+    """Canonical attendees; a malformed list raises ``InvalidEventData``
+    (or, ``lenient``, loses only its malformed entries: for rows whose
+    content no longer matters, e.g. one being deleted). ``strict`` (a row's
+    content about to be compared or pushed) also refuses an entry without an
+    email; from Google such an entry is left out as before."""
+    if items is not None and not isinstance(items, list):
+        if lenient:
+            return []
+        raise InvalidEventData(f"attendees must be a JSON array of objects, not {type(items).__name__}")
     out = []
     for a in items or []:
+        if not isinstance(a, dict) or not isinstance(a.get("email"), (str, type(None))):
+            if lenient:
+                continue
+            raise InvalidEventData("attendees: each entry must be an object whose email is a string")
         if not a.get("email"):
+            if strict:  # Google requires an email: dropping it here would erase the app's entry, unreported
+                raise InvalidEventData("attendees: an entry has no email (Google requires one for every attendee)")
             continue
         entry: dict[str, Any] = {"email": a["email"].strip().lower(), "responseStatus": a.get("responseStatus") or "needsAction"}
         if a.get("displayName"):
@@ -152,7 +173,9 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
     return body
 
 
-def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
+def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> EventData:
+    """Canonical data of a row; ``InvalidEventData`` if the app wrote a
+    malformed one (``lenient``: malformed attendee entries are left out)."""
     if row["all_day"]:
         when = {"all_day": True, "start": row["start_date"].isoformat(), "end": row["end_date"].isoformat()}
     else:
@@ -163,7 +186,7 @@ def from_row(row: dict[str, Any], cipher: Cipher) -> EventData:
         "location": _blank(row["location"]),
         "when": when,
         "time_zone": zone_value(_blank(row["time_zone"]), _blank(row["end_time_zone"])),
-        "attendees": _attendees(row["attendees"]),
+        "attendees": _attendees(row["attendees"], lenient=lenient, strict=not lenient),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
         "conference": cipher.decrypt(row["conference_data"]),

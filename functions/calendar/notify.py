@@ -63,8 +63,11 @@ def sync_destination(settings: Settings) -> str:
 
 
 def _message_number(headers: Mapping[str, str]) -> int:
+    """The header as a number (ASCII digits only: ``str.isdigit`` also
+    accepts "²", which ``int`` then refuses with a 500, and "١", which ``int``
+    reads as 1 and so made a new message a "duplicate" of message 1)."""
     text = (headers.get("X-Goog-Message-Number") or "").strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
         raise BadRequest("X-Goog-Message-Number must be a positive integer")
     return int(text)
 

@@ -43,11 +43,13 @@ from . import state
 from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
-from .mapping import EventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text
+from .mapping import (
+    EventData, InvalidEventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text,
+)
 from .retry import classify
 from .store import (
-    DELETE_EXCEPTIONS_SQL, DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates, executemany,
-    rows_by_google_id, synced_values, unpushed_instances,
+    DELETE_SQL, INSERT_SQL, UPDATE_MERGED_SQL, UPDATE_SYNCED_SQL, absent_candidates,
+    delete_exceptions, execute_unless_edited, executemany, rows_by_google_id, synced_values, unpushed_instances,
 )
 
 
@@ -73,6 +75,7 @@ class PagePlan:
     merges: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[dict[str, Any]] = field(default_factory=list)
     series_deleted: list[dict[str, Any]] = field(default_factory=list)
+    etags: list[dict[str, Any]] = field(default_factory=list)  # rows that only adopt Google's current etag
     audits: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -228,6 +231,11 @@ class Puller:
             return
         if row is None or row["deleted"]:
             return
+        if row["sync_status"] == "local_only":
+            # The app took this row out of the sync: Google's deletion is not
+            # applied to it, as no Google edit is (it was deleted and marked synced).
+            self.ctx.warnings.append(f"{self.cal}/{item['id']}: row is local_only but Google deleted it; left alone")
+            return
         if row["sync_status"] in ("pending_sync", "sync_failed"):
             plan.audits.append(("conflict", "remote deletion wins over local edit", {"row": row, "lost_local_edit": True}))
         plan.deletes.append({"id": row["id"], "etag": item.get("etag"), "_row": row})
@@ -251,10 +259,22 @@ class Puller:
         if row["sync_status"] == "local_only":
             ctx.warnings.append(f"{self.cal}/{item['id']}: row is local_only but Google has it; left alone")
             return
-        local = from_row(row, ctx.cipher)
+        try:
+            local = from_row(row, ctx.cipher)
+        except InvalidEventData as exc:
+            # The app's row is malformed: Google's change is not applied over
+            # it (that would drop the app's other edits); its push fails with
+            # the reason, and once the app repairs it the push meets the 412
+            # and merges.
+            ctx.warnings.append(f"{self.cal}/{item['id']}: row is malformed ({exc}); Google's change not applied")
+            plan.audits.append(("error", "Google's change not applied: row malformed", {"row": row, "error": str(exc)}))
+            return
         locally_edited = row["sync_status"] in ("pending_sync", "sync_failed") or field_hashes(local) != (row["synced_field_hashes"] or {})
         if row["deleted"] and locally_edited:
             plan.audits.append(("conflict", "local deletion wins over remote edit", {"row": row, "remote_etag": item.get("etag")}))
+            # The push deletes with If-Match: with Google's current etag, so this
+            # conflict (audited here) is not met and audited again as a 412.
+            plan.etags.append({"id": row["id"], "etag": item.get("etag"), "_row": row})
             return
         if not locally_edited:
             plan.updates.append({"id": row["id"], **synced_values(ctx, data, item), "_data": data, "_row": row})
@@ -340,12 +360,21 @@ class Puller:
         ctx, conn = self.ctx, self.ctx.conn
         strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
         executemany(conn, INSERT_SQL, strip(plan.inserts))
-        executemany(conn, UPDATE_SYNCED_SQL, strip(plan.updates))
-        executemany(conn, UPDATE_MERGED_SQL, strip(plan.merges))
-        executemany(conn, DELETE_SQL, strip(plan.deletes))
+        plan.updates = self._unless_edited(UPDATE_SYNCED_SQL, plan.updates)
+        plan.merges = self._unless_edited(UPDATE_MERGED_SQL, plan.merges)
+        kept = {e["_row"]["google_event_id"] for e in plan.deletes}
+        plan.deletes = self._unless_edited(DELETE_SQL, plan.deletes)
+        self._unless_edited("update calendar.events set etag = %(etag)s where id = %(id)s", plan.etags)
+        kept -= {e["_row"]["google_event_id"] for e in plan.deletes}  # series whose row the app edited meanwhile
+        plan.series_deleted = [s for s in plan.series_deleted if s["master"] not in kept]
         for entry in plan.series_deleted:
-            cur = conn.execute(DELETE_EXCEPTIONS_SQL, entry)
-            ctx.counts["deleted"] += cur.rowcount
+            count, lost = delete_exceptions(conn, self.cal, entry["master"])
+            ctx.counts["deleted"] += count
+            for row_id, google_id in lost:
+                ctx.counts["conflicts"] += 1
+                state.audit(conn, ctx.run_id, "conflict", "remote deletion of the series wins over a local change to its occurrence",
+                            calendar_id=self.cal, event_id=row_id, google_event_id=google_id,
+                            detail={"series": entry["master"], "lost_local_edit": True})
         ctx.counts["inserted"] += len(plan.inserts)
         ctx.counts["updated"] += len(plan.updates)
         ctx.counts["merged"] += len(plan.merges)
@@ -355,7 +384,7 @@ class Puller:
         for entry in plan.updates + plan.merges:
             ctx.touched(self.cal, entry["_data"], from_row(entry["_row"], ctx.cipher))
         for entry in plan.deletes:
-            ctx.touched(self.cal, from_row(entry["_row"], ctx.cipher))
+            ctx.touched(self.cal, from_row(entry["_row"], ctx.cipher, lenient=True))
         if plan.series_deleted:
             ctx.spans.append((self.cal, *_everything()))
         for kind, action, detail in plan.audits:
@@ -366,6 +395,28 @@ class Puller:
                 conn, ctx.run_id, kind, action, calendar_id=self.cal,
                 event_id=row["id"] if row else None, google_event_id=row["google_event_id"] if row else None, detail=detail,
             )
+
+    def _unless_edited(self, sql: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``entries`` (each planned from its ``_row``) except to rows
+        the app edited after they were read — the plan was made before this
+        run's Google calls and would overwrite that edit. Those rows keep the
+        app's content, stay pending and are reconciled by the push (412 →
+        three-way merge); the skip is counted, warned and audited. Returns
+        the entries written."""
+        if not entries:
+            return entries
+        ctx = self.ctx
+        params = [{**{k: v for k, v in e.items() if not k.startswith("_")}, "seen_local": e["_row"]["local_updated_at"]} for e in entries]
+        written = execute_unless_edited(ctx.conn, sql, params)
+        for entry in entries:
+            if entry["id"] in written:
+                continue
+            row = entry["_row"]
+            ctx.counts["edited_during_sync"] += 1
+            ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: edited in the app during the sync; kept, pushed with a merge")
+            state.audit(ctx.conn, ctx.run_id, "conflict", "edited in the app during the sync: Google's change not applied, merged on push",
+                        calendar_id=self.cal, event_id=row["id"], google_event_id=row["google_event_id"], detail={})
+        return [e for e in entries if e["id"] in written]
 
     def _note(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, detail=detail)

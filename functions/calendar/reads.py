@@ -48,17 +48,23 @@ _lock = threading.Lock()
 
 
 def parse_bound(text: str | None, name: str) -> datetime:
-    """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 instant with offset."""
+    """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 instant with offset,
+    in years 2..9998: the window's day arithmetic (a day added for all-day
+    events, the shift to UTC) must not overflow Python's dates — year 1 or
+    9999 bounds answered 500."""
     if not text:
         raise BadRequest(f"{name}: required (YYYY-MM-DD or RFC 3339)")
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), dtime.min, timezone.utc)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = datetime.combine(date.fromisoformat(text), dtime.min, timezone.utc)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadRequest(f"{name}: {text!r} is not a date (YYYY-MM-DD) or RFC 3339 instant") from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: {text!r} needs a UTC offset (e.g. Z)")
+    if not 2 <= moment.year <= 9998:
+        raise BadRequest(f"{name}: {text!r} is out of range (years 2 to 9998)")
     return moment.astimezone(timezone.utc)
 
 

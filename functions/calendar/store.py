@@ -138,11 +138,49 @@ DELETE_SQL = """
      where id = %(id)s
 """
 DELETE_EXCEPTIONS_SQL = """
-    update calendar.events
+    with old as (
+        select id, sync_status from calendar.events
+         where calendar_id = %(calendar_id)s and recurring_event_id = %(master)s and not deleted
+           and sync_status <> 'local_only'  -- out of the sync: never changed by it
+           for update)
+    update calendar.events e
        set deleted = true, deleted_at = coalesce(deleted_at, now()), sync_status = 'synced', sync_error = null,
            last_sync_at = now(), updated_at = now()
-     where calendar_id = %(calendar_id)s and recurring_event_id = %(master)s and not deleted
+      from old
+     where e.id = old.id
+    returning e.id, e.google_event_id, old.sync_status
 """
+
+
+def delete_exceptions(conn: psycopg.Connection, calendar_id: str, master: str) -> tuple[int, list[tuple[Any, str | None]]]:
+    """Delete the occurrences of a series that is gone; returns how many, and
+    (row id, Google id) of those that held a change not on Google yet (an
+    app-made or app-edited occurrence): the series' deletion wins over them,
+    and the caller must say so — before, they vanished without a word."""
+    found = conn.execute(DELETE_EXCEPTIONS_SQL, {"calendar_id": calendar_id, "master": master}).fetchall()
+    return len(found), [(r[0], r[1]) for r in found if r[2] in ("pending_sync", "sync_failed")]
+
+
+def execute_unless_edited(conn: psycopg.Connection, sql: str, params: list[dict[str, Any]]) -> set[Any]:
+    """Run a per-row write (``sql`` ends in ``where id = %(id)s``) only on
+    rows the app has not edited since they were read: each param carries the
+    ``seen_local`` (``local_updated_at``) it was planned from. The sync plans
+    from rows read before its Google calls and writes later; without this
+    check an app edit made in between was overwritten and marked synced —
+    lost without a trace. Returns the ids written; a skipped row keeps the
+    app's content and stays pending, so its push meets Google's newer etag
+    (412) and merges three-way."""
+    if not params:
+        return set()
+    written: set[Any] = set()
+    with conn.cursor() as cur:
+        cur.executemany(sql + " and local_updated_at = %(seen_local)s returning id", params, returning=True)
+        while True:
+            for (row_id,) in cur.fetchall():
+                written.add(row_id)
+            if not cur.nextset():
+                break
+    return written
 
 
 def executemany(conn: psycopg.Connection, sql: str, params: list[dict[str, Any]]) -> None:

@@ -128,13 +128,17 @@ def sync_calendars(
         if any(isinstance(e, Refused) for e in errors):
             raise Refused(message, {"calendars": rows})
         raise JobFailed(message, {"calendars": rows})
-    if totals.get("push_failed"):
-        report.warnings.append(f"{totals['push_failed']} row(s) failed to push this run (see calendar status)")
     report.summary = (
         f"{mode}: {len(calendars)} calendar(s); {totals.get('inserted', 0)} new, {totals.get('updated', 0)} updated, "
         f"{totals.get('merged', 0)} merged, {totals.get('deleted', 0)} deleted, {totals.get('pushed', 0)} pushed, "
         f"{totals.get('conflicts', 0)} conflict(s)"
     )
+    if totals.get("push_failed"):
+        # Local changes that did not reach Google (some now sync_failed) are
+        # not "done and healthy": ok is false (HTTP 200, exit 1), not a
+        # warning under ok: true.
+        report.warnings.append(f"{totals['push_failed']} row(s) failed to push this run (see calendar status)")
+        report.problems(f"{report.summary}; {totals['push_failed']} row(s) failed to push")
 
 
 def reset_failed_rows(conn: psycopg.Connection, calendar_id: str, run_id: str) -> int:

@@ -44,8 +44,12 @@ def occurrences(event: dict, until: datetime) -> Iterator[tuple[str, dict, dict]
         length = date.fromisoformat(event["end"]["date"]) - first
     else:
         zone = ZoneInfo(event["start"].get("timeZone") or "UTC")
-        first_dt = datetime.fromisoformat(event["start"]["dateTime"].replace("Z", "+00:00")).astimezone(zone)
-        length = datetime.fromisoformat(event["end"]["dateTime"].replace("Z", "+00:00")) - first_dt
+        def parse(text: str) -> datetime:  # no offset: wall time in the event's zone
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+        first_dt = parse(event["start"]["dateTime"]).astimezone(zone)
+        length = parse(event["end"]["dateTime"]) - first_dt
         first = first_dt.date()
     produced = 0
     for n in range(HORIZON):

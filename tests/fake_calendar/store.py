@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .recurrence import occurrences
 
@@ -40,15 +41,78 @@ def _now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+def _instant(text: str, zone: str | None = None) -> datetime:
+    """An RFC 3339 instant; one without an offset is wall time in ``zone``."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(zone or "UTC"))
+    return moment.astimezone(timezone.utc)
+
+
+def _has_offset(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _bounds(event: dict) -> tuple[datetime, datetime]:
     s, e = event["start"], event["end"]
     if "date" in s:
         return (datetime.fromisoformat(s["date"]).replace(tzinfo=timezone.utc), datetime.fromisoformat(e["date"]).replace(tzinfo=timezone.utc))
-    return _instant(s["dateTime"]), _instant(e["dateTime"])
+    return _instant(s["dateTime"], s.get("timeZone")), _instant(e["dateTime"], e.get("timeZone") or s.get("timeZone"))
+
+
+def _check_zones(event: dict) -> None:
+    """Event resource, EventDateTime (https://developers.google.com/calendar/api/v3/reference/events):
+    ``dateTime``: "A time zone offset is required unless a time zone is
+    explicitly specified in timeZone"; ``timeZone``: "Formatted as an IANA
+    Time Zone Database name, e.g. "Europe/Zurich"". Google answers 400
+    "Missing time zone definition" / "Invalid time zone definition"."""
+    for side in ("start", "end"):
+        value = event.get(side) or {}
+        zone = value.get("timeZone")
+        if zone:
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ApiError(400, "invalid", f"Invalid time zone definition for {side} time.") from None
+        if "dateTime" in value and not zone and not _has_offset(value["dateTime"]):
+            raise ApiError(400, "invalid", f"Missing time zone definition for {side} time.")
+
+
+RECURRENCE_LINE = re.compile(r"^(RRULE|EXRULE|RDATE|EXDATE)[:;]")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def _check_content(event: dict) -> None:
+    """Event resource (https://developers.google.com/calendar/api/v3/reference/events):
+    recurrence is a "List of RRULE, EXRULE, RDATE and EXDATE lines ... Note
+    that DTSTART and DTEND lines are not allowed in this field"; an
+    attendee's email "must be present when adding an attendee. It must be a
+    valid email address as per RFC5322"."""
+    for line in event.get("recurrence") or []:
+        if not isinstance(line, str) or not RECURRENCE_LINE.match(line):
+            raise ApiError(400, "invalid", "Invalid recurrence rule.")
+    for attendee in event.get("attendees") or []:
+        email = attendee.get("email") if isinstance(attendee, dict) else None
+        if not isinstance(email, str) or not EMAIL_RE.match(email):
+            raise ApiError(400, "invalid", "Invalid attendee email.")
+
+
+def _check_list_bounds(params: dict[str, str]) -> None:
+    """events.list / events.instances (https://developers.google.com/calendar/api/v3/reference/events/list):
+    timeMin and timeMax "Must be an RFC3339 timestamp with mandatory time
+    zone offset"; "If timeMax is set, timeMin must be smaller than timeMax";
+    orderBy "startTime" "is only available when querying single events (i.e.
+    the parameter singleEvents is True)"."""
+    for name in ("timeMin", "timeMax"):
+        if name in params and not _has_offset(params[name]):
+            raise ApiError(400, "badRequest", f"Bad Request: {name} must be an RFC3339 timestamp with a time zone offset.")
+    if "timeMin" in params and "timeMax" in params and _instant(params["timeMin"]) >= _instant(params["timeMax"]):
+        raise ApiError(400, "timeRangeEmpty", "The specified time range is empty.", "calendar")
+    if params.get("orderBy") == "startTime" and params.get("singleEvents") != "true":
+        raise ApiError(400, "invalid", "The requested ordering is not available for the particular query.")
 
 
 def _original_key(text: str) -> str:
@@ -62,6 +126,8 @@ def _validate_times(event: dict) -> None:
     s, e = event.get("start"), event.get("end")
     if not s or not e:
         raise ApiError(400, "required", "Missing end time." if s else "Missing start time.")
+    _check_zones(event)
+    _check_content(event)
     if ("date" in s) != ("date" in e):
         raise ApiError(400, "invalid", "Start and end times must either both be date or both be dateTime.")
     start, end = _bounds(event)
@@ -205,6 +271,7 @@ class FakeStore:
                     raise ApiError(400, "invalid", f"Sync token cannot be combined with {', '.join(bad)}.")
                 if params.get("showDeleted") == "false":
                     raise ApiError(400, "invalid", "showDeleted cannot be false with a sync token.")
+            _check_list_bounds(params)
             max_results = min(int(params.get("maxResults", "250")), 2500)
             page = params.get("pageToken")
             query_key = hashlib.sha256(repr(sorted((k, v) for k, v in params.items() if k != "pageToken")).encode()).hexdigest()[:16]
@@ -374,6 +441,7 @@ class FakeStore:
             master = self.events(cal).get(event_id)
             if master is None or master.get("status") == "cancelled" or not master.get("recurrence"):
                 raise ApiError(404, "notFound", "Not Found")
+            _check_list_bounds(params)
             tmax = _instant(params["timeMax"]) if "timeMax" in params else datetime.now(timezone.utc) + timedelta(days=3650)
             items = self._instances(cal, master, tmax)
             if "originalStart" in params:
