@@ -83,3 +83,26 @@ def test_missing_backup_and_failed_run_show_in_health(make_db, write_settings) -
     assert any("no complete backup of prod" in r for r in reasons)
     assert any("content_sync sync failed: boom" in r for r in reasons)
     assert body["details"]["health"] == "failing"
+
+
+def test_a_damaged_newest_backup_is_no_longer_invisible(backed_up) -> None:
+    """Listing and "latest" pass over a backup whose manifest cannot be
+    trusted or whose dump is gone, so the status page said "ok", dated by
+    the backup before it."""
+    import time
+
+    from safesync.functions.backup.layout import BackupName
+
+    settings = backed_up
+    time.sleep(1.1)  # backup ids are per second
+    broken = create_backup(settings, "prod", "manual")
+    settings.storage.put(BackupName.parse(broken.id).manifest_key, b'{"manifest_version": 2, "id": ', overwrite=True)
+    client = create_app().test_client()
+    body = client.get("/status", headers=BEARER).get_json()["details"]
+    assert body["health"] == "degraded", body["reasons"]
+    assert any(broken.id in r and "unreadable manifest" in r for r in body["reasons"]), body["reasons"]
+    time.sleep(1.1)
+    gone = create_backup(settings, "prod", "manual")
+    settings.storage.delete(BackupName.parse(gone.id).dump_key)
+    reasons = client.get("/status", headers=BEARER).get_json()["details"]["reasons"]
+    assert any(gone.id in r and "manifest without its dump" in r for r in reasons), reasons

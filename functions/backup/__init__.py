@@ -10,6 +10,7 @@ Library API for other jobs (they take no lock; call them inside your run):
   (kinds: manual, daily, predeploy, presync, premigrate, safety)
 - ``list_backups(settings, db=None) -> list[BackupInfo]`` (complete only, newest first)
 - ``latest_backup(settings, db) -> BackupInfo | None``
+- ``damaged_backups(settings, db) -> list[dict]`` (unreadable manifests, manifests without their dump)
 - ``get_backup(settings, backup_id) -> BackupInfo``
 - ``verify_backup(settings, backup_id_or_info, restore_drill_too=False) -> VerifyResult``
 - ``restore_backup(settings, backup_id, target_db, confirm=None, db=None) -> RestoreResult``
@@ -24,7 +25,7 @@ HTTP (``handle_http``, ``http.py``) and CLI (``register_cli``, ``cli.py``)
 wrap the runs.
 """
 
-from .catalog import get_backup, latest_backup, list_backups
+from .catalog import damaged_backups, get_backup, latest_backup, list_backups
 from .cli import register_cli
 from .create import create_backup
 from .http import handle_http
@@ -46,6 +47,7 @@ __all__ = [
     "VerifyResult",
     "backup_timeline",
     "create_backup",
+    "damaged_backups",
     "get_backup",
     "handle_http",
     "human_bytes",

@@ -102,6 +102,17 @@ def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
     return next((info for info in complete if not info.partial), None)
 
 
+def damaged_backups(settings: Settings, db: str) -> list[dict[str, str]]:
+    """Backups of ``db`` that are damaged, not merely unfinished: a manifest
+    that cannot be read or trusted, or a manifest whose dump is gone
+    (``id``, ``problem``), oldest first. Listing and ``latest`` pass over
+    them, so without this a damaged newest backup looked like no news."""
+    catalog = scan(settings.storage, settings.check_database(db))
+    found = [{"id": u["id"], "problem": f"unreadable manifest: {u['problem']}"} for u in catalog.unreadable]
+    found += [{"id": left.id, "problem": left.reason} for left in catalog.leftovers if left.reason == MANIFEST_WITHOUT_DUMP]
+    return sorted(found, key=lambda d: d["id"])
+
+
 def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
     """One complete backup by id; NotFoundError if it is missing or incomplete."""
     name = BackupName.parse(backup_id)
