@@ -206,3 +206,12 @@ def test_cli_surface(env, capsys) -> None:
     assert cli.main([*admin_restore, "--db", "prod", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["details"]["restore"]["target"] == "scratch" and os.environ["SCRATCH_DATABASE_URL"]
+
+
+def test_an_unknown_action_is_echoed_back_short(client) -> None:
+    """A 1 MB body of one unknown word came back whole in the 400's detail."""
+    r = client.post("/backup", json={"action": "x" * 500_000}, headers=BEARER)
+    body = r.get_json()
+    assert r.status_code == 400 and "must be one of" in body["error"]
+    assert body["detail"]["got"] == "x" * 64 + "…" and len(r.get_data()) < 1000
+    assert client.post("/backup", json={"action": "restor"}, headers=BEARER).get_json()["detail"]["got"] == "restor"

@@ -86,7 +86,9 @@ def handle_http(call: Call) -> Answer:
         return handle_webhook(call)
     action = call.body.get("action")
     if not isinstance(action, str) or action not in _MODELS:
-        raise BadRequest(f"action: must be one of {', '.join(_MODELS)}", {"got": action if isinstance(action, str) else None})
+        # the unknown word echoed back, within reason: a body may hold up to 1 MB of it
+        got = (action if len(action) <= 64 else action[:64] + "…") if isinstance(action, str) else None
+        raise BadRequest(f"action: must be one of {', '.join(_MODELS)}", {"got": got})
     body = validate_body(_MODELS[action], call.body)
     settings = call.settings
     trigger = call.trigger()
