@@ -302,6 +302,18 @@ def test_process_killed_mid_backup_then_next_create_and_prune(make_db, write_set
 
 
 @pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+@pytest.mark.parametrize("command", ["verify", "restore"])
+def test_an_overlong_backup_id_is_a_usage_error(env, command, capsys) -> None:
+    """A 5000-character id matched the id pattern and then failed in storage
+    ("name too long"): exit 1, retryable, instead of a usage error."""
+    backup_id = "prod" + "x" * 5000 + "-20260101T020000Z-manual"
+    argv = ["backup", command, backup_id] + (["--to", "scratch"] if command == "restore" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a backup id" in err and "at most 200 characters" in err and len(err) < 400, err
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
 @pytest.mark.parametrize("argv", [
     ["backup", "prune", "--db", ""],  # `--db "$DB"` with DB unset: never "prune every database"
     ["backup", "list", "--db", ""],

@@ -37,6 +37,7 @@ _STAMP = r"\d{8}T\d{6}Z"
 _KIND = "|".join(KINDS)
 # Matched with fullmatch: "$" would also match before a final "\n".
 ID_RE = re.compile(rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND})")
+MAX_ID = 200  # the HTTP bodies' limit for ids too
 KEY_RE = re.compile(
     rf"(?P<db>[A-Za-z_][A-Za-z0-9_]*)/(?P<year>\d{{4}})/(?P<month>\d{{2}})/"
     rf"(?P<id>(?P=db)-(?P<stamp>{_STAMP})-(?P<kind>{_KIND}))\.(?P<suffix>dump\.age|dump|sha256|json)"
@@ -84,10 +85,12 @@ class BackupName:
     @classmethod
     def parse(cls, backup_id: str) -> "BackupName":
         """Parse a user-given id; BadRequest (400 / exit 2) if malformed."""
-        match = ID_RE.fullmatch(backup_id or "")
+        # as long as HTTP bodies allow: a longer one failed in storage ("name too long"), retryable
+        match = ID_RE.fullmatch(backup_id or "") if len(backup_id or "") <= MAX_ID else None
         if not match:
+            shown = backup_id if len(backup_id or "") <= 80 else backup_id[:80] + "…"
             raise BadRequest(
-                f"{backup_id!r} is not a backup id (expected <db>-<YYYYMMDDTHHMMSSZ>-<kind>, "
+                f"{shown!r} is not a backup id (expected <db>-<YYYYMMDDTHHMMSSZ>-<kind>, at most {MAX_ID} characters, "
                 "e.g. prod-20260101T020000Z-daily; `safesync backup list` shows them)"
             )
         return cls(match["db"], match["stamp"], match["kind"])
