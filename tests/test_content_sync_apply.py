@@ -64,3 +64,24 @@ def test_a_constraint_failure_rolls_everything_back(pg_server, make_db, write_se
     assert answer.status == 422
     assert "rolled back, target unchanged" in answer.body["error"] and "courses_slug_key" in answer.body["error"]
     assert _fingerprint(prod) == before
+
+
+def test_a_dry_run_that_draws_ids_says_so(make_db, write_settings):
+    """A table matched on a natural key gets new rows' ids from the target's
+    sequence: the dry-run's INSERT draws them, and ROLLBACK does not give
+    them back. The summary said "rolled back" as if prod were untouched."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table courses (id serial primary key, slug text not null unique, title text)")
+            conn.execute("insert into courses (slug, title) values ('a', 'A')")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into courses (slug, title) values ('b', 'B')")
+    config = '[content_sync]\ntables = ["courses"]\n[content_sync.options.courses]\nmatch_on = ["slug"]\n'
+    settings = write_settings({"dev": dev, "prod": prod}, config)
+    answer = content_sync(settings, "dry-run", adopt=True)
+    assert answer.status == 200, answer.body
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value from courses_id_seq").fetchone()[0] == 2  # drawn, not given back
+    assert "except sequence values drawn from public.courses_id_seq" in answer.body["summary"]
+    assert answer.body["details"]["sequences_drawn"] == ["public.courses_id_seq"]

@@ -285,3 +285,34 @@ def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> No
                 name=sql.Literal(move.sequence), max_id=sql.Literal(move.max_id), seq=sql.SQL(move.sequence)
             )
             tgt.execute(query)
+
+
+def sequences_drawn(tgt: psycopg.Connection, plan: SyncPlan) -> list[str]:
+    """The content tables' sequences this transaction drew values from
+    (``nextval``, e.g. the id default of a new row of a table matched on a
+    natural key): ``nextval`` takes RowExclusiveLock on the sequence, kept to
+    the end of the transaction. Read before a rollback: ROLLBACK does not
+    give those values back, so a dry-run or refused run that drew them must
+    not say that nothing changed."""
+    names = sorted({seq for spec in plan.tables for _, seq in spec.sequences})
+    if not names:
+        return []
+    rows = tgt.execute(
+        """
+        select s.name from unnest(%s::text[]) as s(name)
+        where exists (select from pg_catalog.pg_locks l
+                      where l.locktype = 'relation' and l.pid = pg_catalog.pg_backend_pid()
+                        and l.relation = pg_catalog.to_regclass(s.name) and l.mode = 'RowExclusiveLock')
+        order by 1
+        """,
+        [names],
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def sequences_note(drawn: Sequence[str]) -> str:
+    """What a rollback leaves behind, for a summary: nothing, or the
+    sequences it drew values from."""
+    if not drawn:
+        return ""
+    return f" (except sequence values drawn from {', '.join(drawn)}: sequences are not transactional)"

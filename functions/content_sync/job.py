@@ -222,10 +222,11 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         problem = _verify_written(tgt, decisions)
     if problem:
         why = triggers.explain_all(src, tgt, decisions)  # reads the written rows: before the rollback
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
         report.details["verified"] = False
         # nothing else writes inside this transaction: the next run would differ the same way
-        report.refuse(f"rolled back, nothing changed: after writing, {problem}" + (f" — {why}" if why else ""))
+        report.refuse(f"rolled back{_undone(drawn)}: after writing, {problem}" + (f" — {why}" if why else ""))
         return
     with report.timed("ledger"):
         watch.before_record(tgt)
@@ -246,8 +247,9 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         return
     report.details["verified"] = not left
     if left:
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        report.fail(f"rolled back, nothing changed: after writing, source and target still differ in {', '.join(left)}")
+        report.fail(f"rolled back{_undone(drawn)}: after writing, source and target still differ in {', '.join(left)}")
         return
     if mode == "sync" and any(d.writes or d.deletes for d in decisions):
         _wait_for_backup(report, backup, progress)  # no commit without it
@@ -264,8 +266,11 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     kept = sum(len(d.kept) + len(d.records.kept) for d in decisions)
     kept_text = f"; {kept} row(s) kept as production has them" if kept else ""
     if mode == "dry-run":
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        report.summary = f"dry-run, rolled back: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
+        if drawn:
+            report.details["sequences_drawn"] = drawn
+        report.summary = f"dry-run, rolled back{apply.sequences_note(drawn)}: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         return
     with proof.catalog_path(tgt):  # nothing a trigger put on search_path can run here
         apply.move_sequences(tgt, moves)  # not transactional: only after the proof, when nothing can fail before COMMIT
@@ -301,10 +306,19 @@ def prove(
     report.tables["protection proof"] = result.rows
     report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
     if not result.ok:
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        undone = " (except sequence values, which are not transactional)" if any("nextval" in c for v in result.violations for c in v["changes"]) else ", nothing changed"
+        protected_drawn = any("nextval" in c for v in result.violations for c in v["changes"])
+        undone = " (except sequence values, which are not transactional)" if protected_drawn and not drawn else _undone(drawn)
         report.refuse(f"rolled back{undone}: the {what} changed protected object(s) {result.describe()} (a trigger, rule or cascade?)")
     return result
+
+
+def _undone(drawn: list[str]) -> str:
+    """", nothing changed" after a rollback, unless the transaction drew
+    values from content sequences (``apply.sequences_drawn``): ROLLBACK does
+    not give them back."""
+    return apply.sequences_note(drawn) or ", nothing changed"
 
 
 def database_error(what: str, exc: psycopg.Error) -> SafesyncError:
