@@ -243,6 +243,10 @@ def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
                 retyped.append(f"{n}: {a.type} -> {b.type}")
             elif a.generated != b.generated:
                 retyped.append(f"{n}: {'generated' if a.generated else 'plain'} -> {'generated' if b.generated else 'plain'}")
+            elif a.generated and a.default != b.default:
+                # never compared nor written (each side computes its own), so a different
+                # expression would leave the column differing under an "identical" compare
+                retyped.append(f"{n}: generated always as ({a.default}) -> generated always as ({b.default})")
     return Drift(missing, extra, tuple(retyped))
 
 
