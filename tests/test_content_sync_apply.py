@@ -85,3 +85,20 @@ def test_a_dry_run_that_draws_ids_says_so(make_db, write_settings):
         assert conn.execute("select last_value from courses_id_seq").fetchone()[0] == 2  # drawn, not given back
     assert "except sequence values drawn from public.courses_id_seq" in answer.body["summary"]
     assert answer.body["details"]["sequences_drawn"] == ["public.courses_id_seq"]
+
+
+def test_a_descending_sequence_moves_down_past_the_synced_ids(make_db, write_settings):
+    """A sequence with a negative increment hands out ever smaller ids: the
+    sync moved it "forward" to the largest id (from -3 back to -1), so the
+    application's next insert drew -2, a synced row's id."""
+    dev, prod = make_db(), make_db()
+    ddl = "create sequence s increment -1 start -1 maxvalue -1; create table t (id int primary key default nextval('s'), v text)"
+    for url, rows in ((dev, 5), (prod, 3)):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+            conn.execute("insert into t (v) select 'x' from generate_series(1, %s)", [rows])
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["t"]\n'), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert answer.body["details"]["sequences"][0]["set_to"] == -5
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("insert into t (v) values ('app') returning id").fetchone()[0] == -6

@@ -237,15 +237,20 @@ def column_texts(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key])
 
 @dataclass(frozen=True)
 class SequenceMove:
+    """Where one sequence stands against its column's ids. For a descending
+    sequence (negative increment) "forward" is downwards: ``max_id`` is then
+    the table's smallest id and ``current`` the lowest value handed out."""
+
     table: str
     column: str
     sequence: str  # schema-qualified, quoted where needed
-    current: int  # the highest value handed out so far (start - 1 if never used)
-    max_id: int
+    current: int  # the furthest value handed out so far (start - increment if never used)
+    max_id: int  # the table's id furthest along the sequence's direction
+    descending: bool = False
 
     @property
     def moves(self) -> bool:
-        return self.max_id > self.current
+        return self.max_id < self.current if self.descending else self.max_id > self.current
 
     def as_row(self) -> dict:
         return {
@@ -258,31 +263,36 @@ class SequenceMove:
         }
 
 
-_HIGH_WATER = "(select case when is_called then last_value else last_value - 1 end from {seq})"
+_INCREMENT = "(select seqincrement from pg_catalog.pg_sequence where seqrelid = {name}::regclass)"
+_HIGH_WATER = "(select case when is_called then last_value else last_value - " + _INCREMENT + " end from {seq})"
 
 
 def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMove]:
     """Where each sequence the table's columns draw from stands against the table's
-    largest id (after this transaction's writes)."""
+    furthest id in the sequence's direction — the largest, or the smallest for a
+    descending sequence — after this transaction's writes."""
     out = []
     for column, seq in spec.sequences:
-        query = sql.SQL("select max({col})::bigint, " + _HIGH_WATER + " from {table}").format(
-            col=sql.Identifier(column), seq=sql.SQL(seq), table=spec.table.ident
+        query = sql.SQL("select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0 from {table}").format(
+            col=sql.Identifier(column), seq=sql.SQL(seq), name=sql.Literal(seq), table=spec.table.ident
         )
-        max_id, current = tgt.execute(query).fetchone()
+        max_id, min_id, current, descending = tgt.execute(query).fetchone()
         if max_id is not None:
-            out.append(SequenceMove(spec.name, column, seq, current, max_id))
+            out.append(SequenceMove(spec.name, column, seq, current, min_id if descending else max_id, descending))
     return out
 
 
 def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> None:
-    """Move sequences forward only. ``greatest`` re-reads the sequence in the
-    same statement, so a value the application drew meanwhile is never
-    handed out again."""
+    """Move sequences forward only (downwards for a descending one).
+    ``greatest``/``least`` re-reads the sequence in the same statement, so a
+    value the application drew meanwhile is never handed out again."""
     for move in moves:
         if move.moves:
-            query = sql.SQL("select pg_catalog.setval({name}::regclass, greatest({max_id}, " + _HIGH_WATER + "))").format(
-                name=sql.Literal(move.sequence), max_id=sql.Literal(move.max_id), seq=sql.SQL(move.sequence)
+            query = sql.SQL("select pg_catalog.setval({name}::regclass, {pick}({max_id}, " + _HIGH_WATER + "))").format(
+                name=sql.Literal(move.sequence),
+                pick=sql.SQL("least" if move.descending else "greatest"),
+                max_id=sql.Literal(move.max_id),
+                seq=sql.SQL(move.sequence),
             )
             tgt.execute(query)
 
