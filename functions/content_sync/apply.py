@@ -139,6 +139,8 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         )
     else:
         action = sql.SQL("do nothing")
+    if update:  # without columns to set, DO NOTHING overwrites nothing
+        _lock_staged(tgt, spec, temp)
     query = sql.SQL("insert into {table} as cur ({names}){overriding} {rows} on conflict ({key}) {action}").format(
         table=spec.table.ident,
         names=names,
@@ -148,6 +150,23 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         action=action,
     )
     return tgt.execute(query).rowcount
+
+
+def _lock_staged(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> None:
+    """Lock the target rows the staged rows will overwrite, as this
+    transaction's snapshot sees them, before the upsert.
+
+    The upsert alone misses a production DELETE committed after the
+    snapshot (the compare judged the row against the ledger as it was):
+    ``ON CONFLICT`` finds no live row, so the INSERT quietly brings the
+    deleted row back with the source's content. ``FOR UPDATE`` in REPEATABLE
+    READ raises a serialization failure for a row deleted or updated since
+    the snapshot — the run fails as "target changed concurrently" and rolls
+    back — and holds every other row until COMMIT."""
+    match = sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier("cur", k), sql.Identifier("s", k)) for k in spec.key)
+    tgt.execute(
+        sql.SQL("select from {table} as cur join {temp} as s on {match} for update of cur").format(table=spec.table.ident, temp=temp, match=match)
+    )
 
 
 def _update_then_insert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
