@@ -102,3 +102,23 @@ def test_a_descending_sequence_moves_down_past_the_synced_ids(make_db, write_set
     assert answer.body["details"]["sequences"][0]["set_to"] == -5
     with psycopg.connect(prod) as conn:
         assert conn.execute("insert into t (v) values ('app') returning id").fetchone()[0] == -6
+
+
+def test_a_write_the_server_rejects_names_the_table(make_db, write_settings):
+    """PostgreSQL's own message for an upsert into a table with an INSERT or
+    UPDATE rule, or with a deferrable primary key, names no table: the
+    refusal said only "sync rolled back, target unchanged: INSERT with ON
+    CONFLICT clause cannot be used with table that has INSERT or UPDATE rules"."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table plain (id int primary key, v text); create table ruled (id int primary key, v text)")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into plain values (1, 'a'); insert into ruled values (1, 'a')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("create rule quiet as on update to ruled do instead nothing")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["plain", "ruled"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    assert answer.status == 422, answer.body
+    assert answer.body["error"].startswith("sync (writing ruled) rolled back, target unchanged: INSERT with ON CONFLICT"), answer.body["error"]
+    assert "writing" not in answer.body["report"]["details"]
