@@ -122,3 +122,24 @@ def test_a_write_the_server_rejects_names_the_table(make_db, write_settings):
     assert answer.status == 422, answer.body
     assert answer.body["error"].startswith("sync (writing ruled) rolled back, target unchanged: INSERT with ON CONFLICT"), answer.body["error"]
     assert "writing" not in answer.body["report"]["details"]
+
+
+def test_a_sequence_that_cannot_reach_the_synced_ids_is_refused_before_anything_moves(make_db, write_settings):
+    """prod's b_seq stops at 100 and dev's b has id 200: the dry-run said ok,
+    and the sync's setval failed after the proof — when a_seq had already
+    moved — and reported "target unchanged: current transaction is aborted"."""
+    dev, prod = make_db(), make_db()
+    tables = "create table a (id int primary key default nextval('a_seq'), v text); create table b (id int primary key default nextval('b_seq'), v text);"
+    with psycopg.connect(dev) as conn:
+        conn.execute("create sequence a_seq; create sequence b_seq;" + tables + "insert into a values (50, 'x'); insert into b values (200, 'y')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("create sequence a_seq; create sequence b_seq maxvalue 100;" + tables)
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["a", "b"]\n')
+    for mode in ("dry-run", "sync"):
+        answer = content_sync(settings, mode, adopt=True)
+        assert answer.status == 422, answer.body
+        assert "b.id holds 200, past sequence public.b_seq's maxvalue 100" in answer.body["summary"], answer.body
+        assert answer.body["summary"].startswith("rolled back, nothing changed")
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
+        assert conn.execute("select count(*) from a").fetchone()[0] == 0

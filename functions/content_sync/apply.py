@@ -266,10 +266,24 @@ class SequenceMove:
     current: int  # the furthest value handed out so far (start - increment if never used)
     max_id: int  # the table's id furthest along the sequence's direction
     descending: bool = False
+    limit: int | None = None  # the sequence's maxvalue (minvalue when descending)
 
     @property
     def moves(self) -> bool:
         return self.max_id < self.current if self.descending else self.max_id > self.current
+
+    @property
+    def out_of_range(self) -> bool:
+        """``setval`` would fail: the id lies past the sequence's bound. It
+        must be known before the proof — a failing ``setval`` after it would
+        abort the transaction once earlier sequences had already moved."""
+        if not self.moves or self.limit is None:
+            return False
+        return self.max_id < self.limit if self.descending else self.max_id > self.limit
+
+    def describe(self) -> str:
+        bound = "minvalue" if self.descending else "maxvalue"
+        return f"{self.table}.{self.column} holds {self.max_id}, past sequence {self.sequence}'s {bound} {self.limit}"
 
     def as_row(self) -> dict:
         return {
@@ -282,7 +296,8 @@ class SequenceMove:
         }
 
 
-_INCREMENT = "(select seqincrement from pg_catalog.pg_sequence where seqrelid = {name}::regclass)"
+_SEQUENCE = "(select {field} from pg_catalog.pg_sequence where seqrelid = {name}::regclass)"
+_INCREMENT = _SEQUENCE.replace("{field}", "seqincrement")
 _HIGH_WATER = "(select case when is_called then last_value else last_value - " + _INCREMENT + " end from {seq})"
 
 
@@ -292,12 +307,14 @@ def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMov
     descending sequence — after this transaction's writes."""
     out = []
     for column, seq in spec.sequences:
-        query = sql.SQL("select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0 from {table}").format(
-            col=sql.Identifier(column), seq=sql.SQL(seq), name=sql.Literal(seq), table=spec.table.ident
-        )
-        max_id, min_id, current, descending = tgt.execute(query).fetchone()
+        query = sql.SQL(
+            "select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0, "
+            + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin") + " from {table}"
+        ).format(col=sql.Identifier(column), seq=sql.SQL(seq), name=sql.Literal(seq), table=spec.table.ident)
+        max_id, min_id, current, descending, seqmax, seqmin = tgt.execute(query).fetchone()
         if max_id is not None:
-            out.append(SequenceMove(spec.name, column, seq, current, min_id if descending else max_id, descending))
+            far, limit = (min_id, seqmin) if descending else (max_id, seqmax)
+            out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit))
     return out
 
 
