@@ -143,3 +143,33 @@ def test_a_sequence_that_cannot_reach_the_synced_ids_is_refused_before_anything_
     with psycopg.connect(prod) as conn:
         assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
         assert conn.execute("select count(*) from a").fetchone()[0] == 0
+
+
+def test_a_sequence_the_role_may_not_set_is_refused_before_anything_moves(pg_server, make_db, write_settings):
+    """The role may write both tables but lacks UPDATE on b_seq: setval
+    failed after the proof, once a_seq had moved, and the error that said
+    why was hidden by "current transaction is aborted"."""
+    import uuid
+
+    dev, prod = make_db(), make_db()
+    tables = "create sequence a_seq; create sequence b_seq; create table a (id int primary key default nextval('a_seq'), v text); create table b (id int primary key default nextval('b_seq'), v text);"
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(tables)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into a values (50, 'x'); insert into b values (70, 'y')")
+    role = f"seq_{uuid.uuid4().hex[:8]}"
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            f"""create role {role} login; grant connect on database "{dbname}" to {role}; grant usage on schema public to {role};
+            grant select, insert, update on a, b to {role}; grant select, usage on a_seq, b_seq to {role}; grant update on a_seq to {role};
+            create schema safesync; grant usage, create on schema safesync to {role};"""
+        )
+    url = pg_server.url(dbname, user=role, password=None)
+    answer = content_sync(write_settings({"dev": dev, "prod": url}, '[content_sync]\ntables = ["a", "b"]\npresync_backup = "none"\n'), "sync", adopt=True)
+    assert answer.status == 422, answer.body
+    assert "b.id holds 70, but the role lacks UPDATE on sequence public.b_seq" in answer.body["summary"], answer.body
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
+        assert conn.execute("select count(*) from a").fetchone()[0] == 0

@@ -267,23 +267,26 @@ class SequenceMove:
     max_id: int  # the table's id furthest along the sequence's direction
     descending: bool = False
     limit: int | None = None  # the sequence's maxvalue (minvalue when descending)
+    may_set: bool = True  # the role holds UPDATE on the sequence (setval needs it)
 
     @property
     def moves(self) -> bool:
         return self.max_id < self.current if self.descending else self.max_id > self.current
 
     @property
-    def out_of_range(self) -> bool:
-        """``setval`` would fail: the id lies past the sequence's bound. It
-        must be known before the proof — a failing ``setval`` after it would
-        abort the transaction once earlier sequences had already moved."""
-        if not self.moves or self.limit is None:
-            return False
-        return self.max_id < self.limit if self.descending else self.max_id > self.limit
-
-    def describe(self) -> str:
-        bound = "minvalue" if self.descending else "maxvalue"
-        return f"{self.table}.{self.column} holds {self.max_id}, past sequence {self.sequence}'s {bound} {self.limit}"
+    def problem(self) -> str | None:
+        """Why ``setval`` would fail: the id lies past the sequence's bound,
+        or the role may not set it. It must be known before the proof — a
+        failing ``setval`` after it would abort the transaction once earlier
+        sequences had already moved (they are not transactional)."""
+        if not self.moves:
+            return None
+        if self.limit is not None and (self.max_id < self.limit if self.descending else self.max_id > self.limit):
+            bound = "minvalue" if self.descending else "maxvalue"
+            return f"{self.table}.{self.column} holds {self.max_id}, past sequence {self.sequence}'s {bound} {self.limit}"
+        if not self.may_set:
+            return f"{self.table}.{self.column} holds {self.max_id}, but the role lacks UPDATE on sequence {self.sequence} to move it there"
+        return None
 
     def as_row(self) -> dict:
         return {
@@ -309,12 +312,13 @@ def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMov
     for column, seq in spec.sequences:
         query = sql.SQL(
             "select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0, "
-            + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin") + " from {table}"
+            + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin")
+            + ", pg_catalog.has_sequence_privilege({name}, 'UPDATE') from {table}"
         ).format(col=sql.Identifier(column), seq=sql.SQL(seq), name=sql.Literal(seq), table=spec.table.ident)
-        max_id, min_id, current, descending, seqmax, seqmin = tgt.execute(query).fetchone()
+        max_id, min_id, current, descending, seqmax, seqmin, may_set = tgt.execute(query).fetchone()
         if max_id is not None:
             far, limit = (min_id, seqmin) if descending else (max_id, seqmax)
-            out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit))
+            out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit, may_set))
     return out
 
 

@@ -237,7 +237,7 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
-    beyond = [m.describe() for m in moves if m.out_of_range]
+    beyond = [m.problem for m in moves if m.problem]
     if beyond:  # setval would fail after the proof, when earlier sequences had already moved
         drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
