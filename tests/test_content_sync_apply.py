@@ -64,3 +64,112 @@ def test_a_constraint_failure_rolls_everything_back(pg_server, make_db, write_se
     assert answer.status == 422
     assert "rolled back, target unchanged" in answer.body["error"] and "courses_slug_key" in answer.body["error"]
     assert _fingerprint(prod) == before
+
+
+def test_a_dry_run_that_draws_ids_says_so(make_db, write_settings):
+    """A table matched on a natural key gets new rows' ids from the target's
+    sequence: the dry-run's INSERT draws them, and ROLLBACK does not give
+    them back. The summary said "rolled back" as if prod were untouched."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table courses (id serial primary key, slug text not null unique, title text)")
+            conn.execute("insert into courses (slug, title) values ('a', 'A')")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into courses (slug, title) values ('b', 'B')")
+    config = '[content_sync]\ntables = ["courses"]\n[content_sync.options.courses]\nmatch_on = ["slug"]\n'
+    settings = write_settings({"dev": dev, "prod": prod}, config)
+    answer = content_sync(settings, "dry-run", adopt=True)
+    assert answer.status == 200, answer.body
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value from courses_id_seq").fetchone()[0] == 2  # drawn, not given back
+    assert "except sequence values drawn from public.courses_id_seq" in answer.body["summary"]
+    assert answer.body["details"]["sequences_drawn"] == ["public.courses_id_seq"]
+
+
+def test_a_descending_sequence_moves_down_past_the_synced_ids(make_db, write_settings):
+    """A sequence with a negative increment hands out ever smaller ids: the
+    sync moved it "forward" to the largest id (from -3 back to -1), so the
+    application's next insert drew -2, a synced row's id."""
+    dev, prod = make_db(), make_db()
+    ddl = "create sequence s increment -1 start -1 maxvalue -1; create table t (id int primary key default nextval('s'), v text)"
+    for url, rows in ((dev, 5), (prod, 3)):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+            conn.execute("insert into t (v) select 'x' from generate_series(1, %s)", [rows])
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["t"]\n'), "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert answer.body["details"]["sequences"][0]["set_to"] == -5
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("insert into t (v) values ('app') returning id").fetchone()[0] == -6
+
+
+def test_a_write_the_server_rejects_names_the_table(make_db, write_settings):
+    """PostgreSQL's own message for an upsert into a table with an INSERT or
+    UPDATE rule, or with a deferrable primary key, names no table: the
+    refusal said only "sync rolled back, target unchanged: INSERT with ON
+    CONFLICT clause cannot be used with table that has INSERT or UPDATE rules"."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table plain (id int primary key, v text); create table ruled (id int primary key, v text)")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into plain values (1, 'a'); insert into ruled values (1, 'a')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("create rule quiet as on update to ruled do instead nothing")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["plain", "ruled"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    assert answer.status == 422, answer.body
+    assert answer.body["error"].startswith("sync (writing ruled) rolled back, target unchanged: INSERT with ON CONFLICT"), answer.body["error"]
+    assert "writing" not in answer.body["report"]["details"]
+
+
+def test_a_sequence_that_cannot_reach_the_synced_ids_is_refused_before_anything_moves(make_db, write_settings):
+    """prod's b_seq stops at 100 and dev's b has id 200: the dry-run said ok,
+    and the sync's setval failed after the proof — when a_seq had already
+    moved — and reported "target unchanged: current transaction is aborted"."""
+    dev, prod = make_db(), make_db()
+    tables = "create table a (id int primary key default nextval('a_seq'), v text); create table b (id int primary key default nextval('b_seq'), v text);"
+    with psycopg.connect(dev) as conn:
+        conn.execute("create sequence a_seq; create sequence b_seq;" + tables + "insert into a values (50, 'x'); insert into b values (200, 'y')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("create sequence a_seq; create sequence b_seq maxvalue 100;" + tables)
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["a", "b"]\n')
+    for mode in ("dry-run", "sync"):
+        answer = content_sync(settings, mode, adopt=True)
+        assert answer.status == 422, answer.body
+        assert "b.id holds 200, past sequence public.b_seq's maxvalue 100" in answer.body["summary"], answer.body
+        assert answer.body["summary"].startswith("rolled back, nothing changed")
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
+        assert conn.execute("select count(*) from a").fetchone()[0] == 0
+
+
+def test_a_sequence_the_role_may_not_set_is_refused_before_anything_moves(pg_server, make_db, write_settings):
+    """The role may write both tables but lacks UPDATE on b_seq: setval
+    failed after the proof, once a_seq had moved, and the error that said
+    why was hidden by "current transaction is aborted"."""
+    import uuid
+
+    dev, prod = make_db(), make_db()
+    tables = "create sequence a_seq; create sequence b_seq; create table a (id int primary key default nextval('a_seq'), v text); create table b (id int primary key default nextval('b_seq'), v text);"
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(tables)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into a values (50, 'x'); insert into b values (70, 'y')")
+    role = f"seq_{uuid.uuid4().hex[:8]}"
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(
+            f"""create role {role} login; grant connect on database "{dbname}" to {role}; grant usage on schema public to {role};
+            grant select, insert, update on a, b to {role}; grant select, usage on a_seq, b_seq to {role}; grant update on a_seq to {role};
+            create schema safesync; grant usage, create on schema safesync to {role};"""
+        )
+    url = pg_server.url(dbname, user=role, password=None)
+    answer = content_sync(write_settings({"dev": dev, "prod": url}, '[content_sync]\ntables = ["a", "b"]\npresync_backup = "none"\n'), "sync", adopt=True)
+    assert answer.status == 422, answer.body
+    assert "b.id holds 70, but the role lacks UPDATE on sequence public.b_seq" in answer.body["summary"], answer.body
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
+        assert conn.execute("select count(*) from a").fetchone()[0] == 0

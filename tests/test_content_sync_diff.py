@@ -375,3 +375,21 @@ def test_a_difference_in_the_largest_uuid_key_is_found(make_db, rows, span, chan
     last = (str(keys[-1]),)
     found = {"updated": result.changed, "deleted": result.extra, "inserted": result.new}[change]
     assert set(found) == {last} and result.differs and result.complete
+
+
+def test_a_generated_column_with_another_expression_is_drift(make_db, write_settings):
+    """Generated columns are neither compared nor written — each side computes
+    its own — so a different expression left dev's g = 10 and prod's g = 15
+    under "all 1 content tables identical"."""
+    from safesync.functions.content_sync import content_sync
+
+    dev, prod = make_db(), make_db()
+    for url, factor in ((dev, 2), (prod, 3)):
+        with psycopg.connect(url) as conn:
+            conn.execute(f"create table t (id int primary key, a int, g int generated always as (a * {factor}) stored)")
+            conn.execute("insert into t (id, a) values (1, 5)")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["t"]\n')
+    answer = content_sync(settings, "compare")
+    assert answer.body["ok"] is False, answer.body
+    assert "g: generated always as ((a * 2)) -> generated always as ((a * 3))" in answer.body["summary"], answer.body["summary"]
+    assert content_sync(settings, "sync", adopt=True).status == 422

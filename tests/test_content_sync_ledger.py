@@ -461,3 +461,34 @@ def test_keys_sharing_an_entry_cost_a_reseed_never_a_silent_overwrite(lms, monke
     assert again.status == 200, again.body["summary"]
     assert again.body["details"]["ledger"]["lessons"]["reseeded"] > 0
     assert one(prod, "select title from lessons where id = 20") == ("Dev edit",)
+
+
+def test_a_production_delete_committed_during_the_sync_is_never_resurrected(make_db, write_settings, monkeypatch):
+    """Rows deleted in production after the sync's snapshot but before its
+    upsert: ON CONFLICT found no live row, so the INSERT brought all 100
+    back with dev's content and the run said "synced 100 row(s); protection
+    proof ok" — a production delete silently overwritten. The rows are now
+    locked first, and the run fails as a concurrent change, rolled back."""
+    from safesync.functions.content_sync import apply, content_sync
+
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table t (id int primary key, v text); insert into t select g, 'a' from generate_series(1, 200) g")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["t"]\npresync_backup = "none"\n')
+    assert content_sync(settings, "sync", adopt=True).status == 200  # seeds the ledger
+    with psycopg.connect(dev) as conn:
+        conn.execute("update t set v = 'dev' where id <= 100")
+    upsert = apply.upsert
+
+    def racing(tgt, spec, temp):
+        with psycopg.connect(prod, autocommit=True) as other:  # the application, committing mid-sync
+            other.execute("delete from t where id <= 100")
+        return upsert(tgt, spec, temp)
+
+    monkeypatch.setattr(apply, "upsert", racing)
+    answer = content_sync(settings, "sync")
+    assert answer.status == 503, answer.body
+    assert "could not serialize access" in answer.body["error"]
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select count(*), count(*) filter (where v = 'dev') from t").fetchone() == (100, 0)

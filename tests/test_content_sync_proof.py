@@ -434,6 +434,11 @@ def test_partitions_and_inheritance_between_content_and_protected(pg_server, mak
             "alter table authors add primary key (id);",
             ["authors"], ["people"], "content table public.authors is an inheritance child of public.people",
         ),
+        "inheritance between two content tables": (
+            "create table ev (id int primary key, title text); create table web (url text) inherits (ev);"
+            "alter table web add primary key (id);",
+            ["ev", "web"], [], "content table public.web is an inheritance child of content table public.ev",
+        ),
         "foreign partition": (
             "create foreign data wrapper nowhere; create server far foreign data wrapper nowhere;"
             "create table events (id int, kind text) partition by list (kind);"
@@ -537,3 +542,18 @@ def test_a_change_the_past_cannot_name_is_still_refused(least_privileged, write_
     assert any("could not be named" in c for c in violation(body, "(catalog)")["changes"]), body["details"]["protection_proof"]
     with psycopg.connect(prod) as conn:
         assert conn.execute("select to_regclass('public.leaked')").fetchone()[0] is None
+
+
+def test_inheritance_in_the_source_alone_is_a_config_error(make_db, write_settings):
+    """Reading a parent includes its inheritance children's rows: a source
+    whose content table has a child (prod has none) would push the child's
+    rows into prod's table, and compare called the result identical."""
+    dev, prod = make_db(), make_db()
+    with psycopg.connect(dev) as conn:
+        conn.execute("create table ev (id int primary key, title text); create table web (url text) inherits (ev);")
+        conn.execute("insert into ev values (1, 'a'); insert into web values (2, 'w', 'u')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("create table ev (id int primary key, title text)")
+    answer = content_sync(write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["ev"]\n'), "dry-run", adopt=True)
+    assert answer.status == 400, answer.body
+    assert "public.web inherits from content table public.ev in database 'dev'" in answer.body["error"]

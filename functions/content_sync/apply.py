@@ -139,6 +139,8 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         )
     else:
         action = sql.SQL("do nothing")
+    if update:  # without columns to set, DO NOTHING overwrites nothing
+        _lock_staged(tgt, spec, temp)
     query = sql.SQL("insert into {table} as cur ({names}){overriding} {rows} on conflict ({key}) {action}").format(
         table=spec.table.ident,
         names=names,
@@ -148,6 +150,23 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
         action=action,
     )
     return tgt.execute(query).rowcount
+
+
+def _lock_staged(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> None:
+    """Lock the target rows the staged rows will overwrite, as this
+    transaction's snapshot sees them, before the upsert.
+
+    The upsert alone misses a production DELETE committed after the
+    snapshot (the compare judged the row against the ledger as it was):
+    ``ON CONFLICT`` finds no live row, so the INSERT quietly brings the
+    deleted row back with the source's content. ``FOR UPDATE`` in REPEATABLE
+    READ raises a serialization failure for a row deleted or updated since
+    the snapshot — the run fails as "target changed concurrently" and rolls
+    back — and holds every other row until COMMIT."""
+    match = sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier("cur", k), sql.Identifier("s", k)) for k in spec.key)
+    tgt.execute(
+        sql.SQL("select from {table} as cur join {temp} as s on {match} for update of cur").format(table=spec.table.ident, temp=temp, match=match)
+    )
 
 
 def _update_then_insert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
@@ -237,15 +256,37 @@ def column_texts(conn: psycopg.Connection, spec: TableSpec, keys: Sequence[Key])
 
 @dataclass(frozen=True)
 class SequenceMove:
+    """Where one sequence stands against its column's ids. For a descending
+    sequence (negative increment) "forward" is downwards: ``max_id`` is then
+    the table's smallest id and ``current`` the lowest value handed out."""
+
     table: str
     column: str
     sequence: str  # schema-qualified, quoted where needed
-    current: int  # the highest value handed out so far (start - 1 if never used)
-    max_id: int
+    current: int  # the furthest value handed out so far (start - increment if never used)
+    max_id: int  # the table's id furthest along the sequence's direction
+    descending: bool = False
+    limit: int | None = None  # the sequence's maxvalue (minvalue when descending)
+    may_set: bool = True  # the role holds UPDATE on the sequence (setval needs it)
 
     @property
     def moves(self) -> bool:
-        return self.max_id > self.current
+        return self.max_id < self.current if self.descending else self.max_id > self.current
+
+    @property
+    def problem(self) -> str | None:
+        """Why ``setval`` would fail: the id lies past the sequence's bound,
+        or the role may not set it. It must be known before the proof — a
+        failing ``setval`` after it would abort the transaction once earlier
+        sequences had already moved (they are not transactional)."""
+        if not self.moves:
+            return None
+        if self.limit is not None and (self.max_id < self.limit if self.descending else self.max_id > self.limit):
+            bound = "minvalue" if self.descending else "maxvalue"
+            return f"{self.table}.{self.column} holds {self.max_id}, past sequence {self.sequence}'s {bound} {self.limit}"
+        if not self.may_set:
+            return f"{self.table}.{self.column} holds {self.max_id}, but the role lacks UPDATE on sequence {self.sequence} to move it there"
+        return None
 
     def as_row(self) -> dict:
         return {
@@ -258,30 +299,70 @@ class SequenceMove:
         }
 
 
-_HIGH_WATER = "(select case when is_called then last_value else last_value - 1 end from {seq})"
+_SEQUENCE = "(select {field} from pg_catalog.pg_sequence where seqrelid = {name}::regclass)"
+_INCREMENT = _SEQUENCE.replace("{field}", "seqincrement")
+_HIGH_WATER = "(select case when is_called then last_value else last_value - " + _INCREMENT + " end from {seq})"
 
 
 def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMove]:
     """Where each sequence the table's columns draw from stands against the table's
-    largest id (after this transaction's writes)."""
+    furthest id in the sequence's direction — the largest, or the smallest for a
+    descending sequence — after this transaction's writes."""
     out = []
     for column, seq in spec.sequences:
-        query = sql.SQL("select max({col})::bigint, " + _HIGH_WATER + " from {table}").format(
-            col=sql.Identifier(column), seq=sql.SQL(seq), table=spec.table.ident
-        )
-        max_id, current = tgt.execute(query).fetchone()
+        query = sql.SQL(
+            "select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0, "
+            + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin")
+            + ", pg_catalog.has_sequence_privilege({name}, 'UPDATE') from {table}"
+        ).format(col=sql.Identifier(column), seq=sql.SQL(seq), name=sql.Literal(seq), table=spec.table.ident)
+        max_id, min_id, current, descending, seqmax, seqmin, may_set = tgt.execute(query).fetchone()
         if max_id is not None:
-            out.append(SequenceMove(spec.name, column, seq, current, max_id))
+            far, limit = (min_id, seqmin) if descending else (max_id, seqmax)
+            out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit, may_set))
     return out
 
 
 def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> None:
-    """Move sequences forward only. ``greatest`` re-reads the sequence in the
-    same statement, so a value the application drew meanwhile is never
-    handed out again."""
+    """Move sequences forward only (downwards for a descending one).
+    ``greatest``/``least`` re-reads the sequence in the same statement, so a
+    value the application drew meanwhile is never handed out again."""
     for move in moves:
         if move.moves:
-            query = sql.SQL("select pg_catalog.setval({name}::regclass, greatest({max_id}, " + _HIGH_WATER + "))").format(
-                name=sql.Literal(move.sequence), max_id=sql.Literal(move.max_id), seq=sql.SQL(move.sequence)
+            query = sql.SQL("select pg_catalog.setval({name}::regclass, {pick}({max_id}, " + _HIGH_WATER + "))").format(
+                name=sql.Literal(move.sequence),
+                pick=sql.SQL("least" if move.descending else "greatest"),
+                max_id=sql.Literal(move.max_id),
+                seq=sql.SQL(move.sequence),
             )
             tgt.execute(query)
+
+
+def sequences_drawn(tgt: psycopg.Connection, plan: SyncPlan) -> list[str]:
+    """The content tables' sequences this transaction drew values from
+    (``nextval``, e.g. the id default of a new row of a table matched on a
+    natural key): ``nextval`` takes RowExclusiveLock on the sequence, kept to
+    the end of the transaction. Read before a rollback: ROLLBACK does not
+    give those values back, so a dry-run or refused run that drew them must
+    not say that nothing changed."""
+    names = sorted({seq for spec in plan.tables for _, seq in spec.sequences})
+    if not names:
+        return []
+    rows = tgt.execute(
+        """
+        select s.name from unnest(%s::text[]) as s(name)
+        where exists (select from pg_catalog.pg_locks l
+                      where l.locktype = 'relation' and l.pid = pg_catalog.pg_backend_pid()
+                        and l.relation = pg_catalog.to_regclass(s.name) and l.mode = 'RowExclusiveLock')
+        order by 1
+        """,
+        [names],
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def sequences_note(drawn: Sequence[str]) -> str:
+    """What a rollback leaves behind, for a summary: nothing, or the
+    sequences it drew values from."""
+    if not drawn:
+        return ""
+    return f" (except sequence values drawn from {', '.join(drawn)}: sequences are not transactional)"

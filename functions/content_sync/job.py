@@ -104,7 +104,8 @@ def run(
             backup.cancel()  # a run that did not commit does not need it (a finished one stays)
     except psycopg.Error as exc:
         close_quietly(tgt)
-        raise database_error(mode, exc) from None
+        writing = report.details.pop("writing", None)  # the server's message rarely names the table (a rule, a deferrable key)
+        raise database_error(f"{mode} (writing {writing})" if writing else mode, exc) from None
     finally:
         sides.close()
         close_quietly(tgt)
@@ -222,10 +223,11 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         problem = _verify_written(tgt, decisions)
     if problem:
         why = triggers.explain_all(src, tgt, decisions)  # reads the written rows: before the rollback
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
         report.details["verified"] = False
         # nothing else writes inside this transaction: the next run would differ the same way
-        report.refuse(f"rolled back, nothing changed: after writing, {problem}" + (f" — {why}" if why else ""))
+        report.refuse(f"rolled back{_undone(drawn)}: after writing, {problem}" + (f" — {why}" if why else ""))
         return
     with report.timed("ledger"):
         watch.before_record(tgt)
@@ -235,6 +237,12 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
+    beyond = [m.problem for m in moves if m.problem]
+    if beyond:  # setval would fail after the proof, when earlier sequences had already moved
+        drawn = apply.sequences_drawn(tgt, plan)
+        tgt.rollback()
+        report.refuse(f"rolled back{_undone(drawn)}: a sequence cannot move past the synced ids — " + "; ".join(beyond))
+        return
     logged = log.records > 0
     if logged:
         ledger.record_run(tgt, {"run": report.run_id, "action": "sync", "log": undolog.log_key(report), "sha256": log.finish(), "at": report.started_at.isoformat()})
@@ -246,8 +254,9 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         return
     report.details["verified"] = not left
     if left:
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        report.fail(f"rolled back, nothing changed: after writing, source and target still differ in {', '.join(left)}")
+        report.fail(f"rolled back{_undone(drawn)}: after writing, source and target still differ in {', '.join(left)}")
         return
     if mode == "sync" and any(d.writes or d.deletes for d in decisions):
         _wait_for_backup(report, backup, progress)  # no commit without it
@@ -264,8 +273,11 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
     kept = sum(len(d.kept) + len(d.records.kept) for d in decisions)
     kept_text = f"; {kept} row(s) kept as production has them" if kept else ""
     if mode == "dry-run":
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        report.summary = f"dry-run, rolled back: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
+        if drawn:
+            report.details["sequences_drawn"] = drawn
+        report.summary = f"dry-run, rolled back{apply.sequences_note(drawn)}: would write {rows} row(s) in {tables} table(s){kept_text}; {proof_text}; plan {digest}"
         return
     with proof.catalog_path(tgt):  # nothing a trigger put on search_path can run here
         apply.move_sequences(tgt, moves)  # not transactional: only after the proof, when nothing can fail before COMMIT
@@ -301,10 +313,19 @@ def prove(
     report.tables["protection proof"] = result.rows
     report.details["protection_proof"] = {"ok": result.ok, "tables_checked": result.checked, "violations": result.violations}
     if not result.ok:
+        drawn = apply.sequences_drawn(tgt, plan)
         tgt.rollback()
-        undone = " (except sequence values, which are not transactional)" if any("nextval" in c for v in result.violations for c in v["changes"]) else ", nothing changed"
+        protected_drawn = any("nextval" in c for v in result.violations for c in v["changes"])
+        undone = " (except sequence values, which are not transactional)" if protected_drawn and not drawn else _undone(drawn)
         report.refuse(f"rolled back{undone}: the {what} changed protected object(s) {result.describe()} (a trigger, rule or cascade?)")
     return result
+
+
+def _undone(drawn: list[str]) -> str:
+    """", nothing changed" after a rollback, unless the transaction drew
+    values from content sequences (``apply.sequences_drawn``): ROLLBACK does
+    not give them back."""
+    return apply.sequences_note(drawn) or ", nothing changed"
 
 
 def database_error(what: str, exc: psycopg.Error) -> SafesyncError:
@@ -425,6 +446,7 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
         tgt.execute("set constraints all deferred")  # only affects deferrable FKs (cycles)
         for i, d in enumerate(decisions):
             count = 0
+            report.details["writing"] = d.spec.name  # names the table in a database error (``run``)
             if d.writes:
                 temp = apply.temp_name(i)
                 moved += apply.stage_rows(src, tgt, d.spec, sorted(d.writes), temp)
@@ -435,6 +457,7 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                         "nothing synced: rows reference parents the target does not have — "
                         + "; ".join(f"{m['table']} {m['key']}: {m['column']} → {m['references']}" for m in missing)
                     )
+                    report.details.pop("writing", None)
                     return None
                 log_images(log, tgt, d.spec, d.writes)
                 count = apply.upsert(tgt, d.spec, temp)
@@ -442,11 +465,13 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
             rows[d.spec.name]["written"] = count
             progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
         for d in reversed(decisions):
+            report.details["writing"] = d.spec.name
             if d.deletes:
                 log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
                 n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
                 written[d.spec.name] = (written[d.spec.name][0], n)
                 rows[d.spec.name]["deleted"] = n
+    report.details.pop("writing", None)
     report.details["bytes_copied"] = moved
     return written
 

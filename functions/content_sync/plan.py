@@ -243,6 +243,10 @@ def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
                 retyped.append(f"{n}: {a.type} -> {b.type}")
             elif a.generated != b.generated:
                 retyped.append(f"{n}: {'generated' if a.generated else 'plain'} -> {'generated' if b.generated else 'plain'}")
+            elif a.generated and a.default != b.default:
+                # never compared nor written (each side computes its own), so a different
+                # expression would leave the column differing under an "identical" compare
+                retyped.append(f"{n}: generated always as ({a.default}) -> generated always as ({b.default})")
     return Drift(missing, extra, tuple(retyped))
 
 
@@ -454,6 +458,12 @@ def check_relations(conn: psycopg.Connection, content: list[TableRef], listed: l
                 f"content_sync: content table {child} is {how} {parent}, which is protected: the sync would write {parent}'s rows; "
                 f"list {parent} in content_sync.tables or sync another table"
             )
+        if parent in content_set and child in content_set and not partition:
+            raise ConfigError(
+                f"content_sync: content table {child} is an inheritance child of content table {parent}: reading {parent} "
+                f"includes {child}'s rows, so a sync would copy them into {parent} too (duplicate keys a compare cannot see); "
+                "sync only one of them, or stop the inheritance"
+            )
         if parent in content_set and child not in content_set:
             if child in listed_set:
                 raise ConfigError(f"content_sync: protected table {child} is {how} content table {parent}: a sync of {parent} writes its rows")
@@ -466,6 +476,21 @@ def check_relations(conn: psycopg.Connection, content: list[TableRef], listed: l
                 raise ConfigError(f"content_sync: partition {child} of content table {parent} is a foreign table: its rows live on another server")
 
 
+def check_source_lineage(conn: psycopg.Connection, content: list[TableRef], source: str) -> None:
+    """ConfigError when a content table has an inheritance child (not a
+    partition) in the source: reading the parent there includes the child's
+    rows, so the sync would push rows into the target's parent that the
+    source's parent itself does not hold, and no compare would show it."""
+    content_set = set(content)
+    for cs, cr, _, ps, pr, _, partition in conn.execute(_LINEAGE):
+        parent = TableRef(ps, pr)
+        if parent in content_set and not partition:
+            raise ConfigError(
+                f"content_sync: {TableRef(cs, cr)} inherits from content table {parent} in database {source!r}: reading {parent} "
+                "there includes its rows, so a sync would copy them into the target's table; stop the inheritance"
+            )
+
+
 def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycopg.Connection) -> SyncPlan:
     if not section.tables:
         raise ConfigError("content_sync.tables is empty: name the content tables a sync may write")
@@ -475,6 +500,7 @@ def build_plan(section: ContentSyncSection, src: psycopg.Connection, tgt: psycop
         if not db.table_exists(tgt, table):
             raise ConfigError(f"content_sync.protected: {table} does not exist in database {section.target!r}")
     check_relations(tgt, content, listed, section.target)
+    check_source_lineage(src, content, section.source)
     native = min(db.server_version(src), db.server_version(tgt)) >= 140000  # hash_record_extended
     options = {TableRef.parse(name): opts for name, opts in section.options.items()}
     specs = {

@@ -263,7 +263,9 @@ def catalog_path(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.execute(sql.SQL("select pg_catalog.set_config('search_path', {}, true)").format(sql.Literal(previous)))
+        # in a failed transaction the restore would fail too, hiding the error that failed it
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute(sql.SQL("select pg_catalog.set_config('search_path', {}, true)").format(sql.Literal(previous)))
 
 
 def counters(conn: psycopg.Connection) -> dict[int, Counter]:
