@@ -2,6 +2,10 @@
 string literals (plain, ``E''``, dollar quoted), ``;`` and other characters
 — with comments (nested block comments too) and whitespace skipped.
 
+Words and dollar-quote tags take any non-ASCII character, as the server's
+lexer does (``é$x$`` is one identifier, not ``é`` and a dollar quote that
+would hide the rest of the file; ``$é$`` opens a dollar quote).
+
 Not a parser: enough to tell code from strings and comments, which is what
 safesync needs to find statements in a migration file (``COMMIT`` inside
 it) or in a function body (side channels the protection proof cannot see).
@@ -18,11 +22,11 @@ _TOKEN = re.compile(
       (?P<ws>\s+)
     | (?P<line_comment>--[^\n]*)
     | (?P<block_comment>/\*)
-    | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
+    | (?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$)
     | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
     | (?P<string>'(?:[^']|'')*')
     | (?P<ident>"(?:[^"]|"")*")
-    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+    | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
     | (?P<cast>::)
     | (?P<semi>;)
     | (?P<other>.)

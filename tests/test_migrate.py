@@ -313,6 +313,29 @@ def test_transaction_control_in_a_file_is_refused(setup):
     assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
 
 
+# A COMMIT the plan's scan cannot see: the server reads '\'' as one quote once a
+# file before set standard_conforming_strings off (the SET outlives its file),
+# the scan reads a string running to the comment. Then a failure.
+HIDDEN_COMMIT = {
+    "0001_escapes.sql": "set standard_conforming_strings = off;\ncreate table early (id int);\n",
+    "0002_hidden_commit.sql": "create table kept (id int);\nselect '\\''; commit; begin; select 1/0; --';\n",
+}
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
+def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, before, single):
+    settings = setup(HIDDEN_COMMIT, migrate_extra=f"single_transaction = {str(single).lower()}\n")
+    assert migrate.plan(settings).exit_code == 0  # the scan does not see it: the run must
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    body = answer.body
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    assert "unchanged" not in body["summary"] and "restoring premigrate backup" in body["summary"]
+    assert body["details"]["rollback"]["method"].startswith("restore")
+    steps = {s["file"]: s["status"] for s in body["tables"]["steps"]}
+    assert "partly committed" in steps["0002_hidden_commit.sql"]
+    assert_same(dbs["prod"], before)
+
+
 # --- a migration that loses existing data does not pass its rehearsal ---------------
 
 LOSSES = {

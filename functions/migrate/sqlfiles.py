@@ -68,9 +68,16 @@ class SqlError:
 
 
 class FileFailed(Exception):
-    def __init__(self, error: SqlError) -> None:
+    """A file failed. ``xid``: the id of the transaction it ran in (taken
+    before it ran); ``ended``: the file itself ended that transaction (a
+    COMMIT/ROLLBACK the plan's scan did not see). Either way the caller asks
+    ``committed_anyway`` before calling the file rolled back."""
+
+    def __init__(self, error: SqlError, *, xid: int | None = None, ended: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.xid = xid
+        self.ended = ended
 
 
 def checksum(text: str) -> str:
@@ -138,20 +145,46 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
     """Run one file and record it, inside the caller's open transaction.
     Returns its duration in ms; raises FileFailed (the transaction is then
     aborted: the caller rolls it back)."""
+    # The transaction's id, assigned now: a COMMIT the plan's scan missed
+    # (``transaction_control`` is a tokenizer, not the server's lexer) shows
+    # as a different id afterwards, or as this one committed after a failure.
+    xid = conn.execute("select txid_current()").fetchone()[0]
     started = time.perf_counter()
     try:
         if file.text.strip():
             conn.execute(file.text, prepare=False)
     except psycopg.Error as exc:
-        raise FileFailed(_error(file, exc)) from None
-    if conn.info.transaction_status != TransactionStatus.INTRANS:
-        raise FileFailed(SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None))
+        raise FileFailed(_error(file, exc), xid=xid) from None
+    if (
+        conn.info.transaction_status != TransactionStatus.INTRANS
+        or conn.execute("select txid_current()").fetchone()[0] != xid
+    ):
+        raise FileFailed(
+            SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None),
+            xid=xid,
+            ended=True,
+        )
     ms = int((time.perf_counter() - started) * 1000)
     conn.execute(
         sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
         [file.name, file.checksum, run_id, ms],
     )
     return ms
+
+
+def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
+    """Whether a failed file's work may have reached the database for good
+    although safesync rolled its transaction back: the file ended the
+    transaction itself, or the server reports that transaction committed
+    (a COMMIT inside the file, then an error). ``conn`` is the file's
+    connection, idle again (autocommit). Such a failure is undone by a
+    restore, and never reported as "nothing was committed"."""
+    if failed.ended:
+        return True
+    if failed.xid is None:
+        return False
+    status = conn.execute("select txid_status(%s)", [failed.xid]).fetchone()[0]
+    return status != "aborted"
 
 
 def _error(file: SqlFile, exc: psycopg.Error) -> SqlError:
