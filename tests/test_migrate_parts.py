@@ -193,6 +193,34 @@ def test_concurrent_apply_is_refused_by_the_lock(write_settings, make_db, tmp_pa
     assert results["first"].exit_code == 0
 
 
+def test_concurrent_apply_under_another_name_for_the_same_database_is_refused(write_settings, make_db, tmp_path):
+    """The lock is the database's, not its name's: a second config (another
+    deployment) calling the same database "live" cannot migrate it meanwhile."""
+    prod, scratch = make_db(), make_db()
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_slow.sql").write_text("select pg_sleep(2);\ncreate table t (id int primary key);\n")
+    one = '[migrate]\ndatabase = "{}"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    first_settings = write_settings({"prod": prod, "scratch": scratch}, one.format("prod"))
+    other_settings = write_settings({"live": prod, "scratch": scratch}, one.format("live"))
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", migrate.apply(first_settings, skip_rehearsal=True)))
+    first.start()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with connect(prod, autocommit=True) as conn:
+            if conn.execute("select count(*) from pg_stat_activity where query like 'select pg_sleep(2)%%'").fetchone()[0]:
+                break
+        time.sleep(0.05)
+    from safesync.shared.errors import AlreadyRunning
+
+    try:
+        with pytest.raises(AlreadyRunning):
+            migrate.apply(other_settings, skip_rehearsal=True)
+    finally:
+        first.join()
+    assert results["first"].exit_code == 0
+
+
 def test_command_inputs_are_part_of_the_plan(write_settings, make_db, tmp_path):
     from safesync.functions.migrate.plan import build_plan
     from safesync.shared.errors import ConfigError
