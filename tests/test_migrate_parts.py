@@ -50,12 +50,18 @@ def test_command_environment_has_only_the_target():
         "PATH": "/usr/bin", "HOME": "/root", "PROD_DATABASE_URL": "postgresql://u:p@h/prod", "DEV_DATABASE_URL": "x",
         "SAFESYNC_ADMIN_TOKEN": "t", "QSTASH_TOKEN": "q", "PGHOST": "elsewhere", "PGPASSWORD": "pw", "PGSSLMODE": "require",
         "NODE_ENV": "production",
+        # not configured in safesync, but prod all the same (Prisma's directUrl reads DIRECT_URL for migrate deploy)
+        "DIRECT_URL": "postgresql://u:p@h:5432/prod", "SHADOW_DATABASE_URL": "postgres://u:p@h/shadow",
+        "JDBC_URL": "jdbc:postgresql://h/prod",
     }  # fmt: skip
     env = cmd.command_env("postgresql://u:p@h/scratch", ["PROD_DATABASE_URL", "DEV_DATABASE_URL"], "5s", "15min", base)
     assert env["DATABASE_URL"] == "postgresql://u:p@h/scratch"
     assert env["PGOPTIONS"] == "-c lock_timeout=5s -c statement_timeout=15min"
     assert {"PATH", "HOME", "PGSSLMODE", "NODE_ENV"} <= set(env)
-    for gone in ("PROD_DATABASE_URL", "DEV_DATABASE_URL", "SAFESYNC_ADMIN_TOKEN", "QSTASH_TOKEN", "PGHOST", "PGPASSWORD"):
+    for gone in (
+        "PROD_DATABASE_URL", "DEV_DATABASE_URL", "SAFESYNC_ADMIN_TOKEN", "QSTASH_TOKEN", "PGHOST", "PGPASSWORD",
+        "DIRECT_URL", "SHADOW_DATABASE_URL", "JDBC_URL",
+    ):  # fmt: skip
         assert gone not in env
 
 
