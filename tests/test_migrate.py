@@ -290,6 +290,26 @@ def test_stale_or_different_rehearsal_is_refused(setup, dbs):
         assert conn.execute("select to_regclass('public.a')").fetchone()[0] is None
 
 
+def test_a_rehearsal_of_another_database_under_the_same_name_is_refused(setup, write_settings, dbs, before):
+    """A rehearsal proves the plan on a clone of *that* database: when the
+    name "prod" points elsewhere at apply time (another CI environment's URL,
+    here a copy with the same applied files, so the same plan) it does not count."""
+    settings = setup({"0001_a.sql": "create table a (id int primary key);\n"})
+    assert migrate.rehearse(settings).exit_code == 0
+    elsewhere = write_settings(
+        {"prod": before, "scratch": dbs["scratch"]},
+        '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n',
+    )
+    assert migrate.plan(elsewhere).body["details"]["plan"]["plan_digest"] == migrate.plan(settings).body["details"]["plan"]["plan_digest"]
+    refused = migrate.apply(elsewhere)
+    assert refused.status == 422 and "no passing rehearsal" in refused.body["summary"]
+    with connect(before) as conn:
+        assert conn.execute("select to_regclass('public.a')").fetchone()[0] is None
+    settings = setup()  # "prod" is the rehearsed database again
+    applied = migrate.apply(settings)
+    assert applied.exit_code == 0, applied.body["summary"]
+
+
 def test_scratch_guards(setup, write_settings, dbs):
     settings = write_settings(
         {**dbs, "other": dbs["prod"]},

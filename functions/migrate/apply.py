@@ -1,7 +1,8 @@
 """``safesync migrate apply``: the migration on the real target, with a way back.
 
 1. Plan. Nothing pending → done (re-applying is a no-op).
-2. Refuse unless a rehearsal of this exact plan passed within
+2. Refuse unless a rehearsal of this exact plan, on a clone of this very
+   database (its identity, not its name), passed within
    ``rehearsal_max_age_minutes`` (``--skip-rehearsal`` overrides; the report
    says so).
 3. Preflight, a snapshot of the target's objects (to undo what the
@@ -16,7 +17,7 @@
 
 from __future__ import annotations
 
-from safesync.shared import preflight
+from safesync.shared import identity, preflight
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import SafesyncError
@@ -41,11 +42,11 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
     if plan.empty:
         report.summary = f"nothing to apply: {plan.describe()}"
         return
-    rehearsal = latest_passing(settings, plan, cfg.rehearsal_max_age_minutes)
+    rehearsal = latest_passing(settings, plan, cfg.rehearsal_max_age_minutes, identity.resolve(url))
     if rehearsal is None and not skip_rehearsal:
         report.details["rehearsal"] = None
         report.refuse(
-            f"refusing to migrate {db}: no passing rehearsal of this plan (digest {plan.digest}) in the last "
+            f"refusing to migrate {db}: no passing rehearsal of this plan (digest {plan.digest}) on this database in the last "
             f"{cfg.rehearsal_max_age_minutes} min — run `safesync migrate rehearse` first "
             "(or `--skip-rehearsal`, which is recorded)"
         )

@@ -178,6 +178,8 @@ def run_rehearse(settings: Settings, report: Report) -> None:
     preflight.quick(settings, [db, scratch], tools=True)
     held, snapshot = hold_snapshot(url)
     try:
+        # which database was rehearsed, not only its name: apply accepts this rehearsal for that one only
+        report.details["target"] = identity.identify(held, url).as_dict()
         _rehearse(settings, report, plan, held, snapshot, url, scratch_url)
     finally:
         held.close()
@@ -256,8 +258,25 @@ def describe_outcome(report: Report, outcome: migration.Outcome) -> None:
 # --- the rehearsal record ------------------------------------------------------------
 
 
-def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict[str, Any] | None:
-    """The newest stored rehearsal of exactly this plan that passed within
+def rehearsed_same_database(recorded: Any, target: identity.Identity) -> bool:
+    """Whether a rehearsal's recorded target (``Identity.as_dict``) is the
+    database ``target`` is: same database name and OID, and the same cluster
+    (system identifier when both were readable, else the same running
+    server). A config's name can point at another database between runs
+    (staging's URL in one CI environment, production's in the next); a
+    rehearsal of staging's data proves nothing about production's."""
+    if not isinstance(recorded, dict):
+        return False  # a rehearsal from before targets were recorded: rehearse again
+    if (recorded.get("database"), recorded.get("database_oid")) != (target.database, target.database_oid):
+        return False
+    if recorded.get("system_identifier") and target.system_identifier:
+        return recorded["system_identifier"] == target.system_identifier
+    return recorded.get("server_started") == target.started.isoformat()
+
+
+def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int, target: identity.Identity) -> dict[str, Any] | None:
+    """The newest stored rehearsal of exactly this plan, on a clone of
+    ``target`` (the database, not just its name), that passed within
     ``max_age_minutes``. Reads newest first and stops at runs started a day
     before that (a rehearsal that long would not be "fresh" anyway)."""
     oldest = utcnow() - timedelta(minutes=max_age_minutes)
@@ -276,6 +295,8 @@ def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict
         if (details.get("plan") or {}).get("plan_digest") != plan.digest or (details.get("plan") or {}).get("database") != plan.database:
             continue
         if datetime.fromisoformat(finished) < oldest:
+            continue
+        if not rehearsed_same_database(details.get("target"), target):
             continue
         return {"run_id": run.get("run_id"), "finished_at": finished, "key": info.key, "rehearsed_on": details.get("rehearsed_on")}
     return None
