@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import textwrap
+import threading
+import time
 
 import psycopg
 import pytest
@@ -219,6 +221,39 @@ with psycopg.connect(url, autocommit=True) as conn:
 print("now failing on purpose", file=sys.stderr)
 sys.exit(3)
 """
+
+
+def test_a_rollback_stopped_by_the_database_says_the_target_is_half_migrated(setup, dbs):
+    """The application holds a lock on the table the first file created while
+    the second fails: dropping it before the restore times out. The report
+    must say the restore failed and how to restore — not only the lock error."""
+    files = {"0001_new.sql": "create table newt (id int primary key);\n", "0002_fail.sql": "select pg_sleep(1.5);\nselect 1/0;\n"}
+    settings = setup(files, migrate_extra='lock_timeout = "1s"\n')
+    stop = threading.Event()
+
+    def application() -> None:
+        with psycopg.connect(dbs["prod"]) as conn:
+            while not stop.is_set():
+                if conn.execute("select to_regclass('public.newt')").fetchone()[0]:
+                    conn.execute("select * from newt")  # held, in an open transaction
+                    stop.wait(30)
+                    return
+                conn.rollback()
+                time.sleep(0.05)
+
+    holder = threading.Thread(target=application)
+    holder.start()
+    try:
+        answer = migrate.apply(settings, skip_rehearsal=True)
+    finally:
+        stop.set()
+        holder.join()
+    body = answer.body.get("report", answer.body)
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    backup = body["details"]["backup"]["id"]
+    assert "automatic restore FAILED" in body["summary"] and "lock timeout" in body["summary"]
+    assert "0002_fail.sql" in body["summary"] and f"safesync backup restore {backup} --to prod --confirm prod" in body["summary"]
+    assert "lock timeout" in body["details"]["rollback"]["error"]
 
 
 def test_command_migration_failing_after_changes_is_restored_from_backup(setup, dbs, before, tmp_path):

@@ -112,10 +112,12 @@ def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, b
     try:
         with report.timed("rollback"):
             result = rollback.restore_premigrate(settings, db, backup_id, before, report)
-    except SafesyncError as exc:
-        report.details["rollback"] = {"method": "restore from the premigrate backup", "backup": backup_id, "error": exc.message}
+    except Exception as exc:  # noqa: BLE001 - a database error (a lock held on a new table) too: the report must say the target is half-migrated
+        log.exception("automatic rollback failed")
+        why = exc.message if isinstance(exc, SafesyncError) else f"{type(exc).__name__}: {redact(str(exc)).strip()}"
+        report.details["rollback"] = {"method": "restore from the premigrate backup", "backup": backup_id, "error": why}
         report.fail(
-            f"migration of {db} failed ({problem}) and the automatic restore FAILED ({exc.message}): {db} may be "
+            f"migration of {db} failed ({problem}) and the automatic restore FAILED ({why}): {db} may be "
             f"half-migrated; restore it: safesync backup restore {backup_id} --to {db} --confirm {db}"
         )
         return
