@@ -148,7 +148,7 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
     # The transaction's id, assigned now: a COMMIT the plan's scan missed
     # (``transaction_control`` is a tokenizer, not the server's lexer) shows
     # as a different id afterwards, or as this one committed after a failure.
-    xid = conn.execute("select txid_current()").fetchone()[0]
+    xid = conn.execute("select pg_catalog.txid_current()").fetchone()[0]
     started = time.perf_counter()
     try:
         if file.text.strip():
@@ -157,7 +157,7 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
         raise FileFailed(_error(file, exc), xid=xid) from None
     if (
         conn.info.transaction_status != TransactionStatus.INTRANS
-        or conn.execute("select txid_current()").fetchone()[0] != xid
+        or conn.execute("select pg_catalog.txid_current()").fetchone()[0] != xid
     ):
         raise FileFailed(
             SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None),
@@ -183,7 +183,7 @@ def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
         return True
     if failed.xid is None:
         return False
-    status = conn.execute("select txid_status(%s)", [failed.xid]).fetchone()[0]
+    status = conn.execute("select pg_catalog.txid_status(%s)", [failed.xid]).fetchone()[0]
     return status != "aborted"
 
 
