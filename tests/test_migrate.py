@@ -223,6 +223,40 @@ sys.exit(3)
 """
 
 
+OUTSIDE_THE_DUMP = """
+create collation ci from "C";
+create text search dictionary my_dict (template = simple);
+create text search configuration my_fts (copy = pg_catalog.english);
+create operator ~~~ (leftarg = int, rightarg = int, function = int4pl);
+create publication pub_all for all tables;
+create function evt() returns event_trigger language plpgsql as $$ begin end $$;
+create event trigger my_evt on ddl_command_end execute function evt();
+create table audit (id int);
+"""
+
+
+def test_a_restore_also_undoes_what_pg_restore_clean_never_drops(setup, dbs, before):
+    """Collations, text search objects, operators (over an existing
+    function), publications and event triggers are not in the premigrate
+    dump, so ``pg_restore --clean`` leaves them: the rollback drops them
+    first, and its object check knows them (no "exactly as before" while a
+    migration's collation is still there, making its re-run fail)."""
+    settings = setup({"0001_objects.sql": OUTSIDE_THE_DUMP, "0002_fail.sql": "select 1/0;\n"})
+    body = migrate.apply(settings, skip_rehearsal=True).body
+    assert body["status"] == "failed" and "restoring premigrate backup" in body["summary"]
+    dropped = set(body["details"]["rollback"]["objects_dropped_first"])
+    assert {"collation public.ci", "text search configuration public.my_fts", "text search dictionary public.my_dict",
+            "operator public.~~~(integer, integer)", "publication pub_all", "event trigger my_evt"} <= dropped  # fmt: skip
+    with connect(dbs["prod"]) as conn:
+        left = conn.execute(
+            "select (select count(*) from pg_collation where collname = 'ci') + (select count(*) from pg_ts_dict where dictname = 'my_dict')"
+            " + (select count(*) from pg_ts_config where cfgname = 'my_fts') + (select count(*) from pg_operator where oprname = '~~~')"
+            " + (select count(*) from pg_publication) + (select count(*) from pg_event_trigger)"
+        ).fetchone()[0]
+    assert left == 0
+    assert_same(dbs["prod"], before)
+
+
 def test_a_rollback_stopped_by_the_database_says_the_target_is_half_migrated(setup, dbs):
     """The application holds a lock on the table the first file created while
     the second fails: dropping it before the restore times out. The report
