@@ -257,6 +257,24 @@ def test_a_restore_also_undoes_what_pg_restore_clean_never_drops(setup, dbs, bef
     assert_same(dbs["prod"], before)
 
 
+def test_a_restore_that_leaves_grants_and_default_privileges_is_not_called_exact(setup, dbs):
+    """``pg_restore --clean`` recreates the dumped tables but leaves a grant on
+    schema public, default privileges (which the recreated tables then get)
+    and a schema's comment as the migration made them: the rollback must
+    say the target differs from before, not that it was rolled back."""
+    files = {
+        "0001_grants.sql": "grant create on schema public to public;\nalter default privileges grant select on tables to public;\n"
+        "comment on schema public is 'changed';\n",
+        "0002_fail.sql": "select 1/0;\n",
+    }
+    body = migrate.apply(setup(files), skip_rehearsal=True).body
+    assert body["status"] == "failed" and "objects differ from before" in body["summary"]
+    differing = body["details"]["rollback"]["definitions_differing"]
+    assert "schemas public: grants differs" in differing and "comments schema public: value differs" in differing
+    assert "tables public.users: grants differs" in differing  # the default privileges reached the restored table
+    assert any(d.startswith("default_privileges") for d in differing)
+
+
 def test_a_rollback_stopped_by_the_database_says_the_target_is_half_migrated(setup, dbs):
     """The application holds a lock on the table the first file created while
     the second fails: dropping it before the restore times out. The report

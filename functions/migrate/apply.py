@@ -62,6 +62,7 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
             with conn.transaction():
                 sqlfiles.ensure_records(conn)
         before = rollback.snapshot(conn)
+        described = rollback.describe(conn, before)
         with report.timed("validation_before"):
             baseline = validation.baseline(settings, conn)
     from safesync.functions.backup import undo_point
@@ -74,7 +75,7 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
     if outcome.ok:
         report.summary = f"migrated {db}: {_done(plan)}; premigrate backup {backup.id}"
         return
-    _roll_back(settings, report, outcome, before, backup.id)
+    _roll_back(settings, report, outcome, before, backup.id, described)
 
 
 def _done(plan) -> str:
@@ -102,7 +103,9 @@ def _migrate(settings: Settings, plan, url: str, report: Report, baseline: set) 
         return migration.Outcome(error=message, committed=not single, rolled_back=single)
 
 
-def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, before: rollback.Snapshot, backup_id: str) -> None:
+def _roll_back(
+    settings: Settings, report: Report, outcome: migration.Outcome, before: rollback.Snapshot, backup_id: str, described: dict
+) -> None:
     db = settings.config.migrate.database
     problem = outcome.problem()
     if not outcome.committed:
@@ -111,7 +114,7 @@ def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, b
         return
     try:
         with report.timed("rollback"):
-            result = rollback.restore_premigrate(settings, db, backup_id, before, report)
+            result = rollback.restore_premigrate(settings, db, backup_id, before, report, described)
     except Exception as exc:  # noqa: BLE001 - a database error (a lock held on a new table) too: the report must say the target is half-migrated
         log.exception("automatic rollback failed")
         why = exc.message if isinstance(exc, SafesyncError) else f"{type(exc).__name__}: {redact(str(exc)).strip()}"
@@ -126,7 +129,7 @@ def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, b
     if not result.exact:
         report.fail(
             f"migration of {db} failed ({problem}); restored from premigrate backup {backup_id} but objects differ "
-            f"from before: left over {result.leftover[:5]}, missing {result.missing[:5]}"
+            f"from before: left over {result.leftover[:5]}, missing {result.missing[:5]}, differing {result.differing[:5]}"
         )
         return
     report.fail(f"migration of {db} failed and was rolled back by restoring premigrate backup {backup_id}: {problem}")

@@ -21,7 +21,9 @@ objects the migration created or renamed are dropped:
    the restore recreates those from the dump right after;
 3. ``restore_backup`` (safety backup of the broken state first, then
    ``pg_restore --clean --single-transaction``), confirmed by this run;
-4. ``snapshot`` again: the set of named objects must equal the one before.
+4. ``snapshot`` again: the set of named objects must equal the one before,
+   and ``describe`` (validate's schema description: grants, comments,
+   default privileges) too — else the report says what differs.
 
 Not rolled back (outside a database dump): roles, database-level settings,
 and anything in other databases.
@@ -29,7 +31,7 @@ and anything in other databases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -204,6 +206,34 @@ def drop_new_objects(conn: psycopg.Connection, before: Snapshot, lock_timeout: s
     return dropped
 
 
+def describe(conn: psycopg.Connection, snap: Snapshot) -> dict[str, Any]:
+    """The definitions of the snapshot's schemas as ``validate`` compares
+    them (grants, comments, default privileges, columns, …), sequence
+    positions left out (data, which the application moves meanwhile).
+    Names alone cannot see what a migration changed *on* an object the
+    restore does not recreate: ``GRANT CREATE ON SCHEMA public TO PUBLIC``,
+    ``ALTER DEFAULT PRIVILEGES`` (whose grants the restore's new tables
+    then get), a comment on a schema — all left by ``pg_restore --clean``."""
+    from safesync.functions.validate.catalog import describe_schema
+
+    schemas = sorted(name for kind, _, name, _ in snap.values() if kind == "schema")
+    with conn.transaction():
+        described = describe_schema(conn, schemas)
+    described.pop("sequence positions", None)
+    return described
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``kind object: what`` of each definition that differs after the restore."""
+    from safesync.functions.validate.schema_diff import compare_maps
+
+    out = []
+    for d in compare_maps(before, after):
+        what = {"only in A": "gone", "only in B": "left over"}.get(d.change, f"{d.attribute or 'definition'} differs")
+        out.append(f"{d.kind} {d.name}: {what}")
+    return out
+
+
 @dataclass
 class Rollback:
     backup_id: str
@@ -211,10 +241,11 @@ class Rollback:
     restore: dict[str, Any]
     leftover: list[str]
     missing: list[str]
+    differing: list[str] = field(default_factory=list)  # definitions not as before (grants, comments, …)
 
     @property
     def exact(self) -> bool:
-        return not self.leftover and not self.missing
+        return not self.leftover and not self.missing and not self.differing
 
     def details(self) -> dict[str, Any]:
         return {
@@ -224,12 +255,17 @@ class Rollback:
             "restore": self.restore,
             "objects_left_over": self.leftover,
             "objects_missing": self.missing,
+            "definitions_differing": self.differing,
         }
 
 
-def restore_premigrate(settings: Settings, db: str, backup_id: str, before: Snapshot, report=None) -> Rollback:
-    """Put ``db`` back to the ``premigrate`` backup (see the module doc).
-    Raises what the restore raises; the caller reports it."""
+def restore_premigrate(
+    settings: Settings, db: str, backup_id: str, before: Snapshot, report=None, described: dict[str, Any] | None = None
+) -> Rollback:
+    """Put ``db`` back to the ``premigrate`` backup (see the module doc);
+    ``described``: ``describe`` of the target before the migration, compared
+    with the restored one. Raises what the restore raises; the caller
+    reports it."""
     from safesync.functions.backup import restore_backup
 
     cfg = settings.config.migrate
@@ -241,8 +277,9 @@ def restore_premigrate(settings: Settings, db: str, backup_id: str, before: Snap
     restore = result.details()
     restore["warnings"] = result.warnings
     with connect(url, autocommit=True, application_name="safesync-migrate-rollback") as conn:
-        after = names(snapshot(conn))
-    expected = names(before)
+        now = snapshot(conn)
+        differing = differences(described, describe(conn, now)) if described is not None else []
+    after, expected = names(now), names(before)
     leftover = sorted(label(*o) for o in after - expected)
     missing = sorted(label(*o) for o in expected - after)
-    return Rollback(backup_id, dropped, restore, leftover, missing)
+    return Rollback(backup_id, dropped, restore, leftover, missing, differing)
