@@ -511,6 +511,23 @@ def test_allow_data_loss_accepts_exactly_what_it_names(setup, dbs, more_tables):
         assert conn.execute("select count(*) from posts").fetchone()[0] == 100
 
 
+def test_an_unqualified_allow_data_loss_entry_does_not_accept_a_loss_in_another_schemas_table(setup, dbs):
+    """``allow_data_loss = ["users"]`` meant for public.users must not accept
+    emptying auth.users (Supabase has both): a shared name must be qualified."""
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute("create schema auth; create table auth.users (id int primary key); insert into auth.users select generate_series(1, 5)")
+    files = {"0001_wipe.sql": "delete from auth.users;\nupdate public.users set name = upper(name);\n"}
+    unqualified = migrate.rehearse(setup(files, migrate_extra='allow_data_loss = ["users"]\n'))
+    assert unqualified.exit_code == 1 and unqualified.body["details"]["passed"] is False
+    assert "auth.users" in unqualified.body["summary"] and "public.users" in unqualified.body["summary"]
+    assert any("qualify it with its schema" in w for w in unqualified.body["warnings"])
+    qualified = migrate.rehearse(setup(migrate_extra='allow_data_loss = ["public.users"]\n'))
+    assert qualified.exit_code == 1 and "auth.users" in qualified.body["summary"]
+    assert "public.users" not in qualified.body["summary"]
+    both = migrate.rehearse(setup(migrate_extra='allow_data_loss = ["public.users", "auth.users"]\n'))
+    assert both.exit_code == 0, both.body["summary"]
+
+
 def test_columns_without_real_data_in_the_rehearsal_are_named_as_unchecked(setup, dbs, more_tables):
     extra = '[staging_clone]\nsource = "prod"\ntarget = "scratch"\nexclude_table_data = ["audit"]\n[[staging_clone.mask]]\ntable = "users"\ncolumn = "email"\nstrategy = "hash"\n'
     rehearsal = migrate.rehearse(setup({"0001_wipe.sql": "update users set email = id || '@x.test';\n"}, extra=extra))

@@ -138,11 +138,14 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
     return options, [s for s in schemas if s != "safesync"]
 
 
-def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any) -> tuple[Any, list[loss.Loss]]:
+def _compare(
+    held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any
+) -> tuple[Any, list[loss.Loss], frozenset[str]]:
     """The target as cloned (``held``) vs the rehearsal, over the rehearsed
     schemas and any the migration created, masked columns and
-    data-less tables excluded; and what of the target's data the migration
-    loses."""
+    data-less tables excluded; what of the target's data the migration
+    loses; and the table names several compared schemas share
+    (``loss.shared_names``)."""
     from safesync.functions.validate import compare
 
     masked: dict[TableRef, list[str]] = {}
@@ -155,7 +158,7 @@ def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], opt
         compared = sorted((set(schemas) | created) - {"safesync"})
         try:
             comparison = compare(held, b, compared, exclude_columns=masked, count_only=options.exclude_table_data, limit=loss.LIMIT)
-            return comparison, loss.find(comparison, held, b, compared)
+            return comparison, loss.find(comparison, held, b, compared), loss.shared_names(held, compared)
         except psycopg.Error as exc:  # the snapshot keeps the target's rows, not its table definitions
             raise JobFailed(
                 f"comparing the target with the rehearsal failed: {redact(str(exc)).strip()} — if the target's schema "
@@ -204,9 +207,9 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
                 outcome.validation = validation.validate(settings, conn, before)
     describe_outcome(report, outcome)
     with report.timed("compare"):
-        comparison, losses = _compare(held, scratch_url, schemas, options)
+        comparison, losses, shared = _compare(held, scratch_url, schemas, options)
     comparison.into_report(report, db, "rehearsal")
-    refused = _losses_into_report(report, losses, cfg.allow_data_loss)
+    refused = _losses_into_report(report, losses, cfg.allow_data_loss, shared)
     unseen = [f"{m.table}.{m.column} (masked)" for m in options.masks] + [f"{t} (structure only)" for t in options.exclude_table_data]
     if unseen:  # their real values never reach the scratch: say so rather than let "no loss" cover them
         report.warnings.append(f"the data-loss check cannot see rewrites of {', '.join(unseen)}: the rehearsal has no real data there")
@@ -227,9 +230,19 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
         report.summary = f"rehearsal on {scratch} passed: {plan.describe()} took {seconds:.1f}s; {changes}"
 
 
-def _losses_into_report(report: Report, losses: list[loss.Loss], allowed: list[str]) -> list[loss.Loss]:
-    """The losses table, a warning for each accepted one; returns the rest."""
-    accepted = [l.accepted_by(allowed) for l in losses]
+def _losses_into_report(
+    report: Report, losses: list[loss.Loss], allowed: list[str], shared: frozenset[str] = frozenset()
+) -> list[loss.Loss]:
+    """The losses table, a warning for each accepted one (and for each
+    unqualified entry naming tables of several schemas, which accepts none
+    of them); returns the rest."""
+    accepted = [l.accepted_by(allowed, shared) for l in losses]
+    ambiguous = [e for e in allowed if e.split(".")[0] in shared and e.count(".") <= 1]
+    if ambiguous:
+        report.warnings.append(
+            f"allow_data_loss {', '.join(map(repr, ambiguous))}: several schemas have a table of that name; "
+            "qualify it with its schema (e.g. 'public.users') — unqualified, it accepts none of them"
+        )
     report.tables["existing data lost"] = [l.row(ok) for l, ok in zip(losses, accepted, strict=True)]
     report.details["data_loss"] = {"found": len(losses), "accepted": sum(accepted), "allow_data_loss": allowed}
     report.warnings += [f"accepted by allow_data_loss: {l.object}: {l.what}" for l, ok in zip(losses, accepted, strict=True) if ok]
