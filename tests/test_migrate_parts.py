@@ -34,6 +34,7 @@ from tests import sentinels
         # non-ASCII letters are identifier and dollar-tag characters for the server too
         ("create table é$x$ (id int);\ncommit;", ["line 2: COMMIT"]),
         ("select $é$ commit; $é$;", []),
+        ("create table \xa0$x$ (id int);\ncommit;", ["line 2: COMMIT"]),  # a no-break space is not whitespace to the server
     ],
 )
 def test_transaction_control_is_found_outside_strings_comments_and_bodies(text, found):
