@@ -528,6 +528,26 @@ def test_an_unqualified_allow_data_loss_entry_does_not_accept_a_loss_in_another_
     assert both.exit_code == 0, both.body["summary"]
 
 
+def test_a_migration_changing_a_schema_the_rehearsal_does_not_compare_fails_it(setup, dbs):
+    """With [migrate] schemas = ["public"], the scratch keeps an older copy of
+    auth from an earlier rehearsal: deleting its rows there is no loss of the
+    target's data the comparison could see. The rehearsal must fail, naming
+    the table, rather than pass a migration that empties prod's auth.users."""
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute("create schema auth; create table auth.users (id int primary key); insert into auth.users select generate_series(1, 5)")
+    earlier = setup({"0001_first.sql": "create table first (id int primary key);\n"})
+    assert migrate.rehearse(earlier).exit_code == 0  # cloned every schema, auth too
+    os.remove(earlier.base_dir / "migrations" / "0001_first.sql")
+    settings = setup({"0001_wipe.sql": "delete from auth.users;\n"}, migrate_extra='schemas = ["public"]\n')
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 1 and rehearsal.body["details"]["passed"] is False
+    assert "outside the rehearsed schemas" in rehearsal.body["summary"] and "auth.users" in rehearsal.body["summary"]
+    assert rehearsal.body["details"]["changed_outside_rehearsed_schemas"] == ["auth.users"]
+    assert migrate.apply(settings).status == 422
+    creating = setup({"0001_wipe.sql": "create schema extra;\ncreate table extra.t (id int primary key);\n"}, migrate_extra='schemas = ["public"]\n')
+    assert migrate.rehearse(creating).exit_code == 0  # a schema the migration creates is compared, not "outside"
+
+
 def test_columns_without_real_data_in_the_rehearsal_are_named_as_unchecked(setup, dbs, more_tables):
     extra = '[staging_clone]\nsource = "prod"\ntarget = "scratch"\nexclude_table_data = ["audit"]\n[[staging_clone.mask]]\ntable = "users"\ncolumn = "email"\nstrategy = "hash"\n'
     rehearsal = migrate.rehearse(setup({"0001_wipe.sql": "update users set email = id || '@x.test';\n"}, extra=extra))

@@ -35,7 +35,7 @@ from psycopg import sql
 
 from safesync.shared import identity, preflight, runs
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, list_tables, user_schema
+from safesync.shared.db import TableRef, connect, list_tables, table_fingerprint, table_shapes, user_schema
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import redact
 from safesync.shared.report import Report, utcnow
@@ -138,6 +138,38 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
     return options, [s for s in schemas if s != "safesync"]
 
 
+def outside_schemas(conn: psycopg.Connection, rehearsed: list[str]) -> list[str]:
+    """The scratch's schemas the rehearsal neither clones nor compares."""
+    return [s for s in user_schemas(conn) if s not in rehearsed and s != "safesync"]
+
+
+def outside_fingerprint(conn: psycopg.Connection, schemas: list[str]) -> dict[str, Any]:
+    """Fingerprints of the scratch's readable tables in ``schemas``
+    (``outside_schemas``: those ``[migrate] schemas`` leaves out — an older
+    copy of the target's, or the scratch platform's own). Their data is not
+    the target's, so a migration that deletes or rewrites rows there shows
+    no loss — apply would then do it to the target's real data. Taken
+    before and after the migration: any change fails the rehearsal, naming
+    the table."""
+    if not schemas:
+        return {}
+    readable = [
+        TableRef(schema, name)
+        for schema, name in conn.execute(
+            "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)"
+            " and has_table_privilege(c.oid, 'select') order by 1, 2",
+            [schemas],
+        ).fetchall()
+    ]
+    shapes = table_shapes(conn, sorted({t.schema for t in readable}))
+    out: dict[str, Any] = {}
+    for table in readable:
+        cols = [(n, ty) for n, ty, _ in shapes[table][0]]
+        out[str(table)] = (cols, table_fingerprint(conn, table, cols))
+    return out
+
+
 def _compare(
     held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any
 ) -> tuple[Any, list[loss.Loss], frozenset[str]]:
@@ -196,6 +228,8 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
         with report.timed("validation_before"):
             before = validation.baseline(settings, conn)
+        outside_before = outside_schemas(conn, schemas)  # a schema the migration creates is compared, not here
+        untouched = outside_fingerprint(conn, outside_before)
     with report.timed("migration"):
         outcome = migration.run(
             settings, plan, scratch_url, run_id=report.run_id,
@@ -206,6 +240,9 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
             with report.timed("validation"):
                 outcome.validation = validation.validate(settings, conn, before)
     describe_outcome(report, outcome)
+    with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
+        now = outside_fingerprint(conn, [s for s in outside_before if s in user_schemas(conn)])
+    outside = sorted(t for t in untouched.keys() | now.keys() if untouched.get(t) != now.get(t))
     with report.timed("compare"):
         comparison, losses, shared = _compare(held, scratch_url, schemas, options)
     comparison.into_report(report, db, "rehearsal")
@@ -219,6 +256,14 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
     seconds = report.timings.get("migration_s", 0)
     if not outcome.ok:
         report.problems(f"rehearsal on {scratch} failed: {outcome.problem()}; {changes} (the target was not touched)")
+    elif outside:
+        report.details["changed_outside_rehearsed_schemas"] = outside
+        report.problems(
+            f"rehearsal on {scratch} failed: the migration changed table(s) outside the rehearsed schemas "
+            f"({', '.join(schemas)}): {', '.join(outside[:5])}{' …' if len(outside) > 5 else ''} — the scratch's copies "
+            "are not the target's data, so losses there cannot be checked; add their schema to [migrate] schemas "
+            "(the target was not touched)"
+        )
     elif refused:
         shown = "; ".join(f"{l.object}: {l.what}" for l in refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
         report.problems(
