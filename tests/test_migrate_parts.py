@@ -46,6 +46,15 @@ def test_checksum_ignores_line_endings_only():
     assert checksum("select 1;") != checksum("select 2;")
 
 
+def test_a_byte_order_mark_is_not_part_of_the_sql(tmp_path):
+    from safesync.functions.migrate.sqlfiles import discover
+
+    (tmp_path / "0001_bom.sql").write_bytes(b"\xef\xbb\xbfalter table users add column bio text;\n")
+    (found,) = discover(tmp_path)
+    assert found.text == "alter table users add column bio text;\n"
+    assert found.checksum == checksum("alter table users add column bio text;\n")
+
+
 def test_command_environment_has_only_the_target():
     base = {
         "PATH": "/usr/bin", "HOME": "/root", "PROD_DATABASE_URL": "postgresql://u:p@h/prod", "DEV_DATABASE_URL": "x",

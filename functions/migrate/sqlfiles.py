@@ -93,7 +93,9 @@ def discover(directory: Path) -> list[SqlFile]:
         if not path.is_file():
             continue
         try:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not SQL; sent along, the
+            # server reads it as part of the first word ("syntax error at or near \ufeffalter")
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             raise ConfigError(f"migration {path.name} is not UTF-8 text") from None
         except OSError as exc:
