@@ -55,9 +55,10 @@ class Outcome:
         return self.validation.summary() if self.validation else ""
 
 
-# A failed file that ended safesync's transaction itself: what ran before its
-# COMMIT is in the database, so only a restore undoes it.
-PART_COMMITTED = "failed (ended the transaction itself: partly committed)"
+# A failed file that ended safesync's transaction itself (or broke the
+# connection, so nobody can tell): what ran before its COMMIT may be in the
+# database, so only a restore undoes it.
+PART_COMMITTED = "failed (its transaction ended outside safesync: may be partly committed)"
 
 
 class _ValidationFailed(Exception):

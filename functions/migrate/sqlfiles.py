@@ -185,7 +185,10 @@ def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
         return True
     if failed.xid is None:
         return False
-    status = conn.execute("select pg_catalog.txid_status(%s)", [failed.xid]).fetchone()[0]
+    try:
+        status = conn.execute("select pg_catalog.txid_status(%s)", [failed.xid]).fetchone()[0]
+    except psycopg.Error:  # the file broke the connection (pg_terminate_backend): we cannot know, so it may have
+        return True
     return status != "aborted"
 
 
