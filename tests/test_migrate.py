@@ -443,6 +443,16 @@ def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, b
     assert_same(dbs["prod"], before)
 
 
+def test_copy_from_the_clients_stdin_is_refused_by_the_plan(setup):
+    """psql's inline COPY data cannot be sent as SQL: the connection would
+    wait for rows inside the migration's transaction, holding its locks."""
+    settings = setup({"0001_copy.sql": "create table k (id int);\ncopy k (id) from stdin;\n1\n\\.\ncopy (select 1) to stdout;\n"})
+    answer = migrate.plan(settings)
+    assert answer.status == 422
+    assert "0001_copy.sql (line 2: COPY … FROM STDIN, line 5: COPY … TO STDOUT)" in answer.body["error"]
+    assert migrate.apply(settings, skip_rehearsal=True).status == 422
+
+
 # --- a migration that loses existing data does not pass its rehearsal ---------------
 
 LOSSES = {

@@ -244,3 +244,26 @@ def transaction_control(text: str) -> list[str]:
         if word in _CONTROL and not (word == "ROLLBACK" and following == "TO"):
             found.append(f"line {line}: {word}")
     return found
+
+
+def client_copy(text: str) -> list[str]:
+    """``COPY … FROM STDIN`` / ``TO STDOUT`` statements of ``text`` (as
+    ``"line N: COPY … FROM STDIN"``). They need a client that streams the
+    data (psql); sent as SQL, the first leaves the connection waiting for
+    rows that never come, inside the migration's transaction and holding
+    its locks, so the plan refuses them."""
+    found: list[str] = []
+    statement: list[tuple[int, str]] = []
+    for line, word in list(_words(text)) + [(0, ";")]:
+        if word != ";":
+            statement.append((line, word))
+            continue
+        words = [w for _, w in statement]
+        if words and words[0] == "COPY":
+            pairs = set(zip(words, words[1:]))
+            for pair in (("FROM", "STDIN"), ("TO", "STDOUT")):
+                if pair in pairs:
+                    found.append(f"line {statement[0][0]}: COPY … {' '.join(pair)}")
+        statement = []
+    return found
+
