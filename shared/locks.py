@@ -3,8 +3,9 @@
 Both live in the target database, so every instance of every function (and
 the CLI) agrees without extra infrastructure:
 
-- a session-level advisory lock keyed by ``job:target``; a second concurrent
-  run fails at once with AlreadyRunning (409);
+- a session-level advisory lock keyed by the job, taken in the target
+  database (so it is the database's, whatever name a config gives it); a
+  second concurrent run fails at once with AlreadyRunning (409);
 - ``safesync.deliveries``: the answer of each delivery (``shared.delivery``:
   what the request's credential signed, scoped by target, caller and body),
   one row per signed identity and per job run, with the QStash message key
@@ -97,8 +98,13 @@ def _create(conn: psycopg.Connection) -> None:
         conn.execute(SCHEMA_SQL)
 
 
-def _lock_key(job: str, target: str) -> str:
-    return f"safesync:{job}:{target}"
+def _lock_key(job: str) -> str:
+    """The advisory lock's key: the job only. The lock is taken in the
+    target database itself, so it is already that database's; keying it by
+    the configured name too let two configs (two deployments) calling one
+    database by different names both run the job on it at once — two
+    migrations applying the same files, each restoring its own backup."""
+    return f"safesync:{job}"
 
 
 class JobLock:
@@ -112,7 +118,7 @@ class JobLock:
     def acquire(self) -> "JobLock":
         self.conn = connect(self.url, autocommit=True, application_name=f"safesync-lock-{self.job}")
         got = self.conn.execute(
-            "select pg_try_advisory_lock(hashtextextended(%s, 0))", [_lock_key(self.job, self.target)]
+            "select pg_try_advisory_lock(hashtextextended(%s, 0))", [_lock_key(self.job)]
         ).fetchone()[0]
         if not got:
             self.conn.close()
@@ -127,7 +133,7 @@ class JobLock:
         if self.conn is None:
             return
         try:
-            self.conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", [_lock_key(self.job, self.target)])
+            self.conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", [_lock_key(self.job)])
         except psycopg.Error:
             pass  # the connection is gone, and with it the lock
         finally:

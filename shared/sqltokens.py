@@ -2,6 +2,12 @@
 string literals (plain, ``E''``, dollar quoted), ``;`` and other characters
 — with comments (nested block comments too) and whitespace skipped.
 
+Words and dollar-quote tags take any non-ASCII character, as the server's
+lexer does (``é$x$`` is one identifier, not ``é`` and a dollar quote that
+would hide the rest of the file; ``$é$`` opens a dollar quote), and only
+the server's whitespace (space, tab, newline, CR, form feed, vertical tab)
+separates tokens: a no-break space is an identifier's character to it.
+
 Not a parser: enough to tell code from strings and comments, which is what
 safesync needs to find statements in a migration file (``COMMIT`` inside
 it) or in a function body (side channels the protection proof cannot see).
@@ -15,14 +21,14 @@ from typing import Iterator
 
 _TOKEN = re.compile(
     r"""
-      (?P<ws>\s+)
+      (?P<ws>[ \t\n\r\f\v]+)
     | (?P<line_comment>--[^\n]*)
     | (?P<block_comment>/\*)
-    | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
+    | (?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$)
     | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
     | (?P<string>'(?:[^']|'')*')
     | (?P<ident>"(?:[^"]|"")*")
-    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+    | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
     | (?P<cast>::)
     | (?P<semi>;)
     | (?P<other>.)

@@ -123,9 +123,9 @@ def test_a_retry_after_a_busy_answer_runs_once(world) -> None:
     settings, server = world
     message = QStashMessage(CURRENT, url_of("backup"), CREATE)
     with psycopg.connect(settings.database_url("prod"), autocommit=True) as holder:
-        holder.execute("select pg_advisory_lock(hashtextextended('safesync:backup:prod', 0))")
+        holder.execute("select pg_advisory_lock(hashtextextended('safesync:backup', 0))")
         busy = server.post("backup", CREATE, message.attempt())
-        holder.execute("select pg_advisory_unlock(hashtextextended('safesync:backup:prod', 0))")
+        holder.execute("select pg_advisory_unlock(hashtextextended('safesync:backup', 0))")
     assert busy.status == 409, busy.text[:300]
     ran = server.post("backup", CREATE, message.attempt())
     assert ran.status == 200 and "replayed" not in ran.json()

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import textwrap
+import threading
+import time
 
 import psycopg
 import pytest
@@ -221,6 +223,91 @@ sys.exit(3)
 """
 
 
+OUTSIDE_THE_DUMP = """
+create collation ci from "C";
+create text search dictionary my_dict (template = simple);
+create text search configuration my_fts (copy = pg_catalog.english);
+create operator ~~~ (leftarg = int, rightarg = int, function = int4pl);
+create publication pub_all for all tables;
+create function evt() returns event_trigger language plpgsql as $$ begin end $$;
+create event trigger my_evt on ddl_command_end execute function evt();
+create table audit (id int);
+"""
+
+
+def test_a_restore_also_undoes_what_pg_restore_clean_never_drops(setup, dbs, before):
+    """Collations, text search objects, operators (over an existing
+    function), publications and event triggers are not in the premigrate
+    dump, so ``pg_restore --clean`` leaves them: the rollback drops them
+    first, and its object check knows them (no "exactly as before" while a
+    migration's collation is still there, making its re-run fail)."""
+    settings = setup({"0001_objects.sql": OUTSIDE_THE_DUMP, "0002_fail.sql": "select 1/0;\n"})
+    body = migrate.apply(settings, skip_rehearsal=True).body
+    assert body["status"] == "failed" and "restoring premigrate backup" in body["summary"]
+    dropped = set(body["details"]["rollback"]["objects_dropped_first"])
+    assert {"collation public.ci", "text search configuration public.my_fts", "text search dictionary public.my_dict",
+            "operator public.~~~(integer, integer)", "publication pub_all", "event trigger my_evt"} <= dropped  # fmt: skip
+    with connect(dbs["prod"]) as conn:
+        left = conn.execute(
+            "select (select count(*) from pg_collation where collname = 'ci') + (select count(*) from pg_ts_dict where dictname = 'my_dict')"
+            " + (select count(*) from pg_ts_config where cfgname = 'my_fts') + (select count(*) from pg_operator where oprname = '~~~')"
+            " + (select count(*) from pg_publication) + (select count(*) from pg_event_trigger)"
+        ).fetchone()[0]
+    assert left == 0
+    assert_same(dbs["prod"], before)
+
+
+def test_a_restore_that_leaves_grants_and_default_privileges_is_not_called_exact(setup, dbs):
+    """``pg_restore --clean`` recreates the dumped tables but leaves a grant on
+    schema public, default privileges (which the recreated tables then get)
+    and a schema's comment as the migration made them: the rollback must
+    say the target differs from before, not that it was rolled back."""
+    files = {
+        "0001_grants.sql": "grant create on schema public to public;\nalter default privileges grant select on tables to public;\n"
+        "comment on schema public is 'changed';\n",
+        "0002_fail.sql": "select 1/0;\n",
+    }
+    body = migrate.apply(setup(files), skip_rehearsal=True).body
+    assert body["status"] == "failed" and "objects differ from before" in body["summary"]
+    differing = body["details"]["rollback"]["definitions_differing"]
+    assert "schemas public: grants differs" in differing and "comments schema public: value differs" in differing
+    assert "tables public.users: grants differs" in differing  # the default privileges reached the restored table
+    assert any(d.startswith("default_privileges") for d in differing)
+
+
+def test_a_rollback_stopped_by_the_database_says_the_target_is_half_migrated(setup, dbs):
+    """The application holds a lock on the table the first file created while
+    the second fails: dropping it before the restore times out. The report
+    must say the restore failed and how to restore — not only the lock error."""
+    files = {"0001_new.sql": "create table newt (id int primary key);\n", "0002_fail.sql": "select pg_sleep(1.5);\nselect 1/0;\n"}
+    settings = setup(files, migrate_extra='lock_timeout = "1s"\n')
+    stop = threading.Event()
+
+    def application() -> None:
+        with psycopg.connect(dbs["prod"]) as conn:
+            while not stop.is_set():
+                if conn.execute("select to_regclass('public.newt')").fetchone()[0]:
+                    conn.execute("select * from newt")  # held, in an open transaction
+                    stop.wait(30)
+                    return
+                conn.rollback()
+                time.sleep(0.05)
+
+    holder = threading.Thread(target=application)
+    holder.start()
+    try:
+        answer = migrate.apply(settings, skip_rehearsal=True)
+    finally:
+        stop.set()
+        holder.join()
+    body = answer.body.get("report", answer.body)
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    backup = body["details"]["backup"]["id"]
+    assert "automatic restore FAILED" in body["summary"] and "lock timeout" in body["summary"]
+    assert "0002_fail.sql" in body["summary"] and f"safesync backup restore {backup} --to prod --confirm prod" in body["summary"]
+    assert "lock timeout" in body["details"]["rollback"]["error"]
+
+
 def test_command_migration_failing_after_changes_is_restored_from_backup(setup, dbs, before, tmp_path):
     script = tmp_path / "migrate_script.py"
     script.write_text(COMMAND_SCRIPT)
@@ -290,6 +377,26 @@ def test_stale_or_different_rehearsal_is_refused(setup, dbs):
         assert conn.execute("select to_regclass('public.a')").fetchone()[0] is None
 
 
+def test_a_rehearsal_of_another_database_under_the_same_name_is_refused(setup, write_settings, dbs, before):
+    """A rehearsal proves the plan on a clone of *that* database: when the
+    name "prod" points elsewhere at apply time (another CI environment's URL,
+    here a copy with the same applied files, so the same plan) it does not count."""
+    settings = setup({"0001_a.sql": "create table a (id int primary key);\n"})
+    assert migrate.rehearse(settings).exit_code == 0
+    elsewhere = write_settings(
+        {"prod": before, "scratch": dbs["scratch"]},
+        '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n',
+    )
+    assert migrate.plan(elsewhere).body["details"]["plan"]["plan_digest"] == migrate.plan(settings).body["details"]["plan"]["plan_digest"]
+    refused = migrate.apply(elsewhere)
+    assert refused.status == 422 and "no passing rehearsal" in refused.body["summary"]
+    with connect(before) as conn:
+        assert conn.execute("select to_regclass('public.a')").fetchone()[0] is None
+    settings = setup()  # "prod" is the rehearsed database again
+    applied = migrate.apply(settings)
+    assert applied.exit_code == 0, applied.body["summary"]
+
+
 def test_scratch_guards(setup, write_settings, dbs):
     settings = write_settings(
         {**dbs, "other": dbs["prod"]},
@@ -311,6 +418,39 @@ def test_transaction_control_in_a_file_is_refused(setup):
     answer = migrate.plan(settings)
     assert answer.status == 422
     assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
+
+
+# A COMMIT the plan's scan cannot see: the server reads '\'' as one quote once a
+# file before set standard_conforming_strings off (the SET outlives its file),
+# the scan reads a string running to the comment. Then a failure.
+HIDDEN_COMMIT = {
+    "0001_escapes.sql": "set standard_conforming_strings = off;\ncreate table early (id int);\n",
+    "0002_hidden_commit.sql": "create table kept (id int);\nselect '\\''; commit; begin; select 1/0; --';\n",
+}
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
+def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, before, single):
+    settings = setup(HIDDEN_COMMIT, migrate_extra=f"single_transaction = {str(single).lower()}\n")
+    assert migrate.plan(settings).exit_code == 0  # the scan does not see it: the run must
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    body = answer.body
+    assert answer.exit_code == 1 and body["status"] == "failed"
+    assert "unchanged" not in body["summary"] and "restoring premigrate backup" in body["summary"]
+    assert body["details"]["rollback"]["method"].startswith("restore")
+    steps = {s["file"]: s["status"] for s in body["tables"]["steps"]}
+    assert "partly committed" in steps["0002_hidden_commit.sql"]
+    assert_same(dbs["prod"], before)
+
+
+def test_copy_from_the_clients_stdin_is_refused_by_the_plan(setup):
+    """psql's inline COPY data cannot be sent as SQL: the connection would
+    wait for rows inside the migration's transaction, holding its locks."""
+    settings = setup({"0001_copy.sql": "create table k (id int);\ncopy k (id) from stdin;\n1\n\\.\ncopy (select 1) to stdout;\n"})
+    answer = migrate.plan(settings)
+    assert answer.status == 422
+    assert "0001_copy.sql (line 2: COPY … FROM STDIN, line 5: COPY … TO STDOUT)" in answer.body["error"]
+    assert migrate.apply(settings, skip_rehearsal=True).status == 422
 
 
 # --- a migration that loses existing data does not pass its rehearsal ---------------
@@ -379,6 +519,43 @@ def test_allow_data_loss_accepts_exactly_what_it_names(setup, dbs, more_tables):
     assert migrate.apply(settings).exit_code == 0
     with connect(dbs["prod"]) as conn:
         assert conn.execute("select count(*) from posts").fetchone()[0] == 100
+
+
+def test_an_unqualified_allow_data_loss_entry_does_not_accept_a_loss_in_another_schemas_table(setup, dbs):
+    """``allow_data_loss = ["users"]`` meant for public.users must not accept
+    emptying auth.users (Supabase has both): a shared name must be qualified."""
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute("create schema auth; create table auth.users (id int primary key); insert into auth.users select generate_series(1, 5)")
+    files = {"0001_wipe.sql": "delete from auth.users;\nupdate public.users set name = upper(name);\n"}
+    unqualified = migrate.rehearse(setup(files, migrate_extra='allow_data_loss = ["users"]\n'))
+    assert unqualified.exit_code == 1 and unqualified.body["details"]["passed"] is False
+    assert "auth.users" in unqualified.body["summary"] and "public.users" in unqualified.body["summary"]
+    assert any("qualify it with its schema" in w for w in unqualified.body["warnings"])
+    qualified = migrate.rehearse(setup(migrate_extra='allow_data_loss = ["public.users"]\n'))
+    assert qualified.exit_code == 1 and "auth.users" in qualified.body["summary"]
+    assert "public.users" not in qualified.body["summary"]
+    both = migrate.rehearse(setup(migrate_extra='allow_data_loss = ["public.users", "auth.users"]\n'))
+    assert both.exit_code == 0, both.body["summary"]
+
+
+def test_a_migration_changing_a_schema_the_rehearsal_does_not_compare_fails_it(setup, dbs):
+    """With [migrate] schemas = ["public"], the scratch keeps an older copy of
+    auth from an earlier rehearsal: deleting its rows there is no loss of the
+    target's data the comparison could see. The rehearsal must fail, naming
+    the table, rather than pass a migration that empties prod's auth.users."""
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute("create schema auth; create table auth.users (id int primary key); insert into auth.users select generate_series(1, 5)")
+    earlier = setup({"0001_first.sql": "create table first (id int primary key);\n"})
+    assert migrate.rehearse(earlier).exit_code == 0  # cloned every schema, auth too
+    os.remove(earlier.base_dir / "migrations" / "0001_first.sql")
+    settings = setup({"0001_wipe.sql": "delete from auth.users;\n"}, migrate_extra='schemas = ["public"]\n')
+    rehearsal = migrate.rehearse(settings)
+    assert rehearsal.exit_code == 1 and rehearsal.body["details"]["passed"] is False
+    assert "outside the rehearsed schemas" in rehearsal.body["summary"] and "auth.users" in rehearsal.body["summary"]
+    assert rehearsal.body["details"]["changed_outside_rehearsed_schemas"] == ["auth.users"]
+    assert migrate.apply(settings).status == 422
+    creating = setup({"0001_wipe.sql": "create schema extra;\ncreate table extra.t (id int primary key);\n"}, migrate_extra='schemas = ["public"]\n')
+    assert migrate.rehearse(creating).exit_code == 0  # a schema the migration creates is compared, not "outside"
 
 
 def test_columns_without_real_data_in_the_rehearsal_are_named_as_unchecked(setup, dbs, more_tables):

@@ -31,6 +31,10 @@ from tests import sentinels
         ("do $$ begin perform 1; commit; end $$;\nselect $tag$ commit; $tag$;", []),
         ("-- commit;\n/* rollback; /* nested */ begin; */ select 'begin; commit;', E'it\\'s; commit', \"commit\";", []),
         ("create table \"begin\" (a int);\nabort;", ["line 2: ABORT"]),
+        # non-ASCII letters are identifier and dollar-tag characters for the server too
+        ("create table é$x$ (id int);\ncommit;", ["line 2: COMMIT"]),
+        ("select $é$ commit; $é$;", []),
+        ("create table \xa0$x$ (id int);\ncommit;", ["line 2: COMMIT"]),  # a no-break space is not whitespace to the server
     ],
 )
 def test_transaction_control_is_found_outside_strings_comments_and_bodies(text, found):
@@ -42,17 +46,32 @@ def test_checksum_ignores_line_endings_only():
     assert checksum("select 1;") != checksum("select 2;")
 
 
+def test_a_byte_order_mark_is_not_part_of_the_sql(tmp_path):
+    from safesync.functions.migrate.sqlfiles import discover
+
+    (tmp_path / "0001_bom.sql").write_bytes(b"\xef\xbb\xbfalter table users add column bio text;\n")
+    (found,) = discover(tmp_path)
+    assert found.text == "alter table users add column bio text;\n"
+    assert found.checksum == checksum("alter table users add column bio text;\n")
+
+
 def test_command_environment_has_only_the_target():
     base = {
         "PATH": "/usr/bin", "HOME": "/root", "PROD_DATABASE_URL": "postgresql://u:p@h/prod", "DEV_DATABASE_URL": "x",
         "SAFESYNC_ADMIN_TOKEN": "t", "QSTASH_TOKEN": "q", "PGHOST": "elsewhere", "PGPASSWORD": "pw", "PGSSLMODE": "require",
         "NODE_ENV": "production",
+        # not configured in safesync, but prod all the same (Prisma's directUrl reads DIRECT_URL for migrate deploy)
+        "DIRECT_URL": "postgresql://u:p@h:5432/prod", "SHADOW_DATABASE_URL": "postgres://u:p@h/shadow",
+        "JDBC_URL": "jdbc:postgresql://h/prod",
     }  # fmt: skip
     env = cmd.command_env("postgresql://u:p@h/scratch", ["PROD_DATABASE_URL", "DEV_DATABASE_URL"], "5s", "15min", base)
     assert env["DATABASE_URL"] == "postgresql://u:p@h/scratch"
     assert env["PGOPTIONS"] == "-c lock_timeout=5s -c statement_timeout=15min"
     assert {"PATH", "HOME", "PGSSLMODE", "NODE_ENV"} <= set(env)
-    for gone in ("PROD_DATABASE_URL", "DEV_DATABASE_URL", "SAFESYNC_ADMIN_TOKEN", "QSTASH_TOKEN", "PGHOST", "PGPASSWORD"):
+    for gone in (
+        "PROD_DATABASE_URL", "DEV_DATABASE_URL", "SAFESYNC_ADMIN_TOKEN", "QSTASH_TOKEN", "PGHOST", "PGPASSWORD",
+        "DIRECT_URL", "SHADOW_DATABASE_URL", "JDBC_URL",
+    ):  # fmt: skip
         assert gone not in env
 
 
@@ -187,6 +206,34 @@ def test_concurrent_apply_is_refused_by_the_lock(write_settings, make_db, tmp_pa
     with pytest.raises(AlreadyRunning):
         migrate.apply(settings, skip_rehearsal=True)
     first.join()
+    assert results["first"].exit_code == 0
+
+
+def test_concurrent_apply_under_another_name_for_the_same_database_is_refused(write_settings, make_db, tmp_path):
+    """The lock is the database's, not its name's: a second config (another
+    deployment) calling the same database "live" cannot migrate it meanwhile."""
+    prod, scratch = make_db(), make_db()
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_slow.sql").write_text("select pg_sleep(2);\ncreate table t (id int primary key);\n")
+    one = '[migrate]\ndatabase = "{}"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    first_settings = write_settings({"prod": prod, "scratch": scratch}, one.format("prod"))
+    other_settings = write_settings({"live": prod, "scratch": scratch}, one.format("live"))
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", migrate.apply(first_settings, skip_rehearsal=True)))
+    first.start()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with connect(prod, autocommit=True) as conn:
+            if conn.execute("select count(*) from pg_stat_activity where query like 'select pg_sleep(2)%%'").fetchone()[0]:
+                break
+        time.sleep(0.05)
+    from safesync.shared.errors import AlreadyRunning
+
+    try:
+        with pytest.raises(AlreadyRunning):
+            migrate.apply(other_settings, skip_rehearsal=True)
+    finally:
+        first.join()
     assert results["first"].exit_code == 0
 
 

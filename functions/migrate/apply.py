@@ -1,7 +1,8 @@
 """``safesync migrate apply``: the migration on the real target, with a way back.
 
 1. Plan. Nothing pending → done (re-applying is a no-op).
-2. Refuse unless a rehearsal of this exact plan passed within
+2. Refuse unless a rehearsal of this exact plan, on a clone of this very
+   database (its identity, not its name), passed within
    ``rehearsal_max_age_minutes`` (``--skip-rehearsal`` overrides; the report
    says so).
 3. Preflight, a snapshot of the target's objects (to undo what the
@@ -16,7 +17,7 @@
 
 from __future__ import annotations
 
-from safesync.shared import preflight
+from safesync.shared import identity, preflight
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import SafesyncError
@@ -41,11 +42,11 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
     if plan.empty:
         report.summary = f"nothing to apply: {plan.describe()}"
         return
-    rehearsal = latest_passing(settings, plan, cfg.rehearsal_max_age_minutes)
+    rehearsal = latest_passing(settings, plan, cfg.rehearsal_max_age_minutes, identity.resolve(url))
     if rehearsal is None and not skip_rehearsal:
         report.details["rehearsal"] = None
         report.refuse(
-            f"refusing to migrate {db}: no passing rehearsal of this plan (digest {plan.digest}) in the last "
+            f"refusing to migrate {db}: no passing rehearsal of this plan (digest {plan.digest}) on this database in the last "
             f"{cfg.rehearsal_max_age_minutes} min — run `safesync migrate rehearse` first "
             "(or `--skip-rehearsal`, which is recorded)"
         )
@@ -61,6 +62,7 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
             with conn.transaction():
                 sqlfiles.ensure_records(conn)
         before = rollback.snapshot(conn)
+        described = rollback.describe(conn, before)
         with report.timed("validation_before"):
             baseline = validation.baseline(settings, conn)
     from safesync.functions.backup import undo_point
@@ -73,7 +75,7 @@ def run_apply(settings: Settings, report: Report, skip_rehearsal: bool) -> None:
     if outcome.ok:
         report.summary = f"migrated {db}: {_done(plan)}; premigrate backup {backup.id}"
         return
-    _roll_back(settings, report, outcome, before, backup.id)
+    _roll_back(settings, report, outcome, before, backup.id, described)
 
 
 def _done(plan) -> str:
@@ -101,7 +103,9 @@ def _migrate(settings: Settings, plan, url: str, report: Report, baseline: set) 
         return migration.Outcome(error=message, committed=not single, rolled_back=single)
 
 
-def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, before: rollback.Snapshot, backup_id: str) -> None:
+def _roll_back(
+    settings: Settings, report: Report, outcome: migration.Outcome, before: rollback.Snapshot, backup_id: str, described: dict
+) -> None:
     db = settings.config.migrate.database
     problem = outcome.problem()
     if not outcome.committed:
@@ -110,11 +114,13 @@ def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, b
         return
     try:
         with report.timed("rollback"):
-            result = rollback.restore_premigrate(settings, db, backup_id, before, report)
-    except SafesyncError as exc:
-        report.details["rollback"] = {"method": "restore from the premigrate backup", "backup": backup_id, "error": exc.message}
+            result = rollback.restore_premigrate(settings, db, backup_id, before, report, described)
+    except Exception as exc:  # noqa: BLE001 - a database error (a lock held on a new table) too: the report must say the target is half-migrated
+        log.exception("automatic rollback failed")
+        why = exc.message if isinstance(exc, SafesyncError) else f"{type(exc).__name__}: {redact(str(exc)).strip()}"
+        report.details["rollback"] = {"method": "restore from the premigrate backup", "backup": backup_id, "error": why}
         report.fail(
-            f"migration of {db} failed ({problem}) and the automatic restore FAILED ({exc.message}): {db} may be "
+            f"migration of {db} failed ({problem}) and the automatic restore FAILED ({why}): {db} may be "
             f"half-migrated; restore it: safesync backup restore {backup_id} --to {db} --confirm {db}"
         )
         return
@@ -123,7 +129,7 @@ def _roll_back(settings: Settings, report: Report, outcome: migration.Outcome, b
     if not result.exact:
         report.fail(
             f"migration of {db} failed ({problem}); restored from premigrate backup {backup_id} but objects differ "
-            f"from before: left over {result.leftover[:5]}, missing {result.missing[:5]}"
+            f"from before: left over {result.leftover[:5]}, missing {result.missing[:5]}, differing {result.differing[:5]}"
         )
         return
     report.fail(f"migration of {db} failed and was rolled back by restoring premigrate backup {backup_id}: {problem}")

@@ -4,9 +4,10 @@
 - The command runs without a shell (``shlex`` split; wrap it in
   ``sh -c '…'`` if you need one) in the config file's folder.
 - It sees the database only through ``DATABASE_URL``. Every configured
-  database's variable, safesync's own secrets and libpq's ``PG*`` connection
-  variables are removed from its environment, so a rehearsal on the scratch
-  database cannot reach production by another name.
+  database's variable, any other variable whose value holds a PostgreSQL
+  URL (``DIRECT_URL``…), safesync's own secrets and libpq's ``PG*``
+  connection variables are removed from its environment, so a rehearsal on
+  the scratch database cannot reach production by another name.
 - ``PGOPTIONS`` carries ``lock_timeout`` / ``statement_timeout``: tools
   built on libpq (psql, psycopg, SQLAlchemy/alembic, Django) get the same
   long-running guards as SQL files.
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -34,6 +36,11 @@ from safesync.shared.errors import ConfigError
 from safesync.shared.log import redact
 
 TAIL_LINES = 60
+# Any other variable holding a PostgreSQL URL (DIRECT_URL, SHADOW_DATABASE_URL,
+# a JDBC url): the tool may read it instead of DATABASE_URL — Prisma's
+# ``directUrl`` does for ``migrate deploy`` — and a rehearsal would then
+# migrate that database (production), not the scratch one.
+_POSTGRES_URL = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
 _SAFESYNC_SECRETS = ("SAFESYNC_", "QSTASH_", "VERCEL_WEBHOOK_SECRET", "GOOGLE_APPLICATION_CREDENTIALS")
 _LIBPQ_TARGETING = (
     "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE", "PGOPTIONS", "PGAPPNAME",
@@ -86,7 +93,10 @@ def command_env(url: str, database_vars: list[str], lock_timeout: str, statement
     env = {
         k: v
         for k, v in base.items()
-        if k not in database_vars and not k.startswith(_SAFESYNC_SECRETS) and k not in _LIBPQ_TARGETING
+        if k not in database_vars
+        and not k.startswith(_SAFESYNC_SECRETS)
+        and k not in _LIBPQ_TARGETING
+        and not _POSTGRES_URL.search(v)
     }
     env["DATABASE_URL"] = url
     env["PGOPTIONS"] = f"-c lock_timeout={lock_timeout.replace(' ', '')} -c statement_timeout={statement_timeout.replace(' ', '')}"

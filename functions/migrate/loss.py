@@ -47,17 +47,33 @@ class Loss:
     def object(self) -> str:
         return f"{self.table}.{self.column}" if self.column else str(self.table)
 
-    def accepted_by(self, allowed: Sequence[str]) -> bool:
+    def accepted_by(self, allowed: Sequence[str], shared: frozenset[str] = frozenset()) -> bool:
         """Whether an ``allow_data_loss`` entry names this table (any loss
         in it) or this column: ``users``, ``public.users``, ``users.email``,
-        ``public.users.email``."""
-        names = {self.table.name, str(self.table)}
+        ``public.users.email``. ``shared``: table names that several
+        compared schemas have (``shared_names``): for those only the
+        schema-qualified entries count — ``users``, meant for
+        ``public.users``, must not also accept emptying Supabase's
+        ``auth.users``."""
+        names = {str(self.table)}
+        if self.table.name not in shared:
+            names.add(self.table.name)
         if self.column:
-            names |= {f"{self.table.name}.{self.column}", f"{self.table}.{self.column}"}
+            names.add(f"{self.table}.{self.column}")
+            if self.table.name not in shared:
+                names.add(f"{self.table.name}.{self.column}")
         return any(entry in names for entry in allowed)
 
     def row(self, accepted: bool) -> dict[str, Any]:
         return {"object": self.object, "loss": self.what, "accepted": "yes (allow_data_loss)" if accepted else "no"}
+
+
+def shared_names(target: psycopg.Connection, schemas: Sequence[str]) -> frozenset[str]:
+    """Names of the target's tables that more than one of ``schemas`` has."""
+    seen: dict[str, int] = {}
+    for table in list_tables(target, schemas):
+        seen[table.name] = seen.get(table.name, 0) + 1
+    return frozenset(name for name, count in seen.items() if count > 1)
 
 
 def find(comparison: Any, target: psycopg.Connection, rehearsal: psycopg.Connection, schemas: Sequence[str]) -> list[Loss]:

@@ -55,6 +55,12 @@ class Outcome:
         return self.validation.summary() if self.validation else ""
 
 
+# A failed file that ended safesync's transaction itself (or broke the
+# connection, so nobody can tell): what ran before its COMMIT may be in the
+# database, so only a restore undoes it.
+PART_COMMITTED = "failed (its transaction ended outside safesync: may be partly committed)"
+
+
 class _ValidationFailed(Exception):
     pass
 
@@ -83,16 +89,19 @@ def _run_each(settings: Settings, plan: Plan, url: str, run_id: str) -> Outcome:
     out = Outcome()
     with connect(url, autocommit=True, application_name="safesync-migrate") as conn:
         for i, file in enumerate(plan.pending):
+            status = "failed (rolled back)"
             try:
                 with conn.transaction():
                     _begin(conn, settings)
                     ms = sqlfiles.apply_file(conn, file, run_id)
             except sqlfiles.FileFailed as exc:
                 out.error, out.failed_file = str(exc.error), file.name
+                if sqlfiles.committed_anyway(conn, exc):  # its own COMMIT: part of it is in the database
+                    out.committed, status = True, PART_COMMITTED
             except psycopg.Error as exc:  # bookkeeping, or COMMIT (deferred constraints)
                 out.error, out.failed_file = f"{file.name}: {_db_error(exc)}", file.name
             if out.error:
-                out.steps.append({"file": file.name, "status": "failed (rolled back)", "ms": None, "error": out.error})
+                out.steps.append({"file": file.name, "status": status, "ms": None, "error": out.error})
                 out.steps += [{"file": f.name, "status": "not run"} for f in plan.pending[i + 1 :]]
                 break
             out.committed = True
@@ -104,6 +113,7 @@ def _run_each(settings: Settings, plan: Plan, url: str, run_id: str) -> Outcome:
 def _run_single(settings: Settings, plan: Plan, url: str, run_id: str, check: Check | None) -> Outcome:
     out = Outcome()
     done: list[tuple[str, int]] = []
+    partial = False
     with connect(url, autocommit=True, application_name="safesync-migrate") as conn:
         current = None
         try:
@@ -120,16 +130,20 @@ def _run_single(settings: Settings, plan: Plan, url: str, run_id: str, check: Ch
             out.committed = True
         except sqlfiles.FileFailed as exc:
             out.error, out.failed_file = str(exc.error), current.name if current else None
+            # its own COMMIT committed the files before it too: the ROLLBACK cannot undo them
+            partial = sqlfiles.committed_anyway(conn, exc)
         except psycopg.Error as exc:
             where = f"{current.name}: " if current else "at COMMIT: " if len(done) == len(plan.pending) else "before the first file: "
             out.error, out.failed_file = where + _db_error(exc), current.name if current else None
         except _ValidationFailed:
             pass
-    out.rolled_back = not out.committed
+    out.rolled_back = not out.committed and not partial
     for name, ms in done:
-        out.steps.append({"file": name, "status": "applied" if out.committed else "rolled back", "ms": ms})
+        status = "applied" if out.committed else "committed by the failed file's COMMIT" if partial else "rolled back"
+        out.steps.append({"file": name, "status": status, "ms": ms})
     if out.failed_file:
-        out.steps.append({"file": out.failed_file, "status": "failed", "error": out.error})
+        out.steps.append({"file": out.failed_file, "status": PART_COMMITTED if partial else "failed", "error": out.error})
+    out.committed = out.committed or partial
     seen = {s["file"] for s in out.steps}
     out.steps += [{"file": f.name, "status": "not run"} for f in plan.pending if f.name not in seen]
     return out

@@ -130,6 +130,14 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
             + "; ".join(f"{name} ({', '.join(found)})" for name, found in control.items()),
             {"transaction_control": control},
         )
+    copies = {f.name: found for f in pending if (found := sqlfiles.client_copy(f.text))}
+    if copies:
+        raise Refused(
+            "refusing: migration file(s) use COPY with the client's STDIN/STDOUT, which only psql can feed; "
+            "safesync sends a file as SQL — use INSERT … VALUES, or a command migration: "
+            + "; ".join(f"{name} ({', '.join(found)})" for name, found in copies.items()),
+            {"client_copy": copies},
+        )
     plan = Plan(db, "sql", pending=pending, applied=len(done), single_transaction=cfg.single_transaction)
     present = {f.name for f in files}
     missing = sorted(set(done) - present)

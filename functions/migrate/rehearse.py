@@ -35,7 +35,7 @@ from psycopg import sql
 
 from safesync.shared import identity, preflight, runs
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, list_tables, user_schema
+from safesync.shared.db import TableRef, connect, list_tables, table_fingerprint, table_shapes, user_schema
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import redact
 from safesync.shared.report import Report, utcnow
@@ -138,11 +138,46 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
     return options, [s for s in schemas if s != "safesync"]
 
 
-def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any) -> tuple[Any, list[loss.Loss]]:
+def outside_schemas(conn: psycopg.Connection, rehearsed: list[str]) -> list[str]:
+    """The scratch's schemas the rehearsal neither clones nor compares."""
+    return [s for s in user_schemas(conn) if s not in rehearsed and s != "safesync"]
+
+
+def outside_fingerprint(conn: psycopg.Connection, schemas: list[str]) -> dict[str, Any]:
+    """Fingerprints of the scratch's readable tables in ``schemas``
+    (``outside_schemas``: those ``[migrate] schemas`` leaves out — an older
+    copy of the target's, or the scratch platform's own). Their data is not
+    the target's, so a migration that deletes or rewrites rows there shows
+    no loss — apply would then do it to the target's real data. Taken
+    before and after the migration: any change fails the rehearsal, naming
+    the table."""
+    if not schemas:
+        return {}
+    readable = [
+        TableRef(schema, name)
+        for schema, name in conn.execute(
+            "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)"
+            " and has_table_privilege(c.oid, 'select') order by 1, 2",
+            [schemas],
+        ).fetchall()
+    ]
+    shapes = table_shapes(conn, sorted({t.schema for t in readable}))
+    out: dict[str, Any] = {}
+    for table in readable:
+        cols = [(n, ty) for n, ty, _ in shapes[table][0]]
+        out[str(table)] = (cols, table_fingerprint(conn, table, cols))
+    return out
+
+
+def _compare(
+    held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any
+) -> tuple[Any, list[loss.Loss], frozenset[str]]:
     """The target as cloned (``held``) vs the rehearsal, over the rehearsed
     schemas and any the migration created, masked columns and
-    data-less tables excluded; and what of the target's data the migration
-    loses."""
+    data-less tables excluded; what of the target's data the migration
+    loses; and the table names several compared schemas share
+    (``loss.shared_names``)."""
     from safesync.functions.validate import compare
 
     masked: dict[TableRef, list[str]] = {}
@@ -155,7 +190,7 @@ def _compare(held: psycopg.Connection, scratch_url: str, schemas: list[str], opt
         compared = sorted((set(schemas) | created) - {"safesync"})
         try:
             comparison = compare(held, b, compared, exclude_columns=masked, count_only=options.exclude_table_data, limit=loss.LIMIT)
-            return comparison, loss.find(comparison, held, b, compared)
+            return comparison, loss.find(comparison, held, b, compared), loss.shared_names(held, compared)
         except psycopg.Error as exc:  # the snapshot keeps the target's rows, not its table definitions
             raise JobFailed(
                 f"comparing the target with the rehearsal failed: {redact(str(exc)).strip()} — if the target's schema "
@@ -178,6 +213,8 @@ def run_rehearse(settings: Settings, report: Report) -> None:
     preflight.quick(settings, [db, scratch], tools=True)
     held, snapshot = hold_snapshot(url)
     try:
+        # which database was rehearsed, not only its name: apply accepts this rehearsal for that one only
+        report.details["target"] = identity.identify(held, url).as_dict()
         _rehearse(settings, report, plan, held, snapshot, url, scratch_url)
     finally:
         held.close()
@@ -191,6 +228,8 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
         with report.timed("validation_before"):
             before = validation.baseline(settings, conn)
+        outside_before = outside_schemas(conn, schemas)  # a schema the migration creates is compared, not here
+        untouched = outside_fingerprint(conn, outside_before)
     with report.timed("migration"):
         outcome = migration.run(
             settings, plan, scratch_url, run_id=report.run_id,
@@ -201,10 +240,13 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
             with report.timed("validation"):
                 outcome.validation = validation.validate(settings, conn, before)
     describe_outcome(report, outcome)
+    with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
+        now = outside_fingerprint(conn, [s for s in outside_before if s in user_schemas(conn)])
+    outside = sorted(t for t in untouched.keys() | now.keys() if untouched.get(t) != now.get(t))
     with report.timed("compare"):
-        comparison, losses = _compare(held, scratch_url, schemas, options)
+        comparison, losses, shared = _compare(held, scratch_url, schemas, options)
     comparison.into_report(report, db, "rehearsal")
-    refused = _losses_into_report(report, losses, cfg.allow_data_loss)
+    refused = _losses_into_report(report, losses, cfg.allow_data_loss, shared)
     unseen = [f"{m.table}.{m.column} (masked)" for m in options.masks] + [f"{t} (structure only)" for t in options.exclude_table_data]
     if unseen:  # their real values never reach the scratch: say so rather than let "no loss" cover them
         report.warnings.append(f"the data-loss check cannot see rewrites of {', '.join(unseen)}: the rehearsal has no real data there")
@@ -214,6 +256,14 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
     seconds = report.timings.get("migration_s", 0)
     if not outcome.ok:
         report.problems(f"rehearsal on {scratch} failed: {outcome.problem()}; {changes} (the target was not touched)")
+    elif outside:
+        report.details["changed_outside_rehearsed_schemas"] = outside
+        report.problems(
+            f"rehearsal on {scratch} failed: the migration changed table(s) outside the rehearsed schemas "
+            f"({', '.join(schemas)}): {', '.join(outside[:5])}{' …' if len(outside) > 5 else ''} — the scratch's copies "
+            "are not the target's data, so losses there cannot be checked; add their schema to [migrate] schemas "
+            "(the target was not touched)"
+        )
     elif refused:
         shown = "; ".join(f"{l.object}: {l.what}" for l in refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
         report.problems(
@@ -225,9 +275,19 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
         report.summary = f"rehearsal on {scratch} passed: {plan.describe()} took {seconds:.1f}s; {changes}"
 
 
-def _losses_into_report(report: Report, losses: list[loss.Loss], allowed: list[str]) -> list[loss.Loss]:
-    """The losses table, a warning for each accepted one; returns the rest."""
-    accepted = [l.accepted_by(allowed) for l in losses]
+def _losses_into_report(
+    report: Report, losses: list[loss.Loss], allowed: list[str], shared: frozenset[str] = frozenset()
+) -> list[loss.Loss]:
+    """The losses table, a warning for each accepted one (and for each
+    unqualified entry naming tables of several schemas, which accepts none
+    of them); returns the rest."""
+    accepted = [l.accepted_by(allowed, shared) for l in losses]
+    ambiguous = [e for e in allowed if e.split(".")[0] in shared and e.count(".") <= 1]
+    if ambiguous:
+        report.warnings.append(
+            f"allow_data_loss {', '.join(map(repr, ambiguous))}: several schemas have a table of that name; "
+            "qualify it with its schema (e.g. 'public.users') — unqualified, it accepts none of them"
+        )
     report.tables["existing data lost"] = [l.row(ok) for l, ok in zip(losses, accepted, strict=True)]
     report.details["data_loss"] = {"found": len(losses), "accepted": sum(accepted), "allow_data_loss": allowed}
     report.warnings += [f"accepted by allow_data_loss: {l.object}: {l.what}" for l, ok in zip(losses, accepted, strict=True) if ok]
@@ -256,8 +316,25 @@ def describe_outcome(report: Report, outcome: migration.Outcome) -> None:
 # --- the rehearsal record ------------------------------------------------------------
 
 
-def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict[str, Any] | None:
-    """The newest stored rehearsal of exactly this plan that passed within
+def rehearsed_same_database(recorded: Any, target: identity.Identity) -> bool:
+    """Whether a rehearsal's recorded target (``Identity.as_dict``) is the
+    database ``target`` is: same database name and OID, and the same cluster
+    (system identifier when both were readable, else the same running
+    server). A config's name can point at another database between runs
+    (staging's URL in one CI environment, production's in the next); a
+    rehearsal of staging's data proves nothing about production's."""
+    if not isinstance(recorded, dict):
+        return False  # a rehearsal from before targets were recorded: rehearse again
+    if (recorded.get("database"), recorded.get("database_oid")) != (target.database, target.database_oid):
+        return False
+    if recorded.get("system_identifier") and target.system_identifier:
+        return recorded["system_identifier"] == target.system_identifier
+    return recorded.get("server_started") == target.started.isoformat()
+
+
+def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int, target: identity.Identity) -> dict[str, Any] | None:
+    """The newest stored rehearsal of exactly this plan, on a clone of
+    ``target`` (the database, not just its name), that passed within
     ``max_age_minutes``. Reads newest first and stops at runs started a day
     before that (a rehearsal that long would not be "fresh" anyway)."""
     oldest = utcnow() - timedelta(minutes=max_age_minutes)
@@ -276,6 +353,8 @@ def latest_passing(settings: Settings, plan: Plan, max_age_minutes: int) -> dict
         if (details.get("plan") or {}).get("plan_digest") != plan.digest or (details.get("plan") or {}).get("database") != plan.database:
             continue
         if datetime.fromisoformat(finished) < oldest:
+            continue
+        if not rehearsed_same_database(details.get("target"), target):
             continue
         return {"run_id": run.get("run_id"), "finished_at": finished, "key": info.key, "rehearsed_on": details.get("rehearsed_on")}
     return None

@@ -68,9 +68,16 @@ class SqlError:
 
 
 class FileFailed(Exception):
-    def __init__(self, error: SqlError) -> None:
+    """A file failed. ``xid``: the id of the transaction it ran in (taken
+    before it ran); ``ended``: the file itself ended that transaction (a
+    COMMIT/ROLLBACK the plan's scan did not see). Either way the caller asks
+    ``committed_anyway`` before calling the file rolled back."""
+
+    def __init__(self, error: SqlError, *, xid: int | None = None, ended: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.xid = xid
+        self.ended = ended
 
 
 def checksum(text: str) -> str:
@@ -86,7 +93,9 @@ def discover(directory: Path) -> list[SqlFile]:
         if not path.is_file():
             continue
         try:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not SQL; sent along, the
+            # server reads it as part of the first word ("syntax error at or near \ufeffalter")
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             raise ConfigError(f"migration {path.name} is not UTF-8 text") from None
         except OSError as exc:
@@ -138,20 +147,49 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
     """Run one file and record it, inside the caller's open transaction.
     Returns its duration in ms; raises FileFailed (the transaction is then
     aborted: the caller rolls it back)."""
+    # The transaction's id, assigned now: a COMMIT the plan's scan missed
+    # (``transaction_control`` is a tokenizer, not the server's lexer) shows
+    # as a different id afterwards, or as this one committed after a failure.
+    xid = conn.execute("select pg_catalog.txid_current()").fetchone()[0]
     started = time.perf_counter()
     try:
         if file.text.strip():
             conn.execute(file.text, prepare=False)
     except psycopg.Error as exc:
-        raise FileFailed(_error(file, exc)) from None
-    if conn.info.transaction_status != TransactionStatus.INTRANS:
-        raise FileFailed(SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None))
+        raise FileFailed(_error(file, exc), xid=xid) from None
+    if (
+        conn.info.transaction_status != TransactionStatus.INTRANS
+        or conn.execute("select pg_catalog.txid_current()").fetchone()[0] != xid
+    ):
+        raise FileFailed(
+            SqlError(file.name, "the file ended safesync's transaction (COMMIT/ROLLBACK inside it)", None, None),
+            xid=xid,
+            ended=True,
+        )
     ms = int((time.perf_counter() - started) * 1000)
     conn.execute(
         sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
         [file.name, file.checksum, run_id, ms],
     )
     return ms
+
+
+def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
+    """Whether a failed file's work may have reached the database for good
+    although safesync rolled its transaction back: the file ended the
+    transaction itself, or the server reports that transaction committed
+    (a COMMIT inside the file, then an error). ``conn`` is the file's
+    connection, idle again (autocommit). Such a failure is undone by a
+    restore, and never reported as "nothing was committed"."""
+    if failed.ended:
+        return True
+    if failed.xid is None:
+        return False
+    try:
+        status = conn.execute("select pg_catalog.txid_status(%s)", [failed.xid]).fetchone()[0]
+    except psycopg.Error:  # the file broke the connection (pg_terminate_backend): we cannot know, so it may have
+        return True
+    return status != "aborted"
 
 
 def _error(file: SqlFile, exc: psycopg.Error) -> SqlError:
@@ -206,3 +244,26 @@ def transaction_control(text: str) -> list[str]:
         if word in _CONTROL and not (word == "ROLLBACK" and following == "TO"):
             found.append(f"line {line}: {word}")
     return found
+
+
+def client_copy(text: str) -> list[str]:
+    """``COPY … FROM STDIN`` / ``TO STDOUT`` statements of ``text`` (as
+    ``"line N: COPY … FROM STDIN"``). They need a client that streams the
+    data (psql); sent as SQL, the first leaves the connection waiting for
+    rows that never come, inside the migration's transaction and holding
+    its locks, so the plan refuses them."""
+    found: list[str] = []
+    statement: list[tuple[int, str]] = []
+    for line, word in list(_words(text)) + [(0, ";")]:
+        if word != ";":
+            statement.append((line, word))
+            continue
+        words = [w for _, w in statement]
+        if words and words[0] == "COPY":
+            pairs = set(zip(words, words[1:]))
+            for pair in (("FROM", "STDIN"), ("TO", "STDOUT")):
+                if pair in pairs:
+                    found.append(f"line {statement[0][0]}: COPY … {' '.join(pair)}")
+        statement = []
+    return found
+
