@@ -186,38 +186,17 @@ def test_cli_exit_codes(write_settings, make_db, tmp_path, capsys):
     assert usage.value.code == 2
 
 
-def test_concurrent_apply_is_refused_by_the_lock(write_settings, make_db, tmp_path):
-    """Two applies at once: the second gets 409 while the first holds the lock."""
-    prod = make_db()
-    (tmp_path / "migrations").mkdir()
-    (tmp_path / "migrations" / "0001_slow.sql").write_text("select pg_sleep(2);\ncreate table t (id int primary key);\n")
-    settings = write_settings({"prod": prod, "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n')
-    results = {}
-    first = threading.Thread(target=lambda: results.setdefault("first", migrate.apply(settings, skip_rehearsal=True)))
-    first.start()
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with connect(prod, autocommit=True) as conn:
-            if conn.execute("select count(*) from pg_stat_activity where query like 'select pg_sleep(2)%%'").fetchone()[0]:
-                break
-        time.sleep(0.05)
-    from safesync.shared.errors import AlreadyRunning
-
-    with pytest.raises(AlreadyRunning):
-        migrate.apply(settings, skip_rehearsal=True)
-    first.join()
-    assert results["first"].exit_code == 0
-
-
-def test_concurrent_apply_under_another_name_for_the_same_database_is_refused(write_settings, make_db, tmp_path):
-    """The lock is the database's, not its name's: a second config (another
-    deployment) calling the same database "live" cannot migrate it meanwhile."""
+@pytest.mark.parametrize("other_name", ["prod", "live"], ids=["same name", "another name for the same database"])
+def test_concurrent_apply_is_refused_by_the_lock(write_settings, make_db, tmp_path, other_name):
+    """Two applies at once: the second gets 409 while the first holds the
+    lock — also from a second config (another deployment) calling the same
+    database "live": the lock is the database's, not its name's."""
     prod, scratch = make_db(), make_db()
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_slow.sql").write_text("select pg_sleep(2);\ncreate table t (id int primary key);\n")
-    one = '[migrate]\ndatabase = "{}"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
-    first_settings = write_settings({"prod": prod, "scratch": scratch}, one.format("prod"))
-    other_settings = write_settings({"live": prod, "scratch": scratch}, one.format("live"))
+    toml = '[migrate]\ndatabase = "{}"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n'
+    first_settings = write_settings({"prod": prod, "scratch": scratch}, toml.format("prod"))
+    other_settings = write_settings({other_name: prod, "scratch": scratch}, toml.format(other_name))
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("first", migrate.apply(first_settings, skip_rehearsal=True)))
     first.start()

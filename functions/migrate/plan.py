@@ -122,22 +122,18 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
             {"changed": changed},
         )
     pending = [f for f in files if f.name not in done]
-    control = {f.name: found for f in pending if (found := sqlfiles.transaction_control(f.text))}
-    if control:
-        raise Refused(
-            "refusing: migration file(s) contain transaction control; safesync runs each file in its own "
-            "transaction (or all in one), remove BEGIN/COMMIT/ROLLBACK: "
-            + "; ".join(f"{name} ({', '.join(found)})" for name, found in control.items()),
-            {"transaction_control": control},
-        )
-    copies = {f.name: found for f in pending if (found := sqlfiles.client_copy(f.text))}
-    if copies:
-        raise Refused(
-            "refusing: migration file(s) use COPY with the client's STDIN/STDOUT, which only psql can feed; "
-            "safesync sends a file as SQL — use INSERT … VALUES, or a command migration: "
-            + "; ".join(f"{name} ({', '.join(found)})" for name, found in copies.items()),
-            {"client_copy": copies},
-        )
+    for key, finder, why in (
+        ("transaction_control", sqlfiles.transaction_control,
+         "contain transaction control; safesync runs each file in its own transaction (or all in one), remove BEGIN/COMMIT/ROLLBACK"),
+        ("client_copy", sqlfiles.client_copy,
+         "use COPY with the client's STDIN/STDOUT, which only psql can feed; safesync sends a file as SQL — use INSERT … VALUES, or a command migration"),
+    ):
+        found = {f.name: hits for f in pending if (hits := finder(f.text))}
+        if found:
+            raise Refused(
+                f"refusing: migration file(s) {why}: " + "; ".join(f"{name} ({', '.join(hits)})" for name, hits in found.items()),
+                {key: found},
+            )
     plan = Plan(db, "sql", pending=pending, applied=len(done), single_transaction=cfg.single_transaction)
     present = {f.name for f in files}
     missing = sorted(set(done) - present)
