@@ -173,3 +173,19 @@ def test_a_sequence_the_role_may_not_set_is_refused_before_anything_moves(pg_ser
     with psycopg.connect(prod) as conn:
         assert conn.execute("select last_value, is_called from a_seq").fetchone() == (1, False)
         assert conn.execute("select count(*) from a").fetchone()[0] == 0
+
+
+def test_rows_a_rule_kept_from_being_deleted_are_named(lms):
+    """A prod rule turned the sync's DELETE into nothing: the check after
+    writing refuses, and names the rows still there (it printed "0 written
+    row(s) differ from the source, e.g. ; …")."""
+    make, dev, prod = lms
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("delete from promotions where code = (select min(code) from promotions)")
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("create rule keep as on delete to promotions do instead nothing")
+    before = _fingerprint(prod)
+    answer = content_sync(make(delete_missing=True), "sync", adopt=True)
+    assert answer.status == 422, answer.body
+    assert "promotions (2 deleted row(s) still there, e.g. (PROMO1, EU), (PROMO1, US))" in answer.body["summary"], answer.body["summary"]
+    assert "e.g. ;" not in answer.body["summary"] and _fingerprint(prod) == before

@@ -501,8 +501,10 @@ def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) ->
         now = hashes_by_key(tgt, d.spec, sorted(d.writes)) if d.writes else {}
         bad = [k for k, h in d.writes.items() if now.get(k) != h]
         gone = hashes_by_key(tgt, d.spec, sorted(d.deletes)) if d.deletes else {}
-        if bad or gone:
-            wrong.append(f"{d.spec.name} ({len(bad)} written row(s) differ from the source, e.g. {keys_text(sorted(bad))}; {len(gone)} deleted row(s) still there)")
+        found = ([f"{len(bad)} written row(s) differ from the source, e.g. {keys_text(sorted(bad))}"] if bad else []) + (
+            [f"{len(gone)} deleted row(s) still there, e.g. {keys_text(sorted(gone))}"] if gone else [])
+        if found:
+            wrong.append(f"{d.spec.name} ({'; '.join(found)})")
     return ("source and target still differ in " + ", ".join(wrong)) if wrong else None
 
 
