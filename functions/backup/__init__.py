@@ -10,7 +10,7 @@ Library API for other jobs (they take no lock; call them inside your run):
   (kinds: manual, daily, predeploy, presync, premigrate, safety)
 - ``list_backups(settings, db=None) -> list[BackupInfo]`` (complete only, newest first)
 - ``latest_backup(settings, db) -> BackupInfo | None``
-- ``damaged_backups(settings, db) -> list[dict]`` (unreadable manifests, manifests without their dump)
+- ``backup_catalog(settings, db) -> DbCatalog``: one scan — ``complete``, ``newest_full``, ``damaged`` (unreadable manifests, manifests without their dump)
 - ``get_backup(settings, backup_id) -> BackupInfo``
 - ``verify_backup(settings, backup_id_or_info, restore_drill_too=False) -> VerifyResult``
 - ``restore_backup(settings, backup_id, target_db, confirm=None, db=None) -> RestoreResult``
@@ -25,7 +25,7 @@ HTTP (``handle_http``, ``http.py``) and CLI (``register_cli``, ``cli.py``)
 wrap the runs.
 """
 
-from .catalog import damaged_backups, get_backup, latest_backup, list_backups
+from .catalog import backup_catalog, get_backup, latest_backup, list_backups
 from .cli import register_cli
 from .create import create_backup
 from .http import handle_http
@@ -46,8 +46,8 @@ __all__ = [
     "UndoPoint",
     "VerifyResult",
     "backup_timeline",
+    "backup_catalog",
     "create_backup",
-    "damaged_backups",
     "get_backup",
     "handle_http",
     "human_bytes",

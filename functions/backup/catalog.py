@@ -36,12 +36,45 @@ class Leftover:
     reason: str
 
 
+@dataclass(frozen=True)
+class Damaged:
+    """A backup that is damaged, not merely unfinished, and why."""
+
+    id: str
+    problem: str
+
+
 @dataclass
 class DbCatalog:
     db: str
     complete: list[BackupInfo] = field(default_factory=list)  # newest first
     leftovers: list[Leftover] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)  # kept, reported, never auto-deleted
+
+    @property
+    def newest_full(self) -> BackupInfo | None:
+        """What "the latest backup" means (``latest_backup``): the newest
+        complete *full* one. A partial one (only some tables, content sync's
+        ``presync_backup = "content"``) would restore a fraction of the
+        database as if it were whole, and prove or date nothing about it;
+        partial backups are used by their id."""
+        return next((info for info in self.complete if not info.partial), None)
+
+    @property
+    def damaged(self) -> list[Damaged]:
+        """A manifest that cannot be read or trusted, or one whose dump is
+        gone, oldest first. Listing and ``latest`` pass over them, so verify
+        and the status page must name them: a damaged newest backup must not
+        let the one before it answer "all good". (Objects without a manifest
+        are interrupted backups, not damage: ``list`` mentions them, prune
+        removes them.)"""
+        found = [Damaged(bad["id"], f"unreadable manifest {bad['key']}: {bad['problem']}") for bad in self.unreadable]
+        found += [
+            Damaged(left.id, f"its dump is missing ({left.reason}): it cannot be restored")
+            for left in self.leftovers
+            if left.reason == MANIFEST_WITHOUT_DUMP
+        ]
+        return sorted(found, key=lambda d: d.id)
 
 
 def scan(storage: Storage, db: str) -> DbCatalog:
@@ -90,27 +123,15 @@ def list_backups(settings: Settings, db: str | None = None) -> list[BackupInfo]:
     return sorted(found, key=lambda info: (info.started_at, info.id), reverse=True)
 
 
+def backup_catalog(settings: Settings, db: str) -> DbCatalog:
+    """What storage holds for configured database ``db``, scanned once."""
+    return scan(settings.storage, settings.check_database(db))
+
+
 def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
-    """The newest complete *full* backup of ``db``, or None.
-
-    What ``restore latest``, ``verify`` without an id and the status page
-    mean by "the latest backup" is a copy of the database: a partial one
-    (only some tables, content sync's ``presync_backup = "content"``) would
-    restore a fraction of it as if it were whole, and prove or date nothing
-    about the database. Partial backups are used by their id."""
-    complete = scan(settings.storage, settings.check_database(db)).complete
-    return next((info for info in complete if not info.partial), None)
-
-
-def damaged_backups(settings: Settings, db: str) -> list[dict[str, str]]:
-    """Backups of ``db`` that are damaged, not merely unfinished: a manifest
-    that cannot be read or trusted, or a manifest whose dump is gone
-    (``id``, ``problem``), oldest first. Listing and ``latest`` pass over
-    them, so without this a damaged newest backup looked like no news."""
-    catalog = scan(settings.storage, settings.check_database(db))
-    found = [{"id": u["id"], "problem": f"unreadable manifest: {u['problem']}"} for u in catalog.unreadable]
-    found += [{"id": left.id, "problem": left.reason} for left in catalog.leftovers if left.reason == MANIFEST_WITHOUT_DUMP]
-    return sorted(found, key=lambda d: d["id"])
+    """The newest complete full backup of ``db`` (``DbCatalog.newest_full``),
+    as ``restore latest``, ``verify`` without an id and the status page mean it."""
+    return backup_catalog(settings, db).newest_full
 
 
 def get_backup(settings: Settings, backup_id: str) -> BackupInfo:

@@ -20,7 +20,7 @@ from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
 from .archive import require_identity
-from .catalog import MANIFEST_WITHOUT_DUMP, DbCatalog, databases, get_backup, scan
+from .catalog import databases, get_backup, scan
 from .create import create_backup
 from .layout import BackupName
 from .manifest import human_bytes
@@ -127,11 +127,11 @@ def run_verify(
             targets = []
             for db in databases(settings) if all_backups else settings.config.backup.databases:
                 catalog = scan(settings.storage, db)
-                damaged += damaged_backups(catalog)
+                damaged += [VerifyResult(d.id, [d.problem]) for d in catalog.damaged]
                 if all_backups:
                     targets += catalog.complete
-                elif newest := next((info for info in catalog.complete if not info.partial), None):
-                    targets.append(newest)  # the newest full backup, as latest_backup
+                elif catalog.newest_full is not None:
+                    targets.append(catalog.newest_full)
                 else:
                     missing.append(db)
             targets.sort(key=lambda info: (info.started_at, info.id), reverse=True)
@@ -159,22 +159,6 @@ def run_verify(
             report.summary = f"{len(results)} backup(s) {what}: all good"
 
     return execute(settings, report, job)
-
-
-def damaged_backups(catalog: DbCatalog) -> list[VerifyResult]:
-    """Failed results for what scanning found broken: a manifest that
-    cannot be read or trusted, or one whose dump is gone. Verify never
-    skips them silently: a damaged newest backup must not let the one
-    before it answer "all good". (Objects without a manifest are
-    interrupted backups, not damage: ``list`` mentions them, prune removes
-    them.)"""
-    found = [VerifyResult(bad["id"], [f"unreadable manifest {bad['key']}: {bad['problem']}"]) for bad in catalog.unreadable]
-    found += [
-        VerifyResult(left.id, [f"its dump is missing ({left.reason}): it cannot be restored"])
-        for left in catalog.leftovers
-        if left.reason == MANIFEST_WITHOUT_DUMP
-    ]
-    return found
 
 
 def run_restore(

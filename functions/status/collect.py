@@ -73,13 +73,14 @@ def last_content_sync(settings: Settings) -> dict[str, Any] | None:
 
 
 def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]:
-    from safesync.functions.backup import damaged_backups, latest_backup
+    from safesync.functions.backup import backup_catalog
 
     rows = []
     for db in settings.config.backup.databases:
-        for damaged in damaged_backups(settings, db):
-            reasons.append(f"degraded: backup {damaged['id']} of {db} is damaged ({damaged['problem']})")
-        info = latest_backup(settings, db)
+        catalog = backup_catalog(settings, db)  # one scan for both
+        for damaged in catalog.damaged:
+            reasons.append(f"degraded: backup {damaged.id} of {db} is damaged ({damaged.problem})")
+        info = catalog.newest_full
         if info is None:
             reasons.append(f"failing: no complete backup of {db}")
             rows.append({"db": db, "id": None, "age": "never"})
