@@ -28,7 +28,7 @@ back: the target — and its ledger — is as it was.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg
 
@@ -104,8 +104,7 @@ def run(
             backup.cancel()  # a run that did not commit does not need it (a finished one stays)
     except psycopg.Error as exc:
         close_quietly(tgt)
-        writing = report.details.pop("writing", None)  # the server's message rarely names the table (a rule, a deferrable key)
-        raise database_error(f"{mode} (writing {writing})" if writing else mode, exc) from None
+        raise database_error(mode, exc) from None
     finally:
         sides.close()
         close_quietly(tgt)
@@ -446,34 +445,43 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
         tgt.execute("set constraints all deferred")  # only affects deferrable FKs (cycles)
         for i, d in enumerate(decisions):
             count = 0
-            report.details["writing"] = d.spec.name  # names the table in a database error (``run``)
             if d.writes:
                 temp = apply.temp_name(i)
-                moved += apply.stage_rows(src, tgt, d.spec, sorted(d.writes), temp)
-                missing = apply.unmapped(tgt, d.spec, temp)
+                with _writing(report, d.spec.name):
+                    moved += apply.stage_rows(src, tgt, d.spec, sorted(d.writes), temp)
+                    missing = apply.unmapped(tgt, d.spec, temp)
                 if missing:
                     report.tables["unmapped references"] = missing
                     report.refuse(
                         "nothing synced: rows reference parents the target does not have — "
                         + "; ".join(f"{m['table']} {m['key']}: {m['column']} → {m['references']}" for m in missing)
                     )
-                    report.details.pop("writing", None)
                     return None
-                log_images(log, tgt, d.spec, d.writes)
-                count = apply.upsert(tgt, d.spec, temp)
+                with _writing(report, d.spec.name):
+                    log_images(log, tgt, d.spec, d.writes)
+                    count = apply.upsert(tgt, d.spec, temp)
             written[d.spec.name] = (count, 0)
             rows[d.spec.name]["written"] = count
             progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
         for d in reversed(decisions):
-            report.details["writing"] = d.spec.name
             if d.deletes:
-                log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
-                n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
+                with _writing(report, d.spec.name):
+                    log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
+                    n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
                 written[d.spec.name] = (written[d.spec.name][0], n)
                 rows[d.spec.name]["deleted"] = n
-    report.details.pop("writing", None)
     report.details["bytes_copied"] = moved
     return written
+
+
+@contextlib.contextmanager
+def _writing(report: Report, table: str) -> Iterator[None]:
+    """A database error while writing ``table`` names it: the server's
+    message rarely does (an INSERT rule, a deferrable key)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise database_error(f"{report.action} (writing {table})", exc) from None
 
 
 def store_log(settings: Settings, log: undolog.Writer, key: str, what: str) -> dict:
