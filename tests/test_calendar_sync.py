@@ -4,7 +4,7 @@ real PostgreSQL)."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -53,6 +53,15 @@ def seed(fake, n, *, start=None, prefix="e"):
     start = start or NOW + timedelta(days=1)
     for i in range(n):
         fake.store.put_event("primary", event(gid(i, prefix), f"Event {i}", start + timedelta(hours=3 * i)))
+
+
+def put_standup(fake, days: int = 10) -> datetime:
+    """A daily 09:00 Berlin series ``series00001`` on Google, starting
+    tomorrow; its first start."""
+    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": [f"RRULE:FREQ=DAILY;COUNT={days}"],
+                                     **timed(first, 0.5, "Europe/Berlin")})
+    return first
 
 
 def test_full_sync_converges_and_respects_the_window(fake, cal_settings):
@@ -264,9 +273,7 @@ def test_remote_deletion_wins_over_local_edit_and_is_logged(fake, cal_settings):
 
 def test_recurring_series_with_moved_and_cancelled_occurrence_round_trips(fake, cal_settings):
     settings = cal_settings()
-    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
-    series = {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"], **timed(first, 0.5, "Europe/Berlin")}
-    fake.store.put_event("primary", series)
+    first = put_standup(fake)
     occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
     occ4 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=4)))
     fake.store.edit("primary", occ2, {"summary": "Standup (moved)", **timed(first + timedelta(days=2, hours=3), 0.5, "Europe/Berlin")})
@@ -574,9 +581,7 @@ def test_a_series_deleted_on_google_says_which_local_occurrence_changes_it_dropp
     """Deleting a series deletes its occurrences; an occurrence the app made
     (not on Google yet) was deleted and marked synced without any audit."""
     settings = cal_settings()
-    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
-    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
-                                     **timed(first, 0.5, "Europe/Berlin")})
+    first = put_standup(fake)
     sync(settings, "full")
     occ6 = (first + timedelta(days=6)).astimezone(timezone.utc)
     made = app_insert(settings, title="Standup (app-made)", start=occ6, hours=0.5, tz="Europe/Berlin",
@@ -657,9 +662,7 @@ def test_an_app_row_duplicating_a_held_occurrence_fails_alone(fake, cal_settings
     held row: giving it that occurrence's id broke the unique key, and every
     run of the calendar answered 500 from then on."""
     settings = cal_settings()
-    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
-    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
-                                     **timed(first, 0.5, "Europe/Berlin")})
+    first = put_standup(fake)
     occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
     fake.store.edit("primary", occ2, {"summary": "moved"})
     seed(fake, 1)
@@ -681,9 +684,7 @@ def test_an_app_made_occurrence_is_merged_with_googles_edits_of_that_instance(fa
     (outside the incremental window, so not held): it was force-patched over
     the instance, erasing the organiser's edit without a conflict."""
     settings = cal_settings()
-    first = (NOW + timedelta(days=1)).replace(hour=9, minute=0, second=0)
-    fake.store.put_event("primary", {"id": "series00001", "summary": "Standup", "recurrence": ["RRULE:FREQ=DAILY;COUNT=40"],
-                                     **timed(first, 0.5, "Europe/Berlin")})
+    first = put_standup(fake, days=40)
     sync(settings, "full")
     edited, plain = first + timedelta(days=30), first + timedelta(days=31)
     edited_id = fake.store.instance_id("primary", "series00001", utc_key(edited))
