@@ -99,6 +99,15 @@ def _signed_with(token: str, key: str) -> bool:
         return False
 
 
+def same_text(expected: str, given: str) -> bool:
+    """Constant-time equality of two texts (a secret, a signature, a MAC),
+    as UTF-8 bytes: ``hmac.compare_digest`` raises TypeError on a ``str``
+    holding non-ASCII characters, and what a request sends is whatever its
+    sender chose (header bytes arrive as Latin-1 text), so a forged
+    ``café`` must be a mismatch, never a 500."""
+    return hmac.compare_digest(expected.encode("utf-8", "surrogateescape"), given.encode("utf-8", "surrogateescape"))
+
+
 def configured_secret(env: Mapping[str, str], name: str) -> str:
     """A secret from the environment without the whitespace around it (a
     secret file's or a pasted value's trailing newline): with it no
@@ -108,32 +117,32 @@ def configured_secret(env: Mapping[str, str], name: str) -> str:
 
 
 def verify_vercel(signature: str, body: bytes, secret: str | None) -> None:
-    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body.
-
-    Compared as bytes: ``hmac.compare_digest`` raises TypeError on a ``str``
-    with non-ASCII characters, and a header's bytes arrive as Latin-1 text,
-    so a forged ``x-vercel-signature: café`` must be a 401, not a 500."""
+    """``x-vercel-signature``: hex HMAC-SHA1 of the raw body."""
     if not secret:
         raise AuthError("Vercel signature present but VERCEL_WEBHOOK_SECRET is not configured")
     expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode("utf-8", errors="surrogateescape")):
+    if not same_text(expected, signature.strip().lower()):
         raise AuthError("Vercel signature does not match the body")
 
 
-MAX_QSTASH_ID = 256
+MAX_HEADER_ID = 256  # a provider's id or token in a header: far less
+
+
+def short_printable(value: str) -> bool:
+    """Whether an unsigned header value we compare or record (a QStash
+    message id, a Google channel's resource state) is short printable text.
+    Anything else — U+0000 above all, which PostgreSQL cannot store — failed
+    the delivery's bookkeeping after the job had run."""
+    return len(value) <= MAX_HEADER_ID and value.isprintable()
 
 
 def _qstash_id_header(headers: Mapping[str, str], name: str) -> str | None:
-    """A QStash id header (``msg_…``, ``scd_…``), or None when absent.
-
-    These headers are not signed, and their value goes into the run's report
-    and into the delivery row in the target database: a control character
-    (U+0000 above all, which PostgreSQL cannot store) failed that write after
-    the job had run. QStash's ids are short printable text, so anything else
-    is a 400 before anything runs."""
+    """A QStash id header (``msg_…``, ``scd_…``), or None when absent. It is
+    not signed, and goes into the run's report and the delivery row: not
+    ``short_printable``, it is a 400 before anything runs."""
     value = headers.get(name) or None
-    if value is not None and (len(value) > MAX_QSTASH_ID or not value.isprintable()):
-        raise BadRequest(f"{name} must be printable text of at most {MAX_QSTASH_ID} characters")
+    if value is not None and not short_printable(value):
+        raise BadRequest(f"{name} must be printable text of at most {MAX_HEADER_ID} characters")
     return value
 
 
@@ -146,7 +155,7 @@ def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
     # Compare against every configured token (constant time each, no early exit).
     for var, scopes in (("SAFESYNC_API_TOKEN", {"run"}), ("SAFESYNC_ADMIN_TOKEN", {"run", "admin"})):
         configured = configured_secret(env, var)
-        if configured and hmac.compare_digest(configured.encode(), token.encode()):
+        if configured and same_text(configured, token):
             identity = "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:12]
             matched = matched or Principal("bearer", identity, frozenset(scopes))
     if matched is None:

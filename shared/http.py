@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .auth import Principal, authenticate
+from .auth import Principal, authenticate, short_printable
 from .delivery import Delivery, idempotency_key
 from .errors import AuthError
 from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
@@ -176,17 +176,14 @@ def serve(
 def google_channel_principal(headers: Mapping[str, str]) -> Principal:
     """A Google push notification: it must name a channel and carry a token;
     the calendar job then checks the token against the channel it opened
-    (401 if unknown), so nothing runs for a forged notification.
-
-    The resource headers the job compares and records must be short
-    printable text too: a control character (U+0000 above all, which
-    PostgreSQL cannot store) in ``X-Goog-Resource-State`` failed the insert
-    of the notification with a 500."""
+    (401 if unknown), so nothing runs for a forged notification. Every
+    header the job compares and records must be ``short_printable`` (a NUL
+    in ``X-Goog-Resource-State`` failed the notification's insert: a 500)."""
     channel, token = headers.get("X-Goog-Channel-ID"), headers.get("X-Goog-Channel-Token")
     if not channel or not token:
         raise AuthError("not a Google push notification (X-Goog-Channel-ID / X-Goog-Channel-Token missing)")
     resource = [headers.get(name) or "" for name in ("X-Goog-Resource-ID", "X-Goog-Resource-State")]
-    if any(len(v) > 256 or not v.isprintable() for v in (channel, token, *resource)):
+    if not all(short_printable(v) for v in (channel, token, *resource)):
         raise AuthError("malformed Google channel headers")
     return Principal("google-push", f"google-channel:{channel[:64]}", frozenset({"notify"}))
 

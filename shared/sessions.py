@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from .auth import Principal, configured_secret
+from .auth import Principal, configured_secret, same_text
 from .errors import AuthError
 
 SESSION = "session"
@@ -69,18 +69,15 @@ def issue(purpose: str, kind: str, *, env: Mapping[str, str] | None = None, now:
 
 
 def verify(purpose: str, value: str, *, env: Mapping[str, str] | None = None, now: float | None = None) -> Grant:
-    """The grant ``value`` carries, or AuthError saying why not.
-
-    The signatures are compared as bytes: ``hmac.compare_digest`` raises
-    TypeError on a ``str`` with non-ASCII characters, and a cookie or a
-    ``?link=`` is whatever the browser sent, so ``….café`` must be a 401."""
+    """The grant ``value`` carries, or AuthError saying why not (a cookie or
+    a ``?link=`` is whatever the browser sent: ``….café`` is a 401 too)."""
     env = env if env is not None else os.environ
     parts = value.split(".")
-    if len(parts) != 5 or parts[0] != VERSION or parts[1] not in TOKENS or not parts[2].isdigit():
+    if len(parts) != 5 or parts[0] != VERSION or parts[1] not in TOKENS or not (parts[2].isascii() and parts[2].isdigit()):
         raise AuthError(f"not a status {purpose}")
     _, kind, expires, nonce, mac = parts
     token = _token(kind, env)
-    if token is None or not hmac.compare_digest(_mac(purpose, token, ".".join(parts[:4])).encode(), mac.encode("utf-8", errors="surrogateescape")):
+    if token is None or not same_text(_mac(purpose, token, ".".join(parts[:4])), mac):
         raise AuthError(f"status {purpose} not valid (signed with another token?)")
     if int(expires) <= (now if now is not None else time.time()):
         raise AuthError(f"status {purpose} expired")

@@ -24,12 +24,12 @@ older than two hours).
 from __future__ import annotations
 
 import hashlib
-import hmac
 from datetime import timedelta
 from typing import Any, Mapping
 
 from psycopg.rows import dict_row
 
+from safesync.shared.auth import same_text
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import AuthError, BadRequest, ConfigError
@@ -105,9 +105,8 @@ def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answe
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute("select * from calendar.channels where id = %s", [channel_id])
             channel = cur.fetchone()
-        # compared as bytes: compare_digest raises TypeError on non-ASCII str (a 500 for "X-Goog-Resource-ID: café")
-        valid = channel is not None and hmac.compare_digest(channel["token_sha256"].encode(), token_digest(token).encode())
-        if not valid or (channel["resource_id"] and not hmac.compare_digest(channel["resource_id"].encode(), resource_id.encode())):
+        valid = channel is not None and same_text(channel["token_sha256"], token_digest(token))
+        if not valid or (channel["resource_id"] and not same_text(channel["resource_id"], resource_id)):
             raise AuthError("unknown notification channel or wrong channel token")
         cal = channel["calendar_id"]
         base: dict[str, Any] = {"channel": channel_id, "calendar_id": cal, "state": resource_state}
