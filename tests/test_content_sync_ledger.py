@@ -481,10 +481,10 @@ def test_a_production_delete_committed_during_the_sync_is_never_resurrected(make
         conn.execute("update t set v = 'dev' where id <= 100")
     upsert = apply.upsert
 
-    def racing(tgt, spec, temp):
+    def racing(tgt, spec, temp, keys):
         with psycopg.connect(prod, autocommit=True) as other:  # the application, committing mid-sync
             other.execute("delete from t where id <= 100")
-        return upsert(tgt, spec, temp)
+        return upsert(tgt, spec, temp, keys)
 
     monkeypatch.setattr(apply, "upsert", racing)
     answer = content_sync(settings, "sync")

@@ -125,8 +125,9 @@ def _distinct(update: tuple[str, ...], new_alias: str) -> sql.Composable:
     )
 
 
-def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:
-    """Merge the staged rows; returns rows inserted or actually updated."""
+def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier, keys: Sequence[Key]) -> int:
+    """Merge the staged rows (those of ``keys``); returns rows inserted or
+    actually updated."""
     if spec.match_on:
         return _update_then_insert(tgt, spec, temp)
     names = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
@@ -140,7 +141,7 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
     else:
         action = sql.SQL("do nothing")
     if update:  # without columns to set, DO NOTHING overwrites nothing
-        _lock_staged(tgt, spec, temp)
+        _lock_rows(tgt, spec, keys)
     query = sql.SQL("insert into {table} as cur ({names}){overriding} {rows} on conflict ({key}) {action}").format(
         table=spec.table.ident,
         names=names,
@@ -152,9 +153,9 @@ def upsert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> in
     return tgt.execute(query).rowcount
 
 
-def _lock_staged(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> None:
-    """Lock the target rows the staged rows will overwrite, as this
-    transaction's snapshot sees them, before the upsert.
+def _lock_rows(tgt: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> None:
+    """Lock the target rows the staged rows (of ``keys``) will overwrite, as
+    this transaction's snapshot sees them, before the upsert.
 
     The upsert alone misses a production DELETE committed after the
     snapshot (the compare judged the row against the ledger as it was):
@@ -162,11 +163,18 @@ def _lock_staged(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier)
     deleted row back with the source's content. ``FOR UPDATE`` in REPEATABLE
     READ raises a serialization failure for a row deleted or updated since
     the snapshot — the run fails as "target changed concurrently" and rolls
-    back — and holds every other row until COMMIT."""
-    match = sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier("cur", k), sql.Identifier("s", k)) for k in spec.key)
-    tgt.execute(
-        sql.SQL("select from {table} as cur join {temp} as s on {match} for update of cur").format(table=spec.table.ident, temp=temp, match=match)
-    )
+    back — and holds every other row until COMMIT. The keys are sent as
+    arrays (as for deletes), not joined from the unanalysed temp table: the
+    planner then looks each up through the key's index instead of hashing
+    the whole table (a 1M-row table: 0.45 s for 10,000 rows, #18)."""
+    for chunk in _chunks(list(keys)):
+        relation, params = rowhash.keys_relation(spec, chunk)
+        tgt.execute(
+            sql.SQL("select from {table} as t join {rel} on {match} for update of t").format(
+                table=spec.table.ident, rel=relation, match=rowhash.keys_match(spec)
+            ),
+            params,
+        )
 
 
 def _update_then_insert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier) -> int:

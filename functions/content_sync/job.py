@@ -448,7 +448,8 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
             if d.writes:
                 temp = apply.temp_name(i)
                 with _writing(report, d.spec.name):
-                    moved += apply.stage_rows(src, tgt, d.spec, sorted(d.writes), temp)
+                    keys = sorted(d.writes)
+                    moved += apply.stage_rows(src, tgt, d.spec, keys, temp)
                     missing = apply.unmapped(tgt, d.spec, temp)
                 if missing:
                     report.tables["unmapped references"] = missing
@@ -459,7 +460,7 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                     return None
                 with _writing(report, d.spec.name):
                     log_images(log, tgt, d.spec, d.writes)
-                    count = apply.upsert(tgt, d.spec, temp)
+                    count = apply.upsert(tgt, d.spec, temp, keys)
             written[d.spec.name] = (count, 0)
             rows[d.spec.name]["written"] = count
             progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
