@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 from psycopg import sql
@@ -80,10 +81,11 @@ class TableShape:
         """``FROM`` item for the rows as compared, aliased ``alias``."""
         return sql.SQL("{} as {}").format(self.table.ident, sql.Identifier(alias))
 
-    @property
+    @cached_property
     def arithmetic(self) -> str | None:
         """'int' or 'uuid' when key ranges can be split by arithmetic on the
-        key value (one integer or uuid column); None: split by quantiles."""
+        key value (one integer or uuid column); None: split by quantiles.
+        Cached: the descent asks once per fetched row."""
         if len(self.key) != 1:
             return None
         if self.key_types[0] in INTEGER_TYPES:
