@@ -11,7 +11,7 @@
 -- Roles are cluster-wide: with several databases on one server, run each database's script
 -- (pg_read_all_data and BYPASSRLS, given below, then apply to every database of that server).
 -- Managed services whose admin is not a superuser (Cloud SQL, Supabase): the admin needs
--- BYPASSRLS itself to give it to the backup role, and membership in safesync_calendar
+-- PostgreSQL 16+ and BYPASSRLS itself to give it to the job roles, and membership in safesync_calendar
 -- (GRANT safesync_calendar TO CURRENT_USER) to create the calendar schema for it.
 
 BEGIN;
@@ -135,8 +135,18 @@ END
 $roles$;
 -- pg_dump refuses tables with row-level security unless the role bypasses it
 -- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,
--- a CREATEROLE role that has BYPASSRLS itself).
-ALTER ROLE safesync_content_sync BYPASSRLS;
+-- a CREATEROLE role that has BYPASSRLS itself); elsewhere the script stops here, saying so.
+DO $roles$
+BEGIN
+  IF NOT (SELECT rolsuper OR (rolbypassrls AND current_setting('server_version_num')::int >= 160000)
+          FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE EXCEPTION 'safesync roles: % cannot give safesync_content_sync BYPASSRLS on this server, nothing was changed', current_user
+      USING DETAIL = 'Before PostgreSQL 16 only a superuser may grant BYPASSRLS; from 16 a CREATEROLE role that has BYPASSRLS itself may.',
+            HINT = 'Run the script as a superuser. Without one (a hosted PostgreSQL 15), keep the jobs on this role: each sync still proves, per transaction, that it wrote no protected table.';
+  END IF;
+  ALTER ROLE safesync_content_sync BYPASSRLS;
+END
+$roles$;
 -- protected (no write granted; every non-content table is protected): users, enrollments, course_progress, lesson_progress, payments, subscriptions, user_streaks, user_streak_badges, user_points_history, weekly_lesson_completions, streak_recovery_history
 DO $roles$
 DECLARE bad text;
@@ -170,8 +180,18 @@ END
 $roles$;
 -- pg_dump refuses tables with row-level security unless the role bypasses it
 -- (a policy-filtered dump would silently miss rows). Needs a superuser (or, on 16+,
--- a CREATEROLE role that has BYPASSRLS itself).
-ALTER ROLE safesync_backup BYPASSRLS;
+-- a CREATEROLE role that has BYPASSRLS itself); elsewhere the script stops here, saying so.
+DO $roles$
+BEGIN
+  IF NOT (SELECT rolsuper OR (rolbypassrls AND current_setting('server_version_num')::int >= 160000)
+          FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE EXCEPTION 'safesync roles: % cannot give safesync_backup BYPASSRLS on this server, nothing was changed', current_user
+      USING DETAIL = 'Before PostgreSQL 16 only a superuser may grant BYPASSRLS; from 16 a CREATEROLE role that has BYPASSRLS itself may.',
+            HINT = 'Run the script as a superuser. Without one (a hosted PostgreSQL 15), keep the jobs on this role: each sync still proves, per transaction, that it wrote no protected table.';
+  END IF;
+  ALTER ROLE safesync_backup BYPASSRLS;
+END
+$roles$;
 -- the weekly restore drill restores the newest dump into a scratch database it creates
 -- (and drops) beside the source: it owns only that scratch database, nothing else changes
 ALTER ROLE safesync_backup CREATEDB;

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from safesync.shared.errors import ConfigError, DatabaseError
 from safesync.functions.doctor import run_all
-from safesync.shared.preflight import FAIL, OK, quick
+from safesync.shared.preflight import FAIL, OK, WARN, quick
 
 from tests.fsutil import read_only
 
@@ -85,14 +85,19 @@ def test_each_problem_is_its_own_failure(healthy, make_db, write_settings, pg_se
         assert "pw@" not in check.detail and "sentinel" not in check.detail
 
 
-def test_fails_when_sync_role_could_write_protected_tables(make_db, write_settings) -> None:
+@pytest.mark.parametrize("required", [False, True], ids=["default", "require_least_privilege"])
+def test_a_sync_role_that_could_write_protected_tables_is_judged_as_the_sync_judges_it(make_db, write_settings, required) -> None:
+    """A warning, as the sync gives one (its per-transaction proof still
+    checks every write); a failure where the config makes the sync refuse."""
     dev, prod = make_db(), make_db()
     for url in (dev, prod):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SCHEMA + "alter table progress drop constraint progress_lesson_id_fkey, add foreign key (lesson_id) references lessons on delete cascade;")
-    checks = by_name(run_all(write_settings({"dev": dev, "prod": prod}, CONTENT)))
+    config = CONTENT + ("require_least_privilege = true\n" if required else "")
+    checks = by_name(run_all(write_settings({"dev": dev, "prod": prod}, config)))
     privilege = checks[("content sync", "role least privilege")]
-    assert privilege.status == FAIL and "users" in privilege.detail and "safesync roles sql" in privilege.advice
+    assert privilege.status == (FAIL if required else WARN) and "users" in privilege.detail and "safesync roles sql" in privilege.advice
+    assert ("require_least_privilege is on" in privilege.detail) == required
     assert checks[("content sync", "progress → lessons")].detail.startswith("ON DELETE CASCADE")
 
 

@@ -65,7 +65,11 @@ def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterato
             writable = [t.short for t in writable_tables(conn, content)]
             if writable:
                 shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
-                yield Check("content sync", "role least privilege", FAIL, f"{facts[name].user} could write protected tables: {shown}", "connect as a role that can only write content tables: apply `safesync roles sql`")
+                # as the sync treats it: a warning (the per-transaction protection proof still checks every write),
+                # a failure once content_sync.require_least_privilege makes the sync refuse it
+                status, enforced = (FAIL, " (content_sync.require_least_privilege is on: the sync refuses)") if section.require_least_privilege else (WARN, "")
+                yield Check("content sync", "role least privilege", status, f"{facts[name].user} could write protected tables: {shown}{enforced}",
+                            "connect as a role that can only write content tables: apply `safesync roles sql` (it needs a superuser, or on PostgreSQL 16+ a CREATEROLE role with BYPASSRLS)")
             else:
                 yield Check("content sync", "role least privilege", OK, f"{facts[name].user} can write only content tables")
             for fk in foreign_keys(conn):
