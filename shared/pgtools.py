@@ -36,6 +36,7 @@ from pathlib import Path
 
 from psycopg import conninfo as pg_conninfo
 
+from . import probecache
 from .db import SESSION_OPTIONS
 from .errors import ConfigError
 from .log import redact
@@ -76,25 +77,24 @@ class PgTool:
         return {"path": str(self.path), "version": f"{self.version[0]}.{self.version[1]}", "chosen": self.reason}
 
 
-_probed: dict[tuple[str, int, int], tuple[int, int] | None] = {}
-
-
 def _version(path: Path) -> tuple[int, int] | None:
     """The (major, minor) ``path --version`` prints; None if it does not run.
-    Cached per file identity: a job asks several times, a run takes ms."""
-    try:
-        st = path.stat()
-    except OSError:
+    Remembered per file identity (``probecache``): a job asks several
+    times, and every run would start each binary found."""
+    question = probecache.key(path, "version")
+    if question is None:
         return None
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _probed:
-        try:
-            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
-            match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", out) or re.search(r"(\d+)(?:\.(\d+))?", out)
-            _probed[key] = (int(match[1]), int(match[2] or 0)) if match else None
-        except (OSError, subprocess.SubprocessError):
-            _probed[key] = None
-    return _probed[key]
+    known = probecache.get(question)
+    if known is not None:
+        return tuple(known) if known else None
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # not an answer to keep: it may run next time
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", out) or re.search(r"(\d+)(?:\.(\d+))?", out)
+    version = (int(match[1]), int(match[2] or 0)) if match else None
+    probecache.put(question, list(version) if version else [])  # [] : it runs, but is not a PostgreSQL tool
+    return version
 
 
 def _package_dir(name: str) -> Path | None:
@@ -238,7 +238,6 @@ def require_for_server(name: str, server_version_num: int, *, prefer: str | None
     return find_tool(name, at_least=server_version_num // 10000, prefer=prefer)
 
 
-_compression: dict[tuple[str, int, int, str], bool] = {}
 # What pg_dump says when it parsed -Z but was built without the library.
 _UNSUPPORTED = "does not support compression"
 
@@ -252,7 +251,7 @@ def supports_compression(tool: PgTool, method: str) -> bool:
     so it is run against a socket folder that does not exist — a build
     without the method says so, a build with it fails to connect. Only
     pg_dump 16+ knows method names (15 takes ``-Z`` as a gzip level only).
-    Cached per file identity.
+    Remembered per file identity (``probecache``).
     """
     if method in ("none", "gzip"):  # every build we can use has zlib
         return True
@@ -260,17 +259,21 @@ def supports_compression(tool: PgTool, method: str) -> bool:
     version = _version(pg_dump)
     if version is None or version[0] < 16:
         return False
-    st = pg_dump.stat()
-    key = (str(pg_dump), st.st_mtime_ns, st.st_size, method)
-    if key not in _compression:
-        probe = [str(pg_dump), f"--compress={method}", "--format=custom", "--file=/dev/null",
-                 "--dbname=host=/nonexistent/safesync-probe port=1 dbname=probe connect_timeout=1"]
-        try:
-            out = subprocess.run(probe, capture_output=True, text=True, timeout=10, env=child_env(), cwd="/")
-            _compression[key] = out.returncode != 0 and _UNSUPPORTED not in out.stderr and "invalid" not in out.stderr
-        except (OSError, subprocess.SubprocessError):
-            _compression[key] = False
-    return _compression[key]
+    question = probecache.key(pg_dump, "compress", method)
+    if question is None:
+        return False
+    known = probecache.get(question)
+    if known is not None:
+        return known
+    probe = [str(pg_dump), f"--compress={method}", "--format=custom", "--file=/dev/null",
+             "--dbname=host=/nonexistent/safesync-probe port=1 dbname=probe connect_timeout=1"]
+    try:
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=10, env=child_env(), cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return False  # not an answer to keep
+    able = out.returncode != 0 and _UNSUPPORTED not in out.stderr and "invalid" not in out.stderr
+    probecache.put(question, able)
+    return able
 
 
 def child_env() -> dict[str, str]:

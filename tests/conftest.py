@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -29,6 +30,8 @@ for _name, _value in sentinels.SECRETS.items():
 os.environ["SAFESYNC_PUBLIC_URL"] = sentinels.PUBLIC_URL
 os.environ.pop("SAFESYNC_CONFIG", None)
 os.environ.pop("SAFESYNC_NOTIFY_URL", None)
+# What client binaries answered (shared.probecache) is remembered in a folder of this run, not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="safesync-test-cache-")
 
 
 class PgServer:

@@ -192,3 +192,41 @@ def test_debians_dispatching_wrapper_is_not_asked(machine: Path) -> None:
     assert [t.path for t in pgtools.found_tools("pg_dump")] == [real]
     assert pgtools.find_tool("pg_dump", at_least=16).path == real
     assert not asked.exists()
+
+
+def counting_tool(folder: Path, name: str, version: str, runs: Path) -> Path:
+    """A fake binary that notes each run in ``runs``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho run >> '{runs}'\necho '{name} (PostgreSQL) {version}'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_binarys_answers_are_remembered_between_runs_until_it_changes(machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new process (the cache's memory dropped) finds the version on disk
+    without starting the binary; an upgraded binary (new content) is asked
+    again; a cache folder that cannot be written costs asking, nothing else."""
+    from safesync.shared import probecache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(machine / "cache"))
+    runs = machine / "runs.log"
+    tool = counting_tool(machine / "usr-bin", "pg_dump", "16.4", runs)
+
+    def new_process_finds() -> tuple[int, int]:
+        monkeypatch.setattr(probecache, "_answers", None)
+        return pgtools.find_tool("pg_dump").version
+
+    assert new_process_finds() == (16, 4) and runs.read_text().count("run") == 1
+    assert new_process_finds() == (16, 4) and runs.read_text().count("run") == 1  # from the file
+    tool.write_text(tool.read_text().replace("16.4", "16.15"))  # upgraded in place
+    assert new_process_finds() == (16, 15) and runs.read_text().count("run") == 2
+    (machine / "cache" / "safesync" / probecache.FILE).write_text("{not json")
+    assert new_process_finds() == (16, 15) and runs.read_text().count("run") == 3
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tool))  # a file, not a folder: nothing can be written there
+    assert new_process_finds() == (16, 15) and new_process_finds() == (16, 15)
+    assert runs.read_text().count("run") == 5
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says: ~/.cache
+    monkeypatch.setenv("HOME", str(machine / "home"))
+    assert new_process_finds() == (16, 15) and (machine / "home/.cache/safesync" / probecache.FILE).exists()
+    assert not (Path.cwd() / "relative").exists()
