@@ -291,3 +291,41 @@ def test_events_window_at_the_ends_of_the_calendar_is_400_not_500(fake, cal_sett
     cal_settings()
     r = post(client, {"action": "events", **bounds})
     assert r.status_code == 400 and "out of range" in r.get_json()["error"], r.get_json()
+
+
+def test_channels_of_a_calendar_removed_from_the_config_are_stopped(fake, qstash, cal_settings, client):
+    """A calendar taken out of calendar.calendar_ids kept its push channel
+    open (watch only looked at the configured calendars): Google delivered
+    its changes until the channel's expiry, and each notification queued a
+    sync that calendar_sync refused. Google: "To stop receiving messages
+    about a particular resource, make a POST request to the channels.stop
+    method" (developers.google.com/calendar/api/guides/push)."""
+    from safesync.functions.calendar.watch import watch
+
+    settings = cal_settings()
+    both = settings.config.calendar.model_copy(update={"calendar_ids": ["primary", "team"]})
+    settings.config = settings.config.model_copy(update={"calendar": both})
+    fake.store.put_event("team", {"id": "t0000000", "summary": "Team", "start": {"dateTime": NOW.isoformat()},
+                                  "end": {"dateTime": (NOW + timedelta(hours=1)).isoformat()}})
+    assert watch(settings).status == 200
+    team = next(c for c in fake.store.channels.values() if c["calendar_id"] == "team")
+    fake.store.notifications.clear()
+    only_primary = both.model_copy(update={"calendar_ids": ["primary"]})
+    settings.config = settings.config.model_copy(update={"calendar": only_primary})
+
+    fake.store.edit("team", "t0000000", {"summary": "still watched"})
+    note = fake.store.notifications.pop()  # before the next watch run: nothing queued for a calendar not synced
+    answer = handle_notify(settings, note["headers"])
+    assert answer.status == 200 and answer.body["ignored"] == "calendar not configured", answer.body
+    assert qstash.published == []
+
+    answer = watch(settings)
+    assert answer.status == 200, answer.body
+    assert team.get("stopped") is True
+    removed = [r for r in answer.body["tables"]["channels"] if r["calendar"] == "team"]
+    assert removed and removed[0]["action"] == "stopped: calendar not configured" and removed[0]["stopped"] == 1
+    with connect(settings) as conn:
+        left = conn.execute("select count(*) as n from calendar.channels where calendar_id = 'team' and stopped_at is null").fetchone()
+    assert left["n"] == 0
+    assert handle_notify(settings, note["headers"]).body["ignored"] == "channel stopped"
+    assert "1 stopped" in answer.body["summary"]

@@ -3,7 +3,8 @@
 ``ensure_channels`` (the ``watch`` action; infra/schedules.toml runs it every
 6 h) opens a channel when none is active, when the newest expires within
 ``channel_renew_hours``, or when it points at another address than the
-current one; then it stops the older ones. Google never renews a channel
+current one; then it stops the older ones, and every channel of a calendar
+no longer in ``calendar_ids``. Google never renews a channel
 ("there is no automatic way to renew a notification channel"): a channel
 nobody replaces stops notifying at its expiration. Each channel has its own
 random token; only its SHA-256 is stored. Notifications are answered by
@@ -80,9 +81,27 @@ def ensure_channels(settings: Settings, report: Report) -> None:
                     _stop(conn, client, policy, old, report.run_id)
                     stopped += 1
             rows.append({"calendar": cal, "channel": newest["id"], "action": action, "expires": newest["expiration"].isoformat(), "stopped": stopped})
+        rows.extend(_stop_unconfigured(conn, client, policy, cfg.calendar_ids, report.run_id))
     report.tables["channels"] = rows
     report.details["api_calls"] = dict(client.calls)
     report.summary = f"{sum(r['action'] == 'opened' for r in rows)} channel(s) opened, {sum(r['stopped'] for r in rows)} stopped"
+
+
+def _stop_unconfigured(conn, client: CalendarClient, policy, calendar_ids: list[str], run_id: str) -> list[dict[str, Any]]:
+    """Channels of calendars taken out of ``calendar_ids``: stopped, or
+    Google keeps notifying us of a calendar nobody syncs until they expire."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "select * from calendar.channels where stopped_at is null and not (calendar_id = any(%s)) order by calendar_id, id",
+            [calendar_ids],
+        )
+        orphans = cur.fetchall()
+    stopped: dict[str, int] = {}
+    for channel in orphans:
+        _stop(conn, client, policy, channel, run_id)
+        stopped[channel["calendar_id"]] = stopped.get(channel["calendar_id"], 0) + 1
+    return [{"calendar": cal, "channel": None, "action": "stopped: calendar not configured", "expires": None, "stopped": n}
+            for cal, n in stopped.items()]
 
 
 def _open(conn, client: CalendarClient, policy, calendar_id: str, address: str, ttl_hours: int, run_id: str) -> dict[str, Any]:
