@@ -198,3 +198,24 @@ def test_an_app_attendee_without_email_fails_the_row_instead_of_vanishing(fake, 
     assert row["attendees"] == [{"displayName": "Bob"}, {"email": "a@example.com"}]  # the app's content, untouched
     assert row["sync_status"] == "pending_sync" and "has no email" in row["sync_error"]
     assert body["details"]["counts"]["push_failed"] == 1
+
+
+def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):
+    """A row whose conference_data the app wrote in clear (or damaged) made
+    Cipher.decrypt raise JobFailed out of the whole calendar run (503): no
+    other row was pulled or pushed again. Now that row fails with the
+    reason and the rest syncs."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(0), conference_data=b'{"conferenceId": "plain"}', title="edited in the app")
+    app_update(settings, gid(1), title="pushed fine")
+    fake.store.edit("primary", gid(2), {"summary": "pulled fine"})
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 200, answer.body
+    assert answer.body["ok"] is False and "failed to push" in answer.body["summary"]
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "pulled fine"
+    assert fake.store.live("primary")[gid(1)]["summary"] == "pushed fine"
+    assert local[gid(0)]["title"] == "edited in the app" and "not in the expected encrypted format" in local[gid(0)]["sync_error"]
+    assert fake.store.live("primary")[gid(0)]["summary"] == "Event 0"  # nothing half-sent

@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .crypto import Cipher
+from .crypto import Cipher, UnreadableConference
 
 # The fields two-way sync owns. "when" is all_day/start/end together: they
 # only make sense as one value (a merge never mixes a date start with a
@@ -173,9 +173,21 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
     return body
 
 
+def _conference(row: dict[str, Any], cipher: Cipher, lenient: bool) -> dict[str, Any] | None:
+    """The row's conference data; one that does not decrypt fails that row
+    (``lenient``: none), as a malformed attendee list does."""
+    try:
+        return cipher.decrypt(row["conference_data"])
+    except UnreadableConference as exc:
+        if lenient:
+            return None
+        raise InvalidEventData(exc.message) from None
+
+
 def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> EventData:
     """Canonical data of a row; ``InvalidEventData`` if the app wrote a
-    malformed one (``lenient``: malformed attendee entries are left out)."""
+    malformed one or its conference data does not decrypt (``lenient``:
+    malformed attendee entries and unreadable conference data are left out)."""
     if row["all_day"]:
         when = {"all_day": True, "start": row["start_date"].isoformat(), "end": row["end_date"].isoformat()}
     else:
@@ -189,7 +201,7 @@ def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> E
         "attendees": _attendees(row["attendees"], lenient=lenient, strict=not lenient),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
-        "conference": cipher.decrypt(row["conference_data"]),
+        "conference": _conference(row, cipher, lenient),
     }
 
 
