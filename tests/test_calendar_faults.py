@@ -9,7 +9,7 @@ from safesync.functions.calendar.status import calendar_status
 from safesync.functions.calendar.sync import run_sync
 from tests.fake_calendar import Faults
 from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
-from tests.fake_calendar.helpers import NOW, app_insert, app_update, connect, gid, rows
+from tests.fake_calendar.helpers import NOW, app_insert, app_update, audit, connect, gid, rows
 from tests.test_calendar_sync import assert_converged, seed, sync
 
 
@@ -198,6 +198,60 @@ def test_an_app_attendee_without_email_fails_the_row_instead_of_vanishing(fake, 
     assert row["attendees"] == [{"displayName": "Bob"}, {"email": "a@example.com"}]  # the app's content, untouched
     assert row["sync_status"] == "pending_sync" and "has no email" in row["sync_error"]
     assert body["details"]["counts"]["push_failed"] == 1
+
+
+def corrupt(fake, event_id: str, **fields) -> None:
+    """Google answering with fields of another type than its reference
+    gives (a schema change, a bug): written past the fake's validation."""
+    with fake.store.lock:
+        stored = fake.store.events("primary")[event_id]
+        stored.update(fields)
+        fake.store._bump("primary", stored)
+
+
+def test_a_malformed_google_event_is_skipped_and_named_while_the_rest_syncs(fake, cal_settings):
+    """One event whose conferenceData (or another field) was not of the
+    documented type crashed the whole calendar's run (AttributeError: 500)
+    and nothing else synced; a recurrence string was stored as a list of its
+    characters. Now that event is skipped and named, its held row kept, the
+    others applied, and the run is not ok."""
+    settings = cal_settings()
+    seed(fake, 4)
+    conference = {"conferenceId": "abc-defg-hij", "entryPoints": [{"entryPointType": "video", "uri": "https://meet.google.com/abc-defg-hij"}]}
+    fake.store.edit("primary", gid(0), {"conferenceData": conference})
+    sync(settings, "full")
+    held = rows(settings)[gid(0)]
+    corrupt(fake, gid(0), conferenceData=["not", "an", "object"], summary="renamed while malformed")
+    corrupt(fake, gid(1), recurrence="RRULE:FREQ=DAILY")
+    fake.store.put_event("primary", {"id": "n0000001", "summary": "new", "start": {"dateTime": (NOW + timedelta(days=2)).isoformat()},
+                                     "end": {"dateTime": (NOW + timedelta(days=2, hours=1)).isoformat()}})
+    corrupt(fake, "n0000001", conferenceData="meet.google.com/secret-room")
+    fake.store.edit("primary", gid(2), {"summary": "edited on Google"})
+    for mode in ("incremental", "full"):
+        answer = run_sync(settings, mode)
+        body = answer.body
+        assert answer.status == 200 and body["ok"] is False, body
+        assert "malformed Google event(s) skipped" in body["summary"]
+        named = " ".join(body["warnings"])
+        assert f"primary/{gid(0)}" in named and "conferenceData must be a dict, not list" in named
+        assert "secret-room" not in str(body)
+        if mode == "incremental":
+            assert f"primary/{gid(1)}" in named and "recurrence must be a list" in named and "primary/n0000001" in named
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "edited on Google" and local[gid(2)]["sync_status"] == "synced"
+    assert local[gid(0)]["title"] == held["title"] and not local[gid(0)]["deleted"]  # kept as it was
+    assert local[gid(0)]["conference_data"] == held["conference_data"]
+    assert local[gid(1)]["recurrence"] is None and not local[gid(1)]["deleted"]
+    assert "n0000001" not in local
+    errors = [a for a in audit(settings, "error") if a["action"] == "Google's event malformed: skipped"]
+    assert {a["google_event_id"] for a in errors} >= {gid(0), gid(1), "n0000001"}
+    # An unbounded resync checks every held row: the malformed ones are never deleted either.
+    answer = run_sync(settings, "full", resync=True)
+    assert answer.status == 200 and not any(r["deleted"] for r in rows(settings).values())
+    # Google repairs the event: the next change is applied.
+    fake.store.edit("primary", gid(0), {"conferenceData": conference, "summary": "repaired"})
+    sync(settings, "incremental")
+    assert rows(settings)[gid(0)]["title"] == "repaired"
 
 
 def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):

@@ -202,11 +202,23 @@ class Puller:
             row = existing.get(item["id"])
             if row is None and item.get("recurringEventId"):
                 row = instances.get((item["recurringEventId"], original_start(item)))
-            if item.get("status") == "cancelled":
-                self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
-            else:
-                self._plan_live(plan, item, row, window)
+            try:
+                if item.get("status") == "cancelled":
+                    self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
+                else:
+                    self._plan_live(plan, item, row, window)
+            except InvalidEventData as exc:
+                self._skip_malformed(plan, item, row, exc)
         return plan
+
+    def _skip_malformed(self, plan: PagePlan, item: dict[str, Any], row, exc: InvalidEventData) -> None:
+        """An event Google sent with a field we cannot read: skipped and
+        named (warning, audit, the run not ok); its row, if held, is kept
+        as it was — never deleted nor overwritten — and the others sync."""
+        self.ctx.counts["malformed_remote"] += 1
+        self.ctx.warnings.append(f"{self.cal}/{item['id']}: Google's event is malformed ({exc}); skipped, the row kept as it was")
+        plan.audits.append(("error", "Google's event malformed: skipped",
+                            {"row": row or {"id": None, "google_event_id": item["id"]}, "error": str(exc)}))
 
     def _series_live(self, master_id: str, existing, cancelled_series, listed_series) -> bool:
         if master_id in cancelled_series:
@@ -315,14 +327,15 @@ class Puller:
                 plan.audits.append(("state", "absent from listing and gone on Google: deleted", {"row": row, "status": failure.status}))
             elif failure is not None:
                 ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: absent from listing, check failed ({failure.describe()}); kept")
-            elif response.get("status") == "cancelled":
-                if response.get("recurringEventId"):
-                    self._plan_live(plan, response, row, None, data=cancelled_exception_data(response, None, ctx))
-                else:
-                    plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
-                    plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
+            elif response.get("status") == "cancelled" and not response.get("recurringEventId"):
+                plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
+                plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
             else:
-                self._plan_live(plan, response, row, None)
+                try:
+                    data = cancelled_exception_data(response, None, ctx) if response.get("status") == "cancelled" else None
+                    self._plan_live(plan, response, row, None, data=data)
+                except InvalidEventData as exc:
+                    self._skip_malformed(plan, response, row, exc)
         return plan
 
     def _guard(self, items, deletions: int, window, full: bool) -> None:

@@ -223,9 +223,14 @@ class Pusher:
             if row.get("_instance") is not None:
                 instance = row["_instance"]
                 base = self._occurrence_base(row["recurring_event_id"], instance)
-                with self.ctx.conn.transaction():
-                    return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
-                                         "with Google's instance")
+                try:
+                    with self.ctx.conn.transaction():
+                        return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
+                                             "with Google's instance")
+                except InvalidEventData as exc:
+                    with self.ctx.conn.transaction():
+                        self._malformed(row, exc)
+                    return None
             return Op(row, "patch" if row["etag"] else "force_patch", data, row["etag"])
         return Op(row, "patch", data, row["etag"]) if row["etag"] else Op(row, "insert", data)
 
@@ -261,7 +266,11 @@ class Pusher:
             retried: list[Failure] = []
             with ctx.conn.transaction():
                 for op, response, failure in results:
-                    follow = self._handle(op, response, failure)
+                    try:
+                        follow = self._handle(op, response, failure)
+                    except InvalidEventData as exc:  # Google's answer unreadable: this row fails, the others go on
+                        self._malformed(op.row, exc)
+                        continue
                     if follow is not None:
                         if follow.tries > op.tries and failure is not None:
                             retried.append(failure)
@@ -426,6 +435,11 @@ class Pusher:
         ).fetchone()[0]
         ctx.counts["push_failed"] += 1
         self._audit(row, "error", f"push failed ({status})", {"error": failure.describe(), "status": failure.status, "reason": failure.reason})
+
+    def _malformed(self, row: dict[str, Any], exc: InvalidEventData) -> None:
+        """Google answered with an event we cannot read: the row fails with
+        the reason (never overwritten from it), the others go on."""
+        self._failed(row, Failure(None, "malformedRemote", f"Google's event is malformed ({exc})", False))
 
     def _audit(self, row: dict[str, Any], kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, event_id=row["id"],
