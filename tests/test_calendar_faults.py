@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from safesync.functions.calendar.crypto import Cipher
 from safesync.functions.calendar.status import calendar_status
 from safesync.functions.calendar.sync import run_sync
 from tests.fake_calendar import Faults
@@ -273,3 +274,24 @@ def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_sett
     assert fake.store.live("primary")[gid(1)]["summary"] == "pushed fine"
     assert local[gid(0)]["title"] == "edited in the app" and "not in the expected encrypted format" in local[gid(0)]["sync_error"]
     assert fake.store.live("primary")[gid(0)]["summary"] == "Event 0"  # nothing half-sent
+
+
+def test_google_changes_not_applied_to_an_unreadable_synced_row_make_the_run_not_ok(fake, cal_settings):
+    """A synced row whose conference data no longer decrypts (the key was
+    rotated) cannot take Google's edits: they were skipped with a warning
+    under ok: true, and as the row is never pushed nothing else ever said
+    that it is stale."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    with connect(settings) as conn:
+        conn.execute("set safesync.sync_writer = 'on'")  # as written by the sync, under an older key
+        conn.execute("update calendar.events set conference_data = %s where google_event_id = %s",
+                     [Cipher(b"k" * 32).encrypt({"conferenceId": "old"}), gid(0)])
+    fake.store.edit("primary", gid(0), {"summary": "edited on Google"})
+    fake.store.edit("primary", gid(1), {"summary": "applied"})
+    body = run_sync(settings, "incremental").body
+    assert body["ok"] is False and "1 Google change(s) not applied to malformed row(s)" in body["summary"], body
+    assert any(f"primary/{gid(0)}" in w and "does not decrypt" in w for w in body["warnings"])
+    local = rows(settings)
+    assert local[gid(1)]["title"] == "applied" and local[gid(0)]["title"] == "Event 0"

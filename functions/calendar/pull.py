@@ -278,6 +278,7 @@ class Puller:
             # it (that would drop the app's other edits); its push fails with
             # the reason, and once the app repairs it the push meets the 412
             # and merges.
+            ctx.counts["malformed_local"] += 1  # a synced row is never pushed: only this says it is stale
             ctx.warnings.append(f"{self.cal}/{item['id']}: row is malformed ({exc}); Google's change not applied")
             plan.audits.append(("error", "Google's change not applied: row malformed", {"row": row, "error": str(exc)}))
             return
