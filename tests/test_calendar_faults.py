@@ -295,3 +295,22 @@ def test_google_changes_not_applied_to_an_unreadable_synced_row_make_the_run_not
     assert any(f"primary/{gid(0)}" in w and "does not decrypt" in w for w in body["warnings"])
     local = rows(settings)
     assert local[gid(1)]["title"] == "applied" and local[gid(0)]["title"] == "Event 0"
+
+
+def test_cleanup_confirms_a_row_absent_from_its_listings_by_id_before_deleting_it(fake, cal_settings):
+    """Cleanup deleted a synced row on absence from its two windowed
+    listings alone: an event Google had just moved out of the window (not
+    pulled yet) was marked deleted — the app saw a live event vanish and
+    the audit said it was gone. Every other path asks Google by id first
+    (events.get: 404/410 or "cancelled" only mean gone)."""
+    settings = cal_settings()
+    seed(fake, 6)
+    sync(settings, "full")
+    later = NOW + timedelta(days=200)
+    fake.store.edit("primary", gid(0), {"start": {"dateTime": later.isoformat()}, "end": {"dateTime": (later + timedelta(hours=1)).isoformat()}})
+    del fake.store.calendars["primary"][gid(1)]  # really gone: 404 by id
+    body = sync(settings, "cleanup")
+    local = rows(settings)
+    assert not local[gid(0)]["deleted"] and local[gid(0)]["start_at"] == later
+    assert local[gid(1)]["deleted"]
+    assert body["details"]["counts"]["extra"] == 1
