@@ -314,3 +314,28 @@ def test_cleanup_confirms_a_row_absent_from_its_listings_by_id_before_deleting_i
     assert not local[gid(0)]["deleted"] and local[gid(0)]["start_at"] == later
     assert local[gid(1)]["deleted"]
     assert body["details"]["counts"]["extra"] == 1
+
+
+def test_cleanup_repairs_a_cancelled_occurrence_the_app_deleted(fake, cal_settings):
+    """A cancelled occurrence is listed by a windowed listing (events.list:
+    "Cancelled instances of recurring events ... will still be included if
+    showDeleted and singleEvents are both False"). Cleanup repaired a held
+    row it had as a live event: such an instance may carry only its id,
+    status and original start (no start/end), and every weekly cleanup
+    crashed (500) once the app had deleted that occurrence's row."""
+    from tests.test_calendar_sync import put_standup, utc_key
+
+    settings = cal_settings()
+    first = put_standup(fake)
+    occ4 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=4)))
+    sync(settings, "full")
+    fake.store.remove("primary", occ4)
+    sync(settings, "incremental")
+    app_update(settings, occ4, deleted=True)  # the app clears the cancelled occurrence away
+    sync(settings, "incremental")
+    body = sync(settings, "cleanup")
+    assert body["details"]["counts"]["missing"] == 1
+    row = rows(settings)[occ4]
+    assert (row["event_status"], row["deleted"], row["sync_status"]) == ("cancelled", False, "synced")
+    assert row["start_at"] == first + timedelta(days=4)
+    assert not rows(settings)["series00001"]["deleted"]

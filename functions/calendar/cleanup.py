@@ -18,7 +18,6 @@ from psycopg.rows import dict_row
 
 from . import state
 from .context import SyncContext
-from .mapping import InvalidEventData
 from .pull import Puller, full_params, list_all
 
 
@@ -42,8 +41,9 @@ class Cleanup:
             )
             held = {r["google_event_id"]: r for r in cur.fetchall()}
         # Absent from both listings: asked by id, deleted only if Google says gone.
-        plan = self.puller._confirm_absent(list({**first, **second}.values()), window)
-        ctx.counts["extra"] += len(plan.deletes)
+        absent = self.puller._confirm_absent(list({**first, **second}.values()), window)
+        ctx.counts["extra"] += len(absent.deletes)
+        repairs = []
         for gid, item in agreed.items():
             row = held.get(gid)
             if row is None or row["deleted"]:
@@ -52,13 +52,13 @@ class Cleanup:
                 ctx.counts["etag_mismatch"] += 1
             else:
                 continue
-            try:
-                self.puller._plan_live(plan, item, row, None)
-            except InvalidEventData as exc:
-                self.puller._skip_malformed(plan, item, row, exc)
-        self.puller._guard(list(agreed.values()), len(plan.deletes), window, True)
+            repairs.append(item)
+        # Planned as a listing page is (a cancelled occurrence is not a live event).
+        [plan] = self.puller.plan_pages([repairs], None)
+        self.puller._guard(list(agreed.values()), len(plan.deletes) + len(absent.deletes), window, True)
         with ctx.conn.transaction():
             self.puller._write(plan)
+            self.puller._write(absent)
 
     def drop_obsolete(self) -> None:
         """Rows (and audit entries) past ``retention_days``: deleted rows

@@ -173,14 +173,7 @@ class Puller:
         ctx, conn = self.ctx, self.ctx.conn
         items = listing.items
         ctx.counts["listed"] += len(items)
-        existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
-        instances = unpushed_instances(
-            conn, self.cal,
-            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
-        )
-        cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
-        listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
-        plans = [self._plan_page(page, existing, instances, cancelled_series, listed_series, window) for page in listing.pages]
+        plans = self.plan_pages(listing.pages, window)
         missing = self._confirm_absent(items, window if absent == "window" else None) if absent else PagePlan()
         deletions = sum(len(p.deletes) for p in plans + [missing])
         self._guard(items, deletions, window, absent is not None)
@@ -195,6 +188,21 @@ class Puller:
                     if keep_token:
                         state.store_token(conn, self.cal, listing.sync_token)
                         state.clear_notify_pending(conn, self.cal, self.listed_from)
+
+    def plan_pages(self, pages: list[list[dict[str, Any]]], window) -> list[PagePlan]:
+        """One plan per page of Google events (live, cancelled, series and
+        their occurrences alike), against the rows held for them; new events
+        only when they touch ``window`` (None: any)."""
+        conn = self.ctx.conn
+        items = [item for page in pages for item in page]
+        existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
+        instances = unpushed_instances(
+            conn, self.cal,
+            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+        )
+        cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
+        listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
+        return [self._plan_page(page, existing, instances, cancelled_series, listed_series, window) for page in pages]
 
     def _plan_page(self, page, existing, instances, cancelled_series, listed_series, window) -> PagePlan:
         plan = PagePlan()
