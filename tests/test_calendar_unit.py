@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httplib2
 import pytest
@@ -38,6 +38,21 @@ def http_error(status: int, reason: str) -> HttpError:
 def test_retry_classification_follows_googles_error_guide(status, reason, retryable):
     failure = classify(http_error(status, reason))
     assert (failure.status, failure.reason, failure.retryable) == (status, reason, retryable)
+
+
+def test_retry_after_is_read_in_both_of_its_forms():
+    """RFC 9110 section 10.2.3: "Retry-After = HTTP-date / delay-seconds".
+    An HTTP-date was ignored, so the backoff did not wait as asked."""
+    from email.utils import format_datetime
+
+    def after(value: str) -> float | None:
+        return classify(HttpError(httplib2.Response({"status": 429, "retry-after": value}), b"{}")).retry_after
+
+    assert after("7") == 7
+    in_20s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True)
+    assert 17 <= after(in_20s) <= 20
+    assert after(format_datetime(datetime.now(timezone.utc) - timedelta(minutes=5), usegmt=True)) == 0
+    assert after("soon") is None and after("-3") is None and after("nan") is None
 
 
 def test_transport_errors_are_retryable():

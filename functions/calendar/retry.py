@@ -17,6 +17,8 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Callable, TypeVar
 
 import httplib2
@@ -59,17 +61,28 @@ def _http_error_parts(exc: HttpError) -> tuple[int, str, str]:
     return status, reason or http.client.responses.get(status, "error"), message
 
 
+def _retry_after(value: str) -> float | None:
+    """Seconds to wait from a Retry-After header, in either of its forms
+    (RFC 9110 section 10.2.3: "HTTP-date / delay-seconds"); None when it is
+    neither."""
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110: HTTP-date is always GMT
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
 def classify(exc: BaseException) -> Failure:
     """A Failure for any exception a Google call may raise."""
     if isinstance(exc, HttpError):
         status, reason, message = _http_error_parts(exc)
-        retry_after = None
         header = exc.resp.get("retry-after") if hasattr(exc.resp, "get") else None
-        if header:
-            try:
-                retry_after = float(header)
-            except ValueError:
-                retry_after = None
+        retry_after = _retry_after(header) if header else None
         retryable = status == 429 or status >= 500 or (status == 403 and reason in RATE_REASONS)
         return Failure(status, reason, message, retryable, retry_after)
     if isinstance(exc, (socket.timeout, TimeoutError)):
