@@ -312,6 +312,21 @@ def test_fake_refuses_batches_over_1000_calls(fake, api):
     assert batch(1001) == 400
 
 
+def test_fake_ignores_conference_data_without_conference_data_version_1(fake, api):
+    # events.insert/patch, conferenceDataVersion: "Version 0 assumes no conference
+    # data support and ignores conference data in the event's body. ... The default is 0."
+    conference = {"conferenceId": "abc-defg-hij"}
+    body = {**event("conf00001", "E", NOW + timedelta(days=1)), "conferenceData": conference}
+    plain = api.service.events().insert(calendarId="primary", body=body).execute()
+    assert "conferenceData" not in plain
+    api.service.events().patch(calendarId="primary", eventId="conf00001", body={"conferenceData": conference}).execute()
+    assert "conferenceData" not in fake.store.live("primary")["conf00001"]
+    api.patch_request("primary", "conf00001", {"conferenceData": conference}, None).execute()  # ours sends version 1
+    assert fake.store.live("primary")["conf00001"]["conferenceData"] == conference
+    api.patch_request("primary", "conf00001", {"conferenceData": None}, None).execute()  # null clears (patch semantics)
+    assert "conferenceData" not in fake.store.live("primary")["conf00001"]
+
+
 def test_fake_channels_expire_and_number_their_messages(fake, api):
     # Push guide: X-Goog-Message-Number "is always 1 for sync messages" and
     # increases, not sequentially; a channel stops at its expiration (events.watch

@@ -165,6 +165,10 @@ class FakeCalendar:
             if scopes is not None and name and not scopes & METHOD_SCOPES[name]:
                 raise ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
             payload = json.loads(body) if body.strip() else {}
+            if method in ("POST", "PATCH", "PUT") and query.get("conferenceDataVersion") != "1":
+                # events.insert/patch/update, conferenceDataVersion: "Version 0 assumes no
+                # conference data support and ignores conference data in the event's body."
+                payload.pop("conferenceData", None)
             if rest == ["channels", "stop"] and method == "POST":
                 calls["stop"] += 1
                 self.store.stop(payload)
