@@ -201,8 +201,9 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
                 body[side]["timeZone"] = zone
     if not exception:
         body["recurrence"] = data["recurrence"]
-    if data["conference"] is not None:
-        body["conferenceData"] = data["conference"]
+    # Always sent, like the other fields: a null removes a meeting the app
+    # removed (left out, Google kept it and the sync wrote it back as synced).
+    body["conferenceData"] = data["conference"]
     return body
 
 
