@@ -339,3 +339,19 @@ def test_cleanup_repairs_a_cancelled_occurrence_the_app_deleted(fake, cal_settin
     assert (row["event_status"], row["deleted"], row["sync_status"]) == ("cancelled", False, "synced")
     assert row["start_at"] == first + timedelta(days=4)
     assert not rows(settings)["series00001"]["deleted"]
+
+
+def test_status_is_degraded_while_a_malformed_google_event_is_skipped(fake, cal_settings):
+    """The run that skipped a malformed Google event said ok: false once, but
+    `calendar status` kept saying ok although the event never synced."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    sync(settings, "full")  # a second full: its listing is the window's own
+    corrupt(fake, gid(0), conferenceData="not an object")
+    assert run_sync(settings, "full").body["ok"] is False
+    status = calendar_status(settings)
+    assert status["health"] == "degraded" and "skipped 1 malformed Google event(s)" in status["reason"], status["reason"]
+    fake.store.edit("primary", gid(0), {"conferenceData": None, "summary": "repaired"})
+    sync(settings, "full")
+    assert calendar_status(settings)["health"] == "ok"

@@ -118,6 +118,7 @@ class Puller:
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
         self.listed_from = ctx.now  # when the token listing began (notifications before it are covered)
+        self.malformed: set[str] = set()  # Google events skipped as malformed in this run
 
     # -- entry points -------------------------------------------------------
     def incremental(self) -> str:
@@ -223,6 +224,9 @@ class Puller:
         """An event Google sent with a field we cannot read: skipped and
         named (warning, audit, the run not ok); its row, if held, is kept
         as it was — never deleted nor overwritten — and the others sync."""
+        if item["id"] in self.malformed:  # a full run lists it twice (incremental, then the window)
+            return
+        self.malformed.add(item["id"])
         self.ctx.counts["malformed_remote"] += 1
         self.ctx.warnings.append(f"{self.cal}/{item['id']}: Google's event is malformed ({exc}); skipped, the row kept as it was")
         plan.audits.append(("error", "Google's event malformed: skipped",
