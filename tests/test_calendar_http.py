@@ -18,7 +18,7 @@ from safesync.shared.config import load_settings
 from safesync.shared.errors import AuthError
 from safesync.shared.http import Call
 from tests.fake_calendar.fixtures import cal_settings, fake, qstash  # noqa: F401
-from tests.fake_calendar.helpers import NOW, connect, qstash_delivery, rows
+from tests.fake_calendar.helpers import NOW, app_update, connect, qstash_delivery, rows
 from tests.test_calendar_sync import seed
 
 
@@ -329,3 +329,19 @@ def test_channels_of_a_calendar_removed_from_the_config_are_stopped(fake, qstash
     assert left["n"] == 0
     assert handle_notify(settings, note["headers"]).body["ignored"] == "channel stopped"
     assert "1 stopped" in answer.body["summary"]
+
+
+def test_an_event_whose_conference_data_does_not_decrypt_is_named_not_a_failed_read(fake, cal_settings, client):
+    """One row whose conference_data does not decrypt (written in clear by
+    the app, or under an older key) made every read of its window a 503
+    that did not say which event."""
+    settings = cal_settings()
+    seed(fake, 3)
+    assert post(client, {"mode": "full"}).status_code == 200
+    app_update(settings, "e0000001", conference_data=b'{"conferenceId": "plain"}')
+    r = post(client, {"action": "events", **window()})
+    assert r.status_code == 200, r.get_json()
+    events = {e["google_event_id"]: e for e in r.get_json()["events"]}
+    assert len(events) == 3 and events["e0000001"]["conference"] is None
+    assert "not in the expected encrypted format" in events["e0000001"]["conference_error"]
+    assert "conference_error" not in events["e0000000"]
