@@ -345,3 +345,29 @@ def test_an_event_whose_conference_data_does_not_decrypt_is_named_not_a_failed_r
     assert len(events) == 3 and events["e0000001"]["conference"] is None
     assert "not in the expected encrypted format" in events["e0000001"]["conference_error"]
     assert "conference_error" not in events["e0000000"]
+
+
+def test_a_calendar_whose_watch_fails_does_not_keep_the_others_from_renewal(fake, cal_settings, monkeypatch):
+    """events.watch refused for one calendar (403) ended the watch run at
+    that calendar: the calendars after it were never renewed, and their
+    channels lapsed. Now every calendar is renewed and the run fails naming
+    the one that was refused."""
+    from safesync.functions.calendar.watch import watch
+    from tests.fake_calendar.store import ApiError
+
+    settings = cal_settings()
+    both = settings.config.calendar.model_copy(update={"calendar_ids": ["team", "primary"]})
+    settings.config = settings.config.model_copy(update={"calendar": both})
+    real_watch = fake.store.watch
+
+    def refuse_team(cal, body):
+        if cal == "team":
+            raise ApiError(403, "forbidden", "The caller does not have permission")
+        return real_watch(cal, body)
+
+    monkeypatch.setattr(fake.store, "watch", refuse_team)
+    answer = watch(settings)
+    assert answer.status == 503 and "calendar team: events.watch failed: 403 forbidden" in answer.body["error"], answer.body
+    assert [c["calendar_id"] for c in fake.store.channels.values()] == ["primary"]
+    with connect(settings) as conn:
+        assert [r["calendar_id"] for r in conn.execute("select calendar_id from calendar.channels").fetchall()] == ["primary"]
