@@ -414,6 +414,25 @@ def test_a_meeting_removed_in_the_app_is_removed_on_google(fake, cal_settings):
     assert_converged(fake, settings)
 
 
+def test_an_app_made_occurrence_keeps_the_meeting_of_its_series(fake, cal_settings):
+    """Since conferenceData is always sent (null removes it), an occurrence
+    the app makes (it cannot write conference data: encrypted at rest) must
+    not remove its instance's Meet link: no conference on a row that never
+    synced is not a removal."""
+    settings = cal_settings()
+    first = put_standup(fake)
+    conference = {"conferenceId": "abc-defg-hij"}
+    fake.store.edit("primary", "series00001", {"conferenceData": conference})
+    sync(settings, "full")
+    moment = first + timedelta(days=3)
+    app_insert(settings, title="Standup (moved)", start=moment + timedelta(hours=1), hours=0.5, tz="Europe/Berlin",
+               recurring_event_id="series00001", original_start=utc_key(moment))
+    sync(settings, "incremental")
+    instance = fake.store.live("primary")[fake.store.instance_id("primary", "series00001", utc_key(moment))]
+    assert instance["summary"] == "Standup (moved)" and instance["conferenceData"] == conference
+    assert_converged(fake, settings)
+
+
 def test_migrations_are_idempotent_and_a_changed_one_is_refused(make_db, monkeypatch):
     import psycopg as pg
 

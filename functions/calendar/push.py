@@ -224,6 +224,10 @@ class Pusher:
                 instance = row["_instance"]
                 base = self._occurrence_base(row["recurring_event_id"], instance)
                 try:
+                    if row["conference_data"] is None:
+                        # Never synced, so no conference is not a removal: the app
+                        # cannot write one (encrypted at rest); it keeps the instance's.
+                        data = dict(data, conference=from_google(instance)["conference"])
                     with self.ctx.conn.transaction():
                         return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
                                              "with Google's instance")
