@@ -355,3 +355,31 @@ def test_status_is_degraded_while_a_malformed_google_event_is_skipped(fake, cal_
     fake.store.edit("primary", gid(0), {"conferenceData": None, "summary": "repaired"})
     sync(settings, "full")
     assert calendar_status(settings)["health"] == "ok"
+
+
+def test_a_retry_after_longer_than_the_backoff_allows_is_not_cut_short(fake, cal_settings):
+    """Google's error guide: retry rate-limit errors with exponential backoff;
+    RFC 9110 10.2.3: Retry-After is how long the client "ought to wait". A
+    Retry-After beyond retry_max_delay_s was cut to that cap, so every
+    attempt called Google again early (each one more over quota), and the
+    rows of a push burnt their tries on Google's throttle. Now the attempt
+    ends at once, the run fails naming the wait, and rows keep their tries."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(0), title="waits for Google")
+    fake.reset_counts()
+    fake.faults = Faults(rate=1.0, kinds=("429",), retry_after="120", only="/calendar/v3/calendars/primary/events")
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 503 and "Retry-After 120 s" in answer.body["error"], answer.body
+    assert fake.calls["list"] == 0 and sum(fake.injected.values()) == 1  # one call, not one per attempt
+    fake.reset_counts()
+    fake.faults = Faults(rate=1.0, kinds=("429", "403rate"), retry_after="120", only="/batch")
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 503, answer.body
+    assert sum(fake.injected.values()) == 1
+    row = rows(settings)[gid(0)]
+    assert (row["sync_status"], row["sync_retries"]) == ("pending_sync", 0)
+    fake.faults = Faults()
+    sync(settings, "incremental")
+    assert fake.store.live("primary")[gid(0)]["summary"] == "waits for Google"

@@ -92,7 +92,7 @@ class Pusher:
             self._drive([op for op in map(self._op_for, self._instance_ids(ready)) if op is not None])
         if self.unreachable is not None:
             # Google itself was unreachable: the rows are not at fault and keep their tries.
-            raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable ({self.unreachable.describe()})",
+            raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable or asking to wait ({self.unreachable.describe()})",
                             {"calendar_id": self.cal})
 
     # -- preparation --------------------------------------------------------
@@ -129,7 +129,7 @@ class Pusher:
         )
         with self.ctx.conn.transaction():
             for row, response, failure in results:
-                if failure is not None and failure.whole_batch and failure.retryable:
+                if failure is not None and self._postponed(failure):
                     self.unreachable = failure  # Google unreachable: the row keeps its tries
                     continue
                 if failure is not None and failure.status not in (404, 410):
@@ -301,11 +301,11 @@ class Pusher:
             return None
         status = failure.status
         if failure.retryable:
-            if op.tries + 1 < ctx.policy.attempts:
+            if op.tries + 1 < ctx.policy.attempts and not ctx.policy.waits_too_long(failure):
                 return replace(op, tries=op.tries + 1)
-            if failure.whole_batch:
+            if self._postponed(failure):
                 self.unreachable = failure
-                self._audit(op.row, "error", "push postponed: Google unreachable", {"error": failure.describe()})
+                self._audit(op.row, "error", "push postponed: Google unreachable or asking to wait", {"error": failure.describe()})
             else:
                 self._failed(op.row, failure)
             return None
@@ -439,6 +439,12 @@ class Pusher:
         ).fetchone()[0]
         ctx.counts["push_failed"] += 1
         self._audit(row, "error", f"push failed ({status})", {"error": failure.describe(), "status": failure.status, "reason": failure.reason})
+
+    def _postponed(self, failure: Failure) -> bool:
+        """Google itself is not taking calls (unreachable, or asking for a
+        longer wait than the backoff allows): the row is not at fault and
+        keeps its tries."""
+        return failure.retryable and (failure.whole_batch or self.ctx.policy.waits_too_long(failure))
 
     def _malformed(self, row: dict[str, Any], exc: InvalidEventData) -> None:
         """Google answered with an event we cannot read: the row fails with

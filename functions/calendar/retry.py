@@ -43,7 +43,8 @@ class Failure:
 
     def describe(self) -> str:
         code = f"{self.status} " if self.status else ""
-        return f"{code}{self.reason}: {self.message}"[:500]
+        wait = f" (Retry-After {self.retry_after:g} s)" if self.retry_after else ""
+        return f"{code}{self.reason}: {self.message}{wait}"[:500]
 
 
 def _http_error_parts(exc: HttpError) -> tuple[int, str, str]:
@@ -95,13 +96,20 @@ def classify(exc: BaseException) -> Failure:
 @dataclass
 class RetryPolicy:
     """Exponential backoff with full jitter: try n waits up to
-    ``base * 2**n`` (capped), honouring a server's Retry-After."""
+    ``base * 2**n`` (capped), and never less than a server's Retry-After;
+    one longer than the cap is not retried in this run."""
 
     attempts: int = 6
     base_delay: float = 1.0
     max_delay: float = 32.0
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+
+    def waits_too_long(self, failure: Failure) -> bool:
+        """Google asked for a longer wait than this policy may sleep: calling
+        earlier would only be refused again (and count against the quota),
+        so the attempt ends and a later run tries again."""
+        return failure.retry_after is not None and failure.retry_after > self.max_delay
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))
@@ -126,7 +134,7 @@ class RetryPolicy:
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait,
-            retry=retry_if_exception(lambda e: classify(e).retryable),
+            retry=retry_if_exception(lambda e: classify(e).retryable and not self.waits_too_long(classify(e))),
             before_sleep=before_sleep,
             sleep=self.sleep,
             reraise=True,
