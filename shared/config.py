@@ -284,7 +284,7 @@ class ValidateSection(_Section):
 
 class CalendarSection(_Section):
     database: str = "prod"
-    calendar_ids: list[str] = Field(default_factory=lambda: ["primary"])
+    calendar_ids: list[str] = Field(default_factory=lambda: ["primary"], min_length=1)
     incremental_days: int = Field(14, ge=1)
     full_days: int = Field(90, ge=1)
     retention_days: int = Field(180, ge=1)
@@ -304,6 +304,16 @@ class CalendarSection(_Section):
     channel_renew_hours: int = Field(24, ge=1)
     events_max_days: int = Field(366, ge=1)
     scopes: list[str] = Field(default_factory=lambda: ["https://www.googleapis.com/auth/calendar.events"], min_length=1)
+
+    @field_validator("calendar_ids")
+    @classmethod
+    def _calendars_once_each(cls, v: list[str]) -> list[str]:
+        # No calendar: every run synced nothing and said ok. Twice: two runs of one calendar per sync.
+        if any(not cal.strip() for cal in v):
+            raise ValueError("an empty calendar id (use \"primary\" or the calendar's address)")
+        if twice := sorted({cal for cal in v if v.count(cal) > 1}):
+            raise ValueError(f"lists {', '.join(twice)} twice")
+        return v
 
     @model_validator(mode="after")
     def _renewal_inside_lifetime(self) -> "CalendarSection":

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from safesync.functions.calendar.crypto import Cipher
 from safesync.functions.calendar.status import calendar_status
 from safesync.functions.calendar.sync import run_sync
 from tests.fake_calendar import Faults
 from tests.fake_calendar.fixtures import cal_settings, fake  # noqa: F401
-from tests.fake_calendar.helpers import NOW, app_insert, app_update, connect, gid, rows
+from tests.fake_calendar.helpers import NOW, app_insert, app_update, audit, connect, gid, rows
 from tests.test_calendar_sync import assert_converged, seed, sync
 
 
@@ -198,3 +199,187 @@ def test_an_app_attendee_without_email_fails_the_row_instead_of_vanishing(fake, 
     assert row["attendees"] == [{"displayName": "Bob"}, {"email": "a@example.com"}]  # the app's content, untouched
     assert row["sync_status"] == "pending_sync" and "has no email" in row["sync_error"]
     assert body["details"]["counts"]["push_failed"] == 1
+
+
+def corrupt(fake, event_id: str, **fields) -> None:
+    """Google answering with fields of another type than its reference
+    gives (a schema change, a bug): written past the fake's validation."""
+    with fake.store.lock:
+        stored = fake.store.events("primary")[event_id]
+        stored.update(fields)
+        fake.store._bump("primary", stored)
+
+
+def test_a_malformed_google_event_is_skipped_and_named_while_the_rest_syncs(fake, cal_settings):
+    """One event whose conferenceData (or another field) was not of the
+    documented type crashed the whole calendar's run (AttributeError: 500)
+    and nothing else synced; a recurrence string was stored as a list of its
+    characters. Now that event is skipped and named, its held row kept, the
+    others applied, and the run is not ok."""
+    settings = cal_settings()
+    seed(fake, 4)
+    conference = {"conferenceId": "abc-defg-hij", "entryPoints": [{"entryPointType": "video", "uri": "https://meet.google.com/abc-defg-hij"}]}
+    fake.store.edit("primary", gid(0), {"conferenceData": conference})
+    sync(settings, "full")
+    held = rows(settings)[gid(0)]
+    corrupt(fake, gid(0), conferenceData=["not", "an", "object"], summary="renamed while malformed")
+    corrupt(fake, gid(1), recurrence="RRULE:FREQ=DAILY")
+    fake.store.put_event("primary", {"id": "n0000001", "summary": "new", "start": {"dateTime": (NOW + timedelta(days=2)).isoformat()},
+                                     "end": {"dateTime": (NOW + timedelta(days=2, hours=1)).isoformat()}})
+    corrupt(fake, "n0000001", conferenceData="meet.google.com/secret-room")
+    fake.store.edit("primary", gid(2), {"summary": "edited on Google"})
+    for mode in ("incremental", "full"):
+        answer = run_sync(settings, mode)
+        body = answer.body
+        assert answer.status == 200 and body["ok"] is False, body
+        assert "malformed Google event(s) skipped" in body["summary"]
+        named = " ".join(body["warnings"])
+        assert f"primary/{gid(0)}" in named and "conferenceData must be a dict, not list" in named
+        assert "secret-room" not in str(body)
+        if mode == "incremental":
+            assert f"primary/{gid(1)}" in named and "recurrence must be a list" in named and "primary/n0000001" in named
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "edited on Google" and local[gid(2)]["sync_status"] == "synced"
+    assert local[gid(0)]["title"] == held["title"] and not local[gid(0)]["deleted"]  # kept as it was
+    assert local[gid(0)]["conference_data"] == held["conference_data"]
+    assert local[gid(1)]["recurrence"] is None and not local[gid(1)]["deleted"]
+    assert "n0000001" not in local
+    errors = [a for a in audit(settings, "error") if a["action"] == "Google's event malformed: skipped"]
+    assert {a["google_event_id"] for a in errors} >= {gid(0), gid(1), "n0000001"}
+    # An unbounded resync checks every held row: the malformed ones are never deleted either.
+    answer = run_sync(settings, "full", resync=True)
+    assert answer.status == 200 and not any(r["deleted"] for r in rows(settings).values())
+    # Google repairs the event: the next change is applied.
+    fake.store.edit("primary", gid(0), {"conferenceData": conference, "summary": "repaired"})
+    sync(settings, "incremental")
+    assert rows(settings)[gid(0)]["title"] == "repaired"
+
+
+def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):
+    """A row whose conference_data the app wrote in clear (or damaged) made
+    Cipher.decrypt raise JobFailed out of the whole calendar run (503): no
+    other row was pulled or pushed again. Now that row fails with the
+    reason and the rest syncs."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(0), conference_data=b'{"conferenceId": "plain"}', title="edited in the app")
+    app_update(settings, gid(1), title="pushed fine")
+    fake.store.edit("primary", gid(2), {"summary": "pulled fine"})
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 200, answer.body
+    assert answer.body["ok"] is False and "failed to push" in answer.body["summary"]
+    local = rows(settings)
+    assert local[gid(2)]["title"] == "pulled fine"
+    assert fake.store.live("primary")[gid(1)]["summary"] == "pushed fine"
+    assert local[gid(0)]["title"] == "edited in the app" and "not in the expected encrypted format" in local[gid(0)]["sync_error"]
+    assert fake.store.live("primary")[gid(0)]["summary"] == "Event 0"  # nothing half-sent
+
+
+def test_google_changes_not_applied_to_an_unreadable_synced_row_make_the_run_not_ok(fake, cal_settings):
+    """A synced row whose conference data no longer decrypts (the key was
+    rotated) cannot take Google's edits: they were skipped with a warning
+    under ok: true, and as the row is never pushed nothing else ever said
+    that it is stale."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "full")
+    with connect(settings) as conn:
+        conn.execute("set safesync.sync_writer = 'on'")  # as written by the sync, under an older key
+        conn.execute("update calendar.events set conference_data = %s where google_event_id = %s",
+                     [Cipher(b"k" * 32).encrypt({"conferenceId": "old"}), gid(0)])
+    fake.store.edit("primary", gid(0), {"summary": "edited on Google"})
+    fake.store.edit("primary", gid(1), {"summary": "applied"})
+    body = run_sync(settings, "incremental").body
+    assert body["ok"] is False and "1 Google change(s) not applied to malformed row(s)" in body["summary"], body
+    assert any(f"primary/{gid(0)}" in w and "does not decrypt" in w for w in body["warnings"])
+    local = rows(settings)
+    assert local[gid(1)]["title"] == "applied" and local[gid(0)]["title"] == "Event 0"
+
+
+def test_cleanup_confirms_a_row_absent_from_its_listings_by_id_before_deleting_it(fake, cal_settings):
+    """Cleanup deleted a synced row on absence from its two windowed
+    listings alone: an event Google had just moved out of the window (not
+    pulled yet) was marked deleted — the app saw a live event vanish and
+    the audit said it was gone. Every other path asks Google by id first
+    (events.get: 404/410 or "cancelled" only mean gone)."""
+    settings = cal_settings()
+    seed(fake, 6)
+    sync(settings, "full")
+    later = NOW + timedelta(days=200)
+    fake.store.edit("primary", gid(0), {"start": {"dateTime": later.isoformat()}, "end": {"dateTime": (later + timedelta(hours=1)).isoformat()}})
+    del fake.store.calendars["primary"][gid(1)]  # really gone: 404 by id
+    body = sync(settings, "cleanup")
+    local = rows(settings)
+    assert not local[gid(0)]["deleted"] and local[gid(0)]["start_at"] == later
+    assert local[gid(1)]["deleted"]
+    assert body["details"]["counts"]["extra"] == 1
+
+
+def test_cleanup_repairs_a_cancelled_occurrence_the_app_deleted(fake, cal_settings):
+    """A cancelled occurrence is listed by a windowed listing (events.list:
+    "Cancelled instances of recurring events ... will still be included if
+    showDeleted and singleEvents are both False"). Cleanup repaired a held
+    row it had as a live event: such an instance may carry only its id,
+    status and original start (no start/end), and every weekly cleanup
+    crashed (500) once the app had deleted that occurrence's row."""
+    from tests.test_calendar_sync import put_standup, utc_key
+
+    settings = cal_settings()
+    first = put_standup(fake)
+    occ4 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=4)))
+    sync(settings, "full")
+    fake.store.remove("primary", occ4)
+    sync(settings, "incremental")
+    app_update(settings, occ4, deleted=True)  # the app clears the cancelled occurrence away
+    sync(settings, "incremental")
+    body = sync(settings, "cleanup")
+    assert body["details"]["counts"]["missing"] == 1
+    row = rows(settings)[occ4]
+    assert (row["event_status"], row["deleted"], row["sync_status"]) == ("cancelled", False, "synced")
+    assert row["start_at"] == first + timedelta(days=4)
+    assert not rows(settings)["series00001"]["deleted"]
+
+
+def test_status_is_degraded_while_a_malformed_google_event_is_skipped(fake, cal_settings):
+    """The run that skipped a malformed Google event said ok: false once, but
+    `calendar status` kept saying ok although the event never synced."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    sync(settings, "full")  # a second full: its listing is the window's own
+    corrupt(fake, gid(0), conferenceData="not an object")
+    assert run_sync(settings, "full").body["ok"] is False
+    status = calendar_status(settings)
+    assert status["health"] == "degraded" and "skipped 1 malformed Google event(s)" in status["reason"], status["reason"]
+    fake.store.edit("primary", gid(0), {"conferenceData": None, "summary": "repaired"})
+    sync(settings, "full")
+    assert calendar_status(settings)["health"] == "ok"
+
+
+def test_a_retry_after_longer_than_the_backoff_allows_is_not_cut_short(fake, cal_settings):
+    """Google's error guide: retry rate-limit errors with exponential backoff;
+    RFC 9110 10.2.3: Retry-After is how long the client "ought to wait". A
+    Retry-After beyond retry_max_delay_s was cut to that cap, so every
+    attempt called Google again early (each one more over quota), and the
+    rows of a push burnt their tries on Google's throttle. Now the attempt
+    ends at once, the run fails naming the wait, and rows keep their tries."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "full")
+    app_update(settings, gid(0), title="waits for Google")
+    fake.reset_counts()
+    fake.faults = Faults(rate=1.0, kinds=("429",), retry_after="120", only="/calendar/v3/calendars/primary/events")
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 503 and "Retry-After 120 s" in answer.body["error"], answer.body
+    assert fake.calls["list"] == 0 and sum(fake.injected.values()) == 1  # one call, not one per attempt
+    fake.reset_counts()
+    fake.faults = Faults(rate=1.0, kinds=("429", "403rate"), retry_after="120", only="/batch")
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 503, answer.body
+    assert sum(fake.injected.values()) == 1
+    row = rows(settings)[gid(0)]
+    assert (row["sync_status"], row["sync_retries"]) == ("pending_sync", 0)
+    fake.faults = Faults()
+    sync(settings, "incremental")
+    assert fake.store.live("primary")[gid(0)]["summary"] == "waits for Google"

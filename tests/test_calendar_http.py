@@ -18,7 +18,7 @@ from safesync.shared.config import load_settings
 from safesync.shared.errors import AuthError
 from safesync.shared.http import Call
 from tests.fake_calendar.fixtures import cal_settings, fake, qstash  # noqa: F401
-from tests.fake_calendar.helpers import NOW, connect, qstash_delivery, rows
+from tests.fake_calendar.helpers import NOW, app_update, connect, qstash_delivery, rows
 from tests.test_calendar_sync import seed
 
 
@@ -291,3 +291,83 @@ def test_events_window_at_the_ends_of_the_calendar_is_400_not_500(fake, cal_sett
     cal_settings()
     r = post(client, {"action": "events", **bounds})
     assert r.status_code == 400 and "out of range" in r.get_json()["error"], r.get_json()
+
+
+def test_channels_of_a_calendar_removed_from_the_config_are_stopped(fake, qstash, cal_settings, client):
+    """A calendar taken out of calendar.calendar_ids kept its push channel
+    open (watch only looked at the configured calendars): Google delivered
+    its changes until the channel's expiry, and each notification queued a
+    sync that calendar_sync refused. Google: "To stop receiving messages
+    about a particular resource, make a POST request to the channels.stop
+    method" (developers.google.com/calendar/api/guides/push)."""
+    from safesync.functions.calendar.watch import watch
+
+    settings = cal_settings()
+    both = settings.config.calendar.model_copy(update={"calendar_ids": ["primary", "team"]})
+    settings.config = settings.config.model_copy(update={"calendar": both})
+    fake.store.put_event("team", {"id": "t0000000", "summary": "Team", "start": {"dateTime": NOW.isoformat()},
+                                  "end": {"dateTime": (NOW + timedelta(hours=1)).isoformat()}})
+    assert watch(settings).status == 200
+    team = next(c for c in fake.store.channels.values() if c["calendar_id"] == "team")
+    fake.store.notifications.clear()
+    only_primary = both.model_copy(update={"calendar_ids": ["primary"]})
+    settings.config = settings.config.model_copy(update={"calendar": only_primary})
+
+    fake.store.edit("team", "t0000000", {"summary": "still watched"})
+    note = fake.store.notifications.pop()  # before the next watch run: nothing queued for a calendar not synced
+    answer = handle_notify(settings, note["headers"])
+    assert answer.status == 200 and answer.body["ignored"] == "calendar not configured", answer.body
+    assert qstash.published == []
+
+    answer = watch(settings)
+    assert answer.status == 200, answer.body
+    assert team.get("stopped") is True
+    removed = [r for r in answer.body["tables"]["channels"] if r["calendar"] == "team"]
+    assert removed and removed[0]["action"] == "stopped: calendar not configured" and removed[0]["stopped"] == 1
+    with connect(settings) as conn:
+        left = conn.execute("select count(*) as n from calendar.channels where calendar_id = 'team' and stopped_at is null").fetchone()
+    assert left["n"] == 0
+    assert handle_notify(settings, note["headers"]).body["ignored"] == "channel stopped"
+    assert "1 stopped" in answer.body["summary"]
+
+
+def test_an_event_whose_conference_data_does_not_decrypt_is_named_not_a_failed_read(fake, cal_settings, client):
+    """One row whose conference_data does not decrypt (written in clear by
+    the app, or under an older key) made every read of its window a 503
+    that did not say which event."""
+    settings = cal_settings()
+    seed(fake, 3)
+    assert post(client, {"mode": "full"}).status_code == 200
+    app_update(settings, "e0000001", conference_data=b'{"conferenceId": "plain"}')
+    r = post(client, {"action": "events", **window()})
+    assert r.status_code == 200, r.get_json()
+    events = {e["google_event_id"]: e for e in r.get_json()["events"]}
+    assert len(events) == 3 and events["e0000001"]["conference"] is None
+    assert "not in the expected encrypted format" in events["e0000001"]["conference_error"]
+    assert "conference_error" not in events["e0000000"]
+
+
+def test_a_calendar_whose_watch_fails_does_not_keep_the_others_from_renewal(fake, cal_settings, monkeypatch):
+    """events.watch refused for one calendar (403) ended the watch run at
+    that calendar: the calendars after it were never renewed, and their
+    channels lapsed. Now every calendar is renewed and the run fails naming
+    the one that was refused."""
+    from safesync.functions.calendar.watch import watch
+    from tests.fake_calendar.store import ApiError
+
+    settings = cal_settings()
+    both = settings.config.calendar.model_copy(update={"calendar_ids": ["team", "primary"]})
+    settings.config = settings.config.model_copy(update={"calendar": both})
+    real_watch = fake.store.watch
+
+    def refuse_team(cal, body):
+        if cal == "team":
+            raise ApiError(403, "forbidden", "The caller does not have permission")
+        return real_watch(cal, body)
+
+    monkeypatch.setattr(fake.store, "watch", refuse_team)
+    answer = watch(settings)
+    assert answer.status == 503 and "calendar team: events.watch failed: 403 forbidden" in answer.body["error"], answer.body
+    assert [c["calendar_id"] for c in fake.store.channels.values()] == ["primary"]
+    with connect(settings) as conn:
+        assert [r["calendar_id"] for r in conn.execute("select calendar_id from calendar.channels").fetchall()] == ["primary"]

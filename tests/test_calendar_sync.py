@@ -391,6 +391,48 @@ def test_conference_data_is_encrypted_at_rest(fake, cal_settings):
     assert CIPHER.decrypt(row["conference_data"]) == conference
 
 
+def test_a_meeting_removed_in_the_app_is_removed_on_google(fake, cal_settings):
+    """The push left conferenceData out of the patch when the row had none,
+    so Google kept the meeting, the sync wrote it back over the app's
+    removal and reported the row synced. A patch clears a field sent as
+    null (Google's patch semantics); a meeting Google added meanwhile still
+    survives an app edit of another field (412, three-way merge)."""
+    settings = cal_settings()
+    conference = {"conferenceId": "abc-defg-hij", "entryPoints": [{"entryPointType": "video", "uri": "https://meet.google.com/abc-defg-hij"}]}
+    fake.store.put_event("primary", event("meet0000001", "Call", NOW + timedelta(days=1), conferenceData=conference))
+    fake.store.put_event("primary", event("meet0000002", "Chat", NOW + timedelta(days=2)))
+    sync(settings, "full")
+    app_update(settings, "meet0000001", conference_data=None, meeting_id=None)
+    app_update(settings, "meet0000002", title="Chat (moved)")
+    fake.store.edit("primary", "meet0000002", {"conferenceData": conference})  # added on Google meanwhile
+    sync(settings, "incremental")
+    remote, local = fake.store.live("primary"), rows(settings)
+    assert "conferenceData" not in remote["meet0000001"]
+    assert local["meet0000001"]["conference_data"] is None and local["meet0000001"]["sync_status"] == "synced"
+    assert remote["meet0000002"]["conferenceData"] == conference and remote["meet0000002"]["summary"] == "Chat (moved)"
+    assert CIPHER.decrypt(local["meet0000002"]["conference_data"]) == conference
+    assert_converged(fake, settings)
+
+
+def test_an_app_made_occurrence_keeps_the_meeting_of_its_series(fake, cal_settings):
+    """Since conferenceData is always sent (null removes it), an occurrence
+    the app makes (it cannot write conference data: encrypted at rest) must
+    not remove its instance's Meet link: no conference on a row that never
+    synced is not a removal."""
+    settings = cal_settings()
+    first = put_standup(fake)
+    conference = {"conferenceId": "abc-defg-hij"}
+    fake.store.edit("primary", "series00001", {"conferenceData": conference})
+    sync(settings, "full")
+    moment = first + timedelta(days=3)
+    app_insert(settings, title="Standup (moved)", start=moment + timedelta(hours=1), hours=0.5, tz="Europe/Berlin",
+               recurring_event_id="series00001", original_start=utc_key(moment))
+    sync(settings, "incremental")
+    instance = fake.store.live("primary")[fake.store.instance_id("primary", "series00001", utc_key(moment))]
+    assert instance["summary"] == "Standup (moved)" and instance["conferenceData"] == conference
+    assert_converged(fake, settings)
+
+
 def test_migrations_are_idempotent_and_a_changed_one_is_refused(make_db, monkeypatch):
     import psycopg as pg
 

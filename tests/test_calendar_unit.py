@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httplib2
 import pytest
@@ -38,6 +38,21 @@ def http_error(status: int, reason: str) -> HttpError:
 def test_retry_classification_follows_googles_error_guide(status, reason, retryable):
     failure = classify(http_error(status, reason))
     assert (failure.status, failure.reason, failure.retryable) == (status, reason, retryable)
+
+
+def test_retry_after_is_read_in_both_of_its_forms():
+    """RFC 9110 section 10.2.3: "Retry-After = HTTP-date / delay-seconds".
+    An HTTP-date was ignored, so the backoff did not wait as asked."""
+    from email.utils import format_datetime
+
+    def after(value: str) -> float | None:
+        return classify(HttpError(httplib2.Response({"status": 429, "retry-after": value}), b"{}")).retry_after
+
+    assert after("7") == 7
+    in_20s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True)
+    assert 17 <= after(in_20s) <= 20
+    assert after(format_datetime(datetime.now(timezone.utc) - timedelta(minutes=5), usegmt=True)) == 0
+    assert after("soon") is None and after("-3") is None and after("nan") is None
 
 
 def test_transport_errors_are_retryable():
@@ -295,6 +310,21 @@ def test_fake_refuses_batches_over_1000_calls(fake, api):
 
     assert batch(1000) == 200
     assert batch(1001) == 400
+
+
+def test_fake_ignores_conference_data_without_conference_data_version_1(fake, api):
+    # events.insert/patch, conferenceDataVersion: "Version 0 assumes no conference
+    # data support and ignores conference data in the event's body. ... The default is 0."
+    conference = {"conferenceId": "abc-defg-hij"}
+    body = {**event("conf00001", "E", NOW + timedelta(days=1)), "conferenceData": conference}
+    plain = api.service.events().insert(calendarId="primary", body=body).execute()
+    assert "conferenceData" not in plain
+    api.service.events().patch(calendarId="primary", eventId="conf00001", body={"conferenceData": conference}).execute()
+    assert "conferenceData" not in fake.store.live("primary")["conf00001"]
+    api.patch_request("primary", "conf00001", {"conferenceData": conference}, None).execute()  # ours sends version 1
+    assert fake.store.live("primary")["conf00001"]["conferenceData"] == conference
+    api.patch_request("primary", "conf00001", {"conferenceData": None}, None).execute()  # null clears (patch semantics)
+    assert "conferenceData" not in fake.store.live("primary")["conf00001"]
 
 
 def test_fake_channels_expire_and_number_their_messages(fake, api):

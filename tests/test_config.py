@@ -39,6 +39,9 @@ from safesync.shared.errors import ConfigError
         ("[backup]\nkeep_daily = -1", "backup.keep_daily"),
         ('[storage]\nurl = "az://bucket"', "file://, gs:// or s3://"),
         ("not toml = = =", "not valid TOML"),
+        ("[calendar]\ncalendar_ids = []", "calendar.calendar_ids"),
+        ('[calendar]\ncalendar_ids = ["primary", " "]', "an empty calendar id"),
+        ('[calendar]\ncalendar_ids = ["primary", "primary"]', "calendar.calendar_ids: lists primary twice"),
     ],
 )
 def test_invalid_config_is_one_clear_line(toml: str, expected: str) -> None:

@@ -64,7 +64,7 @@ class BatchRunner(Generic[K]):
             done += [r for r in results if r[2] is None or not r[2].retryable]
             if not retry:
                 return done
-            if attempt == self.ctx.policy.attempts - 1:
+            if attempt == self.ctx.policy.attempts - 1 or any(self.ctx.policy.waits_too_long(f) for _, f in retry):
                 return done + [(key, None, failure) for key, failure in retry]
             self.ctx.counts["item_retries"] += len(retry)
             self.sleep_before_retry(attempt, [f for _, f in retry])

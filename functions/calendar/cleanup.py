@@ -2,10 +2,11 @@
 rows past the retention horizon.
 
 An event counts as present on Google only when both fully paged listings
-agree on it (same etag); a row counts as gone only when neither listing has
-it. Anything that changed between the two listings is left for the next
+agree on it (same etag); a row neither listing has is asked for by id and
+counts as gone only when Google says so (404/410 or cancelled), as in a full
+sync. Anything that changed between the two listings is left for the next
 run. Repairs: ``missing`` (Google has it, we do not), ``extra`` (we hold a
-synced row Google no longer lists), ``etag_mismatch`` (we hold a different
+synced row Google says is gone), ``etag_mismatch`` (we hold a different
 version) — each repaired through the same planning as a pull, and counted.
 """
 
@@ -17,8 +18,7 @@ from psycopg.rows import dict_row
 
 from . import state
 from .context import SyncContext
-from .pull import PagePlan, Puller, full_params, list_all
-from .store import absent_candidates
+from .pull import Puller, full_params, list_all
 
 
 class Cleanup:
@@ -40,8 +40,10 @@ class Cleanup:
                 [self.cal, list(agreed)],
             )
             held = {r["google_event_id"]: r for r in cur.fetchall()}
-        extra = absent_candidates(ctx.conn, self.cal, list(set(first) | set(second)), window)
-        plan = PagePlan()
+        # Absent from both listings: asked by id, deleted only if Google says gone.
+        absent = self.puller._confirm_absent(list({**first, **second}.values()), window)
+        ctx.counts["extra"] += len(absent.deletes)
+        repairs = []
         for gid, item in agreed.items():
             row = held.get(gid)
             if row is None or row["deleted"]:
@@ -50,16 +52,13 @@ class Cleanup:
                 ctx.counts["etag_mismatch"] += 1
             else:
                 continue
-            self.puller._plan_live(plan, item, row, None)
-        for row in extra:
-            ctx.counts["extra"] += 1
-            plan.deletes.append({"id": row["id"], "etag": None, "_row": row})
-            if not row["recurring_event_id"]:
-                plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
-            plan.audits.append(("state", "absent from two listings: deleted", {"row": row}))
-        self.puller._guard(list(agreed.values()), len(plan.deletes), window, True)
+            repairs.append(item)
+        # Planned as a listing page is (a cancelled occurrence is not a live event).
+        [plan] = self.puller.plan_pages([repairs], None)
+        self.puller._guard(list(agreed.values()), len(plan.deletes) + len(absent.deletes), window, True)
         with ctx.conn.transaction():
             self.puller._write(plan)
+            self.puller._write(absent)
 
     def drop_obsolete(self) -> None:
         """Rows (and audit entries) past ``retention_days``: deleted rows

@@ -25,6 +25,11 @@ _VERSION = b"v1"
 _AAD = b"safesync:calendar:conference_data"
 
 
+class UnreadableConference(JobFailed):
+    """A stored blob that does not decrypt (not ours, damaged, or sealed
+    with another key): the sync fails that row, never the whole run."""
+
+
 def parse_key(text: str | None) -> bytes | None:
     """The 32-byte key from its text form, None when unset; ConfigError
     (naming the variable, never the value) when malformed."""
@@ -77,9 +82,9 @@ class Cipher:
             return None
         blob = bytes(blob)
         if not blob.startswith(_VERSION) or len(blob) < len(_VERSION) + 12 + 16:
-            raise JobFailed("calendar conference_data is not in the expected encrypted format")
+            raise UnreadableConference("calendar conference_data is not in the expected encrypted format")
         nonce, sealed = blob[2:14], blob[14:]
         try:
             return json.loads(self._require().decrypt(nonce, sealed, _AAD))
         except InvalidTag:
-            raise JobFailed(f"calendar conference_data does not decrypt with {KEY_ENV} (wrong or rotated key?)") from None
+            raise UnreadableConference(f"calendar conference_data does not decrypt with {KEY_ENV} (wrong or rotated key?)") from None

@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .crypto import Cipher
+from .crypto import Cipher, UnreadableConference
 
 # The fields two-way sync owns. "when" is all_day/start/end together: they
 # only make sense as one value (a merge never mixes a date start with a
@@ -108,26 +108,59 @@ def _blank(value: str | None) -> str | None:
     return value if value else None
 
 
+def _typed(value: Any, kind: type, name: str) -> Any:
+    """``value`` if it is None or a ``kind``; else ``InvalidEventData`` naming
+    the field and the type found (never the value: it may be a meeting's
+    credentials)."""
+    if value is not None and not isinstance(value, kind):
+        raise InvalidEventData(f"{name} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _google_when(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """``when`` of a Google event: both ends dates, or both instants."""
+    start = _typed(ev.get("start"), dict, "start") or {}
+    end = _typed(ev.get("end"), dict, "end") or {}
+    if not start and not end:
+        if ev.get("status") == "cancelled":
+            return None  # a cancelled event may carry only its id and status
+        raise InvalidEventData("start and end are missing")
+    kind = "date" if "date" in start else "dateTime"
+    texts = [_typed(side.get(kind), str, f"{name}.{kind}") for name, side in (("start", start), ("end", end))]
+    if None in texts:
+        raise InvalidEventData(f"start and end must both have a {kind}")
+    try:
+        if kind == "date":
+            return {"all_day": True, "start": date.fromisoformat(texts[0]).isoformat(), "end": date.fromisoformat(texts[1]).isoformat()}
+        return {"all_day": False, "start": utc_text(texts[0]), "end": utc_text(texts[1])}
+    except ValueError:
+        raise InvalidEventData(f"start/end {kind} is not {'an ISO date' if kind == 'date' else 'an RFC 3339 instant'}") from None
+
+
 def from_google(ev: dict[str, Any]) -> EventData:
-    """Canonical data of a Google event (a cancelled event may lack times)."""
+    """Canonical data of a Google event (a cancelled event may lack times).
+    A field of another type than the API reference gives raises
+    ``InvalidEventData``: that event is skipped and named, the others sync
+    (before, one such event crashed the whole run, or was stored mangled:
+    a recurrence string became a list of its characters)."""
     start, end = ev.get("start") or {}, ev.get("end") or {}
-    when: dict[str, Any] | None
-    if "date" in start:
-        when = {"all_day": True, "start": start["date"], "end": end.get("date")}
-    elif "dateTime" in start:
-        when = {"all_day": False, "start": utc_text(start["dateTime"]), "end": utc_text(end["dateTime"])}
-    else:
-        when = None
+    when = _google_when(ev)
+    recurrence = _typed(ev.get("recurrence"), list, "recurrence")
+    if recurrence and not all(isinstance(line, str) for line in recurrence):
+        raise InvalidEventData("recurrence must be a list of strings")
+    conference = _typed(ev.get("conferenceData"), dict, "conferenceData")
+    _typed((conference or {}).get("conferenceId"), str, "conferenceData.conferenceId")
     return {
-        "title": ev.get("summary") or "",
-        "description": _blank(ev.get("description")),
-        "location": _blank(ev.get("location")),
+        "title": _typed(ev.get("summary"), str, "summary") or "",
+        "description": _blank(_typed(ev.get("description"), str, "description")),
+        "location": _blank(_typed(ev.get("location"), str, "location")),
         "when": when,
-        "time_zone": zone_value(_blank(start.get("timeZone")), _blank(end.get("timeZone"))),
+        "time_zone": zone_value(_blank(_typed(start.get("timeZone"), str, "start.timeZone")),
+                                _blank(_typed(end.get("timeZone"), str, "end.timeZone"))),
         "attendees": _attendees(ev.get("attendees")),
-        "recurrence": list(ev["recurrence"]) if ev.get("recurrence") else None,
-        "event_status": ev.get("status") or "confirmed",
-        "conference": ev.get("conferenceData") or None,
+        "recurrence": list(recurrence) if recurrence else None,
+        "event_status": _typed(ev.get("status"), str, "status") or "confirmed",
+        "conference": conference or None,
     }
 
 
@@ -168,14 +201,27 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
                 body[side]["timeZone"] = zone
     if not exception:
         body["recurrence"] = data["recurrence"]
-    if data["conference"] is not None:
-        body["conferenceData"] = data["conference"]
+    # Always sent, like the other fields: a null removes a meeting the app
+    # removed (left out, Google kept it and the sync wrote it back as synced).
+    body["conferenceData"] = data["conference"]
     return body
+
+
+def _conference(row: dict[str, Any], cipher: Cipher, lenient: bool) -> dict[str, Any] | None:
+    """The row's conference data; one that does not decrypt fails that row
+    (``lenient``: none), as a malformed attendee list does."""
+    try:
+        return cipher.decrypt(row["conference_data"])
+    except UnreadableConference as exc:
+        if lenient:
+            return None
+        raise InvalidEventData(exc.message) from None
 
 
 def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> EventData:
     """Canonical data of a row; ``InvalidEventData`` if the app wrote a
-    malformed one (``lenient``: malformed attendee entries are left out)."""
+    malformed one or its conference data does not decrypt (``lenient``:
+    malformed attendee entries and unreadable conference data are left out)."""
     if row["all_day"]:
         when = {"all_day": True, "start": row["start_date"].isoformat(), "end": row["end_date"].isoformat()}
     else:
@@ -189,7 +235,7 @@ def from_row(row: dict[str, Any], cipher: Cipher, *, lenient: bool = False) -> E
         "attendees": _attendees(row["attendees"], lenient=lenient, strict=not lenient),
         "recurrence": list(row["recurrence"]) if row["recurrence"] else None,
         "event_status": row["event_status"],
-        "conference": cipher.decrypt(row["conference_data"]),
+        "conference": _conference(row, cipher, lenient),
     }
 
 

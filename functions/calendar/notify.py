@@ -112,6 +112,10 @@ def handle_notification(settings: Settings, headers: Mapping[str, str]) -> Answe
         base: dict[str, Any] = {"channel": channel_id, "calendar_id": cal, "state": resource_state}
         if channel["stopped_at"] is not None:
             return Answer(200, {**base, "ignored": "channel stopped"})
+        if cal not in cfg.calendar_ids:
+            # Taken out of the config (the next watch run stops the channel):
+            # a queued sync would only be refused by calendar_sync.
+            return Answer(200, {**base, "ignored": "calendar not configured"})
         if resource_state == "sync":
             return Answer(200, {**base, "ignored": "channel handshake"})
         number = _message_number(headers)

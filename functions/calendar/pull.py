@@ -118,6 +118,7 @@ class Puller:
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
         self.listed_from = ctx.now  # when the token listing began (notifications before it are covered)
+        self.malformed: set[str] = set()  # Google events skipped as malformed in this run
 
     # -- entry points -------------------------------------------------------
     def incremental(self) -> str:
@@ -173,14 +174,7 @@ class Puller:
         ctx, conn = self.ctx, self.ctx.conn
         items = listing.items
         ctx.counts["listed"] += len(items)
-        existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
-        instances = unpushed_instances(
-            conn, self.cal,
-            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
-        )
-        cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
-        listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
-        plans = [self._plan_page(page, existing, instances, cancelled_series, listed_series, window) for page in listing.pages]
+        plans = self.plan_pages(listing.pages, window)
         missing = self._confirm_absent(items, window if absent == "window" else None) if absent else PagePlan()
         deletions = sum(len(p.deletes) for p in plans + [missing])
         self._guard(items, deletions, window, absent is not None)
@@ -196,17 +190,47 @@ class Puller:
                         state.store_token(conn, self.cal, listing.sync_token)
                         state.clear_notify_pending(conn, self.cal, self.listed_from)
 
+    def plan_pages(self, pages: list[list[dict[str, Any]]], window) -> list[PagePlan]:
+        """One plan per page of Google events (live, cancelled, series and
+        their occurrences alike), against the rows held for them; new events
+        only when they touch ``window`` (None: any)."""
+        conn = self.ctx.conn
+        items = [item for page in pages for item in page]
+        existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
+        instances = unpushed_instances(
+            conn, self.cal,
+            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+        )
+        cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
+        listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
+        return [self._plan_page(page, existing, instances, cancelled_series, listed_series, window) for page in pages]
+
     def _plan_page(self, page, existing, instances, cancelled_series, listed_series, window) -> PagePlan:
         plan = PagePlan()
         for item in page:
             row = existing.get(item["id"])
             if row is None and item.get("recurringEventId"):
                 row = instances.get((item["recurringEventId"], original_start(item)))
-            if item.get("status") == "cancelled":
-                self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
-            else:
-                self._plan_live(plan, item, row, window)
+            try:
+                if item.get("status") == "cancelled":
+                    self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
+                else:
+                    self._plan_live(plan, item, row, window)
+            except InvalidEventData as exc:
+                self._skip_malformed(plan, item, row, exc)
         return plan
+
+    def _skip_malformed(self, plan: PagePlan, item: dict[str, Any], row, exc: InvalidEventData) -> None:
+        """An event Google sent with a field we cannot read: skipped and
+        named (warning, audit, the run not ok); its row, if held, is kept
+        as it was — never deleted nor overwritten — and the others sync."""
+        if item["id"] in self.malformed:  # a full run lists it twice (incremental, then the window)
+            return
+        self.malformed.add(item["id"])
+        self.ctx.counts["malformed_remote"] += 1
+        self.ctx.warnings.append(f"{self.cal}/{item['id']}: Google's event is malformed ({exc}); skipped, the row kept as it was")
+        plan.audits.append(("error", "Google's event malformed: skipped",
+                            {"row": row or {"id": None, "google_event_id": item["id"]}, "error": str(exc)}))
 
     def _series_live(self, master_id: str, existing, cancelled_series, listed_series) -> bool:
         if master_id in cancelled_series:
@@ -266,6 +290,7 @@ class Puller:
             # it (that would drop the app's other edits); its push fails with
             # the reason, and once the app repairs it the push meets the 412
             # and merges.
+            ctx.counts["malformed_local"] += 1  # a synced row is never pushed: only this says it is stale
             ctx.warnings.append(f"{self.cal}/{item['id']}: row is malformed ({exc}); Google's change not applied")
             plan.audits.append(("error", "Google's change not applied: row malformed", {"row": row, "error": str(exc)}))
             return
@@ -315,14 +340,15 @@ class Puller:
                 plan.audits.append(("state", "absent from listing and gone on Google: deleted", {"row": row, "status": failure.status}))
             elif failure is not None:
                 ctx.warnings.append(f"{self.cal}/{row['google_event_id']}: absent from listing, check failed ({failure.describe()}); kept")
-            elif response.get("status") == "cancelled":
-                if response.get("recurringEventId"):
-                    self._plan_live(plan, response, row, None, data=cancelled_exception_data(response, None, ctx))
-                else:
-                    plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
-                    plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
+            elif response.get("status") == "cancelled" and not response.get("recurringEventId"):
+                plan.deletes.append({"id": row["id"], "etag": response.get("etag"), "_row": row})
+                plan.series_deleted.append({"calendar_id": self.cal, "master": row["google_event_id"]})
             else:
-                self._plan_live(plan, response, row, None)
+                try:
+                    data = cancelled_exception_data(response, None, ctx) if response.get("status") == "cancelled" else None
+                    self._plan_live(plan, response, row, None, data=data)
+                except InvalidEventData as exc:
+                    self._skip_malformed(plan, response, row, exc)
         return plan
 
     def _guard(self, items, deletions: int, window, full: bool) -> None:

@@ -92,7 +92,7 @@ class Pusher:
             self._drive([op for op in map(self._op_for, self._instance_ids(ready)) if op is not None])
         if self.unreachable is not None:
             # Google itself was unreachable: the rows are not at fault and keep their tries.
-            raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable ({self.unreachable.describe()})",
+            raise JobFailed(f"calendar {self.cal}: push incomplete, Google unreachable or asking to wait ({self.unreachable.describe()})",
                             {"calendar_id": self.cal})
 
     # -- preparation --------------------------------------------------------
@@ -129,7 +129,7 @@ class Pusher:
         )
         with self.ctx.conn.transaction():
             for row, response, failure in results:
-                if failure is not None and failure.whole_batch and failure.retryable:
+                if failure is not None and self._postponed(failure):
                     self.unreachable = failure  # Google unreachable: the row keeps its tries
                     continue
                 if failure is not None and failure.status not in (404, 410):
@@ -223,9 +223,18 @@ class Pusher:
             if row.get("_instance") is not None:
                 instance = row["_instance"]
                 base = self._occurrence_base(row["recurring_event_id"], instance)
-                with self.ctx.conn.transaction():
-                    return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
-                                         "with Google's instance")
+                try:
+                    if row["conference_data"] is None:
+                        # Never synced, so no conference is not a removal: the app
+                        # cannot write one (encrypted at rest); it keeps the instance's.
+                        data = dict(data, conference=from_google(instance)["conference"])
+                    with self.ctx.conn.transaction():
+                        return self._resolve(Op(dict(row, synced_field_hashes=base), "get", data), instance,
+                                             "with Google's instance")
+                except InvalidEventData as exc:
+                    with self.ctx.conn.transaction():
+                        self._malformed(row, exc)
+                    return None
             return Op(row, "patch" if row["etag"] else "force_patch", data, row["etag"])
         return Op(row, "patch", data, row["etag"]) if row["etag"] else Op(row, "insert", data)
 
@@ -261,7 +270,11 @@ class Pusher:
             retried: list[Failure] = []
             with ctx.conn.transaction():
                 for op, response, failure in results:
-                    follow = self._handle(op, response, failure)
+                    try:
+                        follow = self._handle(op, response, failure)
+                    except InvalidEventData as exc:  # Google's answer unreadable: this row fails, the others go on
+                        self._malformed(op.row, exc)
+                        continue
                     if follow is not None:
                         if follow.tries > op.tries and failure is not None:
                             retried.append(failure)
@@ -288,11 +301,11 @@ class Pusher:
             return None
         status = failure.status
         if failure.retryable:
-            if op.tries + 1 < ctx.policy.attempts:
+            if op.tries + 1 < ctx.policy.attempts and not ctx.policy.waits_too_long(failure):
                 return replace(op, tries=op.tries + 1)
-            if failure.whole_batch:
+            if self._postponed(failure):
                 self.unreachable = failure
-                self._audit(op.row, "error", "push postponed: Google unreachable", {"error": failure.describe()})
+                self._audit(op.row, "error", "push postponed: Google unreachable or asking to wait", {"error": failure.describe()})
             else:
                 self._failed(op.row, failure)
             return None
@@ -426,6 +439,17 @@ class Pusher:
         ).fetchone()[0]
         ctx.counts["push_failed"] += 1
         self._audit(row, "error", f"push failed ({status})", {"error": failure.describe(), "status": failure.status, "reason": failure.reason})
+
+    def _postponed(self, failure: Failure) -> bool:
+        """Google itself is not taking calls (unreachable, or asking for a
+        longer wait than the backoff allows): the row is not at fault and
+        keeps its tries."""
+        return failure.retryable and (failure.whole_batch or self.ctx.policy.waits_too_long(failure))
+
+    def _malformed(self, row: dict[str, Any], exc: InvalidEventData) -> None:
+        """Google answered with an event we cannot read: the row fails with
+        the reason (never overwritten from it), the others go on."""
+        self._failed(row, Failure(None, "malformedRemote", f"Google's event is malformed ({exc})", False))
 
     def _audit(self, row: dict[str, Any], kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, event_id=row["id"],

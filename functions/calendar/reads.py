@@ -24,7 +24,7 @@ from safesync.shared.config import Settings
 from safesync.shared.db import connect
 from safesync.shared.errors import BadRequest
 
-from .crypto import Cipher
+from .crypto import Cipher, UnreadableConference
 from .mapping import utc_text
 from .schema import ensure_migrated, tables_required
 
@@ -95,7 +95,14 @@ def clear() -> None:
 
 
 def _event(row: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
+    """One event of the answer. Conference data that does not decrypt is
+    that event's ``conference_error`` (conference null); it used to fail the
+    whole read (503) without naming the event."""
     all_day = row["all_day"]
+    try:
+        conference, problem = cipher.decrypt(row["conference_data"]), None
+    except UnreadableConference as exc:
+        conference, problem = None, exc.message
     return {
         "id": str(row["id"]),
         "calendar_id": row["calendar_id"],
@@ -114,7 +121,8 @@ def _event(row: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
         "recurring_event_id": row["recurring_event_id"],
         "original_start": row["original_start"],
         "meeting_id": row["meeting_id"],
-        "conference": cipher.decrypt(row["conference_data"]),
+        "conference": conference,
+        **({"conference_error": problem} if problem else {}),
         "sync_status": row["sync_status"],
     }
 

@@ -17,6 +17,8 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Callable, TypeVar
 
 import httplib2
@@ -41,7 +43,8 @@ class Failure:
 
     def describe(self) -> str:
         code = f"{self.status} " if self.status else ""
-        return f"{code}{self.reason}: {self.message}"[:500]
+        wait = f" (Retry-After {self.retry_after:g} s)" if self.retry_after else ""
+        return f"{code}{self.reason}: {self.message}{wait}"[:500]
 
 
 def _http_error_parts(exc: HttpError) -> tuple[int, str, str]:
@@ -59,17 +62,28 @@ def _http_error_parts(exc: HttpError) -> tuple[int, str, str]:
     return status, reason or http.client.responses.get(status, "error"), message
 
 
+def _retry_after(value: str) -> float | None:
+    """Seconds to wait from a Retry-After header, in either of its forms
+    (RFC 9110 section 10.2.3: "HTTP-date / delay-seconds"); None when it is
+    neither."""
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110: HTTP-date is always GMT
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
 def classify(exc: BaseException) -> Failure:
     """A Failure for any exception a Google call may raise."""
     if isinstance(exc, HttpError):
         status, reason, message = _http_error_parts(exc)
-        retry_after = None
         header = exc.resp.get("retry-after") if hasattr(exc.resp, "get") else None
-        if header:
-            try:
-                retry_after = float(header)
-            except ValueError:
-                retry_after = None
+        retry_after = _retry_after(header) if header else None
         retryable = status == 429 or status >= 500 or (status == 403 and reason in RATE_REASONS)
         return Failure(status, reason, message, retryable, retry_after)
     if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -82,13 +96,20 @@ def classify(exc: BaseException) -> Failure:
 @dataclass
 class RetryPolicy:
     """Exponential backoff with full jitter: try n waits up to
-    ``base * 2**n`` (capped), honouring a server's Retry-After."""
+    ``base * 2**n`` (capped), and never less than a server's Retry-After;
+    one longer than the cap is not retried in this run."""
 
     attempts: int = 6
     base_delay: float = 1.0
     max_delay: float = 32.0
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+
+    def waits_too_long(self, failure: Failure) -> bool:
+        """Google asked for a longer wait than this policy may sleep: calling
+        earlier would only be refused again (and count against the quota),
+        so the attempt ends and a later run tries again."""
+        return failure.retry_after is not None and failure.retry_after > self.max_delay
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))
@@ -113,7 +134,7 @@ class RetryPolicy:
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait,
-            retry=retry_if_exception(lambda e: classify(e).retryable),
+            retry=retry_if_exception(lambda e: classify(e).retryable and not self.waits_too_long(classify(e))),
             before_sleep=before_sleep,
             sleep=self.sleep,
             reraise=True,

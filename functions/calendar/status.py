@@ -8,7 +8,8 @@ Health rules (first match wins):
   for ``3 h`` (it runs hourly) although it ran before;
 - ``degraded``: rows in ``sync_failed``; the last run of some mode did not
   succeed; no successful full sync in 48 h (daily) or ever; rows pending
-  for over 2 h (pushes are not getting through); a calendar that has had a
+  for over 2 h (pushes are not getting through); the last run of some mode
+  skipped malformed Google events or left Google changes unapplied; a calendar that has had a
   push channel has none left, or its newest expires within
   ``channel_renew_hours`` (the watch schedule is not renewing it: Google
   would stop notifying silently); a notification unsynced for over 2 h;
@@ -33,6 +34,12 @@ INCREMENTAL_STALE = timedelta(hours=3)
 FULL_STALE = timedelta(hours=48)
 PENDING_STALE = timedelta(hours=2)
 FAILING_STREAK = 3
+# Run counts of Google changes a run could not apply: the run finished, but
+# the calendar is not in sync (a full run meets them again while in its window).
+SKIPPED = {
+    "malformed_remote": "skipped {n} malformed Google event(s)",
+    "malformed_local": "left {n} Google change(s) unapplied to malformed row(s)",
+}
 NOT_INSTALLED = "calendar tables not installed: run `safesync calendar sync --mode full`"
 
 
@@ -121,6 +128,10 @@ def _gather(conn, calendar_ids: list[str], renew_margin: timedelta) -> dict[str,
         for r in runs:
             if r["calendar_id"] == cal and r["last_status"] in ("failed", "refused"):
                 degraded.append(f"{cal}: last {r['mode']} run {r['last_status']}: {r['last_error']}")
+            counts = (r["last_counts"] or {}) if r["calendar_id"] == cal else {}
+            for key, what in SKIPPED.items():
+                if counts.get(key):
+                    degraded.append(f"{cal}: last {r['mode']} run {what.format(n=counts[key])} (see its report's warnings)")
         channel = push.get(cal)
         if channel is not None and channel["expires_at"] is None:
             degraded.append(f"{cal}: no active push channel (expired or stopped): run the watch action")

@@ -133,12 +133,20 @@ def sync_calendars(
         f"{totals.get('merged', 0)} merged, {totals.get('deleted', 0)} deleted, {totals.get('pushed', 0)} pushed, "
         f"{totals.get('conflicts', 0)} conflict(s)"
     )
+    # Local changes that did not reach Google (some now sync_failed), Google
+    # events skipped as unreadable, or Google changes not applied to a
+    # malformed row are not "done and healthy": ok is false (HTTP 200,
+    # exit 1), not a warning under ok: true.
+    problems = []
     if totals.get("push_failed"):
-        # Local changes that did not reach Google (some now sync_failed) are
-        # not "done and healthy": ok is false (HTTP 200, exit 1), not a
-        # warning under ok: true.
         report.warnings.append(f"{totals['push_failed']} row(s) failed to push this run (see calendar status)")
-        report.problems(f"{report.summary}; {totals['push_failed']} row(s) failed to push")
+        problems.append(f"{totals['push_failed']} row(s) failed to push")
+    if totals.get("malformed_remote"):
+        problems.append(f"{totals['malformed_remote']} malformed Google event(s) skipped (see warnings)")
+    if totals.get("malformed_local"):
+        problems.append(f"{totals['malformed_local']} Google change(s) not applied to malformed row(s) (see warnings)")
+    if problems:
+        report.problems("; ".join([report.summary, *problems]))
 
 
 def reset_failed_rows(conn: psycopg.Connection, calendar_id: str, run_id: str) -> int:

@@ -3,7 +3,8 @@
 ``ensure_channels`` (the ``watch`` action; infra/schedules.toml runs it every
 6 h) opens a channel when none is active, when the newest expires within
 ``channel_renew_hours``, or when it points at another address than the
-current one; then it stops the older ones. Google never renews a channel
+current one; then it stops the older ones, and every channel of a calendar
+no longer in ``calendar_ids``. Google never renews a channel
 ("there is no automatic way to renew a notification channel"): a channel
 nobody replaces stops notifying at its expiration. Each channel has its own
 random token; only its SHA-256 is stored. Notifications are answered by
@@ -27,7 +28,7 @@ from psycopg.rows import dict_row
 
 from safesync.shared.config import Settings
 from safesync.shared.delivery import Delivery
-from safesync.shared.errors import ConfigError
+from safesync.shared.errors import ConfigError, JobFailed
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
@@ -54,35 +55,71 @@ def notify_address(settings: Settings) -> str:
 
 
 def ensure_channels(settings: Settings, report: Report) -> None:
+    """Every configured calendar in turn; one whose Google calls fail does
+    not keep the others from being renewed (their channels would lapse
+    silently): the run then fails naming it."""
     cfg = settings.config.calendar
     address = notify_address(settings)
     client = CalendarClient(settings.env, timeout=cfg.http_timeout_s, scopes=cfg.scopes)
     policy = make_policy(settings)
     now = datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []
+    errors: list[JobFailed] = []
     with sync_connection(settings) as conn:
         for cal in cfg.calendar_ids:
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(
-                    "select * from calendar.channels where calendar_id = %s and stopped_at is null order by expiration desc nulls last",
-                    [cal],
-                )
-                active = cur.fetchall()
-            newest = active[0] if active else None
-            action = "kept"
-            if (newest is None or newest["expiration"] is None or newest["address"] != address
-                    or newest["expiration"] - now < timedelta(hours=cfg.channel_renew_hours)):
-                newest = _open(conn, client, policy, cal, address, cfg.channel_ttl_hours, report.run_id)
-                action = "opened"
-            stopped = 0
-            for old in active:
-                if old["id"] != newest["id"]:
-                    _stop(conn, client, policy, old, report.run_id)
-                    stopped += 1
-            rows.append({"calendar": cal, "channel": newest["id"], "action": action, "expires": newest["expiration"].isoformat(), "stopped": stopped})
+            try:
+                rows.append(_renew(conn, client, policy, cal, address, cfg, now, report.run_id))
+            except JobFailed as exc:
+                errors.append(exc)
+                rows.append({"calendar": cal, "channel": None, "action": "failed", "expires": None, "stopped": 0, "error": exc.message})
+        try:
+            rows.extend(_stop_unconfigured(conn, client, policy, cfg.calendar_ids, report.run_id))
+        except JobFailed as exc:
+            errors.append(exc)
     report.tables["channels"] = rows
     report.details["api_calls"] = dict(client.calls)
     report.summary = f"{sum(r['action'] == 'opened' for r in rows)} channel(s) opened, {sum(r['stopped'] for r in rows)} stopped"
+    if errors:
+        raise JobFailed("; ".join(e.message for e in errors), {"channels": rows})
+
+
+def _renew(conn, client: CalendarClient, policy, cal: str, address: str, cfg, now: datetime, run_id: str) -> dict[str, Any]:
+    """One calendar: a new channel unless the newest is fine, then the older ones stopped."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "select * from calendar.channels where calendar_id = %s and stopped_at is null order by expiration desc nulls last",
+            [cal],
+        )
+        active = cur.fetchall()
+    newest = active[0] if active else None
+    action = "kept"
+    if (newest is None or newest["expiration"] is None or newest["address"] != address
+            or newest["expiration"] - now < timedelta(hours=cfg.channel_renew_hours)):
+        newest = _open(conn, client, policy, cal, address, cfg.channel_ttl_hours, run_id)
+        action = "opened"
+    stopped = 0
+    for old in active:
+        if old["id"] != newest["id"]:
+            _stop(conn, client, policy, old, run_id)
+            stopped += 1
+    return {"calendar": cal, "channel": newest["id"], "action": action, "expires": newest["expiration"].isoformat(), "stopped": stopped}
+
+
+def _stop_unconfigured(conn, client: CalendarClient, policy, calendar_ids: list[str], run_id: str) -> list[dict[str, Any]]:
+    """Channels of calendars taken out of ``calendar_ids``: stopped, or
+    Google keeps notifying us of a calendar nobody syncs until they expire."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "select * from calendar.channels where stopped_at is null and not (calendar_id = any(%s)) order by calendar_id, id",
+            [calendar_ids],
+        )
+        orphans = cur.fetchall()
+    stopped: dict[str, int] = {}
+    for channel in orphans:
+        _stop(conn, client, policy, channel, run_id)
+        stopped[channel["calendar_id"]] = stopped.get(channel["calendar_id"], 0) + 1
+    return [{"calendar": cal, "channel": None, "action": "stopped: calendar not configured", "expires": None, "stopped": n}
+            for cal, n in stopped.items()]
 
 
 def _open(conn, client: CalendarClient, policy, calendar_id: str, address: str, ttl_hours: int, run_id: str) -> dict[str, Any]:

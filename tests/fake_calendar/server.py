@@ -6,7 +6,8 @@ batch, single items, drawn from a seeded RNG so a storm is reproducible:
 ``429`` (rateLimitExceeded), ``403rate`` (403 rateLimitExceeded /
 userRateLimitExceeded), ``500`` (backendError), ``drop`` (the connection is
 closed without an answer — before or after the change was applied) and
-``slow`` (an answer delayed by ``slow_s``). ``latency`` delays every request.
+``slow`` (an answer delayed by ``slow_s``); ``retry_after`` adds that
+Retry-After header to the rate-limit faults. ``latency`` delays every request.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Faults:
     seed: int = 0
     slow_s: float = 0.0
     only: str | None = None  # a path prefix: fault only those requests (e.g. "/batch")
+    retry_after: str | None = None  # a Retry-After header on the rate-limit faults (seconds or an HTTP-date)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +167,10 @@ class FakeCalendar:
             if scopes is not None and name and not scopes & METHOD_SCOPES[name]:
                 raise ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
             payload = json.loads(body) if body.strip() else {}
+            if method in ("POST", "PATCH", "PUT") and query.get("conferenceDataVersion") != "1":
+                # events.insert/patch/update, conferenceDataVersion: "Version 0 assumes no
+                # conference data support and ignores conference data in the event's body."
+                payload.pop("conferenceData", None)
             if rest == ["channels", "stop"] and method == "POST":
                 calls["stop"] += 1
                 self.store.stop(payload)
@@ -244,7 +250,7 @@ class FakeCalendar:
         kind = self.draw(item=True)
         self.batch_items[method.lower()] += 1
         if kind:
-            return _error_tuple(fault_error(kind, self.faults.rng))
+            return _error_tuple(fault_error(kind, self.faults.rng), self.faults.retry_after)
         return self.handle_api(method, split.path, query, _CaseInsensitive(headers), body.encode(), inner=True, scopes=scopes)
 
     def handle_token(self, body: bytes) -> tuple[int, dict[str, str], Any]:
@@ -273,8 +279,9 @@ _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized
             500: "Internal Server Error"}
 
 
-def _error_tuple(err: ApiError) -> tuple[int, dict[str, str], Any]:
-    return err.status, {}, err.body()
+def _error_tuple(err: ApiError, retry_after: str | None = None) -> tuple[int, dict[str, str], Any]:
+    limited = err.status == 429 or err.reason in ("rateLimitExceeded", "userRateLimitExceeded")
+    return err.status, ({"Retry-After": retry_after} if retry_after and limited else {}), err.body()
 
 
 class _CaseInsensitive(dict):
@@ -331,7 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             drop_after = True
         elif kind:
-            self._send(*_error_tuple(fault_error(kind, fake.faults.rng)))
+            self._send(*_error_tuple(fault_error(kind, fake.faults.rng), fake.faults.retry_after))
             return
         if split.path.startswith("/batch/calendar/v3"):
             fake.calls["batch"] += 1
