@@ -167,11 +167,27 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
             ended=True,
         )
     ms = int((time.perf_counter() - started) * 1000)
+    reset_session(conn)
     conn.execute(
         sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
         [file.name, file.checksum, run_id, ms],
     )
     return ms
+
+
+def reset_session(conn: psycopg.Connection) -> None:
+    """Undo what a file left on its session, inside its transaction (so it is
+    undone with the file if that rolls back): settings it SET (search_path,
+    session_replication_role = replica, which turns off triggers and foreign
+    keys, timeouts — back to the connection's own), the role it took and its
+    temporary tables (which shadow tables of the same name). Otherwise the
+    record row, the validation and the next file would run in that state —
+    but only when applied in the same run as this file, so what the
+    rehearsal proved would depend on how the files were batched. The caller
+    sets its transaction-local timeouts again before the next file."""
+    conn.execute("reset session authorization")  # resets the role too
+    conn.execute("reset all")
+    conn.execute("discard temp")
 
 
 def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
