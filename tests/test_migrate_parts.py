@@ -31,6 +31,7 @@ from tests import sentinels
         ("do $$ begin perform 1; commit; end $$;\nselect $tag$ commit; $tag$;", []),
         ("-- commit;\n/* rollback; /* nested */ begin; */ select 'begin; commit;', E'it\\'s; commit', \"commit\";", []),
         ("create table \"begin\" (a int);\nabort;", ["line 2: ABORT"]),
+        ("prepare transaction 'x';\nprepare stmt as select 1;", ["line 1: PREPARE TRANSACTION"]),
         # non-ASCII letters are identifier and dollar-tag characters for the server too
         ("create table é$x$ (id int);\ncommit;", ["line 2: COMMIT"]),
         ("select $é$ commit; $é$;", []),

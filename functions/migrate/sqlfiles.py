@@ -42,7 +42,9 @@ create table if not exists safesync.migrations (
 )"""
 
 # Statements that end the transaction safesync runs a file in (SAVEPOINT,
-# RELEASE and ROLLBACK TO stay inside it and are fine).
+# RELEASE and ROLLBACK TO stay inside it and are fine). PREPARE TRANSACTION
+# too: on a server with max_prepared_transactions > 0 it detaches the
+# transaction, which then holds its locks until someone commits it.
 _CONTROL = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"}
 
 
@@ -259,6 +261,8 @@ def transaction_control(text: str) -> list[str]:
     for line, word, following in starts:
         if word in _CONTROL and not (word == "ROLLBACK" and following == "TO"):
             found.append(f"line {line}: {word}")
+        elif (word, following) == ("PREPARE", "TRANSACTION"):
+            found.append(f"line {line}: PREPARE TRANSACTION")
     return found
 
 
