@@ -571,6 +571,26 @@ def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) 
     assert code == 1 and "prod: no complete backup" in body["summary"]
 
 
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_presync_backup_written_before_the_scope_field_is_never_taken_for_a_full_one(env) -> None:
+    """Content-only presync backups were written for two days before the
+    manifest said ``scope``; read as full, such a backup was "latest" (a
+    restore of a few tables as if of the database) and took the day's place
+    in retention, so prune deleted the full daily backup made before it."""
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    old = {k: v for k, v in part.manifest.items() if k != "scope"}  # as that safesync wrote it
+    settings.storage.put_json(part.manifest_key, old)
+    assert [b.id for b in list_backups(settings)] == [part.id, full.id]
+    assert latest_backup(settings, "prod").id == full.id
+    plan = prune_database(settings, "prod", dry_run=True)
+    assert {row["id"]: row["action"] for row in plan.rows} == {full.id: "keep", part.id: "keep"}
+    assert "newest full" in plan.reasons[full.id]
+
+
 def test_a_sound_backup_of_tables_with_spaces_dots_or_line_breaks_in_their_names_verifies(make_db, write_settings) -> None:
     """verify split each ``pg_restore --list`` line on spaces, so a schema
     named ``my schema`` (or a table name with a line break, which the
