@@ -697,6 +697,32 @@ def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_it
         assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0
 
 
+def test_a_verify_records_its_result_on_the_manifest_as_it_is_when_it_ends(make_db, write_settings, monkeypatch) -> None:
+    """Verify wrote back the manifest it read when it started, with its
+    result: a drill that failed meanwhile (another verify's) came back as the
+    old passing one, and a backup whose manifest prune had just deleted (the
+    dump goes last) came back as a manifest without its dump."""
+    from safesync.functions.backup import verify as verify_module
+
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    settings = write_settings({"prod": prod}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "manual")
+    assert verify_backup(settings, info.id, restore_drill_too=True).drill["ok"]
+    started = get_backup(settings, info.id)  # what a verify starting now reads (its drill passed)
+    with monkeypatch.context() as m:  # meanwhile another verify's drill fails (say, the scratch server ran out of disk)
+        m.setattr(verify_module, "restore_drill", lambda settings, info: {"at": utcnow().isoformat(), "ok": False, "problems": ["restore failed"]})
+        assert verify_backup(settings, info.id, restore_drill_too=True).drill["ok"] is False
+    assert verify_backup(settings, started).ok  # the first verify ends: its integrity check passed
+    recorded = settings.storage.get_json(info.manifest_key)
+    assert recorded["drill"]["ok"] is False and recorded["verification"]["ok"] is True
+
+    settings.storage.delete(info.manifest_key)  # prune has begun deleting it (manifest first, dump last)
+    result = verify_backup(settings, started)
+    assert not settings.storage.exists(info.manifest_key)
+    assert any("changed while being verified" in w and "no manifest" in w for w in result.warnings), result.warnings
+
+
 def _drilling(proc: subprocess.Popen) -> bool:
     """True once the CLI's drill has pg_restore reading the dump."""
     try:
