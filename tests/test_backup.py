@@ -822,3 +822,40 @@ def test_a_table_of_contents_not_read_to_its_end_is_an_error_not_a_short_plan(en
     monkeypatch.setattr(verify_module._ListReader, "run", lambda self: None)  # finished without reading
     with pytest.raises(JobFailed, match="was not read to its end"):
         verify_module.read_toc(env.settings, info)
+
+
+def test_a_restore_waiting_on_the_applications_lock_is_cancelled_after_the_limit(make_db, write_settings) -> None:
+    """pg_restore sets lock_timeout = 0 itself: a restore into a database
+    where a session sat idle in a transaction that had read a table waited
+    forever for its DROP's lock, and the application's queries on that table
+    queued behind it. Now it is cancelled after
+    backup.restore_lock_wait_seconds, rolled back, naming the lock and who holds it."""
+    prod, scratch = make_db(), make_db()
+    for url in (prod, scratch):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table users (id int primary key, name text); insert into users select g, 'u' || g from generate_series(1, 50) g")
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("update users set name = 'prod'")
+    settings = write_settings({"prod": prod, "scratch": scratch}, BACKUP_TOML + "restore_lock_wait_seconds = 1\n")
+    info = create_backup(settings, "prod", "manual")
+    before = fingerprint(scratch)
+    holder = psycopg.connect(scratch, application_name="web-app")
+    holder.execute("select count(*) from users")  # and then idle in its transaction, holding ACCESS SHARE
+    try:
+        started = time.perf_counter()
+        with pytest.raises(JobFailed) as caught:
+            restore_backup(settings, info.id, "scratch")
+        elapsed = time.perf_counter() - started
+        holder_pid = holder.info.backend_pid
+        assert holder.execute("select count(*) from users").fetchone()[0] == 50  # the application's session goes on
+    finally:
+        holder.rollback()
+        holder.close()
+    message = caught.value.message
+    assert "cancelled" in message and "AccessExclusiveLock on users" in message and "nothing was restored" in message, message
+    assert f"pid {holder_pid} (application 'web-app'" in message and "idle in transaction" in message, message
+    assert elapsed < 30
+    assert fingerprint(scratch) == before
+    assert restore_backup(settings, info.id, "scratch").backup.id == info.id  # the lock gone, it restores
+    with psycopg.connect(scratch) as conn:
+        assert conn.execute("select distinct name from users").fetchall() == [("prod",)]
