@@ -25,6 +25,7 @@ from psycopg import sql
 from safesync.functions import cli
 from safesync.functions.backup import create as create_module
 from safesync.functions.backup import (
+    backup_catalog,
     backup_timeline,
     create_backup,
     get_backup,
@@ -859,3 +860,26 @@ def test_a_restore_waiting_on_the_applications_lock_is_cancelled_after_the_limit
     assert restore_backup(settings, info.id, "scratch").backup.id == info.id  # the lock gone, it restores
     with psycopg.connect(scratch) as conn:
         assert conn.execute("select distinct name from users").fetchall() == [("prod",)]
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_backup_dated_in_the_future_by_a_wrong_clock_is_never_the_latest(env, monkeypatch) -> None:
+    """A backup made on a machine whose clock ran a month ahead was the
+    newest for a month: ``restore latest`` restored it rather than the real
+    newest, and the status page counted the database's last backup as fresh
+    (a negative age) even if no backup ran after it. Its manifest says it
+    started after storage received it: it is damaged, named, and passed over."""
+    from safesync.functions.status.collect import last_backups
+
+    settings = env.settings
+    real_now = create_module.utcnow
+    with monkeypatch.context() as m:
+        m.setattr(create_module, "utcnow", lambda: real_now() + timedelta(days=30))
+        skewed = create_backup(settings, "prod", "manual")
+    good = create_backup(settings, "prod", "daily")
+    assert latest_backup(settings, "prod").id == good.id
+    catalog = backup_catalog(settings, "prod")
+    assert [d.id for d in catalog.damaged] == [skewed.id] and "clock" in catalog.damaged[0].problem
+    reasons: list[str] = []
+    assert [row["id"] for row in last_backups(settings, reasons)] == [good.id]
+    assert any(skewed.id in r and r.startswith("degraded") for r in reasons), reasons
