@@ -122,6 +122,16 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
             {"changed": changed},
         )
     pending = [f for f in files if f.name not in done]
+    present = {f.name for f in files}
+    gone = {checksum: name for name, checksum in sorted(done.items()) if name not in present}
+    renamed = {f.name: gone[f.checksum] for f in pending if f.checksum in gone}
+    if renamed:  # renumbered after a merge, say: by name it is new, and its text would run a second time
+        raise Refused(
+            "refusing: pending file(s) have the exact text of an applied file no longer in the folder (renamed?), and "
+            "would run it again: " + "; ".join(f"{new} = applied {old}" for new, old in renamed.items())
+            + " — give the file its applied name back (or, if it must run again, change its text)",
+            {"renamed": renamed},
+        )
     for key, finder, why in (
         ("transaction_control", sqlfiles.transaction_control,
          "contain transaction control; safesync runs each file in its own transaction (or all in one), remove BEGIN/COMMIT/ROLLBACK"),
@@ -135,7 +145,6 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
                 {key: found},
             )
     plan = Plan(db, "sql", pending=pending, applied=len(done), single_transaction=cfg.single_transaction)
-    present = {f.name for f in files}
     missing = sorted(set(done) - present)
     if missing:
         plan.warnings.append(f"applied file(s) no longer in {cfg.sql_dir}: {', '.join(missing)}")
