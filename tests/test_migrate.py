@@ -507,6 +507,20 @@ def test_an_applied_file_under_a_new_name_is_refused_not_run_again(setup, dbs, t
     assert migrate.plan(settings).exit_code == 0
 
 
+def test_a_file_rolling_back_to_an_earlier_files_savepoint_is_a_failure(setup, dbs, before):
+    """In one transaction, 0002's ROLLBACK TO SAVEPOINT s1 undid the end of
+    0001 and its record row: the run said both applied, 0001's table b was
+    missing and 0001 was pending again (its re-run then failed on table a)."""
+    files = {"0001_ab.sql": "create table a (id int primary key);\nsavepoint s1;\ncreate table b (id int primary key);\n",
+             "0002_c.sql": "rollback to savepoint s1;\ncreate table c (id int primary key);\n"}
+    settings = setup(files, migrate_extra="single_transaction = true\n")
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    assert answer.exit_code == 1 and answer.body["status"] == "failed", answer.body["summary"]
+    assert "0002_c.sql" in answer.body["summary"] and "savepoint" in answer.body["summary"]
+    assert answer.body["details"]["rollback"]["method"].startswith("ROLLBACK")
+    assert_same(dbs["prod"], before)
+
+
 def test_copy_from_the_clients_stdin_is_refused_by_the_plan(setup):
     """psql's inline COPY data cannot be sent as SQL: the connection would
     wait for rows inside the migration's transaction, holding its locks."""

@@ -153,6 +153,10 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
     # (``transaction_control`` is a tokenizer, not the server's lexer) shows
     # as a different id afterwards, or as this one committed after a failure.
     xid = conn.execute("select pg_catalog.txid_current()").fetchone()[0]
+    # The record rows this transaction holds: a file that rolls back to a
+    # savepoint an earlier file set (one transaction for all) undoes the end
+    # of that file and its record row — applied in part, and pending again.
+    records = _records_of(conn, run_id)
     started = time.perf_counter()
     try:
         if file.text.strip():
@@ -168,13 +172,22 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
             xid=xid,
             ended=True,
         )
-    ms = int((time.perf_counter() - started) * 1000)
     reset_session(conn)
+    if _records_of(conn, run_id) != records:
+        raise FileFailed(
+            SqlError(file.name, "the file undid an earlier file's work and record (ROLLBACK TO SAVEPOINT of that file's savepoint)", None, None),
+            xid=xid,
+        )
+    ms = int((time.perf_counter() - started) * 1000)
     conn.execute(
         sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
         [file.name, file.checksum, run_id, ms],
     )
     return ms
+
+
+def _records_of(conn: psycopg.Connection, run_id: str) -> int:
+    return conn.execute(sql.SQL("select count(*) from {} where run_id = %s").format(RECORD_TABLE), [run_id]).fetchone()[0]
 
 
 def reset_session(conn: psycopg.Connection) -> None:
