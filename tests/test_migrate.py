@@ -521,6 +521,18 @@ def test_a_file_rolling_back_to_an_earlier_files_savepoint_is_a_failure(setup, d
     assert_same(dbs["prod"], before)
 
 
+def test_a_file_with_a_nul_character_is_refused_not_cut_short(setup, dbs):
+    """libpq sends a query as a C string: everything after a NUL character
+    never reached the server, and the file was recorded as applied with its
+    second half silently dropped."""
+    settings = setup({"0001_two.sql": "create table a (id int primary key);\n\x00\ncreate table b (id int primary key);\n"})
+    for answer in (migrate.plan(settings), migrate.apply(settings, skip_rehearsal=True)):
+        assert answer.exit_code == 2 and answer.status == 400, answer.body
+        assert "0001_two.sql" in answer.body["error"] and "NUL" in answer.body["error"] and "line 2" in answer.body["error"]
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select to_regclass('a'), to_regclass('safesync.migrations')").fetchone() == (None, None)
+
+
 def test_copy_from_the_clients_stdin_is_refused_by_the_plan(setup):
     """psql's inline COPY data cannot be sent as SQL: the connection would
     wait for rows inside the migration's transaction, holding its locks."""

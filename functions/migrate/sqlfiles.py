@@ -102,6 +102,9 @@ def discover(directory: Path) -> list[SqlFile]:
             raise ConfigError(f"migration {path.name} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(f"cannot read migration {path.name}: {exc.strerror}") from None
+        if "\x00" in text:  # libpq sends SQL as a C string: what follows a NUL would silently never run
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise ConfigError(f"migration {path.name} contains a NUL character (line {line}): PostgreSQL cannot run it")
         files.append(SqlFile(path.name, checksum(text), text))
     return files
 
