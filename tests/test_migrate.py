@@ -490,7 +490,7 @@ def test_validation_after_a_file_is_not_run_under_its_session_settings(setup, db
 def test_an_applied_file_under_a_new_name_is_refused_not_run_again(setup, dbs, tmp_path):
     """Renumbering files after a merge (0002_raise → 0003_raise) made the
     applied file look new: the plan only warned that 0002 was gone and ran
-    its text a second time (every price raised twice)."""
+    its text a second time (every price raised twice); so did a copy."""
     files = {"0001_prices.sql": "create table prices (id int primary key, cents int);\ninsert into prices values (1, 100);\n",
              "0002_raise.sql": "update prices set cents = cents * 2;\n"}
     settings = setup(files)
@@ -499,11 +499,17 @@ def test_an_applied_file_under_a_new_name_is_refused_not_run_again(setup, dbs, t
     (folder / "0002_raise.sql").rename(folder / "0003_raise.sql")
     answer = migrate.plan(settings)
     assert answer.status == 422, answer.body
-    assert "0003_raise.sql" in answer.body["error"] and "0002_raise.sql" in answer.body["error"]
+    assert "0003_raise.sql = applied 0002_raise.sql (no longer in the folder)" in answer.body["error"], answer.body
     assert migrate.apply(settings, skip_rehearsal=True).exit_code == 1
     with connect(dbs["prod"]) as conn:
         assert conn.execute("select cents from prices").fetchone()[0] == 200
-    (folder / "0003_raise.sql").write_text("-- again, on purpose\nupdate prices set cents = cents * 2;\n")  # new text: a new migration
+    (folder / "0003_raise.sql").rename(folder / "0002_raise.sql")
+    (folder / "0002_raise copy.sql").write_text(files["0002_raise.sql"])  # a file manager's "duplicate"
+    (folder / "0004_raise.sql").write_text(files["0002_raise.sql"])
+    error = migrate.plan(settings).body["error"]
+    assert "0002_raise copy.sql = applied 0002_raise.sql;" in error and "0004_raise.sql = applied 0002_raise.sql" in error, error
+    (folder / "0002_raise copy.sql").unlink()
+    (folder / "0004_raise.sql").write_text("-- again, on purpose\nupdate prices set cents = cents * 2;\n")  # new text: a new migration
     assert migrate.plan(settings).exit_code == 0
 
 
