@@ -82,8 +82,9 @@ class LockWatch:
                     if row is None or row[1] < self.limit_s:
                         continue
                     pid, waited, what, mode, blockers = row
-                    conn.execute("select pg_cancel_backend(%s)", [pid])
+                    # said before the cancel: the restore's failure can be seen before this thread runs again
                     self.cancelled = {"waited_s": round(waited, 1), "lock_on": what, "mode": mode, "blockers": blockers}
+                    conn.execute("select pg_cancel_backend(%s)", [pid])
                     log.warning("restore cancelled after waiting on a lock", lock_on=what, waited_s=round(waited, 1))
                     return
         except Exception as exc:  # noqa: BLE001 - the restore goes on without the watch; the caller says so
