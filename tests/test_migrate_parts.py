@@ -42,6 +42,18 @@ def test_transaction_control_is_found_outside_strings_comments_and_bodies(text, 
     assert transaction_control(text) == found
 
 
+def test_a_folder_whose_sql_is_only_in_subfolders_is_a_config_error_not_up_to_date(write_settings, make_db, tmp_path):
+    """sql_dir pointed at Prisma's folder (<name>/migration.sql) found no
+    file directly in it, and plan and apply said "up to date" forever."""
+    folder = tmp_path / "migrations" / "20240101000000_init"
+    folder.mkdir(parents=True)
+    (folder / "migration.sql").write_text("create table users (id int primary key);\n")
+    settings = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n')
+    answer = migrate.plan(settings)
+    assert answer.status == 400 and answer.exit_code == 2, answer.body
+    assert "20240101000000_init/migration.sql" in answer.body["error"] and "command" in answer.body["error"]
+
+
 def test_checksum_ignores_line_endings_only():
     assert checksum("select 1;\r\nselect 2;\r\n") == checksum("select 1;\nselect 2;\n")
     assert checksum("select 1;") != checksum("select 2;")

@@ -106,6 +106,14 @@ def discover(directory: Path) -> list[SqlFile]:
             line = text[: text.index("\x00")].count("\n") + 1
             raise ConfigError(f"migration {path.name} contains a NUL character (line {line}): PostgreSQL cannot run it")
         files.append(SqlFile(path.name, checksum(text), text))
+    if not files:
+        nested = next((p for p in sorted(directory.glob("*/**/*.sql")) if p.is_file()), None)
+        if nested is not None:  # a tool's layout (Prisma: <name>/migration.sql): "up to date" would be a lie
+            raise ConfigError(
+                f"migrate.sql_dir: {directory} has no .sql file of its own, but its subfolders do (e.g. "
+                f"{nested.relative_to(directory).as_posix()}); safesync applies only the files directly in it — "
+                'for a tool\'s folder layout use [migrate] command (e.g. "npx prisma migrate deploy")'
+            )
     return files
 
 
