@@ -123,6 +123,7 @@ class BackupInfo:
             "id": self.id,
             "age": human_age(self.age_s(now)),
             "size": human_bytes(self.size),
+            "scope": "partial" if self.partial else "full",
             "tables": len(self.tables),
             "rows": self.rows_total,
             "verified": _outcome(verified),

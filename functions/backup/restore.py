@@ -192,6 +192,11 @@ def restore_backup(
                 raise _lock_wait_failure(info, target_db, limit, watch.cancelled, safety) from None
             raise
     result = RestoreResult(info, target_db, safety, no_owner=no_owner, kept=plan.kept_rows(), duration_s=round(time.perf_counter() - started, 3))
+    if info.partial:  # an undo point for some tables, not a copy of the database: say so beside "restored"
+        result.warnings.append(
+            f"{info.id} is a partial backup (only the {len(info.tables)} table(s) it holds, e.g. a content sync's undo point): "
+            f"the rest of {target_db} is as it was"
+        )
     if watch.problem:
         result.warnings.append(f"the restore's lock wait was not bounded (the watch could not run: {watch.problem})")
     if pg_warnings:
