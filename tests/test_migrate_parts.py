@@ -54,6 +54,18 @@ def test_a_folder_whose_sql_is_only_in_subfolders_is_a_config_error_not_up_to_da
     assert "20240101000000_init/migration.sql" in answer.body["error"] and "command" in answer.body["error"]
 
 
+
+def test_a_migration_ending_in_upper_case_sql_is_a_config_error_not_skipped(write_settings, make_db, tmp_path):
+    """The folder is read as *.sql: 0002_b.SQL (a Windows editor's save) was
+    never applied while plan and apply said the database was up to date."""
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_a.sql").write_text("create table a (id int primary key);\n")
+    (tmp_path / "migrations" / "0002_b.SQL").write_text("create table b (id int primary key);\n")
+    settings = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n')
+    answer = migrate.plan(settings)
+    assert answer.status == 400 and "0002_b.SQL" in answer.body["error"], answer.body
+
+
 def test_checksum_ignores_line_endings_only():
     assert checksum("select 1;\r\nselect 2;\r\n") == checksum("select 1;\nselect 2;\n")
     assert checksum("select 1;") != checksum("select 2;")

@@ -90,6 +90,9 @@ def discover(directory: Path) -> list[SqlFile]:
     """The migration files of ``directory`` in name order."""
     if not directory.is_dir():
         raise ConfigError(f"migrate.sql_dir: {directory} is not a folder")
+    odd = sorted(p.name for p in directory.iterdir() if p.suffix.lower() == ".sql" and p.suffix != ".sql" and p.is_file())
+    if odd:  # never applied, while the plan said "up to date"
+        raise ConfigError(f"migrate.sql_dir: {', '.join(odd)} end(s) in another case than .sql and would be skipped; rename to .sql")
     files = []
     for path in sorted(directory.glob("*.sql"), key=lambda p: p.name):
         if not path.is_file():
