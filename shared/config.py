@@ -103,6 +103,8 @@ class BackupSection(_Section):
     # the last N backups of EACH event kind (presync, premigrate, safety): undo points
     keep_event: int = Field(10, ge=0)
     incomplete_grace_hours: float = Field(6, ge=0)
+    # a restore waiting longer on one lock (the application's open transaction) is cancelled and rolled back
+    restore_lock_wait_seconds: float = Field(60, gt=0)
     # "auto": zstd:1 when the chosen pg_dump has zstd (PostgreSQL 16+ built
     # with it), else gzip:1 — both measured fastest and zstd:1 smallest.
     compress: str | None = None

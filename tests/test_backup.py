@@ -25,6 +25,7 @@ from psycopg import sql
 from safesync.functions import cli
 from safesync.functions.backup import create as create_module
 from safesync.functions.backup import (
+    backup_catalog,
     backup_timeline,
     create_backup,
     get_backup,
@@ -562,13 +563,36 @@ def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) 
     code, body = run_cli(capsys, "backup", "verify")
     assert code == 0 and [r["id"] for r in body["details"]["results"]] == [full.id]
     assert [row["id"] for row in last_backups(settings, [])] == [full.id]
-    assert restore_backup(settings, part.id, "scratch").backup.id == part.id  # by its id, as asked
+    restored = restore_backup(settings, part.id, "scratch")  # by its id, as asked: saying it is partial
+    assert restored.backup.id == part.id and any("partial backup" in w and "1 table(s)" in w for w in restored.warnings), restored.warnings
+    code, body = run_cli(capsys, "backup", "list", "--db", "prod")
+    assert {r["id"]: r["scope"] for r in body["tables"]["backups"]} == {full.id: "full", part.id: "partial"}, body["tables"]
 
     settings.storage.delete(full.manifest_key)  # only the partial one is left: there is no latest
     with pytest.raises(NotFoundError, match="no complete full backup of prod"):
         restore_backup(settings, "latest", "scratch", db="prod")
     code, body = run_cli(capsys, "backup", "verify")
     assert code == 1 and "prod: no complete backup" in body["summary"]
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_presync_backup_written_before_the_scope_field_is_never_taken_for_a_full_one(env) -> None:
+    """Content-only presync backups were written for two days before the
+    manifest said ``scope``; read as full, such a backup was "latest" (a
+    restore of a few tables as if of the database) and took the day's place
+    in retention, so prune deleted the full daily backup made before it."""
+    from safesync.shared.db import TableRef
+
+    settings = env.settings
+    full = create_backup(settings, "prod", "daily")
+    part = create_backup(settings, "prod", "presync", tables=[TableRef("public", "courses")])
+    old = {k: v for k, v in part.manifest.items() if k != "scope"}  # as that safesync wrote it
+    settings.storage.put_json(part.manifest_key, old)
+    assert [b.id for b in list_backups(settings)] == [part.id, full.id]
+    assert latest_backup(settings, "prod").id == full.id
+    plan = prune_database(settings, "prod", dry_run=True)
+    assert {row["id"]: row["action"] for row in plan.rows} == {full.id: "keep", part.id: "keep"}
+    assert "newest full" in plan.reasons[full.id]
 
 
 def test_a_sound_backup_of_tables_with_spaces_dots_or_line_breaks_in_their_names_verifies(make_db, write_settings) -> None:
@@ -677,6 +701,32 @@ def test_restore_drill_that_disagrees_with_the_manifest_fails_and_still_drops_it
         assert conn.execute("select count(*) from pg_database where datname like 'safesync_drill_%%'").fetchone()[0] == 0
 
 
+def test_a_verify_records_its_result_on_the_manifest_as_it_is_when_it_ends(make_db, write_settings, monkeypatch) -> None:
+    """Verify wrote back the manifest it read when it started, with its
+    result: a drill that failed meanwhile (another verify's) came back as the
+    old passing one, and a backup whose manifest prune had just deleted (the
+    dump goes last) came back as a manifest without its dump."""
+    from safesync.functions.backup import verify as verify_module
+
+    prod = make_db()
+    create_lms(prod, variant="prod")
+    settings = write_settings({"prod": prod}, BACKUP_TOML)
+    info = create_backup(settings, "prod", "manual")
+    assert verify_backup(settings, info.id, restore_drill_too=True).drill["ok"]
+    started = get_backup(settings, info.id)  # what a verify starting now reads (its drill passed)
+    with monkeypatch.context() as m:  # meanwhile another verify's drill fails (say, the scratch server ran out of disk)
+        m.setattr(verify_module, "restore_drill", lambda settings, info: {"at": utcnow().isoformat(), "ok": False, "problems": ["restore failed"]})
+        assert verify_backup(settings, info.id, restore_drill_too=True).drill["ok"] is False
+    assert verify_backup(settings, started).ok  # the first verify ends: its integrity check passed
+    recorded = settings.storage.get_json(info.manifest_key)
+    assert recorded["drill"]["ok"] is False and recorded["verification"]["ok"] is True
+
+    settings.storage.delete(info.manifest_key)  # prune has begun deleting it (manifest first, dump last)
+    result = verify_backup(settings, started)
+    assert not settings.storage.exists(info.manifest_key)
+    assert any("changed while being verified" in w and "no manifest" in w for w in result.warnings), result.warnings
+
+
 def _drilling(proc: subprocess.Popen) -> bool:
     """True once the CLI's drill has pg_restore reading the dump."""
     try:
@@ -776,3 +826,63 @@ def test_a_table_of_contents_not_read_to_its_end_is_an_error_not_a_short_plan(en
     monkeypatch.setattr(verify_module._ListReader, "run", lambda self: None)  # finished without reading
     with pytest.raises(JobFailed, match="was not read to its end"):
         verify_module.read_toc(env.settings, info)
+
+
+def test_a_restore_waiting_on_the_applications_lock_is_cancelled_after_the_limit(make_db, write_settings) -> None:
+    """pg_restore sets lock_timeout = 0 itself: a restore into a database
+    where a session sat idle in a transaction that had read a table waited
+    forever for its DROP's lock, and the application's queries on that table
+    queued behind it. Now it is cancelled after
+    backup.restore_lock_wait_seconds, rolled back, naming the lock and who holds it."""
+    prod, scratch = make_db(), make_db()
+    for url in (prod, scratch):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table users (id int primary key, name text); insert into users select g, 'u' || g from generate_series(1, 50) g")
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("update users set name = 'prod'")
+    settings = write_settings({"prod": prod, "scratch": scratch}, BACKUP_TOML + "restore_lock_wait_seconds = 1\n")
+    info = create_backup(settings, "prod", "manual")
+    before = fingerprint(scratch)
+    holder = psycopg.connect(scratch, application_name="web-app")
+    holder.execute("select count(*) from users")  # and then idle in its transaction, holding ACCESS SHARE
+    try:
+        started = time.perf_counter()
+        with pytest.raises(JobFailed) as caught:
+            restore_backup(settings, info.id, "scratch")
+        elapsed = time.perf_counter() - started
+        holder_pid = holder.info.backend_pid
+        assert holder.execute("select count(*) from users").fetchone()[0] == 50  # the application's session goes on
+    finally:
+        holder.rollback()
+        holder.close()
+    message = caught.value.message
+    assert "cancelled" in message and "AccessExclusiveLock on users" in message and "nothing was restored" in message, message
+    assert f"pid {holder_pid} (application 'web-app'" in message and "idle in transaction" in message, message
+    assert elapsed < 30
+    assert fingerprint(scratch) == before
+    assert restore_backup(settings, info.id, "scratch").backup.id == info.id  # the lock gone, it restores
+    with psycopg.connect(scratch) as conn:
+        assert conn.execute("select distinct name from users").fetchall() == [("prod",)]
+
+
+@pytest.mark.parametrize("storage_url", ["local"], indirect=True)
+def test_a_backup_dated_in_the_future_by_a_wrong_clock_is_never_the_latest(env, monkeypatch) -> None:
+    """A backup made on a machine whose clock ran a month ahead was the
+    newest for a month: ``restore latest`` restored it rather than the real
+    newest, and the status page counted the database's last backup as fresh
+    (a negative age) even if no backup ran after it. Its manifest says it
+    started after storage received it: it is damaged, named, and passed over."""
+    from safesync.functions.status.collect import last_backups
+
+    settings = env.settings
+    real_now = create_module.utcnow
+    with monkeypatch.context() as m:
+        m.setattr(create_module, "utcnow", lambda: real_now() + timedelta(days=30))
+        skewed = create_backup(settings, "prod", "manual")
+    good = create_backup(settings, "prod", "daily")
+    assert latest_backup(settings, "prod").id == good.id
+    catalog = backup_catalog(settings, "prod")
+    assert [d.id for d in catalog.damaged] == [skewed.id] and "clock" in catalog.damaged[0].problem
+    reasons: list[str] = []
+    assert [row["id"] for row in last_backups(settings, reasons)] == [good.id]
+    assert any(skewed.id in r and r.startswith("degraded") for r in reasons), reasons

@@ -420,11 +420,11 @@ def test_transaction_control_in_a_file_is_refused(setup):
     assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
 
 
-# A COMMIT the plan's scan cannot see: the server reads '\'' as one quote once a
-# file before set standard_conforming_strings off (the SET outlives its file),
-# the scan reads a string running to the comment. Then a failure.
+# A COMMIT the plan's scan cannot see: on a database whose default is
+# standard_conforming_strings = off the server reads '\'' as one quote, the
+# scan reads a string running to the comment. Then a failure.
 HIDDEN_COMMIT = {
-    "0001_escapes.sql": "set standard_conforming_strings = off;\ncreate table early (id int);\n",
+    "0001_early.sql": "create table early (id int);\n",
     "0002_hidden_commit.sql": "create table kept (id int);\nselect '\\''; commit; begin; select 1/0; --';\n",
 }
 
@@ -432,6 +432,8 @@ HIDDEN_COMMIT = {
 @pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
 def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, before, single):
     settings = setup(HIDDEN_COMMIT, migrate_extra=f"single_transaction = {str(single).lower()}\n")
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute(f'alter database "{_name(dbs["prod"])}" set standard_conforming_strings = off')
     assert migrate.plan(settings).exit_code == 0  # the scan does not see it: the run must
     answer = migrate.apply(settings, skip_rehearsal=True)
     body = answer.body
@@ -441,6 +443,100 @@ def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, b
     steps = {s["file"]: s["status"] for s in body["tables"]["steps"]}
     assert "partly committed" in steps["0002_hidden_commit.sql"]
     assert_same(dbs["prod"], before)
+
+
+# What a file sets for its session (not SET LOCAL) and its temporary tables
+# must not reach the next file, nor safesync's own record and validation: the
+# next file would run without triggers and foreign keys (replica), as another
+# role, on another schema's tables — only because the two were applied together.
+LEAKY = (
+    "set search_path = shadow, public;\nset session_replication_role = replica;\nset statement_timeout = 0;\n"
+    "select set_config('lock_timeout', '0', false);\nset role pg_read_all_data;\n"
+)
+SEES = {
+    "0001_leaky.sql": "create schema shadow;\ncreate temp table users (id int, name text);\n" + LEAKY,
+    "0002_sees.sql": (
+        "create table public.seen as select 1 as id, current_setting('search_path') as search_path,"
+        " current_setting('session_replication_role') as replication_role, current_setting('statement_timeout') as statement_timeout,"
+        " current_setting('lock_timeout') as lock_timeout, current_user::text as role, (select count(*) from users) as users;\n"
+        "alter table public.seen add primary key (id);\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
+def test_a_files_session_settings_do_not_reach_the_next_file(setup, dbs, single):
+    settings = setup(SEES, migrate_extra=f'single_transaction = {str(single).lower()}\nlock_timeout = "4s"\nstatement_timeout = "7s"\n')
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    assert answer.exit_code == 0, (answer.body["summary"], answer.body["tables"].get("validation failures"))
+    with connect(dbs["prod"]) as conn:
+        seen = conn.execute("select search_path, replication_role, statement_timeout, lock_timeout, role, users from seen").fetchone()
+        owner = conn.execute("select session_user::text").fetchone()[0]
+        assert [r[0] for r in conn.execute("select applied_at is not null from safesync.migrations")] == [True, True]
+    assert seen == ('"$user", public', "origin", "7s", "4s", owner, 40)
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
+def test_validation_after_a_file_is_not_run_under_its_session_settings(setup, dbs, before, single):
+    files = {"0001_wipe_names.sql": "update users set name = null where id % 7 = 0;\ncreate schema shadow;\n"
+             "create table shadow.users (id int, name text);\n" + LEAKY}
+    settings = setup(files, migrate_extra=f"single_transaction = {str(single).lower()}\n", extra=RULE)
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    assert answer.exit_code == 1 and answer.body["status"] == "failed", answer.body["summary"]
+    assert [f["object"] for f in answer.body["tables"]["validation failures"]] == ["every user has a name"]
+    assert_same(dbs["prod"], before)
+
+
+def test_an_applied_file_under_a_new_name_is_refused_not_run_again(setup, dbs, tmp_path):
+    """Renumbering files after a merge (0002_raise → 0003_raise) made the
+    applied file look new: the plan only warned that 0002 was gone and ran
+    its text a second time (every price raised twice); so did a copy."""
+    files = {"0001_prices.sql": "create table prices (id int primary key, cents int);\ninsert into prices values (1, 100);\n",
+             "0002_raise.sql": "update prices set cents = cents * 2;\n"}
+    settings = setup(files)
+    assert migrate.apply(settings, skip_rehearsal=True).exit_code == 0
+    folder = tmp_path / "migrations"
+    (folder / "0002_raise.sql").rename(folder / "0003_raise.sql")
+    answer = migrate.plan(settings)
+    assert answer.status == 422, answer.body
+    assert "0003_raise.sql = applied 0002_raise.sql (no longer in the folder)" in answer.body["error"], answer.body
+    assert migrate.apply(settings, skip_rehearsal=True).exit_code == 1
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select cents from prices").fetchone()[0] == 200
+    (folder / "0003_raise.sql").rename(folder / "0002_raise.sql")
+    (folder / "0002_raise copy.sql").write_text(files["0002_raise.sql"])  # a file manager's "duplicate"
+    (folder / "0004_raise.sql").write_text(files["0002_raise.sql"])
+    error = migrate.plan(settings).body["error"]
+    assert "0002_raise copy.sql = applied 0002_raise.sql;" in error and "0004_raise.sql = applied 0002_raise.sql" in error, error
+    (folder / "0002_raise copy.sql").unlink()
+    (folder / "0004_raise.sql").write_text("-- again, on purpose\nupdate prices set cents = cents * 2;\n")  # new text: a new migration
+    assert migrate.plan(settings).exit_code == 0
+
+
+def test_a_file_rolling_back_to_an_earlier_files_savepoint_is_a_failure(setup, dbs, before):
+    """In one transaction, 0002's ROLLBACK TO SAVEPOINT s1 undid the end of
+    0001 and its record row: the run said both applied, 0001's table b was
+    missing and 0001 was pending again (its re-run then failed on table a)."""
+    files = {"0001_ab.sql": "create table a (id int primary key);\nsavepoint s1;\ncreate table b (id int primary key);\n",
+             "0002_c.sql": "rollback to savepoint s1;\ncreate table c (id int primary key);\n"}
+    settings = setup(files, migrate_extra="single_transaction = true\n")
+    answer = migrate.apply(settings, skip_rehearsal=True)
+    assert answer.exit_code == 1 and answer.body["status"] == "failed", answer.body["summary"]
+    assert "0002_c.sql" in answer.body["summary"] and "savepoint" in answer.body["summary"]
+    assert answer.body["details"]["rollback"]["method"].startswith("ROLLBACK")
+    assert_same(dbs["prod"], before)
+
+
+def test_a_file_with_a_nul_character_is_refused_not_cut_short(setup, dbs):
+    """libpq sends a query as a C string: everything after a NUL character
+    never reached the server, and the file was recorded as applied with its
+    second half silently dropped."""
+    settings = setup({"0001_two.sql": "create table a (id int primary key);\n\x00\ncreate table b (id int primary key);\n"})
+    for answer in (migrate.plan(settings), migrate.apply(settings, skip_rehearsal=True)):
+        assert answer.exit_code == 2 and answer.status == 400, answer.body
+        assert "0001_two.sql" in answer.body["error"] and "NUL" in answer.body["error"] and "line 2" in answer.body["error"]
+    with connect(dbs["prod"]) as conn:
+        assert conn.execute("select to_regclass('a'), to_regclass('safesync.migrations')").fetchone() == (None, None)
 
 
 def test_copy_from_the_clients_stdin_is_refused_by_the_plan(setup):

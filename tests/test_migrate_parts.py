@@ -31,6 +31,7 @@ from tests import sentinels
         ("do $$ begin perform 1; commit; end $$;\nselect $tag$ commit; $tag$;", []),
         ("-- commit;\n/* rollback; /* nested */ begin; */ select 'begin; commit;', E'it\\'s; commit', \"commit\";", []),
         ("create table \"begin\" (a int);\nabort;", ["line 2: ABORT"]),
+        ("prepare transaction 'x';\nprepare stmt as select 1;", ["line 1: PREPARE TRANSACTION"]),
         # non-ASCII letters are identifier and dollar-tag characters for the server too
         ("create table é$x$ (id int);\ncommit;", ["line 2: COMMIT"]),
         ("select $é$ commit; $é$;", []),
@@ -39,6 +40,30 @@ from tests import sentinels
 )
 def test_transaction_control_is_found_outside_strings_comments_and_bodies(text, found):
     assert transaction_control(text) == found
+
+
+def test_a_folder_whose_sql_is_only_in_subfolders_is_a_config_error_not_up_to_date(write_settings, make_db, tmp_path):
+    """sql_dir pointed at Prisma's folder (<name>/migration.sql) found no
+    file directly in it, and plan and apply said "up to date" forever."""
+    folder = tmp_path / "migrations" / "20240101000000_init"
+    folder.mkdir(parents=True)
+    (folder / "migration.sql").write_text("create table users (id int primary key);\n")
+    settings = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n')
+    answer = migrate.plan(settings)
+    assert answer.status == 400 and answer.exit_code == 2, answer.body
+    assert "20240101000000_init/migration.sql" in answer.body["error"] and "command" in answer.body["error"]
+
+
+
+def test_a_migration_ending_in_upper_case_sql_is_a_config_error_not_skipped(write_settings, make_db, tmp_path):
+    """The folder is read as *.sql: 0002_b.SQL (a Windows editor's save) was
+    never applied while plan and apply said the database was up to date."""
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_a.sql").write_text("create table a (id int primary key);\n")
+    (tmp_path / "migrations" / "0002_b.SQL").write_text("create table b (id int primary key);\n")
+    settings = write_settings({"prod": make_db(), "scratch": make_db()}, '[migrate]\ndatabase = "prod"\nsql_dir = "migrations"\nrehearse_on = "scratch"\n')
+    answer = migrate.plan(settings)
+    assert answer.status == 400 and "0002_b.SQL" in answer.body["error"], answer.body
 
 
 def test_checksum_ignores_line_endings_only():

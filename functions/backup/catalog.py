@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from safesync.shared.config import Settings
 from safesync.shared.errors import BadRequest, NotFoundError
@@ -22,6 +22,9 @@ from .manifest import BackupInfo, ManifestError, parse_manifest
 
 
 MANIFEST_WITHOUT_DUMP = "manifest without its dump"  # damage (prune deletes manifests first), not an interrupted write
+# How much later than storage received its manifest a backup may say it
+# started (clocks disagree a little); more, and the clock that dated it was wrong.
+CLOCK_SKEW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,16 @@ def scan(storage: Storage, db: str) -> DbCatalog:
             continue
         if info.dump_suffix not in objects:
             catalog.leftovers.append(_leftover(name, objects, MANIFEST_WITHOUT_DUMP))
+            continue
+        if info.started_at > objects["json"].updated + CLOCK_SKEW:
+            # Ages and "newest" come from manifests: dated ahead, it would be the latest backup (restored
+            # as "latest", keeping the status page fresh) until the real clock caught up.
+            catalog.unreadable.append({
+                "id": name.id, "key": name.manifest_key,
+                "problem": f"it says it started at {info.started_at.isoformat()}, after storage received its manifest "
+                f"({objects['json'].updated.isoformat()}): the clock of the machine that made it was wrong; "
+                "restore it by its id if you must",
+            })
             continue
         catalog.complete.append(info)
     catalog.complete.sort(key=lambda info: (info.started_at, info.id), reverse=True)

@@ -28,7 +28,9 @@ ENCRYPTION_SCHEMES = ("age",)
 # ``scope``: what the dump holds. "tables": only some tables (content sync's
 # ``presync_backup = "content"``), an undo point for them, never a copy of
 # the database; retention must not let it stand in for a full backup.
-# Manifests written before the field existed are full backups.
+# Manifests written before the field existed are full backups, except
+# presync ones: content sync wrote content-only presync backups for a while
+# before the field existed, and such a manifest cannot say which it was.
 SCOPE_FULL, SCOPE_TABLES = "full", "tables"
 SCOPES = (SCOPE_FULL, SCOPE_TABLES)
 _REQUIRED = {
@@ -96,8 +98,15 @@ class BackupInfo:
 
     @property
     def partial(self) -> bool:
-        """Only some tables were dumped (``scope = "tables"``)."""
-        return self.manifest.get("scope") == SCOPE_TABLES
+        """Only some tables were dumped (``scope = "tables"``), or maybe:
+        a presync backup from before ``scope`` (see SCOPE_FULL). Taken for
+        full, it could be restored as "latest" and cost a full backup its
+        place in retention; taken for partial, a full one is merely kept
+        as an undo point and restored only by its id."""
+        scope = self.manifest.get("scope")
+        if scope is None:
+            return self.kind == "presync"
+        return scope == SCOPE_TABLES
 
     @property
     def rows_total(self) -> int:
@@ -114,6 +123,7 @@ class BackupInfo:
             "id": self.id,
             "age": human_age(self.age_s(now)),
             "size": human_bytes(self.size),
+            "scope": "partial" if self.partial else "full",
             "tables": len(self.tables),
             "rows": self.rows_total,
             "verified": _outcome(verified),

@@ -22,7 +22,9 @@
    never committed. Entries the role may not replace but the target already
    has (a platform's schemas, event triggers, extensions) are left out of
    the list and reported as kept. Objects that exist only in the target are
-   left alone.
+   left alone. A wait of more than ``backup.restore_lock_wait_seconds`` on
+   one lock (the application's open transaction) cancels the restore, which
+   rolls back, naming the lock and its holder (``lockwatch``).
 4. Row counts of every restored table compared with the manifest, and each
    table checked readable by its owner in the backup.
 """
@@ -31,13 +33,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from safesync.shared import identity
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
-from safesync.shared.errors import Refused
+from safesync.shared.errors import JobFailed, Refused, SafesyncError
 from safesync.shared.pgtools import libpq_target
 from safesync.shared.log import get_logger
 from safesync.shared.report import Report
@@ -45,6 +48,7 @@ from safesync.shared.report import Report
 from .archive import Archive, check_stored
 from .catalog import resolve
 from .create import count_rows, create_backup
+from .lockwatch import LockWatch, describe_blockers
 from .manifest import BackupInfo
 from .pgproc import Progress, restore_stream
 from .restore_plan import RestorePlan, plan_restore, unreadable_by_owner
@@ -131,6 +135,18 @@ def _refuse(info: BackupInfo, target: str, plan: RestorePlan) -> None:
         raise Refused(f"refusing to restore {info.id} into {target!r}: " + " | ".join(problems), {"problems": problems})
 
 
+def _lock_wait_failure(info: BackupInfo, target: str, limit: float, cancelled: dict[str, Any], safety: BackupInfo) -> JobFailed:
+    """The restore cancelled by the lock watch: what it waited for, who held
+    it, and that nothing changed (its one transaction rolled back)."""
+    return JobFailed(
+        f"restore of {info.id} into {target!r} cancelled: it waited {cancelled['waited_s']:g}s "
+        f"(backup.restore_lock_wait_seconds = {limit:g}) for a {cancelled['mode']} on {cancelled['lock_on']}, held by "
+        f"{describe_blockers(cancelled['blockers'])}; nothing was restored (its transaction rolled back). "
+        "End or finish that session and restore again",
+        {"target": target, "lock_wait": cancelled, "safety_backup": safety.id},
+    )
+
+
 def restore_backup(
     settings: Settings,
     backup_id: str,
@@ -157,18 +173,32 @@ def restore_backup(
         settings, target_db, "safety", trigger={"via": "restore", "restore_of": info.id}, report=report
     )
     log.info("restore started", backup=info.id, target=target_db, safety_backup=safety.id)
-    conninfo, env = libpq_target(target_url, app="safesync-restore")
+    app = f"safesync-restore-{uuid.uuid4().hex[:12]}"  # the backend the lock watch looks for
+    conninfo, env = libpq_target(target_url, app=app)
     started = time.perf_counter()
     options = [*RESTORE_OPTIONS, *(["--no-owner"] if no_owner else [])]
-    with tempfile.NamedTemporaryFile("w", prefix="safesync-restore-", suffix=".list") as listing:
+    limit = settings.config.backup.restore_lock_wait_seconds
+    with tempfile.NamedTemporaryFile("w", prefix="safesync-restore-", suffix=".list") as listing, LockWatch(target_url, app, limit) as watch:
         listing.write(use_list(entries, plan.left_out))
         listing.flush()
-        pg_warnings = restore_stream(
-            Archive(settings, info, progress=progress),
-            argv=[str(tool.path), *options, "--use-list", listing.name, "--dbname", conninfo],
-            env=env,
-        )
+        try:
+            pg_warnings = restore_stream(
+                Archive(settings, info, progress=progress),
+                argv=[str(tool.path), *options, "--use-list", listing.name, "--dbname", conninfo],
+                env=env,
+            )
+        except SafesyncError:
+            if watch.cancelled:
+                raise _lock_wait_failure(info, target_db, limit, watch.cancelled, safety) from None
+            raise
     result = RestoreResult(info, target_db, safety, no_owner=no_owner, kept=plan.kept_rows(), duration_s=round(time.perf_counter() - started, 3))
+    if info.partial:  # an undo point for some tables, not a copy of the database: say so beside "restored"
+        result.warnings.append(
+            f"{info.id} is a partial backup (only the {len(info.tables)} table(s) it holds, e.g. a content sync's undo point): "
+            f"the rest of {target_db} is as it was"
+        )
+    if watch.problem:
+        result.warnings.append(f"the restore's lock wait was not bounded (the watch could not run: {watch.problem})")
     if pg_warnings:
         result.warnings.append(f"pg_restore said: {pg_warnings}")
     if plan.kept:

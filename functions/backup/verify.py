@@ -368,10 +368,22 @@ def verify_backup(
 
 
 def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:
-    """Rewrite the manifest with the outcome (atomic replace). Skipped if the
-    backup was pruned meanwhile: a manifest must never come back without its dump."""
+    """Set this verify's fields on the manifest as stored *now* (atomic
+    replace), not on the one read when it started: another verify may have
+    recorded a drill meanwhile (writing ours back would replace a failed
+    drill with an older passing one), and prune may have deleted the
+    manifest (its first step): then nothing is written, since a manifest
+    must never come back without its dump."""
     storage = settings.storage
-    manifest = dict(info.manifest)
+    try:
+        current = get_backup(settings, info.id)
+    except NotFoundError as exc:  # pruned meanwhile, or its manifest damaged: that stays as it is
+        result.warnings.append(f"result not recorded, the backup changed while being verified: {exc.message}")
+        return
+    except SafesyncError as exc:
+        result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")
+        return
+    manifest = dict(current.manifest)
     manifest["verification"] = {
         "at": utcnow().isoformat(),
         "ok": not result.problems,
@@ -382,9 +394,6 @@ def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:
     if result.drill is not None:
         manifest["drill"] = result.drill
     try:
-        if not storage.exists(info.dump_key):
-            result.warnings.append(f"{info.id} was deleted while being verified; result not recorded")
-            return
         write_manifest(storage, info.name, manifest)
     except SafesyncError as exc:
         result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")

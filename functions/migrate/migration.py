@@ -4,7 +4,8 @@ SQL files: each in its own transaction (file + record row commit together),
 or all in one transaction with ``single_transaction`` — then ``check`` (the
 validation) runs inside that transaction, on its uncommitted state, and a
 failure anywhere ends in ROLLBACK: nothing was ever committed. Every
-transaction sets ``lock_timeout`` and ``statement_timeout`` first.
+file starts with ``lock_timeout`` and ``statement_timeout`` set and none of
+the session state an earlier file left (``sqlfiles.reset_session``).
 
 A command runs to its end; whatever it did is committed (we cannot know),
 so undoing it is the caller's restore.
@@ -118,8 +119,8 @@ def _run_single(settings: Settings, plan: Plan, url: str, run_id: str, check: Ch
         current = None
         try:
             with conn.transaction():
-                _begin(conn, settings)
                 for file in plan.pending:
+                    _begin(conn, settings)  # again after each file: it ended with its session reset
                     current = file
                     done.append((file.name, sqlfiles.apply_file(conn, file, run_id)))
                 current = None

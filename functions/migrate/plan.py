@@ -110,6 +110,19 @@ def command_inputs(settings: Settings) -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
+def _same_text(done: dict[str, str], pending: list[SqlFile], present: set[str]) -> dict[str, str]:
+    """Pending file → the file (applied, or pending before it) with the same
+    text, described. Files are matched by name, so a renamed or copied file
+    looks new; blank files (placeholders) do nothing twice."""
+    seen = {checksum: f"applied {name}" + ("" if name in present else " (no longer in the folder)") for name, checksum in sorted(done.items())}
+    found: dict[str, str] = {}
+    for f in pending:
+        if f.text.strip() and f.checksum in seen:
+            found[f.name] = seen[f.checksum]
+        seen.setdefault(f.checksum, f"pending {f.name}")
+    return found
+
+
 def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list[SqlFile]) -> Plan:
     cfg = settings.config.migrate
     sqlfiles.check_timeouts(conn, cfg.lock_timeout, cfg.statement_timeout)
@@ -122,6 +135,15 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
             {"changed": changed},
         )
     pending = [f for f in files if f.name not in done]
+    present = {f.name for f in files}
+    twice = _same_text(done, pending, present)
+    if twice:  # renumbered after a merge, or a copy ("0002_raise copy.sql"): its text would run a second time
+        raise Refused(
+            "refusing: pending file(s) have the exact text of another migration file, which would run a second time: "
+            + "; ".join(f"{new} = {old}" for new, old in twice.items())
+            + " — give a renamed file its applied name back and delete copies (or, if the text must run again, change it)",
+            {"same_text": twice},
+        )
     for key, finder, why in (
         ("transaction_control", sqlfiles.transaction_control,
          "contain transaction control; safesync runs each file in its own transaction (or all in one), remove BEGIN/COMMIT/ROLLBACK"),
@@ -135,7 +157,6 @@ def _sql_plan(settings: Settings, conn: psycopg.Connection, db: str, files: list
                 {key: found},
             )
     plan = Plan(db, "sql", pending=pending, applied=len(done), single_transaction=cfg.single_transaction)
-    present = {f.name for f in files}
     missing = sorted(set(done) - present)
     if missing:
         plan.warnings.append(f"applied file(s) no longer in {cfg.sql_dir}: {', '.join(missing)}")

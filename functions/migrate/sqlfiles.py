@@ -42,7 +42,9 @@ create table if not exists safesync.migrations (
 )"""
 
 # Statements that end the transaction safesync runs a file in (SAVEPOINT,
-# RELEASE and ROLLBACK TO stay inside it and are fine).
+# RELEASE and ROLLBACK TO stay inside it and are fine). PREPARE TRANSACTION
+# too: on a server with max_prepared_transactions > 0 it detaches the
+# transaction, which then holds its locks until someone commits it.
 _CONTROL = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"}
 
 
@@ -88,6 +90,9 @@ def discover(directory: Path) -> list[SqlFile]:
     """The migration files of ``directory`` in name order."""
     if not directory.is_dir():
         raise ConfigError(f"migrate.sql_dir: {directory} is not a folder")
+    odd = sorted(p.name for p in directory.iterdir() if p.suffix.lower() == ".sql" and p.suffix != ".sql" and p.is_file())
+    if odd:  # never applied, while the plan said "up to date"
+        raise ConfigError(f"migrate.sql_dir: {', '.join(odd)} end(s) in another case than .sql and would be skipped; rename to .sql")
     files = []
     for path in sorted(directory.glob("*.sql"), key=lambda p: p.name):
         if not path.is_file():
@@ -100,7 +105,18 @@ def discover(directory: Path) -> list[SqlFile]:
             raise ConfigError(f"migration {path.name} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(f"cannot read migration {path.name}: {exc.strerror}") from None
+        if "\x00" in text:  # libpq sends SQL as a C string: what follows a NUL would silently never run
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise ConfigError(f"migration {path.name} contains a NUL character (line {line}): PostgreSQL cannot run it")
         files.append(SqlFile(path.name, checksum(text), text))
+    if not files:
+        nested = next((p for p in sorted(directory.glob("*/**/*.sql")) if p.is_file()), None)
+        if nested is not None:  # a tool's layout (Prisma: <name>/migration.sql): "up to date" would be a lie
+            raise ConfigError(
+                f"migrate.sql_dir: {directory} has no .sql file of its own, but its subfolders do (e.g. "
+                f"{nested.relative_to(directory).as_posix()}); safesync applies only the files directly in it — "
+                'for a tool\'s folder layout use [migrate] command (e.g. "npx prisma migrate deploy")'
+            )
     return files
 
 
@@ -151,6 +167,10 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
     # (``transaction_control`` is a tokenizer, not the server's lexer) shows
     # as a different id afterwards, or as this one committed after a failure.
     xid = conn.execute("select pg_catalog.txid_current()").fetchone()[0]
+    # The record rows this transaction holds: a file that rolls back to a
+    # savepoint an earlier file set (one transaction for all) undoes the end
+    # of that file and its record row — applied in part, and pending again.
+    records = _records_of(conn, run_id)
     started = time.perf_counter()
     try:
         if file.text.strip():
@@ -166,12 +186,37 @@ def apply_file(conn: psycopg.Connection, file: SqlFile, run_id: str) -> int:
             xid=xid,
             ended=True,
         )
+    reset_session(conn)
+    if _records_of(conn, run_id) != records:
+        raise FileFailed(
+            SqlError(file.name, "the file undid an earlier file's work and record (ROLLBACK TO SAVEPOINT of that file's savepoint)", None, None),
+            xid=xid,
+        )
     ms = int((time.perf_counter() - started) * 1000)
     conn.execute(
         sql.SQL("insert into {} (name, checksum, run_id, duration_ms) values (%s, %s, %s, %s)").format(RECORD_TABLE),
         [file.name, file.checksum, run_id, ms],
     )
     return ms
+
+
+def _records_of(conn: psycopg.Connection, run_id: str) -> int:
+    return conn.execute(sql.SQL("select count(*) from {} where run_id = %s").format(RECORD_TABLE), [run_id]).fetchone()[0]
+
+
+def reset_session(conn: psycopg.Connection) -> None:
+    """Undo what a file left on its session, inside its transaction (so it is
+    undone with the file if that rolls back): settings it SET (search_path,
+    session_replication_role = replica, which turns off triggers and foreign
+    keys, timeouts — back to the connection's own), the role it took and its
+    temporary tables (which shadow tables of the same name). Otherwise the
+    record row, the validation and the next file would run in that state —
+    but only when applied in the same run as this file, so what the
+    rehearsal proved would depend on how the files were batched. The caller
+    sets its transaction-local timeouts again before the next file."""
+    conn.execute("reset session authorization")  # resets the role too
+    conn.execute("reset all")
+    conn.execute("discard temp")
 
 
 def committed_anyway(conn: psycopg.Connection, failed: FileFailed) -> bool:
@@ -243,6 +288,8 @@ def transaction_control(text: str) -> list[str]:
     for line, word, following in starts:
         if word in _CONTROL and not (word == "ROLLBACK" and following == "TO"):
             found.append(f"line {line}: {word}")
+        elif (word, following) == ("PREPARE", "TRANSACTION"):
+            found.append(f"line {line}: PREPARE TRANSACTION")
     return found
 
 
