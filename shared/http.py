@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .auth import Principal, authenticate, short_printable
 from .delivery import Delivery, idempotency_key
 from .errors import AuthError
-from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
+from .errors import BadRequest, ConfigError, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact, redact_obj
 from .parsing import parse_json_object
 from .report import Answer
@@ -117,6 +117,22 @@ def error_answer(exc: SafesyncError) -> Answer:
     return Answer(exc.status, exc.to_dict(), exc.exit_code, exc.permanent)
 
 
+MAX_BODY_DIGITS = 12  # a terabyte: far beyond any body; more digits is a typo
+
+
+def body_limit(env: Mapping[str, str]) -> int:
+    """``SAFESYNC_MAX_BODY_BYTES`` (unset or empty: 1 MB). Anything but ASCII
+    digits above 0 is a ConfigError naming the setting: ``int()`` took
+    ``"1MB"`` as a ValueError (a 500 on every request), ``"0"`` and ``"-5"``
+    as a limit that refused every body, and other scripts' digits as a number."""
+    text = env.get("SAFESYNC_MAX_BODY_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_BODY
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_BODY_DIGITS and int(text) > 0):
+        raise ConfigError(f"SAFESYNC_MAX_BODY_BYTES must be a whole number of bytes above 0, not {text!r}")
+    return int(text)
+
+
 def _read_body(request: "flask.Request", limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
@@ -140,7 +156,7 @@ def serve(
     try:
         if request.method not in methods:
             return json_response(405, {"error": f"method {request.method} not allowed; use {' or '.join(methods)}"}, {"Allow": ", ".join(methods)})
-        limit = int(os.environ.get("SAFESYNC_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
+        limit = body_limit(os.environ)
         raw = _read_body(request, limit)
         if authenticate_with is not None:
             principal = authenticate_with(request.headers)

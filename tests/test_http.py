@@ -208,3 +208,21 @@ def test_config_error_is_400_with_one_line(client, tmp_path, monkeypatch) -> Non
     response = client.get("/status", headers=BEARER)
     assert response.status_code == 400
     assert response.get_json() == {"error": f"{path}: backup.keep_dayly: unknown key"}
+
+
+@pytest.mark.parametrize("value", ["1MB", "-5", "0", "1e6", "١٢٣", "99999999999999999999"])
+def test_a_malformed_body_limit_is_a_config_error_not_500(client, monkeypatch, value: str) -> None:
+    """``int("1MB")`` raised ValueError: every request was a 500 "internal
+    error" saying nothing of the setting; a limit of 0 or less refused
+    every body, and Arabic-Indic digits were read as a number. (Unset or
+    empty: the default.)"""
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", value)
+    response = client.post("/backup", data=b'{"action":"list"}', headers={**BEARER, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data()[:200]
+    assert response.get_json() == {"error": f"SAFESYNC_MAX_BODY_BYTES must be a whole number of bytes above 0, not {value!r}"}
+
+
+def test_a_body_limit_from_the_environment_is_applied(client, monkeypatch) -> None:
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", " 16 ")
+    response = client.post("/backup", data=b'{"action":"list", "db": "prod"}', headers={**BEARER, "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.get_json() == {"error": "request body over 16 bytes"}
