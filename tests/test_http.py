@@ -263,3 +263,26 @@ def test_a_qstash_token_for_another_body_is_not_made_non_retryable(client) -> No
     hash the token does not sign stays a 401 (retryable, and nothing ran)."""
     response = client.post("/backup", data=b"{not json", headers=qstash_headers(CURRENT, QSTASH_TO_BACKUP, b"{}"))
     assert response.status_code == 401 and "Upstash-NonRetryable-Error" not in response.headers
+
+
+def test_the_access_log_of_safesync_serve_never_holds_a_query() -> None:
+    """Werkzeug's access line was the whole request target: a status page
+    ``?link=`` code (a session for whoever reads the log first) or a token a
+    caller put in a query was written to the log. It keeps method, path and
+    status, and drops the query — also from the line of a malformed request."""
+    import socket
+
+    from tests.live_server import LiveServer
+
+    code = "v1.api.9999999999.0123456789abcdef0123456789abcdef.feedfacefeedface"
+    with LiveServer() as server:
+        assert server.request("GET", f"/status?link={code}", headers={"Accept": "text/html"}).status == 401
+        assert server.request("POST", "/backup?token=query-secret-1", b"{}").status == 401
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"GET /status?link=query-secret-2 HTTP/1.1 extra\r\n\r\n")
+            assert raw.recv(100)  # an error page (HTTP/0.9 style: the version was not understood)
+        server.request("OPTIONS", "/status")  # the log has every line of the requests before it
+    log = server.log_text()
+    assert "GET /status" in log and "POST /backup" in log
+    for secret in (code, "query-secret-1", "query-secret-2", "9999999999"):
+        assert secret not in log, log[-2000:]
