@@ -106,3 +106,17 @@ def test_a_damaged_newest_backup_is_no_longer_invisible(backed_up) -> None:
     settings.storage.delete(BackupName.parse(gone.id).dump_key)
     reasons = client.get("/status", headers=BEARER).get_json()["details"]["reasons"]
     assert any(gone.id in r and "manifest without its dump" in r for r in reasons), reasons
+
+
+def test_a_last_run_that_found_problems_is_not_ok(backed_up) -> None:
+    """A run ends ``ok``, ``problems`` (it ran and found something wrong:
+    validation findings, backups failing verification, a failed migration
+    rehearsal), ``refused`` or ``failed``; only the last two were reasons,
+    so with the newest validate reporting broken foreign keys the page said
+    "all is well"."""
+    summary = "prod: 3 problem(s) in foreign_keys"
+    backed_up.storage.put_json("runs/validate/20260101T000000Z-abc.json", {"action": "validate", "status": "problems", "summary": summary})
+    body = create_app().test_client().get("/status", headers=BEARER).get_json()
+    assert body["details"]["health"] == "degraded", body["details"]["reasons"]
+    assert body["details"]["reasons"] == [f"degraded: last validate validate found problems: {summary}"]
+    assert body["status"] == "problems" and summary in body["summary"]

@@ -28,6 +28,7 @@ from safesync.shared.log import redact
 
 STALE_BACKUP_H = 26
 SYNC_LOOKBACK = 50  # reports read to find the last content sync among compares and dry-runs
+RUN_OUTCOMES = {"problems": "found problems", "refused": "refused", "failed": "failed"}  # a report's status, as a reason says it
 
 
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
@@ -151,8 +152,11 @@ def collect(settings: Settings) -> dict[str, Any]:
             parts[key] = {"error": redact(exc.message)}
             reasons.append(f"degraded: {key}: {redact(exc.message)}")
     for run in parts.get("runs") or []:
-        if run["status"] in ("failed", "refused"):
-            reasons.append(f"degraded: last {run['job']} {run['action']} {run['status']}: {run['summary']}")
+        # anything but "ok" needs a look: "problems" is a run that found
+        # something wrong (validation findings, a backup failing verification)
+        if run["status"] != "ok":
+            outcome = RUN_OUTCOMES.get(run["status"], f"ended {run['status']!r}")
+            reasons.append(f"degraded: last {run['job']} {run['action']} {outcome}: {run['summary']}")
     # What needs attention first: failing before degraded, each in the order found.
     reasons.sort(key=lambda r: not r.startswith("failing"))
     health = "failing" if any(r.startswith("failing") for r in reasons) else "degraded" if reasons else "ok"
