@@ -164,3 +164,45 @@ def test_no_url_means_no_attempt(settings, monkeypatch):
     assert notify.send("test", "hello") is False
     answer = execute(settings, Report("backup", "create"), lambda r: r.fail("broken"))
     assert answer.status == 503
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_a_delivery(settings, monkeypatch, notify_log, code):
+    """urllib follows a 301/302/303 answer to a POST with a GET without the
+    body, and the page it lands on answered 200: send() said "delivered"
+    (the stale-backup marker was written, so it was never sent again) while
+    the message went nowhere. A webhook answers 2xx or failed; a redirect is
+    logged with its status and not followed (its Location, like the hook's
+    own URL, is not logged)."""
+    calls: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append("POST")
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(code)
+            self.send_header("Location", "/moved-sekrit-elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            calls.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        monkeypatch.setenv("SAFESYNC_NOTIFY_URL", f"http://127.0.0.1:{server.server_address[1]}{HOOK_SECRET_PATH}")
+        assert notify.send("test", "hello") is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert calls == ["POST"]
+    entry = json.loads(notify_log.getvalue().splitlines()[-1])
+    assert entry["message"] == "notification not delivered" and str(code) in entry["error"]
+    assert "sekrit" not in notify_log.getvalue()
