@@ -1,7 +1,8 @@
 """Failure notifications to ``SAFESYNC_NOTIFY_URL``.
 
-The message is JSON with a Slack-compatible ``text`` field plus structured
-fields, so the same URL can be a Slack incoming webhook or anything else.
+The message is JSON with a Slack-compatible ``text`` field (Slack's control
+characters escaped) plus structured fields (as they are), so the same URL
+can be a Slack incoming webhook or anything else.
 Delivery problems are logged and never fail the job.
 """
 
@@ -31,6 +32,14 @@ def _opener():
     return urllib.request.build_opener(NoRedirects)
 
 
+def slack_text(text: str) -> str:
+    """``text`` as Slack shows it literally: ``&``, ``<`` and ``>`` are its
+    control characters (``<!channel>`` notifies everyone, ``<url|label>`` is
+    a link), sent as HTML entities, and only those three (Slack's formatting
+    reference, "Escaping text"). A name from a database must not ping or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def send(event: str, text: str, fields: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> bool:
     """POST one notification; True if it was delivered."""
     env = env if env is not None else os.environ
@@ -40,6 +49,8 @@ def send(event: str, text: str, fields: Mapping[str, Any] | None = None, *, env:
     import urllib.request
 
     payload = redact_obj({"text": f"safesync: {text}", "event": event, **(fields or {})})
+    # after redaction, which must see each secret as it is
+    payload["text"] = slack_text(payload["text"])
     request = urllib.request.Request(
         url,
         data=json.dumps(payload, default=str).encode(),

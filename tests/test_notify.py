@@ -206,3 +206,20 @@ def test_a_redirect_is_not_a_delivery(settings, monkeypatch, notify_log, code):
     entry = json.loads(notify_log.getvalue().splitlines()[-1])
     assert entry["message"] == "notification not delivered" and str(code) in entry["error"]
     assert "sekrit" not in notify_log.getvalue()
+
+
+def test_the_text_escapes_slack_control_characters(receiver, settings):
+    """Slack parses ``&``, ``<`` and ``>`` in a message's text as control
+    sequences — ``<!channel>`` pings everyone, ``<https://x|label>`` is a link
+    showing another address — and its formatting reference says to send
+    them as ``&amp;``, ``&lt;``, ``&gt;`` (api.slack.com/reference/surfaces/
+    formatting, "Escaping text"). A name from a database (a table called
+    ``<!channel>``) reached the text as it was; the structured fields keep
+    the summary unescaped for other receivers."""
+    summary = "table <!channel> & <https://evil.example|docs> would be written; rolled back"
+    execute(settings, Report("content_sync", "sync"), lambda r: r.refuse(summary))
+    [message] = receiver.messages
+    assert message["text"] == (
+        "safesync: content_sync sync refused: table &lt;!channel&gt; &amp; &lt;https://evil.example|docs&gt; would be written; rolled back"
+    )
+    assert message["summary"] == summary
