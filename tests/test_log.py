@@ -83,3 +83,30 @@ def test_a_deployed_function_logs_json_lines_with_secrets_redacted(write_setting
     failed = [e for e in entries if e.get("message") == "request failed"]
     assert failed and failed[0]["severity"] == "WARNING" and failed[0]["target"] == "backup" and failed[0]["error"], server.log_text()[-2000:]
     assert sentinels.DB_PASSWORD not in server.log_text()
+
+
+def test_the_log_level_is_read_as_people_write_it() -> None:
+    """``SAFESYNC_LOG_LEVEL=debug`` (as most tools take it) went straight to
+    ``Logger.setLevel``, which knows only upper-case names: a ValueError
+    traceback from every CLI command, ``--help`` included, and — now that the
+    functions' entry point sets logging up — from every deployed target at
+    import. Case does not matter; an unknown level logs at the default with
+    one warning naming the value."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    safesync = str(Path(sys.executable).parent / "safesync")
+    env = {k: v for k, v in os.environ.items() if k != "SAFESYNC_LOG_LEVEL"}
+    deployed = "import functions_framework; functions_framework.create_app('status', 'functions/main.py')"
+    for value in ("debug", " Info ", "warning"):
+        for argv in ([safesync, "--help"], [sys.executable, "-c", deployed]):
+            done = subprocess.run(argv, env={**env, "SAFESYNC_LOG_LEVEL": value}, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "Traceback" not in done.stderr, (value, done.stderr[-1500:])
+    done = subprocess.run([safesync, "--help"], env={**env, "SAFESYNC_LOG_LEVEL": "verbose"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage: safesync" in done.stdout, done.stderr[-1500:]
+    [line] = done.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["severity"] == "WARNING"
+    assert entry["message"] == "SAFESYNC_LOG_LEVEL 'verbose' is not DEBUG, INFO, WARNING, ERROR or CRITICAL: logging at WARNING"
