@@ -23,7 +23,7 @@ and sequence privilege the roles hold outside their own schemas, grants
 exactly what the config needs, then *proves* it — a final check raises (and
 rolls everything back) if the content-sync role could write any
 non-content table or the backup role could write anything, whatever the
-route (PUBLIC grants, role memberships). Passwords are never in it: roles
+route (PUBLIC grants, column grants, role memberships). Passwords are never in it: roles
 are created ``PASSWORD NULL`` and get one with psql's ``\\password``.
 
 Grants are a second line of defence: foreign-key cascades and triggers run
@@ -119,7 +119,8 @@ END
 
 def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
     """Raise (rolling the script back) if ``role`` can write any table other
-    than ``allowed`` and the bookkeeping/calendar schemas."""
+    than ``allowed`` and the bookkeeping/calendar schemas, by a table or a
+    column grant (``has_table_privilege`` sees only the former)."""
     array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
     return _do(
         f"""
@@ -130,9 +131,9 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
     AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
     AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
-    AND has_table_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND (has_any_column_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE') OR has_table_privilege({_lit(role)}, c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
 END
 """

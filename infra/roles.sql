@@ -146,9 +146,9 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
-    AND has_table_privilege('safesync_content_sync', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND (has_any_column_privilege('safesync_content_sync', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_content_sync', c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
 END
 $roles$;
@@ -183,9 +183,9 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND has_table_privilege('safesync_backup', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND (has_any_column_privilege('safesync_backup', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_backup', c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
 END
 $roles$;
@@ -211,9 +211,9 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND has_table_privilege('safesync_calendar', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND (has_any_column_privilege('safesync_calendar', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_calendar', c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
 END
 $roles$;

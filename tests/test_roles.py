@@ -215,6 +215,22 @@ def test_a_public_grant_on_a_protected_table_rolls_the_script_back(lms):
         assert admin.execute("select to_regnamespace('calendar')").fetchone()[0] is None  # nothing was kept
 
 
+def test_a_column_grant_on_a_protected_table_rolls_the_script_back(lms):
+    """The proof asked has_table_privilege, which sees table-level grants
+    only: ``GRANT UPDATE (email) ON users TO PUBLIC`` (a column grant, as
+    Supabase apps use for "may edit their own name") let the content-sync
+    role rewrite that column of every user while the script said done."""
+    prod, _ = lms
+    column = first_column(prod, "users")
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.execute(sql.SQL("grant update ({}) on users to public").format(sql.Identifier(column)))
+        with pytest.raises(errors.RaiseException, match="could still write a non-content table: public.users"):
+            admin.execute(generate(settings_for(), "prod").encode())
+        admin.execute("rollback")
+        admin.execute(sql.SQL("revoke update ({}) on users from public").format(sql.Identifier(column)))
+        admin.execute(generate(settings_for(), "prod").encode())  # without it: applied
+
+
 def test_cli_roles_sql(write_settings, capsys):
     write_settings({"dev": "postgresql://x@127.0.0.1:1/d", "prod": "postgresql://x@127.0.0.1:1/p"}, lms_config_toml())
     assert cli.main(["roles", "sql"]) == 0
