@@ -23,7 +23,8 @@ and sequence privilege the roles hold outside their own schemas, grants
 exactly what the config needs, then *proves* it — a final check raises (and
 rolls everything back) if the content-sync role could write any
 non-content table or the backup role could write anything, whatever the
-route (PUBLIC grants, column grants, role memberships). Passwords are never in it: roles
+route (PUBLIC grants, column grants, role memberships, inherited or by
+``SET ROLE``), or could grant itself that (SUPERUSER, CREATEROLE). Passwords are never in it: roles
 are created ``PASSWORD NULL`` and get one with psql's ``\\password``.
 
 Grants are a second line of defence: foreign-key cascades and triggers run
@@ -118,22 +119,36 @@ END
 
 
 def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
-    """Raise (rolling the script back) if ``role`` can write any table other
-    than ``allowed`` and the bookkeeping/calendar schemas, by a table or a
-    column grant (``has_table_privilege`` sees only the former)."""
+    """Raise (rolling the script back) if ``role`` — or any role it may
+    become (``SET ROLE`` needs no inherited membership) — can write any
+    table other than ``allowed`` and the bookkeeping/calendar schemas, by a
+    table or a column grant (``has_table_privilege`` sees only the former),
+    or could give itself that (SUPERUSER, CREATEROLE: the script creates
+    roles without them, but only when missing)."""
     array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
     return _do(
         f"""
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = {_lit(role)} THEN '' ELSE format(' (as %s)', r.rolname) END,
+                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
+  CROSS JOIN pg_roles r
+  WHERE pg_has_role({_lit(role)}, r.oid, 'MEMBER')
+    AND c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
     AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
     AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
-    AND (has_any_column_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE') OR has_table_privilege({_lit(role)}, c.oid, 'DELETE, TRUNCATE'));
+    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = {_lit(role)} THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role({_lit(role)}, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION '{role} could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 """

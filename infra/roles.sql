@@ -141,14 +141,25 @@ ALTER ROLE safesync_content_sync BYPASSRLS;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_content_sync' THEN '' ELSE format(' (as %s)', r.rolname) END,
+                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  CROSS JOIN pg_roles r
+  WHERE pg_has_role('safesync_content_sync', r.oid, 'MEMBER')
+    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
-    AND (has_any_column_privilege('safesync_content_sync', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_content_sync', c.oid, 'DELETE, TRUNCATE'));
+    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_content_sync' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_content_sync', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_content_sync could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;
@@ -178,14 +189,25 @@ ALTER ROLE safesync_backup CREATEDB;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_backup' THEN '' ELSE format(' (as %s)', r.rolname) END,
+                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  CROSS JOIN pg_roles r
+  WHERE pg_has_role('safesync_backup', r.oid, 'MEMBER')
+    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_any_column_privilege('safesync_backup', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_backup', c.oid, 'DELETE, TRUNCATE'));
+    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_backup' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_backup', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_backup could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;
@@ -206,14 +228,25 @@ $roles$;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_calendar' THEN '' ELSE format(' (as %s)', r.rolname) END,
+                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  CROSS JOIN pg_roles r
+  WHERE pg_has_role('safesync_calendar', r.oid, 'MEMBER')
+    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_any_column_privilege('safesync_calendar', c.oid, 'INSERT, UPDATE') OR has_table_privilege('safesync_calendar', c.oid, 'DELETE, TRUNCATE'));
+    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_calendar' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_calendar', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_calendar could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;

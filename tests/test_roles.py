@@ -231,6 +231,41 @@ def test_a_column_grant_on_a_protected_table_rolls_the_script_back(lms):
         admin.execute(generate(settings_for(), "prod").encode())  # without it: applied
 
 
+@pytest.mark.parametrize("route", ["set role", "createrole"])
+def test_a_role_that_can_become_a_writer_rolls_the_script_back(pg_server, lms, route):
+    """The proof counted only privileges the role *inherits*. A membership
+    it does not inherit (``WITH INHERIT FALSE``, or a NOINHERIT role) still
+    lets it ``SET ROLE`` to the writer and write payments; an existing role
+    with CREATEROLE (the script creates roles NOCREATEROLE, but only when
+    missing) can give itself what it lacks. Both rolled nothing back."""
+    prod, _ = lms
+    apply(prod, generate(settings_for(), "prod"))
+    setup, undo = {
+        "set role": ("grant pg_write_all_data to safesync_content_sync with inherit false",
+                     "revoke pg_write_all_data from safesync_content_sync"),
+        "createrole": ("alter role safesync_content_sync createrole", "alter role safesync_content_sync nocreaterole"),
+    }[route]
+    expected = {
+        "set role": r"could still write a non-content table: .*public\.payments \(as pg_write_all_data\)",
+        "createrole": "could give itself any privilege: CREATEROLE",
+    }[route]
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.execute(setup)
+        try:
+            if route == "set role":  # the route is real: the role writes a protected table
+                with as_role(pg_server, prod, CONTENT_ROLE) as conn:
+                    conn.execute("set role pg_write_all_data")
+                    conn.execute("begin")
+                    conn.execute("delete from payments")
+                    conn.execute("rollback")
+            with pytest.raises(errors.RaiseException, match=f"safesync_content_sync {expected}"):
+                admin.execute(generate(settings_for(), "prod").encode())
+            admin.execute("rollback")
+        finally:
+            admin.execute(undo)
+        admin.execute(generate(settings_for(), "prod").encode())
+
+
 def test_cli_roles_sql(write_settings, capsys):
     write_settings({"dev": "postgresql://x@127.0.0.1:1/d", "prod": "postgresql://x@127.0.0.1:1/p"}, lms_config_toml())
     assert cli.main(["roles", "sql"]) == 0
