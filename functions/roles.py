@@ -40,7 +40,7 @@ from typing import Iterable
 from psycopg import sql
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, user_schema
+from safesync.shared.db import TableRef, may_write, user_schema
 from safesync.shared.errors import ConfigError
 from safesync.shared.locks import SCHEMA_SQL
 from safesync.shared.runner import Answer
@@ -120,9 +120,9 @@ END
 
 def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
     """Raise (rolling the script back) if ``role`` — or any role it may
-    become (``SET ROLE`` needs no inherited membership) — can write any
-    table other than ``allowed`` and the bookkeeping/calendar schemas, by a
-    table or a column grant (``has_table_privilege`` sees only the former),
+    become (``SET ROLE`` needs no inherited membership) — could write
+    (``may_write``, as doctor counts it: column grants, TRIGGER, ownership)
+    any table other than ``allowed`` and the bookkeeping/calendar schemas,
     or could give itself that (SUPERUSER, CREATEROLE: the script creates
     roles without them, but only when missing)."""
     array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
@@ -138,7 +138,7 @@ BEGIN
     AND c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
     AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
     AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
-    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
+    AND {may_write('r.oid')};
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;

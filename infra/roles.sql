@@ -149,7 +149,7 @@ BEGIN
     AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
-    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
+    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
@@ -197,7 +197,7 @@ BEGIN
     AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
+    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
@@ -236,7 +236,7 @@ BEGIN
     AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE'));
+    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;

@@ -231,6 +231,29 @@ def test_a_column_grant_on_a_protected_table_rolls_the_script_back(lms):
         admin.execute(generate(settings_for(), "prod").encode())  # without it: applied
 
 
+@pytest.mark.parametrize("grant", ["grant trigger on users to public", "alter table users owner to safesync_content_sync"])
+def test_a_trigger_grant_or_ownership_of_a_protected_table_rolls_the_script_back(pg_server, lms, grant):
+    """The script's proof and doctor's least-privilege check each said what
+    "could write" means, differently: the proof left out TRIGGER (a trigger
+    on users runs its function for whoever writes users next) and ownership
+    (an owner may grant itself anything back, ALTER or DROP the table).
+    Doctor counted both; the proof now asks the same condition."""
+    prod, _ = lms
+    apply(prod, generate(settings_for(), "prod"))
+    with psycopg.connect(prod, autocommit=True) as admin:
+        owner = admin.execute("select tableowner from pg_tables where schemaname = 'public' and tablename = 'users'").fetchone()[0]
+        admin.execute(grant)
+        try:
+            if "owner" in grant:  # an owner without privileges on its table still takes them back
+                admin.execute("revoke all on users from safesync_content_sync")
+            with pytest.raises(errors.RaiseException, match="could still write a non-content table: public.users"):
+                admin.execute(generate(settings_for(), "prod").encode())
+            admin.execute("rollback")
+        finally:
+            admin.execute(sql.SQL("alter table users owner to {}").format(sql.Identifier(owner)) if "owner" in grant else "revoke trigger on users from public")
+        admin.execute(generate(settings_for(), "prod").encode())
+
+
 @pytest.mark.parametrize("route", ["set role", "createrole"])
 def test_a_role_that_can_become_a_writer_rolls_the_script_back(pg_server, lms, route):
     """The proof counted only privileges the role *inherits*. A membership
