@@ -141,15 +141,12 @@ ALTER ROLE safesync_content_sync BYPASSRLS;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_content_sync' THEN '' ELSE format(' (as %s)', r.rolname) END,
-                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  CROSS JOIN pg_roles r
-  WHERE pg_has_role('safesync_content_sync', r.oid, 'MEMBER')
-    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
-    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_content_sync', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
@@ -189,15 +186,12 @@ ALTER ROLE safesync_backup CREATEDB;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_backup' THEN '' ELSE format(' (as %s)', r.rolname) END,
-                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  CROSS JOIN pg_roles r
-  WHERE pg_has_role('safesync_backup', r.oid, 'MEMBER')
-    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_backup', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;
@@ -228,15 +222,12 @@ $roles$;
 DO $roles$
 DECLARE bad text;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname) || CASE WHEN r.rolname = 'safesync_calendar' THEN '' ELSE format(' (as %s)', r.rolname) END,
-                    ', ' ORDER BY n.nspname, c.relname, r.rolname) INTO bad
+  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) INTO bad
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  CROSS JOIN pg_roles r
-  WHERE pg_has_role('safesync_calendar', r.oid, 'MEMBER')
-    AND c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+  WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(r.oid, c.relowner, 'USAGE'));
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_calendar', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant, a column grant or a role membership?)', bad;
   END IF;

@@ -61,15 +61,17 @@ def user_schema(column: str = "n.nspname", *, ours: bool = False) -> str:
 
 def may_write(role: str = "current_user", relation: str = "c") -> str:
     """The one SQL condition "``role`` could write ``relation`` (a pg_class
-    row)": INSERT, UPDATE, DELETE, TRUNCATE or TRIGGER on it (a trigger runs
-    its function for whoever writes next), INSERT or UPDATE on any of its
-    columns, or ownership (an owner may grant itself anything back, ALTER or
-    DROP it). ``role`` is an SQL expression (``current_user``, a literal, a
-    column) from our code, never user input."""
+    row)": it, or a role it may become — a membership it does not inherit
+    still allows ``SET ROLE`` — has INSERT, UPDATE, DELETE, TRUNCATE or
+    TRIGGER on it (a trigger runs its function for whoever writes next),
+    INSERT or UPDATE on any of its columns, or owns it (an owner may grant
+    itself anything back, ALTER or DROP it). ``role`` is an SQL expression
+    (``current_user``, a literal) from our code, never user input."""
     return (
-        f"(has_table_privilege({role}, {relation}.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')"
-        f" or has_any_column_privilege({role}, {relation}.oid, 'INSERT, UPDATE')"
-        f" or pg_has_role({role}, {relation}.relowner, 'USAGE'))"
+        f"exists (select from pg_roles may_be where pg_has_role({role}, may_be.oid, 'MEMBER')"
+        f" and (has_table_privilege(may_be.oid, {relation}.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')"
+        f" or has_any_column_privilege(may_be.oid, {relation}.oid, 'INSERT, UPDATE')"
+        f" or pg_has_role(may_be.oid, {relation}.relowner, 'USAGE')))"
     )
 
 

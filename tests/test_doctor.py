@@ -127,3 +127,24 @@ def test_cli_doctor_json_exit_code(healthy) -> None:
     assert proc.returncode == 0, report
     assert report["details"]["counts"]["fail"] == 0
     assert "doctor-sync-pw" not in proc.stdout + proc.stderr
+
+
+def test_a_sync_role_that_may_set_role_to_a_writer_is_not_least_privilege(healthy, pg_server) -> None:
+    """The least-privilege check (doctor, and a sync with
+    require_least_privilege) counted what the role *inherits*: a membership
+    without INHERIT still lets it ``SET ROLE pg_write_all_data`` and write
+    users, and doctor said "can write only content tables"."""
+    prod = healthy.database_url("prod")
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(pg_server.url(dbname), autocommit=True) as admin:
+        admin.execute("grant pg_write_all_data to doctor_sync with inherit false")
+        try:
+            with psycopg.connect(prod, autocommit=True) as conn:  # the route is real
+                conn.execute("set role pg_write_all_data")
+                conn.execute("begin")
+                conn.execute("delete from users")
+                conn.execute("rollback")
+            privilege = by_name(run_all(healthy))[("content sync", "role least privilege")]
+        finally:
+            admin.execute("revoke pg_write_all_data from doctor_sync")
+    assert privilege.status == FAIL and "users" in privilege.detail, privilege
