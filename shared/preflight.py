@@ -54,6 +54,16 @@ class DbFacts:
 # --- environment and secrets -------------------------------------------------
 
 
+def check_http_settings(settings: Settings) -> Iterator[Check]:
+    """What the HTTP layer reads from the environment on every request."""
+    from .http import body_limit
+
+    try:
+        body_limit(settings.env)
+    except ConfigError as exc:
+        yield Check("config", "SAFESYNC_MAX_BODY_BYTES", FAIL, exc.message, "every HTTP request is refused (400) until it is fixed or unset")
+
+
 def _b64_key_length(value: str) -> int | None:
     for decode in (base64.b64decode, base64.urlsafe_b64decode):
         try:
@@ -253,6 +263,7 @@ def run_all(settings: Settings, *job_checks: JobChecks) -> list[Check]:
     """Every generic check, then each job's own (``job_checks``: given the
     databases reached; doctor passes content sync's privilege checks)."""
     checks: list[Check] = [Check("config", "file", OK, settings.source)]
+    checks += check_http_settings(settings)
     checks += check_secrets(settings)
     facts: dict[str, DbFacts] = {}
     for name in settings.database_names():

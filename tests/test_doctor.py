@@ -148,3 +148,11 @@ def test_a_sync_role_that_may_set_role_to_a_writer_is_not_least_privilege(health
         finally:
             admin.execute("revoke pg_write_all_data from doctor_sync")
     assert privilege.status == FAIL and "users" in privilege.detail, privilege
+
+
+def test_a_malformed_body_limit_is_a_doctor_failure(healthy, monkeypatch) -> None:
+    """With ``SAFESYNC_MAX_BODY_BYTES=1MB`` every HTTP request is refused
+    (400) while doctor listed every check ✓."""
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", "1MB")
+    check = by_name(run_all(healthy))[("config", "SAFESYNC_MAX_BODY_BYTES")]
+    assert check.status == FAIL and "'1MB'" in check.detail and "every HTTP request" in check.advice
