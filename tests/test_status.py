@@ -120,3 +120,21 @@ def test_a_last_run_that_found_problems_is_not_ok(backed_up) -> None:
     assert body["details"]["health"] == "degraded", body["details"]["reasons"]
     assert body["details"]["reasons"] == [f"degraded: last validate validate found problems: {summary}"]
     assert body["status"] == "problems" and summary in body["summary"]
+
+
+def test_a_kept_backup_that_failed_verification_is_not_ok(backed_up) -> None:
+    """Only the newest backup's verification was a reason: with yesterday's
+    backup (kept by retention) failing its checksum and today's not verified
+    yet, the page listed "✗ failed" in the table and said "all is well"."""
+    import time
+
+    settings = backed_up
+    older = latest_backup(settings, "prod")
+    manifest = dict(older.manifest)
+    manifest["verification"] = {"ok": False, "at": datetime.now(timezone.utc).isoformat(), "problems": ["sha256 mismatch"]}
+    settings.storage.put_json(older.manifest_key, manifest, overwrite=True)
+    time.sleep(1.1)  # backup ids are per second
+    create_backup(settings, "prod", "manual")
+    body = create_app().test_client().get("/status", headers=BEARER).get_json()["details"]
+    assert body["health"] == "degraded", body["reasons"]
+    assert body["reasons"] == [f"degraded: backup {older.id} of prod failed verification (sha256 mismatch)"]

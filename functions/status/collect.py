@@ -1,8 +1,8 @@
 """What the status page and ``GET /status`` show, gathered from storage and
 the calendar database; each part fails on its own, never the whole answer.
 
-- per backed-up database: the last backup (age, size, verified, drill) and
-  the timeline (kept by which retention rule, sizes, last verify and drill);
+- per backed-up database: the last backup (age, size, verified, drill), any
+  backup damaged or failing verification, and the timeline (kept by which retention rule, sizes, last verify and drill);
 - the last run of every job, and the last content sync's written rows and
   conflicts;
 - calendar health with each calendar's push-channel expiry (the calendar
@@ -78,9 +78,15 @@ def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]
 
     rows = []
     for db in settings.config.backup.databases:
-        catalog = backup_catalog(settings, db)  # one scan for both
+        catalog = backup_catalog(settings, db)  # one scan for all three
         for damaged in catalog.damaged:
             reasons.append(f"degraded: backup {damaged.id} of {db} is damaged ({damaged.problem})")
+        # any backup still kept, not only the newest: retention may keep the
+        # one that failed as the only restore point of its month
+        for kept in reversed(catalog.complete):
+            if kept.verification and not kept.verification.get("ok"):
+                problems = "; ".join(str(p) for p in kept.verification.get("problems") or []) or "no detail"
+                reasons.append(f"degraded: backup {kept.id} of {db} failed verification ({problems})")
         info = catalog.newest_full
         if info is None:
             reasons.append(f"failing: no complete backup of {db}")
@@ -91,8 +97,6 @@ def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]
         if age_h > STALE_BACKUP_H:
             reasons.append(f"failing: last backup of {db} is {age_h:.0f} h old")
             _notify_stale_once(settings, db, info.id, age_h)
-        elif info.verification and not info.verification.get("ok"):
-            reasons.append(f"degraded: last backup of {db} failed verification")
         rows.append(row)
     return rows
 
