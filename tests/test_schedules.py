@@ -267,9 +267,9 @@ def test_cli_plan_and_the_shipped_schedules_file(qstash, settings, capsys, monke
     code = cli.main(["schedules", "apply", "--file", str(shipped), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
-    assert out["summary"] == "applied: 6 created; 0 unchanged"
+    assert out["summary"] == "applied: 7 created; 0 unchanged"
     assert code == cli.main(["schedules", "plan", "--file", str(shipped)])
-    assert "nothing to change; 6 unchanged" in capsys.readouterr().out
+    assert "nothing to change; 7 unchanged" in capsys.readouterr().out
     assert sentinels.SECRETS["QSTASH_TOKEN"] not in json.dumps(out)
 
 
@@ -290,8 +290,10 @@ def test_shipped_bodies_are_accepted_by_their_targets():
     from safesync.functions.calendar import CalendarBody
     from safesync.shared.http import validate_body
 
+    from safesync.functions.status.http import _Body as StatusBody
+
     desires = load_schedules(REPO / "infra" / "schedules.toml", {"SAFESYNC_PUBLIC_URL": PUBLIC})
-    assert {d.target for d in desires.schedules} == {"backup", "calendar_sync"}
+    assert {d.target for d in desires.schedules} == {"backup", "calendar_sync", "status"}
     for d in desires.schedules:
-        model = BACKUP_BODIES[d.body["action"]] if d.target == "backup" else CalendarBody
+        model = BACKUP_BODIES[d.body["action"]] if d.target == "backup" else CalendarBody if d.target == "calendar_sync" else StatusBody
         validate_body(model, d.body)  # raises BadRequest naming the field

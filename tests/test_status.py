@@ -138,3 +138,30 @@ def test_a_kept_backup_that_failed_verification_is_not_ok(backed_up) -> None:
     body = create_app().test_client().get("/status", headers=BEARER).get_json()["details"]
     assert body["health"] == "degraded", body["reasons"]
     assert body["reasons"] == [f"degraded: backup {older.id} of prod failed verification (sha256 mismatch)"]
+
+
+def test_the_shipped_schedules_run_the_stale_backup_check(backed_up, receiver) -> None:
+    """A backup older than 26 h notifies — but only from a status run, and
+    nothing ran one but a person opening the page: a backup schedule that
+    stopped firing (deleted, paused, every delivery refused) was silent.
+    The shipped schedules file calls status hourly; its delivery, signed as
+    QStash signs it, notifies once."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from safesync.functions.schedules import load_schedules
+    from tests.qstash_signer import qstash_headers
+
+    shipped = Path(__file__).resolve().parents[1] / "infra" / "schedules.toml"
+    [check] = [d for d in load_schedules(shipped, {"SAFESYNC_PUBLIC_URL": sentinels.PUBLIC_URL}).schedules if d.target == "status"]
+    assert check.cron.split()[1:] == ["*", "*", "*", "*"]  # every hour: a stale backup is known within the hour
+    info = latest_backup(backed_up, "prod")
+    manifest = dict(info.manifest)
+    old = datetime.now(timezone.utc) - timedelta(hours=30)
+    manifest["started_at"], manifest["finished_at"] = old.isoformat(), (old + timedelta(minutes=1)).isoformat()
+    backed_up.storage.put_json(info.manifest_key, manifest, overwrite=True)
+    body = json.dumps(check.body).encode()
+    response = create_app().test_client().post(urlsplit(check.destination).path, data=body,
+                                               headers=qstash_headers(sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"], check.destination, body))
+    assert response.status_code == 200 and response.get_json()["details"]["health"] == "failing", response.get_data()[:300]
+    assert [m["event"] for m in receiver] == ["backup.stale"]
