@@ -165,3 +165,18 @@ def test_the_shipped_schedules_run_the_stale_backup_check(backed_up, receiver) -
                                                headers=qstash_headers(sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"], check.destination, body))
     assert response.status_code == 200 and response.get_json()["details"]["health"] == "failing", response.get_data()[:300]
     assert [m["event"] for m in receiver] == ["backup.stale"]
+
+
+def test_no_backup_at_all_notifies_once_a_day(make_db, write_settings, receiver) -> None:
+    """A stale backup notified, but no backup at all — the backup schedule
+    never ran, or every backup is gone — only made the page "failing":
+    nobody was told. It notifies once per database and UTC day while it lasts."""
+    settings = write_settings({"prod": make_db()}, '[backup]\ndatabases = ["prod"]\n')
+    client = create_app().test_client()
+    for _ in range(2):
+        body = client.post("/status", json={}, headers=BEARER).get_json()
+        assert body["details"]["health"] == "failing" and "no complete backup of prod" in body["summary"]
+    assert [(m["event"], m["db"]) for m in receiver] == [("backup.missing", "prod")]
+    assert receiver[0]["text"] == "safesync: no complete backup of prod"
+    day = datetime.now(timezone.utc).strftime("%Y%m%d")
+    assert settings.storage.exists(f"status/missing-notified/prod/{day}.json")

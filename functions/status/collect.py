@@ -12,7 +12,8 @@ the calendar database; each part fails on its own, never the whole answer.
   attention, the failing ones first.
 
 A backup older than ``STALE_BACKUP_H`` notifies ``SAFESYNC_NOTIFY_URL`` once
-per backup (a marker object records it): the only write.
+per backup, no complete backup at all once per database and UTC day (a
+marker object records each): the only writes.
 """
 
 from __future__ import annotations
@@ -90,13 +91,17 @@ def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]
         info = catalog.newest_full
         if info is None:
             reasons.append(f"failing: no complete backup of {db}")
+            # no backup to key the marker by: once per UTC day while it lasts
+            day = datetime.now(timezone.utc).strftime("%Y%m%d")
+            _notify_once(settings, f"status/missing-notified/{db}/{day}.json", "backup.missing", f"no complete backup of {db}", {"db": db})
             rows.append({"db": db, "id": None, "age": "never"})
             continue
         age_h = info.age_s() / 3600
         row = {"db": db, **info.row(), "age_h": round(age_h, 1)}
         if age_h > STALE_BACKUP_H:
             reasons.append(f"failing: last backup of {db} is {age_h:.0f} h old")
-            _notify_stale_once(settings, db, info.id, age_h)
+            _notify_once(settings, f"status/stale-notified/{info.id}.json", "backup.stale", f"last backup of {db} is {age_h:.0f} h old ({info.id})",
+                         {"db": db, "backup": info.id, "age_h": round(age_h, 1)})
         rows.append(row)
     return rows
 
@@ -114,12 +119,13 @@ def timelines(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _notify_stale_once(settings: Settings, db: str, backup_id: str, age_h: float) -> None:
-    marker = f"status/stale-notified/{backup_id}.json"
+def _notify_once(settings: Settings, marker: str, event: str, text: str, fields: dict[str, Any]) -> None:
+    """Notify unless ``marker`` says it was done; the marker is written only
+    once the notice was delivered, so a failed delivery is tried again."""
     if settings.storage.exists(marker):
         return
-    if notify.send("backup.stale", f"last backup of {db} is {age_h:.0f} h old ({backup_id})", {"db": db, "backup": backup_id, "age_h": round(age_h, 1)}):
-        settings.storage.put_json(marker, {"db": db, "backup": backup_id, "notified_at": datetime.now(timezone.utc)})
+    if notify.send(event, text, fields):
+        settings.storage.put_json(marker, {**fields, "event": event, "notified_at": datetime.now(timezone.utc)})
 
 
 def calendar_health(settings: Settings, reasons: list[str]) -> dict[str, Any] | None:
