@@ -30,6 +30,7 @@ class Receiver:
         self.raw: list[bytes] = []
         self.headers: list[dict] = []
         self.status = 200
+        self.statuses: list[int] = []  # answered first, one per POST, before ``status``
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +39,7 @@ class Receiver:
                 receiver.raw.append(body)
                 receiver.headers.append(dict(self.headers))
                 receiver.messages.append(json.loads(body))
-                self.send_response(receiver.status)
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else receiver.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -223,3 +224,16 @@ def test_the_text_escapes_slack_control_characters(receiver, settings):
         "safesync: content_sync sync refused: table &lt;!channel&gt; &amp; &lt;https://evil.example|docs&gt; would be written; rolled back"
     )
     assert message["summary"] == summary
+
+
+@pytest.mark.parametrize("first, attempts", [(503, 2), (429, 2), (400, 1)])
+def test_a_transient_webhook_failure_is_tried_once_more(receiver, settings, first, attempts):
+    """One attempt: a single 503 or 429 from Slack (its docs: rate limits
+    answer 429 with Retry-After) lost the failure notice of that run for
+    good. A transient answer is tried once more after a short pause; a
+    permanent one (400 invalid_payload, 404 no_service) is not."""
+    receiver.statuses = [first]
+    execute(settings, Report("backup", "create"), lambda r: r.fail("broken"))
+    assert len(receiver.messages) == attempts
+    assert all(m["event"] == "run.failed" for m in receiver.messages)
+    assert notify.send("test", "again") is True  # the receiver answers 200 again
