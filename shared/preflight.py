@@ -10,8 +10,6 @@ prints a secret (only whether it is present and well-formed).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -64,15 +62,6 @@ def check_http_settings(settings: Settings) -> Iterator[Check]:
         yield Check("config", "SAFESYNC_MAX_BODY_BYTES", FAIL, exc.message, "every HTTP request is refused (400) until it is fixed or unset")
 
 
-def _b64_key_length(value: str) -> int | None:
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            return len(decode(value + "=" * (-len(value) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    return None
-
-
 def check_secrets(settings: Settings) -> Iterator[Check]:
     env = settings.env
     current, following = configured_secret(env, "QSTASH_CURRENT_SIGNING_KEY"), configured_secret(env, "QSTASH_NEXT_SIGNING_KEY")
@@ -107,15 +96,6 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", OK, "present")
     else:
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", WARN, "not set (Vercel deploy webhooks will be rejected)")
-    key = env.get("SAFESYNC_ENCRYPTION_KEY", "")
-    if key:
-        length = _b64_key_length(key)
-        if length in (16, 24, 32):
-            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", OK, f"{length * 8}-bit key")
-        else:
-            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not a base64 AES key of 16, 24 or 32 bytes", "generate one: `openssl rand -base64 32`")
-    elif "calendar" in settings.config.model_fields_set:
-        yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not set but [calendar] is configured", "conference data is encrypted at rest: `openssl rand -base64 32`")
     yield from check_backup_identity(settings)
 
 

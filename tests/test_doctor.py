@@ -156,3 +156,18 @@ def test_a_malformed_body_limit_is_a_doctor_failure(healthy, monkeypatch) -> Non
     monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", "1MB")
     check = by_name(run_all(healthy))[("config", "SAFESYNC_MAX_BODY_BYTES")]
     assert check.status == FAIL and "'1MB'" in check.detail and "every HTTP request" in check.advice
+
+
+@pytest.mark.parametrize("key, status", [
+    ("MDEyMzQ1Njc4OWFiY2RlZg==", FAIL),  # 16 bytes: the calendar refuses it ("must be 32 bytes")
+    ("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", OK),  # hex: the calendar takes it
+    ("c2VudGluZWwtZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=\n", OK),  # a secret file's newline
+])
+def test_the_encryption_key_is_judged_as_the_calendar_reads_it(healthy, monkeypatch, key, status) -> None:
+    """Doctor had its own reading of SAFESYNC_ENCRYPTION_KEY (base64 of 16,
+    24 or 32 bytes): a 16-byte key was "✓ 128-bit key" while the calendar
+    refused it, and a 64-hex-digit key, which the calendar takes, was ✗."""
+    monkeypatch.setenv("SAFESYNC_ENCRYPTION_KEY", key)
+    check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ENCRYPTION_KEY")]
+    assert check.status == status, check
+    assert key.strip() not in check.detail
