@@ -90,6 +90,8 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
             yield Check("secrets", var, WARN, f"not set ({purpose} disabled)")
         elif len(value) < minimum:
             yield Check("secrets", var, FAIL, f"shorter than {minimum} characters", "use a long random value, e.g. `openssl rand -hex 32`")
+        elif var == "SAFESYNC_ADMIN_TOKEN" and value == token:
+            yield Check("secrets", var, FAIL, "the same value as SAFESYNC_API_TOKEN: every API caller is an admin", "give the admin token its own value: `openssl rand -hex 32`")
         else:
             yield Check("secrets", var, OK, "present")
     if configured_secret(env, "VERCEL_WEBHOOK_SECRET"):

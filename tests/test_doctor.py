@@ -171,3 +171,15 @@ def test_the_encryption_key_is_judged_as_the_calendar_reads_it(healthy, monkeypa
     check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ENCRYPTION_KEY")]
     assert check.status == status, check
     assert key.strip() not in check.detail
+
+
+def test_an_admin_token_equal_to_the_api_token_is_a_failure(healthy, monkeypatch) -> None:
+    """Both tokens were "present" ✓ when they were the same value, which
+    makes every API caller (a CI job, the status page's login) an admin
+    that may restore into production or migrate it."""
+    from tests import sentinels
+
+    monkeypatch.setenv("SAFESYNC_ADMIN_TOKEN", sentinels.SECRETS["SAFESYNC_API_TOKEN"])
+    check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ADMIN_TOKEN")]
+    assert check.status == FAIL and check.detail == "the same value as SAFESYNC_API_TOKEN: every API caller is an admin"
+    assert sentinels.SECRETS["SAFESYNC_API_TOKEN"] not in check.detail + check.advice
