@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safesync.shared import log
 
     # A person at a terminal reads the report; JSON logs only for warnings.
-    log.setup(level=os.environ.get("SAFESYNC_LOG_LEVEL", "WARNING"))
+    log.setup(default="WARNING")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

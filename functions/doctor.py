@@ -8,10 +8,12 @@ Its report is stored like every run, so ``status`` shows the last result.
 from __future__ import annotations
 
 import argparse
+from typing import Iterator
 
 from safesync.shared.config import Settings
 from safesync.shared import preflight
-from safesync.shared.preflight import FAIL, WARN, Check
+from safesync.shared.errors import ConfigError
+from safesync.shared.preflight import FAIL, OK, WARN, Check, DbFacts
 from safesync.shared.report import Answer, Report
 from safesync.shared.runner import execute
 
@@ -21,7 +23,25 @@ def run_all(settings: Settings) -> list[Check]:
     each job's own, reached through its face."""
     from safesync.functions.content_sync import check_content_sync
 
-    return preflight.run_all(settings, check_content_sync)
+    return preflight.run_all(settings, check_content_sync, check_encryption_key)
+
+
+def check_encryption_key(settings: Settings, facts: dict[str, DbFacts]) -> Iterator[Check]:
+    """``SAFESYNC_ENCRYPTION_KEY`` judged by the calendar's own reading of it
+    (doctor's separate one passed a 16-byte key the calendar refuses and
+    failed a hex key it takes)."""
+    from safesync.functions.calendar import ENCRYPTION_KEY_ENV, parse_encryption_key
+
+    advice = "conference data is encrypted at rest: `openssl rand -base64 32`"
+    try:
+        key = parse_encryption_key(settings.env.get(ENCRYPTION_KEY_ENV))
+    except ConfigError as exc:
+        yield Check("secrets", ENCRYPTION_KEY_ENV, FAIL, exc.message, advice)
+        return
+    if key is not None:
+        yield Check("secrets", ENCRYPTION_KEY_ENV, OK, f"{len(key) * 8}-bit key")
+    elif "calendar" in settings.config.model_fields_set:
+        yield Check("secrets", ENCRYPTION_KEY_ENV, FAIL, "not set but [calendar] is configured", advice)
 
 
 def doctor(settings: Settings) -> Answer:

@@ -14,9 +14,15 @@ import importlib
 import functions_framework
 
 from safesync.functions import registry
+from safesync.shared import log
 from safesync.shared.http import Call, google_channel_principal, serve
 
 TARGETS = registry.TARGETS
+
+# JSON lines with severity, run id and fields, every secret redacted — as the
+# CLI sets up. Without it, functions-framework left our loggers to Python's
+# last-resort handler: bare messages, and tracebacks unredacted.
+log.setup()
 
 
 def _for_a_person(request) -> bool:

@@ -23,7 +23,8 @@ and sequence privilege the roles hold outside their own schemas, grants
 exactly what the config needs, then *proves* it — a final check raises (and
 rolls everything back) if the content-sync role could write any
 non-content table or the backup role could write anything, whatever the
-route (PUBLIC grants, role memberships). Passwords are never in it: roles
+route (PUBLIC grants, column grants, role memberships, inherited or by
+``SET ROLE``), or could grant itself that (SUPERUSER, CREATEROLE). Passwords are never in it: roles
 are created ``PASSWORD NULL`` and get one with psql's ``\\password``.
 
 Grants are a second line of defence: foreign-key cascades and triggers run
@@ -39,7 +40,7 @@ from typing import Iterable
 from psycopg import sql
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, user_schema
+from safesync.shared.db import TableRef, may_write, user_schema
 from safesync.shared.errors import ConfigError
 from safesync.shared.locks import SCHEMA_SQL
 from safesync.shared.runner import Answer
@@ -118,8 +119,12 @@ END
 
 
 def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
-    """Raise (rolling the script back) if ``role`` can write any table other
-    than ``allowed`` and the bookkeeping/calendar schemas."""
+    """Raise (rolling the script back) if ``role`` — or any role it may
+    become (``SET ROLE`` needs no inherited membership) — could write
+    (``may_write``, as doctor counts it: column grants, TRIGGER, ownership)
+    any table other than ``allowed`` and the bookkeeping/calendar schemas,
+    or could give itself that (SUPERUSER, CREATEROLE: the script creates
+    roles without them, but only when missing)."""
     array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
     return _do(
         f"""
@@ -130,9 +135,17 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND {user_schema(ours=True)}
     AND n.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})
     AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)
-    AND has_table_privilege({_lit(role)}, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND {may_write(_lit(role))};
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION '{role} could still write {what}: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = {_lit(role)} THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role({_lit(role)}, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION '{role} could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 """

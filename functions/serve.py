@@ -7,6 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+# A request target's query, up to where the access line's quoting, a space
+# or Werkzeug's colour codes begin.
+_QUERY = re.compile(r"\?[^\s'\"\x1b]*")
 
 
 def create_app():
@@ -46,13 +51,30 @@ def create_app():
     return app
 
 
+def _queryless_log_handler():
+    """Werkzeug's request handler, logging every line without the query.
+
+    Its access line is the whole request target, and a query can hold a
+    secret — the status page's one-time ``?link=`` code, a token a caller
+    put in a URL — that must never reach a log; a malformed request's
+    "Bad request syntax ('…')" line quotes it too. So every text a log line
+    interpolates has its queries cut to ``?…``: method, path and status stay."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class QuerylessLog(WSGIRequestHandler):
+        def log(self, type: str, message: str, *args) -> None:
+            super().log(type, message, *(_QUERY.sub("?…", a) if isinstance(a, str) else a for a in args))
+
+    return QuerylessLog
+
+
 def _run(args: argparse.Namespace, settings) -> None:
     from werkzeug.serving import run_simple
 
     from safesync.functions.main import TARGETS
 
     print(f"safesync: serving {', '.join('/' + t for t in TARGETS)} on http://{args.host}:{args.port}")
-    run_simple(args.host, args.port, create_app(), threaded=True)
+    run_simple(args.host, args.port, create_app(), threaded=True, request_handler=_queryless_log_handler())
 
 
 def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

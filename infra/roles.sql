@@ -156,9 +156,17 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)
-    AND has_table_privilege('safesync_content_sync', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_content_sync', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_content_sync could still write a non-content table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_content_sync' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_content_sync', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_content_sync could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;
@@ -203,9 +211,17 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND has_table_privilege('safesync_backup', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_backup', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_backup could still write a table: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_backup' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_backup', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_backup could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;
@@ -231,9 +247,17 @@ BEGIN
   WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
     AND n.nspname NOT IN ('safesync', 'calendar')
     AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)
-    AND has_table_privilege('safesync_calendar', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE');
+    AND exists (select from pg_roles may_be where pg_has_role('safesync_calendar', may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE')));
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant or a role membership?)', bad;
+    RAISE EXCEPTION 'safesync_calendar could still write a table outside its schema: % (a PUBLIC grant, a column grant or a role membership?)', bad;
+  END IF;
+  SELECT string_agg(CASE WHEN r.rolname = 'safesync_calendar' THEN '' ELSE format('as %s: ', r.rolname) END
+                    || concat_ws(' and ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END),
+                    ', ' ORDER BY r.rolname) INTO bad
+  FROM pg_roles r
+  WHERE pg_has_role('safesync_calendar', r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'safesync_calendar could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
 END
 $roles$;

@@ -46,10 +46,12 @@ def _b64url_nopad(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway: int = QSTASH_LEEWAY_S) -> dict:
+def verify_qstash(token: str, body: bytes | None, url: str, keys: list[str], *, leeway: int = QSTASH_LEEWAY_S) -> dict:
     """Verify an ``Upstash-Signature`` JWT against any of ``keys``.
 
-    Returns the claims; raises AuthError naming what was wrong.
+    Returns the claims; raises AuthError naming what was wrong. ``body``
+    None checks every claim but the body hash: only ``qstash_sender`` asks
+    that, for a body never read.
     """
     import jwt  # lazy: only QStash requests need it
 
@@ -83,6 +85,8 @@ def verify_qstash(token: str, body: bytes, url: str, keys: list[str], *, leeway:
     if claims.get("sub") != url:  # exact, as QStash's Receiver compares it
         raise AuthError("QStash signature is for another URL")
     body_claim = claims.get("body")
+    if body is None:
+        return claims
     if not isinstance(body_claim, str) or body_claim.rstrip("=") != _b64url_nopad(hashlib.sha256(body).digest()):
         raise AuthError("QStash signature does not match the body")
     return claims
@@ -163,6 +167,37 @@ def _bearer_principal(header: str, env: Mapping[str, str]) -> Principal:
     return matched
 
 
+def _verify_qstash_request(signature: str, body: bytes | None, *, path: str, query: str, env: Mapping[str, str]) -> dict:
+    """The claims of a request's QStash token, checked against the URL
+    QStash was given: ``SAFESYNC_PUBLIC_URL`` + path (+ query), never the
+    request's own URL (behind Cloud Run that says http://)."""
+    # stripped as schedules, status links and the calendar read it: with a
+    # trailing newline (a secret file), QStash was pointed at the clean URL
+    # and every delivery then failed "for another URL"
+    public = env.get("SAFESYNC_PUBLIC_URL", "").strip().rstrip("/")
+    if not public:
+        raise AuthError("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
+    url = public + (path if path != "/" else "") + (f"?{query}" if query else "")
+    keys = [key for key in (configured_secret(env, k) for k in QSTASH_KEYS) if key]
+    return verify_qstash(signature, body, url, keys)
+
+
+def qstash_sender(headers: Mapping[str, str], body: bytes | None, *, path: str, query: str = "", env: Mapping[str, str] | None = None) -> Principal | None:
+    """QStash, when the request carries a QStash token that verifies — in
+    every claim but the body hash when ``body`` is None (too large to read,
+    or not read yet) — else None. Only for answering a refusal made before
+    authentication so that QStash stops re-sending a request that can never
+    succeed: the principal has no scope, it runs nothing."""
+    signature = headers.get("Upstash-Signature")
+    if not signature:
+        return None
+    try:
+        _verify_qstash_request(signature, body, path=path, query=query, env=env if env is not None else os.environ)
+    except AuthError:
+        return None
+    return Principal("qstash", "qstash")
+
+
 def authenticate(
     headers: Mapping[str, str],
     body: bytes,
@@ -172,39 +207,26 @@ def authenticate(
     allow_vercel: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Principal:
-    """Authenticate a request or raise AuthError (→ 401).
-
-    The QStash destination URL is ``SAFESYNC_PUBLIC_URL`` + path (+ query),
-    never the request's own URL: behind Cloud Run that says http://.
-    """
+    """Authenticate a request or raise AuthError (→ 401)."""
     env = env if env is not None else os.environ
     failures: list[str] = []
 
     signature = headers.get("Upstash-Signature")
     if signature:
-        # stripped as schedules, status links and the calendar read it: with a
-        # trailing newline (a secret file), QStash was pointed at the clean URL
-        # and every delivery then failed "for another URL"
-        public = env.get("SAFESYNC_PUBLIC_URL", "").strip().rstrip("/")
-        if not public:
-            failures.append("QStash signature present but SAFESYNC_PUBLIC_URL is not configured")
-        else:
-            url = public + (path if path != "/" else "") + (f"?{query}" if query else "")
-            keys = [key for key in (configured_secret(env, k) for k in QSTASH_KEYS) if key]
-            try:
-                claims = verify_qstash(signature, body, url, keys)
-                jti = claims.get("jti")
-                return Principal(
-                    "qstash",
-                    "qstash",
-                    frozenset({"run"}),
-                    message_id=_qstash_id_header(headers, "Upstash-Message-Id"),
-                    schedule_id=_qstash_id_header(headers, "Upstash-Schedule-Id"),
-                    # every token is unique; one without a jti is identified by itself
-                    token_id=jti if isinstance(jti, str) and jti else "sha256:" + hashlib.sha256(signature.encode()).hexdigest(),
-                )
-            except AuthError as exc:
-                failures.append(exc.message)
+        try:
+            claims = _verify_qstash_request(signature, body, path=path, query=query, env=env)
+            jti = claims.get("jti")
+            return Principal(
+                "qstash",
+                "qstash",
+                frozenset({"run"}),
+                message_id=_qstash_id_header(headers, "Upstash-Message-Id"),
+                schedule_id=_qstash_id_header(headers, "Upstash-Schedule-Id"),
+                # every token is unique; one without a jti is identified by itself
+                token_id=jti if isinstance(jti, str) and jti else "sha256:" + hashlib.sha256(signature.encode()).hexdigest(),
+            )
+        except AuthError as exc:
+            failures.append(exc.message)
 
     vercel = headers.get("x-vercel-signature")
     if vercel and allow_vercel:

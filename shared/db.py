@@ -59,6 +59,22 @@ def user_schema(column: str = "n.nspname", *, ours: bool = False) -> str:
     return condition if ours else f"{condition} and {column} <> '{OUR_SCHEMA}'"
 
 
+def may_write(role: str = "current_user", relation: str = "c") -> str:
+    """The one SQL condition "``role`` could write ``relation`` (a pg_class
+    row)": it, or a role it may become — a membership it does not inherit
+    still allows ``SET ROLE`` — has INSERT, UPDATE, DELETE, TRUNCATE or
+    TRIGGER on it (a trigger runs its function for whoever writes next),
+    INSERT or UPDATE on any of its columns, or owns it (an owner may grant
+    itself anything back, ALTER or DROP it). ``role`` is an SQL expression
+    (``current_user``, a literal) from our code, never user input."""
+    return (
+        f"exists (select from pg_roles may_be where pg_has_role({role}, may_be.oid, 'MEMBER')"
+        f" and (has_table_privilege(may_be.oid, {relation}.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')"
+        f" or has_any_column_privilege(may_be.oid, {relation}.oid, 'INSERT, UPDATE')"
+        f" or pg_has_role(may_be.oid, {relation}.relowner, 'USAGE')))"
+    )
+
+
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
     """Open a connection with pinned session settings.
 
@@ -371,10 +387,8 @@ def policy_filtered(conn: psycopg.Connection, tables: Iterable[TableRef]) -> lis
 
 def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> list[TableRef]:
     """Tables, views and foreign tables outside ``content`` (and its
-    partitions) that the connected role could write: INSERT, UPDATE,
-    DELETE, TRUNCATE or TRIGGER on it, INSERT or UPDATE on any of its
-    columns, or ownership (an owner may ALTER or DROP it). safesync's own
-    schema and the system schemas are not counted."""
+    partitions) that the connected role could write (``may_write``).
+    safesync's own schema and the system schemas are not counted."""
     rows = conn.execute(
         f"""
         select n.nspname, c.relname, rn.nspname, r.relname
@@ -382,8 +396,7 @@ def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> li
         join pg_class r on r.oid = coalesce(pg_partition_root(c.oid), c.oid) join pg_namespace rn on rn.oid = r.relnamespace
         where c.relkind in ('r', 'p', 'v', 'm', 'f') and c.relpersistence <> 't'
           and {user_schema()}
-          and (has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')
-               or has_any_column_privilege(c.oid, 'INSERT, UPDATE') or pg_has_role(c.relowner, 'USAGE'))
+          and {may_write()}
         order by 1, 2
         """
     ).fetchall()

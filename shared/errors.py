@@ -66,6 +66,16 @@ class AlreadyRunning(SafesyncError):
     status, exit_code, permanent = 409, 1, False
 
 
+class MethodNotAllowed(SafesyncError):
+    """The target does not take this HTTP method (answered with ``Allow``)."""
+
+    status, exit_code, permanent = 405, 2, True
+
+    def __init__(self, message: str, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class PayloadTooLarge(SafesyncError):
     """The request body exceeds the limit; rejected before parsing."""
 

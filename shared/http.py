@@ -5,7 +5,9 @@
 (401) before parsing, parses and validates the JSON body (400), loads the
 config (400), then hands a ``Call`` to the target's handler. Permanent
 failures answered to QStash become 489 + ``Upstash-NonRetryable-Error`` so
-QStash stops retrying a request that can never succeed.
+QStash stops retrying a request that can never succeed — also those refused
+before authentication (405, 413), when the QStash token verifies in all but
+the hash of the body that was never read.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .auth import Principal, authenticate, short_printable
+from .auth import Principal, authenticate, qstash_sender, short_printable
 from .delivery import Delivery, idempotency_key
 from .errors import AuthError
-from .errors import BadRequest, Forbidden, PayloadTooLarge, RateLimited, SafesyncError
+from .errors import BadRequest, ConfigError, Forbidden, MethodNotAllowed, PayloadTooLarge, RateLimited, SafesyncError
 from .log import get_logger, redact, redact_obj
 from .parsing import parse_json_object
 from .report import Answer
@@ -117,6 +119,31 @@ def error_answer(exc: SafesyncError) -> Answer:
     return Answer(exc.status, exc.to_dict(), exc.exit_code, exc.permanent)
 
 
+MAX_BODY_DIGITS = 12  # a terabyte: far beyond any body; more digits is a typo
+
+
+def body_limit(env: Mapping[str, str]) -> int:
+    """``SAFESYNC_MAX_BODY_BYTES`` (unset or empty: 1 MB). Anything but ASCII
+    digits above 0 is a ConfigError naming the setting: ``int()`` took
+    ``"1MB"`` as a ValueError (a 500 on every request), ``"0"`` and ``"-5"``
+    as a limit that refused every body, and other scripts' digits as a number."""
+    text = env.get("SAFESYNC_MAX_BODY_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_BODY
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_BODY_DIGITS and int(text) > 0):
+        raise ConfigError(f"SAFESYNC_MAX_BODY_BYTES must be a whole number of bytes above 0, not {text!r}")
+    return int(text)
+
+
+def _error_headers(exc: SafesyncError) -> dict[str, str] | None:
+    """What an error's answer says besides its body: when to retry, which methods to use."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, MethodNotAllowed):
+        return {"Allow": ", ".join(exc.allow)}
+    return None
+
+
 def _read_body(request: "flask.Request", limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
@@ -137,21 +164,16 @@ def serve(
     authenticate_with: Callable[[Mapping[str, str]], Principal] | None = None,
 ) -> "flask.Response":
     principal: Principal | None = None
+    raw: bytes | None = None
+    query = request.query_string.decode("latin-1")
     try:
         if request.method not in methods:
-            return json_response(405, {"error": f"method {request.method} not allowed; use {' or '.join(methods)}"}, {"Allow": ", ".join(methods)})
-        limit = int(os.environ.get("SAFESYNC_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
-        raw = _read_body(request, limit)
+            raise MethodNotAllowed(f"method {request.method} not allowed; use {' or '.join(methods)}", allow=methods)
+        raw = _read_body(request, body_limit(os.environ))
         if authenticate_with is not None:
             principal = authenticate_with(request.headers)
         else:
-            principal = authenticate(
-                request.headers,
-                raw,
-                path=request.path,
-                query=request.query_string.decode("latin-1"),
-                allow_vercel=allow_vercel,
-            )
+            principal = authenticate(request.headers, raw, path=request.path, query=query, allow_vercel=allow_vercel)
         call = Call(
             target=target,
             method=request.method,
@@ -166,8 +188,11 @@ def serve(
     except SafesyncError as exc:
         if exc.status >= 500:
             log.warning("request failed", target=target, error=redact(exc.message))
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-        return respond(error_answer(exc), principal, headers)
+        if principal is None and exc.permanent:
+            # refused before the caller was known (405, 413, a bad setting):
+            # a verified QStash token still makes it non-retryable
+            principal = qstash_sender(request.headers, raw, path=request.path, query=query)
+        return respond(error_answer(exc), principal, _error_headers(exc))
     except Exception:
         log.exception("unhandled error", target=target)
         return json_response(500, {"error": "internal error"})

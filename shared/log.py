@@ -52,8 +52,11 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(redact_obj(entry), default=str, ensure_ascii=False))
 
 
-def setup(level: str | None = None, stream: Any = None) -> None:
-    """Install the JSON handler on the ``safesync`` logger (idempotent)."""
+def setup(default: str = "INFO", stream: Any = None) -> None:
+    """Install the JSON handler on the ``safesync`` logger (idempotent), at
+    ``SAFESYNC_LOG_LEVEL`` in any case (``debug`` as most tools take it:
+    ``Logger.setLevel`` knows only ``DEBUG``, and raised on anything else),
+    else ``default``. An unknown level is one warning, never a traceback."""
     logger = logging.getLogger("safesync")
     if any(getattr(h, "_safesync", False) for h in logger.handlers):
         return
@@ -61,8 +64,13 @@ def setup(level: str | None = None, stream: Any = None) -> None:
     handler.setFormatter(JsonFormatter())
     handler._safesync = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.setLevel(level or os.environ.get("SAFESYNC_LOG_LEVEL", "INFO"))
     logger.propagate = False
+    wanted = os.environ.get("SAFESYNC_LOG_LEVEL", "").strip()
+    level = wanted.upper() or default
+    logger.setLevel(level if level in _LEVEL_TO_SEVERITY else default)
+    if level not in _LEVEL_TO_SEVERITY:
+        names = list(_LEVEL_TO_SEVERITY)
+        get_logger("log").warning(f"SAFESYNC_LOG_LEVEL {wanted!r} is not {', '.join(names[:-1])} or {names[-1]}: logging at {default}")
 
 
 def get_logger(name: str) -> "Logger":

@@ -10,8 +10,6 @@ prints a secret (only whether it is present and well-formed).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -54,13 +52,14 @@ class DbFacts:
 # --- environment and secrets -------------------------------------------------
 
 
-def _b64_key_length(value: str) -> int | None:
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            return len(decode(value + "=" * (-len(value) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    return None
+def check_http_settings(settings: Settings) -> Iterator[Check]:
+    """What the HTTP layer reads from the environment on every request."""
+    from .http import body_limit
+
+    try:
+        body_limit(settings.env)
+    except ConfigError as exc:
+        yield Check("config", "SAFESYNC_MAX_BODY_BYTES", FAIL, exc.message, "every HTTP request is refused (400) until it is fixed or unset")
 
 
 def check_secrets(settings: Settings) -> Iterator[Check]:
@@ -91,21 +90,14 @@ def check_secrets(settings: Settings) -> Iterator[Check]:
             yield Check("secrets", var, WARN, f"not set ({purpose} disabled)")
         elif len(value) < minimum:
             yield Check("secrets", var, FAIL, f"shorter than {minimum} characters", "use a long random value, e.g. `openssl rand -hex 32`")
+        elif var == "SAFESYNC_ADMIN_TOKEN" and value == token:
+            yield Check("secrets", var, FAIL, "the same value as SAFESYNC_API_TOKEN: every API caller is an admin", "give the admin token its own value: `openssl rand -hex 32`")
         else:
             yield Check("secrets", var, OK, "present")
     if configured_secret(env, "VERCEL_WEBHOOK_SECRET"):
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", OK, "present")
     else:
         yield Check("secrets", "VERCEL_WEBHOOK_SECRET", WARN, "not set (Vercel deploy webhooks will be rejected)")
-    key = env.get("SAFESYNC_ENCRYPTION_KEY", "")
-    if key:
-        length = _b64_key_length(key)
-        if length in (16, 24, 32):
-            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", OK, f"{length * 8}-bit key")
-        else:
-            yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not a base64 AES key of 16, 24 or 32 bytes", "generate one: `openssl rand -base64 32`")
-    elif "calendar" in settings.config.model_fields_set:
-        yield Check("secrets", "SAFESYNC_ENCRYPTION_KEY", FAIL, "not set but [calendar] is configured", "conference data is encrypted at rest: `openssl rand -base64 32`")
     yield from check_backup_identity(settings)
 
 
@@ -253,6 +245,7 @@ def run_all(settings: Settings, *job_checks: JobChecks) -> list[Check]:
     """Every generic check, then each job's own (``job_checks``: given the
     databases reached; doctor passes content sync's privilege checks)."""
     checks: list[Check] = [Check("config", "file", OK, settings.source)]
+    checks += check_http_settings(settings)
     checks += check_secrets(settings)
     facts: dict[str, DbFacts] = {}
     for name in settings.database_names():

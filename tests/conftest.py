@@ -192,6 +192,9 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
     handler = logging.FileHandler(Path(os.environ[LOG_DIR_ENV]) / f"{worker}.jsonl")
     handler.setFormatter(log.JsonFormatter())
+    # it is the suite's JSON handler: log.setup() (the CLI's, the functions'
+    # entry point's) then adds none and keeps DEBUG, so every line is scanned
+    handler._safesync = True  # type: ignore[attr-defined]
     logger = logging.getLogger("safesync")
     logger.addHandler(handler)
     logger.setLevel("DEBUG")

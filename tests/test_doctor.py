@@ -132,3 +132,59 @@ def test_cli_doctor_json_exit_code(healthy) -> None:
     assert proc.returncode == 0, report
     assert report["details"]["counts"]["fail"] == 0
     assert "doctor-sync-pw" not in proc.stdout + proc.stderr
+
+
+def test_a_sync_role_that_may_set_role_to_a_writer_is_not_least_privilege(healthy, pg_server) -> None:
+    """The least-privilege check (doctor, and a sync with
+    require_least_privilege) counted what the role *inherits*: a membership
+    without INHERIT still lets it ``SET ROLE pg_write_all_data`` and write
+    users, and doctor said "can write only content tables"."""
+    prod = healthy.database_url("prod")
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(pg_server.url(dbname), autocommit=True) as admin:
+        admin.execute("grant pg_write_all_data to doctor_sync with inherit false")
+        try:
+            with psycopg.connect(prod, autocommit=True) as conn:  # the route is real
+                conn.execute("set role pg_write_all_data")
+                conn.execute("begin")
+                conn.execute("delete from users")
+                conn.execute("rollback")
+            privilege = by_name(run_all(healthy))[("content sync", "role least privilege")]
+        finally:
+            admin.execute("revoke pg_write_all_data from doctor_sync")
+    assert privilege.status == FAIL and "users" in privilege.detail, privilege
+
+
+def test_a_malformed_body_limit_is_a_doctor_failure(healthy, monkeypatch) -> None:
+    """With ``SAFESYNC_MAX_BODY_BYTES=1MB`` every HTTP request is refused
+    (400) while doctor listed every check ✓."""
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", "1MB")
+    check = by_name(run_all(healthy))[("config", "SAFESYNC_MAX_BODY_BYTES")]
+    assert check.status == FAIL and "'1MB'" in check.detail and "every HTTP request" in check.advice
+
+
+@pytest.mark.parametrize("key, status", [
+    ("MDEyMzQ1Njc4OWFiY2RlZg==", FAIL),  # 16 bytes: the calendar refuses it ("must be 32 bytes")
+    ("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", OK),  # hex: the calendar takes it
+    ("c2VudGluZWwtZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=\n", OK),  # a secret file's newline
+])
+def test_the_encryption_key_is_judged_as_the_calendar_reads_it(healthy, monkeypatch, key, status) -> None:
+    """Doctor had its own reading of SAFESYNC_ENCRYPTION_KEY (base64 of 16,
+    24 or 32 bytes): a 16-byte key was "✓ 128-bit key" while the calendar
+    refused it, and a 64-hex-digit key, which the calendar takes, was ✗."""
+    monkeypatch.setenv("SAFESYNC_ENCRYPTION_KEY", key)
+    check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ENCRYPTION_KEY")]
+    assert check.status == status, check
+    assert key.strip() not in check.detail
+
+
+def test_an_admin_token_equal_to_the_api_token_is_a_failure(healthy, monkeypatch) -> None:
+    """Both tokens were "present" ✓ when they were the same value, which
+    makes every API caller (a CI job, the status page's login) an admin
+    that may restore into production or migrate it."""
+    from tests import sentinels
+
+    monkeypatch.setenv("SAFESYNC_ADMIN_TOKEN", sentinels.SECRETS["SAFESYNC_API_TOKEN"])
+    check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ADMIN_TOKEN")]
+    assert check.status == FAIL and check.detail == "the same value as SAFESYNC_API_TOKEN: every API caller is an admin"
+    assert sentinels.SECRETS["SAFESYNC_API_TOKEN"] not in check.detail + check.advice

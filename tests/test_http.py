@@ -208,3 +208,81 @@ def test_config_error_is_400_with_one_line(client, tmp_path, monkeypatch) -> Non
     response = client.get("/status", headers=BEARER)
     assert response.status_code == 400
     assert response.get_json() == {"error": f"{path}: backup.keep_dayly: unknown key"}
+
+
+@pytest.mark.parametrize("value", ["1MB", "-5", "0", "1e6", "١٢٣", "99999999999999999999"])
+def test_a_malformed_body_limit_is_a_config_error_not_500(client, monkeypatch, value: str) -> None:
+    """``int("1MB")`` raised ValueError: every request was a 500 "internal
+    error" saying nothing of the setting; a limit of 0 or less refused
+    every body, and Arabic-Indic digits were read as a number. (Unset or
+    empty: the default.)"""
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", value)
+    response = client.post("/backup", data=b'{"action":"list"}', headers={**BEARER, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data()[:200]
+    assert response.get_json() == {"error": f"SAFESYNC_MAX_BODY_BYTES must be a whole number of bytes above 0, not {value!r}"}
+
+
+def test_a_body_limit_from_the_environment_is_applied(client, monkeypatch) -> None:
+    monkeypatch.setenv("SAFESYNC_MAX_BODY_BYTES", " 16 ")
+    response = client.post("/backup", data=b'{"action":"list", "db": "prod"}', headers={**BEARER, "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.get_json() == {"error": "request body over 16 bytes"}
+
+
+QSTASH_TO_BACKUP = sentinels.PUBLIC_URL + "/backup"
+TOO_LARGE = b'{"action":"list","pad":"' + b"x" * 1_000_000 + b'"}'
+
+
+@pytest.mark.parametrize("method, body, env, status, error", [
+    ("POST", TOO_LARGE, {}, 413, "request body over 1000000 bytes"),
+    ("GET", b"", {}, 405, "method GET not allowed; use POST"),
+    ("POST", b"{}", {"SAFESYNC_MAX_BODY_BYTES": "1MB"}, 400, "SAFESYNC_MAX_BODY_BYTES must be a whole number of bytes above 0, not '1MB'"),
+], ids=["too-large", "wrong-method", "bad-limit"])
+def test_a_refusal_before_authentication_stops_qstash_retries(client, monkeypatch, method, body, env, status, error) -> None:
+    """QStash retries every answer but 2xx, and 489 + Upstash-NonRetryable-Error
+    (Upstash docs, features/retry: "Non-Retryable Error"). A 413, 405 or a
+    bad body limit is answered before the caller is known, so it went back
+    to QStash as a plain 4xx, re-sent for hours though it can never succeed.
+    Now a request whose QStash signature verifies — all but the body hash,
+    which an unread body cannot prove — gets 489; any other caller, and a
+    token signed with another key, gets the plain status."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    send = lambda headers: client.open("/backup", method=method, data=body, headers=headers)  # noqa: E731
+    response = send(qstash_headers(CURRENT, QSTASH_TO_BACKUP, body))
+    assert response.status_code == 489, response.get_data()[:200]
+    assert response.headers["Upstash-NonRetryable-Error"] == "true"
+    assert response.get_json() == {"error": error}
+    for headers in (qstash_headers("another-key", QSTASH_TO_BACKUP, body), qstash_headers(CURRENT, sentinels.PUBLIC_URL + "/validate", body), BEARER, {}):
+        response = send(headers)
+        assert response.status_code == status and "Upstash-NonRetryable-Error" not in response.headers
+        assert response.get_json() == {"error": error}
+
+
+def test_a_qstash_token_for_another_body_is_not_made_non_retryable(client) -> None:
+    """The body-less check is only for a body never read: a read body whose
+    hash the token does not sign stays a 401 (retryable, and nothing ran)."""
+    response = client.post("/backup", data=b"{not json", headers=qstash_headers(CURRENT, QSTASH_TO_BACKUP, b"{}"))
+    assert response.status_code == 401 and "Upstash-NonRetryable-Error" not in response.headers
+
+
+def test_the_access_log_of_safesync_serve_never_holds_a_query() -> None:
+    """Werkzeug's access line was the whole request target: a status page
+    ``?link=`` code (a session for whoever reads the log first) or a token a
+    caller put in a query was written to the log. It keeps method, path and
+    status, and drops the query — also from the line of a malformed request."""
+    import socket
+
+    from tests.live_server import LiveServer
+
+    code = "v1.api.9999999999.0123456789abcdef0123456789abcdef.feedfacefeedface"
+    with LiveServer() as server:
+        assert server.request("GET", f"/status?link={code}", headers={"Accept": "text/html"}).status == 401
+        assert server.request("POST", "/backup?token=query-secret-1", b"{}").status == 401
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"GET /status?link=query-secret-2 HTTP/1.1 extra\r\n\r\n")
+            assert raw.recv(100)  # an error page (HTTP/0.9 style: the version was not understood)
+        server.request("OPTIONS", "/status")  # the log has every line of the requests before it
+    log = server.log_text()
+    assert "GET /status" in log and "POST /backup" in log
+    for secret in (code, "query-secret-1", "query-secret-2", "9999999999"):
+        assert secret not in log, log[-2000:]

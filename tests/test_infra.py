@@ -204,3 +204,33 @@ def test_bucket_lifecycle_is_a_safety_net_behind_prune():
     for needed in ("--versioning", "--lifecycle-file=infra/bucket-lifecycle.json", "--uniform-bucket-level-access", "--public-access-prevention"):
         assert needed in doc
 
+
+
+def test_cloud_build_uploads_only_what_the_image_is_built_from(tmp_path):
+    """``gcloud builds submit .`` uploads the whole folder to a Cloud Build
+    bucket, minus what ``.gcloudignore`` names — without one, what
+    ``.gitignore`` names (gcloud topic gcloudignore). That left a local
+    ``.env`` with database URLs, a ``prod.dump`` or a service-account key
+    beside the code uploaded with it. ``.gcloudignore`` now lists what may go
+    (what infra/Dockerfile copies); everything else stays here. Checked with
+    git's own matcher: the syntax is .gitignore's."""
+    ignore = REPO / ".gcloudignore"
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    needed = ["infra/Dockerfile"] + [
+        path + ("/x.py" if (REPO / path).is_dir() else "")
+        for copied in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", dockerfile, flags=re.M) for path in copied.split()
+    ]
+    private = [".env", "prod.dump", "safesync.toml", "service-account.json", "backups/prod/x.dump", ".safesync-demo/x",
+               ".venv/bin/python", "tests/test_x.py", ".git/config", "shared/__pycache__/db.cpython-311.pyc", "infra/secrets.env"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for path in needed + private:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).touch()
+
+    def ignored(path: str) -> bool:
+        done = subprocess.run(["git", "-c", f"core.excludesFile={ignore}", "check-ignore", "--no-index", "-q", path], cwd=tmp_path)
+        return done.returncode == 0
+
+    assert ignore.is_file()
+    assert [p for p in needed if ignored(p)] == []
+    assert [p for p in private if not ignored(p)] == []

@@ -30,6 +30,7 @@ class Receiver:
         self.raw: list[bytes] = []
         self.headers: list[dict] = []
         self.status = 200
+        self.statuses: list[int] = []  # answered first, one per POST, before ``status``
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +39,7 @@ class Receiver:
                 receiver.raw.append(body)
                 receiver.headers.append(dict(self.headers))
                 receiver.messages.append(json.loads(body))
-                self.send_response(receiver.status)
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else receiver.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -164,3 +165,75 @@ def test_no_url_means_no_attempt(settings, monkeypatch):
     assert notify.send("test", "hello") is False
     answer = execute(settings, Report("backup", "create"), lambda r: r.fail("broken"))
     assert answer.status == 503
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_a_delivery(settings, monkeypatch, notify_log, code):
+    """urllib follows a 301/302/303 answer to a POST with a GET without the
+    body, and the page it lands on answered 200: send() said "delivered"
+    (the stale-backup marker was written, so it was never sent again) while
+    the message went nowhere. A webhook answers 2xx or failed; a redirect is
+    logged with its status and not followed (its Location, like the hook's
+    own URL, is not logged)."""
+    calls: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append("POST")
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(code)
+            self.send_header("Location", "/moved-sekrit-elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            calls.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        monkeypatch.setenv("SAFESYNC_NOTIFY_URL", f"http://127.0.0.1:{server.server_address[1]}{HOOK_SECRET_PATH}")
+        assert notify.send("test", "hello") is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert calls == ["POST"]
+    entry = json.loads(notify_log.getvalue().splitlines()[-1])
+    assert entry["message"] == "notification not delivered" and str(code) in entry["error"]
+    assert "sekrit" not in notify_log.getvalue()
+
+
+def test_the_text_escapes_slack_control_characters(receiver, settings):
+    """Slack parses ``&``, ``<`` and ``>`` in a message's text as control
+    sequences — ``<!channel>`` pings everyone, ``<https://x|label>`` is a link
+    showing another address — and its formatting reference says to send
+    them as ``&amp;``, ``&lt;``, ``&gt;`` (api.slack.com/reference/surfaces/
+    formatting, "Escaping text"). A name from a database (a table called
+    ``<!channel>``) reached the text as it was; the structured fields keep
+    the summary unescaped for other receivers."""
+    summary = "table <!channel> & <https://evil.example|docs> would be written; rolled back"
+    execute(settings, Report("content_sync", "sync"), lambda r: r.refuse(summary))
+    [message] = receiver.messages
+    assert message["text"] == (
+        "safesync: content_sync sync refused: table &lt;!channel&gt; &amp; &lt;https://evil.example|docs&gt; would be written; rolled back"
+    )
+    assert message["summary"] == summary
+
+
+@pytest.mark.parametrize("first, attempts", [(503, 2), (429, 2), (400, 1)])
+def test_a_transient_webhook_failure_is_tried_once_more(receiver, settings, first, attempts):
+    """One attempt: a single 503 or 429 from Slack (its docs: rate limits
+    answer 429 with Retry-After) lost the failure notice of that run for
+    good. A transient answer is tried once more after a short pause; a
+    permanent one (400 invalid_payload, 404 no_service) is not."""
+    receiver.statuses = [first]
+    execute(settings, Report("backup", "create"), lambda r: r.fail("broken"))
+    assert len(receiver.messages) == attempts
+    assert all(m["event"] == "run.failed" for m in receiver.messages)
+    assert notify.send("test", "again") is True  # the receiver answers 200 again

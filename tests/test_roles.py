@@ -215,6 +215,80 @@ def test_a_public_grant_on_a_protected_table_rolls_the_script_back(lms):
         assert admin.execute("select to_regnamespace('calendar')").fetchone()[0] is None  # nothing was kept
 
 
+def test_a_column_grant_on_a_protected_table_rolls_the_script_back(lms):
+    """The proof asked has_table_privilege, which sees table-level grants
+    only: ``GRANT UPDATE (email) ON users TO PUBLIC`` (a column grant, as
+    Supabase apps use for "may edit their own name") let the content-sync
+    role rewrite that column of every user while the script said done."""
+    prod, _ = lms
+    column = first_column(prod, "users")
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.execute(sql.SQL("grant update ({}) on users to public").format(sql.Identifier(column)))
+        with pytest.raises(errors.RaiseException, match="could still write a non-content table: public.users"):
+            admin.execute(generate(settings_for(), "prod").encode())
+        admin.execute("rollback")
+        admin.execute(sql.SQL("revoke update ({}) on users from public").format(sql.Identifier(column)))
+        admin.execute(generate(settings_for(), "prod").encode())  # without it: applied
+
+
+@pytest.mark.parametrize("grant", ["grant trigger on users to public", "alter table users owner to safesync_content_sync"])
+def test_a_trigger_grant_or_ownership_of_a_protected_table_rolls_the_script_back(pg_server, lms, grant):
+    """The script's proof and doctor's least-privilege check each said what
+    "could write" means, differently: the proof left out TRIGGER (a trigger
+    on users runs its function for whoever writes users next) and ownership
+    (an owner may grant itself anything back, ALTER or DROP the table).
+    Doctor counted both; the proof now asks the same condition."""
+    prod, _ = lms
+    apply(prod, generate(settings_for(), "prod"))
+    with psycopg.connect(prod, autocommit=True) as admin:
+        owner = admin.execute("select tableowner from pg_tables where schemaname = 'public' and tablename = 'users'").fetchone()[0]
+        admin.execute(grant)
+        try:
+            if "owner" in grant:  # an owner without privileges on its table still takes them back
+                admin.execute("revoke all on users from safesync_content_sync")
+            with pytest.raises(errors.RaiseException, match="could still write a non-content table: public.users"):
+                admin.execute(generate(settings_for(), "prod").encode())
+            admin.execute("rollback")
+        finally:
+            admin.execute(sql.SQL("alter table users owner to {}").format(sql.Identifier(owner)) if "owner" in grant else "revoke trigger on users from public")
+        admin.execute(generate(settings_for(), "prod").encode())
+
+
+@pytest.mark.parametrize("route", ["set role", "createrole"])
+def test_a_role_that_can_become_a_writer_rolls_the_script_back(pg_server, lms, route):
+    """The proof counted only privileges the role *inherits*. A membership
+    it does not inherit (``WITH INHERIT FALSE``, or a NOINHERIT role) still
+    lets it ``SET ROLE`` to the writer and write payments; an existing role
+    with CREATEROLE (the script creates roles NOCREATEROLE, but only when
+    missing) can give itself what it lacks. Both rolled nothing back."""
+    prod, _ = lms
+    apply(prod, generate(settings_for(), "prod"))
+    setup, undo = {
+        "set role": ("grant pg_write_all_data to safesync_content_sync with inherit false",
+                     "revoke pg_write_all_data from safesync_content_sync"),
+        "createrole": ("alter role safesync_content_sync createrole", "alter role safesync_content_sync nocreaterole"),
+    }[route]
+    expected = {
+        "set role": r"could still write a non-content table: .*public\.payments",
+        "createrole": "could give itself any privilege: CREATEROLE",
+    }[route]
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.execute(setup)
+        try:
+            if route == "set role":  # the route is real: the role writes a protected table
+                with as_role(pg_server, prod, CONTENT_ROLE) as conn:
+                    conn.execute("set role pg_write_all_data")
+                    conn.execute("begin")
+                    conn.execute("delete from payments")
+                    conn.execute("rollback")
+            with pytest.raises(errors.RaiseException, match=f"safesync_content_sync {expected}"):
+                admin.execute(generate(settings_for(), "prod").encode())
+            admin.execute("rollback")
+        finally:
+            admin.execute(undo)
+        admin.execute(generate(settings_for(), "prod").encode())
+
+
 def test_cli_roles_sql(write_settings, capsys):
     write_settings({"dev": "postgresql://x@127.0.0.1:1/d", "prod": "postgresql://x@127.0.0.1:1/p"}, lms_config_toml())
     assert cli.main(["roles", "sql"]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from safesync.functions import cli
-from safesync.functions.schedules import load_schedules, run
+from safesync.functions.schedules import check_cron, load_schedules, run
 from tests import sentinels
 from tests.fake_qstash import FakeQStash
 
@@ -220,6 +220,18 @@ def test_bad_token_and_missing_settings_are_clear(qstash, settings, tmp_path, mo
     "text, message",
     [
         ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * *"\n', "not a 5-field cron"),
+        # each field within its range (crontab.guru, which the QStash docs point to): minute 0-59,
+        # hour 0-23, day 1-31, month 1-12 or JAN-DEC, weekday 0-6 (7 = Sunday) or SUN-SAT
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 24 * * *"\n', "'0 24 * * *': hour 24 is not in 0-23"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "60 2 * * *"\n', "minute 60 is not in 0-59"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 2 0 * *"\n', "day of month 0 is not in 1-31"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * 13 *"\n', "month 13 is not in 1-12"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * * 8"\n', "day of week 8 is not in 0-7"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "a b c d e"\n', "minute 'a' is not a number"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "*/0 2 * * *"\n', "minute step '0' must be a whole number above 0"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 5-2 * * *"\n', "hour range 5-2 runs backwards"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * FOO *"\n', "month 'FOO' is not a number"),
+        ('[schedules.x]\ntarget = "backup"\ncron = "0,,5 2 * * *"\n', "minute '' is not a number"),
         ('[schedules.x]\ntarget = "bakup"\ncron = "0 2 * * *"\n', "schedules.x.target"),
         ('[schedules.Bad_Name]\ntarget = "backup"\ncron = "0 2 * * *"\n', "must be lowercase"),
         ('[schedules.x]\ntarget = "backup"\ncron = "0 2 * * *"\nretry = 3\n', "schedules.x.retry: unknown key"),
@@ -231,6 +243,14 @@ def test_bad_files_are_config_errors(qstash, settings, tmp_path, text, message):
     answer = run(settings, "plan", write(tmp_path, text))
     assert answer.exit_code == 2 and message in answer.body["error"], answer.body
     assert qstash.calls == []  # rejected before any QStash call
+
+
+@pytest.mark.parametrize("cron", [
+    "0 2 * * *", "*/15 * * * *", "0 9-17/2 * * MON-FRI", "30 3 1,15 * *", "0 0 * JAN,jul SUN", "0 0 * * 7",
+    "CRON_TZ=Europe/Berlin 0 4 * * 1-5", "5 4 ? * ?", "0-59/5 0-23 1-31 1-12 0-6",
+])
+def test_valid_cron_expressions_pass(cron):
+    check_cron(cron)
 
 
 def test_cli_plan_and_the_shipped_schedules_file(qstash, settings, capsys, monkeypatch):
@@ -247,9 +267,9 @@ def test_cli_plan_and_the_shipped_schedules_file(qstash, settings, capsys, monke
     code = cli.main(["schedules", "apply", "--file", str(shipped), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
-    assert out["summary"] == "applied: 6 created; 0 unchanged"
+    assert out["summary"] == "applied: 7 created; 0 unchanged"
     assert code == cli.main(["schedules", "plan", "--file", str(shipped)])
-    assert "nothing to change; 6 unchanged" in capsys.readouterr().out
+    assert "nothing to change; 7 unchanged" in capsys.readouterr().out
     assert sentinels.SECRETS["QSTASH_TOKEN"] not in json.dumps(out)
 
 
@@ -270,8 +290,10 @@ def test_shipped_bodies_are_accepted_by_their_targets():
     from safesync.functions.calendar import CalendarBody
     from safesync.shared.http import validate_body
 
+    from safesync.functions.status.http import _Body as StatusBody
+
     desires = load_schedules(REPO / "infra" / "schedules.toml", {"SAFESYNC_PUBLIC_URL": PUBLIC})
-    assert {d.target for d in desires.schedules} == {"backup", "calendar_sync"}
+    assert {d.target for d in desires.schedules} == {"backup", "calendar_sync", "status"}
     for d in desires.schedules:
-        model = BACKUP_BODIES[d.body["action"]] if d.target == "backup" else CalendarBody
+        model = BACKUP_BODIES[d.body["action"]] if d.target == "backup" else CalendarBody if d.target == "calendar_sync" else StatusBody
         validate_body(model, d.body)  # raises BadRequest naming the field

@@ -106,3 +106,77 @@ def test_a_damaged_newest_backup_is_no_longer_invisible(backed_up) -> None:
     settings.storage.delete(BackupName.parse(gone.id).dump_key)
     reasons = client.get("/status", headers=BEARER).get_json()["details"]["reasons"]
     assert any(gone.id in r and "manifest without its dump" in r for r in reasons), reasons
+
+
+def test_a_last_run_that_found_problems_is_not_ok(backed_up) -> None:
+    """A run ends ``ok``, ``problems`` (it ran and found something wrong:
+    validation findings, backups failing verification, a failed migration
+    rehearsal), ``refused`` or ``failed``; only the last two were reasons,
+    so with the newest validate reporting broken foreign keys the page said
+    "all is well"."""
+    summary = "prod: 3 problem(s) in foreign_keys"
+    backed_up.storage.put_json("runs/validate/20260101T000000Z-abc.json", {"action": "validate", "status": "problems", "summary": summary})
+    body = create_app().test_client().get("/status", headers=BEARER).get_json()
+    assert body["details"]["health"] == "degraded", body["details"]["reasons"]
+    assert body["details"]["reasons"] == [f"degraded: last validate validate found problems: {summary}"]
+    assert body["status"] == "problems" and summary in body["summary"]
+
+
+def test_a_kept_backup_that_failed_verification_is_not_ok(backed_up) -> None:
+    """Only the newest backup's verification was a reason: with yesterday's
+    backup (kept by retention) failing its checksum and today's not verified
+    yet, the page listed "✗ failed" in the table and said "all is well"."""
+    import time
+
+    settings = backed_up
+    older = latest_backup(settings, "prod")
+    manifest = dict(older.manifest)
+    manifest["verification"] = {"ok": False, "at": datetime.now(timezone.utc).isoformat(), "problems": ["sha256 mismatch"]}
+    settings.storage.put_json(older.manifest_key, manifest, overwrite=True)
+    time.sleep(1.1)  # backup ids are per second
+    create_backup(settings, "prod", "manual")
+    body = create_app().test_client().get("/status", headers=BEARER).get_json()["details"]
+    assert body["health"] == "degraded", body["reasons"]
+    assert body["reasons"] == [f"degraded: backup {older.id} of prod failed verification (sha256 mismatch)"]
+
+
+def test_the_shipped_schedules_run_the_stale_backup_check(backed_up, receiver) -> None:
+    """A backup older than 26 h notifies — but only from a status run, and
+    nothing ran one but a person opening the page: a backup schedule that
+    stopped firing (deleted, paused, every delivery refused) was silent.
+    The shipped schedules file calls status hourly; its delivery, signed as
+    QStash signs it, notifies once."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from safesync.functions.schedules import load_schedules
+    from tests.qstash_signer import qstash_headers
+
+    shipped = Path(__file__).resolve().parents[1] / "infra" / "schedules.toml"
+    [check] = [d for d in load_schedules(shipped, {"SAFESYNC_PUBLIC_URL": sentinels.PUBLIC_URL}).schedules if d.target == "status"]
+    assert check.cron.split()[1:] == ["*", "*", "*", "*"]  # every hour: a stale backup is known within the hour
+    info = latest_backup(backed_up, "prod")
+    manifest = dict(info.manifest)
+    old = datetime.now(timezone.utc) - timedelta(hours=30)
+    manifest["started_at"], manifest["finished_at"] = old.isoformat(), (old + timedelta(minutes=1)).isoformat()
+    backed_up.storage.put_json(info.manifest_key, manifest, overwrite=True)
+    body = json.dumps(check.body).encode()
+    response = create_app().test_client().post(urlsplit(check.destination).path, data=body,
+                                               headers=qstash_headers(sentinels.SECRETS["QSTASH_CURRENT_SIGNING_KEY"], check.destination, body))
+    assert response.status_code == 200 and response.get_json()["details"]["health"] == "failing", response.get_data()[:300]
+    assert [m["event"] for m in receiver] == ["backup.stale"]
+
+
+def test_no_backup_at_all_notifies_once_a_day(make_db, write_settings, receiver) -> None:
+    """A stale backup notified, but no backup at all — the backup schedule
+    never ran, or every backup is gone — only made the page "failing":
+    nobody was told. It notifies once per database and UTC day while it lasts."""
+    settings = write_settings({"prod": make_db()}, '[backup]\ndatabases = ["prod"]\n')
+    client = create_app().test_client()
+    for _ in range(2):
+        body = client.post("/status", json={}, headers=BEARER).get_json()
+        assert body["details"]["health"] == "failing" and "no complete backup of prod" in body["summary"]
+    assert [(m["event"], m["db"]) for m in receiver] == [("backup.missing", "prod")]
+    assert receiver[0]["text"] == "safesync: no complete backup of prod"
+    day = datetime.now(timezone.utc).strftime("%Y%m%d")
+    assert settings.storage.exists(f"status/missing-notified/prod/{day}.json")

@@ -9,8 +9,8 @@
 This module is the face: ``status(settings) -> Answer`` (``jobs.py``),
 ``handle_http`` (``http.py``), ``register_cli`` (``cli.py``).
 
-Read-only apart from two kinds of marker objects (a stale backup notified,
-a link used); it takes no lock.
+Read-only apart from marker objects (a stale or missing backup notified, a
+link used); it takes no lock.
 """
 
 from .cli import register_cli

@@ -1,8 +1,8 @@
 """What the status page and ``GET /status`` show, gathered from storage and
 the calendar database; each part fails on its own, never the whole answer.
 
-- per backed-up database: the last backup (age, size, verified, drill) and
-  the timeline (kept by which retention rule, sizes, last verify and drill);
+- per backed-up database: the last backup (age, size, verified, drill), any
+  backup damaged or failing verification, and the timeline (kept by which retention rule, sizes, last verify and drill);
 - the last run of every job, and the last content sync's written rows and
   conflicts;
 - calendar health with each calendar's push-channel expiry (the calendar
@@ -12,7 +12,8 @@ the calendar database; each part fails on its own, never the whole answer.
   attention, the failing ones first.
 
 A backup older than ``STALE_BACKUP_H`` notifies ``SAFESYNC_NOTIFY_URL`` once
-per backup (a marker object records it): the only write.
+per backup, no complete backup at all once per database and UTC day (a
+marker object records each): the only writes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from safesync.shared.log import redact
 
 STALE_BACKUP_H = 26
 SYNC_LOOKBACK = 50  # reports read to find the last content sync among compares and dry-runs
+RUN_OUTCOMES = {"problems": "found problems", "refused": "refused", "failed": "failed"}  # a report's status, as a reason says it
 
 
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
@@ -77,21 +79,29 @@ def last_backups(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]
 
     rows = []
     for db in settings.config.backup.databases:
-        catalog = backup_catalog(settings, db)  # one scan for both
+        catalog = backup_catalog(settings, db)  # one scan for all three
         for damaged in catalog.damaged:
             reasons.append(f"degraded: backup {damaged.id} of {db} is damaged ({damaged.problem})")
+        # any backup still kept, not only the newest: retention may keep the
+        # one that failed as the only restore point of its month
+        for kept in reversed(catalog.complete):
+            if kept.verification and not kept.verification.get("ok"):
+                problems = "; ".join(str(p) for p in kept.verification.get("problems") or []) or "no detail"
+                reasons.append(f"degraded: backup {kept.id} of {db} failed verification ({problems})")
         info = catalog.newest_full
         if info is None:
             reasons.append(f"failing: no complete backup of {db}")
+            # no backup to key the marker by: once per UTC day while it lasts
+            day = datetime.now(timezone.utc).strftime("%Y%m%d")
+            _notify_once(settings, f"status/missing-notified/{db}/{day}.json", "backup.missing", f"no complete backup of {db}", {"db": db})
             rows.append({"db": db, "id": None, "age": "never"})
             continue
         age_h = info.age_s() / 3600
         row = {"db": db, **info.row(), "age_h": round(age_h, 1)}
         if age_h > STALE_BACKUP_H:
             reasons.append(f"failing: last backup of {db} is {age_h:.0f} h old")
-            _notify_stale_once(settings, db, info.id, age_h)
-        elif info.verification and not info.verification.get("ok"):
-            reasons.append(f"degraded: last backup of {db} failed verification")
+            _notify_once(settings, f"status/stale-notified/{info.id}.json", "backup.stale", f"last backup of {db} is {age_h:.0f} h old ({info.id})",
+                         {"db": db, "backup": info.id, "age_h": round(age_h, 1)})
         rows.append(row)
     return rows
 
@@ -109,12 +119,13 @@ def timelines(settings: Settings, reasons: list[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _notify_stale_once(settings: Settings, db: str, backup_id: str, age_h: float) -> None:
-    marker = f"status/stale-notified/{backup_id}.json"
+def _notify_once(settings: Settings, marker: str, event: str, text: str, fields: dict[str, Any]) -> None:
+    """Notify unless ``marker`` says it was done; the marker is written only
+    once the notice was delivered, so a failed delivery is tried again."""
     if settings.storage.exists(marker):
         return
-    if notify.send("backup.stale", f"last backup of {db} is {age_h:.0f} h old ({backup_id})", {"db": db, "backup": backup_id, "age_h": round(age_h, 1)}):
-        settings.storage.put_json(marker, {"db": db, "backup": backup_id, "notified_at": datetime.now(timezone.utc)})
+    if notify.send(event, text, fields):
+        settings.storage.put_json(marker, {**fields, "event": event, "notified_at": datetime.now(timezone.utc)})
 
 
 def calendar_health(settings: Settings, reasons: list[str]) -> dict[str, Any] | None:
@@ -151,8 +162,11 @@ def collect(settings: Settings) -> dict[str, Any]:
             parts[key] = {"error": redact(exc.message)}
             reasons.append(f"degraded: {key}: {redact(exc.message)}")
     for run in parts.get("runs") or []:
-        if run["status"] in ("failed", "refused"):
-            reasons.append(f"degraded: last {run['job']} {run['action']} {run['status']}: {run['summary']}")
+        # anything but "ok" needs a look: "problems" is a run that found
+        # something wrong (validation findings, a backup failing verification)
+        if run["status"] != "ok":
+            outcome = RUN_OUTCOMES.get(run["status"], f"ended {run['status']!r}")
+            reasons.append(f"degraded: last {run['job']} {run['action']} {outcome}: {run['summary']}")
     # What needs attention first: failing before degraded, each in the order found.
     reasons.sort(key=lambda r: not r.startswith("failing"))
     health = "failing" if any(r.startswith("failing") for r in reasons) else "degraded" if reasons else "ok"
