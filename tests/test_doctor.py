@@ -152,7 +152,7 @@ def test_a_sync_role_that_may_set_role_to_a_writer_is_not_least_privilege(health
             privilege = by_name(run_all(healthy))[("content sync", "role least privilege")]
         finally:
             admin.execute("revoke pg_write_all_data from doctor_sync")
-    assert privilege.status == FAIL and "users" in privilege.detail, privilege
+    assert privilege.status == WARN and "users" in privilege.detail, privilege  # WARN: require_least_privilege is off
 
 
 def test_a_malformed_body_limit_is_a_doctor_failure(healthy, monkeypatch) -> None:
