@@ -133,7 +133,7 @@ def clone_database(
                 for m in options.masks:
                     masked.setdefault(m.table, []).append(m.column)
                 try:
-                    result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=options.exclude_table_data)
+                    result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=plan.uncompared)
                 except psycopg.Error as exc:  # the swap is committed: the report must not read as "nothing happened"
                     raise database_failure("clone committed, but comparing it with the source failed, so it is not proven identical", exc) from None
         return result

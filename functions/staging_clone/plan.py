@@ -57,6 +57,9 @@ class ClonePlan:
     # extension's table (a kept extension's config tables stay as they are).
     freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
+    # tables and materialized views whose data the proof cannot compare with
+    # the source's, and why (a comparison's ``count_only``)
+    uncompared: dict[TableRef, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -152,6 +155,50 @@ ROLES_REFERENCED = """
     )
     select distinct r.rolname from refs join pg_roles r on r.oid = refs.role order by 1
 """
+
+
+# Materialized views whose rows derive from a masked column or from a table
+# whose data is not copied: directly, or through views and materialized
+# views (their rewrite rules' dependencies; columns of partitions and
+# inheritance children count too: the mask's UPDATE rewrites them as well).
+# Staging refreshes them from its own data, so they differ from dev's on
+# purpose (and a report of their rows would print dev's real values).
+DERIVED_MATVIEWS = """
+    with recursive seed(relid, attname) as (
+        select m.t::regclass::oid, m.c from unnest(%(tables)s::text[], %(columns)s::text[]) m(t, c)
+    ),
+    tree(relid, attname) as (
+        select relid, attname from seed
+        union select i.inhrelid, t.attname from tree t join pg_inherits i on i.inhparent = t.relid
+    ),
+    derived(relid) as (
+        select r.ev_class from tree t
+        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = t.relid and d.classid = 'pg_rewrite'::regclass
+        join pg_rewrite r on r.oid = d.objid
+        left join pg_attribute a on a.attrelid = t.relid and a.attnum = d.refobjsubid
+        where r.ev_class <> t.relid and (t.attname is null or a.attname = t.attname)
+        union
+        select r.ev_class from derived v
+        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = v.relid and d.classid = 'pg_rewrite'::regclass
+        join pg_rewrite r on r.oid = d.objid
+        where r.ev_class <> v.relid
+    )
+    select n.nspname, c.relname from derived v join pg_class c on c.oid = v.relid join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind = 'm' order by 1, 2
+"""
+
+
+def _uncompared(source: psycopg.Connection, options: CloneOptions) -> dict[TableRef, str]:
+    """What the proof counts instead of comparing: tables cloned without
+    data, and the materialized views derived from those or from masked
+    columns (``DERIVED_MATVIEWS``)."""
+    out = {t: "structure only: data not copied" for t in options.exclude_table_data}
+    seeds = [(m.table, m.column) for m in options.masks] + [(t, None) for t in options.exclude_table_data]
+    if seeds:
+        params = {"tables": [t.ident.as_string(source) for t, _ in seeds], "columns": [c for _, c in seeds]}
+        for schema, name in source.execute(DERIVED_MATVIEWS, params):
+            out.setdefault(TableRef(schema, name), "derived from masked or structure-only data: refreshed from staging's own")
+    return out
 
 
 def _refuse(problems: list[str]) -> None:
@@ -324,6 +371,7 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     ):
         plan.schema_grants.setdefault(schema, []).append((grantee, privilege, grantable))
     _refuse(problems)
+    plan.uncompared = _uncompared(source, options)
     return plan
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -165,20 +165,21 @@ def data_diff(
     schemas: Sequence[str],
     *,
     exclude_columns: dict[TableRef, Iterable[str]] | None = None,
-    count_only: Iterable[TableRef] = (),
+    count_only: Mapping[TableRef, str] | None = None,
     progress: Callable[[str], None] | None = None,
     limit: int = MAX_KEYS,
 ) -> DataDiff:
     """Compare the rows of every table of ``schemas``.
 
     ``exclude_columns``: columns left out of the hashes (reported per table).
-    ``count_only``: tables reported as "not compared" with both row counts
-    (e.g. tables cloned without data). ``limit``: how many differing rows of
+    ``count_only``: tables (and materialized views) reported as "not
+    compared" with both row counts, each with why ("structure only: data
+    not copied"; the text before a colon is the short reason). ``limit``: how many differing rows of
     a keyed table to find before the search stops, and how many rows a keyless
     table's differing buckets may hold to be read whole (``TableDiff.complete``).
     """
     exclude_columns = {t: set(c) for t, c in (exclude_columns or {}).items()}
-    count_only = set(count_only)
+    count_only = dict(count_only or {})
     tables_a, tables_b = set(list_tables(conn_a, schemas)), set(list_tables(conn_b, schemas))
     views_a, views_b = _matviews(conn_a, schemas), _matviews(conn_b, schemas)
     shapes_a, shapes_b = table_shapes(conn_a, schemas), table_shapes(conn_b, schemas)
@@ -208,7 +209,7 @@ def data_diff(
                     progress(f"hashing {shape.table}")
                 if shape.table in count_only:
                     ca, cb = sides.both(lambda c: _count(c, shape.table))
-                    result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note="structure only: data not copied"))
+                    result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note=count_only[shape.table]))
                     continue
                 if shape.key:
                     result.tables.append(_keyed(sides, shape, str(shape.table), excluded, note, limit))
