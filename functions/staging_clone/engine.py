@@ -178,8 +178,11 @@ def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: 
 
 
 def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan, salt: str) -> str:
-    """One UPDATE per masked table, user triggers off during it (and put
-    back exactly as they were: enabled, disabled, ALWAYS or REPLICA)."""
+    """One UPDATE per masked table, user triggers off during it on every
+    table it rewrites — the table, its partitions and inheritance children,
+    whose own triggers would otherwise stamp the rows it masks — and put back
+    exactly as they were (enabled, disabled, ALWAYS or REPLICA), parents
+    first, so a partition's state wins over its parent's recursing ALTER."""
     by_table: dict[TableRef, list[Mask]] = {}
     for mask in options.masks:
         if mask.table not in options.exclude_table_data:
@@ -198,12 +201,17 @@ def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
             + _q(conn, sql.Literal(str(table.ident.as_string(conn))))
             + "; trg record; BEGIN\n"
             "  CREATE TEMP TABLE safesync_triggers ON COMMIT DROP AS\n"
-            "    SELECT tgname, tgenabled FROM pg_catalog.pg_trigger WHERE tgrelid = t AND NOT tgisinternal;\n"
-            "  EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', t);\n"
+            "    WITH RECURSIVE tree(relid, depth) AS (SELECT t::pg_catalog.oid, 0 UNION ALL\n"
+            "      SELECT i.inhrelid, tree.depth + 1 FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid)\n"
+            "    SELECT tree.relid::pg_catalog.regclass AS rel, tree.depth, g.tgname, g.tgenabled\n"
+            "    FROM tree JOIN pg_catalog.pg_trigger g ON g.tgrelid = tree.relid AND NOT g.tgisinternal;\n"
+            "  FOR trg IN SELECT DISTINCT rel, depth FROM safesync_triggers ORDER BY depth LOOP\n"
+            "    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', trg.rel);\n"
+            "  END LOOP;\n"
             "  EXECUTE " + _q(conn, sql.Literal(_q(conn, update))) + ";\n"
-            "  FOR trg IN SELECT * FROM safesync_triggers WHERE tgenabled <> 'D' LOOP\n"
-            "    EXECUTE format('ALTER TABLE %s ENABLE %s TRIGGER %I', t,\n"
-            "      CASE trg.tgenabled WHEN 'A' THEN 'ALWAYS' WHEN 'R' THEN 'REPLICA' ELSE '' END, trg.tgname);\n"
+            "  FOR trg IN SELECT * FROM safesync_triggers ORDER BY depth LOOP\n"
+            "    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', trg.rel, CASE trg.tgenabled WHEN 'D' THEN 'DISABLE'\n"
+            "      WHEN 'A' THEN 'ENABLE ALWAYS' WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE' END, trg.tgname);\n"
             "  END LOOP;\n"
             "  DROP TABLE safesync_triggers;\n"
             "END $safesync_mask$;"

@@ -1,0 +1,47 @@
+"""Masks in a staging clone on tables with partitions and inheritance
+children: the mask's UPDATE rewrites their rows too, so their triggers are
+off during it and their masked columns are not compared with dev's."""
+
+from __future__ import annotations
+
+import psycopg
+
+from safesync.functions.staging_clone import CloneOptions, Mask, clone_database
+from safesync.shared.db import TableRef
+
+TRIGGERS = "select tgrelid::regclass::text, tgname, tgenabled from pg_trigger where not tgisinternal order by 1, 2"
+DEV = (
+    "create function touch() returns trigger language plpgsql as $$ begin new.touched := new.touched + 1; return new; end $$",
+    "create table people (id int primary key, email text, touched int not null default 0)",
+    "create table staff (role text) inherits (people)",  # an inheritance child with its own trigger
+    "create trigger touch before update on staff for each row execute function touch()",
+    "create table events (id int, email text, touched int not null default 0) partition by list (id)",
+    "create table events_1 partition of events for values in (1)",
+    "create table events_2 partition of events for values in (2)",
+    "create trigger touch before update on events for each row execute function touch()",  # cloned onto both partitions
+    "alter table events_2 disable trigger touch",  # ... and off on one of them
+    "create trigger own before update on events_1 for each row execute function touch()",  # a partition's own
+    "insert into people values (1, 'p@real.example')",
+    "insert into staff values (2, 's@real.example', 0, 'boss')",
+    "insert into events values (1, 'e1@real.example'), (2, 'e2@real.example')",
+)
+MASKS = tuple(Mask(TableRef("public", t), "email", "hash", "@masked.invalid") for t in ("people", "events"))
+
+
+def run(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_masking_fires_no_trigger_of_a_partition_or_child_and_puts_each_back(make_db):
+    """Before: only the masked table's own triggers were switched off, so
+    the UPDATE fired the child's and the partition's (staging's rows came
+    out stamped: touched = 1 or 2)."""
+    dev, staging = make_db(), make_db()
+    run(dev, *DEV)
+    clone_database(dev, staging, CloneOptions(schemas=("public",), masks=MASKS), compare_after=False)
+    with psycopg.connect(staging) as s, psycopg.connect(dev) as d:
+        rows = s.execute("select email, touched from people union all select email, touched from events").fetchall()
+        assert len(rows) == 4 and all(e.endswith("@masked.invalid") and touched == 0 for e, touched in rows), rows
+        assert s.execute(TRIGGERS).fetchall() == d.execute(TRIGGERS).fetchall()
