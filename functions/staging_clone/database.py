@@ -129,11 +129,8 @@ def clone_database(
         if compare_after:
             meter(phase="comparing source and target")
             with timed("compare"):
-                masked: dict[TableRef, list[str]] = {}
-                for m in options.masks:
-                    masked.setdefault(m.table, []).append(m.column)
                 try:
-                    result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=plan.uncompared)
+                    result.comparison = compare(src, dst, options.schemas, exclude_columns=plan.masked, count_only=plan.uncompared)
                 except psycopg.Error as exc:  # the swap is committed: the report must not read as "nothing happened"
                     raise database_failure("clone committed, but comparing it with the source failed, so it is not proven identical", exc) from None
         return result

@@ -57,8 +57,10 @@ class ClonePlan:
     # extension's table (a kept extension's config tables stay as they are).
     freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
-    # tables and materialized views whose data the proof cannot compare with
-    # the source's, and why (a comparison's ``count_only``)
+    # what the proof leaves out: the columns the masks rewrite, per table
+    # (a comparison's ``exclude_columns``), and the tables and materialized
+    # views whose data it can only count, with why (its ``count_only``)
+    masked: dict[TableRef, tuple[str, ...]] = field(default_factory=dict)
     uncompared: dict[TableRef, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -157,26 +159,30 @@ ROLES_REFERENCED = """
 """
 
 
-# Materialized views whose rows derive from a masked column or from a table
-# whose data is not copied: directly, or through views and materialized
-# views (their rewrite rules' dependencies; columns of partitions and
-# inheritance children count too: the mask's UPDATE rewrites them as well).
-# Staging refreshes them from its own data, so they differ from dev's on
-# purpose (and a report of their rows would print dev's real values).
-DERIVED_MATVIEWS = """
-    with recursive seed(relid, attname) as (
+# The tables a statement on each seed table also reaches (its partitions
+# and inheritance children, all levels): an UPDATE of a masked table
+# rewrites their rows too, and a view may read them directly.
+DESCENDANTS = """
+    with recursive tree(relid, attname) as (
         select m.t::regclass::oid, m.c from unnest(%(tables)s::text[], %(columns)s::text[]) m(t, c)
-    ),
-    tree(relid, attname) as (
-        select relid, attname from seed
         union select i.inhrelid, t.attname from tree t join pg_inherits i on i.inhparent = t.relid
-    ),
-    derived(relid) as (
-        select r.ev_class from tree t
-        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = t.relid and d.classid = 'pg_rewrite'::regclass
+    )
+    select n.nspname, c.relname, t.attname from tree t join pg_class c on c.oid = t.relid
+    join pg_namespace n on n.oid = c.relnamespace order by 1, 2, 3
+"""
+
+# Materialized views whose rows derive from a masked column or from a table
+# whose data is not copied (any column: NULL), directly or through views and
+# materialized views (their rewrite rules' dependencies). Staging refreshes
+# them from its own data, so they differ from dev's on purpose (and a
+# report of their rows would print dev's real values).
+DERIVED_MATVIEWS = """
+    with recursive derived(relid) as (
+        select r.ev_class from unnest(%(tables)s::text[], %(columns)s::text[]) m(t, c)
+        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = m.t::regclass and d.classid = 'pg_rewrite'::regclass
         join pg_rewrite r on r.oid = d.objid
-        left join pg_attribute a on a.attrelid = t.relid and a.attnum = d.refobjsubid
-        where r.ev_class <> t.relid and (t.attname is null or a.attname = t.attname)
+        left join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+        where r.ev_class <> d.refobjid and (m.c is null or a.attname = m.c)
         union
         select r.ev_class from derived v
         join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = v.relid and d.classid = 'pg_rewrite'::regclass
@@ -188,16 +194,33 @@ DERIVED_MATVIEWS = """
 """
 
 
-def _uncompared(source: psycopg.Connection, options: CloneOptions) -> dict[TableRef, str]:
+def _seeded(source: psycopg.Connection, query: str, seeds: list[tuple[TableRef, str | None]]) -> list[tuple]:
+    """Rows of ``query`` for (table, column or None) seeds."""
+    if not seeds:
+        return []
+    params = {"tables": [t.ident.as_string(source) for t, _ in seeds], "columns": [c for _, c in seeds]}
+    return source.execute(query, params).fetchall()
+
+
+def _masked_columns(source: psycopg.Connection, options: CloneOptions) -> dict[TableRef, tuple[str, ...]]:
+    """The columns the masks rewrite, per table: the masked tables' and
+    those of their partitions and inheritance children (``DESCENDANTS``)."""
+    out: dict[TableRef, list[str]] = {}
+    seeds = [(m.table, m.column) for m in options.masks if m.table not in options.exclude_table_data]
+    for schema, name, column in _seeded(source, DESCENDANTS, seeds):
+        out.setdefault(TableRef(schema, name), []).append(column)
+    return {table: tuple(cols) for table, cols in out.items()}
+
+
+def _uncompared(source: psycopg.Connection, options: CloneOptions, masked: dict[TableRef, tuple[str, ...]]) -> dict[TableRef, str]:
     """What the proof counts instead of comparing: tables cloned without
     data, and the materialized views derived from those or from masked
     columns (``DERIVED_MATVIEWS``)."""
     out = {t: "structure only: data not copied" for t in options.exclude_table_data}
-    seeds = [(m.table, m.column) for m in options.masks] + [(t, None) for t in options.exclude_table_data]
-    if seeds:
-        params = {"tables": [t.ident.as_string(source) for t, _ in seeds], "columns": [c for _, c in seeds]}
-        for schema, name in source.execute(DERIVED_MATVIEWS, params):
-            out.setdefault(TableRef(schema, name), "derived from masked or structure-only data: refreshed from staging's own")
+    without_data = [(TableRef(s, n), None) for s, n, _ in _seeded(source, DESCENDANTS, [(t, None) for t in options.exclude_table_data])]
+    seeds = [(t, c) for t, cols in masked.items() for c in cols] + without_data
+    for schema, name in _seeded(source, DERIVED_MATVIEWS, seeds):
+        out.setdefault(TableRef(schema, name), "derived from masked or structure-only data: refreshed from staging's own")
     return out
 
 
@@ -371,7 +394,8 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     ):
         plan.schema_grants.setdefault(schema, []).append((grantee, privilege, grantable))
     _refuse(problems)
-    plan.uncompared = _uncompared(source, options)
+    plan.masked = _masked_columns(source, options)
+    plan.uncompared = _uncompared(source, options, plan.masked)
     return plan
 
 
