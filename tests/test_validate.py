@@ -295,3 +295,24 @@ def test_extended_statistics_are_compared_by_name_not_by_oid(make_db, write_sett
     sql(b, "drop statistics items_st", "create statistics items_st (dependencies) on name, qty from items")
     [difference] = validate(settings, "a", against="b").body["tables"]["schema differences"]
     assert difference["kind"] == "statistics" and difference["object"] == "public.items_st", difference
+
+
+def test_a_configured_schema_that_is_not_there_is_an_error_not_a_pass(make_db, write_settings, capsys):
+    """Before: ``schemas = ["pubic"]`` checked no table and passed every
+    check (exit 0), and two databases lacking it were "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, "create table items (id int primary key)")
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public", "pubic"]\n')
+    assert cli.main(["validate", "--db", "a"]) == 2
+    assert capsys.readouterr().err.strip().endswith("validate.schemas: schema(s) 'pubic' do not exist in a")
+    assert cli.main(["validate", "--db", "a", "--against", "b"]) == 2
+    assert "schema(s) 'pubic' exist in neither a nor b" in capsys.readouterr().err
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public"]\nrls_schemas = ["pubic"]\n')
+    from safesync.functions.serve import create_app
+
+    response = create_app().test_client().post("/validate", json={"db": "a"}, headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"})
+    assert response.status_code == 400 and "validate.rls_schemas: schema(s) 'pubic' do not exist in a" in response.get_json()["error"]
+    sql(b, "create schema pubic")  # on one side only: a difference the comparison names
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public", "pubic"]\n')
+    assert cli.main(["validate", "--db", "a", "--against", "b", "--json"]) == 1
+    assert {"kind": "schemas", "object": "pubic", "change": "only in b"} in json.loads(capsys.readouterr().out)["tables"]["schema differences"]
