@@ -316,3 +316,24 @@ def test_a_configured_schema_that_is_not_there_is_an_error_not_a_pass(make_db, w
     write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public", "pubic"]\n')
     assert cli.main(["validate", "--db", "a", "--against", "b", "--json"]) == 1
     assert {"kind": "schemas", "object": "pubic", "change": "only in b"} in json.loads(capsys.readouterr().out)["tables"]["schema differences"]
+
+
+@pytest.mark.parametrize(
+    "a_sql, b_sql, kind, attribute",
+    [
+        (["create type pair as (x int, y text)", "create table t of pair"], ["create type pair as (x int, y text)", "create table t (x int, y text)"], "tables", "of_type"),
+        (["create sequence s"], ["create unlogged sequence s"], "sequences", "persistence"),
+        (["create table t (a text compression pglz)"], ["create table t (a text)"], "columns", "compression"),
+        (['create domain d as text collate "C"'], ["create domain d as text"], "types", "collation"),
+    ],
+)
+def test_definitions_differing_in_type_origin_persistence_compression_or_collation_differ(make_db, a_sql, b_sql, kind, attribute):
+    """Before: a typed table and a plain one, a logged and an unlogged
+    sequence, a column's explicit compression, a domain's collation (which
+    orders and compares its values) were all described alike: "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, *a_sql)
+    sql(b, *b_sql)
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public"])
+    assert (kind, attribute) in {(d.kind, d.attribute) for d in result.schema.differences}, result.schema.rows("a", "b")

@@ -47,6 +47,8 @@ QUERIES: dict[str, str] = {
                'partition_key', case when c.relkind = 'p' then pg_get_partkeydef(c.oid) end,
                'inherits', (select jsonb_agg(i.inhparent::regclass::text order by i.inhseqno) from pg_inherits i
                             where i.inhrelid = c.oid and not c.relispartition),
+               'of_type', case when c.reloftype <> 0 then c.reloftype::regtype::text end,
+               'access_method', (select m.amname from pg_am m where m.oid = c.relam),
                'grants', {_acl('c.relacl', 'r', 'c.relowner')})
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
         where c.relkind in ('r', 'p', 'f') and n.nspname = any(%(schemas)s)
@@ -57,7 +59,7 @@ QUERIES: dict[str, str] = {
                'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
                'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated,
                'collation', case when a.attcollation <> t.typcollation then a.attcollation::regcollation::text end,
-               'storage', a.attstorage, 'stats_target', a.attstattarget, 'options', a.attoptions,
+               'storage', a.attstorage, 'compression', a.attcompression, 'stats_target', a.attstattarget, 'options', a.attoptions,
                'grants', case when a.attacl is not null then {_acl('a.attacl', 'c', 'c.relowner')} end)
         from pg_attribute a
         join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -128,6 +130,7 @@ QUERIES: dict[str, str] = {
                'labels', case when t.typtype = 'e' then (select jsonb_agg(e.enumlabel order by e.enumsortorder)
                                                          from pg_enum e where e.enumtypid = t.oid) end,
                'base', case when t.typtype = 'd' then format_type(t.typbasetype, t.typtypmod) end,
+               'collation', case when t.typtype = 'd' and t.typcollation <> 0 then t.typcollation::regcollation::text end,
                'not_null', t.typnotnull, 'default', t.typdefault,
                'range_of', (select r.rngsubtype::regtype::text from pg_range r where r.rngtypid = t.oid),
                'owner', pg_get_userbyid(t.typowner), 'grants', {_acl('t.typacl', 'T', 't.typowner')})
@@ -138,7 +141,7 @@ QUERIES: dict[str, str] = {
     "sequences": f"""
         select c.oid::regclass::text, jsonb_build_object(
                'type', format_type(s.seqtypid, null), 'start', s.seqstart, 'increment', s.seqincrement,
-               'min', s.seqmin, 'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle,
+               'min', s.seqmin, 'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle, 'persistence', c.relpersistence,
                'owned_by', (select d.refobjid::regclass::text || '.' || quote_ident(a.attname)
                             from pg_depend d join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
                             where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype in ('a', 'i')
