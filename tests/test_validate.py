@@ -337,3 +337,17 @@ def test_definitions_differing_in_type_origin_persistence_compression_or_collati
     with connect(a) as ca, connect(b) as cb:
         result = compare(ca, cb, ["public"])
     assert (kind, attribute) in {(d.kind, d.attribute) for d in result.schema.differences}, result.schema.rows("a", "b")
+
+
+def test_aggregates_are_compared_by_their_definition(make_db):
+    """Before: an aggregate was described by its placeholder body, so two
+    aggregates with other initial values or state functions were "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '0')")
+    sql(b, "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '100')")
+    with connect(a) as ca, connect(b) as cb:
+        [difference] = compare(ca, cb, ["public"]).schema.differences
+    assert (difference.kind, difference.name, difference.attribute) == ("functions", "public.total(integer)", "aggregate")
+    sql(b, "drop aggregate total(int)", "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '0')")
+    with connect(a) as ca, connect(b) as cb:
+        assert compare(ca, cb, ["public"]).schema.identical

@@ -32,6 +32,21 @@ def _acl(acl: str, type_: str, owner: str) -> str:
     return _ACL.format(acl=acl, type=f"'{type_}'", owner=owner)
 
 
+# An aggregate's body is its pg_aggregate row (its prosrc is a placeholder):
+# functions and types by name, never by OID.
+_AGGREGATE = """(select jsonb_build_object(
+    'kind', a.aggkind, 'direct_args', a.aggnumdirectargs, 'sfunc', a.aggtransfn::regprocedure::text,
+    'stype', format_type(a.aggtranstype, null), 'sspace', a.aggtransspace, 'initcond', a.agginitval,
+    'finalfunc', a.aggfinalfn::regprocedure::text, 'finalfunc_extra', a.aggfinalextra, 'finalfunc_modify', a.aggfinalmodify,
+    'combinefunc', a.aggcombinefn::regprocedure::text, 'serialfunc', a.aggserialfn::regprocedure::text,
+    'deserialfunc', a.aggdeserialfn::regprocedure::text, 'msfunc', a.aggmtransfn::regprocedure::text,
+    'minvfunc', a.aggminvtransfn::regprocedure::text, 'mstype', format_type(nullif(a.aggmtranstype, 0), null),
+    'msspace', a.aggmtransspace, 'minitcond', a.aggminitval, 'mfinalfunc', a.aggmfinalfn::regprocedure::text,
+    'mfinalfunc_extra', a.aggmfinalextra, 'mfinalfunc_modify', a.aggmfinalmodify,
+    'sortop', nullif(a.aggsortop, 0)::regoperator::text)
+    from pg_aggregate a where a.aggfnoid = p.oid)"""
+
+
 QUERIES: dict[str, str] = {
     "schemas": f"""
         select n.nspname, jsonb_build_object('owner', pg_get_userbyid(n.nspowner),
@@ -113,6 +128,7 @@ QUERIES: dict[str, str] = {
                'body', coalesce(pg_get_function_sqlbody(p.oid), p.prosrc), 'volatility', p.provolatile,
                'strict', p.proisstrict, 'security_definer', p.prosecdef, 'leakproof', p.proleakproof,
                'parallel', p.proparallel, 'config', p.proconfig, 'cost', p.procost, 'rows', p.prorows,
+               'aggregate', {_AGGREGATE},
                'owner', pg_get_userbyid(p.proowner), 'grants', {_acl('p.proacl', 'f', 'p.proowner')})
         from pg_proc p join pg_namespace n on n.oid = p.pronamespace
         where n.nspname = any(%(schemas)s) and {_NOT_EXT.format(cls="'pg_proc'", oid='p.oid')}""",
