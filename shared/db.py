@@ -147,14 +147,19 @@ def server_version(conn: psycopg.Connection) -> int:
 
 
 def list_tables(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[TableRef]:
-    """Ordinary and partitioned tables (not partitions' children twice)."""
+    """Ordinary and partitioned tables, each once: a partition is listed
+    through its parent when the parent is listed too, else by itself (a
+    partition in a listed schema of a parent outside them holds rows no
+    listed table reads)."""
+    listed = "(%(schemas)s::text[] is null and {cond} or {col} = any(%(schemas)s::text[]))"
     rows = conn.execute(
         f"""
         select n.nspname, c.relname
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
-        where c.relkind in ('r', 'p') and not c.relispartition
-          and (%(schemas)s::text[] is null and {user_schema()}
-               or n.nspname = any(%(schemas)s::text[]))
+        where c.relkind in ('r', 'p') and {listed.format(cond=user_schema(), col='n.nspname')}
+          and not (c.relispartition and exists (
+                select 1 from pg_inherits i join pg_class pc on pc.oid = i.inhparent join pg_namespace pn on pn.oid = pc.relnamespace
+                where i.inhrelid = c.oid and {listed.format(cond=user_schema('pn.nspname'), col='pn.nspname')}))
         order by 1, 2
         """,
         {"schemas": list(schemas) if schemas is not None else None},

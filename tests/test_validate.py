@@ -351,3 +351,19 @@ def test_aggregates_are_compared_by_their_definition(make_db):
     sql(b, "drop aggregate total(int)", "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '0')")
     with connect(a) as ca, connect(b) as cb:
         assert compare(ca, cb, ["public"]).schema.identical
+
+
+def test_a_partition_of_a_parent_outside_the_schemas_is_compared(make_db):
+    """Before: tables were listed without their partitions, so a partition
+    in a compared schema of a parent in another schema was read by no
+    compared table: its rows could differ and the databases were "identical"."""
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        sql(url, "create schema archive", "create table archive.events (id int, v text) partition by list (id)",
+            "create table public.events_1 partition of archive.events for values in (1) partition by list (v)",
+            "create table public.events_1a partition of public.events_1 for values in ('dev', 'edited')",  # read through events_1
+            "insert into archive.events values (1, 'dev')")
+    sql(b, "update public.events_1 set v = 'edited'")
+    with connect(a) as ca, connect(b) as cb:
+        data = compare(ca, cb, ["public"]).data
+    assert [(t.table, t.status) for t in data.tables] == [("public.events_1", "differs")]
