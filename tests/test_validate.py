@@ -367,3 +367,15 @@ def test_a_partition_of_a_parent_outside_the_schemas_is_compared(make_db):
     with connect(a) as ca, connect(b) as cb:
         data = compare(ca, cb, ["public"]).data
     assert [(t.table, t.status) for t in data.tables] == [("public.events_1", "differs")]
+
+
+def test_checks_see_a_partition_of_a_parent_outside_the_schemas(make_db, write_settings):
+    """Before: the RLS and primary-key checks skipped every partition, so
+    one in a checked schema whose parent lives elsewhere (read by no other
+    checked table) passed both unexamined."""
+    url = make_db()
+    sql(url, "create schema archive", "create table archive.events (id int, v text) partition by list (id)",
+        "create table public.events_1 partition of archive.events for values in (1)")
+    settings = write_settings({"a": url}, '[validate]\nschemas = ["public"]\nrls_schemas = ["public"]\n')
+    failures = {(f["check"], f["object"]) for f in validate(settings, "a").body["tables"]["failures"]}
+    assert failures == {("row level security", "public.events_1"), ("primary keys", "public.events_1")}

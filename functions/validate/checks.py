@@ -131,17 +131,21 @@ def fk_relations(conn: psycopg.Connection, schemas: Sequence[str]) -> list[Relat
 
 
 def rls_disabled(conn: psycopg.Connection, rls_schemas: Sequence[str]) -> tuple[int, list[Finding]]:
+    """The tables (``list_tables``: a partition of a parent elsewhere too)
+    of ``rls_schemas`` with row level security off."""
     with read_only(conn):
+        tables = set(list_tables(conn, rls_schemas))
         rows = conn.execute(
             """
             select n.nspname, c.relname, c.relrowsecurity,
                    exists (select 1 from pg_policy p where p.polrelid = c.oid)
             from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)
+            where c.relkind in ('r', 'p') and n.nspname = any(%s)
             order by 1, 2
             """,
             [list(rls_schemas)],
         ).fetchall()
+    rows = [r for r in rows if TableRef(r[0], r[1]) in tables]
     findings = [
         Finding("row level security", str(TableRef(s, t)), "row level security is disabled" + (" (it has policies)" if has_policies else ""))
         for s, t, enabled, has_policies in rows
@@ -153,18 +157,19 @@ def rls_disabled(conn: psycopg.Connection, rls_schemas: Sequence[str]) -> tuple[
 def missing_primary_keys(conn: psycopg.Connection, schemas: Sequence[str], allowed: Sequence[str]) -> tuple[int, list[Finding]]:
     allow = {str(TableRef.parse(t)) for t in allowed}
     with read_only(conn):
+        tables = set(list_tables(conn, schemas))
         rows = conn.execute(
             """
             select n.nspname, c.relname
             from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)
+            where c.relkind in ('r', 'p') and n.nspname = any(%s)
               and not exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'p')
             order by 1, 2
             """,
             [list(schemas)],
         ).fetchall()
-        total = len(list_tables(conn, schemas))
-    return total, [
+    rows = [r for r in rows if TableRef(*r) in tables]
+    return len(tables), [
         Finding("primary keys", str(TableRef(s, t)), "table has no primary key")
         for s, t in rows
         if str(TableRef(s, t)) not in allow
