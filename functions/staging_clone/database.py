@@ -112,7 +112,7 @@ def clone_database(
             return CloneResult(plan, None, comparison)
         if before_swap is not None:
             before_swap()
-        with_data = len(plan.source_tables) - len(set(options.exclude_table_data) & set(plan.source_tables))
+        with_data = len(plan.source_tables) - len(set(plan.without_data) & set(plan.source_tables))
         meter(phase="copying", tables=(0, with_data), bytes=0)
         with timed("swap"):
             stats = stream_clone(

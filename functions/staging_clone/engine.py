@@ -65,7 +65,7 @@ def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, plan: Clone
         argv += ["--schema", _pattern(schema)]
     for ext in plan.dump_extensions:
         argv += ["--extension", _pattern(ext)]
-    for table in options.exclude_table_data:
+    for table in plan.without_data:
         argv.append(f"--exclude-table-data={_pattern(table.schema)}.{_pattern(table.name)}")
     return argv
 
@@ -185,7 +185,7 @@ def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
     first, so a partition's state wins over its parent's recursing ALTER."""
     by_table: dict[TableRef, list[Mask]] = {}
     for mask in options.masks:
-        if mask.table not in options.exclude_table_data:
+        if mask.table not in plan.without_data:
             by_table.setdefault(mask.table, []).append(mask)
     parts = []
     for table, masks in sorted(by_table.items()):

@@ -57,6 +57,10 @@ class ClonePlan:
     # extension's table (a kept extension's config tables stay as they are).
     freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
+    # the tables copied without data: those of ``exclude_table_data`` and
+    # their partitions and inheritance children (pg_dump's
+    # --exclude-table-data excludes the named table's own rows only)
+    without_data: list[TableRef] = field(default_factory=list)
     # what the proof leaves out: the columns the masks rewrite, per table
     # (a comparison's ``exclude_columns``), and the tables and materialized
     # views whose data it can only count, with why (its ``count_only``)
@@ -202,23 +206,27 @@ def _seeded(source: psycopg.Connection, query: str, seeds: list[tuple[TableRef, 
     return source.execute(query, params).fetchall()
 
 
-def _masked_columns(source: psycopg.Connection, options: CloneOptions) -> dict[TableRef, tuple[str, ...]]:
+def _without_data(source: psycopg.Connection, excluded: list[TableRef]) -> list[TableRef]:
+    """The ``excluded`` tables and all their descendants (``DESCENDANTS``)."""
+    return sorted({TableRef(schema, name) for schema, name, _ in _seeded(source, DESCENDANTS, [(t, None) for t in excluded])})
+
+
+def _masked_columns(source: psycopg.Connection, options: CloneOptions, without_data: list[TableRef]) -> dict[TableRef, tuple[str, ...]]:
     """The columns the masks rewrite, per table: the masked tables' and
     those of their partitions and inheritance children (``DESCENDANTS``)."""
     out: dict[TableRef, list[str]] = {}
-    seeds = [(m.table, m.column) for m in options.masks if m.table not in options.exclude_table_data]
+    seeds = [(m.table, m.column) for m in options.masks if m.table not in without_data]
     for schema, name, column in _seeded(source, DESCENDANTS, seeds):
         out.setdefault(TableRef(schema, name), []).append(column)
     return {table: tuple(cols) for table, cols in out.items()}
 
 
-def _uncompared(source: psycopg.Connection, options: CloneOptions, masked: dict[TableRef, tuple[str, ...]]) -> dict[TableRef, str]:
+def _uncompared(source: psycopg.Connection, plan: ClonePlan) -> dict[TableRef, str]:
     """What the proof counts instead of comparing: tables cloned without
     data, and the materialized views derived from those or from masked
     columns (``DERIVED_MATVIEWS``)."""
-    out = {t: "structure only: data not copied" for t in options.exclude_table_data}
-    without_data = [(TableRef(s, n), None) for s, n, _ in _seeded(source, DESCENDANTS, [(t, None) for t in options.exclude_table_data])]
-    seeds = [(t, c) for t, cols in masked.items() for c in cols] + without_data
+    out = {t: "structure only: data not copied" for t in plan.without_data}
+    seeds = [(t, c) for t, cols in plan.masked.items() for c in cols] + [(t, None) for t in plan.without_data]
     for schema, name in _seeded(source, DERIVED_MATVIEWS, seeds):
         out.setdefault(TableRef(schema, name), "derived from masked or structure-only data: refreshed from staging's own")
     return out
@@ -262,7 +270,7 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             )
         else:
             plan.mask_types[(mask.table, mask.column)] = col.type
-        if mask.table in options.exclude_table_data:
+        if mask.table in plan.without_data:
             plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
     return problems
 
@@ -295,11 +303,10 @@ def _unique_over(conn: psycopg.Connection, table: TableRef, column: str) -> str 
     return row[0] if rows > 1 else None
 
 
-def _rows_pointing_into_excluded(conn: psycopg.Connection, options: CloneOptions, tables: set[TableRef]) -> list[str]:
-    """Foreign keys from tables cloned with data to a table cloned without:
-    their rows would reference rows that are not copied (the clone's FK
-    check fails them). Only keys some row actually uses count."""
-    excluded = [t for t in options.exclude_table_data if t in tables]
+def _rows_pointing_into_excluded(conn: psycopg.Connection, excluded: list[TableRef], tables: set[TableRef]) -> list[str]:
+    """Foreign keys from tables cloned with data to a table cloned without
+    (``excluded``): their rows would reference rows that are not copied
+    (the clone's FK check fails them). Only keys some row actually uses count."""
     found = conn.execute(
         """select k.conname, n.nspname, c.relname, k.confrelid::regclass::text,
                   array(select a.attname::text from unnest(k.conkey) u(attnum) join pg_attribute a
@@ -311,7 +318,7 @@ def _rows_pointing_into_excluded(conn: psycopg.Connection, options: CloneOptions
     referencing: dict[str, list[str]] = {}
     for name, schema, relname, parent, cols in found:
         child = TableRef(schema, relname)
-        if child not in tables or child in options.exclude_table_data:
+        if child not in tables or child in excluded:
             continue
         used = sql.SQL(" and ").join(sql.SQL("{} is not null").format(sql.Identifier(c)) for c in cols)
         if conn.execute(sql.SQL("select exists (select from {} where {})").format(child.ident, used)).fetchone()[0]:
@@ -369,8 +376,9 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     )
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
+    plan.without_data = _without_data(source, [t for t in options.exclude_table_data if t in tables])
     problems += _check_masks(source, options, tables, plan)
-    problems += _rows_pointing_into_excluded(source, options, tables)
+    problems += _rows_pointing_into_excluded(source, plan.without_data, tables)
 
     roles = [r[0] for r in source.execute(ROLES_REFERENCED, args)]
     have = {r[0] for r in target.execute("select rolname from pg_roles where rolname = any(%s)", [roles])}
@@ -394,8 +402,8 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     ):
         plan.schema_grants.setdefault(schema, []).append((grantee, privilege, grantable))
     _refuse(problems)
-    plan.masked = _masked_columns(source, options)
-    plan.uncompared = _uncompared(source, options, plan.masked)
+    plan.masked = _masked_columns(source, options, plan.without_data)
+    plan.uncompared = _uncompared(source, plan)
     return plan
 
 
