@@ -379,3 +379,19 @@ def test_checks_see_a_partition_of_a_parent_outside_the_schemas(make_db, write_s
     settings = write_settings({"a": url}, '[validate]\nschemas = ["public"]\nrls_schemas = ["public"]\n')
     failures = {(f["check"], f["object"]) for f in validate(settings, "a").body["tables"]["failures"]}
     assert failures == {("row level security", "public.events_1"), ("primary keys", "public.events_1")}
+
+
+def test_a_rule_sample_of_nan_and_infinite_floats_is_valid_json(make_db, write_settings):
+    """Before: a rule's sample carried Python's NaN / Infinity floats, which
+    JSON has no numbers for: the HTTP answer held the bare token NaN, which
+    a strict client (JavaScript's JSON.parse) rejects."""
+    url = make_db()
+    sql(url, "create table prices (id int primary key, amount float8)", "insert into prices values (1, 'NaN'), (2, 'Infinity'), (3, '-Infinity')")
+    write_settings({"prod": url}, '[validate]\nschemas = ["public"]\nallow_missing_pk = []\n'
+                   '[[validate.rules]]\nname = "finite prices"\nsql = "select id, amount from prices where amount in (\'NaN\', \'Infinity\', \'-Infinity\') order by id"\n')
+    from safesync.functions.serve import create_app
+
+    response = create_app().test_client().post("/validate", json={"db": "prod"}, headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"})
+    body = json.loads(response.get_data(as_text=True), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    [failure] = [f for f in body["tables"]["failures"] if f["check"] == "rules"]
+    assert failure["sample"] == [{"id": 1, "amount": "NaN"}, {"id": 2, "amount": "Infinity"}, {"id": 3, "amount": "-Infinity"}]
