@@ -5,9 +5,11 @@ off during it and their masked columns are not compared with dev's."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from safesync.functions.staging_clone import CloneOptions, Mask, clone_database
 from safesync.shared.db import TableRef
+from safesync.shared.errors import Refused
 
 TRIGGERS = "select tgrelid::regclass::text, tgname, tgenabled from pg_trigger where not tgisinternal order by 1, 2"
 DEV = (
@@ -58,3 +60,27 @@ def test_the_proof_leaves_out_the_masked_column_of_an_inheritance_child(make_db)
     excluded = {r["table"]: r["not compared columns"] for r in rows}
     assert excluded == {"public.people": "email", "public.staff": "email", "public.events": "email"}
     assert "real.example" not in repr(rows)
+
+
+def test_masks_whose_values_cannot_fit_the_column_are_refused_while_planning(make_db):
+    """Before: these failed inside the swap (after the safety backup), with
+    the server's error quoting the UPDATE and its per-run salt."""
+    dev, staging = make_db(), make_db()
+    run(dev, "create type mood as enum ('ok')", "create domain positive as int check (value > 0)",
+        "create table u (id int primary key, tags text[], code varchar(10), ch char(5), wide varchar(64), m mood, p positive, n int)")
+    table = TableRef("public", "u")
+    masks = (Mask(table, "tags", "hash"), Mask(table, "code", "hash"), Mask(table, "ch", "hash"), Mask(table, "wide", "hash", "@x.invalid"),
+             Mask(table, "m", "fixed", "sad"), Mask(table, "p", "fixed", "-1"), Mask(table, "n", "fixed", "many"))
+    swapped = []
+    with pytest.raises(Refused) as refused:
+        clone_database(dev, staging, CloneOptions(schemas=("public",), masks=masks), before_swap=lambda: swapped.append(1))
+    problems = refused.value.detail["problems"]
+    assert problems == [
+        "mask: public.u.tags is text[]; hash works on text and uuid columns",
+        "mask: public.u.code is character varying(10): a hash is 32 characters plus its suffix (32), more than 10",
+        "mask: public.u.ch is character(5): a hash is 32 characters plus its suffix (32), more than 5",
+        "mask: value 'sad' for public.u.m is not of type public.mood: invalid input value for enum public.mood: \"sad\"",
+        "mask: value '-1' for public.u.p is not of type public.positive: value for domain public.positive violates check constraint \"positive_check\"",
+        "mask: value 'many' for public.u.n is not of type integer: invalid input syntax for type integer: \"many\"",
+    ], problems
+    assert not swapped

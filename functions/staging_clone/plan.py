@@ -11,6 +11,7 @@ extension the target has in a different schema, a mask that cannot apply.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,10 @@ from safesync.shared.errors import Refused
 
 from .carry import Carry, plan_carry
 
-TEXT_TYPES = ("text", "character varying", "character", "citext")
+# A text column (format_type: citext is schema-qualified, the plan's
+# search_path being empty), and its length limit if it has one.
+TEXT_TYPE = re.compile(r"^(?:text|character varying|character|(?:.+\.)?citext)(?:\((\d+)\))?$")
+HASH_CHARS = 32  # an md5 in hex, before the mask's suffix
 
 
 @dataclass(frozen=True)
@@ -250,8 +254,12 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             problems.append(f"mask: {mask.table}.{mask.column} is a generated column")
         elif mask.strategy == "null" and col.not_null:
             problems.append(f"mask: {mask.table}.{mask.column} is NOT NULL; use strategy fixed or hash")
-        elif mask.strategy == "hash" and not (col.type.startswith(TEXT_TYPES) or col.type == "uuid"):
+        elif mask.strategy == "hash" and not (TEXT_TYPE.match(col.type) or col.type == "uuid"):
             problems.append(f"mask: {mask.table}.{mask.column} is {col.type}; hash works on text and uuid columns")
+        elif too_long := _too_long(mask, col.type):
+            problems.append(f"mask: {mask.table}.{mask.column} is {col.type}: {too_long}")
+        elif mask.strategy == "fixed" and (invalid := _invalid_value(source, mask.value, col.type)):
+            problems.append(f"mask: value {mask.value!r} for {mask.table}.{mask.column} is not of type {col.type}: {invalid}")
         elif derived := _generated_from(source, mask.table, mask.column):
             problems.append(
                 f"mask: generated column(s) {', '.join(f'{mask.table}.{g}' for g in derived)} are computed from "
@@ -273,6 +281,31 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
         if mask.table in plan.without_data:
             plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
     return problems
+
+
+def _too_long(mask: Mask, col_type: str) -> str | None:
+    """Why the mask's values would not fit a length-limited text column."""
+    match = TEXT_TYPE.match(col_type)
+    if mask.strategy == "null" or match is None or match.group(1) is None:
+        return None
+    limit = int(match.group(1))
+    length = HASH_CHARS + len(mask.value or "") if mask.strategy == "hash" else len(mask.value or "")
+    if length <= limit:
+        return None
+    if mask.strategy == "hash":
+        return f"a hash is {HASH_CHARS} characters plus its suffix ({length}), more than {limit}"
+    return f"the fixed value is {length} characters, more than {limit}"
+
+
+def _invalid_value(conn: psycopg.Connection, value: str | None, col_type: str) -> str | None:
+    """The server's reason the fixed value cannot be read as the column's
+    type (a savepoint: the snapshot transaction survives)."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("select %s::{}").format(sql.SQL(col_type)), [value])
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:  # a domain's CHECK too
+        return (exc.diag.message_primary or str(exc)).strip()
+    return None
 
 
 def _foreign_keys_using(conn: psycopg.Connection, table: TableRef, column: str) -> list[str]:
