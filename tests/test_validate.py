@@ -395,3 +395,16 @@ def test_a_rule_sample_of_nan_and_infinite_floats_is_valid_json(make_db, write_s
     body = json.loads(response.get_data(as_text=True), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     [failure] = [f for f in body["tables"]["failures"] if f["check"] == "rules"]
     assert failure["sample"] == [{"id": 1, "amount": "NaN"}, {"id": 2, "amount": "Infinity"}, {"id": 3, "amount": "-Infinity"}]
+
+
+def test_a_table_with_no_column_in_common_is_not_called_identical(make_db):
+    """Before: with no column on both sides, every row hashed alike and a
+    table of as many rows was "identical" in the data diff (and left out of
+    its report) whatever the values."""
+    a, b = make_db(), make_db()
+    sql(a, "create table k (id int primary key)", "insert into k values (1)", "create table t (x int)", "insert into t values (1)")
+    sql(b, "create table k (code int primary key)", "insert into k values (5)", "create table t (y int)", "insert into t values (1), (2)")
+    with connect(a) as ca, connect(b) as cb:
+        data = compare(ca, cb, ["public"]).data
+    rows = {r["table"]: (r["status"], r["note"].split(":")[0]) for r in data.rows("a", "b")}
+    assert rows == {"public.k": ("not compared", "nothing to compare"), "public.t": ("differs", "nothing to compare")}

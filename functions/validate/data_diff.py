@@ -34,6 +34,7 @@ from safesync.shared.rowdiff import Sides
 from safesync.shared.rowhash import RETYPED, TableShape
 
 MAX_KEYS = 10
+NOTHING_TO_COMPARE = "nothing to compare: no column is on both sides (see schema diff) or every one is masked"
 
 
 @dataclass
@@ -207,9 +208,14 @@ def data_diff(
             for shape, excluded, note in shapes:
                 if progress:
                     progress(f"hashing {shape.table}")
-                if shape.table in count_only:
+                uncompared = count_only.get(shape.table)
+                if uncompared is None and not shape.columns and (shapes_a[shape.table][0] or shapes_b[shape.table][0]):
+                    uncompared = NOTHING_TO_COMPARE  # hashing no column would call any two tables of as many rows equal
+                if uncompared is not None:
                     ca, cb = sides.both(lambda c: _count(c, shape.table))
-                    result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note=count_only[shape.table]))
+                    # rows can still be told apart by their number, unless they are left out on purpose
+                    status = "differs" if uncompared is NOTHING_TO_COMPARE and ca != cb else "not compared"
+                    result.tables.append(TableDiff(str(shape.table), status, ca, cb, excluded, note=uncompared))
                     continue
                 if shape.key:
                     result.tables.append(_keyed(sides, shape, str(shape.table), excluded, note, limit))
