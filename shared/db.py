@@ -60,14 +60,15 @@ def user_schema(column: str = "n.nspname", *, ours: bool = False) -> str:
 
 
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
-    """Open a connection with pinned session settings.
+    """Open a connection with pinned session settings, read back to be in
+    effect (``_require_pinned``: else ``ConfigError``, naming them).
 
     Connection failures become ``DatabaseError`` with the URL's password
     redacted (psycopg's message may echo the DSN).
     """
     options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items()) + " " + SESSION_OPTIONS
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             application_name=application_name,
@@ -79,6 +80,38 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "safe
         raise DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
     except psycopg.ProgrammingError as exc:  # malformed URL
         raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+    try:
+        _require_pinned(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# What every session must hold, read back after connecting: the settings
+# travel in the startup packet's ``options``, which a pooler may drop
+# without failing the connection (PgBouncer's ``ignore_startup_parameters =
+# options``) — the database's own settings would then decide whether
+# policies silently filter what we read and how values print (and hash).
+REQUIRED_SETTINGS = {**PINNED_SETTINGS, "row_security": "off"}
+
+
+def _require_pinned(conn: psycopg.Connection) -> None:
+    names = list(REQUIRED_SETTINGS)
+    query = "select " + ", ".join(["pg_catalog.current_setting(%s)"] * len(names))
+    values = conn.execute(query, names).fetchone()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()  # the caller starts its own transaction (isolation level, snapshot)
+    wrong = [
+        f"{name} is {value!r}, not {REQUIRED_SETTINGS[name]!r}"
+        for name, value in zip(names, values)
+        if value.replace(" ", "").lower() != REQUIRED_SETTINGS[name].replace(" ", "").lower()
+    ]
+    if wrong:
+        raise ConfigError(
+            f"the database server did not apply safesync's session settings ({'; '.join(wrong)}): a connection pooler "
+            "that drops the startup 'options' parameter? Use the database's direct connection (or a pooler mode that passes them)"
+        )
 
 
 @contextmanager
