@@ -408,3 +408,24 @@ def test_a_table_with_no_column_in_common_is_not_called_identical(make_db):
         data = compare(ca, cb, ["public"]).data
     rows = {r["table"]: (r["status"], r["note"].split(":")[0]) for r in data.rows("a", "b")}
     assert rows == {"public.k": ("not compared", "nothing to compare"), "public.t": ("differs", "nothing to compare")}
+
+
+def test_an_exhausted_or_cycled_sequence_whose_next_insert_fails_is_found(make_db):
+    """Before: the next value was taken as last_value + increment, past the
+    sequence's end: neither an exhausted sequence (nextval fails) nor a
+    cycling one that starts again on a used value (a duplicate key) was found."""
+    from safesync.functions.validate import run_checks
+
+    url = make_db()
+    sql(url, "create sequence cycling maxvalue 5 cycle", "create table tickets (id int primary key default nextval('cycling'))",
+        "insert into tickets select from generate_series(1, 5)",
+        "create sequence finite maxvalue 3", "create table seats (id int primary key default nextval('finite'))",
+        "insert into seats select from generate_series(1, 3)",
+        "create sequence reused maxvalue 5 cycle", "create table slots (id int primary key default nextval('reused'))",
+        "insert into slots select from generate_series(1, 5)", "delete from slots where id = 1")  # 1 is free again: fine
+    with connect(url) as conn:
+        found = {f.name: f.problem for f in run_checks(conn, schemas=["public"]).findings}
+    assert found == {
+        "public.cycling": "next value 1 (the sequence cycled) is already used in public.tickets.id",
+        "public.finite": "sequence is exhausted (its maximum 3 was reached): the next insert into public.seats fails",
+    }, found
