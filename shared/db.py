@@ -76,14 +76,15 @@ def may_write(role: str = "current_user", relation: str = "c") -> str:
 
 
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
-    """Open a connection with pinned session settings.
+    """Open a connection with pinned session settings, read back to be in
+    effect (``_require_pinned``: else ``ConfigError``, naming them).
 
     Connection failures become ``DatabaseError`` with the URL's password
     redacted (psycopg's message may echo the DSN).
     """
     options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items()) + " " + SESSION_OPTIONS
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             application_name=application_name,
@@ -95,6 +96,38 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "safe
         raise DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
     except psycopg.ProgrammingError as exc:  # malformed URL
         raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+    try:
+        _require_pinned(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# What every session must hold, read back after connecting: the settings
+# travel in the startup packet's ``options``, which a pooler may drop
+# without failing the connection (PgBouncer's ``ignore_startup_parameters =
+# options``) — the database's own settings would then decide whether
+# policies silently filter what we read and how values print (and hash).
+REQUIRED_SETTINGS = {**PINNED_SETTINGS, "row_security": "off"}
+
+
+def _require_pinned(conn: psycopg.Connection) -> None:
+    names = list(REQUIRED_SETTINGS)
+    query = "select " + ", ".join(["pg_catalog.current_setting(%s)"] * len(names))
+    values = conn.execute(query, names).fetchone()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()  # the caller starts its own transaction (isolation level, snapshot)
+    wrong = [
+        f"{name} is {value!r}, not {REQUIRED_SETTINGS[name]!r}"
+        for name, value in zip(names, values)
+        if value.replace(" ", "").lower() != REQUIRED_SETTINGS[name].replace(" ", "").lower()
+    ]
+    if wrong:
+        raise ConfigError(
+            f"the database server did not apply safesync's session settings ({'; '.join(wrong)}): a connection pooler "
+            "that drops the startup 'options' parameter? Use the database's direct connection (or a pooler mode that passes them)"
+        )
 
 
 @contextmanager
@@ -163,14 +196,19 @@ def server_version(conn: psycopg.Connection) -> int:
 
 
 def list_tables(conn: psycopg.Connection, schemas: Sequence[str] | None = None) -> list[TableRef]:
-    """Ordinary and partitioned tables (not partitions' children twice)."""
+    """Ordinary and partitioned tables, each once: a partition is listed
+    through its parent when the parent is listed too, else by itself (a
+    partition in a listed schema of a parent outside them holds rows no
+    listed table reads)."""
+    listed = "(%(schemas)s::text[] is null and {cond} or {col} = any(%(schemas)s::text[]))"
     rows = conn.execute(
         f"""
         select n.nspname, c.relname
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
-        where c.relkind in ('r', 'p') and not c.relispartition
-          and (%(schemas)s::text[] is null and {user_schema()}
-               or n.nspname = any(%(schemas)s::text[]))
+        where c.relkind in ('r', 'p') and {listed.format(cond=user_schema(), col='n.nspname')}
+          and not (c.relispartition and exists (
+                select 1 from pg_inherits i join pg_class pc on pc.oid = i.inhparent join pg_namespace pn on pn.oid = pc.relnamespace
+                where i.inhrelid = c.oid and {listed.format(cond=user_schema('pn.nspname'), col='pn.nspname')}))
         order by 1, 2
         """,
         {"schemas": list(schemas) if schemas is not None else None},

@@ -65,3 +65,28 @@ def test_a_header_inside_a_function_body_never_truncates_it():
     )
     with pytest.raises(DumpFilterError, match="unexpected statement"):
         run(body, lambda e: e.type == "SCHEMA", 64)
+
+
+REFRESHES = (
+    header("users", "TABLE", "public") + "CREATE TABLE public.users (id integer);\n\n"
+    + header("a", "MATERIALIZED VIEW DATA", "public") + "REFRESH MATERIALIZED VIEW public.a;\n\n"
+    + header("b", "MATERIALIZED VIEW DATA", "public") + "REFRESH MATERIALIZED VIEW public.b;\n\n"
+    + "--\n-- PostgreSQL database dump complete\n--\n"
+)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_held_entries_leave_the_stream_and_keep_their_order(chunk):
+    f = DumpFilter(lambda e: False, hold=lambda e: e.type == "MATERIALIZED VIEW DATA")
+    raw = REFRESHES.encode()
+    out = (b"".join(f.feed(raw[i : i + chunk]) for i in range(0, len(raw), chunk)) + f.finish()).decode()
+    assert "CREATE TABLE public.users" in out and "REFRESH" not in out
+    held = bytes(f.held).decode()
+    assert held.index("REFRESH MATERIALIZED VIEW public.a;") < held.index("REFRESH MATERIALIZED VIEW public.b;")
+
+
+def test_a_held_entry_holding_anything_but_its_statement_fails():
+    body = header("a", "MATERIALIZED VIEW DATA", "public") + "DROP TABLE public.users;\n"
+    f = DumpFilter(lambda e: False, hold=lambda e: e.type == "MATERIALIZED VIEW DATA")
+    with pytest.raises(DumpFilterError, match="held back, holds an unexpected statement"):
+        f.feed(body.encode())

@@ -295,3 +295,137 @@ def test_extended_statistics_are_compared_by_name_not_by_oid(make_db, write_sett
     sql(b, "drop statistics items_st", "create statistics items_st (dependencies) on name, qty from items")
     [difference] = validate(settings, "a", against="b").body["tables"]["schema differences"]
     assert difference["kind"] == "statistics" and difference["object"] == "public.items_st", difference
+
+
+def test_a_configured_schema_that_is_not_there_is_an_error_not_a_pass(make_db, write_settings, capsys):
+    """Before: ``schemas = ["pubic"]`` checked no table and passed every
+    check (exit 0), and two databases lacking it were "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, "create table items (id int primary key)")
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public", "pubic"]\n')
+    assert cli.main(["validate", "--db", "a"]) == 2
+    assert capsys.readouterr().err.strip().endswith("validate.schemas: schema(s) 'pubic' do not exist in a")
+    assert cli.main(["validate", "--db", "a", "--against", "b"]) == 2
+    assert "schema(s) 'pubic' exist in neither a nor b" in capsys.readouterr().err
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public"]\nrls_schemas = ["pubic"]\n')
+    from safesync.functions.serve import create_app
+
+    response = create_app().test_client().post("/validate", json={"db": "a"}, headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"})
+    assert response.status_code == 400 and "validate.rls_schemas: schema(s) 'pubic' do not exist in a" in response.get_json()["error"]
+    sql(b, "create schema pubic")  # on one side only: a difference the comparison names
+    write_settings({"a": a, "b": b, "prod": a}, '[validate]\nschemas = ["public", "pubic"]\n')
+    assert cli.main(["validate", "--db", "a", "--against", "b", "--json"]) == 1
+    assert {"kind": "schemas", "object": "pubic", "change": "only in b"} in json.loads(capsys.readouterr().out)["tables"]["schema differences"]
+
+
+@pytest.mark.parametrize(
+    "a_sql, b_sql, kind, attribute",
+    [
+        (["create type pair as (x int, y text)", "create table t of pair"], ["create type pair as (x int, y text)", "create table t (x int, y text)"], "tables", "of_type"),
+        (["create sequence s"], ["create unlogged sequence s"], "sequences", "persistence"),
+        (["create table t (a text compression pglz)"], ["create table t (a text)"], "columns", "compression"),
+        (['create domain d as text collate "C"'], ["create domain d as text"], "types", "collation"),
+    ],
+)
+def test_definitions_differing_in_type_origin_persistence_compression_or_collation_differ(make_db, a_sql, b_sql, kind, attribute):
+    """Before: a typed table and a plain one, a logged and an unlogged
+    sequence, a column's explicit compression, a domain's collation (which
+    orders and compares its values) were all described alike: "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, *a_sql)
+    sql(b, *b_sql)
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public"])
+    assert (kind, attribute) in {(d.kind, d.attribute) for d in result.schema.differences}, result.schema.rows("a", "b")
+
+
+def test_aggregates_are_compared_by_their_definition(make_db):
+    """Before: an aggregate was described by its placeholder body, so two
+    aggregates with other initial values or state functions were "identical"."""
+    a, b = make_db(), make_db()
+    sql(a, "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '0')")
+    sql(b, "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '100')")
+    with connect(a) as ca, connect(b) as cb:
+        [difference] = compare(ca, cb, ["public"]).schema.differences
+    assert (difference.kind, difference.name, difference.attribute) == ("functions", "public.total(integer)", "aggregate")
+    sql(b, "drop aggregate total(int)", "create aggregate total(int) (sfunc = int4pl, stype = int, initcond = '0')")
+    with connect(a) as ca, connect(b) as cb:
+        assert compare(ca, cb, ["public"]).schema.identical
+
+
+def test_a_partition_of_a_parent_outside_the_schemas_is_compared(make_db):
+    """Before: tables were listed without their partitions, so a partition
+    in a compared schema of a parent in another schema was read by no
+    compared table: its rows could differ and the databases were "identical"."""
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        sql(url, "create schema archive", "create table archive.events (id int, v text) partition by list (id)",
+            "create table public.events_1 partition of archive.events for values in (1) partition by list (v)",
+            "create table public.events_1a partition of public.events_1 for values in ('dev', 'edited')",  # read through events_1
+            "insert into archive.events values (1, 'dev')")
+    sql(b, "update public.events_1 set v = 'edited'")
+    with connect(a) as ca, connect(b) as cb:
+        data = compare(ca, cb, ["public"]).data
+    assert [(t.table, t.status) for t in data.tables] == [("public.events_1", "differs")]
+
+
+def test_checks_see_a_partition_of_a_parent_outside_the_schemas(make_db, write_settings):
+    """Before: the RLS and primary-key checks skipped every partition, so
+    one in a checked schema whose parent lives elsewhere (read by no other
+    checked table) passed both unexamined."""
+    url = make_db()
+    sql(url, "create schema archive", "create table archive.events (id int, v text) partition by list (id)",
+        "create table public.events_1 partition of archive.events for values in (1)")
+    settings = write_settings({"a": url}, '[validate]\nschemas = ["public"]\nrls_schemas = ["public"]\n')
+    failures = {(f["check"], f["object"]) for f in validate(settings, "a").body["tables"]["failures"]}
+    assert failures == {("row level security", "public.events_1"), ("primary keys", "public.events_1")}
+
+
+def test_a_rule_sample_of_nan_and_infinite_floats_is_valid_json(make_db, write_settings):
+    """Before: a rule's sample carried Python's NaN / Infinity floats, which
+    JSON has no numbers for: the HTTP answer held the bare token NaN, which
+    a strict client (JavaScript's JSON.parse) rejects."""
+    url = make_db()
+    sql(url, "create table prices (id int primary key, amount float8)", "insert into prices values (1, 'NaN'), (2, 'Infinity'), (3, '-Infinity')")
+    write_settings({"prod": url}, '[validate]\nschemas = ["public"]\nallow_missing_pk = []\n'
+                   '[[validate.rules]]\nname = "finite prices"\nsql = "select id, amount from prices where amount in (\'NaN\', \'Infinity\', \'-Infinity\') order by id"\n')
+    from safesync.functions.serve import create_app
+
+    response = create_app().test_client().post("/validate", json={"db": "prod"}, headers={"Authorization": f"Bearer {os.environ['SAFESYNC_API_TOKEN']}"})
+    body = json.loads(response.get_data(as_text=True), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    [failure] = [f for f in body["tables"]["failures"] if f["check"] == "rules"]
+    assert failure["sample"] == [{"id": 1, "amount": "NaN"}, {"id": 2, "amount": "Infinity"}, {"id": 3, "amount": "-Infinity"}]
+
+
+def test_a_table_with_no_column_in_common_is_not_called_identical(make_db):
+    """Before: with no column on both sides, every row hashed alike and a
+    table of as many rows was "identical" in the data diff (and left out of
+    its report) whatever the values."""
+    a, b = make_db(), make_db()
+    sql(a, "create table k (id int primary key)", "insert into k values (1)", "create table t (x int)", "insert into t values (1)")
+    sql(b, "create table k (code int primary key)", "insert into k values (5)", "create table t (y int)", "insert into t values (1), (2)")
+    with connect(a) as ca, connect(b) as cb:
+        data = compare(ca, cb, ["public"]).data
+    rows = {r["table"]: (r["status"], r["note"].split(":")[0]) for r in data.rows("a", "b")}
+    assert rows == {"public.k": ("not compared", "nothing to compare"), "public.t": ("differs", "nothing to compare")}
+
+
+def test_an_exhausted_or_cycled_sequence_whose_next_insert_fails_is_found(make_db):
+    """Before: the next value was taken as last_value + increment, past the
+    sequence's end: neither an exhausted sequence (nextval fails) nor a
+    cycling one that starts again on a used value (a duplicate key) was found."""
+    from safesync.functions.validate import run_checks
+
+    url = make_db()
+    sql(url, "create sequence cycling maxvalue 5 cycle", "create table tickets (id int primary key default nextval('cycling'))",
+        "insert into tickets select from generate_series(1, 5)",
+        "create sequence finite maxvalue 3", "create table seats (id int primary key default nextval('finite'))",
+        "insert into seats select from generate_series(1, 3)",
+        "create sequence reused maxvalue 5 cycle", "create table slots (id int primary key default nextval('reused'))",
+        "insert into slots select from generate_series(1, 5)", "delete from slots where id = 1")  # 1 is free again: fine
+    with connect(url) as conn:
+        found = {f.name: f.problem for f in run_checks(conn, schemas=["public"]).findings}
+    assert found == {
+        "public.cycling": "next value 1 (the sequence cycled) is already used in public.tickets.id",
+        "public.finite": "sequence is exhausted (its maximum 3 was reached): the next insert into public.seats fails",
+    }, found

@@ -102,10 +102,12 @@ def rehearsed_schemas(settings: Settings, held: psycopg.Connection) -> tuple[lis
     return [s for s in everything if s in wanted or s == "safesync"], everything
 
 
-def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: str, url: str, scratch_url: str, report: Report) -> tuple[Any, list[str]]:
+def clone_into_scratch(
+    settings: Settings, held: psycopg.Connection, snapshot: str, url: str, scratch_url: str, report: Report
+) -> tuple[Any, list[str], Any]:
     """Clone the target as ``held`` sees it (its exported ``snapshot``) into
     the scratch database; returns (clone options, the rehearsed schemas
-    compared afterwards)."""
+    compared afterwards, the clone's plan: what the comparison leaves out)."""
     from safesync.functions.staging_clone import clone_database, options_from_config
 
     schemas, everything = rehearsed_schemas(settings, held)
@@ -126,7 +128,7 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
         base, schemas=tuple(schemas), masks=masks, exclude_table_data=tuple(t for t in base.exclude_table_data if t in tables)
     )
     try:
-        clone_database(url, scratch_url, options, report=report, compare_after=False, snapshot=snapshot)
+        cloned = clone_database(url, scratch_url, options, report=report, compare_after=False, snapshot=snapshot)
     except Refused as exc:
         if settings.config.migrate.schemas is not None:
             raise
@@ -135,7 +137,7 @@ def clone_into_scratch(settings: Settings, held: psycopg.Connection, snapshot: s
             'your migrations change and reference (on Supabase: ["public", "auth", "storage"])',
             exc.detail,
         ) from None
-    return options, [s for s in schemas if s != "safesync"]
+    return options, [s for s in schemas if s != "safesync"], cloned.plan
 
 
 def outside_schemas(conn: psycopg.Connection, rehearsed: list[str]) -> list[str]:
@@ -171,25 +173,24 @@ def outside_fingerprint(conn: psycopg.Connection, schemas: list[str]) -> dict[st
 
 
 def _compare(
-    held: psycopg.Connection, scratch_url: str, schemas: list[str], options: Any
+    held: psycopg.Connection, scratch_url: str, schemas: list[str], cloned: Any
 ) -> tuple[Any, list[loss.Loss], frozenset[str]]:
     """The target as cloned (``held``) vs the rehearsal, over the rehearsed
-    schemas and any the migration created, masked columns and
-    data-less tables excluded; what of the target's data the migration
+    schemas and any the migration created, leaving out what the clone's
+    plan (``cloned``) says the comparison cannot see: masked columns
+    excluded, tables without data and views derived from them or from
+    masked columns only counted; what of the target's data the migration
     loses; and the table names several compared schemas share
     (``loss.shared_names``)."""
     from safesync.functions.validate import compare
 
-    masked: dict[TableRef, list[str]] = {}
-    for m in options.masks:
-        masked.setdefault(m.table, []).append(m.column)
     with connect(scratch_url, application_name="safesync-migrate-scratch") as b:
         b.read_only = True
         # the rehearsed schemas, and those the migration created (not the scratch's own others)
         created = set(user_schemas(b)) - set(user_schemas(held))
         compared = sorted((set(schemas) | created) - {"safesync"})
         try:
-            comparison = compare(held, b, compared, exclude_columns=masked, count_only=options.exclude_table_data, limit=loss.LIMIT)
+            comparison = compare(held, b, compared, exclude_columns=cloned.masked, count_only=cloned.uncompared, limit=loss.LIMIT)
             return comparison, loss.find(comparison, held, b, compared), loss.shared_names(held, compared)
         except psycopg.Error as exc:  # the snapshot keeps the target's rows, not its table definitions
             raise JobFailed(
@@ -224,7 +225,7 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
     cfg = settings.config.migrate
     db, scratch = cfg.database, cfg.rehearse_on
     with report.timed("clone"):
-        options, schemas = clone_into_scratch(settings, held, snapshot, url, scratch_url, report)
+        options, schemas, cloned = clone_into_scratch(settings, held, snapshot, url, scratch_url, report)
     with connect(scratch_url, autocommit=True, application_name="safesync-migrate-scratch") as conn:
         with report.timed("validation_before"):
             before = validation.baseline(settings, conn)
@@ -244,7 +245,7 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
         now = outside_fingerprint(conn, [s for s in outside_before if s in user_schemas(conn)])
     outside = sorted(t for t in untouched.keys() | now.keys() if untouched.get(t) != now.get(t))
     with report.timed("compare"):
-        comparison, losses, shared = _compare(held, scratch_url, schemas, options)
+        comparison, losses, shared = _compare(held, scratch_url, schemas, cloned)
     comparison.into_report(report, db, "rehearsal")
     refused = _losses_into_report(report, losses, cfg.allow_data_loss, shared)
     unseen = [f"{m.table}.{m.column} (masked)" for m in options.masks] + [f"{t} (structure only)" for t in options.exclude_table_data]

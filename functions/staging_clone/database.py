@@ -112,7 +112,7 @@ def clone_database(
             return CloneResult(plan, None, comparison)
         if before_swap is not None:
             before_swap()
-        with_data = len(plan.source_tables) - len(set(options.exclude_table_data) & set(plan.source_tables))
+        with_data = len(plan.source_tables) - len(set(plan.without_data) & set(plan.source_tables))
         meter(phase="copying", tables=(0, with_data), bytes=0)
         with timed("swap"):
             stats = stream_clone(
@@ -129,11 +129,8 @@ def clone_database(
         if compare_after:
             meter(phase="comparing source and target")
             with timed("compare"):
-                masked: dict[TableRef, list[str]] = {}
-                for m in options.masks:
-                    masked.setdefault(m.table, []).append(m.column)
                 try:
-                    result.comparison = compare(src, dst, options.schemas, exclude_columns=masked, count_only=options.exclude_table_data)
+                    result.comparison = compare(src, dst, options.schemas, exclude_columns=plan.masked, count_only=plan.uncompared)
                 except psycopg.Error as exc:  # the swap is committed: the report must not read as "nothing happened"
                     raise database_failure("clone committed, but comparing it with the source failed, so it is not proven identical", exc) from None
         return result

@@ -13,6 +13,11 @@ the restoring role could not run them — ``CREATE SCHEMA auth`` for a schema
 that stays, ``ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin`` as a
 non-member. ``DumpFilter`` drops exactly those entries as the stream passes.
 
+It can also hold entries back for the clone to send later: materialized
+views are refreshed (``MATERIALIZED VIEW DATA``, pg_dump's last entries, in
+dependency order) only after the masks are applied, so no view keeps dev's
+unmasked values.
+
 Why it cannot drop the wrong thing: ``COPY … FROM stdin`` data is skipped
 over without looking at it (a row could look like a header), and every line
 of a dropped entry must be a statement of the kind its header announced
@@ -44,12 +49,13 @@ ALLOWED: dict[str, tuple[bytes, ...]] = {
     "ACL": (b"GRANT ", b"REVOKE "),
     "DEFAULT ACL": (b"ALTER DEFAULT PRIVILEGES ",),
     "EXTENSION": (b"CREATE EXTENSION ",),
+    "MATERIALIZED VIEW DATA": (b"REFRESH MATERIALIZED VIEW ",),
 }
 
 
 class DumpFilterError(Exception):
     """The stream did not look like pg_dump's plain format where an entry
-    was to be dropped."""
+    was to be dropped or held back."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ class Entry:
 
 class DumpFilter:
     """``feed(chunk) -> bytes`` passes the stream on without the entries for
-    which ``drop(entry)`` is true; ``finish()`` returns what is still held.
+    which ``drop(entry)`` or ``hold(entry)`` is true; ``finish()`` returns
+    what is still held of the stream. The statements of held entries (in
+    stream order) are in ``held`` for the caller to send when it chooses.
 
     The ``COPY … FROM stdin;`` of a ``TABLE DATA`` entry for which
     ``freeze(entry)`` is true becomes ``COPY … FROM stdin WITH (FREEZE);``:
@@ -75,16 +83,24 @@ class DumpFilter:
     freeze them. Only the statement line after the entry's header is
     touched, never data."""
 
-    def __init__(self, drop: Callable[[Entry], bool], freeze: Callable[[Entry], bool] = lambda entry: False) -> None:
+    def __init__(
+        self,
+        drop: Callable[[Entry], bool],
+        freeze: Callable[[Entry], bool] = lambda entry: False,
+        hold: Callable[[Entry], bool] = lambda entry: False,
+    ) -> None:
         self._drop = drop
         self._freeze = freeze
+        self._hold = hold
         self._entry: Entry | None = None  # the entry the stream is in
         self._held = b""  # an incomplete line (text mode) or the tail of copy data
         self._in_copy = False
         self._copy_fresh = False  # no copy data seen yet: "\\." may start right here
-        self._dropping: Entry | None = None
+        self._dropping: Entry | None = None  # the entry being left out (dropped or held)
+        self._holding = False
         self._in_statement = False
         self.dropped: list[Entry] = []
+        self.held = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._held + chunk
@@ -135,14 +151,22 @@ class DumpFilter:
         if self._dropping is None:
             out += data
         elif data:
-            raise DumpFilterError(f"unexpected data inside {self._dropping}, which was to be left out")
+            raise DumpFilterError(f"unexpected data inside {self._dropping}, which was to be {self._fate}")
+
+    @property
+    def _fate(self) -> str:
+        return "held back" if self._holding else "left out"
 
     def _line(self, out: bytearray, line: bytes) -> None:
         if line.startswith(b"-- ") and (match := HEADER.match(line)):
             entry = Entry(*(part.decode("utf-8", errors="replace") for part in match.groups()))
             self._entry = entry
-            self._dropping = entry if self._drop(entry) else None
+            self._holding = self._hold(entry)
+            self._dropping = entry if self._holding or self._drop(entry) else None
             self._in_statement = False
+            if self._holding:
+                self.held += line
+                return
             if self._dropping is not None:
                 self.dropped.append(entry)
                 return
@@ -160,13 +184,16 @@ class DumpFilter:
         self._check(line)
 
     def _check(self, line: bytes) -> None:
-        """A line of a dropped entry must belong to an allowed statement."""
+        """A line of a dropped or held entry must belong to an allowed
+        statement; a held one is kept."""
         assert self._dropping is not None
+        if self._holding:
+            self.held += line
         if not self._in_statement:
             if not line.strip() or line.startswith(b"--"):
                 return
             if not line.startswith(ALLOWED.get(self._dropping.type, ())):
-                raise DumpFilterError(f"{self._dropping} holds an unexpected statement: {line[:80]!r}")
+                raise DumpFilterError(f"{self._dropping}, which was to be {self._fate}, holds an unexpected statement: {line[:80]!r}")
             self._in_statement = True
         if line.rstrip().endswith(b";"):
             self._in_statement = False

@@ -2,8 +2,8 @@
 
     pg_dump (plain SQL, dev's snapshot) ──► this process ──► psql ──► target
                                      BEGIN; guard; DROP SCHEMA … CASCADE;
-                                     <the dump, streamed>
-                                     masks; schema grants; publications;
+                                     <the dump, streamed; its matview refreshes held back>
+                                     masks; the refreshes; schema grants; publications;
                                      verify every relation is there;
                                      COMMIT  ← written only after pg_dump exited 0
                                                and its "dump complete" trailer was seen
@@ -65,7 +65,7 @@ def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, plan: Clone
         argv += ["--schema", _pattern(schema)]
     for ext in plan.dump_extensions:
         argv += ["--extension", _pattern(ext)]
-    for table in options.exclude_table_data:
+    for table in plan.without_data:
         argv.append(f"--exclude-table-data={_pattern(table.schema)}.{_pattern(table.name)}")
     return argv
 
@@ -145,7 +145,9 @@ def dump_filter(plan: ClonePlan) -> DumpFilter:
     """Leaves out of the dump what the clone carries itself (the schemas'
     own properties), the default privileges of roles it may not act as
     (equal on both sides) and the extensions it keeps in place; loads the
-    tables it creates with COPY FREEZE."""
+    tables it creates with COPY FREEZE; holds back the materialized views'
+    refreshes, which run after the masks (refreshed before, a view of a
+    masked column kept dev's real values on staging)."""
     foreign = set(plan.carry.foreign_roles)
     kept = set(plan.carry.kept_extensions)
 
@@ -158,7 +160,9 @@ def dump_filter(plan: ClonePlan) -> DumpFilter:
             return entry.name in kept
         return entry.type == "COMMENT" and entry.name.startswith("EXTENSION ") and entry.name[10:].strip('"') in kept
 
-    return DumpFilter(drop, freeze=lambda entry: (entry.schema, entry.name) in plan.freezable)
+    return DumpFilter(
+        drop, freeze=lambda entry: (entry.schema, entry.name) in plan.freezable, hold=lambda entry: entry.type == "MATERIALIZED VIEW DATA"
+    )
 
 
 def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: str) -> sql.Composable:
@@ -174,11 +178,14 @@ def _mask_expression(conn: psycopg.Connection, mask: Mask, col_type: str, salt: 
 
 
 def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan, salt: str) -> str:
-    """One UPDATE per masked table, user triggers off during it (and put
-    back exactly as they were: enabled, disabled, ALWAYS or REPLICA)."""
+    """One UPDATE per masked table, user triggers off during it on every
+    table it rewrites — the table, its partitions and inheritance children,
+    whose own triggers would otherwise stamp the rows it masks — and put back
+    exactly as they were (enabled, disabled, ALWAYS or REPLICA), parents
+    first, so a partition's state wins over its parent's recursing ALTER."""
     by_table: dict[TableRef, list[Mask]] = {}
     for mask in options.masks:
-        if mask.table not in options.exclude_table_data:
+        if mask.table not in plan.without_data:
             by_table.setdefault(mask.table, []).append(mask)
     parts = []
     for table, masks in sorted(by_table.items()):
@@ -194,12 +201,17 @@ def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
             + _q(conn, sql.Literal(str(table.ident.as_string(conn))))
             + "; trg record; BEGIN\n"
             "  CREATE TEMP TABLE safesync_triggers ON COMMIT DROP AS\n"
-            "    SELECT tgname, tgenabled FROM pg_catalog.pg_trigger WHERE tgrelid = t AND NOT tgisinternal;\n"
-            "  EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', t);\n"
+            "    WITH RECURSIVE tree(relid, depth) AS (SELECT t::pg_catalog.oid, 0 UNION ALL\n"
+            "      SELECT i.inhrelid, tree.depth + 1 FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid)\n"
+            "    SELECT tree.relid::pg_catalog.regclass AS rel, tree.depth, g.tgname, g.tgenabled\n"
+            "    FROM tree JOIN pg_catalog.pg_trigger g ON g.tgrelid = tree.relid AND NOT g.tgisinternal;\n"
+            "  FOR trg IN SELECT DISTINCT rel, depth FROM safesync_triggers ORDER BY depth LOOP\n"
+            "    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', trg.rel);\n"
+            "  END LOOP;\n"
             "  EXECUTE " + _q(conn, sql.Literal(_q(conn, update))) + ";\n"
-            "  FOR trg IN SELECT * FROM safesync_triggers WHERE tgenabled <> 'D' LOOP\n"
-            "    EXECUTE format('ALTER TABLE %s ENABLE %s TRIGGER %I', t,\n"
-            "      CASE trg.tgenabled WHEN 'A' THEN 'ALWAYS' WHEN 'R' THEN 'REPLICA' ELSE '' END, trg.tgname);\n"
+            "  FOR trg IN SELECT * FROM safesync_triggers ORDER BY depth LOOP\n"
+            "    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', trg.rel, CASE trg.tgenabled WHEN 'D' THEN 'DISABLE'\n"
+            "      WHEN 'A' THEN 'ENABLE ALWAYS' WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE' END, trg.tgname);\n"
             "  END LOOP;\n"
             "  DROP TABLE safesync_triggers;\n"
             "END $safesync_mask$;"
@@ -207,10 +219,11 @@ def mask_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
     return "\n".join(parts) + ("\n" if parts else "")
 
 
-def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan, salt: str) -> str:
-    """Masks, the schemas' exact grants, kept publication memberships, and a
-    final check that every source relation exists — then COMMIT."""
-    lines = [mask_script(conn, options, plan, salt)]
+def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan) -> str:
+    """After the masks and the matviews' refreshes: the schemas' exact
+    grants, kept publication memberships, and a final check that every
+    source relation exists (COMMIT follows)."""
+    lines = []
     for schema in options.schemas:
         if not plan.carry.manage_schema.get(schema):
             continue  # equal on both sides, and ours to keep (plan)
@@ -274,7 +287,8 @@ def stream_clone(
     psql = str(require_for_server("psql", target_conn.info.server_version).path)
     salt = secrets.token_hex(16)
     pre = pre_script(target_conn, options, plan).encode()
-    post = post_script(target_conn, options, plan, salt).encode() + b"COMMIT;\n"
+    masks = mask_script(target_conn, options, plan, salt).encode()
+    post = post_script(target_conn, options, plan).encode() + b"COMMIT;\n"
     src_info, src_env = libpq_target(source_url, app="safesync-clone-dump")
     dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore")
     started = time.perf_counter()
@@ -291,7 +305,7 @@ def stream_clone(
             dump = None
             try:
                 dump = spawn_client(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
-                streamed = _pump(dump, restore, pre, post, dump_filter(plan), on_chunk)
+                streamed = _pump(dump, restore, pre, (masks, post), dump_filter(plan), on_chunk)
             except BaseException:
                 for proc in (dump, restore):
                     if proc is not None and proc.poll() is None:
@@ -320,10 +334,11 @@ def stream_clone(
 
 
 def _pump(
-    dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: bytes, keep: DumpFilter,
+    dump: subprocess.Popen, restore: subprocess.Popen, pre: bytes, post: tuple[bytes, bytes], keep: DumpFilter,
     on_chunk: Callable[[bytes, int], None] | None,
 ) -> int | str:
-    """Copy pre + dump (filtered) + post into psql; COMMIT only if the dump
+    """Copy pre + dump (filtered) + masks + the entries the filter held
+    back + the rest of post into psql; COMMIT (post's end) only if the dump
     is whole. Returns the bytes streamed, or a reason string after rolling back."""
     out, src = restore.stdin, dump.stdout
     assert out is not None and src is not None
@@ -345,7 +360,8 @@ def _pump(
             restore.kill()  # session ends without COMMIT: rolled back
             restore.wait()
             return f"pg_dump exited with code {code}" if code else "pg_dump output was incomplete"
-        out.write(post)
+        masks, rest = post
+        out.write(masks + bytes(keep.held) + rest)
         out.close()
     except DumpFilterError as exc:
         for proc in (dump, restore):

@@ -11,6 +11,7 @@ extension the target has in a different schema, a mask that cannot apply.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,10 @@ from safesync.shared.errors import Refused
 
 from .carry import Carry, plan_carry
 
-TEXT_TYPES = ("text", "character varying", "character", "citext")
+# A text column (format_type: citext is schema-qualified, the plan's
+# search_path being empty), and its length limit if it has one.
+TEXT_TYPE = re.compile(r"^(?:text|character varying|character|(?:.+\.)?citext)(?:\((\d+)\))?$")
+HASH_CHARS = 32  # an md5 in hex, before the mask's suffix
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,15 @@ class ClonePlan:
     # extension's table (a kept extension's config tables stay as they are).
     freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
+    # the tables copied without data: those of ``exclude_table_data`` and
+    # their partitions and inheritance children (pg_dump's
+    # --exclude-table-data excludes the named table's own rows only)
+    without_data: list[TableRef] = field(default_factory=list)
+    # what the proof leaves out: the columns the masks rewrite, per table
+    # (a comparison's ``exclude_columns``), and the tables and materialized
+    # views whose data it can only count, with why (its ``count_only``)
+    masked: dict[TableRef, tuple[str, ...]] = field(default_factory=dict)
+    uncompared: dict[TableRef, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -154,6 +167,75 @@ ROLES_REFERENCED = """
 """
 
 
+# The tables a statement on each seed table also reaches (its partitions
+# and inheritance children, all levels): an UPDATE of a masked table
+# rewrites their rows too, and a view may read them directly.
+DESCENDANTS = """
+    with recursive tree(relid, attname) as (
+        select m.t::regclass::oid, m.c from unnest(%(tables)s::text[], %(columns)s::text[]) m(t, c)
+        union select i.inhrelid, t.attname from tree t join pg_inherits i on i.inhparent = t.relid
+    )
+    select n.nspname, c.relname, t.attname from tree t join pg_class c on c.oid = t.relid
+    join pg_namespace n on n.oid = c.relnamespace order by 1, 2, 3
+"""
+
+# Materialized views whose rows derive from a masked column or from a table
+# whose data is not copied (any column: NULL), directly or through views and
+# materialized views (their rewrite rules' dependencies). Staging refreshes
+# them from its own data, so they differ from dev's on purpose (and a
+# report of their rows would print dev's real values).
+DERIVED_MATVIEWS = """
+    with recursive derived(relid) as (
+        select r.ev_class from unnest(%(tables)s::text[], %(columns)s::text[]) m(t, c)
+        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = m.t::regclass and d.classid = 'pg_rewrite'::regclass
+        join pg_rewrite r on r.oid = d.objid
+        left join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+        where r.ev_class <> d.refobjid and (m.c is null or a.attname = m.c)
+        union
+        select r.ev_class from derived v
+        join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = v.relid and d.classid = 'pg_rewrite'::regclass
+        join pg_rewrite r on r.oid = d.objid
+        where r.ev_class <> v.relid
+    )
+    select n.nspname, c.relname from derived v join pg_class c on c.oid = v.relid join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind = 'm' order by 1, 2
+"""
+
+
+def _seeded(source: psycopg.Connection, query: str, seeds: list[tuple[TableRef, str | None]]) -> list[tuple]:
+    """Rows of ``query`` for (table, column or None) seeds."""
+    if not seeds:
+        return []
+    params = {"tables": [t.ident.as_string(source) for t, _ in seeds], "columns": [c for _, c in seeds]}
+    return source.execute(query, params).fetchall()
+
+
+def _without_data(source: psycopg.Connection, excluded: list[TableRef]) -> list[TableRef]:
+    """The ``excluded`` tables and all their descendants (``DESCENDANTS``)."""
+    return sorted({TableRef(schema, name) for schema, name, _ in _seeded(source, DESCENDANTS, [(t, None) for t in excluded])})
+
+
+def _masked_columns(source: psycopg.Connection, options: CloneOptions, without_data: list[TableRef]) -> dict[TableRef, tuple[str, ...]]:
+    """The columns the masks rewrite, per table: the masked tables' and
+    those of their partitions and inheritance children (``DESCENDANTS``)."""
+    out: dict[TableRef, list[str]] = {}
+    seeds = [(m.table, m.column) for m in options.masks if m.table not in without_data]
+    for schema, name, column in _seeded(source, DESCENDANTS, seeds):
+        out.setdefault(TableRef(schema, name), []).append(column)
+    return {table: tuple(cols) for table, cols in out.items()}
+
+
+def _uncompared(source: psycopg.Connection, plan: ClonePlan) -> dict[TableRef, str]:
+    """What the proof counts instead of comparing: tables cloned without
+    data, and the materialized views derived from those or from masked
+    columns (``DERIVED_MATVIEWS``)."""
+    out = {t: "structure only: data not copied" for t in plan.without_data}
+    seeds = [(t, c) for t, cols in plan.masked.items() for c in cols] + [(t, None) for t in plan.without_data]
+    for schema, name in _seeded(source, DERIVED_MATVIEWS, seeds):
+        out.setdefault(TableRef(schema, name), "derived from masked or structure-only data: refreshed from staging's own")
+    return out
+
+
 def _refuse(problems: list[str]) -> None:
     if problems:
         raise Refused("staging clone refused: " + "; ".join(problems), {"problems": problems})
@@ -172,8 +254,12 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             problems.append(f"mask: {mask.table}.{mask.column} is a generated column")
         elif mask.strategy == "null" and col.not_null:
             problems.append(f"mask: {mask.table}.{mask.column} is NOT NULL; use strategy fixed or hash")
-        elif mask.strategy == "hash" and not (col.type.startswith(TEXT_TYPES) or col.type == "uuid"):
+        elif mask.strategy == "hash" and not (TEXT_TYPE.match(col.type) or col.type == "uuid"):
             problems.append(f"mask: {mask.table}.{mask.column} is {col.type}; hash works on text and uuid columns")
+        elif too_long := _too_long(mask, col.type):
+            problems.append(f"mask: {mask.table}.{mask.column} is {col.type}: {too_long}")
+        elif mask.strategy == "fixed" and (invalid := _invalid_value(source, mask.value, col.type)):
+            problems.append(f"mask: value {mask.value!r} for {mask.table}.{mask.column} is not of type {col.type}: {invalid}")
         elif derived := _generated_from(source, mask.table, mask.column):
             problems.append(
                 f"mask: generated column(s) {', '.join(f'{mask.table}.{g}' for g in derived)} are computed from "
@@ -192,9 +278,34 @@ def _check_masks(source: psycopg.Connection, options: CloneOptions, tables: set[
             )
         else:
             plan.mask_types[(mask.table, mask.column)] = col.type
-        if mask.table in options.exclude_table_data:
+        if mask.table in plan.without_data:
             plan.warnings.append(f"mask on {mask.table}.{mask.column} has nothing to mask: the table's data is excluded")
     return problems
+
+
+def _too_long(mask: Mask, col_type: str) -> str | None:
+    """Why the mask's values would not fit a length-limited text column."""
+    match = TEXT_TYPE.match(col_type)
+    if mask.strategy == "null" or match is None or match.group(1) is None:
+        return None
+    limit = int(match.group(1))
+    length = HASH_CHARS + len(mask.value or "") if mask.strategy == "hash" else len(mask.value or "")
+    if length <= limit:
+        return None
+    if mask.strategy == "hash":
+        return f"a hash is {HASH_CHARS} characters plus its suffix ({length}), more than {limit}"
+    return f"the fixed value is {length} characters, more than {limit}"
+
+
+def _invalid_value(conn: psycopg.Connection, value: str | None, col_type: str) -> str | None:
+    """The server's reason the fixed value cannot be read as the column's
+    type (a savepoint: the snapshot transaction survives)."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("select %s::{}").format(sql.SQL(col_type)), [value])
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:  # a domain's CHECK too
+        return (exc.diag.message_primary or str(exc)).strip()
+    return None
 
 
 def _foreign_keys_using(conn: psycopg.Connection, table: TableRef, column: str) -> list[str]:
@@ -225,11 +336,10 @@ def _unique_over(conn: psycopg.Connection, table: TableRef, column: str) -> str 
     return row[0] if rows > 1 else None
 
 
-def _rows_pointing_into_excluded(conn: psycopg.Connection, options: CloneOptions, tables: set[TableRef]) -> list[str]:
-    """Foreign keys from tables cloned with data to a table cloned without:
-    their rows would reference rows that are not copied (the clone's FK
-    check fails them). Only keys some row actually uses count."""
-    excluded = [t for t in options.exclude_table_data if t in tables]
+def _rows_pointing_into_excluded(conn: psycopg.Connection, excluded: list[TableRef], tables: set[TableRef]) -> list[str]:
+    """Foreign keys from tables cloned with data to a table cloned without
+    (``excluded``): their rows would reference rows that are not copied
+    (the clone's FK check fails them). Only keys some row actually uses count."""
     found = conn.execute(
         """select k.conname, n.nspname, c.relname, k.confrelid::regclass::text,
                   array(select a.attname::text from unnest(k.conkey) u(attnum) join pg_attribute a
@@ -241,7 +351,7 @@ def _rows_pointing_into_excluded(conn: psycopg.Connection, options: CloneOptions
     referencing: dict[str, list[str]] = {}
     for name, schema, relname, parent, cols in found:
         child = TableRef(schema, relname)
-        if child not in tables or child in options.exclude_table_data:
+        if child not in tables or child in excluded:
             continue
         used = sql.SQL(" and ").join(sql.SQL("{} is not null").format(sql.Identifier(c)) for c in cols)
         if conn.execute(sql.SQL("select exists (select from {} where {})").format(child.ident, used)).fetchone()[0]:
@@ -299,8 +409,9 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     )
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
+    plan.without_data = _without_data(source, [t for t in options.exclude_table_data if t in tables])
     problems += _check_masks(source, options, tables, plan)
-    problems += _rows_pointing_into_excluded(source, options, tables)
+    problems += _rows_pointing_into_excluded(source, plan.without_data, tables)
 
     roles = [r[0] for r in source.execute(ROLES_REFERENCED, args)]
     have = {r[0] for r in target.execute("select rolname from pg_roles where rolname = any(%s)", [roles])}
@@ -324,6 +435,8 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     ):
         plan.schema_grants.setdefault(schema, []).append((grantee, privilege, grantable))
     _refuse(problems)
+    plan.masked = _masked_columns(source, options, plan.without_data)
+    plan.uncompared = _uncompared(source, plan)
     return plan
 
 

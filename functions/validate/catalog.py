@@ -32,6 +32,21 @@ def _acl(acl: str, type_: str, owner: str) -> str:
     return _ACL.format(acl=acl, type=f"'{type_}'", owner=owner)
 
 
+# An aggregate's body is its pg_aggregate row (its prosrc is a placeholder):
+# functions and types by name, never by OID.
+_AGGREGATE = """(select jsonb_build_object(
+    'kind', a.aggkind, 'direct_args', a.aggnumdirectargs, 'sfunc', a.aggtransfn::regprocedure::text,
+    'stype', format_type(a.aggtranstype, null), 'sspace', a.aggtransspace, 'initcond', a.agginitval,
+    'finalfunc', a.aggfinalfn::regprocedure::text, 'finalfunc_extra', a.aggfinalextra, 'finalfunc_modify', a.aggfinalmodify,
+    'combinefunc', a.aggcombinefn::regprocedure::text, 'serialfunc', a.aggserialfn::regprocedure::text,
+    'deserialfunc', a.aggdeserialfn::regprocedure::text, 'msfunc', a.aggmtransfn::regprocedure::text,
+    'minvfunc', a.aggminvtransfn::regprocedure::text, 'mstype', format_type(nullif(a.aggmtranstype, 0), null),
+    'msspace', a.aggmtransspace, 'minitcond', a.aggminitval, 'mfinalfunc', a.aggmfinalfn::regprocedure::text,
+    'mfinalfunc_extra', a.aggmfinalextra, 'mfinalfunc_modify', a.aggmfinalmodify,
+    'sortop', nullif(a.aggsortop, 0)::regoperator::text)
+    from pg_aggregate a where a.aggfnoid = p.oid)"""
+
+
 QUERIES: dict[str, str] = {
     "schemas": f"""
         select n.nspname, jsonb_build_object('owner', pg_get_userbyid(n.nspowner),
@@ -47,6 +62,8 @@ QUERIES: dict[str, str] = {
                'partition_key', case when c.relkind = 'p' then pg_get_partkeydef(c.oid) end,
                'inherits', (select jsonb_agg(i.inhparent::regclass::text order by i.inhseqno) from pg_inherits i
                             where i.inhrelid = c.oid and not c.relispartition),
+               'of_type', case when c.reloftype <> 0 then c.reloftype::regtype::text end,
+               'access_method', (select m.amname from pg_am m where m.oid = c.relam),
                'grants', {_acl('c.relacl', 'r', 'c.relowner')})
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
         where c.relkind in ('r', 'p', 'f') and n.nspname = any(%(schemas)s)
@@ -57,7 +74,7 @@ QUERIES: dict[str, str] = {
                'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
                'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated,
                'collation', case when a.attcollation <> t.typcollation then a.attcollation::regcollation::text end,
-               'storage', a.attstorage, 'stats_target', a.attstattarget, 'options', a.attoptions,
+               'storage', a.attstorage, 'compression', a.attcompression, 'stats_target', a.attstattarget, 'options', a.attoptions,
                'grants', case when a.attacl is not null then {_acl('a.attacl', 'c', 'c.relowner')} end)
         from pg_attribute a
         join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -111,6 +128,7 @@ QUERIES: dict[str, str] = {
                'body', coalesce(pg_get_function_sqlbody(p.oid), p.prosrc), 'volatility', p.provolatile,
                'strict', p.proisstrict, 'security_definer', p.prosecdef, 'leakproof', p.proleakproof,
                'parallel', p.proparallel, 'config', p.proconfig, 'cost', p.procost, 'rows', p.prorows,
+               'aggregate', {_AGGREGATE},
                'owner', pg_get_userbyid(p.proowner), 'grants', {_acl('p.proacl', 'f', 'p.proowner')})
         from pg_proc p join pg_namespace n on n.oid = p.pronamespace
         where n.nspname = any(%(schemas)s) and {_NOT_EXT.format(cls="'pg_proc'", oid='p.oid')}""",
@@ -128,6 +146,7 @@ QUERIES: dict[str, str] = {
                'labels', case when t.typtype = 'e' then (select jsonb_agg(e.enumlabel order by e.enumsortorder)
                                                          from pg_enum e where e.enumtypid = t.oid) end,
                'base', case when t.typtype = 'd' then format_type(t.typbasetype, t.typtypmod) end,
+               'collation', case when t.typtype = 'd' and t.typcollation <> 0 then t.typcollation::regcollation::text end,
                'not_null', t.typnotnull, 'default', t.typdefault,
                'range_of', (select r.rngsubtype::regtype::text from pg_range r where r.rngtypid = t.oid),
                'owner', pg_get_userbyid(t.typowner), 'grants', {_acl('t.typacl', 'T', 't.typowner')})
@@ -138,7 +157,7 @@ QUERIES: dict[str, str] = {
     "sequences": f"""
         select c.oid::regclass::text, jsonb_build_object(
                'type', format_type(s.seqtypid, null), 'start', s.seqstart, 'increment', s.seqincrement,
-               'min', s.seqmin, 'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle,
+               'min', s.seqmin, 'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle, 'persistence', c.relpersistence,
                'owned_by', (select d.refobjid::regclass::text || '.' || quote_ident(a.attname)
                             from pg_depend d join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
                             where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype in ('a', 'i')

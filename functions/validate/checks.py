@@ -131,17 +131,21 @@ def fk_relations(conn: psycopg.Connection, schemas: Sequence[str]) -> list[Relat
 
 
 def rls_disabled(conn: psycopg.Connection, rls_schemas: Sequence[str]) -> tuple[int, list[Finding]]:
+    """The tables (``list_tables``: a partition of a parent elsewhere too)
+    of ``rls_schemas`` with row level security off."""
     with read_only(conn):
+        tables = set(list_tables(conn, rls_schemas))
         rows = conn.execute(
             """
             select n.nspname, c.relname, c.relrowsecurity,
                    exists (select 1 from pg_policy p where p.polrelid = c.oid)
             from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)
+            where c.relkind in ('r', 'p') and n.nspname = any(%s)
             order by 1, 2
             """,
             [list(rls_schemas)],
         ).fetchall()
+    rows = [r for r in rows if TableRef(r[0], r[1]) in tables]
     findings = [
         Finding("row level security", str(TableRef(s, t)), "row level security is disabled" + (" (it has policies)" if has_policies else ""))
         for s, t, enabled, has_policies in rows
@@ -153,18 +157,19 @@ def rls_disabled(conn: psycopg.Connection, rls_schemas: Sequence[str]) -> tuple[
 def missing_primary_keys(conn: psycopg.Connection, schemas: Sequence[str], allowed: Sequence[str]) -> tuple[int, list[Finding]]:
     allow = {str(TableRef.parse(t)) for t in allowed}
     with read_only(conn):
+        tables = set(list_tables(conn, schemas))
         rows = conn.execute(
             """
             select n.nspname, c.relname
             from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where c.relkind in ('r', 'p') and not c.relispartition and n.nspname = any(%s)
+            where c.relkind in ('r', 'p') and n.nspname = any(%s)
               and not exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'p')
             order by 1, 2
             """,
             [list(schemas)],
         ).fetchall()
-        total = len(list_tables(conn, schemas))
-    return total, [
+    rows = [r for r in rows if TableRef(*r) in tables]
+    return len(tables), [
         Finding("primary keys", str(TableRef(s, t)), "table has no primary key")
         for s, t in rows
         if str(TableRef(s, t)) not in allow
@@ -198,7 +203,7 @@ def invalid_indexes(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[i
 # by their parent's max.
 SEQUENCE_USES = """
     select distinct quote_ident(n.nspname) || '.' || quote_ident(c.relname), tn.nspname, t.relname, a.attname,
-           s.seqincrement
+           s.seqincrement, s.seqmin, s.seqmax, s.seqcycle
     from pg_sequence s
     join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
     join lateral (
@@ -217,32 +222,42 @@ SEQUENCE_USES = """
 
 
 def sequences_behind(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[int, list[Finding]]:
-    """Sequences whose next value is already used by a column that draws
-    from them: the next insert would fail with a duplicate key."""
+    """Sequences whose next value the next insert cannot use: already used
+    by a column that draws from them (a duplicate key), or none at all (an
+    exhausted sequence that does not cycle: nextval fails). A cycling one
+    past its end starts again from its other end: is that value taken?"""
+    check = "sequences ahead of data"
     findings = []
     with read_only(conn):
         uses = conn.execute(SEQUENCE_USES, {"schemas": list(schemas)}).fetchall()
-        positions = {}
-        for seq in dict.fromkeys(u[0] for u in uses):  # is_called lives in the sequence itself
-            positions[seq] = conn.execute(sql.SQL("select last_value, is_called from {}").format(sql.SQL(seq))).fetchone()
-        for seq, schema, table, column, increment in uses:
-            last, called = positions[seq]
+        following: dict[str, tuple[int, bool]] = {}  # sequence -> (its next value, wrapped around)
+        for seq, schema, table, _, increment, low, high, cycle in uses:
+            if seq in following:
+                continue
+            last, called = conn.execute(sql.SQL("select last_value, is_called from {}").format(sql.SQL(seq))).fetchone()
+            next_value = last + increment if called else last
+            wrapped = not low <= next_value <= high
+            if wrapped and not cycle:
+                end = f"maximum {high}" if increment > 0 else f"minimum {low}"
+                findings.append(Finding(check, seq, f"sequence is exhausted (its {end} was reached): the next insert into {schema}.{table} fails"))
+            following[seq] = ((low if increment > 0 else high) if wrapped else next_value, wrapped)
+        for seq, schema, table, column, increment, _, _, cycle in uses:
+            next_value, wrapped = following[seq]
+            if wrapped and not cycle:
+                continue
+            target, col = sql.Identifier(schema, table), sql.Identifier(column)
+            if wrapped:  # values from the start again: taken or not, whatever the column's max
+                query = sql.SQL("select {c} from {t} where {c}::text = %s::text limit 1").format(c=col, t=target)
+                if conn.execute(query, [str(next_value)]).fetchone() is not None:
+                    findings.append(Finding(check, seq, f"next value {next_value} (the sequence cycled) is already used in {schema}.{table}.{column}"))
+                continue
             agg = "max" if increment > 0 else "min"
-            edge = conn.execute(
-                sql.SQL("select {}({}) from {}").format(sql.SQL(agg), sql.Identifier(column), sql.Identifier(schema, table))
-            ).fetchone()[0]
+            edge = conn.execute(sql.SQL("select {}({}) from {}").format(sql.SQL(agg), col, target)).fetchone()[0]
             if edge is None or not isinstance(edge, int):
                 continue
-            next_value = last + increment if called else last
             behind = next_value <= edge if increment > 0 else next_value >= edge
             if behind:
-                findings.append(
-                    Finding(
-                        "sequences ahead of data",
-                        seq,
-                        f"next value {next_value} is already used: {agg}({schema}.{table}.{column}) = {edge}",
-                    )
-                )
+                findings.append(Finding(check, seq, f"next value {next_value} is already used: {agg}({schema}.{table}.{column}) = {edge}"))
     return len({u[0] for u in uses}), findings
 
 

@@ -6,7 +6,7 @@ migrate's rehearsal report.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import psycopg
 
@@ -66,7 +66,7 @@ def compare(
     schemas: Sequence[str],
     *,
     exclude_columns: dict[TableRef, Iterable[str]] | None = None,
-    count_only: Iterable[TableRef] = (),
+    count_only: Mapping[TableRef, str] | None = None,
     progress: Callable[[str], None] | None = None,
     limit: int = MAX_KEYS,
 ) -> Comparison:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -34,6 +34,7 @@ from safesync.shared.rowdiff import Sides
 from safesync.shared.rowhash import RETYPED, TableShape
 
 MAX_KEYS = 10
+NOTHING_TO_COMPARE = "nothing to compare: no column is on both sides (see schema diff) or every one is masked"
 
 
 @dataclass
@@ -165,20 +166,21 @@ def data_diff(
     schemas: Sequence[str],
     *,
     exclude_columns: dict[TableRef, Iterable[str]] | None = None,
-    count_only: Iterable[TableRef] = (),
+    count_only: Mapping[TableRef, str] | None = None,
     progress: Callable[[str], None] | None = None,
     limit: int = MAX_KEYS,
 ) -> DataDiff:
     """Compare the rows of every table of ``schemas``.
 
     ``exclude_columns``: columns left out of the hashes (reported per table).
-    ``count_only``: tables reported as "not compared" with both row counts
-    (e.g. tables cloned without data). ``limit``: how many differing rows of
+    ``count_only``: tables (and materialized views) reported as "not
+    compared" with both row counts, each with why ("structure only: data
+    not copied"; the text before a colon is the short reason). ``limit``: how many differing rows of
     a keyed table to find before the search stops, and how many rows a keyless
     table's differing buckets may hold to be read whole (``TableDiff.complete``).
     """
     exclude_columns = {t: set(c) for t, c in (exclude_columns or {}).items()}
-    count_only = set(count_only)
+    count_only = dict(count_only or {})
     tables_a, tables_b = set(list_tables(conn_a, schemas)), set(list_tables(conn_b, schemas))
     views_a, views_b = _matviews(conn_a, schemas), _matviews(conn_b, schemas)
     shapes_a, shapes_b = table_shapes(conn_a, schemas), table_shapes(conn_b, schemas)
@@ -206,9 +208,14 @@ def data_diff(
             for shape, excluded, note in shapes:
                 if progress:
                     progress(f"hashing {shape.table}")
-                if shape.table in count_only:
+                uncompared = count_only.get(shape.table)
+                if uncompared is None and not shape.columns and (shapes_a[shape.table][0] or shapes_b[shape.table][0]):
+                    uncompared = NOTHING_TO_COMPARE  # hashing no column would call any two tables of as many rows equal
+                if uncompared is not None:
                     ca, cb = sides.both(lambda c: _count(c, shape.table))
-                    result.tables.append(TableDiff(str(shape.table), "not compared", ca, cb, excluded, note="structure only: data not copied"))
+                    # rows can still be told apart by their number, unless they are left out on purpose
+                    status = "differs" if uncompared is NOTHING_TO_COMPARE and ca != cb else "not compared"
+                    result.tables.append(TableDiff(str(shape.table), status, ca, cb, excluded, note=uncompared))
                     continue
                 if shape.key:
                     result.tables.append(_keyed(sides, shape, str(shape.table), excluded, note, limit))

@@ -11,6 +11,7 @@ import psycopg
 
 from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect
+from safesync.shared.errors import ConfigError
 from safesync.shared.report import Report
 from safesync.shared.runner import Answer, execute
 
@@ -25,6 +26,24 @@ def default_database(settings: Settings) -> str:
 
 def schemas_of(settings: Settings) -> list[str]:
     return list(settings.config.validate_.schemas or settings.config.staging_clone.schemas)
+
+
+def _schemas_setting(settings: Settings) -> str:
+    return "validate.schemas" if settings.config.validate_.schemas else "staging_clone.schemas (validate's default)"
+
+
+def _missing_schemas(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
+    with conn.transaction():
+        present = {r[0] for r in conn.execute("select nspname from pg_namespace where nspname = any(%s)", [schemas])}
+    return [s for s in schemas if s not in present]
+
+
+def _require_schemas(missing: list[str], setting: str, absent: str) -> None:
+    """A configured schema that is not there proves nothing: every check
+    passes over its no tables, and two databases that both lack it compare
+    "identical" — a typo must not read as a clean bill of health."""
+    if missing:
+        raise ConfigError(f"{setting}: schema(s) {', '.join(map(repr, missing))} {absent}")
 
 
 def check_database(settings: Settings, db: str, conn: psycopg.Connection) -> CheckReport:
@@ -54,6 +73,8 @@ def check_database(settings: Settings, db: str, conn: psycopg.Connection) -> Che
 
 def _check(settings: Settings, db: str, report: Report) -> None:
     with connect(settings.database_url(db), application_name="safesync-validate") as conn:
+        _require_schemas(_missing_schemas(conn, schemas_of(settings)), _schemas_setting(settings), f"do not exist in {db}")
+        _require_schemas(_missing_schemas(conn, list(settings.config.validate_.rls_schemas)), "validate.rls_schemas", f"do not exist in {db}")
         with report.timed("checks"):
             result = check_database(settings, db, conn)
     report.details.update({"database": db, "schemas": schemas_of(settings)})
@@ -73,6 +94,9 @@ def _compare(settings: Settings, db: str, against: str, report: Report) -> None:
         settings.database_url(against), application_name="safesync-validate"
     ) as b:
         a.read_only = b.read_only = True
+        # a schema only one side has is a difference the comparison names; one neither has is a typo
+        lacking = set(_missing_schemas(b, schemas))
+        _require_schemas([s for s in _missing_schemas(a, schemas) if s in lacking], _schemas_setting(settings), f"exist in neither {db} nor {against}")
         with report.timed("compare"):
             comparison = compare(a, b, schemas)
     report.details.update({"database": db, "against": against, "schemas": schemas})

@@ -9,6 +9,7 @@ only the first ``max_rows`` offending rows are fetched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,11 @@ class RuleResult:
 
 
 def _jsonable(value: Any) -> Any:
+    """A sample value as JSON can carry it: NaN and ±Infinity floats (no
+    JSON number) as PostgreSQL spells them, anything not a JSON scalar as
+    its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
