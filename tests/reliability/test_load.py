@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -29,11 +30,15 @@ SECONDS = float(os.environ.get("RELIABILITY_LOAD_S", pick(2, 5, 30)))
 
 
 def start_gunicorn(port: int) -> subprocess.Popen:
+    """gunicorn serving every function; its log goes to a file (a pipe nobody
+    reads while the clients run would fill with the workers' JSON log lines
+    and block them mid-request)."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread", "--threads", "16",
          "--log-level", "warning", "safesync.functions.serve:create_app()"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log, env=subprocess_env(), start_new_session=True,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -44,7 +49,8 @@ def start_gunicorn(port: int) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {proc.stderr.read().decode()[-2000:]}")
+                log.seek(0)
+                raise AssertionError(f"gunicorn exited: {log.read().decode()[-2000:]}")
             time.sleep(0.05)
     raise AssertionError("gunicorn never answered")
 
