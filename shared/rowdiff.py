@@ -693,18 +693,23 @@ def _resolve_checked(sides: Sides, spec: TableShape, checked: Differ, layout: tu
         )
 
     wanted = {i: [j for j in range(parts) if (a[2] >> 8 * j) & 255 != (b[2] >> 8 * j) & 255] for i, a, b in checked}
-    src_rows, tgt_rows = fetch(wanted)
+    text = _row_key_text(spec)
+    new, changed, extra = _merge(result, *fetch(wanted), text)
+    # rows fetched equal on both sides cancel out of a range's difference: only the differing ones count
     balance: dict[int, list[int]] = {i: [a[0] - b[0], a[1] - b[1]] for i, a, b in checked}
-    for pairs, sign in ((src_rows, 1), (tgt_rows, -1)):
-        for key, h in pairs:
-            left = balance[(key - lo) // step]
-            left[0] -= sign
-            left[1] -= sign * h
+    for key, h in new.items():
+        left = balance[(key - lo) // step]
+        left[0] -= 1
+        left[1] -= h
+    for key, (h, other) in changed.items():
+        balance[(key - lo) // step][1] -= h - other
+    for key, h in extra.items():
+        left = balance[(key - lo) // step]
+        left[0] += 1
+        left[1] += h
     rest = {i: [j for j in range(parts) if j not in wanted[i]] for i, (n, total) in balance.items() if n or total % (1 << 64)}
     if rest:
-        more_src, more_tgt = fetch(rest)
-        src_rows, tgt_rows = src_rows + more_src, tgt_rows + more_tgt
-    _merge(result, src_rows, tgt_rows, _row_key_text(spec))
+        _merge(result, *fetch(rest), text)
 
 
 def _runs(spec: TableShape, pending: Pending, step: int, fine: int) -> Iterator[Pending]:
@@ -785,20 +790,27 @@ def _pairs(
     return sides.both(lambda c: row_hashes(c, spec, on_src), lambda c: row_hashes(c, spec, on_tgt))
 
 
-def _merge(result: TableDiff, src_rows: list[tuple[T, int]], tgt_rows: list[tuple[T, int]], key: Callable[[T], Key] | None = None) -> None:
+def _merge(
+    result: TableDiff, src_rows: list[tuple[T, int]], tgt_rows: list[tuple[T, int]], key: Callable[[T], Key] | None = None
+) -> tuple[dict[T, int], dict[T, tuple[int, int]], dict[T, int]]:
     """Fetched (key, hash) pairs of the same ranges on both sides, into
     ``result``; ``key`` makes a differing row's key (integer keys: only
-    those become text)."""
+    those become text). Returns the differences as fetched (new, changed,
+    extra), keyed as the pairs were."""
     result.rows_fetched += len(src_rows) + len(tgt_rows)
     text = key or (lambda k: k)
-    target = dict(tgt_rows)
+    extra = dict(tgt_rows)
+    new, changed = {}, {}
     for k, h in src_rows:
-        other = target.pop(k, None)
+        other = extra.pop(k, None)
         if other is None:
-            result.new[text(k)] = h
+            new[k] = h
         elif other != h:
-            result.changed[text(k)] = (h, other)
-    result.extra.update((text(k), h) for k, h in target.items())
+            changed[k] = (h, other)
+    result.new.update((text(k), h) for k, h in new.items())
+    result.changed.update((text(k), pair) for k, pair in changed.items())
+    result.extra.update((text(k), h) for k, h in extra.items())
+    return new, changed, extra
 
 
 # -- tables without a key ---------------------------------------------------
