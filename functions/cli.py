@@ -89,9 +89,10 @@ def render(answer: Answer, as_json: bool, out=None) -> None:
         if not rows:
             continue
         table = Table(title=title, title_justify="left")
-        columns = list(dict.fromkeys(k for row in rows for k in row))
+        # a column empty in every row says nothing; an id cut to "prod…" says less than nothing: wrap, never cut
+        columns = [c for c in dict.fromkeys(k for row in rows for k in row) if any(_cell(row.get(c)) for row in rows)]
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(_cell(row.get(c)) for c in columns))
         console.print(table)
