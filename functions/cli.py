@@ -75,29 +75,33 @@ def render(answer: Answer, as_json: bool, out=None) -> None:
         out.write(json.dumps(body, indent=2, default=str, ensure_ascii=False) + "\n")
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Reports carry text from databases and configs ("[content_sync.options.lessons] on_conflict …", a
+    # table named "[bold]"): printed as it is, never read as rich markup (which drops what looks like a tag).
     console = Console(file=out, highlight=False, soft_wrap=True)
     report = body.get("report", body)
     if body.get("error"):
-        console.print(f"[bold red]✗[/] {body['error']}")
+        console.print(f"[bold red]✗[/] {escape(str(body['error']))}")
     status = report.get("status")
     if status:
         mark = {"ok": "[green]✓[/]", "problems": "[yellow]![/]", "refused": "[red]✗ refused[/]", "failed": "[red]✗ failed[/]"}
-        console.print(f"{mark.get(status, status)} {report.get('job', '')} {report.get('action', '')}: {report.get('summary', '')}")
+        line = f"{report.get('job', '')} {report.get('action', '')}: {report.get('summary', '')}"
+        console.print(f"{mark.get(status, escape(str(status)))} {escape(line)}")
     for title, rows in (report.get("tables") or {}).items():
         if not rows:
             continue
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         # a column empty in every row says nothing; an id cut to "prod…" says less than nothing: wrap, never cut
         columns = [c for c in dict.fromkeys(k for row in rows for k in row) if any(_cell(row.get(c)) for row in rows)]
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(escape(column), overflow="fold")
         for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
+            table.add_row(*(escape(_cell(row.get(c))) for c in columns))
         console.print(table)
     for warning in report.get("warnings") or []:
-        console.print(f"[yellow]![/] {warning}")
+        console.print(f"[yellow]![/] {escape(str(warning))}")
 
 
 def _cell(value: Any) -> str:

@@ -88,13 +88,15 @@ def run_demo(as_json: bool = False, keep: bool = False) -> Answer:
     from safesync.shared.db import connect, database_fingerprint
     from safesync.shared.embedded import EmbeddedPostgres
 
+    from rich.markup import escape
+
     from .lms import LMS_CONTENT, LMS_PROTECTED, create_lms
 
     talk = Narrator(as_json)
     root = DEMO_DIR.resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    talk.say(f"[bold]safesync demo[/] — everything lives in {root} (removed at the next run)")
+    talk.say(f"[bold]safesync demo[/] — everything lives in {escape(str(root))} (removed at the next run)")
     talk.say("Starting an embedded PostgreSQL 16 …")
     server = EmbeddedPostgres(root / "pg").start()
     try:
@@ -143,7 +145,7 @@ def run_demo(as_json: bool = False, keep: bool = False) -> Answer:
         for table in sorted(users_before):
             mark = "[green]✓[/]" if users_before[table] == users_after.get(table) else "[red]✗[/]"
             talk.say(f"{mark} {table}: {users_after.get(table, (0,))[0]} rows, checksum {'unchanged' if users_before[table] == users_after.get(table) else 'CHANGED'}")
-        talk.say(f"Backups and run reports: {settings.storage.describe()}")
+        talk.say(f"Backups and run reports: {escape(settings.storage.describe())}")
         conflict_at = next(i for i, (title, _, _) in enumerate(steps) if title.startswith("A hotfix"))
         # Every step succeeds except the conflict, which must be refused.
         ok = untouched and results[conflict_at].status == 422 and all(
