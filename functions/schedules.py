@@ -368,8 +368,13 @@ def _summary(changes: list[Change], verb: dict[str, str]) -> str:
     return text
 
 
-def run(settings: Settings, action: Literal["plan", "apply"], path: Path) -> Answer:
-    """Plan or apply ``path`` against the QStash account of QSTASH_TOKEN."""
+def run(settings: Settings, action: Literal["plan", "apply"], path: Path, *, delete_all: bool = False) -> Answer:
+    """Plan or apply ``path`` against the QStash account of QSTASH_TOKEN.
+
+    A file that defines no schedule at all would delete every one of ours —
+    the backups and the status checks that would notice them missing — which
+    is far likelier an empty mount or a truncated file than a wish: apply
+    refuses it unless ``delete_all`` says so."""
 
     def job(report: Report) -> None:
         desires = load_schedules(path, settings.env)
@@ -395,6 +400,12 @@ def run(settings: Settings, action: Literal["plan", "apply"], path: Path) -> Ans
         if action == "plan":
             report.summary = "plan: " + _summary(changes, {"create": "to create", "update": "to update", "delete": "to delete"})
             return
+        deletes = [c.schedule_id for c in changes if c.kind == "delete"]
+        if deletes and not desires.schedules and not delete_all:
+            raise Refused(
+                f"{path} defines no schedule, so apply would delete all {len(deletes)} of ours ({', '.join(deletes)}): "
+                "an empty or truncated file? Nothing changed; to remove them all, run apply --delete-all"
+            )
         with report.timed("apply"):
             _apply(client, changes)
         report.summary = "applied: " + _summary(changes, {"create": "created", "update": "updated", "delete": "deleted"})
@@ -442,8 +453,10 @@ def register_cli(sub: argparse._SubParsersAction, parent: argparse.ArgumentParse
     for action, text in (("plan", "show what apply would change in QStash"), ("apply", "make QStash match the file")):
         p = actions.add_parser(action, help=text, parents=[parent])
         p.add_argument("--file", metavar="PATH", help=f"schedules file (default: $SAFESYNC_SCHEDULES or {DEFAULT_FILE})")
+        if action == "apply":
+            p.add_argument("--delete-all", action="store_true", help="allow a file without schedules to delete every one of ours")
         p.set_defaults(
             func=lambda args, settings, action=action: run(
-                settings, action, Path(args.file) if args.file else default_path(settings)
+                settings, action, Path(args.file) if args.file else default_path(settings), delete_all=getattr(args, "delete_all", False)
             )
         )

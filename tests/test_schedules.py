@@ -126,6 +126,24 @@ def test_changed_cron_is_one_update_and_removed_entry_one_delete(qstash, setting
     assert applied.body["summary"] == "applied: 1 deleted; 2 unchanged"
 
 
+@pytest.mark.parametrize("text", ["", '[defaults]\nbase_url = "${SAFESYNC_PUBLIC_URL}"\n'], ids=["empty file", "defaults only"])
+def test_a_file_without_schedules_deletes_nothing_unless_told(qstash, settings, tmp_path, text):
+    """An empty mount or a truncated file would delete every schedule —
+    the backups and the status runs that would notice them gone. apply
+    refuses, naming them; ``delete_all`` (``apply --delete-all``) does it."""
+    path = write(tmp_path, FILE)
+    run(settings, "apply", path)
+    before = set(qstash.schedules)
+    write(tmp_path, text)
+    refused = run(settings, "apply", path)
+    assert refused.status == 422 and "defines no schedule" in refused.body["error"], refused.body
+    assert "safesync-backup-daily" in refused.body["error"] and "--delete-all" in refused.body["error"]
+    assert set(qstash.schedules) == before and before
+    assert run(settings, "plan", path).exit_code == 0  # plan shows the deletes, as it always did
+    applied = run(settings, "apply", path, delete_all=True)
+    assert applied.exit_code == 0 and not set(qstash.schedules) & before, applied.body
+
+
 def test_body_and_retries_and_callback_changes_are_updates(qstash, settings, tmp_path):
     path = write(tmp_path, FILE)
     run(settings, "apply", path)
@@ -158,9 +176,9 @@ def test_schedules_that_are_not_ours_are_never_touched(qstash, settings, tmp_pat
         assert qstash.schedules[key] == value
     assert "1 unmanaged left alone" in applied.body["summary"]
 
-    # Emptying the file deletes only our three, never the others.
+    # Emptying the file (and saying so) deletes only our three, never the others.
     write(tmp_path, "[defaults]\n")
-    run(settings, "apply", path)
+    run(settings, "apply", path, delete_all=True)
     assert set(qstash.schedules) == set(foreign)
 
 
@@ -181,7 +199,7 @@ def test_per_target_base_urls_and_ownership(qstash, settings, tmp_path, monkeypa
     assert qstash.schedules["safesync-calendar-full"]["destination"] == f"{PUBLIC}/calendar_sync"
     # Dropping the backup entry deletes it: its destination is under a base URL of the file.
     write(tmp_path, FILE.split("[schedules.backup-daily]")[0] + '\n[targets]\nbackup = "${SAFESYNC_BACKUP_BASE_URL}"\n')
-    run(settings, "apply", path)
+    run(settings, "apply", path, delete_all=True)  # the file is left with no schedule: said so
     assert "safesync-backup-daily" not in qstash.schedules
 
 
