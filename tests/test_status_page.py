@@ -240,3 +240,26 @@ def test_the_page_shows_timeline_runs_sync_calendar_and_attention_first(status_w
     attention = re.search(r'<section class="attention">(.*?)</section>', text, re.S).group(1)
     assert attention.index(reasons[0][:30]) < attention.index(reasons[-1][:30]) or len(reasons) == 1
     assert "<script" not in text and TOKEN not in text
+
+
+@pytest.mark.parametrize("path", ["//evil.example/status", "/\\evil.example/status", "///evil.example"])
+def test_a_path_that_names_another_site_never_becomes_the_redirect(status_world, path) -> None:
+    """A deployed function answers every path: a link to
+    ``https://status.example//evil.example/status`` showed the login form,
+    and the login's 303 went to ``Location: //evil.example/status`` — another
+    site, for a person who had just typed the token. The page's own path
+    keeps one leading slash, in the redirect and in the forms."""
+    import flask
+
+    from safesync.functions.status import browser
+
+    app = flask.Flask("status-test")
+    with app.test_request_context(method="POST", data={"token": TOKEN}, headers=SAME, environ_overrides={"PATH_INFO": path}):
+        response = browser.handle(flask.request)
+    assert response.status_code == 303
+    location = response.headers["Location"]
+    assert location.startswith("/") and not location.startswith(("//", "/\\")), location
+    with app.test_request_context(method="GET", headers=HTML, environ_overrides={"PATH_INFO": path}):
+        form = browser.handle(flask.request).get_data(as_text=True)
+    action = re.search(r'<form method="post" action="([^"]*)"', form)[1]
+    assert action.startswith("/") and not action.startswith(("//", "/\\")), action

@@ -42,11 +42,19 @@ def _html(text: str, status: int) -> "flask.Response":
     return response
 
 
+def _path(request: "flask.Request") -> str:
+    """The page's own path, as a redirect and the forms use it: with one
+    leading slash. A function answers every path, and ``//evil.example/x``
+    as a Location is another site (a protocol-relative URL): the page would
+    send a person who just logged in there."""
+    return "/" + request.path.lstrip("/\\")
+
+
 def _to_page(request: "flask.Request") -> "flask.Response":
     """303 to the page itself, without any query (a link code stays out of
     the address bar and the history)."""
     response = _html("", 303)
-    response.headers["Location"] = request.path
+    response.headers["Location"] = _path(request)
     return response
 
 
@@ -66,11 +74,11 @@ def handle(request: "flask.Request") -> "flask.Response":
             return _link(request)
         value = request.cookies.get(COOKIE)
         if not value:
-            return _html(render_login(request.path, SIGNED_OUT, error=False), 401)
+            return _html(render_login(_path(request), SIGNED_OUT, error=False), 401)
         try:
             sessions.verify(sessions.SESSION, value)
         except AuthError as exc:
-            return _html(render_login(request.path, f"{exc.message}: log in again."), 401)
+            return _html(render_login(_path(request), f"{exc.message}: log in again."), 401)
         return _page(request)
     except SafesyncError as exc:
         if exc.status >= 500:
@@ -107,14 +115,14 @@ def _form(request: "flask.Request") -> "flask.Response":
         return response
     token = (fields.get("token") or [""])[0].strip()
     if not token:
-        return _html(render_login(request.path, "Enter the token."), 400)
+        return _html(render_login(_path(request), "Enter the token."), 400)
     from safesync.shared.auth import authenticate
 
     try:
         principal = authenticate({"Authorization": f"Bearer {token}"}, b"", path=request.path)
     except AuthError:
         log.info("status login refused")
-        return _html(render_login(request.path, "That token is not valid."), 401)
+        return _html(render_login(_path(request), "That token is not valid."), 401)
     log.info("status login", caller=principal.identity)
     return _start_session(_to_page(request), sessions.kind_of(principal))
 
@@ -123,14 +131,14 @@ def _link(request: "flask.Request") -> "flask.Response":
     try:
         grant = sessions.verify(sessions.LINK, request.args.get("link", ""))
     except AuthError as exc:
-        return _html(render_login(request.path, f"{exc.message}: run `safesync status --link` for a new one."), 401)
+        return _html(render_login(_path(request), f"{exc.message}: run `safesync status --link` for a new one."), 401)
     from safesync.shared.config import load_settings
     from safesync.shared.report import utcnow
 
     try:  # create-only: the first visit uses the link up
         load_settings().storage.put_json(f"status/links/{grant.nonce}.json", {"used_at": utcnow(), "kind": grant.kind}, overwrite=False)
     except ObjectExists:
-        return _html(render_login(request.path, "That link was already used: run `safesync status --link` for a new one."), 401)
+        return _html(render_login(_path(request), "That link was already used: run `safesync status --link` for a new one."), 401)
     log.info("status link used", caller=grant.principal.identity)
     return _start_session(_to_page(request), grant.kind)
 
@@ -141,4 +149,4 @@ def _page(request: "flask.Request") -> "flask.Response":
     from . import status
 
     answer = status(load_settings())
-    return _html(render_status(answer.body, logout_path=request.path), 200 if answer.status < 500 else answer.status)
+    return _html(render_status(answer.body, logout_path=_path(request)), 200 if answer.status < 500 else answer.status)
