@@ -75,6 +75,17 @@ def may_write(role: str = "current_user", relation: str = "c") -> str:
     )
 
 
+def with_url_options(url: str, ours: str) -> str:
+    """The startup ``options`` for ``url``: those the URL carries (``?options=-c
+    search_path=app``, Neon's ``endpoint=…``) first, then ours, which win for
+    any setting both name (later ``-c`` overrides earlier). Passing ours
+    alone replaced the URL's, so the application's search_path was gone from
+    the migrations safesync runs for it. Raises psycopg's ProgrammingError
+    for a malformed URL."""
+    theirs = (psycopg.conninfo.conninfo_to_dict(url).get("options") or "").strip()
+    return f"{theirs} {ours}" if theirs else ours
+
+
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
     """Open a connection with pinned session settings, read back to be in
     effect (``_require_pinned``: else ``ConfigError``, naming them).
@@ -82,8 +93,9 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "safe
     Connection failures become ``DatabaseError`` with the URL's password
     redacted (psycopg's message may echo the DSN).
     """
-    options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items()) + " " + SESSION_OPTIONS
+    ours = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items()) + " " + SESSION_OPTIONS
     try:
+        options = with_url_options(url, ours)
         conn = psycopg.connect(
             url,
             autocommit=autocommit,

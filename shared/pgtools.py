@@ -37,7 +37,7 @@ from pathlib import Path
 from psycopg import conninfo as pg_conninfo
 
 from . import probecache
-from .db import SESSION_OPTIONS
+from .db import SESSION_OPTIONS, with_url_options
 from .errors import ConfigError
 from .log import redact
 
@@ -291,9 +291,11 @@ def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync") 
     password = params.pop("password", None)
     if dbname is not None:
         params["dbname"] = dbname
+    # The scripts psql runs hold catalog queries too (see shared.db): our settings go with the URL's own
+    # options (a conninfo's options replace PGOPTIONS, so the environment alone lost ours to any URL that had some).
+    params["options"] = with_url_options(url, SESSION_OPTIONS)
     env = child_env()
     env["PGAPPNAME"] = app
-    env["PGOPTIONS"] = SESSION_OPTIONS  # the scripts psql runs hold catalog queries too (see shared.db)
     if password:
         env["PGPASSWORD"] = str(password)
     return pg_conninfo.make_conninfo(**params), env

@@ -162,3 +162,27 @@ def test_a_clone_whose_proof_the_database_stops_says_it_committed(pg_server, mak
     assert answer.body["report"]["details"]["safety_backup"]["id"].startswith("staging-")
     with psycopg.connect(staging) as conn:
         assert conn.execute("select count(*) from lessons").fetchone()[0] > 0  # the swap did commit
+
+
+def test_a_urls_own_options_are_kept_beside_ours_in_sessions_and_client_programs(make_db):
+    """A URL may carry startup options (``?options=-c search_path=app``, as
+    an application sets its schema; Neon's ``endpoint=…``). Ours replaced
+    them in safesync's own sessions, and theirs replaced ours in psql's and
+    pg_restore's (a conninfo's options win over PGOPTIONS): either the
+    application's search_path was gone, or row_security was back on. Both
+    now apply, ours winning where both name a setting."""
+    import subprocess
+
+    from safesync.shared.pgtools import find_tool, libpq_target
+
+    url = make_db()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create schema app")
+    options = psycopg.conninfo.conninfo_to_dict(url) | {"options": "-c search_path=app -c row_security=on"}
+    theirs = psycopg.conninfo.make_conninfo(**options)
+    show = "select current_setting('search_path'), current_setting('row_security'), current_setting('jit')"
+    with connect(theirs) as conn:
+        assert conn.execute(show).fetchone() == ("app", "off", "off")
+    conninfo, env = libpq_target(theirs)
+    done = subprocess.run([str(find_tool("psql").path), "-XAtF,", "-c", show, conninfo], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "app,off,off", done.stderr
