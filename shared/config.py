@@ -478,7 +478,26 @@ def parse_config(text: str, *, source: str = DEFAULT_CONFIG_FILE) -> Config:
     return _validate(parse_toml(text, source=source), source)
 
 
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """Where a NUL character is in the parsed config (a dotted path), if anywhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if "\x00" in str(key):
+            return where
+        if found := _nul_at(item, where):
+            return found
+    return None
+
+
 def _validate(data: dict[str, Any], source: str) -> Config:
+    # TOML allows "\u0000"; libpq sends SQL as a C string, so what follows a NUL in a rule, a table name or
+    # any text that reaches a query would silently never run: the config is refused, naming the key
+    if where := _nul_at(data):
+        shown = where.replace("\x00", "\\u0000")
+        raise ConfigError(f"{source}: {shown}: contains a NUL character, which PostgreSQL cannot take")
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

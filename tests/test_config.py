@@ -137,3 +137,20 @@ def test_cli_config_error_exit_2_one_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"safesync: error: {path}: backup.keep_dayly: unknown key"]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ('[[validate.rules]]\nname = "orphans"\nsql = "select 1 where false\\u0000; delete from users"\n', "validate.rules.0.sql"),
+        ('[content_sync]\ntables = ["lessons\\u0000x"]\n', "content_sync.tables.0"),
+        ('[content_sync.options."less\\u0000ons"]\non_conflict = "source"\n', "content_sync.options.less"),
+    ],
+)
+def test_a_nul_character_anywhere_in_the_config_is_refused_naming_the_key(text, where):
+    """psycopg sends a query as a C string: a rule's SQL after a NUL never
+    ran (the rule checked less than it said), and a name with one cut the
+    statement short."""
+    with pytest.raises(ConfigError, match="NUL character") as raised:
+        parse_config(text, source="t.toml")
+    assert raised.value.message.startswith(f"t.toml: {where}")
