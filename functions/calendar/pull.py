@@ -118,7 +118,8 @@ class Puller:
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
         self.listed_from = ctx.now  # when the token listing began (notifications before it are covered)
-        self.malformed: set[str] = set()  # Google events skipped as malformed in this run
+        self.malformed: dict[str, str] = {}  # Google events skipped as malformed in this run (id → error)
+        self.rechecked = False  # the events earlier runs skipped were fetched again in this run
 
     # -- entry points -------------------------------------------------------
     def incremental(self) -> str:
@@ -172,12 +173,13 @@ class Puller:
         listing, ``"window"``, or None for a change listing); ``keep_token``:
         store the listing's sync token with its last page."""
         ctx, conn = self.ctx, self.ctx.conn
-        items = listing.items
-        ctx.counts["listed"] += len(items)
-        plans = self.plan_pages(listing.pages, window)
+        ctx.counts["listed"] += len(listing.items)
+        pages = listing.pages + [self._recheck_skipped(listing.items)]
+        items = [item for page in pages for item in page]
+        plans = self.plan_pages(pages, window)
         missing = self._confirm_absent(items, window if absent == "window" else None) if absent else PagePlan()
         deletions = sum(len(p.deletes) for p in plans + [missing])
-        self._guard(items, deletions, window, absent is not None)
+        self._guard(listing.items, deletions, window, absent is not None)
         for index, plan in enumerate(plans):
             last = index == len(plans) - 1
             with conn.transaction():
@@ -186,6 +188,7 @@ class Puller:
                     self._write(missing)
                     if listing.time_zone:
                         state.store_time_zone(conn, self.cal, listing.time_zone)
+                    state.settle_skipped(conn, self.cal, self.malformed, {i["id"] for i in items})
                     if keep_token:
                         state.store_token(conn, self.cal, listing.sync_token)
                         state.clear_notify_pending(conn, self.cal, self.listed_from)
@@ -226,7 +229,7 @@ class Puller:
         as it was — never deleted nor overwritten — and the others sync."""
         if item["id"] in self.malformed:  # a full run lists it twice (incremental, then the window)
             return
-        self.malformed.add(item["id"])
+        self.malformed[item["id"]] = str(exc)
         self.ctx.counts["malformed_remote"] += 1
         self.ctx.warnings.append(f"{self.cal}/{item['id']}: Google's event is malformed ({exc}); skipped, the row kept as it was")
         plan.audits.append(("error", "Google's event malformed: skipped",
@@ -318,6 +321,35 @@ class Puller:
             merged = synced_values(ctx, result.data, item)
             merged.update(synced_hash=values["synced_hash"], synced_field_hashes=values["synced_field_hashes"])
             plan.merges.append({"id": row["id"], **merged, "_data": result.data, "_row": row})
+
+    # -- events skipped by earlier runs ----------------------------------------
+    def _recheck_skipped(self, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events an earlier run skipped as malformed that this listing does
+        not return — a change listing never returns an unchanged event
+        again, though its token moved past it — fetched by id (once a run)
+        and planned like listed ones: still malformed, skipped and named
+        again; readable, applied. A 404/410 is Google's deletion, given as
+        the marker a change listing shows for one (id, status cancelled).
+        One that cannot be fetched now stays remembered and the run not ok."""
+        if self.rechecked:
+            return []
+        self.rechecked = True
+        ctx, listed_ids = self.ctx, {i["id"] for i in listed}
+        wanted = [gid for gid in state.skipped_events(ctx.conn, self.cal) if gid not in listed_ids]
+        if not wanted:
+            return []
+        outcomes = BatchRunner(ctx, self.cal).run([(gid, lambda g=gid: ctx.client.get_request(self.cal, g)) for gid in wanted])
+        page: list[dict[str, Any]] = []
+        for gid, response, failure in outcomes:
+            ctx.counts["skipped_rechecked"] += 1
+            if failure is None:
+                page.append(response)
+            elif failure.status in (404, 410):
+                page.append({"id": gid, "status": "cancelled"})
+            else:
+                ctx.counts["malformed_remote"] += 1
+                ctx.warnings.append(f"{self.cal}/{gid}: skipped earlier as malformed, fetching it again failed ({failure.describe()}); still skipped")
+        return page
 
     # -- full-sync absence check ----------------------------------------------
     def _confirm_absent(self, items, window) -> PagePlan:
