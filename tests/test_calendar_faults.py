@@ -316,6 +316,43 @@ def test_a_skipped_event_that_cannot_be_fetched_again_stays_remembered(fake, cal
     assert rows(settings)[gid(0)]["title"] == "renamed while malformed"
 
 
+def test_malformed_server_set_fields_are_a_named_skip_not_a_500(fake, cal_settings):
+    """The fields Google sets (created, updated: RFC 3339 datetimes;
+    originalStartTime: an object with date or dateTime; sequence: an
+    integer — events resource reference) were read unchecked: one event
+    with another type or text there crashed the whole run (500) and nothing
+    else synced. Now such an event is skipped and named like any malformed
+    field, its held row kept, the rest applied."""
+    from tests.test_calendar_sync import put_standup, utc_key
+
+    settings = cal_settings()
+    seed(fake, 5)
+    first = put_standup(fake)
+    occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
+    fake.store.edit("primary", occ2, {"summary": "moved standup"})  # an exception, listed on its own
+    sync(settings, "incremental")
+    corrupt(fake, gid(0), summary="renamed 0")
+    with fake.store.lock:  # after the bump, which sets updated
+        fake.store.events("primary")[gid(0)]["updated"] = "yesterday"
+    corrupt(fake, gid(1), created=1733280000, summary="renamed 1")
+    corrupt(fake, gid(2), sequence="2", summary="renamed 2")
+    corrupt(fake, gid(3), originalStartTime="2026-12-05", summary="renamed 3")
+    corrupt(fake, occ2, originalStartTime={"dateTime": 20261206}, summary="renamed occurrence")
+    fake.store.edit("primary", gid(4), {"summary": "applied"})
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 200 and answer.body["ok"] is False, answer.body
+    assert "5 malformed Google event(s) skipped" in answer.body["summary"], answer.body["warnings"]
+    named = " ".join(answer.body["warnings"])
+    for event_id, why in ((gid(0), "updated is not an RFC 3339 instant)"), (gid(1), "created must be a str, not int)"),
+                          (gid(2), "sequence must be a int, not str)"), (gid(3), "originalStartTime must be a dict, not str)"),
+                          (occ2, "originalStartTime.dateTime must be a str, not int)")):
+        assert f"primary/{event_id}: Google's event is malformed ({why}" in named, (event_id, named)
+    local = rows(settings)
+    assert local[gid(4)]["title"] == "applied"
+    assert [local[gid(i)]["title"] for i in range(4)] == [f"Event {i}" for i in range(4)]
+    assert local[occ2]["title"] == "moved standup" and not local[occ2]["deleted"]
+
+
 def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):
     """A row whose conference_data the app wrote in clear (or damaged) made
     Cipher.decrypt raise JobFailed out of the whole calendar run (503): no

@@ -44,7 +44,7 @@ from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
 from .mapping import (
-    EventData, InvalidEventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text,
+    EventData, InvalidEventData, field_hashes, from_google, from_row, google_meta, original_start, overlaps, parse_instant, utc_text,
 )
 from .retry import classify
 from .store import (
@@ -201,8 +201,7 @@ class Puller:
         items = [item for page in pages for item in page]
         existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
         instances = unpushed_instances(
-            conn, self.cal,
-            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+            conn, self.cal, [key for i in items if i["id"] not in existing and (key := _instance_key(i)) is not None],
         )
         cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
         listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
@@ -212,9 +211,10 @@ class Puller:
         plan = PagePlan()
         for item in page:
             row = existing.get(item["id"])
-            if row is None and item.get("recurringEventId"):
-                row = instances.get((item["recurringEventId"], original_start(item)))
             try:
+                google_meta(item)  # the fields Google sets are readable before anything relies on them
+                if row is None and item.get("recurringEventId"):
+                    row = instances.get((item["recurringEventId"], original_start(item)))
                 if item.get("status") == "cancelled":
                     self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
                 else:
@@ -478,6 +478,18 @@ class Puller:
 
     def _note(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, detail=detail)
+
+
+def _instance_key(item: dict[str, Any]) -> tuple[str, str] | None:
+    """(series, original start) of a listed occurrence; None for any other
+    event, or one whose Google fields are unreadable (skipped and named
+    when its page is planned)."""
+    if not item.get("recurringEventId"):
+        return None
+    try:
+        return google_meta(item)["recurring_event_id"], original_start(item)
+    except InvalidEventData:
+        return None
 
 
 def _everything():
