@@ -353,6 +353,31 @@ def test_malformed_server_set_fields_are_a_named_skip_not_a_500(fake, cal_settin
     assert local[occ2]["title"] == "moved standup" and not local[occ2]["deleted"]
 
 
+def test_an_event_listed_twice_is_applied_once_in_the_copy_read_last(fake, cal_settings, monkeypatch):
+    """Google documents no promise that a paged listing returns an event
+    once (events.list: pages are read one request at a time, and an event
+    edited between them may be met again). The second copy was planned as a
+    second insert: the unique key stopped the run (422) on every run while
+    the listing did so, nothing synced. Now each event is taken once, in the
+    copy read last (Google's state at the later moment)."""
+    settings = cal_settings("page_size = 2\n")
+    seed(fake, 5)
+    original = fake.store.list
+
+    def edited_while_paging(cal, params):
+        out = original(cal, params)
+        if "pageToken" in params and "nextPageToken" not in out:  # the last page: gid(0) was on the first
+            out["items"].append(fake.store.edit(cal, gid(0), {"summary": "edited while paging"}))
+        return out
+
+    monkeypatch.setattr(fake.store, "list", edited_while_paging)
+    body = sync(settings, "incremental")
+    assert body["ok"] is True and body["details"]["counts"]["listed_twice"] == 1, body
+    local = rows(settings)
+    assert len(local) == 5 and local[gid(0)]["title"] == "edited while paging"
+    assert local[gid(0)]["etag"] == fake.store.live("primary")[gid(0)]["etag"]
+
+
 def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):
     """A row whose conference_data the app wrote in clear (or damaged) made
     Cipher.decrypt raise JobFailed out of the whole calendar run (503): no

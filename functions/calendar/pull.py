@@ -104,7 +104,27 @@ def list_all(ctx: SyncContext, calendar_id: str, params: dict[str, Any]) -> List
         pages.append(response.get("items", []))
         page_token = response.get("nextPageToken")
         if not page_token:
-            return Listing(pages, response.get("nextSyncToken"), response.get("timeZone"))
+            return Listing(once(ctx, pages), response.get("nextSyncToken"), response.get("timeZone"))
+
+
+def once(ctx: SyncContext, pages: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Each event of a listing once, in the copy read last (Google's state
+    at the later moment). Google does not promise an event appears only
+    once: pages are separate requests, and one edited between them may be
+    met again; a second copy was planned as a second insert and the unique
+    key stopped the whole run."""
+    seen: set[str] = set()
+    kept: list[list[dict[str, Any]]] = []
+    for page in reversed(pages):
+        fresh = []
+        for item in reversed(page):
+            if item["id"] in seen:
+                ctx.counts["listed_twice"] += 1
+                continue
+            seen.add(item["id"])
+            fresh.append(item)
+        kept.append(fresh[::-1])
+    return kept[::-1]
 
 
 def full_params(ctx: SyncContext) -> dict[str, Any]:
