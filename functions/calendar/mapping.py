@@ -55,7 +55,7 @@ def original_start(ev: dict[str, Any]) -> str | None:
     original = _typed(ev.get("originalStartTime"), dict, "originalStartTime")
     if not original:
         return None
-    kind = "date" if "date" in original else "dateTime"
+    kind = "date" if original.get("date") is not None else "dateTime"
     text = _typed(original.get(kind), str, f"originalStartTime.{kind}")
     if text is None:
         raise InvalidEventData("originalStartTime has neither a date nor a dateTime")
@@ -146,7 +146,7 @@ def _google_when(ev: dict[str, Any]) -> dict[str, Any] | None:
         if ev.get("status") == "cancelled":
             return None  # a cancelled event may carry only its id and status
         raise InvalidEventData("start and end are missing")
-    kind = "date" if "date" in start else "dateTime"
+    kind = "date" if start.get("date") is not None else "dateTime"  # a null sub-field is no field
     texts = [_typed(side.get(kind), str, f"{name}.{kind}") for name, side in (("start", start), ("end", end))]
     if None in texts:
         raise InvalidEventData(f"start and end must both have a {kind}")
@@ -211,15 +211,15 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
     start_tz, end_tz = zones(data)
     if when and not when["all_day"] and data["recurrence"] and not exception and not start_tz:
         start_tz = end_tz = end_tz or calendar_zone
+    # start/end name every sub-field, null for those the event does not
+    # have: a patch merges nested objects into Google's (null deletes), so
+    # a left-out "date" or "dateTime" would survive an all-day ↔ timed switch.
     if when and when["all_day"]:
-        body["start"], body["end"] = {"date": when["start"]}, {"date": when["end"]}
+        body["start"] = {"date": when["start"], "dateTime": None, "timeZone": start_tz}
+        body["end"] = {"date": when["end"], "dateTime": None, "timeZone": end_tz}
     elif when:
-        body["start"] = {"dateTime": parse_instant(when["start"]).astimezone(_zone(start_tz)).isoformat()}
-        body["end"] = {"dateTime": parse_instant(when["end"]).astimezone(_zone(end_tz)).isoformat()}
-    if when:
-        for side, zone in (("start", start_tz), ("end", end_tz)):
-            if zone:
-                body[side]["timeZone"] = zone
+        body["start"] = {"date": None, "dateTime": parse_instant(when["start"]).astimezone(_zone(start_tz)).isoformat(), "timeZone": start_tz}
+        body["end"] = {"date": None, "dateTime": parse_instant(when["end"]).astimezone(_zone(end_tz)).isoformat(), "timeZone": end_tz}
     if not exception:
         body["recurrence"] = data["recurrence"]
     # Always sent, like the other fields: a null removes a meeting the app
