@@ -255,6 +255,129 @@ def test_a_malformed_google_event_is_skipped_and_named_while_the_rest_syncs(fake
     assert rows(settings)[gid(0)]["title"] == "repaired"
 
 
+def test_a_skipped_malformed_event_is_fetched_again_on_every_run_until_it_reads_or_is_gone(fake, cal_settings):
+    """The incremental run that skipped a malformed event stored the new
+    nextSyncToken, and a change listing returns only what changed since its
+    token (Google's sync guide: incremental sync retrieves "all the
+    resources that have been modified since the last sync request"): the
+    next runs never saw the event again and said ok, the held row stale and
+    the new event missing for good. Now each skipped id is remembered (in
+    the token's transaction) and fetched by id on every run — named until
+    it reads (then applied) or is gone (404: forgotten)."""
+    settings = cal_settings()
+    seed(fake, 3)
+    sync(settings, "incremental")
+    fake.store.put_event("primary", {"id": "n0000001", "summary": "new", "start": {"dateTime": (NOW + timedelta(days=2)).isoformat()},
+                                     "end": {"dateTime": (NOW + timedelta(days=2, hours=1)).isoformat()}})
+    fake.store.put_event("primary", {"id": "n0000002", "summary": "purged", "start": {"dateTime": (NOW + timedelta(days=3)).isoformat()},
+                                     "end": {"dateTime": (NOW + timedelta(days=3, hours=1)).isoformat()}})
+    corrupt(fake, gid(0), conferenceData=["not", "an", "object"], summary="renamed while malformed")
+    for event_id in ("n0000001", "n0000002"):
+        corrupt(fake, event_id, conferenceData="not an object")
+    for run in range(2):
+        body = run_sync(settings, "incremental").body
+        assert body["ok"] is False and "3 malformed Google event(s) skipped" in body["summary"], (run, body)
+        named = " ".join(body["warnings"])
+        assert all(f"primary/{e}" in named for e in (gid(0), "n0000001", "n0000002")), (run, named)
+    assert rows(settings)[gid(0)]["title"] == "Event 0" and "n0000001" not in rows(settings)
+    # Google's answers become readable without a change its token would list
+    # (as after a deploy that reads them); one event is purged (events.get: 404).
+    with fake.store.lock:
+        for event_id in (gid(0), "n0000001"):
+            fake.store.events("primary")[event_id].pop("conferenceData")
+        del fake.store.calendars["primary"]["n0000002"]
+    fake.reset_counts()
+    body = run_sync(settings, "incremental").body
+    assert body["ok"] is True, body
+    assert body["details"]["counts"]["skipped_rechecked"] == 3
+    local = rows(settings)
+    assert local[gid(0)]["title"] == "renamed while malformed" and local["n0000001"]["title"] == "new"
+    with connect(settings) as conn:
+        assert conn.execute("select count(*) as n from calendar.skipped_events").fetchone()["n"] == 0
+    body = run_sync(settings, "incremental").body  # nothing left to fetch again
+    assert body["ok"] is True and "skipped_rechecked" not in body["details"]["counts"]
+
+
+def test_a_skipped_event_that_cannot_be_fetched_again_stays_remembered(fake, cal_settings):
+    """A transient failure of the re-fetch is no answer: the id is kept,
+    named, and the run is not ok; the next run fetches it again."""
+    settings = cal_settings()
+    seed(fake, 2)
+    sync(settings, "incremental")
+    corrupt(fake, gid(0), conferenceData="not an object", summary="renamed while malformed")
+    assert run_sync(settings, "incremental").body["ok"] is False
+    with fake.store.lock:
+        fake.store.events("primary")[gid(0)].pop("conferenceData")
+    fake.faults = Faults(rate=1.0, kinds=("500",), seed=1, only="/batch")
+    body = run_sync(settings, "incremental").body
+    assert body["ok"] is False and any(f"primary/{gid(0)}" in w and "fetching it again failed" in w for w in body["warnings"]), body
+    fake.faults = Faults()
+    assert run_sync(settings, "incremental").body["ok"] is True
+    assert rows(settings)[gid(0)]["title"] == "renamed while malformed"
+
+
+def test_malformed_server_set_fields_are_a_named_skip_not_a_500(fake, cal_settings):
+    """The fields Google sets (created, updated: RFC 3339 datetimes;
+    originalStartTime: an object with date or dateTime; sequence: an
+    integer — events resource reference) were read unchecked: one event
+    with another type or text there crashed the whole run (500) and nothing
+    else synced. Now such an event is skipped and named like any malformed
+    field, its held row kept, the rest applied."""
+    from tests.test_calendar_sync import put_standup, utc_key
+
+    settings = cal_settings()
+    seed(fake, 5)
+    first = put_standup(fake)
+    occ2 = fake.store.instance_id("primary", "series00001", utc_key(first + timedelta(days=2)))
+    fake.store.edit("primary", occ2, {"summary": "moved standup"})  # an exception, listed on its own
+    sync(settings, "incremental")
+    corrupt(fake, gid(0), summary="renamed 0")
+    with fake.store.lock:  # after the bump, which sets updated
+        fake.store.events("primary")[gid(0)]["updated"] = "yesterday"
+    corrupt(fake, gid(1), created=1733280000, summary="renamed 1")
+    corrupt(fake, gid(2), sequence="2", summary="renamed 2")
+    corrupt(fake, gid(3), originalStartTime="2026-12-05", summary="renamed 3")
+    corrupt(fake, occ2, originalStartTime={"dateTime": 20261206}, summary="renamed occurrence")
+    fake.store.edit("primary", gid(4), {"summary": "applied"})
+    answer = run_sync(settings, "incremental")
+    assert answer.status == 200 and answer.body["ok"] is False, answer.body
+    assert "5 malformed Google event(s) skipped" in answer.body["summary"], answer.body["warnings"]
+    named = " ".join(answer.body["warnings"])
+    for event_id, why in ((gid(0), "updated is not an RFC 3339 instant)"), (gid(1), "created must be a str, not int)"),
+                          (gid(2), "sequence must be a int, not str)"), (gid(3), "originalStartTime must be a dict, not str)"),
+                          (occ2, "originalStartTime.dateTime must be a str, not int)")):
+        assert f"primary/{event_id}: Google's event is malformed ({why}" in named, (event_id, named)
+    local = rows(settings)
+    assert local[gid(4)]["title"] == "applied"
+    assert [local[gid(i)]["title"] for i in range(4)] == [f"Event {i}" for i in range(4)]
+    assert local[occ2]["title"] == "moved standup" and not local[occ2]["deleted"]
+
+
+def test_an_event_listed_twice_is_applied_once_in_the_copy_read_last(fake, cal_settings, monkeypatch):
+    """Google documents no promise that a paged listing returns an event
+    once (events.list: pages are read one request at a time, and an event
+    edited between them may be met again). The second copy was planned as a
+    second insert: the unique key stopped the run (422) on every run while
+    the listing did so, nothing synced. Now each event is taken once, in the
+    copy read last (Google's state at the later moment)."""
+    settings = cal_settings("page_size = 2\n")
+    seed(fake, 5)
+    original = fake.store.list
+
+    def edited_while_paging(cal, params):
+        out = original(cal, params)
+        if "pageToken" in params and "nextPageToken" not in out:  # the last page: gid(0) was on the first
+            out["items"].append(fake.store.edit(cal, gid(0), {"summary": "edited while paging"}))
+        return out
+
+    monkeypatch.setattr(fake.store, "list", edited_while_paging)
+    body = sync(settings, "incremental")
+    assert body["ok"] is True and body["details"]["counts"]["listed_twice"] == 1, body
+    local = rows(settings)
+    assert len(local) == 5 and local[gid(0)]["title"] == "edited while paging"
+    assert local[gid(0)]["etag"] == fake.store.live("primary")[gid(0)]["etag"]
+
+
 def test_a_row_whose_conference_data_does_not_decrypt_fails_alone(fake, cal_settings):
     """A row whose conference_data the app wrote in clear (or damaged) made
     Cipher.decrypt raise JobFailed out of the whole calendar run (503): no

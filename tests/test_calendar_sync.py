@@ -351,6 +351,38 @@ def test_all_day_events_keep_their_dates_in_far_time_zones(fake, cal_settings, t
     assert_converged(fake, settings)
 
 
+def test_switching_between_all_day_and_timed_in_the_app_reaches_google(fake, cal_settings):
+    """events.patch merges a nested object into the one Google holds
+    (performance guide, "Patch semantics": the data sent "is merged into
+    the data for the parent object"; null deletes a field), and the fake
+    now does too. A patch sending start {"dateTime", "timeZone"} over an
+    all-day event left its "date" in place, so Google kept the event
+    all-day and the next pull reverted the app's change; the other way a
+    stale dateTime and zone stayed. Now start/end name every sub-field,
+    null for the ones the event no longer has."""
+    settings = cal_settings()
+    day = (NOW + timedelta(days=5)).date()
+    fake.store.put_event("primary", {"id": "alldai00001", "summary": "Offsite", **all_day(day, 1, "Europe/Berlin")})
+    fake.store.put_event("primary", {"id": "timed000001", "summary": "Call", **timed(NOW + timedelta(days=6), 1, "Europe/Berlin")})
+    sync(settings, "incremental")
+    meeting = (NOW + timedelta(days=5)).replace(hour=9, minute=0, second=0, microsecond=0)
+    app_update(settings, "alldai00001", all_day=False, start_date=None, end_date=None,
+               start_at=meeting, end_at=meeting + timedelta(hours=2), time_zone=None)
+    app_update(settings, "timed000001", all_day=True, start_at=None, end_at=None, time_zone=None,
+               start_date=day + timedelta(days=1), end_date=day + timedelta(days=2))
+    body = sync(settings, "incremental")
+    assert body["details"]["counts"]["pushed"] == 2, body
+    remote = fake.store.live("primary")
+    assert set(remote["alldai00001"]["start"]) == {"dateTime"} and set(remote["alldai00001"]["end"]) == {"dateTime"}
+    assert remote["timed000001"]["start"] == {"date": (day + timedelta(days=1)).isoformat()}
+    assert remote["timed000001"]["end"] == {"date": (day + timedelta(days=2)).isoformat()}
+    sync(settings, "incremental")
+    local = rows(settings)
+    assert (local["alldai00001"]["all_day"], local["alldai00001"]["start_at"]) == (False, meeting)
+    assert (local["timed000001"]["all_day"], local["timed000001"]["start_date"]) == (True, day + timedelta(days=1))
+    assert_converged(fake, settings)
+
+
 def test_two_syncs_started_together_one_waits_or_409_and_no_duplicates(fake, cal_settings):
     settings = cal_settings()
     sync(settings, "full")  # creates the tables

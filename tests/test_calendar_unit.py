@@ -390,7 +390,7 @@ def test_start_and_end_time_zones_stay_apart():
     assert same["time_zone"] == "Europe/Berlin"  # one zone: hashed as before end zones existed
     series = {**from_google(event("x0002", "Daily", NOW)), "recurrence": ["RRULE:FREQ=DAILY"]}
     assert to_google(series, calendar_zone="Asia/Tokyo")["start"]["timeZone"] == "Asia/Tokyo"
-    assert "timeZone" not in to_google({**series, "recurrence": None}, calendar_zone="Asia/Tokyo")["start"]
+    assert to_google({**series, "recurrence": None}, calendar_zone="Asia/Tokyo")["start"]["timeZone"] is None  # none set (a patch clears it)
 
 
 def test_fake_refuses_list_bounds_without_offset_or_empty_and_ordering_without_single_events(fake, api):
@@ -443,3 +443,20 @@ def test_fake_refuses_bad_recurrence_lines_and_attendee_emails(fake, api):
                                                                             "recurrence": ["RRULE:FREQ=DAILY;COUNT=2", "EXDATE:20261230T090000Z"]}))])
     assert {k: classify(results[k][1]).status for k in bad} == dict.fromkeys(bad, 400)
     assert results["fine"][1] is None
+
+
+def test_fake_patch_merges_nested_objects_and_null_deletes(fake, api):
+    # Calendar API performance guide, "Patch semantics"
+    # (https://developers.google.com/calendar/api/guides/performance#patch):
+    # the data sent "is merged into the data for the parent object, if there
+    # is one"; "To delete a field, specify the field and set it to null";
+    # "Patch requests that contain arrays replace the existing array".
+    fake.store.put_event("primary", {"id": "merge00001", "summary": "M", "attendees": [{"email": "a@example.com"}],
+                                     "start": {"dateTime": "2026-12-20T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+                                     "end": {"dateTime": "2026-12-20T10:00:00+01:00", "timeZone": "Europe/Berlin"}})
+    moved = api.execute_batch([("0", api.patch_request("primary", "merge00001", {
+        "start": {"dateTime": "2026-12-20T11:00:00+01:00"}, "end": {"dateTime": "2026-12-20T12:00:00+01:00", "timeZone": None},
+        "attendees": [{"email": "b@example.com"}]}, None))])["0"][0]
+    assert moved["start"] == {"dateTime": "2026-12-20T11:00:00+01:00", "timeZone": "Europe/Berlin"}  # the zone left out stays
+    assert moved["end"] == {"dateTime": "2026-12-20T12:00:00+01:00"}  # null deleted it
+    assert [a["email"] for a in moved["attendees"]] == ["b@example.com"]  # an array is replaced

@@ -49,11 +49,20 @@ def parse_instant(text: str) -> datetime:
 
 
 def original_start(ev: dict[str, Any]) -> str | None:
-    """An instance's original start as rows keep it (a date, or a UTC instant)."""
-    original = ev.get("originalStartTime")
+    """An instance's original start as rows keep it (a date, or a UTC
+    instant); ``InvalidEventData`` when Google's is not of its documented
+    shape (an object with a date or a dateTime)."""
+    original = _typed(ev.get("originalStartTime"), dict, "originalStartTime")
     if not original:
         return None
-    return original["date"] if "date" in original else utc_text(original["dateTime"])
+    kind = "date" if original.get("date") is not None else "dateTime"
+    text = _typed(original.get(kind), str, f"originalStartTime.{kind}")
+    if text is None:
+        raise InvalidEventData("originalStartTime has neither a date nor a dateTime")
+    try:
+        return date.fromisoformat(text).isoformat() if kind == "date" else utc_text(text)
+    except ValueError:
+        raise InvalidEventData(f"originalStartTime.{kind} is not {'an ISO date' if kind == 'date' else 'an RFC 3339 instant'}") from None
 
 
 def zone_value(start: str | None, end: str | None) -> str | list[str | None] | None:
@@ -117,6 +126,18 @@ def _typed(value: Any, kind: type, name: str) -> Any:
     return value
 
 
+def _instant_field(ev: dict[str, Any], name: str) -> datetime | None:
+    """A server-set RFC 3339 field (``created``, ``updated``), checked like
+    the others: a bad one is ``InvalidEventData``, never a crash."""
+    text = _typed(ev.get(name), str, name)
+    if not text:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise InvalidEventData(f"{name} is not an RFC 3339 instant") from None
+
+
 def _google_when(ev: dict[str, Any]) -> dict[str, Any] | None:
     """``when`` of a Google event: both ends dates, or both instants."""
     start = _typed(ev.get("start"), dict, "start") or {}
@@ -125,7 +146,7 @@ def _google_when(ev: dict[str, Any]) -> dict[str, Any] | None:
         if ev.get("status") == "cancelled":
             return None  # a cancelled event may carry only its id and status
         raise InvalidEventData("start and end are missing")
-    kind = "date" if "date" in start else "dateTime"
+    kind = "date" if start.get("date") is not None else "dateTime"  # a null sub-field is no field
     texts = [_typed(side.get(kind), str, f"{name}.{kind}") for name, side in (("start", start), ("end", end))]
     if None in texts:
         raise InvalidEventData(f"start and end must both have a {kind}")
@@ -190,15 +211,15 @@ def to_google(data: EventData, *, exception: bool = False, calendar_zone: str | 
     start_tz, end_tz = zones(data)
     if when and not when["all_day"] and data["recurrence"] and not exception and not start_tz:
         start_tz = end_tz = end_tz or calendar_zone
+    # start/end name every sub-field, null for those the event does not
+    # have: a patch merges nested objects into Google's (null deletes), so
+    # a left-out "date" or "dateTime" would survive an all-day ↔ timed switch.
     if when and when["all_day"]:
-        body["start"], body["end"] = {"date": when["start"]}, {"date": when["end"]}
+        body["start"] = {"date": when["start"], "dateTime": None, "timeZone": start_tz}
+        body["end"] = {"date": when["end"], "dateTime": None, "timeZone": end_tz}
     elif when:
-        body["start"] = {"dateTime": parse_instant(when["start"]).astimezone(_zone(start_tz)).isoformat()}
-        body["end"] = {"dateTime": parse_instant(when["end"]).astimezone(_zone(end_tz)).isoformat()}
-    if when:
-        for side, zone in (("start", start_tz), ("end", end_tz)):
-            if zone:
-                body[side]["timeZone"] = zone
+        body["start"] = {"date": None, "dateTime": parse_instant(when["start"]).astimezone(_zone(start_tz)).isoformat(), "timeZone": start_tz}
+        body["end"] = {"date": None, "dateTime": parse_instant(when["end"]).astimezone(_zone(end_tz)).isoformat(), "timeZone": end_tz}
     if not exception:
         body["recurrence"] = data["recurrence"]
     # Always sent, like the other fields: a null removes a meeting the app
@@ -305,14 +326,19 @@ def overlaps(data: EventData, window: tuple[datetime, datetime]) -> bool:
 
 
 def google_meta(ev: dict[str, Any]) -> dict[str, Any]:
-    """The Google bookkeeping columns of a row from an event resource."""
+    """The Google bookkeeping columns of a row from an event resource. The
+    fields Google sets are checked as from_google checks the content: one of
+    another type than the reference gives is ``InvalidEventData``."""
+    sequence = ev.get("sequence")
+    if isinstance(sequence, bool):  # a bool is an int to isinstance, never to the API
+        raise InvalidEventData("sequence must be a int, not bool")
     return {
         "google_event_id": ev["id"],
-        "google_ical_uid": ev.get("iCalUID"),
-        "recurring_event_id": ev.get("recurringEventId"),
+        "google_ical_uid": _typed(ev.get("iCalUID"), str, "iCalUID"),
+        "recurring_event_id": _typed(ev.get("recurringEventId"), str, "recurringEventId"),
         "original_start": original_start(ev),
-        "etag": ev.get("etag"),
-        "sequence": ev.get("sequence"),
-        "source_created_at": parse_instant(ev["created"]) if ev.get("created") else None,
-        "source_updated_at": parse_instant(ev["updated"]) if ev.get("updated") else None,
+        "etag": _typed(ev.get("etag"), str, "etag"),
+        "sequence": _typed(sequence, int, "sequence"),
+        "source_created_at": _instant_field(ev, "created"),
+        "source_updated_at": _instant_field(ev, "updated"),
     }

@@ -44,7 +44,7 @@ from .batch import BatchRunner
 from .conflicts import merge
 from .context import SyncContext
 from .mapping import (
-    EventData, InvalidEventData, field_hashes, from_google, from_row, original_start, overlaps, parse_instant, utc_text,
+    EventData, InvalidEventData, field_hashes, from_google, from_row, google_meta, original_start, overlaps, parse_instant, utc_text,
 )
 from .retry import classify
 from .store import (
@@ -104,7 +104,27 @@ def list_all(ctx: SyncContext, calendar_id: str, params: dict[str, Any]) -> List
         pages.append(response.get("items", []))
         page_token = response.get("nextPageToken")
         if not page_token:
-            return Listing(pages, response.get("nextSyncToken"), response.get("timeZone"))
+            return Listing(once(ctx, pages), response.get("nextSyncToken"), response.get("timeZone"))
+
+
+def once(ctx: SyncContext, pages: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Each event of a listing once, in the copy read last (Google's state
+    at the later moment). Google does not promise an event appears only
+    once: pages are separate requests, and one edited between them may be
+    met again; a second copy was planned as a second insert and the unique
+    key stopped the whole run."""
+    seen: set[str] = set()
+    kept: list[list[dict[str, Any]]] = []
+    for page in reversed(pages):
+        fresh = []
+        for item in reversed(page):
+            if item["id"] in seen:
+                ctx.counts["listed_twice"] += 1
+                continue
+            seen.add(item["id"])
+            fresh.append(item)
+        kept.append(fresh[::-1])
+    return kept[::-1]
 
 
 def full_params(ctx: SyncContext) -> dict[str, Any]:
@@ -118,7 +138,8 @@ class Puller:
     def __init__(self, ctx: SyncContext, calendar_id: str) -> None:
         self.ctx, self.cal = ctx, calendar_id
         self.listed_from = ctx.now  # when the token listing began (notifications before it are covered)
-        self.malformed: set[str] = set()  # Google events skipped as malformed in this run
+        self.malformed: dict[str, str] = {}  # Google events skipped as malformed in this run (id → error)
+        self.rechecked = False  # the events earlier runs skipped were fetched again in this run
 
     # -- entry points -------------------------------------------------------
     def incremental(self) -> str:
@@ -172,12 +193,13 @@ class Puller:
         listing, ``"window"``, or None for a change listing); ``keep_token``:
         store the listing's sync token with its last page."""
         ctx, conn = self.ctx, self.ctx.conn
-        items = listing.items
-        ctx.counts["listed"] += len(items)
-        plans = self.plan_pages(listing.pages, window)
+        ctx.counts["listed"] += len(listing.items)
+        pages = listing.pages + [self._recheck_skipped(listing.items)]
+        items = [item for page in pages for item in page]
+        plans = self.plan_pages(pages, window)
         missing = self._confirm_absent(items, window if absent == "window" else None) if absent else PagePlan()
         deletions = sum(len(p.deletes) for p in plans + [missing])
-        self._guard(items, deletions, window, absent is not None)
+        self._guard(listing.items, deletions, window, absent is not None)
         for index, plan in enumerate(plans):
             last = index == len(plans) - 1
             with conn.transaction():
@@ -186,6 +208,7 @@ class Puller:
                     self._write(missing)
                     if listing.time_zone:
                         state.store_time_zone(conn, self.cal, listing.time_zone)
+                    state.settle_skipped(conn, self.cal, self.malformed, {i["id"] for i in items})
                     if keep_token:
                         state.store_token(conn, self.cal, listing.sync_token)
                         state.clear_notify_pending(conn, self.cal, self.listed_from)
@@ -198,8 +221,7 @@ class Puller:
         items = [item for page in pages for item in page]
         existing = rows_by_google_id(conn, self.cal, [i["id"] for i in items] + [i["recurringEventId"] for i in items if i.get("recurringEventId")])
         instances = unpushed_instances(
-            conn, self.cal,
-            [(i["recurringEventId"], original_start(i)) for i in items if i.get("recurringEventId") and i["id"] not in existing],
+            conn, self.cal, [key for i in items if i["id"] not in existing and (key := _instance_key(i)) is not None],
         )
         cancelled_series = {i["id"] for i in items if i.get("status") == "cancelled" and not i.get("recurringEventId")}
         listed_series = {i["id"] for i in items if i.get("status") != "cancelled" and not i.get("recurringEventId")}
@@ -209,9 +231,10 @@ class Puller:
         plan = PagePlan()
         for item in page:
             row = existing.get(item["id"])
-            if row is None and item.get("recurringEventId"):
-                row = instances.get((item["recurringEventId"], original_start(item)))
             try:
+                google_meta(item)  # the fields Google sets are readable before anything relies on them
+                if row is None and item.get("recurringEventId"):
+                    row = instances.get((item["recurringEventId"], original_start(item)))
                 if item.get("status") == "cancelled":
                     self._plan_cancelled(plan, item, row, existing, cancelled_series, listed_series)
                 else:
@@ -226,7 +249,7 @@ class Puller:
         as it was — never deleted nor overwritten — and the others sync."""
         if item["id"] in self.malformed:  # a full run lists it twice (incremental, then the window)
             return
-        self.malformed.add(item["id"])
+        self.malformed[item["id"]] = str(exc)
         self.ctx.counts["malformed_remote"] += 1
         self.ctx.warnings.append(f"{self.cal}/{item['id']}: Google's event is malformed ({exc}); skipped, the row kept as it was")
         plan.audits.append(("error", "Google's event malformed: skipped",
@@ -318,6 +341,35 @@ class Puller:
             merged = synced_values(ctx, result.data, item)
             merged.update(synced_hash=values["synced_hash"], synced_field_hashes=values["synced_field_hashes"])
             plan.merges.append({"id": row["id"], **merged, "_data": result.data, "_row": row})
+
+    # -- events skipped by earlier runs ----------------------------------------
+    def _recheck_skipped(self, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events an earlier run skipped as malformed that this listing does
+        not return — a change listing never returns an unchanged event
+        again, though its token moved past it — fetched by id (once a run)
+        and planned like listed ones: still malformed, skipped and named
+        again; readable, applied. A 404/410 is Google's deletion, given as
+        the marker a change listing shows for one (id, status cancelled).
+        One that cannot be fetched now stays remembered and the run not ok."""
+        if self.rechecked:
+            return []
+        self.rechecked = True
+        ctx, listed_ids = self.ctx, {i["id"] for i in listed}
+        wanted = [gid for gid in state.skipped_events(ctx.conn, self.cal) if gid not in listed_ids]
+        if not wanted:
+            return []
+        outcomes = BatchRunner(ctx, self.cal).run([(gid, lambda g=gid: ctx.client.get_request(self.cal, g)) for gid in wanted])
+        page: list[dict[str, Any]] = []
+        for gid, response, failure in outcomes:
+            ctx.counts["skipped_rechecked"] += 1
+            if failure is None:
+                page.append(response)
+            elif failure.status in (404, 410):
+                page.append({"id": gid, "status": "cancelled"})
+            else:
+                ctx.counts["malformed_remote"] += 1
+                ctx.warnings.append(f"{self.cal}/{gid}: skipped earlier as malformed, fetching it again failed ({failure.describe()}); still skipped")
+        return page
 
     # -- full-sync absence check ----------------------------------------------
     def _confirm_absent(self, items, window) -> PagePlan:
@@ -446,6 +498,18 @@ class Puller:
 
     def _note(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         state.audit(self.ctx.conn, self.ctx.run_id, kind, action, calendar_id=self.cal, detail=detail)
+
+
+def _instance_key(item: dict[str, Any]) -> tuple[str, str] | None:
+    """(series, original start) of a listed occurrence; None for any other
+    event, or one whose Google fields are unreadable (skipped and named
+    when its page is planned)."""
+    if not item.get("recurringEventId"):
+        return None
+    try:
+        return google_meta(item)["recurring_event_id"], original_start(item)
+    except InvalidEventData:
+        return None
 
 
 def _everything():

@@ -224,6 +224,23 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         end $$;
         """,
     ),
+    (
+        6,
+        "skipped Google events",
+        """
+        -- Google events skipped as malformed: an incremental listing never
+        -- returns an unchanged event again, so each is fetched by id on every
+        -- run (and named) until it reads or is gone.
+        create table calendar.skipped_events (
+            calendar_id      text not null,
+            google_event_id  text not null,
+            error            text not null,
+            first_skipped_at timestamptz not null default now(),
+            last_skipped_at  timestamptz not null default now(),
+            primary key (calendar_id, google_event_id)
+        );
+        """,
+    ),
 ]
 
 # Tables the migrations create; after migrating, each must exist (a recorded

@@ -56,6 +56,30 @@ def store_token(conn: psycopg.Connection, calendar_id: str, token: str | None) -
     )
 
 
+def skipped_events(conn: psycopg.Connection, calendar_id: str) -> list[str]:
+    """Google event ids skipped as malformed by an earlier run, not yet
+    read nor gone (to be fetched by id: no change listing returns them)."""
+    rows = conn.execute(
+        "select google_event_id from calendar.skipped_events where calendar_id = %s order by google_event_id", [calendar_id]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def settle_skipped(conn: psycopg.Connection, calendar_id: str, skipped: dict[str, str], settled: set[str]) -> None:
+    """In the transaction that stores the sync token: ``skipped`` (id →
+    error) are remembered, ``settled`` (read, or gone, this run) forgotten."""
+    conn.execute(
+        "delete from calendar.skipped_events where calendar_id = %s and google_event_id = any(%s)",
+        [calendar_id, sorted(settled - skipped.keys())],
+    )
+    for event_id, error in sorted(skipped.items()):
+        conn.execute(
+            """insert into calendar.skipped_events (calendar_id, google_event_id, error) values (%s, %s, %s)
+               on conflict (calendar_id, google_event_id) do update set error = excluded.error, last_skipped_at = now()""",
+            [calendar_id, event_id, error],
+        )
+
+
 def calendar_time_zone(conn: psycopg.Connection, calendar_id: str) -> str | None:
     row = conn.execute("select time_zone from calendar.sync_state where calendar_id = %s", [calendar_id]).fetchone()
     return row[0] if row else None

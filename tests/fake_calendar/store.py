@@ -122,6 +122,28 @@ def _original_key(text: str) -> str:
     return _instant(text).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _merge_field(target: dict, key: str, value: Any, *, nested: bool) -> None:
+    """Patch semantics (Calendar API performance guide, "Patch semantics"):
+    the data sent "is merged into the data for the parent object"; a field
+    set to null is deleted; an array replaces the existing array. So a
+    nested object (start, end) keeps every sub-field the patch leaves out.
+    ``nested`` False: update (PUT) semantics, the value replaces."""
+    if value is None:
+        target.pop(key, None)
+    elif nested and isinstance(value, dict) and isinstance(target.get(key), dict):
+        for sub, sub_value in value.items():
+            _merge_field(target[key], sub, sub_value, nested=True)
+    else:
+        target[key] = _without_nulls(value)
+
+
+def _without_nulls(value: Any) -> Any:
+    """A new value as stored: nulls in it set nothing."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return copy.deepcopy(value)
+
+
 def _validate_times(event: dict) -> None:
     s, e = event.get("start"), event.get("end")
     if not s or not e:
@@ -390,7 +412,7 @@ class FakeStore:
         event_id = body.get("id")
         if event_id is not None and not ID_RE.match(event_id):
             raise ApiError(400, "invalid", "Invalid resource id value.")
-        event = {k: copy.deepcopy(v) for k, v in body.items() if v is not None}
+        event = _without_nulls(body)
         event.setdefault("id", uuid.uuid4().hex)
         event["kind"] = "calendar#event"
         event.setdefault("status", "confirmed")
@@ -472,10 +494,7 @@ class FakeStore:
             for key, value in body.items():
                 if key in ("id", "etag", "iCalUID", "created", "updated", "kind", "recurringEventId", "originalStartTime"):
                     continue
-                if value is None:
-                    updated.pop(key, None)
-                else:
-                    updated[key] = copy.deepcopy(value)
+                _merge_field(updated, key, value, nested=not replace)
             for attendee in updated.get("attendees", []):
                 attendee.setdefault("responseStatus", "needsAction")
             if updated.get("recurringEventId"):
