@@ -13,6 +13,10 @@ What moto (5.2) does not do and S3 does, added by ``StrictS3`` in front of it
 
 - reject a PutObject/UploadPart body whose ``x-amz-checksum-crc64nvme``
   header does not match it (400 BadDigest; moto stores the claimed value);
+- honour ``If-Match`` on CompleteMultipartUpload (moto checks it on
+  PutObject only): 412 PreconditionFailed when the stored ETag differs, 404
+  NoSuchKey when there is no object (the conditional-writes guide:
+  https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
 - report when each multipart upload was initiated (moto answers every upload
   with the same date in 2010, which would make every running upload look
   stale to ``cleanup_temp``).
@@ -86,6 +90,12 @@ class StrictS3:
                 status, headers, body = refusal
                 start_response(status, headers)
                 return [body]
+        if method == "POST" and "HTTP_IF_MATCH" in environ and "uploadId=" in query:
+            refusal = self._check_if_match(environ)
+            if refusal:
+                status, headers, body = refusal
+                start_response(status, headers)
+                return [body]
         uploads = "uploads" in query.split("&") or query.startswith("uploads=")
         if uploads and method in ("POST", "GET"):
             return self._rewrite(environ, start_response, self._record if method == "POST" else self._dates)
@@ -101,6 +111,25 @@ class StrictS3:
         environ["wsgi.input"] = io.BytesIO(body)
         if _crc64nvme(body) != environ["HTTP_X_AMZ_CHECKSUM_CRC64NVME"]:
             return _error("BadDigest", "The CRC64NVME you specified did not match the calculated checksum.")
+        return None
+
+    def _check_if_match(self, environ: dict[str, Any]):
+        """CompleteMultipartUpload with If-Match: S3 completes only over the
+        object with that ETag. moto's own HEAD with the same header decides
+        (its PutObject compares the same way)."""
+        head = {**environ, "REQUEST_METHOD": "HEAD", "QUERY_STRING": "", "CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO()}
+        head.pop("HTTP_CONTENT_MD5", None)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"] = status
+            return lambda _data: None
+
+        b"".join(self.app(head, capture))
+        if captured["status"].startswith("404"):
+            return _error("NoSuchKey", "The specified key does not exist.", "404 Not Found")
+        if captured["status"].startswith("412"):
+            return _error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", "412 Precondition Failed")
         return None
 
     def _rewrite(self, environ, start_response, edit: Callable[[bytes], bytes]) -> list[bytes]:

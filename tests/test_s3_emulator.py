@@ -71,6 +71,34 @@ def test_if_none_match_refuses_an_existing_key(bucket: str) -> None:
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"first"
 
 
+def test_if_match_writes_only_over_the_etag_named(bucket: str) -> None:
+    """User Guide, "How to prevent object overwrites with conditional writes"
+    (If-Match, on PutObject and CompleteMultipartUpload): "If the ETag values
+    don't match, the operation fails" with 412 Precondition Failed; with no
+    object under the key it fails with 404 NoSuchKey. Nothing is written."""
+    client = s3_client()
+    old = client.put_object(Bucket=bucket, Key="k", Body=b"first")["ETag"]
+    current = client.put_object(Bucket=bucket, Key="k", Body=b"second", IfMatch=old)["ETag"]
+
+    def complete(key: str, etag: str) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"third")["ETag"]
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"], IfMatch=etag,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})
+
+    for write in (lambda key, etag: client.put_object(Bucket=bucket, Key=key, Body=b"third", IfMatch=etag), complete):
+        with pytest.raises(ClientError) as stale:
+            write("k", old)
+        assert _code(stale) == (412, "PreconditionFailed")
+        with pytest.raises(ClientError) as missing:
+            write("gone", current)
+        assert _code(missing) == (404, "NoSuchKey")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"second"
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])] == ["k"]
+    complete("k", current)  # the ETag stored: the write lands
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+
+
 def test_an_unfinished_upload_is_no_object_and_abort_ends_it(bucket: str) -> None:
     """User Guide, "Uploading and copying objects using multipart upload": the
     object exists only after CompleteMultipartUpload; after
