@@ -15,6 +15,9 @@ usual chain (environment, profile, instance role).
 - Create-only puts send ``If-None-Match: *`` on PutObject or
   CompleteMultipartUpload: S3 decides when the object would become visible
   (412 when another writer won, 409 while one is still completing).
+  Conditional puts send ``If-Match: <the ETag read>`` the same way (412 when
+  replaced, 404 when deleted meanwhile:
+  https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
 - Reads are one GET; the CRC-64/NVME of the bytes is checked at the end.
 
 boto3 is imported on first use: a cold start that never touches S3 does not
@@ -33,7 +36,17 @@ from urllib.parse import urlsplit
 
 from ..errors import NotFoundError, ObjectExists, StorageError
 from ..log import get_logger
-from .base import PROBE_DEADLINE_S, Data, ObjectInfo, Storage, as_chunks, exists_error, validate_key, validate_prefix
+from .base import (
+    PROBE_DEADLINE_S,
+    Data,
+    ObjectInfo,
+    Storage,
+    as_chunks,
+    changed_error,
+    exists_error,
+    validate_key,
+    validate_prefix,
+)
 from .checked import CheckedReader, Crc64Nvme, checksum_of
 
 log = get_logger("storage")
@@ -173,11 +186,25 @@ class S3Storage(Storage):
         *,
         content_type: str = "application/octet-stream",
         overwrite: bool = True,
+        if_version: str | None = None,
     ) -> ObjectInfo:
+        try:
+            return self._put(key, data, content_type, overwrite, if_version)
+        except (ObjectExists, NotFoundError):
+            if if_version is None:
+                raise
+            # 412: another version is stored; 404: the object is gone.
+            raise changed_error(key) from None
+
+    def _put(self, key: str, data: Data, content_type: str, overwrite: bool, if_version: str | None) -> ObjectInfo:
         name = self._name(validate_key(key))
         if not overwrite and self.exists(key):
             raise exists_error(key)
-        condition = {} if overwrite else {"IfNoneMatch": "*"}
+        if if_version is not None:
+            condition = {"IfMatch": if_version}
+        else:
+            condition = {} if overwrite else {"IfNoneMatch": "*"}
+        missing = "bucket not found" if if_version is None else "object"
         parts = _Parts(data)
         chunks = iter(parts)
         # A list, so the first part is not held once uploaded (see _multipart).
@@ -185,7 +212,7 @@ class S3Storage(Storage):
         try:
             if len(head[0]) < part_size(1):  # the stream ended within one part
                 body = head.pop()
-                with _s3_errors("write", key, missing="bucket not found"):
+                with _s3_errors("write", key, missing=missing):
                     self._client().put_object(
                         Bucket=self.bucket_name, Key=name, Body=body, ContentType=content_type,
                         ChecksumAlgorithm="CRC64NVME", ChecksumCRC64NVME=checksum_of(Crc64Nvme, body),
@@ -229,7 +256,7 @@ class S3Storage(Storage):
                     )
                 done.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC64NVME": crc})
                 del body  # memory: not held while the next part is read
-            with _s3_errors("write", key, missing="upload was aborted"):
+            with _s3_errors("write", key, missing="upload was aborted" if "IfMatch" not in condition else "object"):
                 client.complete_multipart_upload(
                     Bucket=self.bucket_name, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done},
                     ChecksumType="FULL_OBJECT", ChecksumCRC64NVME=parts.checksum.b64(), **condition,
@@ -251,7 +278,7 @@ class S3Storage(Storage):
             return self._client().head_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED")
 
     def _holds(self, key: str, name: str, size: int, checksum: str) -> bool:
-        """A create-only put answered 412: did an earlier attempt of this very
+        """A conditional put answered 412: did an earlier attempt of this very
         request land (a retry after a lost answer), or did another writer
         win? Same size and CRC-64/NVME means the stored object is ours."""
         try:
@@ -276,15 +303,16 @@ class S3Storage(Storage):
             )
         return ObjectInfo(key, size, head["LastModified"].astimezone(timezone.utc))
 
-    def open(self, key: str) -> ContextManager[BinaryIO]:
-        """One GET streams one version of the object, whatever is written
-        meanwhile; its CRC-64/NVME is checked at the end (objects others
-        uploaded with a composite or another checksum: size only)."""
+    def open_versioned(self, key: str) -> tuple[ContextManager[BinaryIO], str]:
+        """One GET streams one version of the object (its ETag is the
+        version), whatever is written meanwhile; its CRC-64/NVME is checked
+        at the end (objects others uploaded with a composite or another
+        checksum: size only)."""
         name = self._name(validate_key(key))
         with _s3_errors("read", key):
             answer = self._client().get_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED")
         full = answer.get("ChecksumType") in (None, "FULL_OBJECT")
-        return CheckedReader(  # type: ignore[return-value]
+        reader = CheckedReader(
             key,
             answer["Body"],
             size=int(answer["ContentLength"]),
@@ -292,6 +320,7 @@ class S3Storage(Storage):
             expected=answer.get("ChecksumCRC64NVME") if full else None,
             errors=lambda: _s3_errors("read", key, missing="object vanished while reading"),
         )
+        return reader, answer["ETag"]  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""
