@@ -17,6 +17,11 @@ What moto (5.2) does not do and S3 does, added by ``StrictS3`` in front of it
   PutObject only): 412 PreconditionFailed when the stored ETag differs, 404
   NoSuchKey when there is no object (the conditional-writes guide:
   https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
+- answer a second CompleteMultipartUpload of an upload already completed
+  with 404 NoSuchUpload ("the upload ID might be invalid, or the multipart
+  upload might have been aborted or completed", CompleteMultipartUpload in
+  the API Reference), which a client retrying after a lost answer gets;
+  moto answers 200 again;
 - report when each multipart upload was initiated (moto answers every upload
   with the same date in 2010, which would make every running upload look
   stale to ``cleanup_temp``).
@@ -45,6 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -78,6 +84,7 @@ class StrictS3:
         self.app = app
         self.marker = marker.encode()
         self.initiated: dict[bytes, datetime] = {}
+        self.completed: set[str] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path, query = environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
@@ -90,12 +97,8 @@ class StrictS3:
                 status, headers, body = refusal
                 start_response(status, headers)
                 return [body]
-        if method == "POST" and "HTTP_IF_MATCH" in environ and "uploadId=" in query:
-            refusal = self._check_if_match(environ)
-            if refusal:
-                status, headers, body = refusal
-                start_response(status, headers)
-                return [body]
+        if method == "POST" and "uploadId=" in query:
+            return self._complete(environ, start_response, parse_qs(query)["uploadId"][0])
         uploads = "uploads" in query.split("&") or query.startswith("uploads=")
         if uploads and method in ("POST", "GET"):
             return self._rewrite(environ, start_response, self._record if method == "POST" else self._dates)
@@ -112,6 +115,25 @@ class StrictS3:
         if _crc64nvme(body) != environ["HTTP_X_AMZ_CHECKSUM_CRC64NVME"]:
             return _error("BadDigest", "The CRC64NVME you specified did not match the calculated checksum.")
         return None
+
+    def _complete(self, environ: dict[str, Any], start_response: Callable[..., Any], upload_id: str) -> Iterable[bytes]:
+        """CompleteMultipartUpload: once per upload, and honouring If-Match."""
+        refusal = None
+        if upload_id in self.completed:
+            refusal = _error("NoSuchUpload", "The specified upload does not exist.", "404 Not Found")
+        elif "HTTP_IF_MATCH" in environ:
+            refusal = self._check_if_match(environ)
+        if refusal:
+            status, headers, body = refusal
+            start_response(status, headers)
+            return [body]
+
+        def done(body: bytes) -> bytes:
+            if b"<Error>" not in body:
+                self.completed.add(upload_id)
+            return body
+
+        return self._rewrite(environ, start_response, done)
 
     def _check_if_match(self, environ: dict[str, Any]):
         """CompleteMultipartUpload with If-Match: S3 completes only over the

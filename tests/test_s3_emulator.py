@@ -99,6 +99,22 @@ def test_if_match_writes_only_over_the_etag_named(bucket: str) -> None:
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
 
 
+def test_an_upload_completes_once(bucket: str) -> None:
+    """API Reference, CompleteMultipartUpload, NoSuchUpload (404): "The
+    specified multipart upload does not exist. The upload ID might be
+    invalid, or the multipart upload might have been aborted or completed."
+    A client retrying a completion whose answer was lost may get it."""
+    client = s3_client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key="k")
+    part = client.upload_part(Bucket=bucket, Key="k", UploadId=upload["UploadId"], PartNumber=1, Body=b"only")["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part}]}
+    client.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload["UploadId"], MultipartUpload=parts)
+    with pytest.raises(ClientError) as again:
+        client.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload["UploadId"], MultipartUpload=parts)
+    assert _code(again) == (404, "NoSuchUpload")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"only"
+
+
 def test_an_unfinished_upload_is_no_object_and_abort_ends_it(bucket: str) -> None:
     """User Guide, "Uploading and copying objects using multipart upload": the
     object exists only after CompleteMultipartUpload; after
