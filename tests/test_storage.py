@@ -427,6 +427,28 @@ def test_s3_stored_object_that_differs_from_what_was_sent_is_removed(s3_bucket_u
         assert store.list() == []
 
 
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "create-only"])
+def test_s3_retried_completion_of_a_landed_upload_succeeds(s3_bucket_url: str, monkeypatch: pytest.MonkeyPatch, overwrite: bool) -> None:  # noqa: F811
+    """botocore retries a CompleteMultipartUpload whose answer was lost; S3
+    may answer the retry of one that did complete with 404 NoSuchUpload. The
+    put failed although its object had landed whole (a backup reported
+    failed, its dump left without a manifest); now the stored object is
+    recognised by size and CRC-64/NVME, as after a 412."""
+    store = open_storage(s3_bucket_url)
+    client = store._client()
+    real_complete = client.complete_multipart_upload
+
+    def answer_lost_then_retried(**kwargs):
+        real_complete(**kwargs)  # lands; its answer never arrives
+        return real_complete(**kwargs)  # the retry
+
+    monkeypatch.setattr(client, "complete_multipart_upload", answer_lost_then_retried)
+    payload = os.urandom(9 * MiB)
+    assert store.put("dump.bin", io.BytesIO(payload), overwrite=overwrite).size == len(payload)
+    assert store.get_bytes("dump.bin") == payload
+    assert _uploads(s3_bucket_url) == []
+
+
 def test_s3_part_corrupted_on_the_way_is_refused(s3_bucket_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Bytes that change after we checksummed them never become an object."""
     store = open_storage(s3_bucket_url)

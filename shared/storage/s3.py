@@ -14,7 +14,9 @@ usual chain (environment, profile, instance role).
   ours; a mismatch removes the object and fails the put.
 - Create-only puts send ``If-None-Match: *`` on PutObject or
   CompleteMultipartUpload: S3 decides when the object would become visible
-  (412 when another writer won, 409 while one is still completing).
+  (412 when another writer won, 409 while one is still completing). A 412,
+  or a 404 NoSuchUpload answering a retried completion, is checked against
+  what is stored: a retry of a put that did land is recognised as ours.
   Conditional puts send ``If-Match: <the ETag read>`` the same way (412 when
   replaced, 404 when deleted meanwhile:
   https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
@@ -190,11 +192,12 @@ class S3Storage(Storage):
     ) -> ObjectInfo:
         try:
             return self._put(key, data, content_type, overwrite, if_version)
-        except (ObjectExists, NotFoundError):
-            if if_version is None:
-                raise
-            # 412: another version is stored; 404: the object is gone.
-            raise changed_error(key) from None
+        except (ObjectExists, NotFoundError) as exc:
+            if if_version is not None:  # 412: another version is stored; 404: the object is gone
+                raise changed_error(key) from None
+            if isinstance(exc, NotFoundError):
+                raise StorageError(f"S3 failed to write {key!r}: its upload was aborted", detail={"key": key}) from exc
+            raise
 
     def _put(self, key: str, data: Data, content_type: str, overwrite: bool, if_version: str | None) -> ObjectInfo:
         name = self._name(validate_key(key))
@@ -204,7 +207,6 @@ class S3Storage(Storage):
             condition = {"IfMatch": if_version}
         else:
             condition = {} if overwrite else {"IfNoneMatch": "*"}
-        missing = "bucket not found" if if_version is None else "object"
         parts = _Parts(data)
         chunks = iter(parts)
         # A list, so the first part is not held once uploaded (see _multipart).
@@ -212,7 +214,7 @@ class S3Storage(Storage):
         try:
             if len(head[0]) < part_size(1):  # the stream ended within one part
                 body = head.pop()
-                with _s3_errors("write", key, missing=missing):
+                with _s3_errors("write", key):  # 404 only with If-Match (NoSuchBucket is its own error)
                     self._client().put_object(
                         Bucket=self.bucket_name, Key=name, Body=body, ContentType=content_type,
                         ChecksumAlgorithm="CRC64NVME", ChecksumCRC64NVME=checksum_of(Crc64Nvme, body),
@@ -220,7 +222,10 @@ class S3Storage(Storage):
                     )
             else:
                 self._multipart(key, name, head, chunks, parts, content_type, condition)
-        except ObjectExists:
+        except (ObjectExists, NotFoundError):
+            # 412, or 404 at completion (NoSuchUpload: "aborted or completed"):
+            # either way an earlier attempt of this very request whose answer
+            # was lost may have landed it.
             if not self._holds(key, name, parts.size, parts.checksum.b64()):
                 raise
         return self._check_stored(key, name, parts.size, parts.checksum.b64())
@@ -256,7 +261,7 @@ class S3Storage(Storage):
                     )
                 done.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC64NVME": crc})
                 del body  # memory: not held while the next part is read
-            with _s3_errors("write", key, missing="upload was aborted" if "IfMatch" not in condition else "object"):
+            with _s3_errors("write", key):  # NotFoundError: see put
                 client.complete_multipart_upload(
                     Bucket=self.bucket_name, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done},
                     ChecksumType="FULL_OBJECT", ChecksumCRC64NVME=parts.checksum.b64(), **condition,
