@@ -22,6 +22,10 @@ What moto (5.2) does not do and S3 does, added by ``StrictS3`` in front of it
   upload might have been aborted or completed", CompleteMultipartUpload in
   the API Reference), which a client retrying after a lost answer gets;
   moto answers 200 again;
+- return listings (ListObjectsV2) in pages of at most ``LIST_PAGE`` keys:
+  S3 "returns some or all (up to 1,000) of the objects" per request, so a
+  client must follow continuation tokens; with moto's 1,000 a listing that
+  stops after its first page would pass every test of a few objects;
 - report when each multipart upload was initiated (moto answers every upload
   with the same date in 2010, which would make every running upload look
   stale to ``cleanup_temp``).
@@ -50,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode
 
 import pytest
 
@@ -61,6 +65,7 @@ IDENTITY_PATH = "/_safesync/identity"
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "safesync-test-access-key", "AWS_DEFAULT_REGION": "us-east-1"}
 # AWS_SECRET_ACCESS_KEY is one of the suite's sentinel secrets (tests/sentinels.py).
 
+LIST_PAGE = 3  # keys per listing page (see the module doc)
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _UPLOAD = re.compile(rb"<Upload>.*?</Upload>", re.S)
 _INITIATED = re.compile(rb"<Initiated>[^<]*</Initiated>")
@@ -97,6 +102,8 @@ class StrictS3:
                 status, headers, body = refusal
                 start_response(status, headers)
                 return [body]
+        if method == "GET" and "list-type=2" in query.split("&"):
+            environ["QUERY_STRING"] = self._paged(query)
         if method == "POST" and "uploadId=" in query:
             return self._complete(environ, start_response, parse_qs(query)["uploadId"][0])
         uploads = "uploads" in query.split("&") or query.startswith("uploads=")
@@ -115,6 +122,13 @@ class StrictS3:
         if _crc64nvme(body) != environ["HTTP_X_AMZ_CHECKSUM_CRC64NVME"]:
             return _error("BadDigest", "The CRC64NVME you specified did not match the calculated checksum.")
         return None
+
+    @staticmethod
+    def _paged(query: str) -> str:
+        """ListObjectsV2 asks for at most LIST_PAGE keys (S3 may return fewer than max-keys)."""
+        params = parse_qsl(query, keep_blank_values=True)
+        asked = next((int(v) for k, v in params if k == "max-keys" and v.isdigit()), 1000)
+        return urlencode([*((k, v) for k, v in params if k != "max-keys"), ("max-keys", str(min(asked, LIST_PAGE)))], quote_via=quote)
 
     def _complete(self, environ: dict[str, Any], start_response: Callable[..., Any], upload_id: str) -> Iterable[bytes]:
         """CompleteMultipartUpload: once per upload, and honouring If-Match."""

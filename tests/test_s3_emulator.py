@@ -115,6 +115,23 @@ def test_an_upload_completes_once(bucket: str) -> None:
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"only"
 
 
+def test_a_listing_comes_in_pages(bucket: str) -> None:
+    """API Reference, ListObjectsV2: "Returns some or all (up to 1,000) of the
+    objects in a bucket"; IsTruncated and NextContinuationToken lead to the
+    rest. The emulator returns few keys per page, so a client that stops
+    after the first page is caught with a handful of objects."""
+    from tests.s3_emulator import LIST_PAGE
+
+    client = s3_client()
+    keys = [f"k{i:02d}" for i in range(LIST_PAGE * 2 + 1)]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    first = client.list_objects_v2(Bucket=bucket)
+    assert first["IsTruncated"] and len(first["Contents"]) == LIST_PAGE
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    assert [o["Key"] for page in pages for o in page.get("Contents", [])] == keys
+
+
 def test_an_unfinished_upload_is_no_object_and_abort_ends_it(bucket: str) -> None:
     """User Guide, "Uploading and copying objects using multipart upload": the
     object exists only after CompleteMultipartUpload; after

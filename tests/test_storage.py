@@ -449,6 +449,19 @@ def test_s3_retried_completion_of_a_landed_upload_succeeds(s3_bucket_url: str, m
     assert _uploads(s3_bucket_url) == []
 
 
+def test_s3_listing_follows_every_page(s3_bucket_url: str) -> None:  # noqa: F811
+    """A listing is complete: prune, the catalog and the status page would
+    miss backups on a page never read (the emulator pages at LIST_PAGE)."""
+    from tests.s3_emulator import LIST_PAGE
+
+    store = open_storage(s3_bucket_url)
+    keys = [f"db/{i:02d}.dump" for i in range(LIST_PAGE * 3 + 1)]
+    for key in keys:
+        store.put(key, b"x")
+    assert [i.key for i in store.list()] == keys
+    assert [i.key for i in store.list("db/0")] == [k for k in keys if k.startswith("db/0")]
+
+
 def test_s3_part_corrupted_on_the_way_is_refused(s3_bucket_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Bytes that change after we checksummed them never become an object."""
     store = open_storage(s3_bucket_url)
