@@ -132,6 +132,19 @@ def test_a_listing_comes_in_pages(bucket: str) -> None:
     assert [o["Key"] for page in pages for o in page.get("Contents", [])] == keys
 
 
+def test_head_if_match_names_one_version(bucket: str) -> None:
+    """API Reference, HeadObject: with If-Match, "Return the object only if
+    its entity tag (ETag) is the same as the one specified; otherwise, return
+    a 412 (precondition failed) error"."""
+    client = s3_client()
+    old = client.put_object(Bucket=bucket, Key="k", Body=b"first")["ETag"]
+    new = client.put_object(Bucket=bucket, Key="k", Body=b"second")["ETag"]
+    assert client.head_object(Bucket=bucket, Key="k", IfMatch=new)["ContentLength"] == len(b"second")
+    with pytest.raises(ClientError) as stale:
+        client.head_object(Bucket=bucket, Key="k", IfMatch=old)
+    assert _code(stale)[0] == 412
+
+
 def test_an_unfinished_upload_is_no_object_and_abort_ends_it(bucket: str) -> None:
     """User Guide, "Uploading and copying objects using multipart upload": the
     object exists only after CompleteMultipartUpload; after

@@ -462,6 +462,32 @@ def test_s3_listing_follows_every_page(s3_bucket_url: str) -> None:  # noqa: F81
     assert [i.key for i in store.list("db/0")] == [k for k in keys if k.startswith("db/0")]
 
 
+@pytest.mark.parametrize("size", [5, 9 * MiB], ids=["put", "multipart"])
+def test_s3_read_back_after_a_put_never_removes_a_later_writers_object(
+    s3_bucket_url: str, monkeypatch: pytest.MonkeyPatch, size: int  # noqa: F811
+) -> None:
+    """The read-back after a put found another writer's newer object (size
+    and checksum not ours), called it a corrupt store and deleted it: the
+    later write was lost and ours failed. The read-back now asks for the
+    version our put created (HEAD If-Match its ETag); a later one is left
+    alone, as any overwrite would leave it."""
+    store = open_storage(s3_bucket_url)
+    client = store._client()
+    bucket, _, prefix = s3_bucket_url.removeprefix("s3://").partition("/")
+    other = s3_client()
+    for method in ("put_object", "complete_multipart_upload"):
+        real = getattr(client, method)
+
+        def then_another_writer(real=real, **kwargs):
+            answer = real(**kwargs)
+            other.put_object(Bucket=bucket, Key=f"{prefix}/run.json", Body=b"the other writer's newer report")
+            return answer
+
+        monkeypatch.setattr(client, method, then_another_writer)
+    store.put("run.json", io.BytesIO(os.urandom(size)))
+    assert store.get_bytes("run.json") == b"the other writer's newer report"
+
+
 def test_s3_part_corrupted_on_the_way_is_refused(s3_bucket_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Bytes that change after we checksummed them never become an object."""
     store = open_storage(s3_bucket_url)

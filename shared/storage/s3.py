@@ -215,20 +215,22 @@ class S3Storage(Storage):
             if len(head[0]) < part_size(1):  # the stream ended within one part
                 body = head.pop()
                 with _s3_errors("write", key):  # 404 only with If-Match (NoSuchBucket is its own error)
-                    self._client().put_object(
+                    etag = self._client().put_object(
                         Bucket=self.bucket_name, Key=name, Body=body, ContentType=content_type,
                         ChecksumAlgorithm="CRC64NVME", ChecksumCRC64NVME=checksum_of(Crc64Nvme, body),
                         **condition,
-                    )
+                    )["ETag"]
             else:
-                self._multipart(key, name, head, chunks, parts, content_type, condition)
+                etag = self._multipart(key, name, head, chunks, parts, content_type, condition)
         except (ObjectExists, NotFoundError):
             # 412, or 404 at completion (NoSuchUpload: "aborted or completed"):
             # either way an earlier attempt of this very request whose answer
             # was lost may have landed it.
-            if not self._holds(key, name, parts.size, parts.checksum.b64()):
+            found = self._holds(key, name, parts.size, parts.checksum.b64())
+            if found is None:
                 raise
-        return self._check_stored(key, name, parts.size, parts.checksum.b64())
+            etag = found
+        return self._check_stored(key, name, parts.size, parts.checksum.b64(), etag)
 
     def _multipart(
         self,
@@ -239,7 +241,8 @@ class S3Storage(Storage):
         parts: _Parts,
         content_type: str,
         condition: dict[str, str],
-    ) -> None:
+    ) -> str:
+        """Upload the parts and complete; returns the new object's ETag."""
         client = self._client()
         with _s3_errors("write", key, missing="bucket not found"):
             upload_id = client.create_multipart_upload(
@@ -262,10 +265,10 @@ class S3Storage(Storage):
                 done.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC64NVME": crc})
                 del body  # memory: not held while the next part is read
             with _s3_errors("write", key):  # NotFoundError: see put
-                client.complete_multipart_upload(
+                return client.complete_multipart_upload(
                     Bucket=self.bucket_name, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done},
                     ChecksumType="FULL_OBJECT", ChecksumCRC64NVME=parts.checksum.b64(), **condition,
-                )
+                )["ETag"]
         except BaseException:
             # Also on KeyboardInterrupt and a lost race: no parts left behind.
             self._abort(name, upload_id, key)
@@ -278,25 +281,32 @@ class S3Storage(Storage):
         except Exception as exc:  # noqa: BLE001 - must not mask the original error
             log.warning("could not abort S3 multipart upload", key=key, error=str(exc))
 
-    def _head(self, name: str, key: str, missing: str = "object") -> dict[str, Any]:
+    def _head(self, name: str, key: str, missing: str = "object", **condition: str) -> dict[str, Any]:
         with _s3_errors("check", key, missing=missing):
-            return self._client().head_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED")
+            return self._client().head_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED", **condition)
 
-    def _holds(self, key: str, name: str, size: int, checksum: str) -> bool:
+    def _holds(self, key: str, name: str, size: int, checksum: str) -> str | None:
         """A conditional put answered 412: did an earlier attempt of this very
         request land (a retry after a lost answer), or did another writer
-        win? Same size and CRC-64/NVME means the stored object is ours."""
+        win? Same size and CRC-64/NVME means the stored object is ours: its
+        ETag, else None."""
         try:
             head = self._head(name, key)
         except NotFoundError:
-            return False
-        return head.get("ContentLength") == size and head.get("ChecksumCRC64NVME") == checksum
+            return None
+        ours = head.get("ContentLength") == size and head.get("ChecksumCRC64NVME") == checksum
+        return head["ETag"] if ours else None
 
-    def _check_stored(self, key: str, name: str, size: int, checksum: str) -> ObjectInfo:
+    def _check_stored(self, key: str, name: str, size: int, checksum: str, etag: str) -> ObjectInfo:
         """What S3 stored must be what we sent. S3 already refused a body
         whose checksum differs; this also catches a service that ignores
-        checksums and a completion whose parts do not add up."""
-        head = self._head(name, key, missing="object vanished right after upload")
+        checksums and a completion whose parts do not add up. Only the
+        version our put made (``etag``) is checked: a later writer's object
+        under the key is theirs to keep (412 here), not a corrupt store."""
+        try:
+            head = self._head(name, key, missing="object vanished right after upload", IfMatch=etag)
+        except ObjectExists:  # 412: replaced since, as any later overwrite may
+            return ObjectInfo(key, size, datetime.now(timezone.utc))
         stored = head.get("ChecksumCRC64NVME")
         if head.get("ContentLength") != size or (stored is not None and stored != checksum):
             with _s3_errors("delete", key):
