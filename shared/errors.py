@@ -117,6 +117,14 @@ class ObjectExists(StorageError):
     status, exit_code, permanent = 409, 1, False
 
 
+class ObjectChanged(StorageError):
+    """A conditional write (``put(if_version=...)``) found the object replaced
+    or deleted since it was read: nothing was written, so a concurrent
+    change is neither overwritten nor a deleted object brought back."""
+
+    status, exit_code, permanent = 409, 1, False
+
+
 class DatabaseError(SafesyncError):
     """A database is unreachable or failed in a way we can name."""
 

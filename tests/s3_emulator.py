@@ -13,6 +13,19 @@ What moto (5.2) does not do and S3 does, added by ``StrictS3`` in front of it
 
 - reject a PutObject/UploadPart body whose ``x-amz-checksum-crc64nvme``
   header does not match it (400 BadDigest; moto stores the claimed value);
+- honour ``If-Match`` on CompleteMultipartUpload (moto checks it on
+  PutObject only): 412 PreconditionFailed when the stored ETag differs, 404
+  NoSuchKey when there is no object (the conditional-writes guide:
+  https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
+- answer a second CompleteMultipartUpload of an upload already completed
+  with 404 NoSuchUpload ("the upload ID might be invalid, or the multipart
+  upload might have been aborted or completed", CompleteMultipartUpload in
+  the API Reference), which a client retrying after a lost answer gets;
+  moto answers 200 again;
+- return listings (ListObjectsV2) in pages of at most ``LIST_PAGE`` keys:
+  S3 "returns some or all (up to 1,000) of the objects" per request, so a
+  client must follow continuation tokens; with moto's 1,000 a listing that
+  stops after its first page would pass every test of a few objects;
 - report when each multipart upload was initiated (moto answers every upload
   with the same date in 2010, which would make every running upload look
   stale to ``cleanup_temp``).
@@ -41,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode
 
 import pytest
 
@@ -51,6 +65,7 @@ IDENTITY_PATH = "/_safesync/identity"
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "safesync-test-access-key", "AWS_DEFAULT_REGION": "us-east-1"}
 # AWS_SECRET_ACCESS_KEY is one of the suite's sentinel secrets (tests/sentinels.py).
 
+LIST_PAGE = 3  # keys per listing page (see the module doc)
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
 _UPLOAD = re.compile(rb"<Upload>.*?</Upload>", re.S)
 _INITIATED = re.compile(rb"<Initiated>[^<]*</Initiated>")
@@ -74,6 +89,7 @@ class StrictS3:
         self.app = app
         self.marker = marker.encode()
         self.initiated: dict[bytes, datetime] = {}
+        self.completed: set[str] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path, query = environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
@@ -86,6 +102,10 @@ class StrictS3:
                 status, headers, body = refusal
                 start_response(status, headers)
                 return [body]
+        if method == "GET" and "list-type=2" in query.split("&"):
+            environ["QUERY_STRING"] = self._paged(query)
+        if method == "POST" and "uploadId=" in query:
+            return self._complete(environ, start_response, parse_qs(query)["uploadId"][0])
         uploads = "uploads" in query.split("&") or query.startswith("uploads=")
         if uploads and method in ("POST", "GET"):
             return self._rewrite(environ, start_response, self._record if method == "POST" else self._dates)
@@ -101,6 +121,51 @@ class StrictS3:
         environ["wsgi.input"] = io.BytesIO(body)
         if _crc64nvme(body) != environ["HTTP_X_AMZ_CHECKSUM_CRC64NVME"]:
             return _error("BadDigest", "The CRC64NVME you specified did not match the calculated checksum.")
+        return None
+
+    @staticmethod
+    def _paged(query: str) -> str:
+        """ListObjectsV2 asks for at most LIST_PAGE keys (S3 may return fewer than max-keys)."""
+        params = parse_qsl(query, keep_blank_values=True)
+        asked = next((int(v) for k, v in params if k == "max-keys" and v.isdigit()), 1000)
+        return urlencode([*((k, v) for k, v in params if k != "max-keys"), ("max-keys", str(min(asked, LIST_PAGE)))], quote_via=quote)
+
+    def _complete(self, environ: dict[str, Any], start_response: Callable[..., Any], upload_id: str) -> Iterable[bytes]:
+        """CompleteMultipartUpload: once per upload, and honouring If-Match."""
+        refusal = None
+        if upload_id in self.completed:
+            refusal = _error("NoSuchUpload", "The specified upload does not exist.", "404 Not Found")
+        elif "HTTP_IF_MATCH" in environ:
+            refusal = self._check_if_match(environ)
+        if refusal:
+            status, headers, body = refusal
+            start_response(status, headers)
+            return [body]
+
+        def done(body: bytes) -> bytes:
+            if b"<Error>" not in body:
+                self.completed.add(upload_id)
+            return body
+
+        return self._rewrite(environ, start_response, done)
+
+    def _check_if_match(self, environ: dict[str, Any]):
+        """CompleteMultipartUpload with If-Match: S3 completes only over the
+        object with that ETag. moto's own HEAD with the same header decides
+        (its PutObject compares the same way)."""
+        head = {**environ, "REQUEST_METHOD": "HEAD", "QUERY_STRING": "", "CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO()}
+        head.pop("HTTP_CONTENT_MD5", None)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"] = status
+            return lambda _data: None
+
+        b"".join(self.app(head, capture))
+        if captured["status"].startswith("404"):
+            return _error("NoSuchKey", "The specified key does not exist.", "404 Not Found")
+        if captured["status"].startswith("412"):
+            return _error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", "412 Precondition Failed")
         return None
 
     def _rewrite(self, environ, start_response, edit: Callable[[bytes], bytes]) -> list[bytes]:

@@ -727,6 +727,49 @@ def test_a_verify_records_its_result_on_the_manifest_as_it_is_when_it_ends(make_
     assert any("changed while being verified" in w and "no manifest" in w for w in result.warnings), result.warnings
 
 
+@EVERY_BACKEND
+def test_a_verify_never_writes_over_a_manifest_that_changed_after_its_re_read(make_db, write_settings, storage_url, monkeypatch) -> None:
+    """Verify re-read the manifest and then wrote it back unconditionally: a
+    prune deleting the manifest between the two brought it back without its
+    dump, and another verify's record in between was overwritten. The write
+    is now conditional on the version re-read (S3 If-Match, GCS generation,
+    local file version): a prune ends the record, a concurrent record is
+    re-read and kept."""
+    from safesync.functions.backup import verify as verify_module
+
+    prod = make_db()
+    settings = write_settings({"prod": prod}, BACKUP_TOML, storage_url)
+    info = create_backup(settings, "prod", "manual")
+    storage = settings.storage
+    real_read = verify_module.get_backup_versioned
+    meanwhile: list = []
+
+    def read_then(settings, backup_id):
+        found = real_read(settings, backup_id)
+        if meanwhile:
+            meanwhile.pop(0)()  # what another process does right after our re-read
+        return found
+
+    monkeypatch.setattr(verify_module, "get_backup_versioned", read_then)
+
+    def other_verify_records() -> None:
+        manifest = storage.get_json(info.manifest_key)
+        manifest["drill"] = {"at": utcnow().isoformat(), "ok": False, "problems": ["the other verify's drill failed"]}
+        storage.put_json(info.manifest_key, manifest)
+
+    meanwhile.append(other_verify_records)
+    result = verify_backup(settings, info.id)
+    assert result.ok and result.warnings == []
+    recorded = storage.get_json(info.manifest_key)
+    assert recorded["verification"]["ok"] is True  # ours, written on a second re-read...
+    assert recorded["drill"]["problems"] == ["the other verify's drill failed"]  # ...keeping the other's
+
+    meanwhile.append(lambda: storage.delete(info.manifest_key))  # prune's first step
+    result = verify_backup(settings, info.id)
+    assert not storage.exists(info.manifest_key), "the pruned manifest came back"
+    assert any("changed while being verified" in w for w in result.warnings), result.warnings
+
+
 def _drilling(proc: subprocess.Popen) -> bool:
     """True once the CLI's drill has pg_restore reading the dump."""
     try:

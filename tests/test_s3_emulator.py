@@ -71,6 +71,80 @@ def test_if_none_match_refuses_an_existing_key(bucket: str) -> None:
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"first"
 
 
+def test_if_match_writes_only_over_the_etag_named(bucket: str) -> None:
+    """User Guide, "How to prevent object overwrites with conditional writes"
+    (If-Match, on PutObject and CompleteMultipartUpload): "If the ETag values
+    don't match, the operation fails" with 412 Precondition Failed; with no
+    object under the key it fails with 404 NoSuchKey. Nothing is written."""
+    client = s3_client()
+    old = client.put_object(Bucket=bucket, Key="k", Body=b"first")["ETag"]
+    current = client.put_object(Bucket=bucket, Key="k", Body=b"second", IfMatch=old)["ETag"]
+
+    def complete(key: str, etag: str) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"third")["ETag"]
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"], IfMatch=etag,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})
+
+    for write in (lambda key, etag: client.put_object(Bucket=bucket, Key=key, Body=b"third", IfMatch=etag), complete):
+        with pytest.raises(ClientError) as stale:
+            write("k", old)
+        assert _code(stale) == (412, "PreconditionFailed")
+        with pytest.raises(ClientError) as missing:
+            write("gone", current)
+        assert _code(missing) == (404, "NoSuchKey")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"second"
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])] == ["k"]
+    complete("k", current)  # the ETag stored: the write lands
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+
+
+def test_an_upload_completes_once(bucket: str) -> None:
+    """API Reference, CompleteMultipartUpload, NoSuchUpload (404): "The
+    specified multipart upload does not exist. The upload ID might be
+    invalid, or the multipart upload might have been aborted or completed."
+    A client retrying a completion whose answer was lost may get it."""
+    client = s3_client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key="k")
+    part = client.upload_part(Bucket=bucket, Key="k", UploadId=upload["UploadId"], PartNumber=1, Body=b"only")["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part}]}
+    client.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload["UploadId"], MultipartUpload=parts)
+    with pytest.raises(ClientError) as again:
+        client.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload["UploadId"], MultipartUpload=parts)
+    assert _code(again) == (404, "NoSuchUpload")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"only"
+
+
+def test_a_listing_comes_in_pages(bucket: str) -> None:
+    """API Reference, ListObjectsV2: "Returns some or all (up to 1,000) of the
+    objects in a bucket"; IsTruncated and NextContinuationToken lead to the
+    rest. The emulator returns few keys per page, so a client that stops
+    after the first page is caught with a handful of objects."""
+    from tests.s3_emulator import LIST_PAGE
+
+    client = s3_client()
+    keys = [f"k{i:02d}" for i in range(LIST_PAGE * 2 + 1)]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    first = client.list_objects_v2(Bucket=bucket)
+    assert first["IsTruncated"] and len(first["Contents"]) == LIST_PAGE
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    assert [o["Key"] for page in pages for o in page.get("Contents", [])] == keys
+
+
+def test_head_if_match_names_one_version(bucket: str) -> None:
+    """API Reference, HeadObject: with If-Match, "Return the object only if
+    its entity tag (ETag) is the same as the one specified; otherwise, return
+    a 412 (precondition failed) error"."""
+    client = s3_client()
+    old = client.put_object(Bucket=bucket, Key="k", Body=b"first")["ETag"]
+    new = client.put_object(Bucket=bucket, Key="k", Body=b"second")["ETag"]
+    assert client.head_object(Bucket=bucket, Key="k", IfMatch=new)["ContentLength"] == len(b"second")
+    with pytest.raises(ClientError) as stale:
+        client.head_object(Bucket=bucket, Key="k", IfMatch=old)
+    assert _code(stale)[0] == 412
+
+
 def test_an_unfinished_upload_is_no_object_and_abort_ends_it(bucket: str) -> None:
     """User Guide, "Uploading and copying objects using multipart upload": the
     object exists only after CompleteMultipartUpload; after

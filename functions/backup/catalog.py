@@ -149,10 +149,17 @@ def latest_backup(settings: Settings, db: str) -> BackupInfo | None:
 
 def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
     """One complete backup by id; NotFoundError if it is missing or incomplete."""
+    return get_backup_versioned(settings, backup_id)[0]
+
+
+def get_backup_versioned(settings: Settings, backup_id: str) -> tuple[BackupInfo, str]:
+    """``get_backup`` and the storage version of the manifest read, for a
+    rewrite that must fail if the manifest changed or was deleted since."""
     name = BackupName.parse(backup_id)
     storage = settings.storage
     try:
-        data = storage.get_json(name.manifest_key)
+        raw, version = storage.get_versioned(name.manifest_key)
+        data = json.loads(raw)
     except NotFoundError:
         if any(storage.exists(name.key(suffix)) for suffix in DUMP_SUFFIXES):
             raise NotFoundError(f"backup {backup_id} is incomplete (no manifest): it cannot be used") from None
@@ -165,7 +172,7 @@ def get_backup(settings: Settings, backup_id: str) -> BackupInfo:
         raise NotFoundError(f"backup {backup_id} has an invalid manifest: {exc}") from None
     if not storage.exists(info.dump_key):
         raise NotFoundError(f"backup {backup_id} has a manifest but its dump ({info.dump_key}) is missing")
-    return info
+    return info, version
 
 
 def resolve(settings: Settings, ref: str, db: str | None) -> BackupInfo:

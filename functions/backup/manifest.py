@@ -259,11 +259,14 @@ def _check_encryption(encryption: Any) -> None:
         raise ManifestError("manifest encryption.recipients must list each recipient's type and fingerprint")
 
 
-def write_manifest(storage: Storage, name: BackupName, data: dict[str, Any], *, overwrite: bool = True) -> BackupInfo:
+def write_manifest(
+    storage: Storage, name: BackupName, data: dict[str, Any], *, overwrite: bool = True, if_version: str | None = None
+) -> BackupInfo:
     """Store (or atomically replace) a manifest; returns its typed view.
-    ``overwrite=False`` for a new backup: never over another one's manifest."""
+    ``overwrite=False`` for a new backup: never over another one's manifest;
+    ``if_version`` for a rewrite: only over the version read (ObjectChanged)."""
     info = parse_manifest(data, name)  # never store what we could not read back
-    storage.put_json(name.manifest_key, data, overwrite=overwrite)
+    storage.put_json(name.manifest_key, data, overwrite=overwrite, if_version=if_version)
     return info
 
 

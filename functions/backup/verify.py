@@ -28,13 +28,13 @@ from psycopg.conninfo import make_conninfo
 
 from safesync.shared.config import Settings
 from safesync.shared.db import connect
-from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, SafesyncError, StorageError
+from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, ObjectChanged, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import PgTool, child_env, find_tool, found_tools, libpq_target, supports_compression
 from safesync.shared.report import utcnow
 
 from .archive import Archive, DamagedArchive, require_identity
-from .catalog import get_backup
+from .catalog import get_backup, get_backup_versioned
 from .compression import method_of
 from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
@@ -367,33 +367,44 @@ def verify_backup(
     return result
 
 
+RECORD_ATTEMPTS = 3  # rewrites raced by another verify's record before giving up
+
+
 def _record(settings: Settings, info: BackupInfo, result: VerifyResult) -> None:
-    """Set this verify's fields on the manifest as stored *now* (atomic
-    replace), not on the one read when it started: another verify may have
-    recorded a drill meanwhile (writing ours back would replace a failed
-    drill with an older passing one), and prune may have deleted the
-    manifest (its first step): then nothing is written, since a manifest
-    must never come back without its dump."""
-    storage = settings.storage
-    try:
-        current = get_backup(settings, info.id)
-    except NotFoundError as exc:  # pruned meanwhile, or its manifest damaged: that stays as it is
-        result.warnings.append(f"result not recorded, the backup changed while being verified: {exc.message}")
+    """Set this verify's fields on the manifest as stored *now*, not on the
+    one read when it started: another verify may have recorded a drill
+    meanwhile (writing ours back would replace a failed drill with an older
+    passing one), and prune may have deleted the manifest (its first step).
+    The rewrite is conditional on the version re-read, so a change or a
+    prune between the re-read and the write fails it instead of being
+    overwritten or undone: a manifest must never come back without its
+    dump. A change is re-read and the fields set again; a prune ends it."""
+    for _attempt in range(RECORD_ATTEMPTS):
+        try:
+            current, version = get_backup_versioned(settings, info.id)
+        except NotFoundError as exc:  # pruned meanwhile, or its manifest damaged: that stays as it is
+            result.warnings.append(f"result not recorded, the backup changed while being verified: {exc.message}")
+            return
+        except SafesyncError as exc:
+            result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")
+            return
+        manifest = dict(current.manifest)
+        manifest["verification"] = {
+            "at": utcnow().isoformat(),
+            "ok": not result.problems,
+            "problems": result.problems,
+            "sha256_ok": bool(result.checks.get("sha256_ok")),
+            "toc_entries": result.checks.get("toc_entries"),
+        }
+        if result.drill is not None:
+            manifest["drill"] = result.drill
+        try:
+            write_manifest(settings.storage, info.name, manifest, if_version=version)
+        except ObjectChanged:
+            continue  # replaced or deleted since the re-read: look again
+        except SafesyncError as exc:
+            result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")
         return
-    except SafesyncError as exc:
-        result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")
-        return
-    manifest = dict(current.manifest)
-    manifest["verification"] = {
-        "at": utcnow().isoformat(),
-        "ok": not result.problems,
-        "problems": result.problems,
-        "sha256_ok": bool(result.checks.get("sha256_ok")),
-        "toc_entries": result.checks.get("toc_entries"),
-    }
-    if result.drill is not None:
-        manifest["drill"] = result.drill
-    try:
-        write_manifest(storage, info.name, manifest)
-    except SafesyncError as exc:
-        result.warnings.append(f"could not record the result in {info.manifest_key}: {exc.message}")
+    result.warnings.append(
+        f"result not recorded: {info.manifest_key} kept changing while the result was written ({RECORD_ATTEMPTS} attempts)"
+    )

@@ -4,7 +4,10 @@ A write is all-or-nothing: an object is visible only once it is complete, so
 a crashed backup can never be mistaken for a good one. ``overwrite=False``
 makes a write create-only, decided by the backend at the moment the object
 becomes visible (not by an earlier "does it exist?" that a concurrent writer
-could race). Reads and writes stream with constant memory (backups are larger
+could race). ``if_version`` makes a write a compare-and-swap against the
+version ``open_versioned`` read, also decided by the backend (GCS generation
+match, S3 ``If-Match`` ETag), so a read-modify-write neither overwrites a
+concurrent change nor brings back a deleted object. Reads and writes stream with constant memory (backups are larger
 than the RAM of a Cloud Function). Keys are validated before they reach any
 backend, so a key can never escape the storage root.
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, ContextManager, Union
 
-from ..errors import ObjectExists, StorageError
+from ..errors import ObjectChanged, ObjectExists, StorageError
 
 Data = Union[bytes, bytearray, memoryview, Iterable[bytes], BinaryIO]
 """What ``put`` accepts: a whole buffer, an iterable of chunks, or a readable
@@ -76,6 +79,13 @@ def exists_error(key: str) -> ObjectExists:
     return ObjectExists(f"object {key!r} already exists and may not be replaced", detail={"key": key})
 
 
+def changed_error(key: str) -> ObjectChanged:
+    """What a conditional put raises when ``key`` is no longer the version read."""
+    return ObjectChanged(
+        f"object {key!r} was replaced or deleted since it was read; it was not written", detail={"key": key}
+    )
+
+
 def validate_prefix(prefix: str) -> str:
     """A listing prefix is a key, or a key with one trailing ``/``, or empty."""
     if prefix:
@@ -109,22 +119,33 @@ class Storage(ABC):
         *,
         content_type: str = "application/octet-stream",
         overwrite: bool = True,
+        if_version: str | None = None,
     ) -> ObjectInfo:
         """Store ``data`` under ``key`` atomically. If ``data`` raises, the
         exception propagates and nothing is visible. With ``overwrite=False``
         an existing object is never replaced: ObjectExists is raised (before
         any byte is sent when the object is already there, else when the
-        upload would become visible) and the old object stays as it was."""
+        upload would become visible) and the old object stays as it was.
+        With ``if_version`` (a version from ``open_versioned``) the object is
+        replaced only if it still is that version: ObjectChanged if it was
+        replaced or deleted meanwhile, and nothing is written."""
 
-    def put_json(self, key: str, obj: Any, *, overwrite: bool = True) -> ObjectInfo:
+    def put_json(self, key: str, obj: Any, *, overwrite: bool = True, if_version: str | None = None) -> ObjectInfo:
         """Store ``obj`` as stable, human-diffable JSON (sorted keys, indented)."""
         text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-        return self.put(key, text.encode("utf-8"), content_type="application/json", overwrite=overwrite)
+        return self.put(
+            key, text.encode("utf-8"), content_type="application/json", overwrite=overwrite, if_version=if_version
+        )
 
-    @abstractmethod
     def open(self, key: str) -> ContextManager[BinaryIO]:
         """A readable, non-seekable stream of the object. Raises NotFoundError
         at once if the object does not exist."""
+        return self.open_versioned(key)[0]
+
+    @abstractmethod
+    def open_versioned(self, key: str) -> tuple[ContextManager[BinaryIO], str]:
+        """``open``, plus an opaque token naming the version the stream reads,
+        for a later ``put(if_version=...)``."""
 
     def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         """The object as chunks of at most ``chunk_size`` bytes."""
@@ -135,14 +156,19 @@ class Storage(ABC):
     def get_bytes(self, key: str, *, max_bytes: int = MAX_SMALL_OBJECT) -> bytes:
         """The whole object, for small things like manifests. Refuses objects
         over ``max_bytes`` rather than exhausting memory."""
-        with self.open(key) as stream:
+        return self.get_versioned(key, max_bytes=max_bytes)[0]
+
+    def get_versioned(self, key: str, *, max_bytes: int = MAX_SMALL_OBJECT) -> tuple[bytes, str]:
+        """``get_bytes`` and the version read (see ``open_versioned``)."""
+        stream_cm, version = self.open_versioned(key)
+        with stream_cm as stream:
             data = stream.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise StorageError(
                 f"object {key!r} is larger than {max_bytes} bytes; stream it instead",
                 detail={"key": key},
             )
-        return data
+        return data, version
 
     def get_json(self, key: str) -> Any:
         """The object parsed as JSON (json.JSONDecodeError if it is not)."""

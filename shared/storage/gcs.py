@@ -3,8 +3,9 @@
 Streams go up as resumable uploads, finalised only after the last byte, so
 an interrupted put leaves no object; whole buffers in one request. Both carry
 our CRC32C, which GCS checks before it accepts the object. Create-only writes
-use ``ifGenerationMatch=0``, which GCS evaluates when the object would become
-visible.
+use ``ifGenerationMatch=0`` and conditional ones ``ifGenerationMatch=<the
+generation read>``; GCS evaluates both when the object would become visible
+(https://cloud.google.com/storage/docs/request-preconditions).
 
 google-cloud-storage is imported only when a GCS backend first talks to GCS:
 importing it costs a noticeable part of a cold start, and jobs that only use
@@ -20,7 +21,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager
 
 from ..errors import NotFoundError, ObjectExists, StorageError
 from ..log import get_logger
-from .base import PROBE_DEADLINE_S, Data, ObjectInfo, Storage, as_chunks, exists_error, validate_key, validate_prefix
+from .base import (
+    PROBE_DEADLINE_S,
+    Data,
+    ObjectInfo,
+    Storage,
+    as_chunks,
+    changed_error,
+    exists_error,
+    validate_key,
+    validate_prefix,
+)
 from .checked import CheckedReader, Crc32c
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -105,17 +116,31 @@ class GCSStorage(Storage):
         *,
         content_type: str = "application/octet-stream",
         overwrite: bool = True,
+        if_version: str | None = None,
     ) -> ObjectInfo:
         """Retrying is safe: a put only ever replaces an object with the same
-        content, and a create-only put whose first attempt did land is
+        content, and a conditional put whose first attempt did land is
         recognised by its CRC32C (see ``_holds``)."""
+        try:
+            return self._put(key, data, content_type, overwrite, if_version)
+        except (ObjectExists, NotFoundError):
+            if if_version is None:
+                raise
+            # 412: another generation is stored; 404: the object is gone.
+            raise changed_error(key) from None
+
+    def _put(self, key: str, data: Data, content_type: str, overwrite: bool, if_version: str | None) -> ObjectInfo:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         name = self._name(validate_key(key))
         blob = self._bucket().blob(name)
         if not overwrite and self.exists(key):
             raise exists_error(key)
-        condition = {} if overwrite else {"if_generation_match": 0}
+        if if_version is not None:
+            condition = {"if_generation_match": int(if_version)}
+        else:
+            condition = {} if overwrite else {"if_generation_match": 0}
+        missing = "bucket not found" if if_version is None else "object"
         crc = Crc32c()
         size = 0
         try:
@@ -123,13 +148,13 @@ class GCSStorage(Storage):
                 payload = bytes(data)
                 crc.update(payload)
                 size = len(payload)
-                with _gcs_errors("write", key, missing="bucket not found"):
+                with _gcs_errors("write", key, missing=missing):
                     blob.upload_from_string(
                         payload, content_type=content_type, checksum="crc32c", retry=DEFAULT_RETRY, **condition
                     )
                 return self._info(key, blob)
             chunks = as_chunks(data)
-            with _gcs_errors("write", key, missing="bucket not found"):
+            with _gcs_errors("write", key, missing=missing):
                 writer = blob.open(
                     "wb",
                     chunk_size=GCS_CHUNK,
@@ -143,9 +168,9 @@ class GCSStorage(Storage):
                 for chunk in chunks:
                     crc.update(chunk)
                     size += len(chunk)
-                    with _gcs_errors("write", key, missing="bucket not found"):
+                    with _gcs_errors("write", key, missing=missing):
                         writer.write(chunk)
-                with _gcs_errors("write", key, missing="bucket not found"):
+                with _gcs_errors("write", key, missing=missing):
                     writer.close()
             except BaseException:
                 self._abort(writer, key)
@@ -158,7 +183,7 @@ class GCSStorage(Storage):
         return self._info(key, blob)
 
     def _holds(self, key: str, name: str, size: int, crc32c: str) -> bool:
-        """A create-only upload answered 412: did an earlier attempt of this
+        """A conditional upload answered 412: did an earlier attempt of this
         very upload land (a retry after a lost answer), or did another writer
         win? Same size and CRC32C means the stored object is ours."""
         with _gcs_errors("check", key):
@@ -176,8 +201,8 @@ class GCSStorage(Storage):
         except Exception as exc:  # noqa: BLE001 - must not mask the original error
             log.warning("could not cancel GCS upload", key=key, error=str(exc))
 
-    def open(self, key: str) -> ContextManager[BinaryIO]:
-        """Stream the current generation; a later overwrite cannot mix into
+    def open_versioned(self, key: str) -> tuple[ContextManager[BinaryIO], str]:
+        """Stream the current generation (the version); a later overwrite cannot mix into
         the read (it fails instead), and CRC32C is verified at the end.
         (BlobReader fetches ranges, for which the library cannot check
         checksums, so the CheckedReader checks the whole stream.)"""
@@ -190,7 +215,7 @@ class GCSStorage(Storage):
         # the checksum applies. The reader is pinned to this generation: a
         # 404 mid-read means it was overwritten or deleted.
         raw = blob.open("rb", chunk_size=GCS_CHUNK, raw_download=True)
-        return CheckedReader(  # type: ignore[return-value]
+        reader = CheckedReader(
             key,
             raw,
             size=int(blob.size or 0),
@@ -198,6 +223,7 @@ class GCSStorage(Storage):
             expected=blob.crc32c,
             errors=lambda: _gcs_errors("read", key, missing="object was replaced or deleted while reading"),
         )
+        return reader, str(blob.generation)  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""

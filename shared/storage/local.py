@@ -3,7 +3,11 @@
 A put writes ``.<name>.tmp-<uuid>`` beside the target, fsyncs it and only
 then makes it the object: ``rename`` when it may replace an old one, ``link``
 when it must not (``link`` fails if the name exists, atomically, so two
-create-only writers can never both win).
+create-only writers can never both win). A version is the file's inode,
+mtime and size: every put makes a new file, so a replaced object has a new
+one. A conditional put compares it just before its rename: POSIX has no
+compare-and-rename, so a change in that instant (microseconds, against a
+network round trip's window on the cloud backends) can still be missed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from pathlib import Path
 from typing import BinaryIO, ContextManager
 
 from ..errors import NotFoundError, StorageError
-from .base import TEMP_NAME, Data, ObjectInfo, Storage, as_chunks, exists_error, validate_key, validate_prefix
+from .base import (
+    TEMP_NAME,
+    Data,
+    ObjectInfo,
+    Storage,
+    as_chunks,
+    changed_error,
+    exists_error,
+    validate_key,
+    validate_prefix,
+)
 
 
 @contextmanager
@@ -86,6 +100,19 @@ class LocalStorage(Storage):
     def _info(key: str, st: os.stat_result) -> ObjectInfo:
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
+    @staticmethod
+    def _version(st: os.stat_result) -> str:
+        return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+    def _still(self, key: str, path: Path, version: str) -> None:
+        """Raise ObjectChanged unless ``path`` still is ``version``."""
+        try:
+            current = self._version(path.stat())
+        except (FileNotFoundError, NotADirectoryError):
+            raise changed_error(key) from None
+        if current != version:
+            raise changed_error(key)
+
     def put(
         self,
         key: str,
@@ -93,12 +120,15 @@ class LocalStorage(Storage):
         *,
         content_type: str = "application/octet-stream",
         overwrite: bool = True,
+        if_version: str | None = None,
     ) -> ObjectInfo:
         """Readers see the old object or the complete new one, never a prefix
         of it. ``content_type`` has no place on a plain file and is ignored."""
         path = self._path(key)
         if not overwrite and self.exists(key):
             raise exists_error(key)
+        if if_version is not None:
+            self._still(key, path, if_version)  # before any byte is written
         chunks = as_chunks(data)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
         with _local_errors("write", key):
@@ -114,6 +144,8 @@ class LocalStorage(Storage):
                 with _local_errors("write", key):
                     f.flush()
                     os.fsync(f.fileno())
+            if if_version is not None:
+                self._still(key, path, if_version)
             with _local_errors("write", key):
                 if overwrite:
                     os.replace(tmp, path)
@@ -129,10 +161,15 @@ class LocalStorage(Storage):
             # (after a link the temp name is a second name of the object).
             tmp.unlink(missing_ok=True)
 
-    def open(self, key: str) -> ContextManager[BinaryIO]:
+    def open_versioned(self, key: str) -> tuple[ContextManager[BinaryIO], str]:
         path = self._path(key)
         with _local_errors("read", key):
-            return open(path, "rb")  # noqa: SIM115 - the caller's `with` closes it
+            stream = open(path, "rb")  # noqa: SIM115 - the caller's `with` closes it
+        try:
+            return stream, self._version(os.fstat(stream.fileno()))  # of the file opened, not of the name
+        except OSError:
+            stream.close()
+            raise
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         validate_prefix(prefix)

@@ -14,7 +14,12 @@ usual chain (environment, profile, instance role).
   ours; a mismatch removes the object and fails the put.
 - Create-only puts send ``If-None-Match: *`` on PutObject or
   CompleteMultipartUpload: S3 decides when the object would become visible
-  (412 when another writer won, 409 while one is still completing).
+  (412 when another writer won, 409 while one is still completing). A 412,
+  or a 404 NoSuchUpload answering a retried completion, is checked against
+  what is stored: a retry of a put that did land is recognised as ours.
+  Conditional puts send ``If-Match: <the ETag read>`` the same way (412 when
+  replaced, 404 when deleted meanwhile:
+  https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
 - Reads are one GET; the CRC-64/NVME of the bytes is checked at the end.
 
 boto3 is imported on first use: a cold start that never touches S3 does not
@@ -33,7 +38,17 @@ from urllib.parse import urlsplit
 
 from ..errors import NotFoundError, ObjectExists, StorageError
 from ..log import get_logger
-from .base import PROBE_DEADLINE_S, Data, ObjectInfo, Storage, as_chunks, exists_error, validate_key, validate_prefix
+from .base import (
+    PROBE_DEADLINE_S,
+    Data,
+    ObjectInfo,
+    Storage,
+    as_chunks,
+    changed_error,
+    exists_error,
+    validate_key,
+    validate_prefix,
+)
 from .checked import CheckedReader, Crc64Nvme, checksum_of
 
 log = get_logger("storage")
@@ -173,11 +188,25 @@ class S3Storage(Storage):
         *,
         content_type: str = "application/octet-stream",
         overwrite: bool = True,
+        if_version: str | None = None,
     ) -> ObjectInfo:
+        try:
+            return self._put(key, data, content_type, overwrite, if_version)
+        except (ObjectExists, NotFoundError) as exc:
+            if if_version is not None:  # 412: another version is stored; 404: the object is gone
+                raise changed_error(key) from None
+            if isinstance(exc, NotFoundError):
+                raise StorageError(f"S3 failed to write {key!r}: its upload was aborted", detail={"key": key}) from exc
+            raise
+
+    def _put(self, key: str, data: Data, content_type: str, overwrite: bool, if_version: str | None) -> ObjectInfo:
         name = self._name(validate_key(key))
         if not overwrite and self.exists(key):
             raise exists_error(key)
-        condition = {} if overwrite else {"IfNoneMatch": "*"}
+        if if_version is not None:
+            condition = {"IfMatch": if_version}
+        else:
+            condition = {} if overwrite else {"IfNoneMatch": "*"}
         parts = _Parts(data)
         chunks = iter(parts)
         # A list, so the first part is not held once uploaded (see _multipart).
@@ -185,18 +214,23 @@ class S3Storage(Storage):
         try:
             if len(head[0]) < part_size(1):  # the stream ended within one part
                 body = head.pop()
-                with _s3_errors("write", key, missing="bucket not found"):
-                    self._client().put_object(
+                with _s3_errors("write", key):  # 404 only with If-Match (NoSuchBucket is its own error)
+                    etag = self._client().put_object(
                         Bucket=self.bucket_name, Key=name, Body=body, ContentType=content_type,
                         ChecksumAlgorithm="CRC64NVME", ChecksumCRC64NVME=checksum_of(Crc64Nvme, body),
                         **condition,
-                    )
+                    )["ETag"]
             else:
-                self._multipart(key, name, head, chunks, parts, content_type, condition)
-        except ObjectExists:
-            if not self._holds(key, name, parts.size, parts.checksum.b64()):
+                etag = self._multipart(key, name, head, chunks, parts, content_type, condition)
+        except (ObjectExists, NotFoundError):
+            # 412, or 404 at completion (NoSuchUpload: "aborted or completed"):
+            # either way an earlier attempt of this very request whose answer
+            # was lost may have landed it.
+            found = self._holds(key, name, parts.size, parts.checksum.b64())
+            if found is None:
                 raise
-        return self._check_stored(key, name, parts.size, parts.checksum.b64())
+            etag = found
+        return self._check_stored(key, name, parts.size, parts.checksum.b64(), etag)
 
     def _multipart(
         self,
@@ -207,7 +241,8 @@ class S3Storage(Storage):
         parts: _Parts,
         content_type: str,
         condition: dict[str, str],
-    ) -> None:
+    ) -> str:
+        """Upload the parts and complete; returns the new object's ETag."""
         client = self._client()
         with _s3_errors("write", key, missing="bucket not found"):
             upload_id = client.create_multipart_upload(
@@ -229,11 +264,11 @@ class S3Storage(Storage):
                     )
                 done.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC64NVME": crc})
                 del body  # memory: not held while the next part is read
-            with _s3_errors("write", key, missing="upload was aborted"):
-                client.complete_multipart_upload(
+            with _s3_errors("write", key):  # NotFoundError: see put
+                return client.complete_multipart_upload(
                     Bucket=self.bucket_name, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done},
                     ChecksumType="FULL_OBJECT", ChecksumCRC64NVME=parts.checksum.b64(), **condition,
-                )
+                )["ETag"]
         except BaseException:
             # Also on KeyboardInterrupt and a lost race: no parts left behind.
             self._abort(name, upload_id, key)
@@ -246,25 +281,32 @@ class S3Storage(Storage):
         except Exception as exc:  # noqa: BLE001 - must not mask the original error
             log.warning("could not abort S3 multipart upload", key=key, error=str(exc))
 
-    def _head(self, name: str, key: str, missing: str = "object") -> dict[str, Any]:
+    def _head(self, name: str, key: str, missing: str = "object", **condition: str) -> dict[str, Any]:
         with _s3_errors("check", key, missing=missing):
-            return self._client().head_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED")
+            return self._client().head_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED", **condition)
 
-    def _holds(self, key: str, name: str, size: int, checksum: str) -> bool:
-        """A create-only put answered 412: did an earlier attempt of this very
+    def _holds(self, key: str, name: str, size: int, checksum: str) -> str | None:
+        """A conditional put answered 412: did an earlier attempt of this very
         request land (a retry after a lost answer), or did another writer
-        win? Same size and CRC-64/NVME means the stored object is ours."""
+        win? Same size and CRC-64/NVME means the stored object is ours: its
+        ETag, else None."""
         try:
             head = self._head(name, key)
         except NotFoundError:
-            return False
-        return head.get("ContentLength") == size and head.get("ChecksumCRC64NVME") == checksum
+            return None
+        ours = head.get("ContentLength") == size and head.get("ChecksumCRC64NVME") == checksum
+        return head["ETag"] if ours else None
 
-    def _check_stored(self, key: str, name: str, size: int, checksum: str) -> ObjectInfo:
+    def _check_stored(self, key: str, name: str, size: int, checksum: str, etag: str) -> ObjectInfo:
         """What S3 stored must be what we sent. S3 already refused a body
         whose checksum differs; this also catches a service that ignores
-        checksums and a completion whose parts do not add up."""
-        head = self._head(name, key, missing="object vanished right after upload")
+        checksums and a completion whose parts do not add up. Only the
+        version our put made (``etag``) is checked: a later writer's object
+        under the key is theirs to keep (412 here), not a corrupt store."""
+        try:
+            head = self._head(name, key, missing="object vanished right after upload", IfMatch=etag)
+        except ObjectExists:  # 412: replaced since, as any later overwrite may
+            return ObjectInfo(key, size, datetime.now(timezone.utc))
         stored = head.get("ChecksumCRC64NVME")
         if head.get("ContentLength") != size or (stored is not None and stored != checksum):
             with _s3_errors("delete", key):
@@ -276,15 +318,16 @@ class S3Storage(Storage):
             )
         return ObjectInfo(key, size, head["LastModified"].astimezone(timezone.utc))
 
-    def open(self, key: str) -> ContextManager[BinaryIO]:
-        """One GET streams one version of the object, whatever is written
-        meanwhile; its CRC-64/NVME is checked at the end (objects others
-        uploaded with a composite or another checksum: size only)."""
+    def open_versioned(self, key: str) -> tuple[ContextManager[BinaryIO], str]:
+        """One GET streams one version of the object (its ETag is the
+        version), whatever is written meanwhile; its CRC-64/NVME is checked
+        at the end (objects others uploaded with a composite or another
+        checksum: size only)."""
         name = self._name(validate_key(key))
         with _s3_errors("read", key):
             answer = self._client().get_object(Bucket=self.bucket_name, Key=name, ChecksumMode="ENABLED")
         full = answer.get("ChecksumType") in (None, "FULL_OBJECT")
-        return CheckedReader(  # type: ignore[return-value]
+        reader = CheckedReader(
             key,
             answer["Body"],
             size=int(answer["ContentLength"]),
@@ -292,6 +335,7 @@ class S3Storage(Storage):
             expected=answer.get("ChecksumCRC64NVME") if full else None,
             errors=lambda: _s3_errors("read", key, missing="object vanished while reading"),
         )
+        return reader, answer["ETag"]  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""
