@@ -189,3 +189,26 @@ def test_rows_a_rule_kept_from_being_deleted_are_named(lms):
     assert answer.status == 422, answer.body
     assert "promotions (2 deleted row(s) still there, e.g. (PROMO1, EU), (PROMO1, US))" in answer.body["summary"], answer.body["summary"]
     assert "e.g. ;" not in answer.body["summary"] and _fingerprint(prod) == before
+
+
+def test_a_text_column_drawing_from_a_sequence_in_an_expression_syncs_and_is_named(make_db, write_settings):
+    """``sku text default ('SKU-' || nextval('sku_seq'))``: the sequence move
+    read ``max(sku)::bigint`` and every dry-run and sync failed with "invalid
+    input syntax for type bigint: "SKU-2"" — the table could never be synced.
+    The integer id's sequence still moves; the SKU's is named, not moved."""
+    dev, prod = make_db(), make_db()
+    ddl = "create sequence sku_seq; create table products (id serial primary key, sku text not null unique default ('SKU-' || nextval('sku_seq')), title text);"
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into products (title) values ('A'), ('B')")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["products"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert [m["sequence"] for m in answer.body["details"]["sequences"]] == ["public.products_id_seq"]
+    assert any("products.sku (public.sku_seq)" in w for w in answer.body["warnings"]), answer.body["warnings"]
+    assert _fingerprint(prod) == _fingerprint(dev)
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value from products_id_seq").fetchone()[0] == 2
+        assert conn.execute("select last_value, is_called from sku_seq").fetchone() == (1, False)

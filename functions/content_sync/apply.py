@@ -315,9 +315,13 @@ _HIGH_WATER = "(select case when is_called then last_value else last_value - " +
 def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMove]:
     """Where each sequence the table's columns draw from stands against the table's
     furthest id in the sequence's direction — the largest, or the smallest for a
-    descending sequence — after this transaction's writes."""
+    descending sequence — after this transaction's writes. Only columns that hold
+    the values handed out (``TableSpec.sequence_holders``) are compared; see
+    ``unmovable_sequences`` for the others."""
     out = []
     for column, seq in spec.sequences:
+        if column not in spec.sequence_holders:
+            continue
         query = sql.SQL(
             "select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0, "
             + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin")
@@ -328,6 +332,13 @@ def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMov
             far, limit = (min_id, seqmin) if descending else (max_id, seqmax)
             out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit, may_set))
     return out
+
+
+def unmovable_sequences(spec: TableSpec) -> list[str]:
+    """The table's columns that draw from a sequence inside an expression
+    (``'SKU-' || nextval('sku_seq')``): their synced values say nothing about
+    how far the sequence must move, so the sync leaves it where it is."""
+    return [f"{spec.name}.{column} ({seq})" for column, seq in spec.sequences if column not in spec.sequence_holders]
 
 
 def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> None:

@@ -236,6 +236,12 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
+    unmovable = [c for spec in plan.tables if sum(written.get(spec.name, (0, 0))) for c in apply.unmovable_sequences(spec)]
+    if unmovable:
+        report.warnings.append(
+            "sequence(s) not moved: " + ", ".join(unmovable) + " use a sequence inside an expression, so the synced values "
+            "do not say how far it must move; check that the values it hands out next cannot collide with the synced rows"
+        )
     beyond = [m.problem for m in moves if m.problem]
     if beyond:  # setval would fail after the proof, when earlier sequences had already moved
         drawn = apply.sequences_drawn(tgt, plan)

@@ -31,7 +31,7 @@ from safesync.shared import db
 from safesync.shared.config import ContentSyncSection
 from safesync.shared.db import Column, ForeignKey, TableRef
 from safesync.shared.errors import ConfigError
-from safesync.shared.rowhash import TableShape
+from safesync.shared.rowhash import INTEGER_TYPES, TableShape
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,10 @@ class TableSpec(TableShape):
     primary_key: tuple[str, ...] = ()
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
     sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) each column draws from in the target
+    # the columns of ``sequences`` that hold the values handed out (an integer type): a sync moves their
+    # sequences past the synced ids; a column that only uses them in an expression ('SKU-' || nextval(...))
+    # holds no number a sequence could be compared with
+    sequence_holders: frozenset[str] = frozenset()
     drift: Drift = field(default_factory=Drift)
     match_on: tuple[str, ...] = ()  # natural key (empty: rows matched on the primary key)
     translations: tuple[Translation, ...] = ()
@@ -353,6 +357,7 @@ def table_spec(
     )
     src_types = {c.name: c.type for c in src_cols}
     key = tuple(match_on) if match_on else tuple(src_pk)
+    sequences = _sequences(tgt, table, tgt_cols)
     return TableSpec(
         table=table,
         key=key,
@@ -363,7 +368,8 @@ def table_spec(
         primary_key=tuple(tgt_pk),
         native_hash=native_hash,
         identity_always=frozenset(c.name for c in tgt_cols if c.identity == "a"),
-        sequences=_sequences(tgt, table, tgt_cols),
+        sequences=sequences,
+        sequence_holders=frozenset(column for column, _ in sequences if tgt_by_name[column].type in INTEGER_TYPES),
         drift=drift,
         match_on=tuple(match_on),
         on_conflict=on_conflict,
