@@ -212,3 +212,30 @@ def test_a_text_column_drawing_from_a_sequence_in_an_expression_syncs_and_is_nam
     with psycopg.connect(prod) as conn:
         assert conn.execute("select last_value from products_id_seq").fetchone()[0] == 2
         assert conn.execute("select last_value, is_called from sku_seq").fetchone() == (1, False)
+
+
+def test_writes_a_before_trigger_skipped_are_not_blamed_on_a_column(make_db, write_settings):
+    """A prod BEFORE trigger returns NULL: the insert of 3 and the update of
+    1 never happen. The refusal said "2 written row(s) differ from the
+    source … column title differs … set ignore_columns = ["title"]" — a row
+    that does not exist reported as differing, and advice that cannot help.
+    Now the skipped writes are named as such, with the table's triggers."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table courses (id int primary key, title text)")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into courses values (1, 'A'), (3, 'C')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("insert into courses values (1, 'A old')")
+        conn.execute("create function skip() returns trigger language plpgsql as $$ begin return null; end $$")
+        conn.execute("create trigger guard before insert or update on courses for each row execute function skip()")
+    before = _fingerprint(prod)
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["courses"]\nacknowledge_side_channels = ["courses"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    summary = answer.body["summary"]
+    assert answer.status == 422, answer.body
+    assert "courses (1 row(s) to write not in the target after the write, e.g. 3; 1 updated row(s) still as the target had them, e.g. 1)" in summary, summary
+    assert "the target skipped writes (BEFORE INSERT/UPDATE row triggers on the table: guard; or a rule)" in summary, summary
+    assert "ignore_columns" not in summary and "differ from the source" not in summary
+    assert _fingerprint(prod) == before

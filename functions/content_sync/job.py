@@ -514,10 +514,18 @@ def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) ->
     wrong = []
     for d in decisions:
         now = hashes_by_key(tgt, d.spec, sorted(d.writes)) if d.writes else {}
-        bad = [k for k, h in d.writes.items() if now.get(k) != h]
+        bad = triggers.unequal(d, now, list(d.writes))
         gone = hashes_by_key(tgt, d.spec, sorted(d.deletes)) if d.deletes else {}
-        found = ([f"{len(bad)} written row(s) differ from the source, e.g. {keys_text(sorted(bad))}"] if bad else []) + (
-            [f"{len(gone)} deleted row(s) still there, e.g. {keys_text(sorted(gone))}"] if gone else [])
+        found = [
+            f"{len(keys)} {what}, e.g. {keys_text(keys)}"
+            for keys, what in (
+                (bad.missing, "row(s) to write not in the target after the write"),
+                (bad.skipped, "updated row(s) still as the target had them"),
+                (bad.rewritten, "written row(s) differ from the source"),
+                (sorted(gone), "deleted row(s) still there"),
+            )
+            if keys
+        ]
         if found:
             wrong.append(f"{d.spec.name} ({'; '.join(found)})")
     return ("source and target still differ in " + ", ".join(wrong)) if wrong else None
