@@ -239,3 +239,28 @@ def test_writes_a_before_trigger_skipped_are_not_blamed_on_a_column(make_db, wri
     assert "the target skipped writes (BEFORE INSERT/UPDATE row triggers on the table: guard; or a rule)" in summary, summary
     assert "ignore_columns" not in summary and "differ from the source" not in summary
     assert _fingerprint(prod) == before
+
+
+def test_a_written_reference_into_a_protected_table_is_a_warning(make_db, write_settings):
+    """dev's course author 3 is a tester; prod's user 3 is a customer. The
+    dry-run said "would write 3 row(s); protection proof ok" and nothing
+    more, and the sync would credit the customer with the course: a dev id
+    naming another row in prod. Now every written row that points into a
+    protected table where it did not before is named (an unchanged
+    reference and a NULL are not)."""
+    dev, prod = make_db(), make_db()
+    ddl = "create table users (id int primary key, name text); create table courses (id int primary key, title text, author_id int references users(id));"
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into users values (3, 'Dev Tester'); insert into courses values (1, 'A', 3), (2, 'B', null), (5, 'E', 3)")
+    with psycopg.connect(prod) as conn:
+        conn.execute("insert into users values (3, 'A Customer'); insert into courses values (5, 'E old', 3)")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["courses"]\n')
+    answer = content_sync(settings, "dry-run", adopt=True)
+    assert answer.status == 200, answer.body
+    assert answer.body["tables"]["references into protected tables"] == [
+        {"table": "courses", "columns": "author_id", "references": "users", "constraint": "courses_author_id_fkey", "rows": 1, "keys": ["1"]}
+    ]
+    assert any(w.startswith("courses: 1 written row(s) point author_id at users rows they did not point at before (e.g. 1;") for w in answer.body["warnings"])

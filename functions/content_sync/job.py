@@ -457,6 +457,14 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                     keys = sorted(d.writes)
                     moved += apply.stage_rows(src, tgt, d.spec, keys, temp)
                     missing = apply.unmapped(tgt, d.spec, temp)
+                    outward = apply.new_protected_references(tgt, plan, d.spec, temp)
+                for ref in outward:
+                    report.tables.setdefault("references into protected tables", []).append(ref)
+                    report.warnings.append(
+                        f"{ref['table']}: {ref['rows']} written row(s) point {ref['columns']} at {ref['references']} rows they did not point at "
+                        f"before (e.g. {', '.join(ref['keys'])}; {ref['constraint']}): the ids come from {plan.source}, and in "
+                        f"{plan.target} they may name other rows — check them, or leave the column out (ignore_columns)"
+                    )
                 if missing:
                     report.tables["unmapped references"] = missing
                     report.refuse(
