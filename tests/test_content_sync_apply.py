@@ -195,18 +195,23 @@ def test_a_text_column_drawing_from_a_sequence_in_an_expression_syncs_and_is_nam
     """``sku text default ('SKU-' || nextval('sku_seq'))``: the sequence move
     read ``max(sku)::bigint`` and every dry-run and sync failed with "invalid
     input syntax for type bigint: "SKU-2"" — the table could never be synced.
-    The integer id's sequence still moves; the SKU's is named, not moved."""
+    The numeric ids' sequences still move (a legacy ``numeric(12)`` id
+    too); the SKU's is named, not moved."""
     dev, prod = make_db(), make_db()
-    ddl = "create sequence sku_seq; create table products (id serial primary key, sku text not null unique default ('SKU-' || nextval('sku_seq')), title text);"
+    ddl = (
+        "create sequence sku_seq; create sequence legacy_seq;"
+        "create table products (id serial primary key, sku text not null unique default ('SKU-' || nextval('sku_seq')), title text);"
+        "create table invoices (id numeric(12) primary key default nextval('legacy_seq'), title text);"
+    )
     for url in (dev, prod):
         with psycopg.connect(url) as conn:
             conn.execute(ddl)
     with psycopg.connect(dev) as conn:
-        conn.execute("insert into products (title) values ('A'), ('B')")
-    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["products"]\n')
+        conn.execute("insert into products (title) values ('A'), ('B'); insert into invoices (title) values ('I')")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["products", "invoices"]\n')
     answer = content_sync(settings, "sync", adopt=True)
     assert answer.status == 200, answer.body
-    assert [m["sequence"] for m in answer.body["details"]["sequences"]] == ["public.products_id_seq"]
+    assert sorted(m["sequence"] for m in answer.body["details"]["sequences"]) == ["public.legacy_seq", "public.products_id_seq"]
     assert any("products.sku (public.sku_seq)" in w for w in answer.body["warnings"]), answer.body["warnings"]
     assert _fingerprint(prod) == _fingerprint(dev)
     with psycopg.connect(prod) as conn:
