@@ -189,3 +189,83 @@ def test_rows_a_rule_kept_from_being_deleted_are_named(lms):
     assert answer.status == 422, answer.body
     assert "promotions (2 deleted row(s) still there, e.g. (PROMO1, EU), (PROMO1, US))" in answer.body["summary"], answer.body["summary"]
     assert "e.g. ;" not in answer.body["summary"] and _fingerprint(prod) == before
+
+
+def test_a_text_column_drawing_from_a_sequence_in_an_expression_syncs_and_is_named(make_db, write_settings):
+    """``sku text default ('SKU-' || nextval('sku_seq'))``: the sequence move
+    read ``max(sku)::bigint`` and every dry-run and sync failed with "invalid
+    input syntax for type bigint: "SKU-2"" — the table could never be synced.
+    The numeric ids' sequences still move (a legacy ``numeric(12)`` id
+    too); the SKU's is named, not moved."""
+    dev, prod = make_db(), make_db()
+    ddl = (
+        "create sequence sku_seq; create sequence legacy_seq;"
+        "create table products (id serial primary key, sku text not null unique default ('SKU-' || nextval('sku_seq')), title text);"
+        "create table invoices (id numeric(12) primary key default nextval('legacy_seq'), title text);"
+    )
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into products (title) values ('A'), ('B'); insert into invoices (title) values ('I')")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["products", "invoices"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    assert answer.status == 200, answer.body
+    assert sorted(m["sequence"] for m in answer.body["details"]["sequences"]) == ["public.legacy_seq", "public.products_id_seq"]
+    assert any("products.sku (public.sku_seq)" in w for w in answer.body["warnings"]), answer.body["warnings"]
+    assert _fingerprint(prod) == _fingerprint(dev)
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select last_value from products_id_seq").fetchone()[0] == 2
+        assert conn.execute("select last_value, is_called from sku_seq").fetchone() == (1, False)
+
+
+def test_writes_a_before_trigger_skipped_are_not_blamed_on_a_column(make_db, write_settings):
+    """A prod BEFORE trigger returns NULL: the insert of 3 and the update of
+    1 never happen. The refusal said "2 written row(s) differ from the
+    source … column title differs … set ignore_columns = ["title"]" — a row
+    that does not exist reported as differing, and advice that cannot help.
+    Now the skipped writes are named as such, with the table's triggers."""
+    dev, prod = make_db(), make_db()
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute("create table courses (id int primary key, title text)")
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into courses values (1, 'A'), (3, 'C')")
+    with psycopg.connect(prod) as conn:
+        conn.execute("insert into courses values (1, 'A old')")
+        conn.execute("create function skip() returns trigger language plpgsql as $$ begin return null; end $$")
+        conn.execute("create trigger guard before insert or update on courses for each row execute function skip()")
+    before = _fingerprint(prod)
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["courses"]\nacknowledge_side_channels = ["courses"]\n')
+    answer = content_sync(settings, "sync", adopt=True)
+    summary = answer.body["summary"]
+    assert answer.status == 422, answer.body
+    assert "courses (1 row(s) to write not in the target after the write, e.g. 3; 1 updated row(s) still as the target had them, e.g. 1)" in summary, summary
+    assert "the target skipped writes (BEFORE INSERT/UPDATE row triggers on the table: guard; or a rule)" in summary, summary
+    assert "ignore_columns" not in summary and "differ from the source" not in summary
+    assert _fingerprint(prod) == before
+
+
+def test_a_written_reference_into_a_protected_table_is_a_warning(make_db, write_settings):
+    """dev's course author 3 is a tester; prod's user 3 is a customer. The
+    dry-run said "would write 3 row(s); protection proof ok" and nothing
+    more, and the sync would credit the customer with the course: a dev id
+    naming another row in prod. Now every written row that points into a
+    protected table where it did not before is named (an unchanged
+    reference and a NULL are not)."""
+    dev, prod = make_db(), make_db()
+    ddl = "create table users (id int primary key, name text); create table courses (id int primary key, title text, author_id int references users(id));"
+    for url in (dev, prod):
+        with psycopg.connect(url) as conn:
+            conn.execute(ddl)
+    with psycopg.connect(dev) as conn:
+        conn.execute("insert into users values (3, 'Dev Tester'); insert into courses values (1, 'A', 3), (2, 'B', null), (5, 'E', 3)")
+    with psycopg.connect(prod) as conn:
+        conn.execute("insert into users values (3, 'A Customer'); insert into courses values (5, 'E old', 3)")
+    settings = write_settings({"dev": dev, "prod": prod}, '[content_sync]\ntables = ["courses"]\n')
+    answer = content_sync(settings, "dry-run", adopt=True)
+    assert answer.status == 200, answer.body
+    assert answer.body["tables"]["references into protected tables"] == [
+        {"table": "courses", "columns": "author_id", "references": "users", "constraint": "courses_author_id_fkey", "rows": 1, "keys": ["1"]}
+    ]
+    assert any(w.startswith("courses: 1 written row(s) point author_id at users rows they did not point at before (e.g. 1;") for w in answer.body["warnings"])

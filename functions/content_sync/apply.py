@@ -116,6 +116,39 @@ def unmapped(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Identifier, lim
     return found
 
 
+def new_protected_references(tgt: psycopg.Connection, plan: SyncPlan, spec: TableSpec, temp: sql.Identifier, limit: int = 5) -> list[dict]:
+    """Staged rows that would point a foreign key into a non-content table at
+    a row the target row did not point at (a new row, or a changed
+    reference). The row exists — the FK checks that — but its id comes from
+    the source: in production it may name someone else (a dev author id that
+    is a real user there). The protection proof cannot see this: nothing in
+    the protected table is written."""
+    found = []
+    content = plan.content
+    for fk in plan.target_fks:
+        if fk.table != spec.table or fk.ref_table in content or not set(fk.columns) <= set(spec.columns):
+            continue
+        staged = sql.SQL(", ").join(sql.Identifier("s", c) for c in fk.columns)
+        query = sql.SQL(
+            "select count(*) over (), {key} from {temp} as s left join {table} as cur on {match} "
+            "where num_nonnulls({staged}) = {n} and ({current}) is distinct from ({staged}) order by 2 limit {limit}"
+        ).format(
+            key=sql.SQL(" || ', ' || ").join(sql.SQL("{}::text").format(sql.Identifier("s", k)) for k in spec.key),
+            temp=temp,
+            table=spec.table.ident,
+            match=sql.SQL(" and ").join(sql.SQL("{} = {}").format(sql.Identifier("cur", k), sql.Identifier("s", k)) for k in spec.key),
+            staged=staged,
+            n=sql.Literal(len(fk.columns)),
+            current=sql.SQL(", ").join(sql.Identifier("cur", c) for c in fk.columns),
+            limit=sql.Literal(limit),
+        )
+        rows = tgt.execute(query).fetchall()
+        if rows:
+            found.append({"table": spec.name, "columns": ", ".join(fk.columns), "references": fk.ref_table.short, "constraint": fk.name,
+                          "rows": rows[0][0], "keys": [key for _, key in rows]})
+    return found
+
+
 def _distinct(update: tuple[str, ...], new_alias: str) -> sql.Composable:
     """``(cur cols) is distinct from (new cols)``, compared as text: the same
     notion of "equal" as the row hash, so equal rows are never updated."""
@@ -315,9 +348,13 @@ _HIGH_WATER = "(select case when is_called then last_value else last_value - " +
 def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMove]:
     """Where each sequence the table's columns draw from stands against the table's
     furthest id in the sequence's direction — the largest, or the smallest for a
-    descending sequence — after this transaction's writes."""
+    descending sequence — after this transaction's writes. Only columns that hold
+    the values handed out (``TableSpec.sequence_holders``) are compared; see
+    ``unmovable_sequences`` for the others."""
     out = []
     for column, seq in spec.sequences:
+        if column not in spec.sequence_holders:
+            continue
         query = sql.SQL(
             "select max({col})::bigint, min({col})::bigint, " + _HIGH_WATER + ", " + _INCREMENT + " < 0, "
             + _SEQUENCE.replace("{field}", "seqmax") + ", " + _SEQUENCE.replace("{field}", "seqmin")
@@ -328,6 +365,13 @@ def sequence_moves(tgt: psycopg.Connection, spec: TableSpec) -> list[SequenceMov
             far, limit = (min_id, seqmin) if descending else (max_id, seqmax)
             out.append(SequenceMove(spec.name, column, seq, current, far, descending, limit, may_set))
     return out
+
+
+def unmovable_sequences(spec: TableSpec) -> list[str]:
+    """The table's columns that draw from a sequence inside an expression
+    (``'SKU-' || nextval('sku_seq')``): their synced values say nothing about
+    how far the sequence must move, so the sync leaves it where it is."""
+    return [f"{spec.name}.{column} ({seq})" for column, seq in spec.sequences if column not in spec.sequence_holders]
 
 
 def move_sequences(tgt: psycopg.Connection, moves: Sequence[SequenceMove]) -> None:

@@ -236,6 +236,12 @@ def _write_and_commit(settings, report, mode, plan, decisions, digest, src, tgt,
         left = _verify_untouched(sides, decisions, written, trees, before.counters, proof.counters(tgt))
     moves = [m for spec in plan.tables for m in apply.sequence_moves(tgt, spec)]
     report.details["sequences"] = [m.as_row() for m in moves if m.moves]
+    unmovable = [c for spec in plan.tables if sum(written.get(spec.name, (0, 0))) for c in apply.unmovable_sequences(spec)]
+    if unmovable:
+        report.warnings.append(
+            "sequence(s) not moved: " + ", ".join(unmovable) + " use a sequence inside an expression, so the synced values "
+            "do not say how far it must move; check that the values it hands out next cannot collide with the synced rows"
+        )
     beyond = [m.problem for m in moves if m.problem]
     if beyond:  # setval would fail after the proof, when earlier sequences had already moved
         drawn = apply.sequences_drawn(tgt, plan)
@@ -451,6 +457,14 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                     keys = sorted(d.writes)
                     moved += apply.stage_rows(src, tgt, d.spec, keys, temp)
                     missing = apply.unmapped(tgt, d.spec, temp)
+                    outward = apply.new_protected_references(tgt, plan, d.spec, temp)
+                for ref in outward:
+                    report.tables.setdefault("references into protected tables", []).append(ref)
+                    report.warnings.append(
+                        f"{ref['table']}: {ref['rows']} written row(s) point {ref['columns']} at {ref['references']} rows they did not point at "
+                        f"before (e.g. {', '.join(ref['keys'])}; {ref['constraint']}): the ids come from {plan.source}, and in "
+                        f"{plan.target} they may name other rows — check them, or leave the column out (ignore_columns)"
+                    )
                 if missing:
                     report.tables["unmapped references"] = missing
                     report.refuse(
@@ -508,10 +522,18 @@ def _verify_written(tgt: psycopg.Connection, decisions: list[TableDecisions]) ->
     wrong = []
     for d in decisions:
         now = hashes_by_key(tgt, d.spec, sorted(d.writes)) if d.writes else {}
-        bad = [k for k, h in d.writes.items() if now.get(k) != h]
+        bad = triggers.unequal(d, now, list(d.writes))
         gone = hashes_by_key(tgt, d.spec, sorted(d.deletes)) if d.deletes else {}
-        found = ([f"{len(bad)} written row(s) differ from the source, e.g. {keys_text(sorted(bad))}"] if bad else []) + (
-            [f"{len(gone)} deleted row(s) still there, e.g. {keys_text(sorted(gone))}"] if gone else [])
+        found = [
+            f"{len(keys)} {what}, e.g. {keys_text(keys)}"
+            for keys, what in (
+                (bad.missing, "row(s) to write not in the target after the write"),
+                (bad.skipped, "updated row(s) still as the target had them"),
+                (bad.rewritten, "written row(s) differ from the source"),
+                (sorted(gone), "deleted row(s) still there"),
+            )
+            if keys
+        ]
         if found:
             wrong.append(f"{d.spec.name} ({'; '.join(found)})")
     return ("source and target still differ in " + ", ".join(wrong)) if wrong else None

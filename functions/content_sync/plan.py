@@ -100,6 +100,10 @@ class TableSpec(TableShape):
     primary_key: tuple[str, ...] = ()
     identity_always: frozenset[str] = frozenset()  # target columns GENERATED ALWAYS AS IDENTITY
     sequences: tuple[tuple[str, str], ...] = ()  # (column, sequence) each column draws from in the target
+    # the columns of ``sequences`` that hold the values handed out (a numeric type): a sync moves their
+    # sequences past the synced ids; a column that only uses them in an expression ('SKU-' || nextval(...))
+    # holds no number a sequence could be compared with
+    sequence_holders: frozenset[str] = frozenset()
     drift: Drift = field(default_factory=Drift)
     match_on: tuple[str, ...] = ()  # natural key (empty: rows matched on the primary key)
     translations: tuple[Translation, ...] = ()
@@ -206,8 +210,8 @@ def _collatable(conn: psycopg.Connection, table: TableRef, names: tuple[str, ...
 # column or not — pagila's, many hand-written and Prisma schemas' are not),
 # an identity column's, a serial's.
 SEQUENCES_SQL = """
-    select a.attname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname)
-    from pg_attribute a
+    select a.attname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname), t.typcategory = 'N'
+    from pg_attribute a join pg_type t on t.oid = a.atttypid
     join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
     join pg_depend dep on dep.classid = 'pg_attrdef'::regclass and dep.objid = d.oid
                       and dep.refclassid = 'pg_class'::regclass
@@ -215,19 +219,21 @@ SEQUENCES_SQL = """
     join pg_namespace sn on sn.oid = s.relnamespace
     where a.attrelid = %(table)s::regclass and a.attnum > 0 and not a.attisdropped
     union
-    select a.attname, pg_get_serial_sequence(%(table)s::text, a.attname::text)
-    from pg_attribute a
+    select a.attname, pg_get_serial_sequence(%(table)s::text, a.attname::text), t.typcategory = 'N'
+    from pg_attribute a join pg_type t on t.oid = a.atttypid
     where a.attrelid = %(table)s::regclass and a.attnum > 0 and not a.attisdropped
       and pg_get_serial_sequence(%(table)s::text, a.attname::text) is not null
     order by 1, 2
 """
 
 
-def _sequences(conn: psycopg.Connection, table: TableRef, cols: list[Column]) -> tuple[tuple[str, str], ...]:
-    """(column, sequence) for every sequence the table's columns draw from."""
+def _sequences(conn: psycopg.Connection, table: TableRef, cols: list[Column]) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+    """(column, sequence) for every sequence the table's columns draw from,
+    and the columns among them of a numeric type (``TableSpec.sequence_holders``;
+    a domain has its base type's category)."""
     names = {c.name for c in cols}
-    rows = conn.execute(SEQUENCES_SQL, {"table": table.ident.as_string(conn)}).fetchall()
-    return tuple((column, seq) for column, seq in rows if column in names)
+    rows = [r for r in conn.execute(SEQUENCES_SQL, {"table": table.ident.as_string(conn)}).fetchall() if r[0] in names]
+    return tuple((column, seq) for column, seq, _ in rows), frozenset(column for column, _, numeric in rows if numeric)
 
 
 def _drift(src_cols: list[Column], tgt_cols: list[Column]) -> Drift:
@@ -353,6 +359,7 @@ def table_spec(
     )
     src_types = {c.name: c.type for c in src_cols}
     key = tuple(match_on) if match_on else tuple(src_pk)
+    sequences, holders = _sequences(tgt, table, tgt_cols)
     return TableSpec(
         table=table,
         key=key,
@@ -363,7 +370,8 @@ def table_spec(
         primary_key=tuple(tgt_pk),
         native_hash=native_hash,
         identity_always=frozenset(c.name for c in tgt_cols if c.identity == "a"),
-        sequences=_sequences(tgt, table, tgt_cols),
+        sequences=sequences,
+        sequence_holders=holders,
         drift=drift,
         match_on=tuple(match_on),
         on_conflict=on_conflict,

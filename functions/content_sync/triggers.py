@@ -9,6 +9,8 @@ title) passes, and one that stamps the clock makes the written rows differ
 from the source. That difference recurs on every run, so it is a refusal,
 and ``explain`` says which column differs, which trigger writes it, and the
 ``ignore_columns`` option that leaves the column out of comparison and write.
+A trigger that returns NULL skips the write instead (``unequal``): that is
+named as a skipped write, never blamed on a column.
 """
 
 from __future__ import annotations
@@ -113,17 +115,52 @@ def explain(src: psycopg.Connection, tgt: psycopg.Connection, spec: TableSpec, k
     )
 
 
+@dataclass(frozen=True)
+class Unequal:
+    """Written keys whose target row does not hash as the source's, by what
+    happened to the write: ``missing`` — no row (the insert was skipped: a
+    BEFORE INSERT trigger returned NULL, or a rule); ``skipped`` — the row
+    still hashes as the target had it before (the update was skipped);
+    ``rewritten`` — the row changed, but not into the source's (a BEFORE
+    trigger set columns: ``explain``). Only the last is what
+    ``ignore_columns`` can help with."""
+
+    missing: list[tuple]
+    skipped: list[tuple]
+    rewritten: list[tuple]
+
+
+def unequal(d, now: dict[tuple, int], keys: Sequence[tuple]) -> Unequal:
+    """Sort the written ``keys`` of ``d`` (conflicts.TableDecisions) by
+    their target hashes after the write (``now``)."""
+    before = d.diff.changed  # key -> (source, target hash) as compared, before the write
+    out = Unequal([], [], [])
+    for key in sorted(keys):
+        if now.get(key) == d.writes[key]:
+            continue
+        if key not in now:
+            out.missing.append(key)
+        elif key in before and before[key][1] == now[key]:
+            out.skipped.append(key)
+        else:
+            out.rewritten.append(key)
+    return out
+
+
 def explain_all(src: psycopg.Connection, tgt: psycopg.Connection, decisions) -> str:
     """``explain`` for every table whose written rows differ (decisions:
-    conflicts.TableDecisions, with the source hash of each written key)."""
+    conflicts.TableDecisions, with the source hash of each written key);
+    for writes the target skipped, the BEFORE triggers that could have."""
     parts = []
     for d in decisions:
         if not d.writes:
             continue
         sample = sorted(d.writes)[: SAMPLE * 50]
-        now = hashes_by_key(tgt, d.spec, sample)
-        bad = [k for k in sample if now.get(k) != d.writes[k]]
-        text = explain(src, tgt, d.spec, bad)
+        found = unequal(d, hashes_by_key(tgt, d.spec, sample), sample)
+        if found.missing or found.skipped:
+            names = ", ".join(t.name for t in before_triggers(tgt, d.spec)) or "none"
+            parts.append(f"{d.spec.table}: the target skipped writes (BEFORE INSERT/UPDATE row triggers on the table: {names}; or a rule)")
+        text = explain(src, tgt, d.spec, found.rewritten)
         if text:
             parts.append(text)
     return "; ".join(parts)
