@@ -429,3 +429,28 @@ def test_an_exhausted_or_cycled_sequence_whose_next_insert_fails_is_found(make_d
         "public.cycling": "next value 1 (the sequence cycled) is already used in public.tickets.id",
         "public.finite": "sequence is exhausted (its maximum 3 was reached): the next insert into public.seats fails",
     }, found
+
+
+def test_each_side_is_compared_in_one_snapshot(make_db, write_settings, monkeypatch):
+    """Before: read committed, each table was hashed as the database stood
+    then. A transaction committed on b between the hashing of ``done`` and of
+    ``pending`` (adding a row to each) made both tables match a although b
+    never equalled a: "identical" about a state that never existed."""
+    from safesync.functions.validate import data_diff as module
+
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        sql(url, "create table done (id int primary key)", "create table pending (id int primary key)")
+    sql(a, "insert into pending values (1)")
+    real = module._keyed
+
+    def concurrent_write_before_pending(sides, shape, table, *args):
+        if table == "public.pending":
+            sql(b, "begin", "insert into pending values (1)", "insert into done values (2)", "commit")
+        return real(sides, shape, table, *args)
+
+    monkeypatch.setattr(module, "_keyed", concurrent_write_before_pending)
+    answer = validate(write_settings({"a": a, "b": b}, '[validate]\nschemas = ["public"]\n'), "a", against="b")
+    assert answer.body["status"] == "problems", answer.body["summary"]
+    [row] = answer.body["tables"]["data differences"]
+    assert row["table"] == "public.pending", row  # b as it stood when the comparison began

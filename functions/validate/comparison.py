@@ -5,8 +5,9 @@ migrate's rehearsal report.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import psycopg
 
@@ -71,7 +72,32 @@ def compare(
     limit: int = MAX_KEYS,
 ) -> Comparison:
     """Schema and data diff of ``schemas`` (connections from ``shared.db.connect``:
-    pinned settings make the row hashes comparable); ``limit`` as ``data_diff``'s."""
-    schema = schema_diff(conn_a, conn_b, schemas)
-    data = data_diff(conn_a, conn_b, schemas, exclude_columns=exclude_columns, count_only=count_only, progress=progress, limit=limit)
+    pinned settings make the row hashes comparable); ``limit`` as ``data_diff``'s.
+
+    Each side is read in one snapshot (``_one_snapshot``)."""
+    with _one_snapshot(conn_a), _one_snapshot(conn_b):
+        schema = schema_diff(conn_a, conn_b, schemas)
+        data = data_diff(conn_a, conn_b, schemas, exclude_columns=exclude_columns, count_only=count_only, progress=progress, limit=limit)
     return Comparison(schema, data)
+
+
+@contextmanager
+def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    """A REPEATABLE READ, read-only transaction around the whole comparison
+    of a side the caller has not put in a transaction of its own (a caller's
+    transaction, say the clone's held source snapshot, is used as it is).
+
+    Read committed, every query sees the database anew: a table hashed
+    before and another after a concurrent transaction could each match the
+    other side while the database never did as a whole — "identical" about
+    a state that never existed."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        yield
+        return
+    saved = conn.isolation_level, conn.read_only
+    conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+    try:
+        with conn.transaction():
+            yield
+    finally:
+        conn.isolation_level, conn.read_only = saved
