@@ -172,6 +172,7 @@ CHANGES = {
     "sequences": "alter sequence public.invoice_number_seq increment by 5",
     "sequence positions": "select nextval('public.invoice_number_seq')",
     "extensions": "drop extension vector cascade",
+    "extension comments": "comment on extension vector is 'changed'",
     "rls": "alter table public.sire_content force row level security",
     "grants": "revoke select on hotels.policies from anon",
     "comments": "comment on column public.chat_messages.content is 'changed'",
@@ -179,7 +180,7 @@ CHANGES = {
     "column options": "alter table public.chat_messages alter column content set (n_distinct = 5)",
     "statistics": "create statistics public.chat_st on conversation_id, content from public.chat_messages",
 }
-EXPECTED_KIND = {"rls": "tables", "extensions": "extensions", "grants": "tables", "column options": "columns"}
+EXPECTED_KIND = {"rls": "tables", "extensions": "extensions", "extension comments": "extensions", "grants": "tables", "column options": "columns"}
 
 
 @pytest.fixture
@@ -454,3 +455,25 @@ def test_each_side_is_compared_in_one_snapshot(make_db, write_settings, monkeypa
     assert answer.body["status"] == "problems", answer.body["summary"]
     [row] = answer.body["tables"]["data differences"]
     assert row["table"] == "public.pending", row  # b as it stood when the comparison began
+
+
+@pytest.mark.parametrize(
+    "create, comment, kind",
+    [
+        ("create publication feed for table public.items", "comment on publication feed is 'b only'", "publications"),
+        ("create function public.on_ddl() returns event_trigger language plpgsql as $$ begin end $$; "
+         "create event trigger on_ddl on ddl_command_end execute function public.on_ddl()",
+         "comment on event trigger on_ddl is 'b only'", "event triggers"),
+    ],
+)
+def test_comments_on_publications_and_event_triggers_are_compared(make_db, create, comment, kind):
+    """Before: only comments on objects inside the schemas were read, so a
+    comment on a publication or an event trigger (both compared) was never
+    a difference."""
+    a, b = make_db(), make_db()
+    for url in (a, b):
+        sql(url, "create table items (id int primary key)", *create.split("; "))
+    sql(b, comment)
+    with connect(a) as ca, connect(b) as cb:
+        result = compare(ca, cb, ["public"])
+    assert [d.kind for d in result.schema.differences] == [kind], result.schema.rows("a", "b")

@@ -171,18 +171,19 @@ QUERIES: dict[str, str] = {
         where n.nspname = any(%(schemas)s)""",
     "extensions": """
         select e.extname, jsonb_build_object('version', e.extversion, 'schema', n.nspname,
-               'owner', pg_get_userbyid(e.extowner))
+               'owner', pg_get_userbyid(e.extowner), 'comment', obj_description(e.oid, 'pg_extension'))
         from pg_extension e join pg_namespace n on n.oid = e.extnamespace""",
     # Database-wide, like extensions: an event trigger reacts to DDL anywhere.
     "event triggers": """
         select quote_ident(t.evtname), jsonb_build_object(
                'event', t.evtevent, 'tags', t.evttags, 'function', t.evtfoid::regprocedure::text,
-               'enabled', t.evtenabled, 'owner', pg_get_userbyid(t.evtowner))
+               'enabled', t.evtenabled, 'owner', pg_get_userbyid(t.evtowner), 'comment', obj_description(t.oid, 'pg_event_trigger'))
         from pg_event_trigger t""",
     "publications": """
         select quote_ident(p.pubname), jsonb_build_object(
                'owner', pg_get_userbyid(p.pubowner), 'all_tables', p.puballtables, 'insert', p.pubinsert,
-               'update', p.pubupdate, 'delete', p.pubdelete, 'truncate', p.pubtruncate, 'via_root', p.pubviaroot)
+               'update', p.pubupdate, 'delete', p.pubdelete, 'truncate', p.pubtruncate, 'via_root', p.pubviaroot,
+               'comment', obj_description(p.oid, 'pg_publication'))
         from pg_publication p
         where p.puballtables
            or exists (select 1 from pg_publication_rel r join pg_class c on c.oid = r.prrelid
@@ -209,6 +210,8 @@ QUERIES: dict[str, str] = {
                     from aclexplode(d.defaclacl) a left join pg_roles g on g.oid = a.grantee) s)
         from pg_default_acl d left join pg_namespace n on n.oid = d.defaclnamespace
         where n.nspname = any(%(schemas)s) or d.defaclnamespace = 0""",
+    # Comments on objects of the schemas; those on extensions, event
+    # triggers and publications are part of those objects' descriptions.
     "comments": """
         select pg_describe_object(d.classoid, d.objoid, d.objsubid), to_jsonb(d.description)
         from pg_description d
