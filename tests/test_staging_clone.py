@@ -368,3 +368,43 @@ def test_event_triggers_and_publication_filters_on_cloned_objects_are_carried_ov
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("drop event trigger if exists note_ddl")
                 conn.execute("drop publication if exists app_changes")
+
+
+PARENT_OUTSIDE = "create table other.events (id int, at date) partition by range (at)"
+PARTITION_INSIDE = "create table public.events_2024 partition of other.events for values from ('2024-01-01') to ('2025-01-01')"
+
+
+@pytest.mark.parametrize(
+    "dev_sql, staging_sql, expected",
+    [
+        ([PARENT_OUTSIDE, PARTITION_INSIDE, "insert into other.events values (1, '2024-05-01')"], [PARENT_OUTSIDE],
+         "public.events_2024 is a partition of other.events, outside the cloned schemas: cloning it would attach it there"),
+        (["create table public.events (id int, at date) partition by range (at)",
+          "create table other.events_2024 partition of public.events for values from ('2024-01-01') to ('2025-01-01')",
+          "insert into public.events values (1, '2024-05-01')"], [],
+         "public.events has a partition outside the cloned schemas, other.events_2024: its rows would not be cloned"),
+        (["create table other.log (id int)", "create table public.log_2024 () inherits (other.log)"], ["create table other.log (id int)"],
+         "public.log_2024 is an inheritance child of other.log"),
+        ([PARENT_OUTSIDE], [PARENT_OUTSIDE, PARTITION_INSIDE, "insert into other.events values (7, '2024-05-01')"],
+         "on the target, public.events_2024 is a partition of other.events, outside the cloned schemas: replacing it would take its rows out of other.events"),
+    ],
+    ids=["partition-inside-parent-outside", "partition-outside-parent-inside", "inheritance-child-inside", "target-partition-inside"],
+)
+def test_inheritance_across_the_schemas_is_refused_while_planning(make_db, write_settings, dev_sql, staging_sql, expected):
+    """Before: the clone attached dev's partition to staging's table outside
+    the cloned schemas (which gained its rows), left out rows of a partition
+    outside, and dropping staging's partition took its rows out of a parent
+    outside — each reported "identical"."""
+    dev, staging = make_db(), make_db()
+    for url, statements in ((dev, dev_sql), (staging, staging_sql)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create schema other")
+            for statement in statements:
+                conn.execute(statement)
+    with connect(staging) as conn:
+        before = describe_schema(conn, ["public", "other"]), database_fingerprint(conn, ["public", "other"])
+    answer = clone(write_settings({"dev": dev, "staging": staging}, CLONE_TOML.replace('"public", "hotels"', '"public"')))
+    assert answer.status == 422 and answer.exit_code == 1, answer.body
+    assert expected in answer.body["error"]
+    with connect(staging) as conn:
+        assert (describe_schema(conn, ["public", "other"]), database_fingerprint(conn, ["public", "other"])) == before

@@ -5,7 +5,8 @@ is written.
 through the snapshot the dump will use) and raises ``Refused`` when the
 clone could not be exact or would harm objects outside the cloned schemas:
 a referenced role missing from the target's cluster, an object outside the
-schemas that depends on one inside (the drop would cascade to it), an
+schemas that depends on one inside (the drop would cascade to it), a table
+inheriting across the schemas' boundary (partitions included), an
 extension the target has in a different schema, a mask that cannot apply.
 """
 
@@ -144,6 +145,42 @@ EXTERNAL_DEPENDENTS = f"""
       and coalesce(({SCHEMA_OF.format(cls='d.classid', oid='d.objid')}) not in (select oid from inside), true)
     order by 1
 """
+
+# Inheritance (partitions included) across the schemas' boundary: which
+# table of the pair is inside, and whether it is a partition.
+INHERITANCE_ACROSS = """
+    with inside as (select oid from pg_namespace where nspname = any(%(schemas)s))
+    select format('%%I.%%I', cn.nspname, c.relname), format('%%I.%%I', pn.nspname, p.relname), c.relispartition, c.relnamespace in (select oid from inside),
+           case when c.relnamespace in (select oid from inside) then pn.nspname else cn.nspname end
+    from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_class p on p.oid = i.inhparent
+    join pg_namespace cn on cn.oid = c.relnamespace join pg_namespace pn on pn.oid = p.relnamespace
+    where c.relkind in ('r', 'p', 'f')
+      and (c.relnamespace in (select oid from inside)) <> (p.relnamespace in (select oid from inside))
+    order by 1, 2
+"""
+
+
+def _inheritance_across(source: psycopg.Connection, target: psycopg.Connection, args: dict[str, Any]) -> list[str]:
+    """A clone replaces whole schemas and touches nothing else, so a table
+    tied by inheritance to one outside them cannot be cloned exactly: on the
+    source, a child inside would be attached to its parent outside (that
+    table gains the rows), a child outside would be left out of its parent's
+    rows; on the target, dropping a child inside takes its rows out of its
+    parent outside. (A parent inside with a child outside on the target is an
+    external dependent: ``EXTERNAL_DEPENDENTS``.)"""
+    problems = []
+    for child, parent, partition, child_inside, outside in source.execute(INHERITANCE_ACROSS, args):
+        kind = "a partition" if partition else "an inheritance child"
+        if child_inside:
+            problems.append(f"{child} is {kind} of {parent}, outside the cloned schemas: cloning it would attach it there (clone schema {outside!r} too)")
+        else:
+            problems.append(f"{parent} has {kind} outside the cloned schemas, {child}: its rows would not be cloned (clone schema {outside!r} too)")
+    for child, parent, partition, child_inside, _ in target.execute(INHERITANCE_ACROSS, args):
+        if child_inside:
+            kind = "a partition" if partition else "an inheritance child"
+            problems.append(f"on the target, {child} is {kind} of {parent}, outside the cloned schemas: replacing it would take its rows out of {parent}")
+    return problems
+
 
 ROLES_REFERENCED = """
     with inside as (select oid from pg_namespace where nspname = any(%(schemas)s)),
@@ -419,6 +456,7 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
     if missing:
         problems.append(f"role(s) {', '.join(missing)} used by the source do not exist on the target's server (create them first)")
 
+    problems += _inheritance_across(source, target, args)
     dependents = target.execute(EXTERNAL_DEPENDENTS, args).fetchall()
     if dependents:
         shown = [f"{d} (depends on {o})" for d, o in dependents[:10]]
