@@ -39,12 +39,12 @@ def _free_port() -> int:
 
 
 class PgBouncer:
-    def __init__(self, upstream_url: str, mode: str, *, ignore_options: bool = False, pool_size: int = 5) -> None:
+    def __init__(self, upstream_url: str, mode: str, *, ignore_options: bool = False) -> None:
         self.binary = ensure_tool("pgbouncer", "pgbouncer")
         info = psycopg.conninfo.conninfo_to_dict(upstream_url)
         self.upstream = (info.get("host", LOOPBACK), info.get("port", "5432"))
         self.user = info["user"]
-        self.mode, self.ignore_options, self.pool_size = mode, ignore_options, pool_size
+        self.mode, self.ignore_options = mode, ignore_options
         self.port = _free_port()
         self.home = Path(tempfile.mkdtemp(prefix="safesync-pgbouncer-"))
         self.process: subprocess.Popen | None = None
@@ -70,7 +70,6 @@ class PgBouncer:
             "auth_type = trust\n"
             f"auth_file = {self.home / 'userlist.txt'}\n"
             f"pool_mode = {self.mode}\n"
-            f"default_pool_size = {self.pool_size}\n"
             f"ignore_startup_parameters = {ignored}\n"
             f"logfile = {self.home / 'pgbouncer.log'}\n"
             f"pidfile = {self.home / 'pgbouncer.pid'}\n"

@@ -13,6 +13,8 @@ import pytest
 from psycopg import sql
 
 from safesync.functions import cli
+from safesync.functions.content_sync import content_sync
+from safesync.functions.content_sync.jobs import content_undo
 from safesync.functions.backup import create_backup, restore_backup, verify_backup
 from safesync.shared.db import REQUIRED_SETTINGS, connect, database_fingerprint
 from safesync.shared.errors import AlreadyRunning, ConfigError
@@ -113,3 +115,23 @@ def test_through_a_session_pooler_the_jobs_work_and_the_lock_is_held(prod, make_
         assert all(row["match"] for row in restored.tables)
     with connect(prod) as a, connect(scratch) as b:
         assert database_fingerprint(a) == database_fingerprint(b)
+
+
+def test_an_undo_right_after_a_sync_through_a_session_pooler_is_not_refused_for_the_syncs_own_ledger_rows(lms):
+    """Before: the undo was refused ("the undo changed protected object(s)
+    safesync.content_ledger (rows written before the sync recorded anything
+    (170 inserted))"): PgBouncer handed it the backend the sync had just
+    used, whose per-transaction row counters still held the sync's ledger
+    rows (PostgreSQL flushes them at most once a second); the protection
+    proof's table also reported them as rows this run wrote."""
+    make, dev, prod = lms
+    for url in (dev, prod):
+        settings_as_database_defaults(url)
+    with PgBouncer(prod, "session", ignore_options=True) as bouncer:
+        settings = make(urls={"dev": bouncer.url(dev), "prod": bouncer.url(prod)})
+        synced = content_sync(settings, "sync", adopt=True)
+        assert synced.status == 200, synced.body
+        undone = content_undo(settings, synced.body["run_id"])
+    assert undone.status == 200 and undone.body["status"] == "ok", undone.body
+    proof = undone.body["tables"]["protection proof"]
+    assert proof and all(r["inserted"] == r["updated"] == r["deleted"] == 0 for r in proof), proof
