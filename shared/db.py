@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import psycopg
 from psycopg import sql
 
-from . import rowhash
+from . import pooler, rowhash
 from .errors import ConfigError, DatabaseError
 from .log import redact
 
@@ -88,28 +88,32 @@ def with_url_options(url: str, ours: str) -> str:
 
 def connect(url: str, *, autocommit: bool = False, application_name: str = "safesync", **kwargs) -> psycopg.Connection:
     """Open a connection with pinned session settings, read back to be in
-    effect (``_require_pinned``: else ``ConfigError``, naming them).
+    effect (``_require_pinned``: else ``ConfigError``, naming them), and
+    proven a session of its own, not a pooler's transaction slot
+    (``pooler.require_own_session``).
 
     Connection failures become ``DatabaseError`` with the URL's password
     redacted (psycopg's message may echo the DSN).
     """
     ours = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items()) + " " + SESSION_OPTIONS
-    try:
-        options = with_url_options(url, ours)
-        conn = psycopg.connect(
-            url,
-            autocommit=autocommit,
-            application_name=application_name,
-            options=options,
-            connect_timeout=kwargs.pop("connect_timeout", 10),
-            **kwargs,
-        )
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
-    except psycopg.ProgrammingError as exc:  # malformed URL
-        raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+    kwargs.setdefault("connect_timeout", 10)
+
+    def open_as(autocommit: bool) -> psycopg.Connection:
+        try:
+            options = with_url_options(url, ours)
+            return psycopg.connect(url, autocommit=autocommit, application_name=application_name, options=options, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise pooler.refused_options(str(exc)) or DatabaseError(f"cannot connect to database: {redact(str(exc)).strip()}") from None
+        except psycopg.ProgrammingError as exc:  # malformed URL
+            raise ConfigError(f"invalid database URL: {redact(str(exc)).strip()}") from None
+
+    conn = open_as(autocommit)
     try:
         _require_pinned(conn)
+        pooler.require_own_session(url, conn, lambda: open_as(True))
+    except psycopg.Error as exc:  # a pooler's refusal of a statement (statement mode), or the server went away
+        conn.close()
+        raise pooler.pooled_failure(exc) or DatabaseError(f"cannot use the database connection: {redact(str(exc)).strip()}") from None
     except BaseException:
         conn.close()
         raise

@@ -91,9 +91,17 @@ class LedgerWatch:
 
     @classmethod
     def before_ensure(cls, conn: psycopg.Connection) -> "LedgerWatch":
+        """The ledger as found, and its row counters' starting point: they
+        are not zero at a transaction's start when the backend wrote the
+        ledger in an earlier transaction whose counts it has not flushed yet
+        (PostgreSQL flushes them at most once a second) — the backend a
+        pooler hands over from the sync just before, or this connection's
+        own previous transaction."""
         found = definition(conn)
         schema = conn.execute("select to_regnamespace('safesync') is not null").fetchone()[0]
-        return cls(found, found is not None and ledger.first_format(conn), schema)
+        watch = cls(found, found is not None and ledger.first_format(conn), schema)
+        watch.counts["start"] = rows(conn)
+        return watch
 
     @property
     def own_schema(self) -> str | None:
@@ -125,8 +133,8 @@ class LedgerWatch:
         else:
             kept = GUARD if migrated else GUARD + LAYOUT
             out += [f"{what} changed while safesync {'migrated' if migrated else 'opened'} it" for what in kept if self.ensured[what] != self.found[what]]
-        if not migrated and self.counts["ensured"] != (0, 0, 0):
-            out.append(f"rows written before the sync recorded anything ({_counted(self.counts['ensured'])})")
+        if not migrated and self.counts["ensured"] != self.counts["start"]:
+            out.append(f"rows written before the sync recorded anything ({_delta(self.counts['start'], self.counts['ensured'])})")
         if self.counts["before record"] != self.counts["ensured"]:
             out.append(f"rows written while the content tables were written ({_delta(self.counts['ensured'], self.counts['before record'])})")
         if rows_now != self.counts["recorded"]:
