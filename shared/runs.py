@@ -5,10 +5,16 @@ migrate's rehearsal check and anything that looks a run up by id read them
 here. Names sort by start second, so "newest" is a reversed listing; other
 files a job keeps beside its records (e.g. content sync's undo logs) are
 not records and never listed as such.
+
+Beside the records, ``runs/.last/<job>/<action>.json`` holds the outcome of
+the newest run of each job and action (overwritten by every run): what the
+status page judges. The newest record of a job alone hid a failed sync
+behind the compare run after it, however long ago that sync had failed.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import groupby
@@ -19,6 +25,9 @@ from .log import redact_obj
 from .report import Report, stamp
 
 SUFFIX = ".json"
+LAST = "runs/.last"
+LAST_FIELDS = ("job", "action", "status", "summary", "run_id", "started_at", "finished_at")
+_ACTION = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: an action is a name of ours, never a path
 
 
 def key(report: Report) -> str:
@@ -27,8 +36,26 @@ def key(report: Report) -> str:
 
 
 def store(settings: Settings, report: Report) -> None:
-    """Store ``report`` (redacted: a stored run leaves the process)."""
-    settings.storage.put_json(key(report), redact_obj(report.to_dict()))
+    """Store ``report`` (redacted: a stored run leaves the process), then
+    its outcome as the last run of its job and action. Two runs of one job
+    and action finishing in the same moment may leave the older's outcome:
+    the jobs that write hold a lock, so only read-only runs can race."""
+    record = redact_obj(report.to_dict())
+    settings.storage.put_json(key(report), record)
+    if _ACTION.fullmatch(report.action):
+        settings.storage.put_json(last_key(report.job, report.action), {**{f: record.get(f) for f in LAST_FIELDS}, "key": key(report)})
+
+
+def last_key(job: str, action: str) -> str:
+    return f"{LAST}/{job}/{action}{SUFFIX}"
+
+
+def last_of_each_action(settings: Settings, job: str) -> list[dict[str, Any]]:
+    """The outcome of the newest run of each action of ``job`` (``LAST_FIELDS``
+    and the record's ``key``), by action; runs stored before these outcomes
+    were kept are not among them (``newest_first`` finds those)."""
+    found = [settings.storage.get_json(info.key) for info in settings.storage.list(f"{LAST}/{job}/") if info.key.endswith(SUFFIX)]
+    return sorted((o for o in found if isinstance(o, dict)), key=lambda o: str(o.get("action")))
 
 
 @dataclass(frozen=True)

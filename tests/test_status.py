@@ -180,3 +180,62 @@ def test_no_backup_at_all_notifies_once_a_day(make_db, write_settings, receiver)
     assert receiver[0]["text"] == "safesync: no complete backup of prod"
     day = datetime.now(timezone.utc).strftime("%Y%m%d")
     assert settings.storage.exists(f"status/missing-notified/prod/{day}.json")
+
+
+def test_a_refused_sync_is_not_hidden_by_the_compare_run_after_it(make_db, write_settings) -> None:
+    """Status judged the newest run of each job: a content sync refused
+    (nothing synced), then any compare that found the tables equal, and the
+    page said "all is well" though the sync never happened. Each job and
+    action is judged by its own newest run: the refusal is a reason until
+    a sync succeeds."""
+    from safesync.functions.content_sync import content_sync
+
+    dev, prod = make_db(), make_db()
+    for url, rows in ((dev, 3), (prod, 3)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table courses (id int primary key, title text not null)")
+            conn.execute("insert into courses select g, 'course ' || g from generate_series(1, %s) g", [rows])
+    settings = write_settings(
+        {"dev": dev, "prod": prod},
+        '[content_sync]\nsource = "dev"\ntarget = "prod"\ntables = ["courses"]\non_conflict = "fail"\n',
+    )
+    create_backup(settings, "prod", "manual")  # a sync writing nothing (the ledger aside) keeps no presync backup
+    assert content_sync(settings, "sync", adopt=True).body["status"] == "ok"
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("update courses set title = 'edited in prod' where id = 1")
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update courses set title = 'edited in dev' where id = 1")
+    refused = content_sync(settings, "sync").body
+    assert refused["status"] == "refused", refused["summary"]
+    with psycopg.connect(prod, autocommit=True) as conn:  # prod brought level by hand: a compare now finds nothing
+        conn.execute("update courses set title = 'edited in dev' where id = 1")
+    assert content_sync(settings, "compare").body["status"] == "ok"
+
+    client = create_app().test_client()
+    body = client.get("/status", headers=BEARER).get_json()["details"]
+    assert body["health"] == "degraded", body["reasons"]
+    assert body["reasons"] == [f"degraded: last content_sync sync refused: {refused['summary']}"]
+    assert [(r["action"], r["status"]) for r in body["runs"] if r["job"] == "content_sync"] == [("compare", "ok"), ("sync", "refused")]
+
+    assert content_sync(settings, "sync").body["status"] == "ok"
+    body = client.get("/status", headers=BEARER).get_json()["details"]
+    assert body["health"] == "ok", body["reasons"]
+
+
+def test_kept_outcomes_are_not_run_records(backed_up) -> None:
+    """The outcome kept per job and action lives outside the job's folder:
+    listing, "newest" and look-up by run id see only the records."""
+    from safesync.shared import runs
+    from safesync.shared.report import Report
+
+    report = Report("validate", "check")
+    report.problems("prod: 1 problem(s) in foreign_keys")
+    runs.store(backed_up, report)
+    assert [r.run_id for r in runs.listing(backed_up, "validate")] == [report.run_id]
+    assert runs.find(backed_up, "validate", report.run_id)["summary"] == report.summary
+    [outcome] = runs.last_of_each_action(backed_up, "validate")
+    assert outcome["status"] == "problems" and outcome["key"] == runs.key(report) and outcome["run_id"] == report.run_id
+    odd = Report("validate", "../../backup/create")  # never a path: no outcome kept
+    runs.store(backed_up, odd)
+    assert [o["action"] for o in runs.last_of_each_action(backed_up, "validate")] == ["check"]
+    assert not backed_up.storage.list("runs/backup/create")

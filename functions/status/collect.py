@@ -3,8 +3,9 @@ the calendar database; each part fails on its own, never the whole answer.
 
 - per backed-up database: the last backup (age, size, verified, drill), any
   backup damaged or failing verification, and the timeline (kept by which retention rule, sizes, last verify and drill);
-- the last run of every job, and the last content sync's written rows and
-  conflicts;
+- the last run of every job and action (each not ``ok`` is a reason until
+  that job and action next ends ``ok``), and the last content sync's
+  written rows and conflicts;
 - calendar health with each calendar's push-channel expiry (the calendar
   job judges it: expiring within its renewal margin is degraded);
 - storage used;
@@ -33,21 +34,19 @@ RUN_OUTCOMES = {"problems": "found problems", "refused": "refused", "failed": "f
 
 
 def last_runs(settings: Settings) -> list[dict[str, Any]]:
-    """The newest stored report of each job."""
+    """The newest run of each job and action: a sync that failed stays a
+    reason until a sync succeeds, whatever compares ran after it. A job's
+    newest record stands for its action when that action has no kept
+    outcome (runs stored by an older version)."""
     rows = []
     for job in registry.RUN_FOLDERS:
-        latest = next(runs.newest_first(settings, job, SYNC_LOOKBACK), None)
-        if latest is None:
-            continue
-        rows.append(
-            {
-                "job": job,
-                "action": latest.get("action"),
-                "status": latest.get("status"),
-                "finished_at": latest.get("finished_at"),
-                "summary": latest.get("summary"),
-            }
-        )
+        outcomes = {o.get("action"): o for o in runs.last_of_each_action(settings, job)}
+        newest = next(runs.newest_first(settings, job, 1), None)
+        if newest is not None and newest.get("action") not in outcomes:
+            outcomes[newest.get("action")] = newest
+        for action in sorted(outcomes, key=str):
+            outcome = outcomes[action]
+            rows.append({"job": job, "action": action, **{k: outcome.get(k) for k in ("status", "finished_at", "summary")}})
     return rows
 
 

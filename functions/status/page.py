@@ -179,7 +179,7 @@ def render_status(body: dict[str, Any], *, logout_path: str | None = None) -> st
         f'<p class="muted">as of {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z</p>',
         f'<section class="attention"><h2>Needs attention</h2>{attention}</section>',
         f"<h2>Backups</h2>{databases or '<p>no database in backup.databases</p>'}",
-        f"<h2>Last run of every job</h2>{_table(run_columns, run_rows) if run_rows else '<p>no runs yet</p>'}",
+        f"<h2>Last run of every job and action</h2>{_table(run_columns, run_rows) if run_rows else '<p>no runs yet</p>'}",
         _content_sync(details.get("content_sync")),
         _calendar(details.get("calendar")),
     ]
