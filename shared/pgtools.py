@@ -37,7 +37,7 @@ from pathlib import Path
 from psycopg import conninfo as pg_conninfo
 
 from . import probecache
-from .db import SESSION_OPTIONS, with_url_options
+from .db import SESSION_OPTIONS, SESSION_SETTINGS_17, with_url_options
 from .errors import ConfigError
 from .log import redact
 
@@ -281,9 +281,12 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith(_KEEP_PREFIXES)}
 
 
-def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync") -> tuple[str, dict[str, str]]:
+def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync", server_version: int = 0) -> tuple[str, dict[str, str]]:
     """(conninfo without the password, child environment carrying it) for
-    ``url``, optionally pointed at another database on the same server."""
+    ``url``, optionally pointed at another database on the same server.
+    With the server's ``server_version`` 17+, its session settings too
+    (``SESSION_SETTINGS_17``: psql, unlike pg_dump and pg_restore, does not
+    turn transaction_timeout off for the clone's one long transaction)."""
     try:
         params = pg_conninfo.conninfo_to_dict(url)
     except Exception as exc:  # psycopg.ProgrammingError for a malformed URL
@@ -293,7 +296,8 @@ def libpq_target(url: str, *, dbname: str | None = None, app: str = "safesync") 
         params["dbname"] = dbname
     # The scripts psql runs hold catalog queries too (see shared.db): our settings go with the URL's own
     # options (a conninfo's options replace PGOPTIONS, so the environment alone lost ours to any URL that had some).
-    params["options"] = with_url_options(url, SESSION_OPTIONS)
+    newer = "".join(f" -c {k}={v}" for k, v in SESSION_SETTINGS_17.items()) if server_version >= 170000 else ""
+    params["options"] = with_url_options(url, SESSION_OPTIONS + newer)
     env = child_env()
     env["PGAPPNAME"] = app
     if password:

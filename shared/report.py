@@ -19,6 +19,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def first_few(items: list[str], sep: str = ", ", limit: int = 5) -> str:
+    """The first ``limit`` of ``items`` and how many more ("a, b and 3
+    more"; with ``sep="; "``: "a; b; and 3 more"): a refusal names what is
+    in the way without growing with it."""
+    more = len(items) - limit
+    tail = f"{'' if sep.strip() == ',' else sep.rstrip()} and {more} more" if more > 0 else ""
+    return sep.join(items[:limit]) + tail
+
+
 def stamp(moment: datetime) -> str:
     """Compact UTC timestamp used in object names: ``20261125T120000Z``."""
     return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -112,6 +112,14 @@ def supabase():
     yield from supabase_fixture()
 
 
+@pytest.fixture(scope="session")
+def pg_next():
+    """A PostgreSQL 18 cluster (``tests/pg_next.py``); connect as its superuser."""
+    from tests.pg_next import server
+
+    yield from server()
+
+
 @pytest.fixture
 def make_db(pg_server: PgServer) -> Iterator[Callable[..., str]]:
     """Factory: ``make_db()`` → URL of a new empty database (dropped after)."""

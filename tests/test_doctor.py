@@ -188,3 +188,29 @@ def test_an_admin_token_equal_to_the_api_token_is_a_failure(healthy, monkeypatch
     check = by_name(run_all(healthy))[("secrets", "SAFESYNC_ADMIN_TOKEN")]
     assert check.status == FAIL and check.detail == "the same value as SAFESYNC_API_TOKEN: every API caller is an admin"
     assert sentinels.SECRETS["SAFESYNC_API_TOKEN"] not in check.detail + check.advice
+
+
+def test_a_security_definer_routine_that_writes_users_is_not_least_privilege(healthy, pg_server) -> None:
+    """A SECURITY DEFINER function runs with its owner's rights: callable
+    by PUBLIC (PostgreSQL's default) and owned by the tables' owner, it
+    lets the sync role delete users whatever its grants — and doctor said
+    "can write only content tables". One that only reads (STABLE: the
+    server refuses INSERT/UPDATE/DELETE in it) is no route."""
+    prod = healthy.database_url("prod")
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(pg_server.url(dbname), autocommit=True) as admin:
+        admin.execute("create function public.forget_user(uid int) returns void language plpgsql security definer"
+                      " as $$ begin delete from users where id = uid; end $$")
+        admin.execute("create function public.user_count() returns bigint language sql stable security definer as $$ select count(*) from users $$")
+        with psycopg.connect(prod, autocommit=True) as conn:  # the route is real
+            conn.execute("begin")
+            conn.execute("select public.forget_user(1)")
+            conn.execute("rollback")
+        checks = by_name(run_all(healthy))
+        route = checks[("content sync", "role least privilege: definer routines")]
+        assert route.status == WARN and "public.forget_user(uid integer)" in route.detail and "user_count" not in route.detail, route
+        assert "REVOKE EXECUTE".lower() in route.advice.lower()
+        admin.execute("revoke execute on function public.forget_user(int) from public")
+        checks = by_name(run_all(healthy))
+        assert ("content sync", "role least privilege: definer routines") not in checks
+        assert checks[("content sync", "role least privilege")].status == OK

@@ -350,3 +350,45 @@ def test_content_sync_job_runs_as_the_content_sync_role(pg_server, lms, write_se
         t: before[t] for t in before if TableRef.parse(str(t)).name in LMS_PROTECTED
     }
     assert any(after[t] != before[t] for t in after if TableRef.parse(str(t)).name in LMS_CONTENT)
+
+
+def test_a_security_definer_routine_around_the_grants_is_named_by_the_script_and_the_sync(pg_server, lms, write_settings):
+    """The script's proof and the sync's least-privilege check looked at
+    grants only. A SECURITY DEFINER function (PUBLIC may call it, by
+    PostgreSQL's default) owned by the tables' owner lets
+    safesync_content_sync empty payments: the script warns naming it (it
+    cannot revoke PUBLIC's EXECUTE without breaking the application), the
+    sync reports least privilege not ok, and with require_least_privilege
+    refuses before writing."""
+    from safesync.functions.content_sync import content_sync
+
+    prod, dev = lms
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.execute("create function public.refund_all() returns void language plpgsql security definer as $$ begin delete from payments; end $$")
+    notices: list[str] = []
+    with psycopg.connect(prod, autocommit=True) as admin:
+        admin.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+        admin.execute(generate(settings_for(), "prod").encode())
+    owner = psycopg.conninfo.conninfo_to_dict(prod).get("user")
+    warned = {n.split()[1]: n for n in notices if "SECURITY DEFINER" in n}
+    assert set(warned) == {CONTENT_ROLE, BACKUP_ROLE, CALENDAR_ROLE}, notices  # each role may call it: each is warned
+    assert warned[CONTENT_ROLE] == (
+        "WARNING: safesync_content_sync could still write a non-content table through SECURITY DEFINER routines, "
+        f"which run with their owner's rights whatever its grants: public.refund_all() (owner {owner})"
+    )
+    apply(dev, generate(settings_for(), "dev"))
+    with as_role(pg_server, prod, CONTENT_ROLE) as conn:  # the route is real
+        conn.execute("begin")
+        conn.execute("select public.refund_all()")
+        assert conn.execute("select count(*) from payments").fetchone()[0] == 0
+        conn.execute("rollback")
+
+    urls = {name: pg_server.url(psycopg.conninfo.conninfo_to_dict(u)["dbname"], user=CONTENT_ROLE, password=None) for name, u in (("dev", dev), ("prod", prod))}
+    answer = content_sync(write_settings(urls, lms_config_toml()), "compare")
+    privilege = answer.body["details"]["least_privilege"]
+    assert privilege["ok"] is False and privilege["writable_protected"] == [] and privilege["definer_routes"][0].startswith("public.refund_all()")
+    assert any("SECURITY DEFINER" in w and "refund_all" in w for w in answer.body["warnings"]), answer.body["warnings"]
+    strict = content_sync(write_settings(urls, lms_config_toml(extra="require_least_privilege = true")), "sync", adopt=True)
+    assert strict.status == 422 and "refund_all" in strict.body["summary"] and "require_least_privilege" in strict.body["summary"], strict.body
+    with psycopg.connect(prod) as admin:
+        assert admin.execute("select count(*) from payments").fetchone()[0] > 0

@@ -30,7 +30,7 @@ from safesync.shared.db import POLICY_FILTERED, TableRef, connect, row_count, se
 from safesync.shared.errors import JobFailed, Refused, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import libpq_target
-from safesync.shared.report import Report, utcnow
+from safesync.shared.report import Report, first_few, utcnow
 from safesync.shared.storage import Storage
 
 from . import archive
@@ -93,7 +93,7 @@ def check_readable(conn: psycopg.Connection, db: str) -> None:
     problems = [r[0] for r in conn.execute(UNREADABLE_SQL).fetchall()]
     if problems:
         user = conn.execute("select current_user").fetchone()[0]
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = first_few(problems, "; ")
         raise Refused(
             f"backup of {db} refused, nothing written: role {user} cannot read everything pg_dump must dump: {shown} "
             "(grant it, e.g. with `safesync roles sql`)",

@@ -40,7 +40,7 @@ from safesync.shared.errors import ConfigError, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgerrors import database_failure
 from safesync.shared.progress import Meter
-from safesync.shared.report import Report
+from safesync.shared.report import Report, first_few
 from safesync.shared.rowdiff import Key, Sides, diff_table, hashes_by_key, tune
 
 from . import apply, audit, ledger, ledger_watch, proof, seed, triggers, undolog
@@ -386,7 +386,7 @@ def preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connecti
         report.tables["side channels"] = [f.row() for f in findings][:REPORT_ROWS]
     blocking = [f for f in findings if not f.acknowledged]
     if blocking:
-        shown = "; ".join(f.describe() for f in blocking[:5]) + (f"; and {len(blocking) - 5} more" if len(blocking) > 5 else "")
+        shown = first_few([f.describe() for f in blocking], "; ")
         out.append(
             f"{len(blocking)} side channel(s) the protection proof cannot see: {shown} — remove them, or after review list the table "
             "in content_sync.acknowledge_side_channels (event triggers: acknowledge_event_triggers)"
@@ -395,13 +395,18 @@ def preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connecti
         if f.acknowledged:
             report.warnings.append(f"acknowledged side channel, run by dry-run and sync: {f.describe()}")
     writable = [t.short for t in db.writable_tables(tgt, plan.content)]
-    report.details["least_privilege"] = {"ok": not writable, "writable_protected": writable[:REPORT_ROWS]}
+    routes = db.definer_routes(tgt, plan.content)
+    report.details["least_privilege"] = {"ok": not writable and not routes, "writable_protected": writable[:REPORT_ROWS],
+                                         "definer_routes": routes[:REPORT_ROWS]}
+    texts = []
     if writable:
-        shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
-        text = (
-            f"the target role {tgt.info.user} can write protected table(s) {shown}: connect as a role that can only write "
-            "content tables (`safesync roles sql`)"
-        )
+        texts.append(f"the target role {tgt.info.user} can write protected table(s) {first_few(writable)}: connect as a role that can only write "
+                     "content tables (`safesync roles sql`)")
+    if routes:
+        texts.append(f"the target role {tgt.info.user} can write protected tables through SECURITY DEFINER routine(s) {first_few(routes)}, "
+                     "which run with their owner's rights whatever its grants: revoke EXECUTE on them from PUBLIC and the role, "
+                     "or mark them STABLE if they only read")
+    for text in texts:
         if section.require_least_privilege:
             out.append(text + " — content_sync.require_least_privilege is on")
         else:
@@ -410,8 +415,7 @@ def preconditions(section, report: Report, plan: SyncPlan, tgt: psycopg.Connecti
 
 
 def keys_text(keys: list[Key]) -> str:
-    shown = ", ".join("(" + ", ".join(k) + ")" if len(k) > 1 else k[0] for k in keys[:5])
-    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return first_few(["(" + ", ".join(k) + ")" if len(k) > 1 else k[0] for k in keys])
 
 
 def _blockers(decisions: list[TableDecisions]) -> list[str]:

@@ -12,8 +12,9 @@ from typing import Iterable, Iterator
 import psycopg
 
 from safesync.shared.config import Settings
-from safesync.shared.db import TableRef, connect, foreign_keys, list_tables, policy_filtered, primary_key, relation_kind, writable_tables
+from safesync.shared.db import TableRef, connect, definer_routes, foreign_keys, list_tables, policy_filtered, primary_key, relation_kind, writable_tables
 from safesync.shared.preflight import FAIL, OK, WARN, Check, DbFacts
+from safesync.shared.report import first_few
 
 
 def _privileges(conn: psycopg.Connection, table: TableRef, kinds: Iterable[str]) -> set[str]:
@@ -63,14 +64,18 @@ def check_content_sync(settings: Settings, facts: dict[str, DbFacts]) -> Iterato
                             "reset it (ALTER DATABASE / ROLE … RESET session_replication_role): triggers and foreign keys must fire")
             content_set = set(content)
             writable = [t.short for t in writable_tables(conn, content)]
+            routes = definer_routes(conn, content)
+            # as the sync treats it: a warning (the per-transaction protection proof still checks every write),
+            # a failure once content_sync.require_least_privilege makes the sync refuse it
+            status, enforced = (FAIL, " (content_sync.require_least_privilege is on: the sync refuses)") if section.require_least_privilege else (WARN, "")
             if writable:
-                shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
-                # as the sync treats it: a warning (the per-transaction protection proof still checks every write),
-                # a failure once content_sync.require_least_privilege makes the sync refuse it
-                status, enforced = (FAIL, " (content_sync.require_least_privilege is on: the sync refuses)") if section.require_least_privilege else (WARN, "")
-                yield Check("content sync", "role least privilege", status, f"{facts[name].user} could write protected tables: {shown}{enforced}",
+                yield Check("content sync", "role least privilege", status, f"{facts[name].user} could write protected tables: {first_few(writable)}{enforced}",
                             "connect as a role that can only write content tables: apply `safesync roles sql` (it needs a superuser, or on PostgreSQL 16+ a CREATEROLE role with BYPASSRLS)")
-            else:
+            if routes:
+                yield Check("content sync", "role least privilege: definer routines", status,
+                            f"{facts[name].user} could write protected tables through SECURITY DEFINER routines, which run with their owner's rights: {first_few(routes)}{enforced}",
+                            "revoke EXECUTE on them from PUBLIC and the role, or mark them STABLE if they only read")
+            if not writable and not routes:
                 yield Check("content sync", "role least privilege", OK, f"{facts[name].user} can write only content tables")
             for fk in foreign_keys(conn):
                 if fk.table in content_set and fk.ref_table not in content_set:

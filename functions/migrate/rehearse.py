@@ -38,7 +38,7 @@ from safesync.shared.config import Settings
 from safesync.shared.db import TableRef, connect, list_tables, table_fingerprint, table_shapes, user_schema
 from safesync.shared.errors import ConfigError, JobFailed, Refused
 from safesync.shared.log import redact
-from safesync.shared.report import Report, utcnow
+from safesync.shared.report import Report, first_few, utcnow
 
 from . import loss, migration, validation
 from .plan import Plan, build_plan
@@ -266,7 +266,7 @@ def _rehearse(settings: Settings, report: Report, plan: Plan, held: psycopg.Conn
             "(the target was not touched)"
         )
     elif refused:
-        shown = "; ".join(f"{l.object}: {l.what}" for l in refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+        shown = first_few([f"{l.object}: {l.what}" for l in refused], "; ")
         report.problems(
             f"rehearsal on {scratch} failed: the migration deletes or overwrites existing data — {shown} "
             f"(the target was not touched; if this is intended, list the table or column in [migrate] allow_data_loss)"

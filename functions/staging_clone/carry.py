@@ -31,6 +31,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from safesync.shared.report import first_few
+
 DEFAULT_ACL_TYPES = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
 
 
@@ -219,7 +221,7 @@ def plan_carry(source: psycopg.Connection, target: psycopg.Connection, schemas: 
     for side, owned in (("target (to drop)", target_owned), ("source (to create)", dev_owned)):
         for role, objects in owned.items():
             if not may.get(role):
-                shown = ", ".join(objects[:5]) + (f" and {len(objects) - 5} more" if len(objects) > 5 else "")
+                shown = first_few(objects)
                 problems.append(f"{shown} on the {side} belong to {role}: {cannot(role)}")
 
     # Default privileges.

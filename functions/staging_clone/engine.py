@@ -289,8 +289,8 @@ def stream_clone(
     pre = pre_script(target_conn, options, plan).encode()
     masks = mask_script(target_conn, options, plan, salt).encode()
     post = post_script(target_conn, options, plan).encode() + b"COMMIT;\n"
-    src_info, src_env = libpq_target(source_url, app="safesync-clone-dump")
-    dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore")
+    src_info, src_env = libpq_target(source_url, app="safesync-clone-dump", server_version=server_version)
+    dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore", server_version=target_conn.info.server_version)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="safesync-clone-") as tmp:
         dump_err, psql_err = os.path.join(tmp, "pg_dump.err"), os.path.join(tmp, "psql.err")
