@@ -11,6 +11,13 @@ separates tokens: a no-break space is an identifier's character to it.
 Not a parser: enough to tell code from strings and comments, which is what
 safesync needs to find statements in a migration file (``COMMIT`` inside
 it) or in a function body (side channels the protection proof cannot see).
+
+A plain ``'…'`` string is read as the server reads it with
+``standard_conforming_strings = on`` (the default, and what safesync's
+sessions pin); ``backslash_escapes=True`` reads it as with ``off``, where
+``\'`` does not end it — ``'\''; COMMIT; …`` is a string and then a
+COMMIT there, one long string here. A text that may switch the setting
+itself (a migration file can ``SET`` it) must be read both ways.
 """
 
 from __future__ import annotations
@@ -19,22 +26,23 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-_TOKEN = re.compile(
-    r"""
+_PATTERN = r"""
       (?P<ws>[ \t\n\r\f\v]+)
     | (?P<line_comment>--[^\n]*)
     | (?P<block_comment>/\*)
     | (?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$)
     | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
-    | (?P<string>'(?:[^']|'')*')
+    | (?P<string>'(?:STRING_BODY)*')
     | (?P<ident>"(?:[^"]|"")*")
     | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
     | (?P<cast>::)
     | (?P<semi>;)
     | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+"""
+_TOKEN = {  # by backslash_escapes
+    False: re.compile(_PATTERN.replace("STRING_BODY", r"[^']|''"), re.VERBOSE | re.DOTALL),
+    True: re.compile(_PATTERN.replace("STRING_BODY", r"[^'\\]|\\.|''"), re.VERBOSE | re.DOTALL),
+}
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,11 @@ class Token:
     end: int
 
 
-def tokens(text: str) -> Iterator[Token]:
+def tokens(text: str, *, backslash_escapes: bool = False) -> Iterator[Token]:
+    pattern = _TOKEN[backslash_escapes]
     pos, n = 0, len(text)
     while pos < n:
-        m = _TOKEN.match(text, pos)
+        m = pattern.match(text, pos)
         if m is None:  # an unterminated string: the server will say so
             return
         kind = m.lastgroup
@@ -72,7 +81,7 @@ def tokens(text: str) -> Iterator[Token]:
             pos = end
             continue
         if kind in ("string", "estring"):
-            body = m.group()[2:-1] if kind == "estring" else m.group()[1:-1]
+            body = m.group()[2:-1] if kind == "estring" else m.group()[1:-1]  # escapes left as written
             yield Token("string", body.replace("''", "'"), line, m.start(), m.end())
         elif kind == "ident":
             yield Token("ident", m.group()[1:-1].replace('""', '"'), line, m.start(), m.end())

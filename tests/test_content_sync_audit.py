@@ -326,3 +326,24 @@ def test_common_harmless_triggers_are_no_finding(lms):
     answer = content_sync(make(), "compare")
     assert answer.status == 200 and findings(answer.body) == [], findings(answer.body)
     assert "side channels" not in answer.body["tables"]
+
+
+def test_a_call_hidden_by_backslash_quoting_is_found(lms):
+    """On a database (or for a role) with standard_conforming_strings = off,
+    a session compiles trigger bodies the old way: ``'\\''`` is one quote and
+    the pg_notify after it is code — the sync's session runs it. The audit
+    read only the default way, saw a string running over the call, and found
+    nothing. Read both ways, it is refused."""
+    make, dev, prod = lms
+    dbname = psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute(f'alter database "{dbname}" set standard_conforming_strings = off')
+    with psycopg.connect(prod, autocommit=True) as conn:  # a new session: the body is checked as the database lexes it
+        assert conn.execute("show standard_conforming_strings").fetchone()[0] == "off"
+        conn.execute(
+            "create function attack() returns trigger language plpgsql as $$ declare q text := '\\''; "
+            "begin perform pg_notify('c', 'x'); return null; end $$;"
+            "create trigger attack after update on lessons for each statement execute function attack()"
+        )
+    [found, *_] = expect_refused(make(), prod, reason="pg_notify")
+    assert found["via"].startswith("trigger attack")

@@ -420,17 +420,49 @@ def test_transaction_control_in_a_file_is_refused(setup):
     assert "0001_tx.sql (line 1: BEGIN, line 3: COMMIT)" in answer.body["error"]
 
 
-# A COMMIT the plan's scan cannot see: on a database whose default is
-# standard_conforming_strings = off the server reads '\'' as one quote, the
-# scan reads a string running to the comment. Then a failure.
+# A COMMIT hidden from a scan that reads strings one way: with
+# standard_conforming_strings = off (the database's default here, or SET by
+# the file) the server reads '\'' as one quote and then runs the COMMIT; read
+# as with it on, a string runs to the comment. Then a failure.
 HIDDEN_COMMIT = {
     "0001_early.sql": "create table early (id int);\n",
     "0002_hidden_commit.sql": "create table kept (id int);\nselect '\\''; commit; begin; select 1/0; --';\n",
 }
 
 
+@pytest.mark.parametrize("where", ["database", "role"])
+def test_a_commit_hidden_by_backslash_quoting_is_refused_by_the_plan(setup, dbs, before, where):
+    """The plan read plain strings only as with standard_conforming_strings
+    on: the file above passed it and committed half a migration (the run's
+    backstop below then had to restore the premigrate backup). Read both
+    ways, the plan refuses it and nothing runs."""
+    database = f'database "{_name(dbs["prod"])}"'
+    target = database if where == "database" else f"role current_user in {database}"  # never the shared role everywhere
+    with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+        conn.execute(f"alter {target} set standard_conforming_strings = off")
+    try:
+        settings = setup(HIDDEN_COMMIT)
+        with psycopg.connect(dbs["prod"], autocommit=True) as conn:  # the server does read a COMMIT there
+            conn.execute("begin")
+            conn.execute("select '\\''; commit; begin; select 1; --';")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # the file's own BEGIN: ours was committed
+            conn.execute("rollback")
+        for answer in (migrate.plan(settings), migrate.apply(settings, skip_rehearsal=True)):
+            assert answer.status == 422, answer.body
+            assert "0002_hidden_commit.sql (line 2: COMMIT, line 2: BEGIN)" in answer.body["error"], answer.body["error"]
+        assert_same(dbs["prod"], before)
+    finally:
+        with psycopg.connect(dbs["prod"], autocommit=True) as conn:
+            conn.execute(f"alter {target} reset standard_conforming_strings")
+
+
 @pytest.mark.parametrize("single", [True, False], ids=["single-transaction", "per-file"])
-def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, before, single):
+def test_a_file_that_commits_itself_is_never_reported_as_unchanged(setup, dbs, before, single, monkeypatch):
+    """The run's backstop, should a scan ever miss a COMMIT (none known:
+    the scan is made to miss this one)."""
+    from safesync.functions.migrate import sqlfiles
+
+    monkeypatch.setattr(sqlfiles, "transaction_control", lambda text: [])
     settings = setup(HIDDEN_COMMIT, migrate_extra=f"single_transaction = {str(single).lower()}\n")
     with psycopg.connect(dbs["prod"], autocommit=True) as conn:
         conn.execute(f'alter database "{_name(dbs["prod"])}" set standard_conforming_strings = off')

@@ -9,7 +9,9 @@ A statement keyword counts where a statement can start (after ``;``,
 ``BEGIN``, ``THEN``, ``ELSE``, ``LOOP``, a label, or at the top), so
 ``UPDATE t SET x = 1`` is not a ``SET``; a call is a name followed by ``(``.
 Literals are never read as code: the text of a dynamic statement is exactly
-what the audit cannot vouch for, and ``EXECUTE`` says so.
+what the audit cannot vouch for, and ``EXECUTE`` says so. A text is read
+with plain strings lexed both ways (``shared.sqltokens``) and what either
+reading finds counts.
 """
 
 from __future__ import annotations
@@ -80,7 +82,23 @@ def _code(toks: list[Token]) -> str:
 
 
 def read(source: str) -> Body:
-    toks = list(tokens(source))
+    """What ``source`` runs, read as the server may lex it: a body compiled in
+    a session with standard_conforming_strings off (a database or role may
+    set it) ends ``'\\''`` where the default reading runs on, so a statement
+    after it is code to one reading and a string to the other — both
+    readings count."""
+    one, other = _read(source, False), _read(source, True)
+    return Body(
+        reasons=list(dict.fromkeys(one.reasons + other.reasons)),
+        calls=list(dict.fromkeys(one.calls + other.calls)),
+        names=one.names | other.names,
+        qualified=one.qualified | other.qualified,
+        code=one.code if one.code == other.code else f"{one.code}\n{other.code}",
+    )
+
+
+def _read(source: str, backslash_escapes: bool) -> Body:
+    toks = list(tokens(source, backslash_escapes=backslash_escapes))
     keys = [_key(t) for t in toks]
     body = Body(code=_code(toks))
     previous = ""

@@ -22,6 +22,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 from psycopg import sql
@@ -250,16 +251,32 @@ def _error(file: SqlFile, exc: psycopg.Error) -> SqlError:
 
 # --- finding transaction control --------------------------------------------------
 
-def _words(text: str):
+def _words(text: str, backslash_escapes: bool):
     """(line, WORD or ';') of the code outside comments, strings and dollar quotes."""
-    for token in tokens(text):
+    for token in tokens(text, backslash_escapes=backslash_escapes):
         if token.kind == "word":
             yield token.line, token.text.upper()
         elif token.kind == "semi":
             yield 0, ";"
 
 
-def transaction_control(text: str) -> list[str]:
+def _either_reading(scan: Callable[[str, bool], list[str]]) -> Callable[[str], list[str]]:
+    """``scan`` of a file as the server reads it with standard_conforming_strings
+    on (our sessions pin it) and as with it off (the file may SET it): what
+    either reading finds, by line. A ``'\\''`` closes a string only with it
+    off, so a COMMIT after it was a string to a scan reading it one way."""
+
+    def both(text: str) -> list[str]:
+        found = dict.fromkeys(scan(text, False))
+        found.update(dict.fromkeys(scan(text, True)))
+        return sorted(found, key=lambda f: int(f.split()[1].rstrip(":")))
+
+    both.__doc__ = scan.__doc__
+    return both
+
+
+@_either_reading
+def transaction_control(text: str, backslash_escapes: bool) -> list[str]:
     """Statements of ``text`` that control the transaction, as
     ``"line N: COMMIT"``. ``BEGIN ATOMIC … END`` bodies (whose inner ``;`` and
     ``CASE … END`` are part of one statement) are skipped."""
@@ -267,7 +284,7 @@ def transaction_control(text: str) -> list[str]:
     starts: list[tuple[int, str, str]] = []  # (line, first word, second word) of each statement
     current: list[tuple[int, str]] = []
     atomic = 0  # depth inside BEGIN ATOMIC bodies (CASE … END nests too)
-    for line, word in _words(text):
+    for line, word in _words(text, backslash_escapes):
         if word == ";" and not atomic:
             if current:
                 starts.append((current[0][0], current[0][1], current[1][1] if len(current) > 1 else ""))
@@ -293,7 +310,8 @@ def transaction_control(text: str) -> list[str]:
     return found
 
 
-def client_copy(text: str) -> list[str]:
+@_either_reading
+def client_copy(text: str, backslash_escapes: bool) -> list[str]:
     """``COPY … FROM STDIN`` / ``TO STDOUT`` statements of ``text`` (as
     ``"line N: COPY … FROM STDIN"``). They need a client that streams the
     data (psql); sent as SQL, the first leaves the connection waiting for
@@ -301,7 +319,7 @@ def client_copy(text: str) -> list[str]:
     its locks, so the plan refuses them."""
     found: list[str] = []
     statement: list[tuple[int, str]] = []
-    for line, word in list(_words(text)) + [(0, ";")]:
+    for line, word in list(_words(text, backslash_escapes)) + [(0, ";")]:
         if word != ";":
             statement.append((line, word))
             continue
