@@ -167,18 +167,23 @@ BEGIN
     RAISE EXCEPTION 'safesync_content_sync could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
   SELECT string_agg(r.routine || ' (owner ' || r.owner || ')', ', ') INTO bad
-  FROM (select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-       pg_get_userbyid(p.proowner)
-from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
-  and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
-  and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
-  and not pg_has_role('safesync_content_sync', p.proowner, 'MEMBER')
-  and exists (select from pg_roles caller where pg_has_role('safesync_content_sync', caller.oid, 'MEMBER')
-              and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
-  and exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
-              where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
-                and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(p.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+  FROM (with callable as (
+    select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' as routine,
+           p.proowner
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+    where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+      and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+      and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
+      and not pg_has_role('safesync_content_sync', p.proowner, 'MEMBER')
+      and exists (select from pg_roles caller where pg_has_role('safesync_content_sync', caller.oid, 'MEMBER')
+                  and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
+), writers as materialized (  -- each owner once: a catalog of many routines and tables is asked owners × tables, not routines × tables
+    select o.proowner from (select distinct proowner from callable) o
+    where exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
+                  where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
+                    and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY['"public"."courses"', '"public"."lessons"', '"public"."resources"', '"public"."events"', '"public"."promotions"', '"public"."products"', '"public"."prices"']::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(o.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+)
+select routine, pg_get_userbyid(proowner) from callable where proowner in (select proowner from writers)
 order by 1) AS r(routine, owner);
   IF bad IS NOT NULL THEN
     RAISE WARNING 'safesync_content_sync could still write a non-content table through SECURITY DEFINER routines, which run with their owner''s rights whatever its grants: %', bad
@@ -238,18 +243,23 @@ BEGIN
     RAISE EXCEPTION 'safesync_backup could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
   SELECT string_agg(r.routine || ' (owner ' || r.owner || ')', ', ') INTO bad
-  FROM (select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-       pg_get_userbyid(p.proowner)
-from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
-  and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
-  and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
-  and not pg_has_role('safesync_backup', p.proowner, 'MEMBER')
-  and exists (select from pg_roles caller where pg_has_role('safesync_backup', caller.oid, 'MEMBER')
-              and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
-  and exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
-              where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
-                and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(p.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+  FROM (with callable as (
+    select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' as routine,
+           p.proowner
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+    where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+      and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+      and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
+      and not pg_has_role('safesync_backup', p.proowner, 'MEMBER')
+      and exists (select from pg_roles caller where pg_has_role('safesync_backup', caller.oid, 'MEMBER')
+                  and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
+), writers as materialized (  -- each owner once: a catalog of many routines and tables is asked owners × tables, not routines × tables
+    select o.proowner from (select distinct proowner from callable) o
+    where exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
+                  where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
+                    and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(o.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+)
+select routine, pg_get_userbyid(proowner) from callable where proowner in (select proowner from writers)
 order by 1) AS r(routine, owner);
   IF bad IS NOT NULL THEN
     RAISE WARNING 'safesync_backup could still write a table through SECURITY DEFINER routines, which run with their owner''s rights whatever its grants: %', bad
@@ -292,18 +302,23 @@ BEGIN
     RAISE EXCEPTION 'safesync_calendar could give itself any privilege: % (ALTER ROLE … NOSUPERUSER NOCREATEROLE, or revoke the membership)', bad;
   END IF;
   SELECT string_agg(r.routine || ' (owner ' || r.owner || ')', ', ') INTO bad
-  FROM (select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-       pg_get_userbyid(p.proowner)
-from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
-  and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
-  and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
-  and not pg_has_role('safesync_calendar', p.proowner, 'MEMBER')
-  and exists (select from pg_roles caller where pg_has_role('safesync_calendar', caller.oid, 'MEMBER')
-              and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
-  and exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
-              where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
-                and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(p.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+  FROM (with callable as (
+    select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' as routine,
+           p.proowner
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+    where p.prosecdef and p.prokind in ('f', 'p') and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'
+      and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+      and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
+      and not pg_has_role('safesync_calendar', p.proowner, 'MEMBER')
+      and exists (select from pg_roles caller where pg_has_role('safesync_calendar', caller.oid, 'MEMBER')
+                  and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
+), writers as materialized (  -- each owner once: a catalog of many routines and tables is asked owners × tables, not routines × tables
+    select o.proowner from (select distinct proowner from callable) o
+    where exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
+                  where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and cn.nspname <> 'information_schema' and cn.nspname !~ '^pg_' and cn.nspname <> 'safesync'
+                    and (cn.nspname NOT IN ('safesync', 'calendar') AND c.oid NOT IN (SELECT t::regclass FROM unnest(ARRAY[]::text[]) AS t)) and exists (select from pg_roles may_be where pg_has_role(o.proowner, may_be.oid, 'MEMBER') and (has_table_privilege(may_be.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER') or has_any_column_privilege(may_be.oid, c.oid, 'INSERT, UPDATE') or pg_has_role(may_be.oid, c.relowner, 'USAGE'))))
+)
+select routine, pg_get_userbyid(proowner) from callable where proowner in (select proowner from writers)
 order by 1) AS r(routine, owner);
   IF bad IS NOT NULL THEN
     RAISE WARNING 'safesync_calendar could still write a table outside its schema through SECURITY DEFINER routines, which run with their owner''s rights whatever its grants: %', bad

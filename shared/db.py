@@ -483,18 +483,23 @@ def definer_routes_sql(role: str, counted: str) -> str:
     write). ``role`` and ``counted`` are our code's SQL, never user input;
     no "%" in it but what ``counted`` brings."""
     return textwrap.dedent(f"""
-        select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-               pg_get_userbyid(p.proowner)
-        from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-        where p.prosecdef and p.prokind in ('f', 'p') and {user_schema(ours=True)}
-          and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
-          and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
-          and not pg_has_role({role}, p.proowner, 'MEMBER')
-          and exists (select from pg_roles caller where pg_has_role({role}, caller.oid, 'MEMBER')
-                      and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
-          and exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
-                      where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and {user_schema("cn.nspname")}
-                        and ({counted}) and {may_write("p.proowner", "c")})
+        with callable as (
+            select quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' as routine,
+                   p.proowner
+            from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+            where p.prosecdef and p.prokind in ('f', 'p') and {user_schema(ours=True)}
+              and p.prorettype not in ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+              and (p.provolatile = 'v' or l.lanname not in ('sql', 'plpgsql'))
+              and not pg_has_role({role}, p.proowner, 'MEMBER')
+              and exists (select from pg_roles caller where pg_has_role({role}, caller.oid, 'MEMBER')
+                          and has_schema_privilege(caller.oid, n.oid, 'USAGE') and has_function_privilege(caller.oid, p.oid, 'EXECUTE'))
+        ), writers as materialized (  -- each owner once: a catalog of many routines and tables is asked owners × tables, not routines × tables
+            select o.proowner from (select distinct proowner from callable) o
+            where exists (select from pg_class c join pg_namespace cn on cn.oid = c.relnamespace
+                          where c.relkind in ('r', 'p', 'v', 'f') and c.relpersistence <> 't' and {user_schema("cn.nspname")}
+                            and ({counted}) and {may_write("o.proowner", "c")})
+        )
+        select routine, pg_get_userbyid(proowner) from callable where proowner in (select proowner from writers)
         order by 1
     """).strip()
 
