@@ -253,3 +253,35 @@ def test_migrate_rehearses_the_schemas_it_is_told_to_as_postgres(supabase, write
     assert lost.exit_code == 1 and [r["object"] for r in lost.body["tables"]["existing data lost"]] == ["public.notes"]
     bad = write_settings({"prod": prod, "scratch": scratch}, toml + 'schemas = ["public", "nope"]\n')
     assert migrate.rehearse(bad).status == 400
+
+
+def test_a_restore_blocked_by_another_roles_session_is_cancelled_as_postgres(supabase, write_settings):
+    """The lock watch cancels the restore's own backend (pg_cancel_backend:
+    no privilege needed for one's own) and names who blocks it from
+    pg_locks and pg_stat_activity — as the non-superuser ``postgres``, with
+    the blocker another role's session (here supabase_admin's, idle in a
+    transaction that read public.profiles): cancelled, rolled back, the
+    lock and its holder named."""
+    from safesync.functions.backup import create_backup
+    from safesync.functions.backup.restore import restore_backup
+    from safesync.shared.errors import JobFailed
+
+    dev, staging = supabase.create_database(), supabase.create_database()
+    settings = write_settings({"dev": dev, "staging": staging}, BACKUP_TOML + "restore_lock_wait_seconds = 1\n")
+    run(dev, "update public.profiles set username = 'from-dev' where full_name = 'User 1'")
+    info = create_backup(settings, "dev", "manual")
+    before = state(staging)
+    holder = psycopg.connect(supabase.url(staging.rsplit("/", 1)[1], user="supabase_admin"), application_name="web-app")
+    holder.execute("select count(*) from public.profiles")  # then idle in its transaction, holding ACCESS SHARE
+    try:
+        with pytest.raises(JobFailed) as caught:
+            restore_backup(settings, info.id, "staging")
+        pid = holder.info.backend_pid
+    finally:
+        holder.rollback()
+        holder.close()
+    message = caught.value.message
+    assert "cancelled" in message and "nothing was restored" in message and f"pid {pid}" in message, message
+    assert "AccessExclusiveLock on" in message, message
+    assert f"pid {pid} (application 'web-app', user 'supabase_admin', idle in transaction)" in message, message  # postgres may read pg_stat_activity (pg_read_all_stats)
+    assert state(staging) == before
