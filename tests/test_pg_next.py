@@ -102,3 +102,115 @@ def test_a_staging_clone_whose_swap_outlives_the_timeout_commits_and_is_proven(t
     answer = clone(settings)
     assert answer.exit_code == 0 and answer.body["status"] == "ok", answer.body
     assert "identical" in answer.body["summary"], answer.body["summary"]
+
+
+def test_every_database_job_on_18(timed_out, write_settings, tmp_path) -> None:
+    """Validate (one database, and two compared), a migration rehearsed on a
+    scratch database and applied, a content sync and its undo, a restore —
+    on PostgreSQL 18, whose catalogs moved (NOT NULL constraints are rows of
+    pg_constraint since 18): a comparison reading them the old way would
+    call two equal databases different, or different ones equal."""
+    from safesync.functions import migrate
+    from safesync.functions.backup.restore import restore_backup
+    from safesync.functions.content_sync import content_undo
+    from safesync.functions.validate import validate
+
+    dev, prod, scratch, copy = timed_out("dev"), timed_out("prod"), timed_out(None), timed_out(None)
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_badges.sql").write_text(
+        "create table badges (id int generated always as identity primary key, code text not null unique);\n"
+        "alter table users add column badge_id int references badges;\n"
+    )
+    settings = write_settings(
+        {"dev": dev, "prod": prod, "scratch": scratch, "copy": copy},
+        '[backup]\ndatabases = ["prod"]\n[migrate]\ndatabase = "prod"\nrehearse_on = "scratch"\nsql_dir = "migrations"\n'
+        + lms_config_toml(),
+    )
+    checked = validate(settings, "prod")
+    assert checked.exit_code == 0, checked.body["summary"]
+
+    info = create_backup(settings, "prod", "manual")
+    restored = restore_backup(settings, info.id, "copy")
+    assert all(row["match"] for row in restored.tables), restored.tables
+    same = validate(settings, "prod", "copy")
+    assert same.exit_code == 0 and same.body["status"] == "ok", same.body["summary"]
+    with psycopg.connect(copy, autocommit=True) as conn:  # a NOT NULL dropped: 18 keeps it in pg_constraint
+        conn.execute("alter table users alter column email drop not null")
+    differs = validate(settings, "prod", "copy")
+    assert differs.status != 200 or differs.body["status"] != "ok", differs.body["summary"]
+    assert "email" in str(differs.body), differs.body["summary"]
+
+    rehearsed = migrate.rehearse(settings)
+    assert rehearsed.exit_code == 0, rehearsed.body["summary"]
+    applied = migrate.apply(settings)
+    assert applied.exit_code == 0, applied.body["summary"]
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select count(*) from safesync.migrations").fetchone()[0] == 1
+
+    synced = content_sync(settings, "sync", adopt=True)
+    assert synced.exit_code == 0, synced.body["summary"]
+    with psycopg.connect(dev, autocommit=True) as conn:
+        conn.execute("update lessons set title = title || ' (v2)' where id in (select id from lessons order by id limit 3)")
+    second = content_sync(settings, "sync")
+    assert second.exit_code == 0 and "synced 3 row(s)" in second.body["summary"], second.body["summary"]
+    undone = content_undo(settings, second.body["run_id"])
+    assert undone.exit_code == 0, undone.body["summary"]
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select count(*) from lessons where title like '%(v2)'").fetchone()[0] == 0
+
+
+def _owned_by_16s_role(pg_next, old: str) -> tuple[str, str]:
+    """A new database on 18 owned by the role the 16 database's objects have
+    (grants name it): (its URL as that role, its name)."""
+    owner = psycopg.conninfo.conninfo_to_dict(old)["user"]
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_next.url(), autocommit=True) as admin:
+        admin.execute(f"do $$ begin if not exists (select from pg_roles where rolname = '{owner}') then create role {owner} login; end if; end $$")
+        admin.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner)))
+    return pg_next.url(name).replace(f"{pg_next.user}@", f"{owner}@"), name
+
+
+def _drop(pg_next, name: str) -> None:
+    with psycopg.connect(pg_next.url(), autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def test_the_same_schema_on_16_and_18_compares_identical(pg_next, make_db, pg_server, write_settings) -> None:
+    """A staging or a restore on the next major (an upgrade rehearsed): 17
+    reads an unset statistics target as NULL where 16 says -1 and gives
+    every table owner MAINTAIN, and 18 keeps each NOT NULL as a row of
+    pg_constraint (``users_email_not_null``) where 16 keeps a flag. Every
+    column, table and NOT NULL was a difference between two equal databases
+    (206 on the LMS fixture); a real one still shows."""
+    from safesync.functions.validate import validate
+
+    old = make_db()
+    create_lms(old, variant="prod")
+    new, name = _owned_by_16s_role(pg_next, old)
+    try:
+        create_lms(new, variant="prod")
+        settings = write_settings({"old": old, "new": new}, "")
+        answer = validate(settings, "old", "new")
+        assert answer.body["status"] == "ok", (answer.body["summary"], answer.body.get("tables", {}).get("schema differences"))
+        moved = {r["kind"].split()[0]: r for r in answer.body["tables"]["not compared"] if "major versions differ" in r["kind"]}
+        assert set(moved) == {"NOT", "the"} and all(r["old"] == 0 and r["new"] > 0 for r in moved.values()), moved
+        with psycopg.connect(new, autocommit=True) as conn:
+            conn.execute("alter table users alter column email drop not null")
+        differs = validate(settings, "old", "new").body["tables"]["schema differences"]
+        assert [(d["object"], d.get("attribute")) for d in differs] == [("public.users.email", "not_null")], differs
+    finally:
+        _drop(pg_next, name)
+
+
+def test_a_staging_clone_from_16_onto_18_is_proven_identical(timed_out, pg_next, make_db, write_settings) -> None:
+    """Staging on the next major, cloned from dev on 16 (pg_dump and psql
+    18): the proof compares across the majors as validate does."""
+    dev = make_db()
+    create_lms(dev, variant="dev")
+    staging, name = _owned_by_16s_role(pg_next, dev)
+    try:
+        settings = write_settings({"dev": dev, "staging": staging}, '[staging_clone]\nsource = "dev"\ntarget = "staging"\n')
+        answer = clone(settings)
+        assert answer.exit_code == 0 and "identical" in answer.body["summary"], answer.body.get("summary") or answer.body
+    finally:
+        _drop(pg_next, name)

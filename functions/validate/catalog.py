@@ -74,7 +74,7 @@ QUERIES: dict[str, str] = {
                'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
                'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated,
                'collation', case when a.attcollation <> t.typcollation then a.attcollation::regcollation::text end,
-               'storage', a.attstorage, 'compression', a.attcompression, 'stats_target', a.attstattarget, 'options', a.attoptions,
+               'storage', a.attstorage, 'compression', a.attcompression, 'stats_target', nullif(a.attstattarget, -1), 'options', a.attoptions,
                'grants', case when a.attacl is not null then {_acl('a.attacl', 'c', 'c.relowner')} end)
         from pg_attribute a
         join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -166,7 +166,7 @@ QUERIES: dict[str, str] = {
         from pg_class c join pg_sequence s on s.seqrelid = c.oid join pg_namespace n on n.oid = c.relnamespace
         where n.nspname = any(%(schemas)s) and {_NOT_EXT.format(cls="'pg_class'", oid='c.oid')}""",
     "statistics": """
-        select quote_ident(n.nspname) || '.' || quote_ident(s.stxname), jsonb_build_object('definition', pg_get_statisticsobjdef(s.oid), 'stats_target', s.stxstattarget)
+        select quote_ident(n.nspname) || '.' || quote_ident(s.stxname), jsonb_build_object('definition', pg_get_statisticsobjdef(s.oid), 'stats_target', nullif(s.stxstattarget, -1))
         from pg_statistic_ext s join pg_namespace n on n.oid = s.stxnamespace
         where n.nspname = any(%(schemas)s)""",
     "extensions": """

@@ -9,7 +9,7 @@ many such objects each side has.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psycopg
 
@@ -100,7 +100,52 @@ def schema_diff(
         (a, na), (b, nb) = sides.both(read)
     finally:
         sides.close()
+    low, high = sorted(conn.info.server_version // 10000 for conn in (conn_a, conn_b))
+    moved = {m.what: (m.drop(a), m.drop(b)) for m in ACROSS_MAJORS if low < m.since <= high}
     diff = SchemaDiff(differences=compare_maps(a, b))
     diff.compared = {k: (len(a.get(k, {})), len(b.get(k, {}))) for k in a}
-    diff.not_compared = {k: (na[k], nb[k]) for k in na}
+    diff.not_compared = {k: (na[k], nb[k]) for k in na} | moved
     return diff
+
+
+def _drop_not_null_rows(side: ObjectMap) -> int:
+    """PostgreSQL 17 keeps a domain's NOT NULL, and 18 a column's, as a row
+    of pg_constraint (``users_email_not_null``); older servers only as a
+    flag, which is still compared (a column's or domain's ``not_null``)."""
+    constraints = side.get("constraints", {})
+    names = [name for name, d in constraints.items() if isinstance(d, dict) and d.get("type") == "n"]
+    for name in names:
+        del constraints[name]
+    return len(names)
+
+
+def _drop_maintain(side: ObjectMap) -> int:
+    """PostgreSQL 17's MAINTAIN privilege, which every table owner holds
+    there (``acldefault``) and no older server knows."""
+    dropped = 0
+    for objects in side.values():
+        for description in objects.values():
+            grants = description.get("grants") if isinstance(description, dict) else None
+            if isinstance(grants, list):
+                kept = [g for g in grants if not str(g).endswith((":MAINTAIN", ":MAINTAIN*"))]
+                dropped += len(grants) - len(kept)
+                description["grants"] = kept
+    return dropped
+
+
+@dataclass(frozen=True)
+class _Moved:
+    """What a newer major describes that an older one cannot: between majors
+    on both sides of ``since`` it is taken out of both descriptions (and
+    listed as not compared, with how many each side had) — else every such
+    object is a difference between two equal databases."""
+
+    since: int
+    what: str
+    drop: Callable[[ObjectMap], int]
+
+
+ACROSS_MAJORS = (
+    _Moved(17, "NOT NULL constraints as named objects (major versions differ: nullability is compared per column and domain)", _drop_not_null_rows),
+    _Moved(17, "the MAINTAIN privilege (PostgreSQL 17+; major versions differ)", _drop_maintain),
+)
