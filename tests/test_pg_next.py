@@ -214,3 +214,35 @@ def test_a_staging_clone_from_16_onto_18_is_proven_identical(timed_out, pg_next,
         assert answer.exit_code == 0 and "identical" in answer.body["summary"], answer.body.get("summary") or answer.body
     finally:
         _drop(pg_next, name)
+
+
+def test_content_sync_from_16_into_18_and_a_16_backup_restored_on_18(pg_next, timed_out, make_db, write_settings) -> None:
+    """dev on a laptop's 16, prod on a hosted 18: the row hashes (computed in
+    SQL on each side) must agree across the majors — equal tables compare
+    identical, a change is found and synced, the proof holds. And dev's
+    backup restores into a database of the next major (an upgrade)."""
+    from safesync.functions.backup.restore import restore_backup
+
+    dev = make_db()
+    create_lms(dev, variant="prod")  # the same rows as prod: identical content
+    prod, name = _owned_by_16s_role(pg_next, dev)
+    copy, copy_name = _owned_by_16s_role(pg_next, dev)
+    try:
+        create_lms(prod, variant="prod")
+        settings = write_settings({"dev": dev, "prod": prod, "copy": copy}, '[backup]\ndatabases = ["prod", "dev"]\n' + lms_config_toml())
+        compared = content_sync(settings, "compare")
+        assert compared.body["status"] == "ok" and "identical" in compared.body["summary"], compared.body["summary"]
+        assert content_sync(settings, "sync", adopt=True).exit_code == 0
+        with psycopg.connect(dev, autocommit=True) as conn:
+            conn.execute("update lessons set title = title || ' (v2)', quiz = '{\"q\": [1.5, 2e10]}' where id in (select id from lessons order by id limit 4)")
+        synced = content_sync(settings, "sync")
+        assert synced.exit_code == 0 and "synced 4 row(s)" in synced.body["summary"], synced.body["summary"]
+        assert "identical" in content_sync(settings, "compare").body["summary"]
+
+        info = create_backup(settings, "dev", "manual")
+        assert info.manifest["server_version_num"] // 10000 == 16
+        restored = restore_backup(settings, info.id, "copy")
+        assert all(row["match"] for row in restored.tables), restored.tables
+    finally:
+        _drop(pg_next, name)
+        _drop(pg_next, copy_name)
