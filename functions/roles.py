@@ -173,14 +173,19 @@ def _read_all(role: str) -> list[str]:
 DECLARE s text;
 BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
-    GRANT pg_read_all_data TO {role};
-  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {user_schema(ours=True)} LOOP
-      EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', s);
-      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}', s);
-      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {role}', s);
-    END LOOP;
+    BEGIN
+      GRANT pg_read_all_data TO {role};
+      RETURN;
+    EXCEPTION WHEN insufficient_privilege THEN  -- 16+: only with ADMIN on it (a hosted admin, e.g. Supabase's postgres, lacks it)
+      RAISE NOTICE 'safesync roles: % cannot grant pg_read_all_data (%): SELECT granted on the schemas and tables that exist now instead; re-run the script after adding any', current_user, SQLERRM;
+    END;
   END IF;
+  -- SELECT on what exists now (re-run after adding schemas or tables)
+  FOR s IN SELECT n.nspname FROM pg_namespace n WHERE {user_schema(ours=True)} LOOP
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', s);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}', s);
+    EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {role}', s);
+  END LOOP;
 END
 """
         ),
@@ -312,9 +317,12 @@ def generate(settings: Settings, database: str) -> str:
             _do(
                 f"""
 BEGIN
-  IF to_regnamespace({_lit(CALENDAR_SCHEMA)}) IS NULL THEN
+  IF to_regnamespace({_lit(CALENDAR_SCHEMA)}) IS NULL
+     AND pg_has_role(current_user, {_lit(CALENDAR_ROLE)}, CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END) THEN
     CREATE SCHEMA {CALENDAR_SCHEMA} AUTHORIZATION {CALENDAR_ROLE};
-  ELSE  -- created earlier by another role: let the calendar role use and extend it
+  ELSE  -- created earlier by another role, or by us where (16+) a CREATEROLE admin may not SET ROLE to the
+        -- roles it creates (AUTHORIZATION needs that): let the calendar role use and extend it
+    CREATE SCHEMA IF NOT EXISTS {CALENDAR_SCHEMA};
     GRANT USAGE, CREATE ON SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};
     GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {CALENDAR_SCHEMA} TO {CALENDAR_ROLE};

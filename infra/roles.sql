@@ -123,14 +123,19 @@ DO $roles$
 DECLARE s text;
 BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
-    GRANT pg_read_all_data TO safesync_content_sync;
-  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
-      EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_content_sync', s);
-      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_content_sync', s);
-      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_content_sync', s);
-    END LOOP;
+    BEGIN
+      GRANT pg_read_all_data TO safesync_content_sync;
+      RETURN;
+    EXCEPTION WHEN insufficient_privilege THEN  -- 16+: only with ADMIN on it (a hosted admin, e.g. Supabase's postgres, lacks it)
+      RAISE NOTICE 'safesync roles: % cannot grant pg_read_all_data (%): SELECT granted on the schemas and tables that exist now instead; re-run the script after adding any', current_user, SQLERRM;
+    END;
   END IF;
+  -- SELECT on what exists now (re-run after adding schemas or tables)
+  FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_content_sync', s);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_content_sync', s);
+    EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_content_sync', s);
+  END LOOP;
 END
 $roles$;
 -- pg_dump refuses tables with row-level security unless the role bypasses it
@@ -197,14 +202,19 @@ DO $roles$
 DECLARE s text;
 BEGIN
   IF current_setting('server_version_num')::int >= 140000 THEN
-    GRANT pg_read_all_data TO safesync_backup;
-  ELSE  -- before 14: SELECT on what exists now (re-run after adding schemas or tables)
-    FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
-      EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_backup', s);
-      EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_backup', s);
-      EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_backup', s);
-    END LOOP;
+    BEGIN
+      GRANT pg_read_all_data TO safesync_backup;
+      RETURN;
+    EXCEPTION WHEN insufficient_privilege THEN  -- 16+: only with ADMIN on it (a hosted admin, e.g. Supabase's postgres, lacks it)
+      RAISE NOTICE 'safesync roles: % cannot grant pg_read_all_data (%): SELECT granted on the schemas and tables that exist now instead; re-run the script after adding any', current_user, SQLERRM;
+    END;
   END IF;
+  -- SELECT on what exists now (re-run after adding schemas or tables)
+  FOR s IN SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> 'information_schema' and n.nspname !~ '^pg_' LOOP
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO safesync_backup', s);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO safesync_backup', s);
+    EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO safesync_backup', s);
+  END LOOP;
 END
 $roles$;
 -- pg_dump refuses tables with row-level security unless the role bypasses it
@@ -272,9 +282,12 @@ $roles$;
 -- audit log, channels, rate limits); no privilege on any other schema's tables
 DO $roles$
 BEGIN
-  IF to_regnamespace('calendar') IS NULL THEN
+  IF to_regnamespace('calendar') IS NULL
+     AND pg_has_role(current_user, 'safesync_calendar', CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END) THEN
     CREATE SCHEMA calendar AUTHORIZATION safesync_calendar;
-  ELSE  -- created earlier by another role: let the calendar role use and extend it
+  ELSE  -- created earlier by another role, or by us where (16+) a CREATEROLE admin may not SET ROLE to the
+        -- roles it creates (AUTHORIZATION needs that): let the calendar role use and extend it
+    CREATE SCHEMA IF NOT EXISTS calendar;
     GRANT USAGE, CREATE ON SCHEMA calendar TO safesync_calendar;
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA calendar TO safesync_calendar;
     GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA calendar TO safesync_calendar;

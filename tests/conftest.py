@@ -102,14 +102,28 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(data_root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def supabase():
+@pytest.fixture(autouse=True)
+def _tools_of_the_supabase_server(request, monkeypatch):
+    """A test on the PostgreSQL 18 platform runs its jobs with that server's
+    own pg_dump, pg_restore and psql (``PG_BIN``): the 18 bundle is never on
+    the tools' search path."""
+    if "supabase" in request.fixturenames:
+        from tests.fixtures.supabase_platform import ensure_pg15
+
+        cluster = request.getfixturevalue("supabase")
+        if cluster.server.bin != ensure_pg15():
+            monkeypatch.setenv("PG_BIN", str(cluster.server.bin))
+
+
+@pytest.fixture(scope="session", params=["pg15", "pg18"])
+def supabase(request):
     """A Supabase platform cluster built from Supabase's own migrations;
     tests connect as its non-superuser ``postgres`` role
-    (``tests/fixtures/supabase_platform``)."""
-    from tests.fixtures.supabase_platform import supabase_fixture
+    (``tests/fixtures/supabase_platform``). Each test runs on PostgreSQL 15
+    (Debian's) and 18 (``tests/pg_next.py``): hosted projects run 15 and 17."""
+    from tests.fixtures.supabase_platform import ensure_next, supabase_fixture
 
-    yield from supabase_fixture()
+    yield from supabase_fixture(ensure_next() if request.param == "pg18" else None)
 
 
 @pytest.fixture(scope="session")

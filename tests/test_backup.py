@@ -563,10 +563,15 @@ def test_latest_is_the_newest_full_backup_never_a_content_only_one(env, capsys) 
     code, body = run_cli(capsys, "backup", "verify")
     assert code == 0 and [r["id"] for r in body["details"]["results"]] == [full.id]
     assert [row["id"] for row in last_backups(settings, [])] == [full.id]
-    restored = restore_backup(settings, part.id, "scratch")  # by its id, as asked: saying it is partial
-    assert restored.backup.id == part.id and any("partial backup" in w and "1 table(s)" in w for w in restored.warnings), restored.warnings
+    # by its id, as asked: courses is referenced from outside it (a partial restore drops and recreates it,
+    # which PostgreSQL refuses): refused before anything runs, naming them
+    with pytest.raises(Refused, match=r"partial backup.*lessons → courses \(lessons_course_id_fkey\)"):
+        restore_backup(settings, part.id, "scratch")
+    leaf = create_backup(settings, "prod", "presync", tables=[TableRef("public", "user_points_history")])
+    restored = restore_backup(settings, leaf.id, "scratch")  # nothing references it: restored, saying it is partial
+    assert restored.backup.id == leaf.id and any("partial backup" in w and "1 table(s)" in w for w in restored.warnings), restored.warnings
     code, body = run_cli(capsys, "backup", "list", "--db", "prod")
-    assert {r["id"]: r["scope"] for r in body["tables"]["backups"]} == {full.id: "full", part.id: "partial"}, body["tables"]
+    assert {r["id"]: r["scope"] for r in body["tables"]["backups"]} == {full.id: "full", part.id: "partial", leaf.id: "partial"}, body["tables"]
 
     settings.storage.delete(full.manifest_key)  # only the partial one is left: there is no latest
     with pytest.raises(NotFoundError, match="no complete full backup of prod"):

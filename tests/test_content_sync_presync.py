@@ -50,6 +50,13 @@ def test_content_backup_dumps_only_content_tables_and_the_ledger(lms):
     info = get_backup(settings, answer.body["details"]["safety_backup"]["id"])
     assert set(info.tables) == {f"public.{t}" for t in LMS_CONTENT} | {"safesync.content_ledger"}
     assert verify_backup(settings, info.id).ok
+    # The dump itself, not only its manifest: pg_partition_tree lists nothing for a table that is not
+    # partitioned, no --table was passed, and the "content" backup held every user table — which a
+    # restore of it (said to leave "the rest of prod as it was") would have put back.
+    from safesync.functions.backup.verify import read_toc
+
+    dumped = {" ".join(e.line.split(" TABLE DATA ", 1)[1].split()[:2]) for e in read_toc(settings, info) if e.type == "TABLE DATA"}
+    assert dumped == {f"public {t}" for t in LMS_CONTENT} | {"safesync content_ledger"}, dumped
 
 
 def test_none_relies_on_the_undo_log_and_needs_it(lms):
@@ -105,3 +112,28 @@ def test_the_full_backup_overlaps_the_compare_and_writes(lms, monkeypatch):
     assert answer.status == 200, answer.body
     assert released_by_the_sync == [True]  # the upload was still running when the sync had written
     assert "safety_backup_wait_s" in answer.body["timings"]  # and the sync waited for it only at commit
+
+
+def test_a_partial_backup_whose_dump_holds_more_is_never_restored(lms):
+    """A "content" backup made before the --table fix held every table while
+    its manifest said "these tables only"; a restore of it (reported as
+    leaving the rest as it was) would have put back every user's progress as
+    it was then. verify names it; restore refuses, nothing changed."""
+    from safesync.functions.backup import create_backup
+    from safesync.functions.backup.restore import restore_backup
+    from safesync.shared.errors import Refused
+
+    make, dev, prod = lms
+    settings = make('presync_backup = "content"')
+    info = create_backup(settings, "prod", "presync")  # the whole database, as the old "content" dumps were
+    manifest = dict(info.manifest)
+    manifest.update(scope="tables", tables={f"public.{t}": info.tables[f"public.{t}"] for t in LMS_CONTENT})
+    settings.storage.put_json(info.manifest_key, manifest, overwrite=True)
+    result = verify_backup(settings, info.id)
+    assert not result.ok and any("beyond its scope" in p and "public payments" in p for p in result.all_problems), result.all_problems
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("update users set display_name = 'changed since' where email = (select min(email) from users)")
+    with pytest.raises(Refused, match="partial backup .* holds .* more"):
+        restore_backup(settings, info.id, "prod", confirm="prod")
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("select display_name from users where email = (select min(email) from users)").fetchone()[0] == "changed since"

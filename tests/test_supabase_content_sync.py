@@ -139,6 +139,7 @@ def test_a_delete_that_users_progress_refers_to_is_refused_on_supabase(projects)
     assert lessons(prod) == prod_lessons and user_data(prod) == before
 
 
+@pytest.mark.parametrize("supabase", ["pg15"], indirect=True)
 def test_on_supabase_15_the_roles_script_says_why_it_cannot_run_and_doctor_warns(projects, write_settings):
     """Hosted PostgreSQL 15 gives ``postgres`` CREATEROLE and BYPASSRLS but
     no superuser, and before 16 only a superuser may grant BYPASSRLS (which
@@ -170,3 +171,40 @@ def test_on_supabase_15_the_roles_script_says_why_it_cannot_run_and_doctor_warns
     refused = content_sync(strict, "sync", adopt=True)
     assert refused.status == 422 and "require_least_privilege" in refused.body["summary"], refused.body
     assert lessons(prod) == before
+
+
+@pytest.mark.parametrize("supabase", ["pg18"], indirect=True)
+def test_on_supabase_16_and_later_the_roles_script_runs_as_postgres_and_the_jobs_use_its_roles(projects, supabase, write_settings):
+    """From 16 a CREATEROLE role with BYPASSRLS (Supabase's postgres) may give
+    the job roles BYPASSRLS — but not pg_read_all_data, which it holds
+    without ADMIN, and it may not SET ROLE to the roles it creates, which
+    CREATE SCHEMA … AUTHORIZATION needs: the script failed on both ("permission
+    denied to grant role", "must be able to SET ROLE"). It now grants SELECT
+    on what exists (saying so) and creates the calendar schema for the role
+    to use. What postgres may not grant (the platform's own schemas) stays
+    unreadable, and a full dump names it: the sync runs as
+    safesync_content_sync with require_least_privilege and
+    presync_backup = "content"; a full presync backup, or a backup as
+    safesync_backup, is refused naming what it cannot read."""
+    from safesync.functions.backup import create_backup
+    from safesync.functions.roles import BACKUP_ROLE, CONTENT_ROLE
+    from safesync.shared.errors import Refused
+
+    settings, dev, prod = projects
+    notices: list[str] = []
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute(generate(settings, "prod").encode())
+    assert any("cannot grant pg_read_all_data" in n and "SELECT granted" in n for n in notices), notices
+    database = prod.rsplit("/", 1)[1]
+    urls = {"dev": dev, "prod": supabase.url(database, user=CONTENT_ROLE)}
+    before = database_fingerprint(connect(prod), ["auth"])
+    full = content_sync(write_settings(urls, TOML + "require_least_privilege = true\n"), "sync", adopt=True)
+    assert full.status == 422 and "presync backup failed" in full.body["error"] and "permission denied for schema" in full.body["error"], full.body
+    content = write_settings(urls, TOML + 'require_least_privilege = true\npresync_backup = "content"\n')
+    synced = content_sync(content, "sync", adopt=True)
+    assert synced.exit_code == 0 and synced.body["details"]["least_privilege"]["ok"], synced.body
+    assert database_fingerprint(connect(prod), ["auth"]) == before
+    backup = write_settings({"prod": supabase.url(database, user=BACKUP_ROLE)}, '[backup]\ndatabases = ["prod"]\n')
+    with pytest.raises(Refused, match="permission denied for schema"):
+        create_backup(backup, "prod", "manual")

@@ -88,9 +88,45 @@ order by 1
 """
 
 
-def check_readable(conn: psycopg.Connection, db: str) -> None:
-    """Refuse (nothing written) when pg_dump could not read everything."""
-    problems = [r[0] for r in conn.execute(UNREADABLE_SQL).fetchall()]
+# The tables given (``%s``, a regclass array) and their partitions. Not
+# pg_partition_tree alone: it lists nothing for a table that is not
+# partitioned, and with no --table left pg_dump dumped the whole database
+# into a backup whose manifest said "only these tables".
+DUMPED_RELIDS = """
+select t.relid from unnest(%s::regclass[]) as t(relid)
+union select p.relid from unnest(%s::regclass[]) as t(relid), pg_partition_tree(t.relid) p
+"""
+
+# The same, for a dump of only some tables (``--table``): their schemas,
+# the tables and their partitions; what else the database holds is not read.
+UNREADABLE_OF_TABLES_SQL = f"""
+with dumped as ({DUMPED_RELIDS})
+select format('permission denied for schema %%I', n.nspname)
+from pg_namespace n
+where n.oid in (select c.relnamespace from pg_class c where c.oid in (select relid from dumped))
+  and not has_schema_privilege(n.oid, 'USAGE')
+union all
+select format('permission denied for table %%s', c.oid::regclass)
+from pg_class c
+where c.oid in (select relid from dumped) and not has_table_privilege(c.oid, 'SELECT')
+union all
+select format('row-level security would filter table %%s (the role needs BYPASSRLS)', c.oid::regclass)
+from pg_class c join pg_roles r on r.rolname = current_user
+where c.oid in (select relid from dumped) and {POLICY_FILTERED}
+order by 1
+"""
+
+
+def check_readable(conn: psycopg.Connection, db: str, tables: Sequence[TableRef] | None = None) -> None:
+    """Refuse (nothing written) when pg_dump could not read everything it
+    would dump: the whole database, or only ``tables`` (a content sync's
+    ``presync_backup = "content"``, which a role that cannot read the
+    platform's own schemas — Supabase's storage, to its postgres — may take)."""
+    if tables is None:
+        problems = [r[0] for r in conn.execute(UNREADABLE_SQL).fetchall()]
+    else:
+        names = [t.ident.as_string(conn) for t in tables]
+        problems = [r[0] for r in conn.execute(UNREADABLE_OF_TABLES_SQL, [names, names]).fetchall()]
     if problems:
         user = conn.execute("select current_user").fetchone()[0]
         shown = first_few(problems, "; ")
@@ -110,16 +146,25 @@ def count_rows(conn: psycopg.Connection, tables: Sequence[TableRef] | None = Non
     return {str(table): row_count(conn, table) for table in (snapshot_tables(conn) if tables is None else tables)}
 
 
-def _table_arguments(conn: psycopg.Connection, tables: Sequence[TableRef]) -> list[str]:
-    """pg_dump ``--table`` arguments for exactly these tables and their
-    partitions (names quoted: a pattern character in a name is literal)."""
+def dumped_tables(conn: psycopg.Connection, tables: Sequence[TableRef]) -> list[TableRef]:
+    """Exactly these tables and their partitions: what a ``--table`` dump
+    of them holds (the manifest's ``dumped_tables``, which verify and
+    restore hold the dump to)."""
     names = [t.ident.as_string(conn) for t in tables]
     rows = conn.execute(
-        "select distinct n.nspname, c.relname from unnest(%s::regclass[]) as t(relid), pg_partition_tree(t.relid) p "
-        "join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace order by 1, 2",
-        [names],
+        f"select distinct n.nspname, c.relname from ({DUMPED_RELIDS}) d join pg_class c on c.oid = d.relid "
+        "join pg_namespace n on n.oid = c.relnamespace order by 1, 2",
+        [names, names],
     ).fetchall()
-    quoted = ['"' + part.replace('"', '""') + '"' for row in rows for part in row]
+    if not rows:  # no --table at all would dump the whole database as a "partial" backup
+        raise JobFailed(f"no table to dump among {', '.join(names)}")
+    return [TableRef(schema, name) for schema, name in rows]
+
+
+def _table_arguments(dumped: Sequence[TableRef]) -> list[str]:
+    """pg_dump ``--table`` arguments (names quoted: a pattern character in a
+    name is literal)."""
+    quoted = ['"' + part.replace('"', '""') + '"' for t in dumped for part in (t.schema, t.name)]
     return [f"--table={quoted[i]}.{quoted[i + 1]}" for i in range(0, len(quoted), 2)]
 
 
@@ -241,7 +286,7 @@ def create_backup(
         conn.execute("set statement_timeout = 0")
         conn.execute("set idle_in_transaction_session_timeout = 0")
         conn.execute(f"set lock_timeout = '{LOCK_WAIT}'")
-        check_readable(conn, db)
+        check_readable(conn, db, tables)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -249,10 +294,11 @@ def create_backup(
         name = free_name(storage, db, kind)
         started = utcnow()
         conninfo, env = libpq_target(url)
+        dumped = dumped_tables(conn, tables) if tables is not None else None
         argv = [
             str(pg_dump.path), "--format=custom", choice.argument, f"--snapshot={snapshot}",
             f"--lock-wait-timeout={LOCK_WAIT}", "--no-password", "--dbname", conninfo,
-            *(_table_arguments(conn, tables) if tables is not None else []),
+            *(_table_arguments(dumped) if dumped is not None else []),
         ]
         log.info("backup started", db=db, kind=kind, backup=name.id)
         proc = PgProcess(argv, env, stdout=subprocess.PIPE)
@@ -302,6 +348,7 @@ def create_backup(
         "tables": counts,
         "table_count": len(counts),
         "scope": SCOPE_TABLES if tables is not None else SCOPE_FULL,
+        **({"dumped_tables": [str(t) for t in dumped]} if dumped is not None else {}),
         "rows_total": sum(counts.values()),
         "trigger": trigger or {"via": "library"},
         "keys": {"dump": dump_key, "sha256": name.sha256_key, "manifest": name.manifest_key},

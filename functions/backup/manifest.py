@@ -109,6 +109,13 @@ class BackupInfo:
         return scope == SCOPE_TABLES
 
     @property
+    def scope_tables(self) -> list[str]:
+        """The tables a partial backup's dump may hold: those it dumped
+        (partitions included), or, in a manifest from before that was
+        recorded, those it counted."""
+        return list(self.manifest.get("dumped_tables") or self.tables)
+
+    @property
     def rows_total(self) -> int:
         return sum(self.tables.values())
 

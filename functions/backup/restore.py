@@ -39,11 +39,11 @@ from typing import Any
 
 from safesync.shared import identity
 from safesync.shared.config import Settings
-from safesync.shared.db import connect
+from safesync.shared.db import TableRef, connect
 from safesync.shared.errors import JobFailed, Refused, SafesyncError
 from safesync.shared.pgtools import libpq_target
 from safesync.shared.log import get_logger
-from safesync.shared.report import Report
+from safesync.shared.report import Report, first_few
 
 from .archive import Archive, check_stored
 from .catalog import resolve
@@ -52,7 +52,7 @@ from .lockwatch import LockWatch, describe_blockers
 from .manifest import BackupInfo
 from .pgproc import Progress, restore_stream
 from .restore_plan import RestorePlan, plan_restore, unreadable_by_owner
-from .toc import use_list
+from .toc import tables_outside, use_list
 from .verify import pg_restore_for, read_toc
 
 log = get_logger("backup")
@@ -147,6 +147,32 @@ def _lock_wait_failure(info: BackupInfo, target: str, limit: float, cancelled: d
     )
 
 
+def _refuse_dependents(conn, info: BackupInfo, target_db: str) -> None:
+    """A partial restore drops and recreates the tables it holds; PostgreSQL
+    refuses that while a table outside them has a foreign key to one (the
+    users' progress rows to the lessons they are on). Said before anything
+    runs — a safety backup of the whole target included — with the way that
+    works: the sync's undo."""
+    names = [TableRef.parse(key).ident.as_string(conn) for key in info.scope_tables]
+    rows = conn.execute(
+        """with scope as (select to_regclass(t) as relid from unnest(%s::text[]) t)
+           select k.conrelid::regclass::text, k.confrelid::regclass::text, k.conname
+             from pg_constraint k
+            where k.contype = 'f' and k.confrelid in (select relid from scope)
+              and k.conrelid not in (select relid from scope where relid is not null)
+            order by 1, 2, 3""",
+        [names],
+    ).fetchall()
+    if rows:
+        shown = first_few([f"{child} → {parent} ({name})" for child, parent, name in rows], "; ")
+        raise Refused(
+            f"restore of {info.id} into {target_db!r} refused, nothing changed: it is a partial backup, whose tables a restore drops and "
+            f"recreates, and tables outside it reference them: {shown}. Undo a content sync with `safesync content undo RUN_ID` "
+            "(it puts back only the rows that sync changed), or restore a full backup",
+            {"backup": info.id, "references": [{"table": c, "references": p, "constraint": n} for c, p, n in rows]},
+        )
+
+
 def restore_backup(
     settings: Settings,
     backup_id: str,
@@ -165,7 +191,16 @@ def restore_backup(
     tool = pg_restore_for(info)
     target_url = settings.database_url(target_db)
     entries = read_toc(settings, info)
+    beyond = tables_outside(info.scope_tables, entries) if info.partial else []
+    if beyond:  # a "content" backup written before 2026-12-04 held the whole database: restoring it replaces user tables
+        raise Refused(
+            f"restore of {info.id} refused, nothing changed: it is a partial backup of {len(info.scope_tables)} table(s), but its dump "
+            f"holds {len(beyond)} more ({', '.join(beyond[:5])}{'…' if len(beyond) > 5 else ''}), which a restore would replace",
+            {"backup": info.id, "beyond_scope": beyond},
+        )
     with connect(target_url, application_name="safesync-restore") as conn:
+        if info.partial:
+            _refuse_dependents(conn, info, target_db)
         plan = plan_restore(conn, entries, no_owner=no_owner)
     _refuse(info, target_db, plan)
     check_stored(settings, info)  # the whole dump as written, before the safety backup and the restore

@@ -110,3 +110,12 @@ def absent_tables(counted: Iterable[str], entries: list[TocEntry]) -> list[str]:
         return any(f"{_listed(key[:i])} {_listed(key[i + 1 :])}" in listed for i, c in enumerate(key) if c == ".")
 
     return sorted(key for key in counted if not present(key))
+
+
+def tables_outside(allowed: Iterable[str], entries: list[TocEntry]) -> list[str]:
+    """TABLE entries (``<schema> <table>`` as listed) that are none of
+    ``allowed`` (``schema.table`` keys, split every way as in
+    ``absent_tables``): what a partial backup holds beyond its scope."""
+    keys = {f"{_listed(k[:i])} {_listed(k[i + 1 :])}" for k in allowed for i, c in enumerate(k) if c == "."}
+    listed = [e.line.split(" TABLE ", 1)[1].removesuffix(" " + e.owner) for e in entries if e.type == "TABLE" and " TABLE " in e.line]
+    return sorted(name for name in listed if name not in keys)

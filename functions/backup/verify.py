@@ -40,7 +40,7 @@ from .create import count_rows
 from .manifest import BackupInfo, parse_sidecar, write_manifest
 from .pgproc import PgProcess, restore_stream
 from .restore_plan import plan_restore, unreadable_by_owner
-from .toc import TocEntry, absent_tables, parse_toc, use_list
+from .toc import TocEntry, absent_tables, parse_toc, tables_outside, use_list
 
 log = get_logger("backup")
 
@@ -213,6 +213,9 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
             problems.append(f"{len(absent)} table(s) of the manifest are not in the dump: {', '.join(absent[:5])}")
         if not entries:
             problems.append("pg_restore --list found no entries in it")
+        beyond = tables_outside(info.scope_tables, entries) if info.partial else []
+        if beyond:
+            problems.append(f"this partial backup's dump holds {len(beyond)} table(s) beyond its scope: {', '.join(beyond[:5])}")
     return problems, checks
 
 
