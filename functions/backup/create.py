@@ -88,13 +88,13 @@ order by 1
 """
 
 
-# The tables given (``%s``, a regclass array) and their partitions. Not
+# The tables given (``%s``, one regclass array) and their partitions. Not
 # pg_partition_tree alone: it lists nothing for a table that is not
 # partitioned, and with no --table left pg_dump dumped the whole database
 # into a backup whose manifest said "only these tables".
 DUMPED_RELIDS = """
-select t.relid from unnest(%s::regclass[]) as t(relid)
-union select p.relid from unnest(%s::regclass[]) as t(relid), pg_partition_tree(t.relid) p
+select distinct tree.relid from unnest(%s::regclass[]) as t(relid),
+  lateral (select t.relid union all select p.relid from pg_partition_tree(t.relid) p) as tree(relid)
 """
 
 # The same, for a dump of only some tables (``--table``): their schemas,
@@ -126,7 +126,7 @@ def check_readable(conn: psycopg.Connection, db: str, tables: Sequence[TableRef]
         problems = [r[0] for r in conn.execute(UNREADABLE_SQL).fetchall()]
     else:
         names = [t.ident.as_string(conn) for t in tables]
-        problems = [r[0] for r in conn.execute(UNREADABLE_OF_TABLES_SQL, [names, names]).fetchall()]
+        problems = [r[0] for r in conn.execute(UNREADABLE_OF_TABLES_SQL, [names]).fetchall()]
     if problems:
         user = conn.execute("select current_user").fetchone()[0]
         shown = first_few(problems, "; ")
@@ -154,7 +154,7 @@ def dumped_tables(conn: psycopg.Connection, tables: Sequence[TableRef]) -> list[
     rows = conn.execute(
         f"select distinct n.nspname, c.relname from ({DUMPED_RELIDS}) d join pg_class c on c.oid = d.relid "
         "join pg_namespace n on n.oid = c.relnamespace order by 1, 2",
-        [names, names],
+        [names],
     ).fetchall()
     if not rows:  # no --table at all would dump the whole database as a "partial" backup
         raise JobFailed(f"no table to dump among {', '.join(names)}")

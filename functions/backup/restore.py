@@ -52,8 +52,8 @@ from .lockwatch import LockWatch, describe_blockers
 from .manifest import BackupInfo
 from .pgproc import Progress, restore_stream
 from .restore_plan import RestorePlan, plan_restore, unreadable_by_owner
-from .toc import tables_outside, use_list
-from .verify import pg_restore_for, read_toc
+from .toc import use_list
+from .verify import beyond_scope, pg_restore_for, read_toc
 
 log = get_logger("backup")
 
@@ -191,11 +191,11 @@ def restore_backup(
     tool = pg_restore_for(info)
     target_url = settings.database_url(target_db)
     entries = read_toc(settings, info)
-    beyond = tables_outside(info.scope_tables, entries) if info.partial else []
-    if beyond:  # a "content" backup written before 2026-12-04 held the whole database: restoring it replaces user tables
+    beyond = beyond_scope(info, entries)
+    if beyond:
         raise Refused(
             f"restore of {info.id} refused, nothing changed: it is a partial backup of {len(info.scope_tables)} table(s), but its dump "
-            f"holds {len(beyond)} more ({', '.join(beyond[:5])}{'…' if len(beyond) > 5 else ''}), which a restore would replace",
+            f"holds {len(beyond)} more ({first_few(beyond)}), which a restore would replace",
             {"backup": info.id, "beyond_scope": beyond},
         )
     with connect(target_url, application_name="safesync-restore") as conn:

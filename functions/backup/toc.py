@@ -93,6 +93,11 @@ def _listed(name: str) -> str:
     return name.replace("\r", " ").replace("\n", " ")
 
 
+def _table_entries(entries: list[TocEntry]) -> list[str]:
+    """Each TABLE entry as listed: ``<schema> <table>``, the owner cut off."""
+    return [e.line.split(" TABLE ", 1)[1].removesuffix(" " + e.owner) for e in entries if e.type == "TABLE" and " TABLE " in e.line]
+
+
 def absent_tables(counted: Iterable[str], entries: list[TocEntry]) -> list[str]:
     """The manifest's tables (``schema.table`` keys) without a TABLE entry.
 
@@ -102,9 +107,7 @@ def absent_tables(counted: Iterable[str], entries: list[TocEntry]) -> list[str]:
     entry text itself (``<schema> <table>`` before the owner, the last
     word) instead of trusting ``parse_entry``'s split, which would call a
     sound backup incomplete."""
-    listed = {
-        e.line.split(" TABLE ", 1)[1].removesuffix(" " + e.owner) for e in entries if e.type == "TABLE" and " TABLE " in e.line
-    }
+    listed = set(_table_entries(entries))
 
     def present(key: str) -> bool:
         return any(f"{_listed(key[:i])} {_listed(key[i + 1 :])}" in listed for i, c in enumerate(key) if c == ".")
@@ -117,5 +120,4 @@ def tables_outside(allowed: Iterable[str], entries: list[TocEntry]) -> list[str]
     ``allowed`` (``schema.table`` keys, split every way as in
     ``absent_tables``): what a partial backup holds beyond its scope."""
     keys = {f"{_listed(k[:i])} {_listed(k[i + 1 :])}" for k in allowed for i, c in enumerate(k) if c == "."}
-    listed = [e.line.split(" TABLE ", 1)[1].removesuffix(" " + e.owner) for e in entries if e.type == "TABLE" and " TABLE " in e.line]
-    return sorted(name for name in listed if name not in keys)
+    return sorted(name for name in _table_entries(entries) if name not in keys)

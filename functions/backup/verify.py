@@ -31,7 +31,7 @@ from safesync.shared.db import connect
 from safesync.shared.errors import ConfigError, JobFailed, NotFoundError, ObjectChanged, SafesyncError, StorageError
 from safesync.shared.log import get_logger, redact
 from safesync.shared.pgtools import PgTool, child_env, find_tool, found_tools, libpq_target, supports_compression
-from safesync.shared.report import utcnow
+from safesync.shared.report import first_few, utcnow
 
 from .archive import Archive, DamagedArchive, require_identity
 from .catalog import get_backup, get_backup_versioned
@@ -213,10 +213,17 @@ def check_integrity(settings: Settings, info: BackupInfo) -> tuple[list[str], di
             problems.append(f"{len(absent)} table(s) of the manifest are not in the dump: {', '.join(absent[:5])}")
         if not entries:
             problems.append("pg_restore --list found no entries in it")
-        beyond = tables_outside(info.scope_tables, entries) if info.partial else []
+        beyond = beyond_scope(info, entries)
         if beyond:
-            problems.append(f"this partial backup's dump holds {len(beyond)} table(s) beyond its scope: {', '.join(beyond[:5])}")
+            problems.append(f"this partial backup's dump holds {len(beyond)} table(s) beyond its scope: {first_few(beyond)}")
     return problems, checks
+
+
+def beyond_scope(info: BackupInfo, entries: list[TocEntry]) -> list[str]:
+    """The tables a partial backup's dump holds that its manifest does not
+    (a "content" backup written before 2026-12-04 held the whole database):
+    verify names them, restore refuses."""
+    return tables_outside(info.scope_tables, entries) if info.partial else []
 
 
 DRILL_PREFIX = "safesync_drill_"

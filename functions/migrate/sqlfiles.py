@@ -262,7 +262,7 @@ def _words(text: str, backslash_escapes: bool):
 
 def _either_reading(scan: Callable[[str, bool], list[str]]) -> Callable[[str], list[str]]:
     """``scan`` of a file as the server reads it with standard_conforming_strings
-    on (our sessions pin it) and as with it off (the file may SET it): what
+    on (the default) and as with it off (a database or role may set it): what
     either reading finds, by line. A ``'\\''`` closes a string only with it
     off, so a COMMIT after it was a string to a scan reading it one way."""
 
