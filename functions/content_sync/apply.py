@@ -239,15 +239,43 @@ def _update_then_insert(tgt: psycopg.Connection, spec: TableSpec, temp: sql.Iden
     return count
 
 
-def delete_rows(tgt: psycopg.Connection, spec: TableSpec, keys: Sequence[Key]) -> int:
+def delete_rows(tgt: psycopg.Connection, spec: TableSpec, keys: Sequence[Key], where: sql.Composable = sql.SQL("true")) -> int:
+    """Delete the rows of ``keys`` that match ``where`` (on alias ``t``)."""
     deleted = 0
     for chunk in _chunks(list(keys)):
         relation, params = rowhash.keys_relation(spec, chunk)
-        query = sql.SQL("delete from {table} as t using {rel} where {match}").format(
-            table=spec.table.ident, rel=relation, match=rowhash.keys_match(spec)
+        query = sql.SQL("delete from {table} as t using {rel} where {match} and {where}").format(
+            table=spec.table.ident, rel=relation, match=rowhash.keys_match(spec), where=where
         )
         deleted += tgt.execute(query, params).rowcount
     return deleted
+
+
+def unreferenced(plan: SyncPlan, spec: TableSpec, alias: str = "t") -> sql.Composable:
+    """``alias``, a row of ``spec``'s table, is referenced by no content row
+    now: the writer deletes such rows *before* it writes the others.
+
+    PostgreSQL checks a unique constraint that is not deferrable row by row,
+    so a row deleted after the upserts still holds its values while they
+    run: a row recreated in the source under a new id with the same slug
+    (or an undo putting back a row the sync deleted, beside the one it
+    inserted in its place) would fail on "duplicate key". Deleting first is
+    safe only for rows nothing else still points at — content rows the
+    upserts will re-point away keep their parent until after the upserts
+    (then deleted, children first); protected references were refused
+    before any write."""
+    tests = [
+        sql.SQL("not exists (select from {child} as safesync_ref where {match})").format(
+            child=fk.table.ident,
+            match=sql.SQL(" and ").join(
+                sql.SQL("{} = {}").format(sql.Identifier("safesync_ref", col), sql.Identifier(alias, ref))
+                for col, ref in zip(fk.columns, fk.ref_columns)
+            ),
+        )
+        for fk in plan.referencing(spec.table)
+        if fk.table in plan.content
+    ]
+    return sql.SQL(" and ").join(tests) if tests else sql.SQL("true")
 
 
 def protected_references(tgt: psycopg.Connection, plan: SyncPlan, spec: TableSpec, keys: Sequence[Key]) -> list[dict]:

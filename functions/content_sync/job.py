@@ -444,20 +444,28 @@ def _blockers(decisions: list[TableDecisions]) -> list[str]:
 
 
 def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src, tgt, log: undolog.Writer, progress: Meter) -> dict[str, tuple[int, int]] | None:
-    """Upserts parents first, then deletes children first, each after its
-    rows' before-images went to the undo log; fills the per-table
+    """Deletes of rows no content row references first (children first:
+    their unique values are free for what replaces them, ``apply.unreferenced``),
+    upserts parents first, then the other deletes children first, each after
+    its rows' before-images went to the undo log; fills the per-table
     ``written``/``deleted`` columns of the report. Returns per table (rows
     upserted, rows deleted), or None after refusing."""
     written: dict[str, tuple[int, int]] = {}
     rows = {r["table"]: r for r in report.tables["tables"]}
     moved = 0
+    deleting = [d for d in reversed(decisions) if d.deletes]
+    early: dict[str, int] = {}
     with report.timed("write"):
-        tgt.execute("set constraints all deferred")  # only affects deferrable FKs (cycles)
+        tgt.execute("set constraints all deferred")  # only affects deferrable constraints (FK cycles, unique swaps)
+        for d in deleting:
+            with writing(report, d.spec.name):
+                log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
+                early[d.spec.name] = apply.delete_rows(tgt, d.spec, sorted(d.deletes), apply.unreferenced(plan, d.spec))
         for i, d in enumerate(decisions):
             count = 0
             if d.writes:
                 temp = apply.temp_name(i)
-                with _writing(report, d.spec.name):
+                with writing(report, d.spec.name):
                     keys = sorted(d.writes)
                     moved += apply.stage_rows(src, tgt, d.spec, keys, temp)
                     missing = apply.unmapped(tgt, d.spec, temp)
@@ -476,31 +484,45 @@ def _write(report: Report, plan: SyncPlan, decisions: list[TableDecisions], src,
                         + "; ".join(f"{m['table']} {m['key']}: {m['column']} → {m['references']}" for m in missing)
                     )
                     return None
-                with _writing(report, d.spec.name):
+                with writing(report, d.spec.name):
                     log_images(log, tgt, d.spec, d.writes)
                     count = apply.upsert(tgt, d.spec, temp, keys)
             written[d.spec.name] = (count, 0)
             rows[d.spec.name]["written"] = count
             progress(phase=f"writing {d.spec.name}", tables=(i + 1, len(decisions)), rows=sum(n for n, _ in written.values()), bytes=moved)
-        for d in reversed(decisions):
-            if d.deletes:
-                with _writing(report, d.spec.name):
-                    log_images(log, tgt, d.spec, dict.fromkeys(d.deletes))
-                    n = apply.delete_rows(tgt, d.spec, sorted(d.deletes))
-                written[d.spec.name] = (written[d.spec.name][0], n)
-                rows[d.spec.name]["deleted"] = n
+        for d in deleting:
+            n = early[d.spec.name]
+            if n < len(d.deletes):  # rows content rows pointed at until the upserts re-pointed them
+                with writing(report, d.spec.name):
+                    n += apply.delete_rows(tgt, d.spec, sorted(d.deletes))
+            written[d.spec.name] = (written[d.spec.name][0], n)
+            rows[d.spec.name]["deleted"] = n
     report.details["bytes_copied"] = moved
     return written
 
 
 @contextlib.contextmanager
-def _writing(report: Report, table: str) -> Iterator[None]:
+def writing(report: Report, table: str) -> Iterator[None]:
     """A database error while writing ``table`` names it: the server's
     message rarely does (an INSERT rule, a deferrable key)."""
     try:
         yield
+    except psycopg.errors.UniqueViolation as exc:
+        error = database_error(f"{report.action} (writing {table})", exc)
+        error.message += f" — {UNIQUE_ROW_BY_ROW}"
+        raise error from None
     except psycopg.Error as exc:
         raise database_error(f"{report.action} (writing {table})", exc) from None
+
+
+# Why a sync that only permutes values (a reorder, two slugs exchanged) is
+# refused, and the one remedy: PostgreSQL checks a unique constraint that is
+# not deferrable after every row, so no order of writes passes through a swap.
+UNIQUE_ROW_BY_ROW = (
+    "either a production row outside this change holds that value, or the changed rows exchange values among "
+    "themselves (a swap or a reorder), which PostgreSQL refuses row by row for a unique constraint that is not "
+    "deferrable: declare it DEFERRABLE (INITIALLY IMMEDIATE keeps the app's behaviour; safesync defers it to its COMMIT)"
+)
 
 
 def store_log(settings: Settings, log: undolog.Writer, key: str, what: str) -> dict:

@@ -213,11 +213,11 @@ class Table:
         ).rowcount
         return count
 
-    def remove(self) -> int:
-        """Rows the run inserted, deleted."""
+    def remove(self, where: sql.Composable = sql.SQL("true")) -> int:
+        """Rows the run inserted (those matching ``where``, on alias ``r``), deleted."""
         return self.tgt.execute(
-            sql.SQL("delete from {table} as r using {u} as u where {match} and not u.present and u.here and not u.skip").format(
-                table=self.spec.table.ident, u=self.temp, match=self.match("r")
+            sql.SQL("delete from {table} as r using {u} as u where {match} and not u.present and u.here and not u.skip and {where}").format(
+                table=self.spec.table.ident, u=self.temp, match=self.match("r"), where=where
             )
         ).rowcount
 
@@ -379,10 +379,16 @@ def _write_and_commit(
         tgt.execute("set constraints all deferred")
         for t in tables:
             t.log_current(out)
+        early: dict[str, int] = {}
+        for t in reversed(tables):  # children first, as a sync orders its writes
+            with job.writing(report, t.spec.name):
+                early[t.spec.name] = t.remove(apply.unreferenced(plan, t.spec, "r"))
         for t in tables:  # parents first
-            written[t.spec.name] = (t.put_back(), 0)
+            with job.writing(report, t.spec.name):
+                written[t.spec.name] = (t.put_back(), 0)
         for t in reversed(tables):  # children first
-            written[t.spec.name] = (written[t.spec.name][0], t.remove())
+            with job.writing(report, t.spec.name):
+                written[t.spec.name] = (written[t.spec.name][0], early[t.spec.name] + t.remove())
     tgt.execute("set constraints all immediate")
     with report.timed("verify"):
         wrong = {t.spec.name: t.wrong() for t in tables}

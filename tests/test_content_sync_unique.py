@@ -1,0 +1,92 @@
+"""Content sync and undo against unique constraints (real PostgreSQL): a
+constraint that is not deferrable is checked after every row, so the order
+of the writes decides whether a legitimate change can be written at all."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from safesync.functions.content_sync import content_sync, content_undo
+from tests.fixtures.lms import LMS_CONTENT
+from tests.test_content_sync_undo import execute, fingerprints, synced
+
+
+def on_dev(dev: str, *statements: str) -> None:
+    with psycopg.connect(dev) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_a_row_recreated_under_a_new_id_with_the_same_unique_value_syncs_and_undoes(lms):
+    """The editor deleted a product and created it again (new id, same sku):
+    the old row must be gone before the new one is written — and an undo
+    must remove the new one before it puts the old one back."""
+    make, dev, prod = lms
+    settings = make(delete_missing=True)
+    on_dev(dev, "insert into products (id, sku, name) values (9001, 'SKU-RECREATED', 'first')")
+    synced(settings)
+    on_dev(dev, "delete from products where id = 9001", "insert into products (id, sku, name) values (9002, 'SKU-RECREATED', 'second')")
+    before = fingerprints(prod, LMS_CONTENT)
+    body = synced(settings)
+    assert execute(prod, "select id, name from products where sku = 'SKU-RECREATED'") == [(9002, "second")]
+    assert body["details"]["protection_proof"]["ok"] is True
+    tally = {r["table"]: r for r in body["tables"]["tables"]}
+    assert tally["products"]["deleted"] == 1 and tally["products"]["written"] >= 1
+    undone = content_undo(settings, body["run_id"])
+    assert undone.status == 200, undone.body
+    assert fingerprints(prod, LMS_CONTENT) == before
+    assert execute(prod, "select id, name from products where sku = 'SKU-RECREATED'") == [(9001, "first")]
+    redo = content_undo(settings, undone.body["run_id"])  # and the undo of that undo is ordered the same way
+    assert redo.status == 200, redo.body
+    assert execute(prod, "select id, name from products where sku = 'SKU-RECREATED'") == [(9002, "second")]
+
+
+def test_a_parent_a_content_row_is_repointed_away_from_is_deleted_after_the_repointing(lms):
+    """A price moved from a deleted product to a new one: the old product
+    stays until the price no longer points at it, both ways."""
+    make, dev, prod = lms
+    settings = make(delete_missing=True)
+    on_dev(dev, "insert into products (id, sku, name) values (9001, 'SKU-OLD', 'old')",
+           "insert into prices (id, product_id, currency, amount_cents) values (9101, 9001, 'EUR', 500)")
+    synced(settings)
+    on_dev(dev, "insert into products (id, sku, name) values (9002, 'SKU-NEW', 'new')",
+           "update prices set product_id = 9002 where id = 9101", "delete from products where id = 9001")
+    before = fingerprints(prod, LMS_CONTENT)
+    body = synced(settings)
+    assert execute(prod, "select product_id from prices where id = 9101") == [(9002,)]
+    assert execute(prod, "select count(*) from products where id = 9001") == [(0,)]
+    undone = content_undo(settings, body["run_id"])
+    assert undone.status == 200, undone.body
+    assert fingerprints(prod, LMS_CONTENT) == before
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["immediate", "deferrable"])
+def test_values_swapped_between_rows(lms, deferrable):
+    """Two products exchanged their skus on dev. Not deferrable: refused,
+    nothing written, the message names the constraint and the remedy.
+    DEFERRABLE (INITIALLY IMMEDIATE): safesync defers it inside its
+    transaction, so the swap and its undo are written."""
+    make, dev, prod = lms
+    settings = make()
+    synced(settings)
+    skus = "select id, sku from products where id in (1, 2) order by id"
+    assert execute(prod, skus) == [(1, "SKU-00001"), (2, "SKU-00002")]
+    on_dev(dev, "update products set sku = 'swap-tmp' where id = 1", "update products set sku = 'SKU-00001' where id = 2",
+           "update products set sku = 'SKU-00002' where id = 1")
+    if deferrable:
+        for url in (dev, prod):
+            execute(url, "alter table products drop constraint products_sku_key, add constraint products_sku_key unique (sku) deferrable initially immediate")
+    before = fingerprints(prod, LMS_CONTENT)
+    answer = content_sync(settings, "sync")
+    if not deferrable:
+        assert answer.status == 422, answer.body
+        error = answer.body["error"]
+        assert "products_sku_key" in error and "rolled back, target unchanged" in error and "DEFERRABLE" in error
+        assert fingerprints(prod, LMS_CONTENT) == before
+        return
+    assert answer.status == 200, answer.body
+    assert execute(prod, skus) == [(1, "SKU-00002"), (2, "SKU-00001")]
+    undone = content_undo(settings, answer.body["run_id"])
+    assert undone.status == 200, undone.body
+    assert fingerprints(prod, LMS_CONTENT) == before
