@@ -507,22 +507,25 @@ def writing(report: Report, table: str) -> Iterator[None]:
     message rarely does (an INSERT rule, a deferrable key)."""
     try:
         yield
-    except psycopg.errors.UniqueViolation as exc:
-        error = database_error(f"{report.action} (writing {table})", exc)
-        error.message += f" — {UNIQUE_ROW_BY_ROW}"
-        raise error from None
     except psycopg.Error as exc:
-        raise database_error(f"{report.action} (writing {table})", exc) from None
+        error = database_error(f"{report.action} (writing {table})", exc)
+        remedy = ORDER_REMEDIES.get(exc.sqlstate or "")
+        if remedy:
+            error.message += f" — {remedy}"
+        raise error from None
 
 
-# Why a sync that only permutes values (a reorder, two slugs exchanged) is
-# refused, and the one remedy: PostgreSQL checks a unique constraint that is
-# not deferrable after every row, so no order of writes passes through a swap.
-UNIQUE_ROW_BY_ROW = (
-    "either a production row outside this change holds that value, or the changed rows exchange values among "
-    "themselves (a swap or a reorder), which PostgreSQL refuses row by row for a unique constraint that is not "
-    "deferrable: declare it DEFERRABLE (INITIALLY IMMEDIATE keeps the app's behaviour; safesync defers it to its COMMIT)"
-)
+# Changes no order of writes can pass, and the one remedy: PostgreSQL checks a
+# unique or foreign-key constraint that is not deferrable after every row (or
+# statement), so rows that exchange values, or reference each other across
+# content tables, are refused whichever table or row goes first.
+_DEFER = "declare it DEFERRABLE (INITIALLY IMMEDIATE keeps the app's behaviour; safesync defers it to its COMMIT)"
+ORDER_REMEDIES = {
+    "23505": "either a production row outside this change holds that value, or the changed rows exchange values "
+    f"among themselves (a swap or a reorder), which a unique constraint that is not deferrable refuses row by row: {_DEFER}",
+    "23503": "either the target lacks the referenced row, or the new rows reference each other across content tables "
+    f"(a cycle, e.g. a course's featured lesson), so neither can be written first under a foreign key that is not deferrable: {_DEFER}",
+}
 
 
 def store_log(settings: Settings, log: undolog.Writer, key: str, what: str) -> dict:

@@ -1,6 +1,8 @@
-"""Content sync and undo against unique constraints (real PostgreSQL): a
-constraint that is not deferrable is checked after every row, so the order
-of the writes decides whether a legitimate change can be written at all."""
+"""The order of a content sync's and an undo's writes (real PostgreSQL): a
+unique or foreign-key constraint that is not deferrable is checked after
+every row or statement, so the order decides whether a legitimate change
+can be written at all — and where none can, the refusal says why and what
+to change."""
 
 from __future__ import annotations
 
@@ -87,6 +89,35 @@ def test_values_swapped_between_rows(lms, deferrable):
         return
     assert answer.status == 200, answer.body
     assert execute(prod, skus) == [(1, "SKU-00002"), (2, "SKU-00001")]
+    undone = content_undo(settings, answer.body["run_id"])
+    assert undone.status == 200, undone.body
+    assert fingerprints(prod, LMS_CONTENT) == before
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["immediate", "deferrable"])
+def test_new_rows_referencing_each_other_across_content_tables(lms, deferrable):
+    """A new course whose featured lesson is a new lesson of that course: a
+    cycle of foreign keys. Not deferrable: refused, nothing written, the
+    constraint and the remedy named. DEFERRABLE: written, and undone."""
+    make, dev, prod = lms
+    clause = " deferrable initially immediate" if deferrable else ""
+    for url in (dev, prod):
+        execute(url, f"alter table courses add column featured_lesson_id integer references lessons (id){clause}")
+    settings = make()
+    synced(settings)
+    on_dev(dev, "insert into courses (id, slug, title) values (9001, 'cycle', 'c')",
+           "insert into lessons (id, course_id, position, title, updated_at) values (9001, 9001, 1, 'l', now())",
+           "update courses set featured_lesson_id = 9001 where id = 9001")
+    before = fingerprints(prod, LMS_CONTENT)
+    answer = content_sync(settings, "sync")
+    if not deferrable:
+        assert answer.status == 422, answer.body
+        error = answer.body["error"]
+        assert "courses_featured_lesson_id_fkey" in error and "rolled back, target unchanged" in error and "DEFERRABLE" in error
+        assert fingerprints(prod, LMS_CONTENT) == before
+        return
+    assert answer.status == 200, answer.body
+    assert execute(prod, "select featured_lesson_id from courses where id = 9001") == [(9001,)]
     undone = content_undo(settings, answer.body["run_id"])
     assert undone.status == 200, undone.body
     assert fingerprints(prod, LMS_CONTENT) == before
