@@ -519,7 +519,11 @@ def writing(report: Report, table: str) -> Iterator[None]:
 # unique or foreign-key constraint that is not deferrable after every row (or
 # statement), so rows that exchange values, or reference each other across
 # content tables, are refused whichever table or row goes first.
-_DEFER = "declare it DEFERRABLE (INITIALLY IMMEDIATE keeps the app's behaviour; safesync defers it to its COMMIT)"
+_DEFER = (
+    "declare it DEFERRABLE INITIALLY IMMEDIATE (the app sees no change; safesync defers it to its COMMIT) — a unique "
+    "index (Prisma's @@unique, Rails' add_index unique: true) becomes such a constraint with ALTER TABLE … ADD CONSTRAINT "
+    "name UNIQUE USING INDEX name DEFERRABLE INITIALLY IMMEDIATE"
+)
 ORDER_REMEDIES = {
     "23505": "either a production row outside this change holds that value, or the changed rows exchange values "
     f"among themselves (a swap or a reorder), which a unique constraint that is not deferrable refuses row by row: {_DEFER}",
