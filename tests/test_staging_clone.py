@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import psycopg
 import psycopg.sql
 import pytest
@@ -279,6 +280,8 @@ def test_refuses_when_the_drop_would_cascade_outside_the_schemas(settings, supab
     assert state(supabase_staging) == before
     with psycopg.connect(supabase_staging) as conn:
         assert conn.execute("select to_regclass('reporting.tenants')").fetchone()[0] is not None
+    # the dump started while planning (engine.Dump) is gone with the refusal: no pg_dump left on the source
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "pg_dump"]
 
 
 def test_refuses_masks_that_cannot_apply(write_settings, supabase_dev, supabase_staging):

@@ -5,7 +5,7 @@ clone, also used by migrate's rehearsal (through the face).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,8 +19,8 @@ from safesync.shared.pgerrors import database_failure
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
-from .engine import CloneStats, stream_clone
-from .plan import CloneOptions, ClonePlan, Mask, plan_clone
+from .engine import CloneStats, Dump, stream_clone
+from .plan import CloneOptions, ClonePlan, Mask, dump_scope, plan_clone
 
 log = get_logger("staging_clone")
 PROGRESS_EVERY = 256 << 20
@@ -103,28 +103,23 @@ def clone_database(
             snapshot = src.execute("select pg_export_snapshot()").fetchone()[0]
         else:
             src.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
-        meter(phase="planning")
-        with timed("plan"):
-            plan = plan_clone(src, dst, options)
-        if dry_run:
-            with timed("compare"):
-                comparison = compare(src, dst, options.schemas) if compare_after else None
-            return CloneResult(plan, None, comparison)
-        if before_swap is not None:
-            before_swap()
-        with_data = len(plan.source_tables) - len(set(plan.without_data) & set(plan.source_tables))
-        meter(phase="copying", tables=(0, with_data), bytes=0)
-        with timed("swap"):
-            stats = stream_clone(
-                source_url,
-                target_url,
-                options,
-                plan,
-                snapshot=snapshot,
-                server_version=src.info.server_version,
-                target_conn=dst,
-                on_chunk=_Streamed(with_data, progress),
-            )
+        with ExitStack() as running:
+            meter(phase="planning")
+            with timed("plan"):
+                scope = dump_scope(src, options)
+                # pg_dump's own catalog reads take longer than our plan on a small database: it starts now
+                dump = None if dry_run else running.enter_context(Dump(source_url, options, scope, snapshot, src.info.server_version))
+                plan = plan_clone(src, dst, options, scope)
+            if dump is None:
+                with timed("compare"):
+                    comparison = compare(src, dst, options.schemas) if compare_after else None
+                return CloneResult(plan, None, comparison)
+            if before_swap is not None:
+                before_swap()
+            with_data = len(plan.source_tables) - len(set(plan.without_data) & set(plan.source_tables))
+            meter(phase="copying", tables=(0, with_data), bytes=0)
+            with timed("swap"):
+                stats = stream_clone(dump, target_url, options, plan, target_conn=dst, on_chunk=_Streamed(with_data, progress))
         result = CloneResult(plan, stats)
         if compare_after:
             meter(phase="comparing source and target")

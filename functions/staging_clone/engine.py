@@ -40,7 +40,7 @@ from safesync.shared.pgtools import libpq_target, require_for_server, spawn_clie
 
 from .carry import carry_post, carry_pre
 from .dumpfilter import DumpFilter, DumpFilterError, Entry
-from .plan import EXTERNAL_DEPENDENTS, CloneOptions, ClonePlan, Mask
+from .plan import EXTERNAL_DEPENDENTS, CloneOptions, ClonePlan, DumpScope, Mask
 
 CHUNK = 1 << 20
 DUMP_TRAILER = b"-- PostgreSQL database dump complete"
@@ -57,17 +57,57 @@ def _pattern(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, plan: ClonePlan, snapshot: str | None) -> list[str]:
+def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, scope: DumpScope, snapshot: str | None) -> list[str]:
     argv = [pg_dump, "--format=plain", "--lock-wait-timeout=" + options.lock_timeout, "--dbname", conninfo]
     if snapshot:
         argv.append("--snapshot=" + snapshot)
     for schema in options.schemas:
         argv += ["--schema", _pattern(schema)]
-    for ext in plan.dump_extensions:
+    for ext in scope.extensions:
         argv += ["--extension", _pattern(ext)]
-    for table in plan.without_data:
+    for table in scope.without_data:
         argv.append(f"--exclude-table-data={_pattern(table.schema)}.{_pattern(table.name)}")
     return argv
+
+
+class Dump:
+    """pg_dump of the source's snapshot into a pipe, started as soon as its
+    scope is known — before the plan, whose queries then overlap pg_dump's
+    own catalog reads (on a small database most of a clone's time). Until
+    the swap reads it, it waits on the full pipe; nothing reaches the target
+    unless the plan passed. Leaving it (``close``) kills it if it still runs."""
+
+    def __init__(self, source_url: str, options: CloneOptions, scope: DumpScope, snapshot: str | None, server_version: int) -> None:
+        pg_dump = str(require_for_server("pg_dump", server_version).path)
+        conninfo, env = libpq_target(source_url, app="safesync-clone-dump", server_version=server_version)
+        self.scope = scope
+        self.stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = spawn_client(dump_command(pg_dump, conninfo, options, scope, snapshot), env, stdout=subprocess.PIPE, stderr=self.stderr)
+        except BaseException:
+            self.stderr.close()
+            raise
+
+    def __enter__(self) -> Dump:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return _tail(self.stderr.read())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            try:
+                self.proc.stdout.close()
+            except OSError:
+                pass
+        self.stderr.close()
 
 
 def _q(conn: psycopg.Connection, composable: sql.Composable) -> str:
@@ -263,73 +303,63 @@ def post_script(conn: psycopg.Connection, options: CloneOptions, plan: ClonePlan
     return "\n".join(lines) + "\n"
 
 
-def _stderr_tail(path: str, lines: int = 6) -> str:
-    with open(path, "rb") as fh:
-        text = fh.read()[-8000:].decode(errors="replace")
+def _tail(said: bytes, lines: int = 6) -> str:
+    text = said[-8000:].decode(errors="replace")
     kept = [line for line in text.splitlines() if line.strip() and "NOTICE" not in line and not line.startswith(("DETAIL:  drop cascades", "drop cascades"))]
     return redact("\n".join(kept[-lines:]))
 
 
 def stream_clone(
-    source_url: str,
+    dump: Dump,
     target_url: str,
     options: CloneOptions,
     plan: ClonePlan,
     *,
-    snapshot: str | None,
-    server_version: int,
     target_conn: psycopg.Connection,
     on_chunk: Callable[[bytes, int], None] | None = None,
 ) -> CloneStats:
-    """Run the swap. Returns when the target committed; raises JobFailed (the
-    target rolled back) otherwise."""
-    pg_dump = str(require_for_server("pg_dump", server_version).path)
+    """Run the swap, reading ``dump`` (started with the plan's scope).
+    Returns when the target committed; raises JobFailed (the target rolled
+    back) otherwise. The caller closes ``dump``."""
+    if dump.scope != plan.scope:
+        raise AssertionError("the dump was started with another scope than the plan's")
     psql = str(require_for_server("psql", target_conn.info.server_version).path)
     salt = secrets.token_hex(16)
     pre = pre_script(target_conn, options, plan).encode()
     masks = mask_script(target_conn, options, plan, salt).encode()
     post = post_script(target_conn, options, plan).encode() + b"COMMIT;\n"
-    src_info, src_env = libpq_target(source_url, app="safesync-clone-dump", server_version=server_version)
     dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore", server_version=target_conn.info.server_version)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="safesync-clone-") as tmp:
-        dump_err, psql_err = os.path.join(tmp, "pg_dump.err"), os.path.join(tmp, "psql.err")
-        with open(dump_err, "wb") as de, open(psql_err, "wb") as pe:
-            restore = spawn_client(
-                [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--dbname", dst_info, "-f", "-"],
-                dst_env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=pe,
-            )
-            dump = None
-            try:
-                dump = spawn_client(dump_command(pg_dump, src_info, options, plan, snapshot), src_env, stdout=subprocess.PIPE, stderr=de)
-                streamed = _pump(dump, restore, pre, (masks, post), dump_filter(plan), on_chunk)
-            except BaseException:
-                for proc in (dump, restore):
-                    if proc is not None and proc.poll() is None:
-                        proc.kill()
-                for proc in (dump, restore):
-                    if proc is not None:
-                        proc.wait()
-                raise
-            finally:
-                for proc in (dump, restore):
-                    if proc is not None:
-                        for stream in (proc.stdin, proc.stdout):
-                            if stream is not None and not stream.closed:
-                                try:
-                                    stream.close()
-                                except OSError:
-                                    pass
-            if isinstance(streamed, str):
-                detail = {"pg_dump": _stderr_tail(dump_err), "psql": _stderr_tail(psql_err)}
-                if streamed.startswith("restore failed"):
-                    with open(psql_err, "rb") as fh:
-                        said = redact(fh.read()[-20000:].decode(errors="replace"))
-                    raise failure("clone failed, staging unchanged (rolled back)", said, streamed, detail)
-                raise JobFailed(f"clone failed, staging unchanged (rolled back): {streamed}", detail)
+    with tempfile.TemporaryFile() as psql_err:
+        restore = spawn_client(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--dbname", dst_info, "-f", "-"],
+            dst_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=psql_err,
+        )
+        try:
+            streamed = _pump(dump.proc, restore, pre, (masks, post), dump_filter(plan), on_chunk)
+        except BaseException:
+            for proc in (dump.proc, restore):
+                if proc.poll() is None:
+                    proc.kill()
+            for proc in (dump.proc, restore):
+                proc.wait()
+            raise
+        finally:
+            if restore.stdin is not None and not restore.stdin.closed:
+                try:
+                    restore.stdin.close()
+                except OSError:
+                    pass
+        if isinstance(streamed, str):
+            psql_err.seek(0)
+            said = psql_err.read()
+            detail = {"pg_dump": dump.stderr_tail(), "psql": _tail(said)}
+            if streamed.startswith("restore failed"):
+                raise failure("clone failed, staging unchanged (rolled back)", redact(said[-20000:].decode(errors="replace")), streamed, detail)
+            raise JobFailed(f"clone failed, staging unchanged (rolled back): {streamed}", detail)
     return CloneStats(streamed, round(time.perf_counter() - started, 3))
 
 

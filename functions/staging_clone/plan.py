@@ -48,6 +48,28 @@ class CloneOptions:
     lock_timeout: str = "60s"  # waiting for the target's locks (an app's long transaction)
 
 
+@dataclass(frozen=True)
+class DumpScope:
+    """What pg_dump is asked for beyond the schemas: the extensions living in
+    them (part of the dump) and the tables whose data is left out."""
+
+    extensions: tuple[str, ...]
+    without_data: tuple[TableRef, ...]
+
+
+def dump_scope(source: psycopg.Connection, options: CloneOptions) -> DumpScope:
+    """The dump's scope, from the source's snapshot alone: known before the
+    rest of the plan, so the clone starts pg_dump (whose own catalog reads
+    take longer than our plan on a small database) while it plans."""
+    schemas = list(options.schemas)
+    extensions = source.execute(
+        "select e.extname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where n.nspname = any(%s) order by 1",
+        [schemas],
+    ).fetchall()
+    tables = set(list_tables(source, schemas))
+    return DumpScope(tuple(r[0] for r in extensions), tuple(_without_data(source, [t for t in options.exclude_table_data if t in tables])))
+
+
 @dataclass
 class ClonePlan:
     source_tables: list[TableRef]
@@ -72,6 +94,10 @@ class ClonePlan:
     masked: dict[TableRef, tuple[str, ...]] = field(default_factory=dict)
     uncompared: dict[TableRef, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def scope(self) -> DumpScope:
+        return DumpScope(tuple(self.dump_extensions), tuple(self.without_data))
 
     @property
     def created(self) -> list[TableRef]:
@@ -414,9 +440,11 @@ def _generated_from(conn: psycopg.Connection, table: TableRef, column: str) -> l
     return [r[0] for r in rows]
 
 
-def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: CloneOptions) -> ClonePlan:
+def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: CloneOptions, scope: DumpScope | None = None) -> ClonePlan:
     """Inspect both sides; raise ``Refused`` listing every reason the clone
-    would not be exact or safe."""
+    would not be exact or safe. ``scope``: ``dump_scope``'s, when the
+    caller already read it (its dump runs with it)."""
+    scope = scope or dump_scope(source, options)
     schemas = list(options.schemas)
     args = {"schemas": schemas}
     problems: list[str] = []
@@ -439,14 +467,14 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
         source_tables=source_tables,
         target_tables=list_tables(target, schemas),
         source_relations=relations,
-        dump_extensions=[],
+        dump_extensions=list(scope.extensions),
         create_extensions=[],
         schema_grants={},
         freezable={(schema, name) for _, schema, name, plain in found if plain},
     )
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
-    plan.without_data = _without_data(source, [t for t in options.exclude_table_data if t in tables])
+    plan.without_data = list(scope.without_data)
     problems += _check_masks(source, options, tables, plan)
     problems += _rows_pointing_into_excluded(source, plan.without_data, tables)
 
@@ -491,8 +519,7 @@ def _plan_extensions(source: psycopg.Connection, target: psycopg.Connection, sch
     available = {r[0] for r in target.execute("select name from pg_available_extensions")}
     target_schemas = {r[0] for r in target.execute("select nspname from pg_namespace")}
     for name, schema, version in src:
-        if schema in schemas:
-            plan.dump_extensions.append(name)
+        if schema in schemas:  # dumped (``dump_scope``)
             if name in dst and dst[name][0] not in schemas:
                 problems.append(
                     f"extension {name} is in schema {dst[name][0]} on the target but in {schema} on the source; move it first"
