@@ -5,7 +5,7 @@ Order of a run (``safesync staging clone`` / POST ``/staging_clone``):
 
 1. open a snapshot on the source (the dump and the final comparison both
    read it, so edits on dev during the clone cannot make the proof lie);
-2. start pg_dump on that snapshot (``engine.Dump``: its own catalog reads
+2. start pg_dump on that snapshot (``engine.start_dump``: its catalog reads
    overlap the plan; it waits on its pipe until the swap reads it, and is
    killed if the run stops before), then plan and refuse what is unsafe
    (``plan.plan_clone``);

@@ -19,7 +19,7 @@ from safesync.shared.pgerrors import database_failure
 from safesync.shared.progress import Meter
 from safesync.shared.report import Report
 
-from .engine import CloneStats, Dump, stream_clone
+from .engine import CloneStats, start_dump, start_restore, stream_clone
 from .plan import CloneOptions, ClonePlan, Mask, dump_scope, plan_clone
 
 log = get_logger("staging_clone")
@@ -107,10 +107,10 @@ def clone_database(
             meter(phase="planning")
             with timed("plan"):
                 scope = dump_scope(src, options)
-                # pg_dump's own catalog reads take longer than our plan on a small database: it starts now
-                dump = None if dry_run else running.enter_context(Dump(source_url, options, scope, snapshot, src.info.server_version))
+                if not dry_run:  # pg_dump starts now: its catalog reads overlap the plan
+                    dump = running.enter_context(start_dump(source_url, options, scope, snapshot, src.info.server_version))
                 plan = plan_clone(src, dst, options, scope)
-            if dump is None:
+            if dry_run:
                 with timed("compare"):
                     comparison = compare(src, dst, options.schemas) if compare_after else None
                 return CloneResult(plan, None, comparison)
@@ -119,7 +119,9 @@ def clone_database(
             with_data = len(plan.source_tables) - len(set(plan.without_data) & set(plan.source_tables))
             meter(phase="copying", tables=(0, with_data), bytes=0)
             with timed("swap"):
-                stats = stream_clone(dump, target_url, options, plan, target_conn=dst, on_chunk=_Streamed(with_data, progress))
+                # psql connects only now: an idle session through the safety backup could meet an idle_session_timeout
+                restore = running.enter_context(start_restore(target_url, dst.info.server_version))
+                stats = stream_clone(dump, restore, options, plan, target_conn=dst, on_chunk=_Streamed(with_data, progress))
         result = CloneResult(plan, stats)
         if compare_after:
             meter(phase="comparing source and target")

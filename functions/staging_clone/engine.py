@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -70,44 +70,59 @@ def dump_command(pg_dump: str, conninfo: str, options: CloneOptions, scope: Dump
     return argv
 
 
-class Dump:
-    """pg_dump of the source's snapshot into a pipe, started as soon as its
-    scope is known — before the plan, whose queries then overlap pg_dump's
-    own catalog reads (on a small database most of a clone's time). Until
-    the swap reads it, it waits on the full pipe; nothing reaches the target
-    unless the plan passed. Leaving it (``close``) kills it if it still runs."""
+class Client:
+    """A client process of the swap — pg_dump of the source or psql on the
+    target — its stderr kept for the report; leaving one (``close``) kills
+    it if it still runs."""
 
-    def __init__(self, source_url: str, options: CloneOptions, scope: DumpScope, snapshot: str | None, server_version: int) -> None:
-        pg_dump = str(require_for_server("pg_dump", server_version).path)
-        conninfo, env = libpq_target(source_url, app="safesync-clone-dump", server_version=server_version)
-        self.scope = scope
+    def __init__(self, argv: list[str], env: dict[str, str], **pipes: Any) -> None:
         self.stderr = tempfile.TemporaryFile()
         try:
-            self.proc = spawn_client(dump_command(pg_dump, conninfo, options, scope, snapshot), env, stdout=subprocess.PIPE, stderr=self.stderr)
+            self.proc = spawn_client(argv, env, stderr=self.stderr, **pipes)
         except BaseException:
             self.stderr.close()
             raise
 
-    def __enter__(self) -> Dump:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stderr_tail(self) -> str:
+    def said(self) -> bytes:
         self.stderr.seek(0)
-        return _tail(self.stderr.read())
+        return self.stderr.read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            try:
-                self.proc.stdout.close()
-            except OSError:
-                pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
         self.stderr.close()
+
+
+def start_dump(source_url: str, options: CloneOptions, scope: DumpScope, snapshot: str | None, server_version: int) -> Client:
+    """pg_dump of the source's snapshot into a pipe, started as soon as its
+    scope is known: its own catalog reads (on a small database most of a
+    clone's time) overlap the plan; then it waits on the full pipe (its
+    server session busy in a COPY, not idle) until the swap reads it.
+    Nothing reaches the target unless the plan passed."""
+    pg_dump = str(require_for_server("pg_dump", server_version).path)
+    conninfo, env = libpq_target(source_url, app="safesync-clone-dump", server_version=server_version)
+    return Client(dump_command(pg_dump, conninfo, options, scope, snapshot), env, stdout=subprocess.PIPE)
+
+
+def start_restore(target_url: str, server_version: int) -> Client:
+    """psql on the target, reading the swap's script on stdin."""
+    psql = str(require_for_server("psql", server_version).path)
+    conninfo, env = libpq_target(target_url, app="safesync-clone-restore", server_version=server_version)
+    argv = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--dbname", conninfo, "-f", "-"]
+    return Client(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
 def _q(conn: psycopg.Connection, composable: sql.Composable) -> str:
@@ -310,56 +325,29 @@ def _tail(said: bytes, lines: int = 6) -> str:
 
 
 def stream_clone(
-    dump: Dump,
-    target_url: str,
+    dump: Client,
+    restore: Client,
     options: CloneOptions,
     plan: ClonePlan,
     *,
     target_conn: psycopg.Connection,
     on_chunk: Callable[[bytes, int], None] | None = None,
 ) -> CloneStats:
-    """Run the swap, reading ``dump`` (started with the plan's scope).
-    Returns when the target committed; raises JobFailed (the target rolled
-    back) otherwise. The caller closes ``dump``."""
-    if dump.scope != plan.scope:
-        raise AssertionError("the dump was started with another scope than the plan's")
-    psql = str(require_for_server("psql", target_conn.info.server_version).path)
+    """Run the swap: ``dump`` (started with ``plan.scope``) through this
+    process into ``restore``. Returns when the target committed; raises
+    JobFailed (the target rolled back) otherwise. The caller closes both."""
     salt = secrets.token_hex(16)
     pre = pre_script(target_conn, options, plan).encode()
     masks = mask_script(target_conn, options, plan, salt).encode()
     post = post_script(target_conn, options, plan).encode() + b"COMMIT;\n"
-    dst_info, dst_env = libpq_target(target_url, app="safesync-clone-restore", server_version=target_conn.info.server_version)
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as psql_err:
-        restore = spawn_client(
-            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--dbname", dst_info, "-f", "-"],
-            dst_env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=psql_err,
-        )
-        try:
-            streamed = _pump(dump.proc, restore, pre, (masks, post), dump_filter(plan), on_chunk)
-        except BaseException:
-            for proc in (dump.proc, restore):
-                if proc.poll() is None:
-                    proc.kill()
-            for proc in (dump.proc, restore):
-                proc.wait()
-            raise
-        finally:
-            if restore.stdin is not None and not restore.stdin.closed:
-                try:
-                    restore.stdin.close()
-                except OSError:
-                    pass
-        if isinstance(streamed, str):
-            psql_err.seek(0)
-            said = psql_err.read()
-            detail = {"pg_dump": dump.stderr_tail(), "psql": _tail(said)}
-            if streamed.startswith("restore failed"):
-                raise failure("clone failed, staging unchanged (rolled back)", redact(said[-20000:].decode(errors="replace")), streamed, detail)
-            raise JobFailed(f"clone failed, staging unchanged (rolled back): {streamed}", detail)
+    streamed = _pump(dump.proc, restore.proc, pre, (masks, post), dump_filter(plan), on_chunk)
+    if isinstance(streamed, str):
+        said = restore.said()
+        detail = {"pg_dump": _tail(dump.said()), "psql": _tail(said)}
+        if streamed.startswith("restore failed"):
+            raise failure("clone failed, staging unchanged (rolled back)", redact(said[-20000:].decode(errors="replace")), streamed, detail)
+        raise JobFailed(f"clone failed, staging unchanged (rolled back): {streamed}", detail)
     return CloneStats(streamed, round(time.perf_counter() - started, 3))
 
 

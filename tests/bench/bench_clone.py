@@ -35,7 +35,7 @@ from safesync.shared.embedded import EmbeddedPostgres
 from tests.bench import embedded_server
 
 TARGET_BYTES = int(float(os.environ.get("BENCH_CLONE_BYTES", 1.05e9)))
-SMALL_ROUNDS = int(os.environ.get("BENCH_CLONE_SMALL_ROUNDS", "3"))
+SMALL_ROUNDS = int(os.environ.get("BENCH_CLONE_SMALL_ROUNDS", "7"))  # medians: a 0.3 s run swings ±30 ms here
 BATCH = 250_000
 
 SCHEMA = """
