@@ -199,9 +199,19 @@ def test_undo_over_http_needs_the_admin_token_and_bad_run_ids_are_400_or_exit_2(
     admin = {"Authorization": f"Bearer {sentinels.SECRETS['SAFESYNC_ADMIN_TOKEN']}"}
     undo = {"mode": "undo", "run": body["run_id"], "dry_run": True}
     assert client.post("/content_sync", json=undo, headers=run).status_code == 403
-    for bad in ({"mode": "undo"}, {"mode": "undo", "run": "../../etc/passwd"}, {"mode": "undo", "run": body["run_id"], "adopt": True}, {"mode": "sync", "run": body["run_id"]}):
+    for bad, said in (
+        ({"mode": "undo"}, 'needs "run"'),
+        ({"mode": "undo", "run": None}, 'needs "run"'),
+        ({"mode": "undo", "run": 123}, "run: Input should be a valid string"),
+        ({"mode": "undo", "run": "../../etc/passwd"}, "12-hex run id"),
+        ({"mode": "undo", "run": body["run_id"].upper()}, "12-hex run id"),
+        ({"mode": "undo", "run": body["run_id"] + "\n"}, "12-hex run id"),
+        ({"mode": "undo", "run": body["run_id"], "dry_run": "yes"}, "dry_run: Input should be a valid boolean"),
+        ({"mode": "undo", "run": body["run_id"], "adopt": True}, 'not "adopt"'),
+        ({"mode": "sync", "run": body["run_id"]}, "only apply to mode undo"),
+    ):
         response = client.post("/content_sync", json=bad, headers=admin)
-        assert response.status_code == 400 and isinstance(response.get_json()["error"], str), bad
+        assert response.status_code == 400 and said in response.get_json()["error"], (bad, response.get_json())
     missing = client.post("/content_sync", json={"mode": "undo", "run": "0123456789ab"}, headers=admin)
     assert missing.status_code == 404 and "no committed content sync" in missing.get_json()["error"]
     dry = client.post("/content_sync", json=undo, headers=admin)

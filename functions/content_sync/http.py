@@ -32,8 +32,10 @@ def handle_http(call: Call) -> Answer:
     body = validate_body(Body, call.body)
     if body.mode == "undo":
         call.require_admin()  # it rewrites production content, like a restore
-        if body.run is None or body.adopt:
-            raise BadRequest('mode undo takes "run" (the run id to undo), "dry_run" and "expect_plan", not "adopt"')
+        if body.run is None:
+            raise BadRequest('mode undo needs "run": the run id of the sync (or undo) to undo')
+        if body.adopt:
+            raise BadRequest('mode undo takes "run", "dry_run" and "expect_plan", not "adopt"')
         return content_undo(call.settings, body.run, dry_run=body.dry_run, expect_plan=body.expect_plan, trigger=call.trigger(), delivery=call.delivery)
     if body.run is not None or body.dry_run:
         raise BadRequest('"run" and "dry_run" only apply to mode undo')
