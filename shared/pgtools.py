@@ -320,3 +320,17 @@ def spawn_client(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.P
     thread that starts the child, so start it from the thread that waits for it.
     """
     return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, **kwargs)
+
+
+def stop_client(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs, reap it and close our ends of its
+    stdin and stdout (idempotent): no client outlives the step that started it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None and not pipe.closed:
+            try:
+                pipe.close()
+            except OSError:
+                pass

@@ -63,6 +63,26 @@ def test_a_parent_a_content_row_is_repointed_away_from_is_deleted_after_the_repo
     assert fingerprints(prod, LMS_CONTENT) == before
 
 
+def synced_and_undone(settings, prod: str, *, refused_on: str | None, synced_state: tuple[str, list]) -> None:
+    """Sync, then undo. ``refused_on``: the constraint the sync must be
+    refused on, nothing written, the message naming it and the remedy. Else
+    the sync is written (``synced_state``: a query and the rows it must
+    return then) and the undo puts production back exactly."""
+    before = fingerprints(prod, LMS_CONTENT)
+    answer = content_sync(settings, "sync")
+    if refused_on:
+        assert answer.status == 422, answer.body
+        error = answer.body["error"]
+        assert refused_on in error and "rolled back, target unchanged" in error and "USING INDEX" in error
+        assert fingerprints(prod, LMS_CONTENT) == before
+        return
+    assert answer.status == 200, answer.body
+    assert execute(prod, synced_state[0]) == synced_state[1]
+    undone = content_undo(settings, answer.body["run_id"])
+    assert undone.status == 200, undone.body
+    assert fingerprints(prod, LMS_CONTENT) == before
+
+
 @pytest.mark.parametrize("deferrable", [False, True], ids=["immediate", "deferrable"])
 def test_values_swapped_between_rows(lms, deferrable):
     """Two products exchanged their skus on dev. Not deferrable: refused,
@@ -83,19 +103,7 @@ def test_values_swapped_between_rows(lms, deferrable):
             execute(url, "alter table products drop constraint products_sku_key")
             execute(url, "create unique index products_sku_key on products (sku)")
             execute(url, "alter table products add constraint products_sku_key unique using index products_sku_key deferrable initially immediate")
-    before = fingerprints(prod, LMS_CONTENT)
-    answer = content_sync(settings, "sync")
-    if not deferrable:
-        assert answer.status == 422, answer.body
-        error = answer.body["error"]
-        assert "products_sku_key" in error and "rolled back, target unchanged" in error and "USING INDEX" in error
-        assert fingerprints(prod, LMS_CONTENT) == before
-        return
-    assert answer.status == 200, answer.body
-    assert execute(prod, skus) == [(1, "SKU-00002"), (2, "SKU-00001")]
-    undone = content_undo(settings, answer.body["run_id"])
-    assert undone.status == 200, undone.body
-    assert fingerprints(prod, LMS_CONTENT) == before
+    synced_and_undone(settings, prod, refused_on=None if deferrable else "products_sku_key", synced_state=(skus, [(1, "SKU-00002"), (2, "SKU-00001")]))
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["immediate", "deferrable"])
@@ -112,16 +120,5 @@ def test_new_rows_referencing_each_other_across_content_tables(lms, deferrable):
     on_dev(dev, "insert into courses (id, slug, title) values (9001, 'cycle', 'c')",
            "insert into lessons (id, course_id, position, title, updated_at) values (9001, 9001, 1, 'l', now())",
            "update courses set featured_lesson_id = 9001 where id = 9001")
-    before = fingerprints(prod, LMS_CONTENT)
-    answer = content_sync(settings, "sync")
-    if not deferrable:
-        assert answer.status == 422, answer.body
-        error = answer.body["error"]
-        assert "courses_featured_lesson_id_fkey" in error and "rolled back, target unchanged" in error and "DEFERRABLE" in error
-        assert fingerprints(prod, LMS_CONTENT) == before
-        return
-    assert answer.status == 200, answer.body
-    assert execute(prod, "select featured_lesson_id from courses where id = 9001") == [(9001,)]
-    undone = content_undo(settings, answer.body["run_id"])
-    assert undone.status == 200, undone.body
-    assert fingerprints(prod, LMS_CONTENT) == before
+    featured = ("select featured_lesson_id from courses where id = 9001", [(9001,)])
+    synced_and_undone(settings, prod, refused_on=None if deferrable else "courses_featured_lesson_id_fkey", synced_state=featured)

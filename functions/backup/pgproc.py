@@ -29,7 +29,7 @@ from psycopg import conninfo as pg_conninfo
 from safesync.shared.errors import JobFailed, Refused, SafesyncError
 from safesync.shared.log import redact
 from safesync.shared.pgerrors import failure
-from safesync.shared.pgtools import spawn_client
+from safesync.shared.pgtools import spawn_client, stop_client
 
 if TYPE_CHECKING:
     from .archive import Archive
@@ -71,15 +71,8 @@ class PgProcess:
 
     def kill(self) -> None:
         """Stop the child if it still runs (idempotent)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+        stop_client(self.proc)
+        self.wait()  # and its stderr read to the end
 
     def stderr_text(self, lines: int = 8) -> str:
         return redact("\n".join(list(self._stderr)[-lines:]))

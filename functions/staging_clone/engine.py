@@ -36,7 +36,7 @@ from safesync.shared.db import TableRef
 from safesync.shared.errors import JobFailed
 from safesync.shared.log import redact
 from safesync.shared.pgerrors import failure
-from safesync.shared.pgtools import libpq_target, require_for_server, spawn_client
+from safesync.shared.pgtools import libpq_target, require_for_server, spawn_client, stop_client
 
 from .carry import carry_post, carry_pre
 from .dumpfilter import DumpFilter, DumpFilterError, Entry
@@ -94,15 +94,7 @@ class Client:
         return self.stderr.read()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None and not stream.closed:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        stop_client(self.proc)
         self.stderr.close()
 
 
