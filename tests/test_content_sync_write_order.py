@@ -122,3 +122,41 @@ def test_new_rows_referencing_each_other_across_content_tables(lms, deferrable):
            "update courses set featured_lesson_id = 9001 where id = 9001")
     featured = ("select featured_lesson_id from courses where id = 9001", [(9001,)])
     synced_and_undone(settings, prod, refused_on=None if deferrable else "courses_featured_lesson_id_fkey", synced_state=featured)
+
+
+@pytest.mark.parametrize("on_delete", ["no action", "cascade"])
+def test_an_undo_never_deletes_a_row_that_content_written_on_production_since_references(lms, on_delete):
+    """The sync added a course; an editor then wrote a lesson of it straight
+    on production. Undoing the sync would have to delete the course: it is
+    refused naming the lesson table, nothing changed — the lesson is not
+    the undo's to delete (never cascaded into), nor its reference to
+    break."""
+    make, dev, prod = lms
+    for url in (dev, prod):
+        execute(url, "alter table lessons drop constraint lessons_course_id_fkey, add constraint lessons_course_id_fkey "
+                     f"foreign key (course_id) references courses (id) on delete {on_delete}")
+    settings = make()
+    synced(settings)
+    on_dev(dev, "insert into courses (id, slug, title) values (9001, 'new-course', 'New')")
+    body = synced(settings)
+    execute(prod, "insert into lessons (id, course_id, position, title, updated_at) values (9101, 9001, 1, 'written on production', now())")
+    before = fingerprints(prod, LMS_CONTENT)
+    for dry_run in (True, False):
+        undone = content_undo(settings, body["run_id"], dry_run=dry_run)
+        assert undone.status == 422, undone.body
+        summary = undone.body["summary"]
+        assert "rolled back, nothing changed" in summary and "courses" in summary and "9001" in summary and "referenced by lessons" in summary
+        assert fingerprints(prod, LMS_CONTENT) == before
+
+
+def test_rows_of_one_table_referencing_each_other_are_undone_together(lms):
+    """A new lesson and a new lesson that requires it (a self-reference):
+    the undo deletes both, the reference between them holds neither."""
+    make, dev, prod = lms
+    for url in (dev, prod):
+        execute(url, "alter table lessons add column prerequisite_id integer references lessons (id)")
+    settings = make()
+    synced(settings)
+    on_dev(dev, "insert into lessons (id, course_id, position, title, updated_at) values (9001, 1, 101, 'basics', now())",
+           "insert into lessons (id, course_id, position, title, updated_at, prerequisite_id) values (9002, 1, 102, 'next', now(), 9001)")
+    synced_and_undone(settings, prod, refused_on=None, synced_state=("select id, prerequisite_id from lessons where id > 9000 order by id", [(9001, None), (9002, 9001)]))

@@ -27,12 +27,13 @@ never run in a transaction that may still roll back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
 
 from safesync.shared import rowhash
+from safesync.shared.db import TableRef
 from safesync.shared.rowdiff import Key
 
 from .plan import SyncPlan, TableSpec, Translation, parent_key_text
@@ -251,7 +252,9 @@ def delete_rows(tgt: psycopg.Connection, spec: TableSpec, keys: Sequence[Key], w
     return deleted
 
 
-def unreferenced(plan: SyncPlan, spec: TableSpec, alias: str = "t") -> sql.Composable:
+def unreferenced(
+    plan: SyncPlan, spec: TableSpec, alias: str = "t", leaving: Callable[[TableRef], sql.Composable | None] = lambda table: None
+) -> sql.Composable:
     """``alias``, a row of ``spec``'s table, is referenced by no content row
     now: the writer deletes such rows *before* it writes the others.
 
@@ -263,18 +266,17 @@ def unreferenced(plan: SyncPlan, spec: TableSpec, alias: str = "t") -> sql.Compo
     safe only for rows nothing else still points at — content rows the
     upserts will re-point away keep their parent until after the upserts
     (then deleted, children first); protected references were refused
-    before any write."""
-    tests = [
-        sql.SQL("not exists (select from {child} as safesync_ref where {match})").format(
-            child=fk.table.ident,
-            match=sql.SQL(" and ").join(
-                sql.SQL("{} = {}").format(sql.Identifier("safesync_ref", col), sql.Identifier(alias, ref))
-                for col, ref in zip(fk.columns, fk.ref_columns)
-            ),
-        )
-        for fk in plan.referencing(spec.table)
-        if fk.table in plan.content
-    ]
+    before any write. ``leaving(child)``: which rows of a child table (as
+    ``safesync_ref``) are themselves about to be deleted, so do not count."""
+    tests = []
+    for fk in plan.referencing(spec.table):
+        if fk.table not in plan.content:
+            continue
+        match = [sql.SQL("{} = {}").format(sql.Identifier("safesync_ref", col), sql.Identifier(alias, ref)) for col, ref in zip(fk.columns, fk.ref_columns)]
+        going = leaving(fk.table)
+        if going is not None:
+            match.append(sql.SQL("not ({})").format(going))
+        tests.append(sql.SQL("not exists (select from {} as safesync_ref where {})").format(fk.table.ident, sql.SQL(" and ").join(match)))
     return sql.SQL(" and ").join(tests) if tests else sql.SQL("true")
 
 

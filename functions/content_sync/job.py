@@ -510,7 +510,7 @@ def writing(report: Report, table: str) -> Iterator[None]:
     except psycopg.Error as exc:
         error = database_error(f"{report.action} (writing {table})", exc)
         remedy = ORDER_REMEDIES.get(exc.sqlstate or "")
-        if remedy:
+        if remedy and not (exc.diag.message_primary or "").startswith("update or delete on"):  # a row written, not one deleted
             error.message += f" — {remedy}"
         raise error from None
 

@@ -221,6 +221,26 @@ class Table:
             )
         ).rowcount
 
+    def removing(self, alias: str) -> sql.Composable:
+        """``alias``, a row of this table, is one the undo deletes."""
+        return sql.SQL("exists (select from {} as u where {} and not u.present and u.here and not u.skip)").format(self.temp, self.match(alias))
+
+    def held(self, plan: SyncPlan, tables: list[Table]) -> list[Key]:
+        """Rows the run inserted, still to delete, that content rows the undo
+        leaves in place reference (production wrote them since, or a kept
+        conflict): deleting would fail, or cascade into them. Rows the undo
+        deletes too (a cycle of deferrable keys) do not hold them."""
+        undone = {t.spec.table: t for t in tables}
+
+        def leaving(child: TableRef) -> sql.Composable | None:
+            return undone[child].removing("safesync_ref") if child in undone else None
+
+        return self.keys(
+            sql.SQL("not u.present and u.here and not u.skip and exists (select from {table} as r where {match} and not ({free}))").format(
+                table=self.spec.table.ident, match=self.match("r"), free=apply.unreferenced(plan, self.spec, "r", leaving)
+            )
+        )
+
     def wrong(self) -> list[Key]:
         """Rows not as their before-image after the undo wrote (absent where they were)."""
         return self.keys(
@@ -386,7 +406,17 @@ def _write_and_commit(
         for t in tables:  # parents first
             with job.writing(report, t.spec.name):
                 written[t.spec.name] = (t.put_back(), 0)
-        for t in reversed(tables):  # children first
+        for t in reversed(tables):  # children first: what still references a row now is not the undo's to change
+            held = t.held(plan, tables)
+            if held:
+                tgt.rollback()
+                sources = sorted({fk.table.short for fk in plan.referencing(t.spec.table) if fk.table in plan.content})
+                report.refuse(
+                    f"undo of {run_id} rolled back, nothing changed: {len(held)} row(s) of {t.spec.name} the run inserted "
+                    f"({job.keys_text(held)}) are referenced by {', '.join(sources)} rows production changed since (or a kept "
+                    "conflict): the undo deletes neither those rows nor the references — change or delete them first"
+                )
+                return
             with job.writing(report, t.spec.name):
                 written[t.spec.name] = (written[t.spec.name][0], early[t.spec.name] + t.remove())
     tgt.execute("set constraints all immediate")
