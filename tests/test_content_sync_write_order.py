@@ -160,3 +160,27 @@ def test_rows_of_one_table_referencing_each_other_are_undone_together(lms):
     on_dev(dev, "insert into lessons (id, course_id, position, title, updated_at) values (9001, 1, 101, 'basics', now())",
            "insert into lessons (id, course_id, position, title, updated_at, prerequisite_id) values (9002, 1, 102, 'next', now(), 9001)")
     synced_and_undone(settings, prod, refused_on=None, synced_state=("select id, prerequisite_id from lessons where id > 9000 order by id", [(9001, None), (9002, 9001)]))
+
+
+@pytest.mark.parametrize("on_delete", ["no action", "set null"])
+def test_a_sync_never_deletes_a_row_that_content_written_on_production_references(lms, on_delete):
+    """The sync added a course, an editor wrote a lesson of it on
+    production, then the course was deleted on dev: deleting it would fail,
+    or rewrite that lesson (SET NULL). Refused, for good (422: the next run
+    would meet the same lesson), nothing changed."""
+    make, dev, prod = lms
+    for url in (dev, prod):
+        execute(url, "alter table lessons alter column course_id drop not null, drop constraint lessons_course_id_fkey, "
+                     f"add constraint lessons_course_id_fkey foreign key (course_id) references courses (id) on delete {on_delete}")
+    settings = make(delete_missing=True)
+    synced(settings)
+    on_dev(dev, "insert into courses (id, slug, title) values (9001, 'new-course', 'New')")
+    synced(settings)
+    execute(prod, "insert into lessons (id, course_id, position, title, updated_at) values (9101, 9001, 1, 'written on production', now())")
+    on_dev(dev, "delete from courses where id = 9001")
+    before = fingerprints(prod, LMS_CONTENT)
+    answer = content_sync(settings, "sync")
+    assert answer.status == 422 and answer.permanent, answer.body
+    said = answer.body.get("error") or answer.body["summary"]
+    assert "rolled back" in said and ("9101" in said or "still referenced from table \"lessons\"" in said), said
+    assert fingerprints(prod, LMS_CONTENT) == before
