@@ -111,7 +111,7 @@ def test_a_trigger_rewriting_other_rows_in_a_staged_first_sync_is_caught(lms, al
     )
     before = fingerprints(prod)
     answer = content_sync(make(), "sync", adopt=True)
-    assert answer.status == 503 and "trigger or cascade" in answer.body["summary"], answer.body
+    assert answer.status == 422 and answer.permanent and "trigger or cascade" in answer.body["summary"], answer.body
     assert answer.body["details"]["compare"]["lessons"]["target_hashed_once"]
     assert fingerprints(prod) == before
 
