@@ -96,10 +96,6 @@ class ClonePlan:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def scope(self) -> DumpScope:
-        return DumpScope(tuple(self.dump_extensions), tuple(self.without_data))
-
-    @property
     def created(self) -> list[TableRef]:
         return sorted(set(self.source_tables) - set(self.target_tables))
 
