@@ -325,8 +325,8 @@ def stream_clone(
     target_conn: psycopg.Connection,
     on_chunk: Callable[[bytes, int], None] | None = None,
 ) -> CloneStats:
-    """Run the swap: ``dump`` (started with the scope ``plan`` was made with)
-    through this process into ``restore``. Returns when the target committed; raises
+    """Run the swap: ``dump`` (started with ``plan.scope``) through this
+    process into ``restore``. Returns when the target committed; raises
     JobFailed (the target rolled back) otherwise. The caller closes both."""
     salt = secrets.token_hex(16)
     pre = pre_script(target_conn, options, plan).encode()

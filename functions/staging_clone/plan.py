@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import psycopg
 from psycopg import sql
@@ -75,7 +75,7 @@ class ClonePlan:
     source_tables: list[TableRef]
     target_tables: list[TableRef]
     source_relations: list[str]  # every relation the target must hold afterwards (regclass text)
-    dump_extensions: list[str]  # extensions living in the cloned schemas: part of the dump
+    scope: DumpScope  # what pg_dump is asked for: the run's dump was started with it
     create_extensions: list[tuple[str, str]]  # (name, schema) the target lacks outside the schemas
     schema_grants: dict[str, list[tuple[str, str, bool]]]  # schema -> (grantee|'PUBLIC', privilege, grantable)
     carry: Carry = field(default_factory=Carry)
@@ -84,16 +84,19 @@ class ClonePlan:
     # extension's table (a kept extension's config tables stay as they are).
     freezable: set[tuple[str, str]] = field(default_factory=set)
     mask_types: dict[tuple[TableRef, str], str] = field(default_factory=dict)
-    # the tables copied without data: those of ``exclude_table_data`` and
-    # their partitions and inheritance children (pg_dump's
-    # --exclude-table-data excludes the named table's own rows only)
-    without_data: list[TableRef] = field(default_factory=list)
     # what the proof leaves out: the columns the masks rewrite, per table
     # (a comparison's ``exclude_columns``), and the tables and materialized
     # views whose data it can only count, with why (its ``count_only``)
     masked: dict[TableRef, tuple[str, ...]] = field(default_factory=dict)
     uncompared: dict[TableRef, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def without_data(self) -> tuple[TableRef, ...]:
+        """The tables copied without data: those of ``exclude_table_data``
+        and their partitions and inheritance children (pg_dump's
+        --exclude-table-data excludes the named table's own rows only)."""
+        return self.scope.without_data
 
     @property
     def created(self) -> list[TableRef]:
@@ -112,7 +115,7 @@ class ClonePlan:
             "tables_created": [str(t) for t in self.created],
             "tables_dropped": [str(t) for t in self.dropped],
             "tables_replaced": len(self.replaced),
-            "extensions_in_schemas": self.dump_extensions,
+            "extensions_in_schemas": list(self.scope.extensions),
             "extensions_created": [f"{n} (schema {s})" for n, s in self.create_extensions],
             "publication_memberships": [f"{m.publication}: {m.schema}.{m.table}" for m in self.carry.memberships]
             + [f"{p}: tables in schema {s}" for p, s in self.carry.schema_memberships],
@@ -274,7 +277,7 @@ def _without_data(source: psycopg.Connection, excluded: list[TableRef]) -> list[
     return sorted({TableRef(schema, name) for schema, name, _ in _seeded(source, DESCENDANTS, [(t, None) for t in excluded])})
 
 
-def _masked_columns(source: psycopg.Connection, options: CloneOptions, without_data: list[TableRef]) -> dict[TableRef, tuple[str, ...]]:
+def _masked_columns(source: psycopg.Connection, options: CloneOptions, without_data: Sequence[TableRef]) -> dict[TableRef, tuple[str, ...]]:
     """The columns the masks rewrite, per table: the masked tables' and
     those of their partitions and inheritance children (``DESCENDANTS``)."""
     out: dict[TableRef, list[str]] = {}
@@ -395,7 +398,7 @@ def _unique_over(conn: psycopg.Connection, table: TableRef, column: str) -> str 
     return row[0] if rows > 1 else None
 
 
-def _rows_pointing_into_excluded(conn: psycopg.Connection, excluded: list[TableRef], tables: set[TableRef]) -> list[str]:
+def _rows_pointing_into_excluded(conn: psycopg.Connection, excluded: Sequence[TableRef], tables: set[TableRef]) -> list[str]:
     """Foreign keys from tables cloned with data to a table cloned without
     (``excluded``): their rows would reference rows that are not copied
     (the clone's FK check fails them). Only keys some row actually uses count."""
@@ -463,14 +466,13 @@ def plan_clone(source: psycopg.Connection, target: psycopg.Connection, options: 
         source_tables=source_tables,
         target_tables=list_tables(target, schemas),
         source_relations=relations,
-        dump_extensions=list(scope.extensions),
+        scope=scope,
         create_extensions=[],
         schema_grants={},
         freezable={(schema, name) for _, schema, name, plain in found if plain},
     )
     tables = set(source_tables)
     problems += [f"exclude_table_data: {t} is not a table of the source's cloned schemas" for t in options.exclude_table_data if t not in tables]
-    plan.without_data = list(scope.without_data)
     problems += _check_masks(source, options, tables, plan)
     problems += _rows_pointing_into_excluded(source, plan.without_data, tables)
 
